@@ -1,0 +1,123 @@
+//! The one place where errors become HTTP: every error of the layers below
+//! maps to a status and a snake_case code here, and is sent as
+//! `{"detail": ..., "code": ...}`. 5xx causes are logged, and the client
+//! is told what failed without internals.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::DomainError;
+use crate::drivers::DriverError;
+use crate::service::ServiceError;
+use crate::storage::StoreError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What happened and what to do about it.
+    pub detail: String,
+    /// A stable snake_case code for programs.
+    pub code: &'static str,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+}
+
+fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
+    use DomainError::*;
+    match e {
+        InvalidId { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_id"),
+        InvalidTimestamp(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timestamp"),
+        InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
+        Busy { .. } => (StatusCode::CONFLICT, "equipment_locked"),
+        QueueDisabled { .. } => (StatusCode::CONFLICT, "queue_disabled"),
+        ObserverModeDisabled => (StatusCode::FORBIDDEN, "observer_mode_disabled"),
+        NotHolder { .. } => (StatusCode::FORBIDDEN, "not_lock_holder"),
+        LockLost { .. } => (StatusCode::FORBIDDEN, "lock_lost"),
+        NoLock { lost: Some(_), .. } => (StatusCode::NOT_FOUND, "lock_lost"),
+        NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
+        NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
+        StaleFencingToken { .. } => (StatusCode::CONFLICT, "stale_fencing_token"),
+    }
+}
+
+fn driver_status(e: &DriverError) -> (StatusCode, &'static str) {
+    match e {
+        DriverError::InvalidParameter(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
+        DriverError::Rejected(_) => (StatusCode::CONFLICT, "instrument_rejected"),
+        DriverError::Instrument(_) => (StatusCode::BAD_GATEWAY, "instrument_error"),
+        DriverError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "instrument_timeout"),
+        DriverError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "instrument_unavailable"),
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let (status, code) = match &e {
+            ServiceError::Domain(d) => domain_status(d),
+            ServiceError::Store(StoreError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
+            ServiceError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
+            ServiceError::EquipmentNotFound(_) => (StatusCode::NOT_FOUND, "equipment_not_found"),
+            ServiceError::SessionRequired => (StatusCode::UNAUTHORIZED, "session_required"),
+            ServiceError::SessionNotLive(_) => (StatusCode::FORBIDDEN, "session_not_live"),
+            ServiceError::UnknownAction { .. } => (StatusCode::BAD_REQUEST, "unknown_action"),
+            ServiceError::InvalidParameter(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter")
+            }
+            ServiceError::Driver(d) => driver_status(d),
+            ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, code, "request failed");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                detail: self.detail,
+                code: self.code,
+            }),
+        )
+            .into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<Json<T>, ApiError>;

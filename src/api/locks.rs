@@ -1,0 +1,280 @@
+//! Lock endpoints: acquire, release, renew, status, queue, everything held,
+//! an equipment's history, and the manual cleanup.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::sessions::Limit;
+use super::views::{LockStatusView, LockView, QueueEntryView};
+use super::{AppState, equipment_in_path};
+use crate::domain::{
+    AcquireOutcome, EquipmentId, Event, LockMode, ReleaseOutcome, SessionId, Timeout,
+};
+use crate::service::{AcquireInput, ExpiryReport};
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AcquireBody {
+    pub equipment_id: String,
+    pub session_id: String,
+    /// "exclusive" (default) or "observer".
+    #[serde(default)]
+    pub lock_mode: Option<LockMode>,
+    /// Inactivity timeout; defaults to LABLINK_LOCK_TIMEOUT_SEC; 0 = none.
+    pub timeout_seconds: Option<f64>,
+    /// Wait in the FIFO queue when the equipment is busy.
+    #[serde(default)]
+    pub queue_if_busy: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcquireResponse {
+    pub success: bool,
+    /// "locked", "refreshed" or "queued".
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_entry: Option<QueueEntryView>,
+    /// Observers now holding the equipment (observer grants only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observer_count: Option<usize>,
+}
+
+#[utoipa::path(post, path = "/api/locks/acquire", tag = "locks",
+    request_body = AcquireBody,
+    responses((status = 200, body = AcquireResponse),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn acquire(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<AcquireBody>,
+) -> ApiResult<AcquireResponse> {
+    let input = AcquireInput {
+        equipment_id: EquipmentId::parse(&body.equipment_id)?,
+        session_id: SessionId::parse(&body.session_id)?,
+        mode: body.lock_mode.unwrap_or_default(),
+        timeout: body
+            .timeout_seconds
+            .map(Timeout::from_seconds)
+            .transpose()?,
+        queue_if_busy: body.queue_if_busy.unwrap_or(false),
+    };
+    let at = app.acquire(input)?;
+    let locks = &at.value.locks;
+    let equipment = &locks.equipment_id;
+    let observer_count =
+        |mode: LockMode| (mode == LockMode::Observer).then_some(locks.observers.len());
+    let response = match &at.value.outcome {
+        AcquireOutcome::Locked(grant) | AcquireOutcome::Refreshed(grant) => AcquireResponse {
+            success: true,
+            status: if matches!(at.value.outcome, AcquireOutcome::Locked(_)) {
+                "locked"
+            } else {
+                "refreshed"
+            },
+            message: None,
+            lock: Some(LockView::new(equipment, grant, at.now)),
+            queue_entry: None,
+            observer_count: observer_count(grant.mode),
+        },
+        AcquireOutcome::Queued { entry, position } => AcquireResponse {
+            success: false,
+            status: "queued",
+            message: Some(match locks.holder() {
+                Some(holder) => format!("Equipment locked by session {holder}"),
+                None => "Equipment busy: others are waiting".into(),
+            }),
+            lock: None,
+            queue_entry: Some(QueueEntryView::new(equipment, entry, *position)),
+            observer_count: None,
+        },
+    };
+    Ok(Json(response))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ReleaseBody {
+    pub equipment_id: String,
+    pub session_id: String,
+    /// Release whoever holds it (an administrator's action).
+    #[serde(default)]
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseResponse {
+    pub success: bool,
+    /// "released", "observer_released" or "dequeued".
+    pub status: &'static str,
+    pub was_forced: bool,
+    pub equipment_id: String,
+}
+
+#[utoipa::path(post, path = "/api/locks/release", tag = "locks",
+    request_body = ReleaseBody,
+    responses((status = 200, body = ReleaseResponse),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn release(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<ReleaseBody>,
+) -> ApiResult<ReleaseResponse> {
+    let equipment = EquipmentId::parse(&body.equipment_id)?;
+    let session = SessionId::parse(&body.session_id)?;
+    let at = app.release(&equipment, &session, body.force.unwrap_or(false))?;
+    let (status, was_forced) = match at.value {
+        ReleaseOutcome::Released { was_forced } => ("released", was_forced),
+        ReleaseOutcome::ObserverReleased => ("observer_released", false),
+        ReleaseOutcome::Dequeued => ("dequeued", false),
+    };
+    Ok(Json(ReleaseResponse {
+        success: true,
+        status,
+        was_forced,
+        equipment_id: equipment.to_string(),
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ActivityBody {
+    pub session_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivityResponse {
+    pub success: bool,
+    pub lock: LockView,
+}
+
+#[utoipa::path(post, path = "/api/locks/activity/{equipment_id}", tag = "locks",
+    request_body = ActivityBody,
+    responses((status = 200, body = ActivityResponse), (status = 404, body = ErrorBody)))]
+pub async fn activity(
+    State(app): State<AppState>,
+    ApiPath(equipment): ApiPath<String>,
+    ApiJson(body): ApiJson<ActivityBody>,
+) -> ApiResult<ActivityResponse> {
+    let equipment = equipment_in_path(&equipment)?;
+    let at = app.lock_activity(&equipment, &SessionId::parse(&body.session_id)?)?;
+    Ok(Json(ActivityResponse {
+        success: true,
+        lock: LockView::new(&equipment, &at.value, at.now),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/locks/status/{equipment_id}", tag = "locks",
+    responses((status = 200, body = LockStatusView), (status = 404, body = ErrorBody)))]
+pub async fn status(
+    State(app): State<AppState>,
+    ApiPath(equipment): ApiPath<String>,
+) -> ApiResult<LockStatusView> {
+    let at = app.lock_state(&equipment_in_path(&equipment)?)?;
+    Ok(Json(LockStatusView::new(&at.value, at.now)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueResponse {
+    pub equipment_id: String,
+    pub queue: Vec<QueueEntryView>,
+    pub queue_length: usize,
+}
+
+#[utoipa::path(get, path = "/api/locks/queue/{equipment_id}", tag = "locks",
+    responses((status = 200, body = QueueResponse), (status = 404, body = ErrorBody)))]
+pub async fn queue(
+    State(app): State<AppState>,
+    ApiPath(equipment): ApiPath<String>,
+) -> ApiResult<QueueResponse> {
+    let at = app.lock_state(&equipment_in_path(&equipment)?)?;
+    let queue = QueueEntryView::all(&at.value);
+    Ok(Json(QueueResponse {
+        equipment_id: at.value.equipment_id.to_string(),
+        queue_length: queue.len(),
+        queue,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AllLocks {
+    pub exclusive_locks: BTreeMap<String, LockView>,
+    pub observer_locks: BTreeMap<String, Vec<LockView>>,
+    pub queues: BTreeMap<String, Vec<QueueEntryView>>,
+}
+
+#[utoipa::path(get, path = "/api/locks/all", tag = "locks",
+    responses((status = 200, body = AllLocks)))]
+pub async fn all(State(app): State<AppState>) -> ApiResult<AllLocks> {
+    let at = app.busy_equipment()?;
+    let mut all = AllLocks {
+        exclusive_locks: BTreeMap::new(),
+        observer_locks: BTreeMap::new(),
+        queues: BTreeMap::new(),
+    };
+    for locks in &at.value {
+        let id = &locks.equipment_id;
+        if let Some(g) = &locks.exclusive {
+            all.exclusive_locks
+                .insert(id.to_string(), LockView::new(id, g, at.now));
+        }
+        if !locks.observers.is_empty() {
+            let views = locks
+                .observers
+                .iter()
+                .map(|g| LockView::new(id, g, at.now))
+                .collect();
+            all.observer_locks.insert(id.to_string(), views);
+        }
+        if !locks.queue.is_empty() {
+            all.queues
+                .insert(id.to_string(), QueueEntryView::all(locks));
+        }
+    }
+    Ok(Json(all))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EquipmentEvents {
+    pub equipment_id: String,
+    pub events: Vec<Event>,
+    pub count: usize,
+}
+
+#[utoipa::path(get, path = "/api/locks/events/{equipment_id}", tag = "locks",
+    params(Limit),
+    responses((status = 200, body = EquipmentEvents), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn events(
+    State(app): State<AppState>,
+    ApiPath(equipment): ApiPath<String>,
+    ApiQuery(limit): ApiQuery<Limit>,
+) -> ApiResult<EquipmentEvents> {
+    let equipment = equipment_in_path(&equipment)?;
+    let at = app.equipment_events(&equipment, limit.get())?;
+    Ok(Json(EquipmentEvents {
+        equipment_id: equipment.to_string(),
+        count: at.value.len(),
+        events: at.value,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CleanupResponse {
+    pub success: bool,
+    #[serde(flatten)]
+    pub report: ExpiryReport,
+}
+
+#[utoipa::path(post, path = "/api/locks/cleanup", tag = "locks",
+    responses((status = 200, body = CleanupResponse)))]
+pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> {
+    let at = app.expire_due()?;
+    Ok(Json(CleanupResponse {
+        success: true,
+        report: at.value.0,
+    }))
+}

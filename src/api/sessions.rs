@@ -1,0 +1,203 @@
+//! Session endpoints: create, end, read, list, renew, and a session's locks
+//! and history.
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::views::{LockView, QueueEntryView, SessionView};
+use super::{AppState, session_in_path};
+use crate::domain::{Event, Timeout};
+use crate::service::NewSession;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateSession {
+    /// Defaults to "unnamed client".
+    pub client_name: Option<String>,
+    /// Defaults to the caller's address.
+    pub client_ip: Option<String>,
+    /// Inactivity timeout; defaults to LABLINK_SESSION_TIMEOUT_SEC; 0 = none.
+    pub timeout_seconds: Option<f64>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+const MAX_TEXT: usize = 256;
+
+fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if v.chars().count() > MAX_TEXT => Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("{field} must be at most {MAX_TEXT} characters"),
+        )),
+        other => Ok(other),
+    }
+}
+
+#[utoipa::path(post, path = "/api/locks/sessions/create", tag = "sessions",
+    request_body = CreateSession,
+    responses((status = 200, body = SessionView), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<CreateSession>,
+) -> ApiResult<SessionView> {
+    let timeout = body
+        .timeout_seconds
+        .map(Timeout::from_seconds)
+        .transpose()?;
+    let new = NewSession {
+        client_name: short_text("client_name", body.client_name)?,
+        client_ip: Some(
+            short_text("client_ip", body.client_ip)?.unwrap_or_else(|| peer.ip().to_string()),
+        ),
+        timeout,
+        metadata: body.metadata.unwrap_or_default(),
+    };
+    let at = app.create_session(new)?;
+    Ok(Json(SessionView::new(&at.value, at.now)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionEnded {
+    pub success: bool,
+    pub message: String,
+    pub session_id: String,
+    pub locks_released: usize,
+}
+
+#[utoipa::path(delete, path = "/api/locks/sessions/{session_id}", tag = "sessions",
+    responses((status = 200, body = SessionEnded), (status = 404, body = ErrorBody)))]
+pub async fn end(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<SessionEnded> {
+    let id = session_in_path(&id)?;
+    let at = app.end_session(&id)?;
+    Ok(Json(SessionEnded {
+        success: true,
+        message: "Session ended".into(),
+        session_id: id.to_string(),
+        locks_released: at.value.locks_released,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}", tag = "sessions",
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<SessionView> {
+    let at = app.session(&session_in_path(&id)?)?;
+    Ok(Json(SessionView::new(&at.value, at.now)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+    pub count: usize,
+}
+
+#[utoipa::path(get, path = "/api/locks/sessions", tag = "sessions",
+    responses((status = 200, body = SessionList)))]
+pub async fn list(State(app): State<AppState>) -> ApiResult<SessionList> {
+    let at = app.sessions()?;
+    let sessions: Vec<SessionView> = at
+        .value
+        .iter()
+        .map(|s| SessionView::new(s, at.now))
+        .collect();
+    Ok(Json(SessionList {
+        count: sessions.len(),
+        sessions,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/locks/sessions/{session_id}/activity", tag = "sessions",
+    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+pub async fn activity(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<SessionView> {
+    let at = app.touch_session(&session_in_path(&id)?)?;
+    Ok(Json(SessionView::new(&at.value, at.now)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionLocks {
+    pub session_id: String,
+    /// The locks it holds, exclusive and observer.
+    pub locks: Vec<LockView>,
+    /// The queues it waits in, with its position in each.
+    pub queued: Vec<QueueEntryView>,
+    pub count: usize,
+}
+
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/locks", tag = "sessions",
+    responses((status = 200, body = SessionLocks), (status = 404, body = ErrorBody)))]
+pub async fn locks(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<SessionLocks> {
+    let id = session_in_path(&id)?;
+    let at = app.session_holdings(&id)?;
+    let locks: Vec<LockView> = at
+        .value
+        .locks
+        .iter()
+        .map(|(equipment, g)| LockView::new(equipment, g, at.now))
+        .collect();
+    let queued = at
+        .value
+        .queued
+        .iter()
+        .map(|(equipment, e, pos)| QueueEntryView::new(equipment, e, *pos))
+        .collect();
+    Ok(Json(SessionLocks {
+        session_id: id.to_string(),
+        count: locks.len(),
+        locks,
+        queued,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct Limit {
+    /// How many of the newest events to return (1..=1000, default 50).
+    pub limit: Option<usize>,
+}
+
+impl Limit {
+    pub fn get(&self) -> usize {
+        self.limit.unwrap_or(50)
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionEvents {
+    pub session_id: String,
+    pub events: Vec<Event>,
+    pub count: usize,
+}
+
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/events", tag = "sessions",
+    params(Limit),
+    responses((status = 200, body = SessionEvents), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn events(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(limit): ApiQuery<Limit>,
+) -> ApiResult<SessionEvents> {
+    let id = session_in_path(&id)?;
+    let at = app.session_events(&id, limit.get())?;
+    Ok(Json(SessionEvents {
+        session_id: id.to_string(),
+        count: at.value.len(),
+        events: at.value,
+    }))
+}

@@ -1,0 +1,450 @@
+//! Settings: defaults < config file `[server]` < `.env` < `LABLINK_*`
+//! environment < command-line flags. Resolution is a pure function of those
+//! sources, so each layer is testable without touching the process.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::domain::Timeout;
+use crate::drivers::{EquipmentConfig, Instruments};
+use crate::service::Policy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}={value:?} (from {origin}): {expected}")]
+    BadValue {
+        name: &'static str,
+        value: String,
+        origin: &'static str,
+        expected: &'static str,
+    },
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("cannot read .env file {path}: {message}")]
+    DotEnv { path: PathBuf, message: String },
+}
+
+/// A setting: its environment name, its key in the config file's
+/// `[server]` table, and its default.
+struct Key {
+    env: &'static str,
+    file: &'static str,
+}
+
+const BIND: Key = Key {
+    env: "LABLINK_BIND",
+    file: "bind",
+};
+const STORE: Key = Key {
+    env: "LABLINK_STORE",
+    file: "store",
+};
+const LOCKS: Key = Key {
+    env: "LABLINK_ENABLE_EQUIPMENT_LOCKS",
+    file: "enable_equipment_locks",
+};
+const LOCK_TIMEOUT: Key = Key {
+    env: "LABLINK_LOCK_TIMEOUT_SEC",
+    file: "lock_timeout_sec",
+};
+const SESSION_TIMEOUT: Key = Key {
+    env: "LABLINK_SESSION_TIMEOUT_SEC",
+    file: "session_timeout_sec",
+};
+const QUEUE: Key = Key {
+    env: "LABLINK_ENABLE_LOCK_QUEUE",
+    file: "enable_lock_queue",
+};
+const OBSERVER: Key = Key {
+    env: "LABLINK_ENABLE_OBSERVER_MODE",
+    file: "enable_observer_mode",
+};
+const AUTO_RELEASE: Key = Key {
+    env: "LABLINK_AUTO_RELEASE_ON_DISCONNECT",
+    file: "auto_release_on_disconnect",
+};
+const LOG_EVENTS: Key = Key {
+    env: "LABLINK_LOG_LOCK_EVENTS",
+    file: "log_lock_events",
+};
+const CLEANUP: Key = Key {
+    env: "LABLINK_CLEANUP_INTERVAL_SEC",
+    file: "cleanup_interval_sec",
+};
+pub const CONFIG_ENV: &str = "LABLINK_CONFIG";
+
+/// The config file: an optional `[server]` table of settings and the
+/// `[[equipment]]` entries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: toml::Table,
+    #[serde(default)]
+    pub equipment: Vec<EquipmentConfig>,
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        const KNOWN: &[&str] = &[
+            "bind",
+            "store",
+            "enable_equipment_locks",
+            "lock_timeout_sec",
+            "session_timeout_sec",
+            "enable_lock_queue",
+            "enable_observer_mode",
+            "auto_release_on_disconnect",
+            "log_lock_events",
+            "cleanup_interval_sec",
+        ];
+        if let Some(unknown) = file.server.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(ConfigError::File {
+                path: path.into(),
+                message: format!(
+                    "unknown key {unknown:?} in [server]; known keys: {}",
+                    KNOWN.join(", ")
+                ),
+            });
+        }
+        Ok(file)
+    }
+}
+
+/// Reads `.env` from `dir` if there is one, without touching the process
+/// environment.
+pub fn read_dotenv(dir: &Path) -> Result<HashMap<String, String>, ConfigError> {
+    let path = dir.join(".env");
+    if !path.exists() {
+        return Ok(HashMap::new());
+    }
+    let bad = |e: dotenvy::Error| ConfigError::DotEnv {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    dotenvy::from_path_iter(&path)
+        .map_err(bad)?
+        .map(|item| item.map_err(bad))
+        .collect()
+}
+
+/// What the command line says (each is optional).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub bind: Option<String>,
+    pub config: Option<PathBuf>,
+    pub store: Option<String>,
+}
+
+/// Every source, before resolution.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub flags: Flags,
+    pub env: HashMap<String, String>,
+    pub dotenv: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: String,
+    pub store: String,
+    pub policy: Policy,
+    pub cleanup_interval: Duration,
+    /// `None`: no config file, serve the demo instruments.
+    pub equipment: Option<Vec<EquipmentConfig>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8000".into(),
+            store: "memory".into(),
+            policy: Policy::default(),
+            cleanup_interval: Duration::from_secs(10),
+            equipment: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The instruments to serve: the config file's, or the demo set.
+    pub fn equipment_configs(&self) -> Vec<EquipmentConfig> {
+        self.equipment
+            .clone()
+            .unwrap_or_else(Instruments::demo_configs)
+    }
+}
+
+struct Resolver<'a> {
+    sources: &'a Sources,
+    file: &'a toml::Table,
+}
+
+impl Resolver<'_> {
+    /// The winning raw value and where it came from.
+    fn raw(&self, key: &Key, flag: Option<&str>) -> Option<(String, &'static str)> {
+        if let Some(v) = flag {
+            return Some((v.to_owned(), "command line"));
+        }
+        if let Some(v) = self.sources.env.get(key.env) {
+            return Some((v.clone(), "environment"));
+        }
+        if let Some(v) = self.sources.dotenv.get(key.env) {
+            return Some((v.clone(), ".env"));
+        }
+        self.file.get(key.file).map(|v| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (text, "config file")
+        })
+    }
+
+    fn text(&self, key: &Key, flag: Option<&str>, default: &str) -> String {
+        self.raw(key, flag)
+            .map_or_else(|| default.to_owned(), |(v, _)| v)
+    }
+
+    fn boolean(&self, key: &Key, default: bool) -> Result<bool, ConfigError> {
+        let Some((value, source)) = self.raw(key, None) else {
+            return Ok(default);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::BadValue {
+                name: key.env,
+                value,
+                origin: source,
+                expected: "expected true or false",
+            }),
+        }
+    }
+
+    fn seconds(&self, key: &Key, default: f64) -> Result<f64, ConfigError> {
+        let Some((value, source)) = self.raw(key, None) else {
+            return Ok(default);
+        };
+        match value.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 && Timeout::from_seconds(v).is_ok() => Ok(v),
+            _ => Err(ConfigError::BadValue {
+                name: key.env,
+                value,
+                origin: source,
+                expected: "expected a number of seconds >= 0",
+            }),
+        }
+    }
+
+    fn timeout(&self, key: &Key, default: f64) -> Result<Timeout, ConfigError> {
+        let seconds = self.seconds(key, default)?;
+        Ok(Timeout::from_seconds(seconds).expect("checked by seconds()"))
+    }
+}
+
+/// Resolves every setting. `file` is the parsed config file, if any.
+pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings, ConfigError> {
+    let empty = toml::Table::new();
+    let r = Resolver {
+        sources,
+        file: file.map_or(&empty, |f| &f.server),
+    };
+    let defaults = Settings::default();
+    let cleanup = r.seconds(&CLEANUP, 10.0)?;
+    if cleanup <= 0.0 {
+        return Err(ConfigError::BadValue {
+            name: CLEANUP.env,
+            value: cleanup.to_string(),
+            origin: "settings",
+            expected: "expected a number of seconds > 0",
+        });
+    }
+    Ok(Settings {
+        bind: r.text(&BIND, sources.flags.bind.as_deref(), &defaults.bind),
+        store: r.text(&STORE, sources.flags.store.as_deref(), &defaults.store),
+        policy: Policy {
+            locks_enabled: r.boolean(&LOCKS, true)?,
+            lock: crate::domain::LockPolicy {
+                queue_enabled: r.boolean(&QUEUE, true)?,
+                observer_enabled: r.boolean(&OBSERVER, true)?,
+            },
+            auto_release_on_disconnect: r.boolean(&AUTO_RELEASE, true)?,
+            log_lock_events: r.boolean(&LOG_EVENTS, true)?,
+            default_lock_timeout: r.timeout(&LOCK_TIMEOUT, 300.0)?,
+            default_session_timeout: r.timeout(&SESSION_TIMEOUT, 600.0)?,
+        },
+        cleanup_interval: Duration::from_secs_f64(cleanup),
+        equipment: file.map(|f| f.equipment.clone()),
+    })
+}
+
+/// Which config file to read: the flag, else `LABLINK_CONFIG` from the
+/// environment, else from `.env`.
+pub fn config_path(sources: &Sources) -> Option<PathBuf> {
+    sources
+        .flags
+        .config
+        .clone()
+        .or_else(|| sources.env.get(CONFIG_ENV).map(PathBuf::from))
+        .or_else(|| sources.dotenv.get(CONFIG_ENV).map(PathBuf::from))
+}
+
+/// Gathers the sources from the process (environment and `.env` in `dir`)
+/// and resolves them.
+pub fn load(flags: Flags, dir: &Path) -> Result<Settings, ConfigError> {
+    let sources = Sources {
+        flags,
+        env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("LABLINK_"))
+            .collect(),
+        dotenv: read_dotenv(dir)?,
+    };
+    let file = config_path(&sources)
+        .map(|p| ConfigFile::read(&p))
+        .transpose()?;
+    resolve(&sources, file.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(server: &str) -> ConfigFile {
+        toml::from_str(&format!("[server]\n{server}")).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let s = resolve(&Sources::default(), None).unwrap();
+        assert_eq!(s.bind, "127.0.0.1:8000");
+        assert_eq!(s.store, "memory");
+        assert_eq!(s.policy, Policy::default());
+        assert_eq!(s.policy.default_lock_timeout.as_seconds(), 300.0);
+        assert_eq!(s.policy.default_session_timeout.as_seconds(), 600.0);
+        assert_eq!(s.cleanup_interval, Duration::from_secs(10));
+        assert!(s.equipment.is_none());
+    }
+
+    #[test]
+    fn precedence_is_flags_env_dotenv_file_default() {
+        let f = file("bind = 'file:1'\nlock_timeout_sec = 1\nenable_lock_queue = false");
+        let layers = |flags: Option<&str>, env: &[(&str, &str)], dotenv: &[(&str, &str)]| {
+            let sources = Sources {
+                flags: Flags {
+                    bind: flags.map(String::from),
+                    ..Flags::default()
+                },
+                env: map(env),
+                dotenv: map(dotenv),
+            };
+            resolve(&sources, Some(&f)).unwrap()
+        };
+        assert_eq!(layers(None, &[], &[]).bind, "file:1");
+        assert_eq!(
+            layers(None, &[], &[("LABLINK_BIND", "dot:1")]).bind,
+            "dot:1"
+        );
+        assert_eq!(
+            layers(
+                None,
+                &[("LABLINK_BIND", "env:1")],
+                &[("LABLINK_BIND", "dot:1")]
+            )
+            .bind,
+            "env:1"
+        );
+        assert_eq!(
+            layers(Some("flag:1"), &[("LABLINK_BIND", "env:1")], &[]).bind,
+            "flag:1"
+        );
+
+        let s = layers(
+            None,
+            &[("LABLINK_LOCK_TIMEOUT_SEC", "0")],
+            &[("LABLINK_LOCK_TIMEOUT_SEC", "7")],
+        );
+        assert_eq!(s.policy.default_lock_timeout, Timeout::NONE);
+        assert!(!s.policy.lock.queue_enabled, "from the file");
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let env = map(&[
+            ("LABLINK_ENABLE_EQUIPMENT_LOCKS", "false"),
+            ("LABLINK_LOCK_TIMEOUT_SEC", "30"),
+            ("LABLINK_SESSION_TIMEOUT_SEC", "60.5"),
+            ("LABLINK_ENABLE_LOCK_QUEUE", "no"),
+            ("LABLINK_ENABLE_OBSERVER_MODE", "0"),
+            ("LABLINK_AUTO_RELEASE_ON_DISCONNECT", "FALSE"),
+            ("LABLINK_LOG_LOCK_EVENTS", "off"),
+            ("LABLINK_CLEANUP_INTERVAL_SEC", "2"),
+            ("LABLINK_STORE", "memory"),
+        ]);
+        let s = resolve(
+            &Sources {
+                env,
+                ..Sources::default()
+            },
+            None,
+        )
+        .unwrap();
+        let p = &s.policy;
+        assert!(!p.locks_enabled && !p.lock.queue_enabled && !p.lock.observer_enabled);
+        assert!(!p.auto_release_on_disconnect && !p.log_lock_events);
+        assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
+        assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
+        assert_eq!(s.cleanup_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_source() {
+        let cases = [
+            ("LABLINK_LOCK_TIMEOUT_SEC", "-5"),
+            ("LABLINK_SESSION_TIMEOUT_SEC", "ten"),
+            ("LABLINK_ENABLE_LOCK_QUEUE", "maybe"),
+            ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),
+        ];
+        for (name, value) in cases {
+            let sources = Sources {
+                dotenv: map(&[(name, value)]),
+                ..Sources::default()
+            };
+            let err = resolve(&sources, None).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_config_file_refuses_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("lablink-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[server]\nlock_timeout = 3\n").unwrap();
+        let err = ConfigFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains("\"lock_timeout\""), "{err}");
+        std::fs::write(&path, "[[instrument]]\nid = 'x'\n").unwrap();
+        let err = ConfigFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains("instrument"), "{err}");
+        std::fs::write(dir.join(".env"), "LABLINK_BIND=0.0.0.0:1\n# comment\n").unwrap();
+        assert_eq!(read_dotenv(&dir).unwrap()["LABLINK_BIND"], "0.0.0.0:1");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,133 @@
+//! The events: what the history stores and what clients are shown. Each is
+//! one change to a session, a lock or a queue, with the details that explain it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ids::{EquipmentId, SessionId};
+use super::lock::LockMode;
+use super::time::Timestamp;
+
+/// The names of semantics.md, "Events".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    LockAcquired,
+    LockRefreshed,
+    LockReleased,
+    LockForceReleased,
+    LockExpired,
+    ObserverLockAcquired,
+    ObserverLockReleased,
+    ObserverRevoked,
+    Queued,
+    Dequeued,
+    QueueProcessed,
+    SessionCreated,
+    SessionEnded,
+    SessionExpired,
+}
+
+impl EventKind {
+    /// Session lifecycle events are kept even when lock-event logging is off.
+    pub fn is_session_lifecycle(self) -> bool {
+        matches!(
+            self,
+            Self::SessionCreated | Self::SessionEnded | Self::SessionExpired
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LockAcquired => "lock_acquired",
+            Self::LockRefreshed => "lock_refreshed",
+            Self::LockReleased => "lock_released",
+            Self::LockForceReleased => "lock_force_released",
+            Self::LockExpired => "lock_expired",
+            Self::ObserverLockAcquired => "observer_lock_acquired",
+            Self::ObserverLockReleased => "observer_lock_released",
+            Self::ObserverRevoked => "observer_revoked",
+            Self::Queued => "queued",
+            Self::Dequeued => "dequeued",
+            Self::QueueProcessed => "queue_processed",
+            Self::SessionCreated => "session_created",
+            Self::SessionEnded => "session_ended",
+            Self::SessionExpired => "session_expired",
+        }
+    }
+}
+
+/// Why a lock or queue place ended, when it was not the holder's own request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Released,
+    Timeout,
+    SessionEnded,
+    SessionExpired,
+    SessionNotLive,
+    ExclusiveGranted,
+    Forced,
+    Upgraded,
+}
+
+/// One recorded change. `session_id` is the session it happened to; the
+/// optional fields carry what explains it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub event: EventKind,
+    #[schema(value_type = String, example = "2025-11-08T10:30:00.123Z")]
+    pub timestamp: Timestamp,
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equipment_id: Option<EquipmentId>,
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_mode: Option<LockMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<EndReason>,
+    /// The session that forced a release (for `lock_force_released`).
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_by: Option<SessionId>,
+    /// How many locks a session end released (for `session_ended`/`session_expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks_released: Option<usize>,
+}
+
+impl Event {
+    pub fn new(event: EventKind, timestamp: Timestamp) -> Self {
+        Self {
+            event,
+            timestamp,
+            equipment_id: None,
+            session_id: None,
+            lock_mode: None,
+            lock_id: None,
+            fencing_token: None,
+            timeout_seconds: None,
+            position: None,
+            queue_id: None,
+            reason: None,
+            forced_by: None,
+            locks_released: None,
+        }
+    }
+
+    /// Whether this event belongs in the history of `session`.
+    pub fn names_session(&self, session: &SessionId) -> bool {
+        self.session_id.as_ref() == Some(session) || self.forced_by.as_ref() == Some(session)
+    }
+}

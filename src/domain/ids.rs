@@ -1,0 +1,83 @@
+//! Identifier newtypes. Parsing happens once, at the edge; the rest of the
+//! code can rely on an id being well formed. No I/O, no randomness here:
+//! callers that need fresh ids pass them in.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use super::DomainError;
+
+/// The longest id we accept, so ids stay cheap to store, log and index.
+pub const MAX_ID_LEN: usize = 128;
+
+fn check_id(kind: &'static str, raw: &str) -> Result<(), DomainError> {
+    if raw.is_empty() || raw.len() > MAX_ID_LEN {
+        return Err(DomainError::InvalidId {
+            kind,
+            reason: format!("must be 1 to {MAX_ID_LEN} characters"),
+        });
+    }
+    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(DomainError::InvalidId {
+            kind,
+            reason: "must not contain whitespace or control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Accepts 1..=128 printable characters without whitespace.
+            pub fn parse(raw: &str) -> Result<Self, DomainError> {
+                check_id($kind, raw)?;
+                Ok(Self(raw.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A session's id. New sessions get a random UUID v4 (made by the
+    /// service); any well-formed string is accepted when parsing, so that a
+    /// client naming an unknown session gets a 404, not a format error.
+    SessionId,
+    "session_id"
+);
+string_id!(
+    /// A registered instrument's id, as written in the configuration.
+    EquipmentId,
+    "equipment_id"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_printable_and_reject_the_rest() {
+        for ok in ["ps_abc123", "550e8400-e29b-41d4-a716-446655440000", "a"] {
+            assert!(EquipmentId::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        for bad in ["", "a b", "tab\t", "nl\n", long.as_str()] {
+            assert!(SessionId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

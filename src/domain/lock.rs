@@ -1,0 +1,685 @@
+//! One equipment's lock state: the exclusive holder, the observers, the FIFO
+//! queue and the fencing counter, with every rule of semantics.md "Locks".
+//!
+//! Every method takes `now`; the ones that change state push `Event`s and
+//! either succeed or return a `DomainError` without changing anything.
+//! Whether another session is still live is asked through a `live` callback,
+//! so this module never needs to see the session table.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use utoipa::ToSchema;
+
+use super::DomainError;
+use super::event::{EndReason, Event, EventKind};
+use super::ids::{EquipmentId, SessionId};
+use super::time::{Timeout, Timestamp, is_live};
+
+/// How many involuntary lock losses an equipment remembers, so that a
+/// client whose lock ended gets `lock_lost` instead of a bare 403.
+const REMEMBERED_LOSSES: usize = 32;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    #[default]
+    Exclusive,
+    Observer,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exclusive => "exclusive",
+            Self::Observer => "observer",
+        }
+    }
+}
+
+/// What a command needs: control actions need the exclusive lock, observe
+/// actions an observer or exclusive lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    Control,
+    Observe,
+}
+
+/// A held lock (exclusive or observer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub lock_id: String,
+    pub session_id: SessionId,
+    pub mode: LockMode,
+    pub acquired_at: Timestamp,
+    pub last_activity: Timestamp,
+    pub timeout: Timeout,
+    pub fencing_token: u64,
+}
+
+impl Grant {
+    pub fn deadline(&self) -> Option<Timestamp> {
+        self.timeout.deadline_after(self.last_activity)
+    }
+
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        is_live(self.deadline(), now)
+    }
+
+    fn touch(&mut self, now: Timestamp) {
+        self.last_activity = self.last_activity.max(now);
+    }
+}
+
+/// A place in an equipment's queue. `timeout` is what the waiter asked for,
+/// used when it is granted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub queue_id: String,
+    pub session_id: SessionId,
+    pub mode: LockMode,
+    pub timeout: Timeout,
+    pub queued_at: Timestamp,
+}
+
+/// A session that lost its lock without asking, and how.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LostLock {
+    pub session_id: SessionId,
+    pub reason: EndReason,
+}
+
+/// The switches of the brief that change the lock rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockPolicy {
+    pub queue_enabled: bool,
+    pub observer_enabled: bool,
+}
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        Self {
+            queue_enabled: true,
+            observer_enabled: true,
+        }
+    }
+}
+
+/// An acquire request, with defaults already applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockRequest {
+    pub session_id: SessionId,
+    pub mode: LockMode,
+    pub timeout: Timeout,
+    pub queue_if_busy: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AcquireOutcome {
+    /// A new grant.
+    Locked(Grant),
+    /// The session already held a lock here; its lease starts again.
+    Refreshed(Grant),
+    /// The session waits; `position` is 1-based.
+    Queued { entry: QueueEntry, position: usize },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReleaseOutcome {
+    /// The exclusive lock (or, forced, every observer lock) was released.
+    Released {
+        was_forced: bool,
+    },
+    ObserverReleased,
+    Dequeued,
+}
+
+/// The lock state of one equipment. Invariants (checked by the property
+/// tests): an exclusive holder excludes observers; the holder is never
+/// queued; a session is queued at most once; the queue only waits when its
+/// head is blocked; fencing tokens only grow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EquipmentLocks {
+    pub equipment_id: EquipmentId,
+    pub exclusive: Option<Grant>,
+    pub observers: Vec<Grant>,
+    pub queue: VecDeque<QueueEntry>,
+    /// The token of the latest grant; the next grant gets one more.
+    pub fencing_counter: u64,
+    /// Numbers queue entries, so queue ids are unique without randomness.
+    pub queue_counter: u64,
+    pub lost: VecDeque<LostLock>,
+}
+
+impl EquipmentLocks {
+    pub fn new(equipment_id: EquipmentId) -> Self {
+        Self {
+            equipment_id,
+            exclusive: None,
+            observers: Vec::new(),
+            queue: VecDeque::new(),
+            fencing_counter: 0,
+            queue_counter: 0,
+            lost: VecDeque::new(),
+        }
+    }
+
+    /// Nobody holds or waits.
+    pub fn is_idle(&self) -> bool {
+        self.exclusive.is_none() && self.observers.is_empty() && self.queue.is_empty()
+    }
+
+    pub fn holder(&self) -> Option<&SessionId> {
+        self.exclusive.as_ref().map(|g| &g.session_id)
+    }
+
+    /// The lock `session` holds here, exclusive or observer.
+    pub fn grant_of(&self, session: &SessionId) -> Option<&Grant> {
+        self.exclusive
+            .iter()
+            .chain(&self.observers)
+            .find(|g| &g.session_id == session)
+    }
+
+    /// Every session that holds or waits here.
+    pub fn participants(&self) -> impl Iterator<Item = &SessionId> {
+        self.exclusive
+            .iter()
+            .chain(&self.observers)
+            .map(|g| &g.session_id)
+            .chain(self.queue.iter().map(|e| &e.session_id))
+    }
+
+    /// 1-based place of `session` in the queue.
+    pub fn position_of(&self, session: &SessionId) -> Option<usize> {
+        self.queue
+            .iter()
+            .position(|e| &e.session_id == session)
+            .map(|i| i + 1)
+    }
+
+    /// The earliest time at which a lock here runs out.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.exclusive
+            .iter()
+            .chain(&self.observers)
+            .filter_map(Grant::deadline)
+            .min()
+    }
+
+    pub fn loss_of(&self, session: &SessionId) -> Option<EndReason> {
+        self.lost
+            .iter()
+            .rev()
+            .find(|l| &l.session_id == session)
+            .map(|l| l.reason)
+    }
+
+    fn remember_loss(&mut self, session: &SessionId, reason: EndReason) {
+        self.lost.retain(|l| &l.session_id != session);
+        if self.lost.len() == REMEMBERED_LOSSES {
+            self.lost.pop_front();
+        }
+        self.lost.push_back(LostLock {
+            session_id: session.clone(),
+            reason,
+        });
+    }
+
+    fn new_grant(
+        &mut self,
+        session: &SessionId,
+        mode: LockMode,
+        timeout: Timeout,
+        now: Timestamp,
+    ) -> Grant {
+        self.fencing_counter += 1;
+        self.lost.retain(|l| &l.session_id != session);
+        Grant {
+            lock_id: format!("lock_{}_{}", self.equipment_id, self.fencing_counter),
+            session_id: session.clone(),
+            mode,
+            acquired_at: now,
+            last_activity: now,
+            timeout,
+            fencing_token: self.fencing_counter,
+        }
+    }
+
+    fn event(&self, kind: EventKind, session: &SessionId, now: Timestamp) -> Event {
+        let mut e = Event::new(kind, now);
+        e.equipment_id = Some(self.equipment_id.clone());
+        e.session_id = Some(session.clone());
+        e
+    }
+
+    fn grant_event(&self, kind: EventKind, grant: &Grant, now: Timestamp) -> Event {
+        let mut e = self.event(kind, &grant.session_id, now);
+        e.lock_mode = Some(grant.mode);
+        e.lock_id = Some(grant.lock_id.clone());
+        e.fencing_token = Some(grant.fencing_token);
+        e.timeout_seconds = Some(grant.timeout.as_seconds());
+        e
+    }
+
+    fn ended_event(
+        &self,
+        kind: EventKind,
+        grant: &Grant,
+        reason: EndReason,
+        now: Timestamp,
+    ) -> Event {
+        let mut e = self.grant_event(kind, grant, now);
+        e.reason = Some(reason);
+        e
+    }
+
+    /// Acquire, refresh, or queue (semantics.md, Locks 2-6).
+    pub fn acquire(
+        &mut self,
+        req: &LockRequest,
+        now: Timestamp,
+        policy: LockPolicy,
+        events: &mut Vec<Event>,
+    ) -> Result<AcquireOutcome, DomainError> {
+        if req.mode == LockMode::Observer && !policy.observer_enabled {
+            return Err(DomainError::ObserverModeDisabled);
+        }
+        let session = &req.session_id;
+
+        // The exclusive holder asking again, in either mode, keeps its
+        // exclusive lock with a fresh lease and the new timeout.
+        if let Some(grant) = self.exclusive.as_mut().filter(|g| &g.session_id == session) {
+            grant.touch(now);
+            grant.timeout = req.timeout;
+            let grant = grant.clone();
+            events.push(self.grant_event(EventKind::LockRefreshed, &grant, now));
+            return Ok(AcquireOutcome::Refreshed(grant));
+        }
+        let own_observer = self.observers.iter().position(|g| &g.session_id == session);
+        if let (Some(i), LockMode::Observer) = (own_observer, req.mode) {
+            let grant = &mut self.observers[i];
+            grant.touch(now);
+            grant.timeout = req.timeout;
+            let grant = grant.clone();
+            events.push(self.grant_event(EventKind::LockRefreshed, &grant, now));
+            return Ok(AcquireOutcome::Refreshed(grant));
+        }
+        if let Some(position) = self.position_of(session) {
+            let entry = self.queue[position - 1].clone();
+            return Ok(AcquireOutcome::Queued { entry, position });
+        }
+
+        // Free: nobody holds it exclusively and nobody waits. Observers do
+        // not make it busy for an exclusive request; they are revoked.
+        if self.exclusive.is_none() && self.queue.is_empty() {
+            let grant = self.grant_now(session, req.mode, req.timeout, now, events);
+            return Ok(AcquireOutcome::Locked(grant));
+        }
+
+        if !req.queue_if_busy {
+            return Err(DomainError::Busy {
+                equipment: self.equipment_id.clone(),
+                holder: self.holder().cloned(),
+            });
+        }
+        if !policy.queue_enabled {
+            return Err(DomainError::QueueDisabled {
+                equipment: self.equipment_id.clone(),
+            });
+        }
+        self.queue_counter += 1;
+        let entry = QueueEntry {
+            queue_id: format!("queue_{}_{}", self.equipment_id, self.queue_counter),
+            session_id: session.clone(),
+            mode: req.mode,
+            timeout: req.timeout,
+            queued_at: now,
+        };
+        self.queue.push_back(entry.clone());
+        let position = self.queue.len();
+        let mut e = self.event(EventKind::Queued, session, now);
+        e.lock_mode = Some(req.mode);
+        e.queue_id = Some(entry.queue_id.clone());
+        e.position = Some(position);
+        e.timeout_seconds = Some(req.timeout.as_seconds());
+        events.push(e);
+        Ok(AcquireOutcome::Queued { entry, position })
+    }
+
+    /// Grants `mode` to `session` on equipment with no exclusive holder.
+    /// An exclusive grant revokes every other observer and absorbs the
+    /// session's own observer lock (an upgrade).
+    fn grant_now(
+        &mut self,
+        session: &SessionId,
+        mode: LockMode,
+        timeout: Timeout,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Grant {
+        debug_assert!(self.exclusive.is_none());
+        let grant = self.new_grant(session, mode, timeout, now);
+        match mode {
+            LockMode::Observer => {
+                events.push(self.grant_event(EventKind::ObserverLockAcquired, &grant, now));
+                self.observers.push(grant.clone());
+            }
+            LockMode::Exclusive => {
+                for observer in std::mem::take(&mut self.observers) {
+                    if &observer.session_id == session {
+                        events.push(self.ended_event(
+                            EventKind::ObserverLockReleased,
+                            &observer,
+                            EndReason::Upgraded,
+                            now,
+                        ));
+                    } else {
+                        events.push(self.ended_event(
+                            EventKind::ObserverRevoked,
+                            &observer,
+                            EndReason::ExclusiveGranted,
+                            now,
+                        ));
+                        self.remember_loss(&observer.session_id, EndReason::ExclusiveGranted);
+                    }
+                }
+                events.push(self.grant_event(EventKind::LockAcquired, &grant, now));
+                self.exclusive = Some(grant.clone());
+            }
+        }
+        grant
+    }
+
+    /// Release by `session` (semantics.md, Locks 8). With `force`, a session
+    /// that holds nothing here releases whoever holds it: the exclusive
+    /// holder, or else every observer. `session` need not be live for a
+    /// forced release; the caller decides who may force.
+    pub fn release(
+        &mut self,
+        session: &SessionId,
+        force: bool,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> Result<ReleaseOutcome, DomainError> {
+        if let Some(grant) = self.exclusive.take_if(|g| &g.session_id == session) {
+            events.push(self.ended_event(
+                EventKind::LockReleased,
+                &grant,
+                EndReason::Released,
+                now,
+            ));
+            self.advance_queue(now, live, events);
+            return Ok(ReleaseOutcome::Released { was_forced: false });
+        }
+        if let Some(i) = self.observers.iter().position(|g| &g.session_id == session) {
+            let grant = self.observers.remove(i);
+            events.push(self.ended_event(
+                EventKind::ObserverLockReleased,
+                &grant,
+                EndReason::Released,
+                now,
+            ));
+            self.advance_queue(now, live, events);
+            return Ok(ReleaseOutcome::ObserverReleased);
+        }
+        if force && (self.exclusive.is_some() || !self.observers.is_empty()) {
+            let taken: Vec<Grant> = self
+                .exclusive
+                .take()
+                .into_iter()
+                .chain(std::mem::take(&mut self.observers))
+                .collect();
+            for grant in taken {
+                let mut e =
+                    self.ended_event(EventKind::LockForceReleased, &grant, EndReason::Forced, now);
+                e.forced_by = Some(session.clone());
+                events.push(e);
+                self.remember_loss(&grant.session_id, EndReason::Forced);
+            }
+            self.advance_queue(now, live, events);
+            return Ok(ReleaseOutcome::Released { was_forced: true });
+        }
+        if let Some(position) = self.position_of(session) {
+            let entry = self
+                .queue
+                .remove(position - 1)
+                .expect("position is in range");
+            let mut e = self.event(EventKind::Dequeued, session, now);
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.reason = Some(EndReason::Released);
+            events.push(e);
+            // Leaving may unblock nobody (the head is blocked by a holder),
+            // but the head itself leaving can let observers behind it in.
+            self.advance_queue(now, live, events);
+            return Ok(ReleaseOutcome::Dequeued);
+        }
+        if force {
+            return Err(DomainError::NotLocked {
+                equipment: self.equipment_id.clone(),
+            });
+        }
+        match self.holder() {
+            Some(holder) => Err(DomainError::NotHolder {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+                holder: Some(holder.clone()),
+                needed: "exclusive",
+            }),
+            None => Err(DomainError::NoLock {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+                lost: self.loss_of(session),
+            }),
+        }
+    }
+
+    /// Renews `session`'s lock here (the activity endpoint).
+    pub fn renew(&mut self, session: &SessionId, now: Timestamp) -> Result<Grant, DomainError> {
+        let grant = self
+            .exclusive
+            .iter_mut()
+            .chain(self.observers.iter_mut())
+            .find(|g| &g.session_id == session);
+        match grant {
+            Some(grant) => {
+                grant.touch(now);
+                Ok(grant.clone())
+            }
+            None => Err(DomainError::NoLock {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+                lost: self.loss_of(session),
+            }),
+        }
+    }
+
+    /// Checks that `session` may run an action needing `access`, and renews
+    /// the lock that allows it (semantics.md, Commands 3 and Locks 11).
+    pub fn authorize(
+        &mut self,
+        session: &SessionId,
+        access: Access,
+        fencing_token: Option<u64>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let holder = self.holder().cloned();
+        let grant = match access {
+            Access::Control => self.exclusive.as_mut().filter(|g| &g.session_id == session),
+            Access::Observe => self
+                .exclusive
+                .iter_mut()
+                .chain(self.observers.iter_mut())
+                .find(|g| &g.session_id == session),
+        };
+        let Some(grant) = grant else {
+            if let Some(reason) = self.loss_of(session) {
+                return Err(DomainError::LockLost {
+                    equipment: self.equipment_id.clone(),
+                    session: session.clone(),
+                    reason,
+                });
+            }
+            return Err(DomainError::NotHolder {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+                holder,
+                needed: match access {
+                    Access::Control => "exclusive",
+                    Access::Observe => "observer or exclusive",
+                },
+            });
+        };
+        if let Some(sent) = fencing_token.filter(|t| *t < grant.fencing_token) {
+            return Err(DomainError::StaleFencingToken {
+                sent,
+                current: grant.fencing_token,
+            });
+        }
+        grant.touch(now);
+        Ok(())
+    }
+
+    /// With locks disabled nothing is authorised, but a fencing token older
+    /// than the exclusive holder's grant is still refused.
+    pub fn check_fencing(&self, fencing_token: Option<u64>) -> Result<(), DomainError> {
+        match (fencing_token, &self.exclusive) {
+            (Some(sent), Some(grant)) if sent < grant.fencing_token => {
+                Err(DomainError::StaleFencingToken {
+                    sent,
+                    current: grant.fencing_token,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends every lock whose deadline has passed at `now`, then hands the
+    /// equipment on. Returns how many locks expired.
+    pub fn expire(
+        &mut self,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> usize {
+        let mut expired: Vec<Grant> = self
+            .exclusive
+            .take_if(|g| !g.is_live(now))
+            .into_iter()
+            .collect();
+        let (gone, kept): (Vec<Grant>, Vec<Grant>) = std::mem::take(&mut self.observers)
+            .into_iter()
+            .partition(|g| !g.is_live(now));
+        self.observers = kept;
+        expired.extend(gone);
+        for grant in &expired {
+            events.push(self.ended_event(EventKind::LockExpired, grant, EndReason::Timeout, now));
+            self.remember_loss(&grant.session_id, EndReason::Timeout);
+        }
+        self.advance_queue(now, live, events);
+        expired.len()
+    }
+
+    /// Removes `session` from this equipment because the session ended:
+    /// its queue places always, its locks when `release_locks` (the
+    /// auto-release setting). Returns how many locks it released.
+    pub fn remove_session(
+        &mut self,
+        session: &SessionId,
+        release_locks: bool,
+        reason: EndReason,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> usize {
+        let mut released = Vec::new();
+        if release_locks {
+            released.extend(self.exclusive.take_if(|g| &g.session_id == session));
+            let (mine, others): (Vec<Grant>, Vec<Grant>) = std::mem::take(&mut self.observers)
+                .into_iter()
+                .partition(|g| &g.session_id == session);
+            self.observers = others;
+            released.extend(mine);
+        }
+        for grant in &released {
+            let kind = match grant.mode {
+                LockMode::Exclusive => EventKind::LockReleased,
+                LockMode::Observer => EventKind::ObserverLockReleased,
+            };
+            events.push(self.ended_event(kind, grant, reason, now));
+            if reason == EndReason::SessionExpired {
+                self.remember_loss(session, reason);
+            }
+        }
+        let (mine, others): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =
+            std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|e| &e.session_id == session);
+        self.queue = others;
+        for entry in mine {
+            let mut e = self.event(EventKind::Dequeued, session, now);
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.reason = Some(reason);
+            events.push(e);
+        }
+        self.advance_queue(now, &mut |s| s != session && live(s), events);
+        released.len()
+    }
+
+    /// Grants the head of the queue whatever it can now have (semantics.md,
+    /// Locks 7). Entries of sessions that are no longer live are dropped.
+    /// An exclusive head waits for every other observer to leave: observers
+    /// granted from the queue are not revoked by the waiter behind them.
+    fn advance_queue(
+        &mut self,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) {
+        while self.exclusive.is_none() {
+            let Some(head) = self.queue.front() else {
+                break;
+            };
+            if !live(&head.session_id) {
+                let entry = self.queue.pop_front().expect("head exists");
+                let mut e = self.event(EventKind::Dequeued, &entry.session_id, now);
+                e.lock_mode = Some(entry.mode);
+                e.queue_id = Some(entry.queue_id);
+                e.reason = Some(EndReason::SessionNotLive);
+                events.push(e);
+                continue;
+            }
+            if head.mode == LockMode::Exclusive
+                && self
+                    .observers
+                    .iter()
+                    .any(|g| g.session_id != head.session_id)
+            {
+                break;
+            }
+            let entry = self.queue.pop_front().expect("head exists");
+            let mut granted = Vec::new();
+            let grant = self.grant_now(
+                &entry.session_id,
+                entry.mode,
+                entry.timeout,
+                now,
+                &mut granted,
+            );
+            // A hand-off is recorded as one `queue_processed` event; the
+            // grant's own acquired event is folded into it.
+            events.extend(granted.into_iter().filter(|e| {
+                !matches!(
+                    e.event,
+                    EventKind::LockAcquired | EventKind::ObserverLockAcquired
+                )
+            }));
+            let mut e = self.grant_event(EventKind::QueueProcessed, &grant, now);
+            e.queue_id = Some(entry.queue_id);
+            events.push(e);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The rules of LabLink, as pure functions of state and time.
+//!
+//! Nothing in here does I/O, reads a clock, or makes random numbers: callers
+//! pass `now` and fresh ids in, and get back the new state plus the events
+//! that describe the change, or a `DomainError` with the state untouched.
+
+pub mod event;
+pub mod ids;
+pub mod lock;
+pub mod session;
+pub mod time;
+
+pub use event::{EndReason, Event, EventKind};
+pub use ids::{EquipmentId, SessionId};
+pub use lock::{
+    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, QueueEntry,
+    ReleaseOutcome,
+};
+pub use session::Session;
+pub use time::{Timeout, Timestamp};
+
+/// A request the rules refuse. Each variant maps to one HTTP status and code
+/// in `api::error`; the state is unchanged when one is returned.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DomainError {
+    #[error("invalid {kind}: {reason}")]
+    InvalidId { kind: &'static str, reason: String },
+    #[error("invalid timestamp {0}")]
+    InvalidTimestamp(String),
+    #[error("{0}")]
+    InvalidTimeout(String),
+    #[error("equipment {equipment} is busy: {}", busy_detail(holder.as_ref()))]
+    Busy {
+        equipment: EquipmentId,
+        holder: Option<SessionId>,
+    },
+    #[error(
+        "equipment {equipment} is busy and the lock queue is disabled (LABLINK_ENABLE_LOCK_QUEUE=false): try again later"
+    )]
+    QueueDisabled { equipment: EquipmentId },
+    #[error("observer mode is disabled (LABLINK_ENABLE_OBSERVER_MODE=false)")]
+    ObserverModeDisabled,
+    #[error("session {session} does not hold the {needed} lock on {equipment}: {}", holder_detail(holder.as_ref()))]
+    NotHolder {
+        equipment: EquipmentId,
+        session: SessionId,
+        holder: Option<SessionId>,
+        needed: &'static str,
+    },
+    #[error("session {session} lost its lock on {equipment} ({}): stop and acquire it again", reason_text(*reason))]
+    LockLost {
+        equipment: EquipmentId,
+        session: SessionId,
+        reason: EndReason,
+    },
+    #[error("session {session} holds no lock on {equipment} and is not in its queue{}", lost.map(|r| format!(" (its lock ended: {})", reason_text(r))).unwrap_or_default())]
+    NoLock {
+        equipment: EquipmentId,
+        session: SessionId,
+        lost: Option<EndReason>,
+    },
+    #[error("equipment {equipment} is not locked: nothing to force-release")]
+    NotLocked { equipment: EquipmentId },
+    #[error(
+        "fencing token {sent} is older than the current grant's token {current}: this command comes from a lock that has since ended"
+    )]
+    StaleFencingToken { sent: u64, current: u64 },
+}
+
+fn busy_detail(holder: Option<&SessionId>) -> String {
+    match holder {
+        Some(h) => format!("locked by session {h}; set queue_if_busy to wait in line"),
+        None => "other sessions are waiting in its queue; set queue_if_busy to wait in line".into(),
+    }
+}
+
+fn holder_detail(holder: Option<&SessionId>) -> String {
+    match holder {
+        Some(h) => format!("it is locked by session {h}"),
+        None => "acquire a lock first".into(),
+    }
+}
+
+fn reason_text(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::Released => "released",
+        EndReason::Timeout => "its lease expired",
+        EndReason::SessionEnded => "its session ended",
+        EndReason::SessionExpired => "its session expired",
+        EndReason::SessionNotLive => "its session is no longer live",
+        EndReason::ExclusiveGranted => "revoked for an exclusive lock",
+        EndReason::Forced => "force-released by another session",
+        EndReason::Upgraded => "upgraded to exclusive",
+    }
+}

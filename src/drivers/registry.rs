@@ -1,0 +1,186 @@
+//! The instruments this server serves, built once at start-up from the
+//! configuration's `[[equipment]]` entries (or the three demo instruments).
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Driver;
+use super::sim::{InstrumentModel, SimDriver, load::Load, psu::Psu, scope::Scope};
+use crate::domain::EquipmentId;
+
+/// The drivers a configuration may name.
+pub const DRIVERS: &[&str] = &[Psu::DRIVER, Scope::DRIVER, Load::DRIVER];
+
+/// One `[[equipment]]` entry: `id`, `driver`, an optional `name`, and the
+/// driver's own keys in `settings`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EquipmentConfig {
+    pub id: String,
+    pub driver: String,
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    #[error("equipment {id:?}: unknown driver {driver:?} (known drivers: {})", DRIVERS.join(", "))]
+    UnknownDriver { id: String, driver: String },
+    #[error("equipment {id:?} (driver {driver}): {message}")]
+    BadSettings {
+        id: String,
+        driver: String,
+        message: String,
+    },
+    #[error("equipment id {0:?} is used twice")]
+    DuplicateId(String),
+    #[error("equipment id {id:?}: {message}")]
+    BadId { id: String, message: String },
+}
+
+/// A registered instrument. `serial` makes commands to it run one at a
+/// time, in arrival order (tokio's mutex is fair).
+pub struct Instrument {
+    pub id: EquipmentId,
+    pub name: String,
+    pub driver: Arc<dyn Driver>,
+    pub serial: tokio::sync::Mutex<()>,
+}
+
+pub struct Instruments {
+    by_id: HashMap<EquipmentId, Arc<Instrument>>,
+    order: Vec<EquipmentId>,
+}
+
+fn sim<M: InstrumentModel>(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
+    let settings: M::Config = toml::Value::Table(config.settings.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| RegistryError::BadSettings {
+            id: config.id.clone(),
+            driver: config.driver.clone(),
+            message: e.message().to_string(),
+        })?;
+    Ok(Arc::new(SimDriver::new(M::from_config(settings))))
+}
+
+fn build_driver(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
+    match config.driver.as_str() {
+        Psu::DRIVER => sim::<Psu>(config),
+        Scope::DRIVER => sim::<Scope>(config),
+        Load::DRIVER => sim::<Load>(config),
+        _ => Err(RegistryError::UnknownDriver {
+            id: config.id.clone(),
+            driver: config.driver.clone(),
+        }),
+    }
+}
+
+impl Instruments {
+    pub fn from_configs(configs: &[EquipmentConfig]) -> Result<Self, RegistryError> {
+        let mut by_id = HashMap::new();
+        let mut order = Vec::new();
+        for config in configs {
+            let id = EquipmentId::parse(&config.id).map_err(|e| RegistryError::BadId {
+                id: config.id.clone(),
+                message: e.to_string(),
+            })?;
+            let driver = build_driver(config)?;
+            let instrument = Instrument {
+                id: id.clone(),
+                name: config.name.clone().unwrap_or_else(|| config.id.clone()),
+                driver,
+                serial: tokio::sync::Mutex::new(()),
+            };
+            if by_id.insert(id.clone(), Arc::new(instrument)).is_some() {
+                return Err(RegistryError::DuplicateId(config.id.clone()));
+            }
+            order.push(id);
+        }
+        Ok(Self { by_id, order })
+    }
+
+    /// The three simulated instruments of the brief's examples.
+    pub fn demo_configs() -> Vec<EquipmentConfig> {
+        let entry = |id: &str, driver: &str, name: &str| EquipmentConfig {
+            id: id.into(),
+            driver: driver.into(),
+            name: Some(name.into()),
+            settings: toml::Table::new(),
+        };
+        vec![
+            entry("ps_abc123", Psu::DRIVER, "Demo power supply"),
+            entry("scope_123", Scope::DRIVER, "Demo oscilloscope"),
+            entry("load_1", Load::DRIVER, "Demo electronic load"),
+        ]
+    }
+
+    pub fn get(&self, id: &EquipmentId) -> Option<&Arc<Instrument>> {
+        self.by_id.get(id)
+    }
+
+    pub fn contains(&self, id: &EquipmentId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// In configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Instrument>> {
+        self.order.iter().filter_map(|id| self.by_id.get(id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Instruments, RegistryError> {
+        #[derive(Deserialize)]
+        struct File {
+            equipment: Vec<EquipmentConfig>,
+        }
+        let file: File = toml::from_str(raw).unwrap();
+        Instruments::from_configs(&file.equipment)
+    }
+
+    #[test]
+    fn a_config_names_drivers_and_their_keys() {
+        let ok = parse(
+            r#"
+            [[equipment]]
+            id = "psu1"
+            driver = "sim-psu"
+            name = "Bench 3"
+            load_ohms = [5.0, 10.0, 2.0]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(ok.iter().next().unwrap().name, "Bench 3");
+
+        let unknown_key = parse("[[equipment]]\nid='a'\ndriver='sim-psu'\nvoltage=3")
+            .err()
+            .unwrap();
+        assert!(
+            unknown_key.to_string().contains("unknown field `voltage`"),
+            "{unknown_key}"
+        );
+        let unknown_driver = parse("[[equipment]]\nid='a'\ndriver='visa'").err().unwrap();
+        assert!(
+            unknown_driver
+                .to_string()
+                .contains("unknown driver \"visa\""),
+            "{unknown_driver}"
+        );
+        let twice = parse(
+            "[[equipment]]\nid='a'\ndriver='sim-load'\n[[equipment]]\nid='a'\ndriver='sim-load'",
+        );
+        assert_eq!(twice.err(), Some(RegistryError::DuplicateId("a".into())));
+    }
+}

@@ -1,0 +1,74 @@
+//! Simulated instruments. Each model (`psu`, `scope`, `load`) is a plain
+//! state machine that behaves like the instrument; `SimDriver` wraps one as
+//! a `Driver`. The same models will back the TCP simulator.
+
+pub mod load;
+pub mod psu;
+pub mod scope;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::sync::Mutex;
+
+use super::{ActionSpec, Driver, DriverError, Params};
+
+/// A simulated instrument's behaviour.
+pub trait InstrumentModel: Send + 'static {
+    /// Driver-specific configuration keys (unknown keys are refused).
+    type Config: DeserializeOwned + Default;
+    const DRIVER: &'static str;
+
+    fn from_config(config: Self::Config) -> Self;
+    fn model_name(&self) -> String;
+    fn actions() -> Vec<ActionSpec>;
+    fn apply(&mut self, action: &str, params: &Params) -> Result<Value, DriverError>;
+    fn state(&self) -> Value;
+}
+
+pub struct SimDriver<M> {
+    model: Mutex<M>,
+    actions: Vec<ActionSpec>,
+}
+
+impl<M: InstrumentModel> SimDriver<M> {
+    pub fn new(model: M) -> Self {
+        Self {
+            model: Mutex::new(model),
+            actions: M::actions(),
+        }
+    }
+
+    fn with_model<R>(&self, f: impl FnOnce(&mut M) -> R) -> R {
+        f(&mut self.model.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+#[async_trait]
+impl<M: InstrumentModel> Driver for SimDriver<M> {
+    fn driver_name(&self) -> &'static str {
+        M::DRIVER
+    }
+
+    fn model(&self) -> String {
+        self.with_model(|m| m.model_name())
+    }
+
+    fn actions(&self) -> &[ActionSpec] {
+        &self.actions
+    }
+
+    async fn execute(&self, action: &ActionSpec, params: &Params) -> Result<Value, DriverError> {
+        self.with_model(|m| m.apply(&action.name, params))
+    }
+
+    async fn state(&self) -> Value {
+        self.with_model(|m| m.state())
+    }
+}
+
+/// Rounds to 6 significant decimals so simulated readings look like an
+/// instrument's, not like float noise.
+pub(crate) fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}

@@ -1,0 +1,151 @@
+//! The composition root: turns `Settings` into a running server. The only
+//! place that names concrete stores; `build` binds (port 0 works, for
+//! tests) and `run` serves until the shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::drivers::Instruments;
+use crate::drivers::registry::RegistryError;
+use crate::service::Service;
+use crate::storage::Store;
+use crate::storage::memory::MemoryStore;
+use crate::{api, reaper};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Equipment(#[from] RegistryError),
+    #[error("store {url:?}: {message}")]
+    Store { url: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Opens the store a URL names: `memory` now; `sqlite://` and `postgres://`
+/// are reserved for their backends.
+pub fn open_store(url: &str) -> Result<Arc<dyn Store>, StartError> {
+    let scheme = url.split("://").next().unwrap_or(url);
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        "sqlite" | "postgres" | "postgresql" => Err(StartError::Store {
+            url: url.into(),
+            message: format!("the {scheme} store is not built yet; use --store memory"),
+        }),
+        _ => Err(StartError::Store {
+            url: url.into(),
+            message: "unknown store; expected memory".into(),
+        }),
+    }
+}
+
+pub struct Server {
+    listener: TcpListener,
+    service: Arc<Service>,
+    settings: Settings,
+}
+
+impl Server {
+    pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let instruments = Instruments::from_configs(&settings.equipment_configs())?;
+        if settings.equipment.is_none() {
+            tracing::info!(
+                "no config file: serving the demo instruments ps_abc123 (sim-psu), scope_123 (sim-scope), load_1 (sim-load)"
+            );
+        } else if instruments.is_empty() {
+            tracing::warn!("the config file lists no [[equipment]]: no instruments to serve");
+        }
+        let store = open_store(&settings.store)?;
+        let service = Arc::new(Service::new(
+            store.clone(),
+            clock,
+            Arc::new(instruments),
+            settings.policy.clone(),
+        ));
+        let listener =
+            TcpListener::bind(&settings.bind)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.bind.clone(),
+                    source,
+                })?;
+        tracing::info!(store = %store.describe(), "store opened");
+        Ok(Self {
+            listener,
+            service,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_reaper, reaper_stopped) = watch::channel(false);
+        let reaper = reaper::spawn(
+            self.service.clone(),
+            self.settings.cleanup_interval,
+            reaper_stopped,
+        );
+        tracing::info!(addr = %self.local_addr(), "LabLink listening");
+        let app =
+            api::router(self.service.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_reaper.send(true);
+        let _ = reaper.await;
+        tracing::info!("LabLink stopped");
+        served
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+    }
+}

@@ -1,0 +1,693 @@
+//! The use cases: one method per thing a client can ask. Each reads the
+//! clock once, runs inside one store transaction (first expiring whatever
+//! is due, so nothing past its deadline is ever seen), asks the domain,
+//! saves what changed, records the events, and wakes the reaper when a
+//! sooner deadline appeared. Instruments are driven after the lock check.
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use tokio::sync::Notify;
+
+use crate::clock::Clock;
+use crate::domain::{
+    AcquireOutcome, DomainError, EndReason, EquipmentId, EquipmentLocks, Event, EventKind,
+    LockMode, LockPolicy, LockRequest, ReleaseOutcome, Session, SessionId, Timeout, Timestamp,
+};
+use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
+use crate::storage::{Due, Store, StoreError, Tx};
+
+/// The brief's switches and defaults, as the service applies them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub locks_enabled: bool,
+    pub lock: LockPolicy,
+    pub auto_release_on_disconnect: bool,
+    pub log_lock_events: bool,
+    pub default_lock_timeout: Timeout,
+    pub default_session_timeout: Timeout,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            locks_enabled: true,
+            lock: LockPolicy::default(),
+            auto_release_on_disconnect: true,
+            log_lock_events: true,
+            default_lock_timeout: Timeout::from_millis(300_000),
+            default_session_timeout: Timeout::from_millis(600_000),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
+    SessionNotFound(SessionId),
+    #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
+    EquipmentNotFound(EquipmentId),
+    #[error("this action needs a session_id: create a session and lock the equipment first")]
+    SessionRequired,
+    #[error("session {0} is not live (it ended or expired): create a new session")]
+    SessionNotLive(SessionId),
+    #[error("unknown action {action:?} for {equipment}; valid actions: {}", valid.join(", "))]
+    UnknownAction {
+        equipment: EquipmentId,
+        action: String,
+        valid: Vec<String>,
+    },
+    #[error(transparent)]
+    InvalidParameter(#[from] ParamError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Wakes the reaper when a deadline sooner than the one it sleeps towards
+/// is saved.
+#[derive(Debug)]
+pub struct DeadlineSignal {
+    pub notify: Notify,
+    sleeping_until: AtomicI64,
+}
+
+impl Default for DeadlineSignal {
+    fn default() -> Self {
+        Self {
+            notify: Notify::new(),
+            sleeping_until: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl DeadlineSignal {
+    pub fn sleeping_until(&self, at: Timestamp) {
+        self.sleeping_until.store(at.as_millis(), Ordering::SeqCst);
+    }
+
+    fn saw(&self, deadline: Timestamp) {
+        if deadline.as_millis() < self.sleeping_until.load(Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// What the expiry of due deadlines did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ExpiryReport {
+    pub expired_locks: usize,
+    pub expired_sessions: usize,
+    pub queue_processed: usize,
+}
+
+/// A value with the instant it was read at, so views can show time left.
+#[derive(Clone, Debug)]
+pub struct At<T> {
+    pub value: T,
+    pub now: Timestamp,
+}
+
+pub struct NewSession {
+    pub client_name: Option<String>,
+    pub client_ip: Option<String>,
+    pub timeout: Option<Timeout>,
+    pub metadata: Map<String, Value>,
+}
+
+pub struct AcquireInput {
+    pub equipment_id: EquipmentId,
+    pub session_id: SessionId,
+    pub mode: LockMode,
+    pub timeout: Option<Timeout>,
+    pub queue_if_busy: bool,
+}
+
+pub struct Acquired {
+    pub outcome: AcquireOutcome,
+    pub locks: EquipmentLocks,
+}
+
+pub struct SessionEnd {
+    pub locks_released: usize,
+}
+
+/// The locks and queue places of one session.
+pub struct SessionHoldings {
+    pub locks: Vec<(EquipmentId, crate::domain::Grant)>,
+    /// Each queue place with its 1-based position.
+    pub queued: Vec<(EquipmentId, crate::domain::QueueEntry, usize)>,
+}
+
+pub struct CommandInput {
+    pub equipment_id: EquipmentId,
+    pub action: String,
+    pub parameters: Map<String, Value>,
+    pub session_id: Option<SessionId>,
+    pub fencing_token: Option<u64>,
+}
+
+pub struct Service {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    instruments: Arc<Instruments>,
+    policy: Policy,
+    deadlines: Arc<DeadlineSignal>,
+}
+
+/// One transaction's working set: the store, the instant, and what happened.
+struct Uow<'a> {
+    tx: &'a mut dyn Tx,
+    now: Timestamp,
+    policy: &'a Policy,
+    events: Vec<Event>,
+    earliest_deadline: Option<Timestamp>,
+    expired: ExpiryReport,
+}
+
+/// Asks the store whether `session` is live at `now`, remembering the first
+/// store error (the domain's callback cannot return one).
+fn live_check<'t>(
+    tx: &'t mut dyn Tx,
+    now: Timestamp,
+    failure: &'t mut Option<StoreError>,
+) -> impl FnMut(&SessionId) -> bool + 't {
+    move |session| match tx.session(session) {
+        Ok(found) => found.is_some_and(|s| s.is_live(now)),
+        Err(e) => {
+            failure.get_or_insert(e);
+            false
+        }
+    }
+}
+
+fn count_hand_offs(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event == EventKind::QueueProcessed)
+        .count()
+}
+
+impl Uow<'_> {
+    fn note_deadline(&mut self, deadline: Option<Timestamp>) {
+        if let Some(d) = deadline {
+            self.earliest_deadline = Some(self.earliest_deadline.map_or(d, |e| e.min(d)));
+        }
+    }
+
+    fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        self.note_deadline(session.deadline());
+        self.tx.save_session(session)
+    }
+
+    fn save_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
+        self.note_deadline(locks.next_deadline());
+        self.tx.save_equipment_locks(locks)
+    }
+
+    /// The session if it exists and is live at `now`.
+    fn live_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(self.tx.session(id)?.filter(|s| s.is_live(self.now)))
+    }
+
+    /// Loads a live session and renews it (semantics.md, Sessions 2).
+    fn renew_session(&mut self, id: &SessionId) -> Result<Session, ServiceError> {
+        let mut session = self
+            .live_session(id)?
+            .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+        session.touch(self.now);
+        self.save_session(&session)?;
+        Ok(session)
+    }
+
+    /// Runs `change` on an equipment's locks with a liveness callback, saves
+    /// them, and returns what `change` returned.
+    fn change_locks<R>(
+        &mut self,
+        id: &EquipmentId,
+        change: impl FnOnce(
+            &mut EquipmentLocks,
+            &mut dyn FnMut(&SessionId) -> bool,
+            &mut Vec<Event>,
+        ) -> R,
+    ) -> Result<(EquipmentLocks, R), StoreError> {
+        let mut locks = self.tx.equipment_locks(id)?;
+        let mut failure = None;
+        let result = {
+            let mut live = live_check(&mut *self.tx, self.now, &mut failure);
+            change(&mut locks, &mut live, &mut self.events)
+        };
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.save_locks(&locks)?;
+        Ok((locks, result))
+    }
+
+    /// Ends a session: its locks (if auto-release is on) and queue places
+    /// go, each freed equipment passes to its queue, and the session is
+    /// deleted. Returns how many locks it held.
+    fn end_session(&mut self, session: &Session, reason: EndReason) -> Result<usize, StoreError> {
+        let release = self.policy.auto_release_on_disconnect;
+        let now = self.now;
+        let mut released = 0;
+        for equipment in self.tx.equipment_of_session(&session.id)? {
+            let (_, n) = self.change_locks(&equipment, |locks, live, events| {
+                locks.remove_session(&session.id, release, reason, now, live, events)
+            })?;
+            released += n;
+        }
+        self.tx.delete_session(&session.id)?;
+        let kind = if reason == EndReason::SessionExpired {
+            EventKind::SessionExpired
+        } else {
+            EventKind::SessionEnded
+        };
+        let mut e = Event::new(kind, now);
+        e.session_id = Some(session.id.clone());
+        e.locks_released = Some(released);
+        self.events.push(e);
+        Ok(released)
+    }
+
+    /// Expires everything whose deadline is at or before `now`, in deadline
+    /// order. Work is proportional to what is due, not to what exists.
+    fn expire_due(&mut self) -> Result<(), StoreError> {
+        const BATCH: usize = 256;
+        // Each round removes what it was handed; the bound only guards
+        // against a store whose index disagrees with its rows.
+        for _ in 0..1024 {
+            let due = self.tx.due(self.now, BATCH)?;
+            if due.is_empty() {
+                break;
+            }
+            for item in due {
+                match item {
+                    Due::Session(id) => match self.tx.session(&id)? {
+                        Some(session) if !session.is_live(self.now) => {
+                            self.end_session(&session, EndReason::SessionExpired)?;
+                            self.expired.expired_sessions += 1;
+                        }
+                        Some(session) => self.save_session(&session)?,
+                        None => self.tx.delete_session(&id)?,
+                    },
+                    Due::Equipment(id) => {
+                        let now = self.now;
+                        let before = self.events.len();
+                        let (_, n) = self.change_locks(&id, |locks, live, events| {
+                            locks.expire(now, live, events)
+                        })?;
+                        self.expired.expired_locks += n;
+                        self.expired.queue_processed += count_hand_offs(&self.events[before..]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the events worth keeping (lock events only when logging them
+    /// is on; session lifecycle events always).
+    fn record_events(&mut self) -> Result<(), StoreError> {
+        if !self.policy.log_lock_events {
+            self.events.retain(|e| e.event.is_session_lifecycle());
+        }
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        self.tx.record_events(&self.events)
+    }
+}
+
+fn too_many(limit: usize) -> Result<usize, ServiceError> {
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "limit must be between 1 and 1000, got {limit}"
+        )))
+    }
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        instruments: Arc<Instruments>,
+        policy: Policy,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            instruments,
+            policy,
+            deadlines: Arc::new(DeadlineSignal::default()),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn instruments(&self) -> &Instruments {
+        &self.instruments
+    }
+
+    pub fn deadlines(&self) -> &Arc<DeadlineSignal> {
+        &self.deadlines
+    }
+
+    /// Runs `op` in one transaction at one instant, after expiring what is
+    /// due. Store errors abort (and roll back) the transaction; other errors
+    /// are returned after committing the expiries, which stand on their own.
+    fn run<R: Send>(
+        &self,
+        mut op: impl FnMut(&mut Uow<'_>) -> Result<R, ServiceError> + Send,
+    ) -> Result<At<R>, ServiceError> {
+        let now = self.clock.now();
+        let mut outcome = None;
+        let mut committed_events = Vec::new();
+        let mut earliest = None;
+        self.store.transaction(&mut |tx| {
+            let mut uow = Uow {
+                tx,
+                now,
+                policy: &self.policy,
+                events: Vec::new(),
+                earliest_deadline: None,
+                expired: ExpiryReport::default(),
+            };
+            uow.expire_due()?;
+            let result = match op(&mut uow) {
+                Err(ServiceError::Store(e)) => return Err(e),
+                other => other,
+            };
+            uow.record_events()?;
+            committed_events = std::mem::take(&mut uow.events);
+            earliest = uow.earliest_deadline;
+            outcome = Some(result.map(|value| (value, uow.expired)));
+            Ok(())
+        })?;
+        if self.policy.log_lock_events {
+            for e in &committed_events {
+                tracing::info!(
+                    event = e.event.as_str(),
+                    equipment_id = e.equipment_id.as_ref().map(|id| id.as_str()),
+                    session_id = e.session_id.as_ref().map(|id| id.as_str()),
+                    "lock event"
+                );
+            }
+        }
+        if let Some(deadline) = earliest {
+            self.deadlines.saw(deadline);
+        }
+        let (value, _) = outcome.expect("the transaction ran the operation")?;
+        Ok(At { value, now })
+    }
+
+    fn registered(&self, id: &EquipmentId) -> Result<(), ServiceError> {
+        if self.instruments.contains(id) {
+            Ok(())
+        } else {
+            Err(ServiceError::EquipmentNotFound(id.clone()))
+        }
+    }
+
+    // ---- sessions ------------------------------------------------------
+
+    pub fn create_session(&self, new: NewSession) -> Result<At<Session>, ServiceError> {
+        let id = SessionId::parse(&uuid::Uuid::new_v4().to_string())?;
+        let timeout = new.timeout.unwrap_or(self.policy.default_session_timeout);
+        self.run(|uow| {
+            let session = Session {
+                id: id.clone(),
+                client_name: new
+                    .client_name
+                    .clone()
+                    .unwrap_or_else(|| "unnamed client".into()),
+                client_ip: new.client_ip.clone(),
+                created_at: uow.now,
+                last_activity: uow.now,
+                timeout,
+                metadata: new.metadata.clone(),
+            };
+            uow.save_session(&session)?;
+            let mut e = Event::new(EventKind::SessionCreated, uow.now);
+            e.session_id = Some(id.clone());
+            e.timeout_seconds = Some(timeout.as_seconds());
+            uow.events.push(e);
+            Ok(session)
+        })
+    }
+
+    pub fn end_session(&self, id: &SessionId) -> Result<At<SessionEnd>, ServiceError> {
+        self.run(|uow| {
+            let session = uow
+                .live_session(id)?
+                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+            let locks_released = uow.end_session(&session, EndReason::SessionEnded)?;
+            Ok(SessionEnd { locks_released })
+        })
+    }
+
+    pub fn session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
+        self.run(|uow| {
+            uow.live_session(id)?
+                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
+        })
+    }
+
+    pub fn sessions(&self) -> Result<At<Vec<Session>>, ServiceError> {
+        self.run(|uow| {
+            let mut sessions = uow.tx.sessions()?;
+            sessions.retain(|s| s.is_live(uow.now));
+            sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(sessions)
+        })
+    }
+
+    pub fn touch_session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
+        self.run(|uow| uow.renew_session(id))
+    }
+
+    pub fn session_holdings(&self, id: &SessionId) -> Result<At<SessionHoldings>, ServiceError> {
+        self.run(|uow| {
+            uow.live_session(id)?
+                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+            let mut holdings = SessionHoldings {
+                locks: Vec::new(),
+                queued: Vec::new(),
+            };
+            for equipment in uow.tx.equipment_of_session(id)? {
+                let locks = uow.tx.equipment_locks(&equipment)?;
+                if let Some(grant) = locks.grant_of(id) {
+                    holdings.locks.push((equipment.clone(), grant.clone()));
+                }
+                if let Some(position) = locks.position_of(id) {
+                    let entry = locks.queue[position - 1].clone();
+                    holdings.queued.push((equipment, entry, position));
+                }
+            }
+            Ok(holdings)
+        })
+    }
+
+    pub fn session_events(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<At<Vec<Event>>, ServiceError> {
+        let limit = too_many(limit)?;
+        self.run(|uow| {
+            let events = uow.tx.session_events(id, limit)?;
+            if events.is_empty() && uow.tx.session(id)?.is_none() {
+                return Err(ServiceError::SessionNotFound(id.clone()));
+            }
+            Ok(events)
+        })
+    }
+
+    // ---- locks ---------------------------------------------------------
+
+    pub fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
+        self.registered(&input.equipment_id)?;
+        let request = LockRequest {
+            session_id: input.session_id.clone(),
+            mode: input.mode,
+            timeout: input.timeout.unwrap_or(self.policy.default_lock_timeout),
+            queue_if_busy: input.queue_if_busy,
+        };
+        self.run(|uow| {
+            uow.renew_session(&request.session_id)?;
+            let mut locks = uow.tx.equipment_locks(&input.equipment_id)?;
+            let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
+            uow.save_locks(&locks)?;
+            Ok(Acquired { outcome, locks })
+        })
+    }
+
+    pub fn release(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        force: bool,
+    ) -> Result<At<ReleaseOutcome>, ServiceError> {
+        self.registered(equipment)?;
+        self.run(|uow| {
+            // A forced release may name a session that does not exist (the
+            // brief's own example uses "admin_session"); a live one is renewed.
+            match uow.live_session(session)? {
+                Some(mut s) => {
+                    s.touch(uow.now);
+                    uow.save_session(&s)?;
+                }
+                None if !force => return Err(ServiceError::SessionNotFound(session.clone())),
+                None => {}
+            }
+            let now = uow.now;
+            let (_, outcome) = uow.change_locks(equipment, |locks, live, events| {
+                locks.release(session, force, now, live, events)
+            })?;
+            Ok(outcome?)
+        })
+    }
+
+    pub fn lock_activity(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+    ) -> Result<At<crate::domain::Grant>, ServiceError> {
+        self.registered(equipment)?;
+        self.run(|uow| {
+            uow.renew_session(session)?;
+            let mut locks = uow.tx.equipment_locks(equipment)?;
+            let grant = locks.renew(session, uow.now)?;
+            uow.save_locks(&locks)?;
+            Ok(grant)
+        })
+    }
+
+    pub fn lock_state(&self, equipment: &EquipmentId) -> Result<At<EquipmentLocks>, ServiceError> {
+        self.registered(equipment)?;
+        self.run(|uow| Ok(uow.tx.equipment_locks(equipment)?))
+    }
+
+    pub fn busy_equipment(&self) -> Result<At<Vec<EquipmentLocks>>, ServiceError> {
+        self.run(|uow| {
+            let mut all = uow.tx.busy_equipment()?;
+            all.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
+            Ok(all)
+        })
+    }
+
+    pub fn equipment_events(
+        &self,
+        equipment: &EquipmentId,
+        limit: usize,
+    ) -> Result<At<Vec<Event>>, ServiceError> {
+        self.registered(equipment)?;
+        let limit = too_many(limit)?;
+        self.run(|uow| Ok(uow.tx.equipment_events(equipment, limit)?))
+    }
+
+    /// Expires what is due and says when the next deadline is. The reaper's
+    /// step, and the manual cleanup endpoint's.
+    pub fn expire_due(&self) -> Result<At<(ExpiryReport, Option<Timestamp>)>, ServiceError> {
+        let at = self.run(|uow| Ok((uow.expired, uow.tx.next_deadline()?)))?;
+        Ok(at)
+    }
+
+    // ---- commands ------------------------------------------------------
+
+    /// Checks the lock rules for a command and renews what authorised it.
+    fn authorize(
+        &self,
+        equipment: &EquipmentId,
+        session: Option<&SessionId>,
+        access: crate::domain::Access,
+        fencing_token: Option<u64>,
+    ) -> Result<(), ServiceError> {
+        let locks_enabled = self.policy.locks_enabled;
+        self.run(|uow| {
+            let live = match session {
+                Some(id) => uow.live_session(id)?,
+                None => None,
+            };
+            if let Some(mut s) = live.clone() {
+                s.touch(uow.now);
+                uow.save_session(&s)?;
+            }
+            let mut locks = uow.tx.equipment_locks(equipment)?;
+            if !locks_enabled {
+                return Ok(locks.check_fencing(fencing_token)?);
+            }
+            let id = session.ok_or(ServiceError::SessionRequired)?;
+            if live.is_none() {
+                // A session that lost its lock and then expired still hears
+                // `lock_lost`, so its client can tell why it must stop.
+                return Err(match locks.loss_of(id) {
+                    Some(reason) => DomainError::LockLost {
+                        equipment: equipment.clone(),
+                        session: id.clone(),
+                        reason,
+                    }
+                    .into(),
+                    None => ServiceError::SessionNotLive(id.clone()),
+                });
+            }
+            locks.authorize(id, access, fencing_token, uow.now)?;
+            uow.save_locks(&locks)?;
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    pub fn instrument(&self, id: &EquipmentId) -> Result<&Arc<Instrument>, ServiceError> {
+        self.instruments
+            .get(id)
+            .ok_or_else(|| ServiceError::EquipmentNotFound(id.clone()))
+    }
+
+    /// Runs one command: known action, valid parameters, lock rules, then
+    /// the instrument, one command at a time per instrument.
+    pub async fn run_command(&self, input: CommandInput) -> Result<At<Value>, ServiceError> {
+        let instrument = self.instrument(&input.equipment_id)?;
+        let action: &ActionSpec = instrument
+            .driver
+            .actions()
+            .iter()
+            .find(|a| a.name == input.action)
+            .ok_or_else(|| ServiceError::UnknownAction {
+                equipment: input.equipment_id.clone(),
+                action: input.action.clone(),
+                valid: instrument
+                    .driver
+                    .actions()
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect(),
+            })?;
+        let params = action.validate(&input.parameters)?;
+        let _turn = instrument.serial.lock().await;
+        self.authorize(
+            &input.equipment_id,
+            input.session_id.as_ref(),
+            action.access,
+            input.fencing_token,
+        )?;
+        let value = instrument.driver.execute(action, &params).await?;
+        Ok(At {
+            value,
+            now: self.clock.now(),
+        })
+    }
+}
