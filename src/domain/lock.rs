@@ -683,3 +683,7 @@ impl EquipmentLocks {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "lock_tests.rs"]
+mod tests;

@@ -1,0 +1,706 @@
+//! Table-driven tests of every lock rule, and property tests of the
+//! invariants over random sequences of operations and clock advances.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+fn sid(name: &str) -> SessionId {
+    SessionId::parse(name).unwrap()
+}
+
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+/// One equipment plus the set of live sessions, at a settable time.
+struct World {
+    locks: EquipmentLocks,
+    dead: HashSet<SessionId>,
+    policy: LockPolicy,
+    now: Timestamp,
+    events: Vec<Event>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            locks: EquipmentLocks::new(EquipmentId::parse("psu").unwrap()),
+            dead: HashSet::new(),
+            policy: LockPolicy::default(),
+            now: t(0),
+            events: Vec::new(),
+        }
+    }
+
+    fn request(
+        &mut self,
+        who: &str,
+        mode: LockMode,
+        timeout_ms: u64,
+        queue: bool,
+    ) -> Result<AcquireOutcome, DomainError> {
+        let req = LockRequest {
+            session_id: sid(who),
+            mode,
+            timeout: Timeout::from_millis(timeout_ms),
+            queue_if_busy: queue,
+        };
+        self.locks
+            .acquire(&req, self.now, self.policy, &mut self.events)
+    }
+
+    fn ex(&mut self, who: &str, queue: bool) -> Result<AcquireOutcome, DomainError> {
+        self.request(who, LockMode::Exclusive, 10_000, queue)
+    }
+
+    fn obs(&mut self, who: &str, queue: bool) -> Result<AcquireOutcome, DomainError> {
+        self.request(who, LockMode::Observer, 10_000, queue)
+    }
+
+    fn release(&mut self, who: &str, force: bool) -> Result<ReleaseOutcome, DomainError> {
+        let dead = self.dead.clone();
+        self.locks.release(
+            &sid(who),
+            force,
+            self.now,
+            &mut |s| !dead.contains(s),
+            &mut self.events,
+        )
+    }
+
+    fn advance_to(&mut self, ms: i64) -> usize {
+        self.now = t(ms);
+        let dead = self.dead.clone();
+        self.locks
+            .expire(self.now, &mut |s| !dead.contains(s), &mut self.events)
+    }
+
+    fn holder(&self) -> Option<&str> {
+        self.locks.holder().map(|s| s.as_str())
+    }
+
+    fn observers(&self) -> Vec<&str> {
+        self.locks
+            .observers
+            .iter()
+            .map(|g| g.session_id.as_str())
+            .collect()
+    }
+
+    fn queue(&self) -> Vec<&str> {
+        self.locks
+            .queue
+            .iter()
+            .map(|e| e.session_id.as_str())
+            .collect()
+    }
+
+    fn kinds(&self) -> Vec<EventKind> {
+        self.events.iter().map(|e| e.event).collect()
+    }
+}
+
+fn status(outcome: &AcquireOutcome) -> (&'static str, Option<usize>) {
+    match outcome {
+        AcquireOutcome::Locked(_) => ("locked", None),
+        AcquireOutcome::Refreshed(_) => ("refreshed", None),
+        AcquireOutcome::Queued { position, .. } => ("queued", Some(*position)),
+    }
+}
+
+#[test]
+fn acquire_table() {
+    use LockMode::{Exclusive as X, Observer as O};
+    // (setup: who holds/queues, then the request) -> expected status or error
+    type Request = (&'static str, LockMode, bool);
+    type Setup = &'static [Request];
+    type Expected = Result<(&'static str, Option<usize>), &'static str>;
+    let cases: &[(&str, Setup, Request, Expected)] = &[
+        ("free exclusive", &[], ("a", X, false), Ok(("locked", None))),
+        ("free observer", &[], ("a", O, false), Ok(("locked", None))),
+        (
+            "busy, no queue",
+            &[("a", X, false)],
+            ("b", X, false),
+            Err("Busy"),
+        ),
+        (
+            "busy, queue",
+            &[("a", X, false)],
+            ("b", X, true),
+            Ok(("queued", Some(1))),
+        ),
+        (
+            "second in line",
+            &[("a", X, false), ("b", X, true)],
+            ("c", X, true),
+            Ok(("queued", Some(2))),
+        ),
+        (
+            "ask again while queued",
+            &[("a", X, false), ("b", X, true), ("c", X, true)],
+            ("b", X, true),
+            Ok(("queued", Some(1))),
+        ),
+        (
+            "holder again",
+            &[("a", X, false)],
+            ("a", X, false),
+            Ok(("refreshed", None)),
+        ),
+        (
+            "holder asks observer",
+            &[("a", X, false)],
+            ("a", O, false),
+            Ok(("refreshed", None)),
+        ),
+        (
+            "observer again",
+            &[("a", O, false)],
+            ("a", O, false),
+            Ok(("refreshed", None)),
+        ),
+        (
+            "observers share",
+            &[("a", O, false)],
+            ("b", O, false),
+            Ok(("locked", None)),
+        ),
+        (
+            "observer on exclusive",
+            &[("a", X, false)],
+            ("b", O, false),
+            Err("Busy"),
+        ),
+        (
+            "observer queues on exclusive",
+            &[("a", X, false)],
+            ("b", O, true),
+            Ok(("queued", Some(1))),
+        ),
+        (
+            "exclusive over observers",
+            &[("a", O, false), ("b", O, false)],
+            ("c", X, false),
+            Ok(("locked", None)),
+        ),
+        (
+            "sole observer upgrades",
+            &[("a", O, false)],
+            ("a", X, false),
+            Ok(("locked", None)),
+        ),
+        (
+            "nobody jumps the queue",
+            &[("a", X, false), ("b", X, true)],
+            ("c", O, false),
+            Err("Busy"),
+        ),
+    ];
+    for (name, setup, (who, mode, queue), expected) in cases {
+        let mut w = World::new();
+        for (s, m, q) in *setup {
+            w.request(s, *m, 10_000, *q)
+                .unwrap_or_else(|e| panic!("{name}: setup {s}: {e}"));
+        }
+        let before = w.locks.clone();
+        let got = w.request(who, *mode, 10_000, *queue);
+        match (got, expected) {
+            (Ok(outcome), Ok(want)) => assert_eq!(status(&outcome), *want, "{name}"),
+            (Err(e), Err(want)) => {
+                assert!(format!("{e:?}").starts_with(want), "{name}: {e:?}");
+                assert_eq!(w.locks, before, "{name}: an error changes nothing");
+            }
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_exclusive_grant_revokes_observers_and_remembers_it() {
+    let mut w = World::new();
+    w.obs("a", false).unwrap();
+    w.obs("b", false).unwrap();
+    w.ex("b", false).unwrap();
+    assert_eq!(w.holder(), Some("b"));
+    assert!(w.observers().is_empty());
+    assert_eq!(
+        w.kinds(),
+        [
+            EventKind::ObserverLockAcquired,
+            EventKind::ObserverLockAcquired,
+            EventKind::ObserverRevoked,
+            EventKind::ObserverLockReleased, // b's own observer lock, upgraded
+            EventKind::LockAcquired,
+        ]
+    );
+    let err = w
+        .locks
+        .authorize(&sid("a"), Access::Observe, None, w.now)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        DomainError::LockLost {
+            reason: EndReason::ExclusiveGranted,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn refresh_replaces_the_timeout_and_restarts_the_lease() {
+    let mut w = World::new();
+    w.request("a", LockMode::Exclusive, 1_000, false).unwrap();
+    w.now = t(900);
+    let AcquireOutcome::Refreshed(g) = w.request("a", LockMode::Observer, 5_000, false).unwrap()
+    else {
+        panic!("expected refreshed");
+    };
+    assert_eq!(
+        (g.mode, g.deadline()),
+        (LockMode::Exclusive, Some(t(5_900)))
+    );
+    assert_eq!(g.fencing_token, 1, "a refresh is not a new grant");
+}
+
+#[test]
+fn hand_off_is_fifo_with_the_waiters_own_timeout() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.request("b", LockMode::Exclusive, 2_000, true).unwrap();
+    w.request("c", LockMode::Exclusive, 3_000, true).unwrap();
+    w.now = t(100);
+    assert_eq!(
+        w.release("a", false).unwrap(),
+        ReleaseOutcome::Released { was_forced: false }
+    );
+    let g = w.locks.exclusive.clone().unwrap();
+    assert_eq!(
+        (g.session_id.as_str(), g.deadline(), g.fencing_token),
+        ("b", Some(t(2_100)), 2)
+    );
+    assert_eq!(w.queue(), ["c"]);
+    assert_eq!(w.locks.position_of(&sid("c")), Some(1));
+    assert_eq!(w.kinds().last(), Some(&EventKind::QueueProcessed));
+}
+
+#[test]
+fn observers_at_the_head_are_granted_together_up_to_the_first_exclusive() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    for (who, mode) in [
+        ("o1", LockMode::Observer),
+        ("o2", LockMode::Observer),
+        ("x", LockMode::Exclusive),
+        ("o3", LockMode::Observer),
+    ] {
+        w.request(who, mode, 10_000, true).unwrap();
+    }
+    w.release("a", false).unwrap();
+    assert_eq!(w.observers(), ["o1", "o2"]);
+    assert_eq!(
+        w.queue(),
+        ["x", "o3"],
+        "x waits for the observers; o3 may not jump it"
+    );
+    assert!(matches!(
+        w.obs("late", false),
+        Err(DomainError::Busy { holder: None, .. })
+    ));
+    w.release("o1", false).unwrap();
+    assert_eq!(w.holder(), None);
+    assert_eq!(
+        w.release("o2", false).unwrap(),
+        ReleaseOutcome::ObserverReleased
+    );
+    assert_eq!(w.holder(), Some("x"));
+    assert_eq!(w.queue(), ["o3"]);
+}
+
+#[test]
+fn a_queued_observer_waiting_for_exclusive_is_upgraded_at_its_turn() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.obs("o", true).unwrap();
+    w.ex("x", true).unwrap();
+    w.release("a", false).unwrap();
+    assert_eq!((w.observers(), w.queue()), (vec!["o"], vec!["x"]));
+    w.ex("o", true).unwrap(); // o observes and now also waits for exclusive
+    assert_eq!(w.queue(), ["x", "o"]);
+    w.release("x", false).unwrap(); // x leaves: o's own observer lock does not block o
+    assert_eq!(w.holder(), Some("o"));
+    assert!(w.observers().is_empty());
+}
+
+#[test]
+fn entries_of_sessions_that_are_gone_are_dropped_not_granted() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.ex("gone", true).unwrap();
+    w.ex("b", true).unwrap();
+    w.dead.insert(sid("gone"));
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("b"));
+    assert!(
+        w.events
+            .iter()
+            .any(|e| e.event == EventKind::Dequeued && e.reason == Some(EndReason::SessionNotLive))
+    );
+}
+
+#[test]
+fn release_table() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.ex("q", true).unwrap();
+    assert!(matches!(
+        w.release("b", false),
+        Err(DomainError::NotHolder {
+            holder: Some(_),
+            ..
+        })
+    ));
+    assert_eq!(w.release("q", false).unwrap(), ReleaseOutcome::Dequeued);
+    assert!(matches!(
+        w.release("q", false),
+        Err(DomainError::NotHolder { .. })
+    ));
+    assert_eq!(
+        w.release("admin", true).unwrap(),
+        ReleaseOutcome::Released { was_forced: true }
+    );
+    let forced = w
+        .events
+        .iter()
+        .find(|e| e.event == EventKind::LockForceReleased)
+        .unwrap();
+    assert_eq!(
+        (forced.session_id.as_ref(), forced.forced_by.as_ref()),
+        (Some(&sid("a")), Some(&sid("admin")))
+    );
+    assert!(matches!(
+        w.release("admin", true),
+        Err(DomainError::NotLocked { .. })
+    ));
+    assert!(matches!(
+        w.release("b", false),
+        Err(DomainError::NoLock { lost: None, .. })
+    ));
+    assert!(matches!(
+        w.release("a", false),
+        Err(DomainError::NoLock {
+            lost: Some(EndReason::Forced),
+            ..
+        })
+    ));
+    let err = w
+        .locks
+        .authorize(&sid("a"), Access::Control, None, w.now)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        DomainError::LockLost {
+            reason: EndReason::Forced,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn expiry_is_exact_and_hands_off() {
+    let mut w = World::new();
+    w.request("a", LockMode::Exclusive, 1_000, false).unwrap();
+    w.request("b", LockMode::Exclusive, 1_000, true).unwrap();
+    assert_eq!(w.locks.next_deadline(), Some(t(1_000)));
+    assert_eq!(w.advance_to(999), 0);
+    assert_eq!(w.holder(), Some("a"));
+    assert_eq!(w.advance_to(1_000), 1);
+    assert_eq!(w.holder(), Some("b"));
+    assert_eq!(
+        w.locks.next_deadline(),
+        Some(t(2_000)),
+        "b's lease starts at the hand-off"
+    );
+    let err = w
+        .locks
+        .authorize(&sid("a"), Access::Control, None, w.now)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        DomainError::LockLost {
+            reason: EndReason::Timeout,
+            ..
+        }
+    ));
+    // No timeout never expires.
+    let mut w = World::new();
+    w.request("a", LockMode::Exclusive, 0, false).unwrap();
+    assert_eq!(w.locks.next_deadline(), None);
+    assert_eq!(w.advance_to(i64::MAX / 4), 0);
+}
+
+#[test]
+fn authorize_table() {
+    let mut w = World::new();
+    w.ex("x", false).unwrap();
+    let cases: &[(&str, Access, Option<u64>, Option<&str>)] = &[
+        ("x", Access::Control, None, None),
+        ("x", Access::Observe, None, None),
+        ("x", Access::Control, Some(1), None),
+        ("x", Access::Control, Some(7), None),
+        ("x", Access::Control, Some(0), Some("StaleFencingToken")),
+        ("y", Access::Control, None, Some("NotHolder")),
+        ("y", Access::Observe, None, Some("NotHolder")),
+    ];
+    for (who, access, token, expected) in cases {
+        let got = w.locks.authorize(&sid(who), *access, *token, w.now);
+        match expected {
+            None => assert!(got.is_ok(), "{who} {access:?} {token:?}: {got:?}"),
+            Some(want) => assert!(
+                format!("{got:?}").contains(want),
+                "{who} {access:?}: {got:?}"
+            ),
+        }
+    }
+    let mut w = World::new();
+    w.obs("o", false).unwrap();
+    assert!(
+        w.locks
+            .authorize(&sid("o"), Access::Observe, None, w.now)
+            .is_ok()
+    );
+    assert!(
+        w.locks
+            .authorize(&sid("o"), Access::Control, None, w.now)
+            .is_err()
+    );
+}
+
+#[test]
+fn authorize_and_renew_restart_the_lease() {
+    let mut w = World::new();
+    w.request("x", LockMode::Exclusive, 1_000, false).unwrap();
+    w.now = t(800);
+    w.locks
+        .authorize(&sid("x"), Access::Control, None, w.now)
+        .unwrap();
+    assert_eq!(w.locks.next_deadline(), Some(t(1_800)));
+    w.now = t(1_500);
+    w.locks.renew(&sid("x"), w.now).unwrap();
+    assert_eq!(w.locks.next_deadline(), Some(t(2_500)));
+    assert!(matches!(
+        w.locks.renew(&sid("y"), w.now),
+        Err(DomainError::NoLock { .. })
+    ));
+}
+
+#[test]
+fn a_session_end_releases_its_locks_and_places_unless_auto_release_is_off() {
+    for auto_release in [true, false] {
+        let mut w = World::new();
+        w.ex("a", false).unwrap();
+        w.ex("b", true).unwrap();
+        w.ex("a2", true).unwrap();
+        let released = w.locks.remove_session(
+            &sid("a"),
+            auto_release,
+            EndReason::SessionEnded,
+            w.now,
+            &mut |_| true,
+            &mut w.events,
+        );
+        if auto_release {
+            assert_eq!((released, w.holder()), (1, Some("b")));
+        } else {
+            assert_eq!((released, w.holder()), (0, Some("a")));
+        }
+        w.locks.remove_session(
+            &sid("a2"),
+            auto_release,
+            EndReason::SessionExpired,
+            w.now,
+            &mut |_| true,
+            &mut w.events,
+        );
+        assert!(!w.queue().contains(&"a2"), "queue places always go");
+    }
+}
+
+#[test]
+fn switches_refuse_queueing_and_observers() {
+    let mut w = World::new();
+    w.policy = LockPolicy {
+        queue_enabled: false,
+        observer_enabled: false,
+    };
+    assert_eq!(w.obs("a", false), Err(DomainError::ObserverModeDisabled));
+    assert!(
+        w.ex("a", true).is_ok(),
+        "queue_if_busy on free equipment just locks"
+    );
+    assert!(matches!(
+        w.ex("b", true),
+        Err(DomainError::QueueDisabled { .. })
+    ));
+}
+
+// ---- property tests ------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire {
+        who: u8,
+        observer: bool,
+        timeout_ms: u64,
+        queue: bool,
+    },
+    Release {
+        who: u8,
+        force: bool,
+    },
+    Renew {
+        who: u8,
+    },
+    Authorize {
+        who: u8,
+        control: bool,
+    },
+    EndSession {
+        who: u8,
+        auto_release: bool,
+    },
+    Kill {
+        who: u8,
+    },
+    Advance {
+        ms: u16,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let who = 0u8..5;
+    prop_oneof![
+        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>())
+            .prop_map(|(who, observer, timeout_ms, queue)| Op::Acquire { who, observer, timeout_ms, queue }),
+        2 => (who.clone(), prop::bool::weighted(0.2)).prop_map(|(who, force)| Op::Release { who, force }),
+        1 => who.clone().prop_map(|who| Op::Renew { who }),
+        1 => (who.clone(), any::<bool>()).prop_map(|(who, control)| Op::Authorize { who, control }),
+        1 => (who.clone(), any::<bool>()).prop_map(|(who, auto_release)| Op::EndSession { who, auto_release }),
+        1 => who.clone().prop_map(|who| Op::Kill { who }),
+        3 => (0u16..2_000).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+fn check_invariants(locks: &EquipmentLocks, now: Timestamp) -> Result<(), TestCaseError> {
+    if locks.exclusive.is_some() {
+        prop_assert!(
+            locks.observers.is_empty(),
+            "an exclusive holder excludes observers"
+        );
+    }
+    let queued: Vec<&SessionId> = locks.queue.iter().map(|e| &e.session_id).collect();
+    let unique: HashSet<&SessionId> = queued.iter().copied().collect();
+    prop_assert_eq!(
+        unique.len(),
+        queued.len(),
+        "a session is queued at most once"
+    );
+    if let Some(holder) = locks.holder() {
+        prop_assert!(!unique.contains(holder), "the holder is never queued");
+    }
+    let observers: HashSet<&SessionId> = locks.observers.iter().map(|g| &g.session_id).collect();
+    prop_assert_eq!(
+        observers.len(),
+        locks.observers.len(),
+        "one observer lock per session"
+    );
+    for (i, e) in locks.queue.iter().enumerate() {
+        prop_assert_eq!(
+            locks.position_of(&e.session_id),
+            Some(i + 1),
+            "positions are 1..n"
+        );
+    }
+    if locks.exclusive.is_none()
+        && let Some(head) = locks.queue.front()
+    {
+        prop_assert_eq!(
+            head.mode,
+            LockMode::Exclusive,
+            "an observer head with no holder would have been granted"
+        );
+        prop_assert!(
+            locks
+                .observers
+                .iter()
+                .any(|g| g.session_id != head.session_id),
+            "the head waits only when blocked"
+        );
+    }
+    for g in locks.exclusive.iter().chain(&locks.observers) {
+        prop_assert!(
+            g.is_live(now),
+            "nothing past its deadline is held after expire"
+        );
+        prop_assert!(g.fencing_token <= locks.fencing_counter);
+    }
+    let tokens: HashSet<u64> = locks
+        .exclusive
+        .iter()
+        .chain(&locks.observers)
+        .map(|g| g.fencing_token)
+        .collect();
+    prop_assert_eq!(
+        tokens.len(),
+        locks.exclusive.iter().count() + locks.observers.len(),
+        "tokens are unique"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold_over_random_histories(ops in prop::collection::vec(op(), 1..60)) {
+        let mut w = World::new();
+        let name = |who: u8| format!("s{who}");
+        let mut counter = 0;
+        for op in ops {
+            let before = w.locks.clone();
+            let result: Result<(), DomainError> = match &op {
+                Op::Acquire { who, observer, timeout_ms, queue } => {
+                    let mode = if *observer { LockMode::Observer } else { LockMode::Exclusive };
+                    if w.dead.contains(&sid(&name(*who))) { Ok(()) } else {
+                        w.request(&name(*who), mode, *timeout_ms, *queue).map(|_| ())
+                    }
+                }
+                Op::Release { who, force } => w.release(&name(*who), *force).map(|_| ()),
+                Op::Renew { who } => w.locks.renew(&sid(&name(*who)), w.now).map(|_| ()),
+                Op::Authorize { who, control } => {
+                    let access = if *control { Access::Control } else { Access::Observe };
+                    w.locks.authorize(&sid(&name(*who)), access, None, w.now)
+                }
+                Op::EndSession { who, auto_release } => {
+                    let s = sid(&name(*who));
+                    w.dead.insert(s.clone());
+                    let dead = w.dead.clone();
+                    w.locks.remove_session(&s, *auto_release, EndReason::SessionEnded, w.now, &mut |x| !dead.contains(x), &mut w.events);
+                    Ok(())
+                }
+                Op::Kill { who } => { w.dead.insert(sid(&name(*who))); Ok(()) }
+                Op::Advance { ms } => { w.advance_to(w.now.as_millis() + i64::from(*ms)); Ok(()) }
+            };
+            if result.is_err() {
+                prop_assert_eq!(&w.locks, &before, "a refused request changes nothing: {:?}", op);
+            }
+            prop_assert!(w.locks.fencing_counter >= counter, "fencing tokens only grow");
+            counter = w.locks.fencing_counter;
+            // The service expires what is due before every operation.
+            let now = w.now;
+            w.advance_to(now.as_millis());
+            check_invariants(&w.locks, w.now)?;
+        }
+    }
+}

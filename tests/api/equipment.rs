@@ -1,0 +1,266 @@
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn the_demo_instruments_are_listed_with_their_drivers() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/api/equipment/list").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["count"], 3);
+    let pairs: Vec<(&str, &str)> = body["equipment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["equipment_id"].as_str().unwrap(),
+                e["driver"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("ps_abc123", "sim-psu"),
+            ("scope_123", "sim-scope"),
+            ("load_1", "sim-load")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn status_shows_driver_model_state_holder_and_actions() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    let (status, body) = app.get("/api/equipment/ps_abc123/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["driver"], "sim-psu");
+    assert!(body["model"].as_str().unwrap().contains("SimPSU"));
+    assert_eq!(body["state"]["channels"].as_array().unwrap().len(), 3);
+    assert_eq!(body["lock"]["session_id"], s.as_str());
+    let set_voltage = body["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "set_voltage")
+        .unwrap();
+    assert_eq!(set_voltage["access"], "control");
+    assert_eq!(
+        set_voltage["params"][0],
+        json!({"name": "voltage", "type": "number", "min": 0.0, "max": 30.0, "default": null, "unit": "V"})
+    );
+    assert_error(
+        &app.get("/api/equipment/nope/status").await,
+        StatusCode::NOT_FOUND,
+        "equipment_not_found",
+    );
+}
+
+#[tokio::test]
+async fn control_needs_the_exclusive_lock_and_behaves_like_the_instrument() {
+    let app = spawn_app().await;
+    let (s, other) = (app.session(0.0).await, app.session(0.0).await);
+    assert_error(
+        &app.command("ps_abc123", None, "set_voltage", json!({"voltage": 5}))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "session_required",
+    );
+    assert_error(
+        &app.command("ps_abc123", Some(&s), "set_voltage", json!({"voltage": 5}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "not_lock_holder",
+    );
+    assert_error(
+        &app.command("ps_abc123", Some("ghost"), "get_voltage", json!({}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "session_not_live",
+    );
+    app.acquire("ps_abc123", &s, json!({})).await;
+    let refused = app
+        .command(
+            "ps_abc123",
+            Some(&other),
+            "set_voltage",
+            json!({"voltage": 5}),
+        )
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "not_lock_holder");
+    assert!(
+        refused.1["detail"].as_str().unwrap().contains(&s),
+        "names the holder"
+    );
+    assert_eq!(refused.1["success"], false);
+    assert_eq!(refused.1["command_id"], "cmd");
+
+    for (action, params) in [
+        ("set_voltage", json!({"voltage": 5.0})),
+        ("set_current", json!({"current": 0.2})),
+        ("set_output", json!({"enabled": true})),
+    ] {
+        let (status, body) = app.command("ps_abc123", Some(&s), action, params).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["success"], true);
+        assert_eq!(body["error"], serde_json::Value::Null);
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    // 5 V into the 10 ohm load would draw 0.5 A; the 0.2 A limit holds it at 2 V.
+    let (_, body) = app
+        .command("ps_abc123", Some(&s), "get_voltage", json!({"channel": 1}))
+        .await;
+    assert_eq!(body["data"], json!({"channel": 1, "voltage": 2.0}));
+    let (_, body) = app
+        .command("ps_abc123", Some(&s), "get_current", json!({}))
+        .await;
+    assert_eq!(body["data"]["current"], 0.2);
+}
+
+#[tokio::test]
+async fn unknown_actions_and_bad_parameters_are_refused_before_running() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    let unknown = app
+        .command("ps_abc123", Some(&s), "self_destruct", json!({}))
+        .await;
+    assert_error(&unknown, StatusCode::BAD_REQUEST, "unknown_action");
+    assert!(
+        unknown.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("set_voltage, set_current"),
+        "{}",
+        unknown.1
+    );
+    for (params, name) in [
+        (json!({"voltage": 31}), "voltage"),
+        (json!({"voltage": "high"}), "voltage"),
+        (json!({}), "voltage"),
+        (json!({"voltage": 1, "channel": 9}), "channel"),
+        (json!({"voltage": 6, "channel": 3}), "voltage"),
+    ] {
+        let response = app
+            .command("ps_abc123", Some(&s), "set_voltage", params.clone())
+            .await;
+        assert_error(
+            &response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        );
+        assert!(
+            response.1["error"].as_str().unwrap().contains(name),
+            "{params}: {}",
+            response.1
+        );
+    }
+    let (_, body) = app
+        .command("ps_abc123", Some(&s), "get_readings", json!({}))
+        .await;
+    assert_eq!(
+        body["data"]["channels"][0]["voltage_set"], 0.0,
+        "nothing was applied"
+    );
+    let mismatch = app
+        .post(
+            "/api/equipment/ps_abc123/command",
+            json!({"equipment_id": "scope_123", "action": "get_status", "session_id": s}),
+        )
+        .await;
+    assert_error(
+        &mismatch,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "equipment_mismatch",
+    );
+    let missing = app
+        .post(
+            "/api/equipment/nope/command",
+            json!({"action": "get_status", "session_id": s}),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "equipment_not_found");
+}
+
+#[tokio::test]
+async fn observers_may_observe_but_not_control() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("scope_123", &s, json!({"lock_mode": "observer"}))
+        .await;
+    let (status, body) = app
+        .command("scope_123", Some(&s), "get_waveform", json!({"channel": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["samples"].as_array().unwrap().len(), 1000);
+    assert_error(
+        &app.command(
+            "scope_123",
+            Some(&s),
+            "set_timebase",
+            json!({"seconds_per_div": 0.001}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "not_lock_holder",
+    );
+    let off = app
+        .command("scope_123", Some(&s), "get_waveform", json!({"channel": 4}))
+        .await;
+    assert_error(&off, StatusCode::CONFLICT, "instrument_rejected");
+}
+
+#[tokio::test]
+async fn the_load_and_scope_drivers_run_their_actions() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("load_1", &s, json!({})).await;
+    for (action, params) in [
+        ("set_mode", json!({"mode": "CC"})),
+        ("set_current", json!({"current": 2.0})),
+        ("set_input", json!({"enabled": true})),
+    ] {
+        assert_eq!(
+            app.command("load_1", Some(&s), action, params).await.0,
+            StatusCode::OK
+        );
+    }
+    let (_, body) = app
+        .command("load_1", Some(&s), "get_measurement", json!({}))
+        .await;
+    assert_eq!(body["data"]["current"], 2.0);
+    assert_eq!(body["data"]["voltage"], 11.8);
+    assert_error(
+        &app.command("load_1", Some(&s), "set_mode", json!({"mode": "XX"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_parameter",
+    );
+
+    app.acquire("scope_123", &s, json!({})).await;
+    for action in [
+        "trigger_stop",
+        "trigger_run",
+        "trigger_single",
+        "autoscale",
+        "reset",
+    ] {
+        let (status, body) = app.command("scope_123", Some(&s), action, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+    }
+    let (_, body) = app
+        .command(
+            "scope_123",
+            Some(&s),
+            "get_measurement",
+            json!({"channel": 2, "kind": "vmax"}),
+        )
+        .await;
+    assert!(
+        (body["data"]["value"].as_f64().unwrap() - 3.3).abs() < 0.1,
+        "{body}"
+    );
+}

@@ -1,0 +1,186 @@
+//! `spawn_app()`: a real LabLink server on port 0 with a manual clock, and
+//! small request helpers that return `(status, json)`.
+
+use lablink::clock::ManualClock;
+use lablink::config::Settings;
+use lablink::domain::Timestamp;
+use lablink::server::Server;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const START: &str = "2026-01-05T09:00:00.000Z";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(Settings::default()).await
+}
+
+pub async fn spawn_with(mut settings: Settings) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        lablink::telemetry::init();
+    }
+    settings.bind = "127.0.0.1:0".into();
+    let clock = ManualClock::new(Timestamp::parse_rfc3339(START).unwrap());
+    let server = Server::build(settings, Arc::new(clock.clone()))
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        clock,
+        _shutdown: tx,
+    }
+}
+
+async fn parse(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    let body =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
+    (status, body)
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        parse(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        parse(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        parse(request.body(body).send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        parse(
+            self.client
+                .delete(format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub fn advance(&self, seconds: f64) {
+        self.clock.advance(Duration::from_secs_f64(seconds));
+    }
+
+    /// A new session with the given timeout; returns its id.
+    pub async fn session(&self, timeout_seconds: f64) -> String {
+        let (status, body) = self
+            .post(
+                "/api/locks/sessions/create",
+                json!({"client_name": "test", "timeout_seconds": timeout_seconds}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["session_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn acquire(
+        &self,
+        equipment: &str,
+        session: &str,
+        extra: Value,
+    ) -> (StatusCode, Value) {
+        let mut body = json!({"equipment_id": equipment, "session_id": session});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        self.post("/api/locks/acquire", body).await
+    }
+
+    pub async fn release(
+        &self,
+        equipment: &str,
+        session: &str,
+        force: bool,
+    ) -> (StatusCode, Value) {
+        self.post(
+            "/api/locks/release",
+            json!({"equipment_id": equipment, "session_id": session, "force": force}),
+        )
+        .await
+    }
+
+    pub async fn command(
+        &self,
+        equipment: &str,
+        session: Option<&str>,
+        action: &str,
+        parameters: Value,
+    ) -> (StatusCode, Value) {
+        let body = json!({
+            "command_id": "cmd",
+            "equipment_id": equipment,
+            "action": action,
+            "parameters": parameters,
+            "session_id": session,
+        });
+        self.post(&format!("/api/equipment/{equipment}/command"), body)
+            .await
+    }
+
+    pub async fn events(&self, equipment: &str) -> Vec<String> {
+        let (_, body) = self
+            .get(&format!("/api/locks/events/{equipment}?limit=1000"))
+            .await;
+        body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Asserts an error response's status and code.
+#[track_caller]
+pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["code"], code, "{}", response.1);
+    assert!(
+        response.1["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{}",
+        response.1
+    );
+}

@@ -1,0 +1,493 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{START, assert_error, spawn_app};
+
+#[tokio::test]
+async fn acquire_locks_free_equipment_with_the_briefs_shape() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    let (status, body) = app
+        .acquire(
+            "ps_abc123",
+            &s,
+            json!({"lock_mode": "exclusive", "timeout_seconds": 300}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({
+            "success": true,
+            "status": "locked",
+            "lock": {
+                "lock_id": "lock_ps_abc123_1",
+                "equipment_id": "ps_abc123",
+                "session_id": s,
+                "lock_mode": "exclusive",
+                "acquired_at": START,
+                "last_activity": START,
+                "timeout_seconds": 300.0,
+                "time_remaining": 300.0,
+                "expires_at": "2026-01-05T09:05:00.000Z",
+                "fencing_token": 1
+            }
+        })
+    );
+    let (_, status_body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(
+        status_body,
+        json!({
+            "equipment_id": "ps_abc123",
+            "locked": true,
+            "lock_mode": "exclusive",
+            "session_id": s,
+            "lock_id": "lock_ps_abc123_1",
+            "acquired_at": START,
+            "time_remaining": 300.0,
+            "expires_at": "2026-01-05T09:05:00.000Z",
+            "fencing_token": 1,
+            "queue_length": 0,
+            "observer_count": 0,
+            "observer_sessions": []
+        })
+    );
+}
+
+#[tokio::test]
+async fn defaults_refresh_and_no_timeout() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    let (_, body) = app.acquire("ps_abc123", &s, json!({})).await;
+    assert_eq!(
+        body["lock"]["timeout_seconds"], 300.0,
+        "LABLINK_LOCK_TIMEOUT_SEC default"
+    );
+    app.advance(100.0);
+    let (status, body) = app
+        .acquire("ps_abc123", &s, json!({"timeout_seconds": 0}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "refreshed");
+    assert_eq!(body["lock"]["time_remaining"], Value::Null);
+    let (_, status_body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status_body["time_remaining"], Value::Null);
+}
+
+#[tokio::test]
+async fn busy_equipment_is_409_naming_the_holder_or_queued_in_order() {
+    let app = spawn_app().await;
+    let holder = app.session(0.0).await;
+    app.acquire("ps_abc123", &holder, json!({})).await;
+    let busy = app
+        .acquire("ps_abc123", &app.session(0.0).await, json!({}))
+        .await;
+    assert_error(&busy, StatusCode::CONFLICT, "equipment_locked");
+    assert!(busy.1["detail"].as_str().unwrap().contains(&holder));
+
+    let mut waiters = Vec::new();
+    for expected in 1..=3 {
+        let w = app.session(0.0).await;
+        let (status, body) = app
+            .acquire(
+                "ps_abc123",
+                &w,
+                json!({"queue_if_busy": true, "timeout_seconds": 60}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["success"], false);
+        assert_eq!(body["status"], "queued");
+        assert_eq!(
+            body["message"],
+            format!("Equipment locked by session {holder}")
+        );
+        assert_eq!(body["queue_entry"]["position"], expected);
+        assert_eq!(body["queue_entry"]["session_id"], w.as_str());
+        waiters.push(w);
+    }
+    // Asking again keeps the place.
+    let (_, again) = app
+        .acquire("ps_abc123", &waiters[1], json!({"queue_if_busy": true}))
+        .await;
+    assert_eq!(again["queue_entry"]["position"], 2);
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    let order: Vec<&str> = queue["queue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        waiters.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(queue["queue"][2]["position"], 3);
+
+    // The second waiter leaves; the first gets the lock on release, with the
+    // timeout it asked for.
+    let (_, left) = app.release("ps_abc123", &waiters[1], false).await;
+    assert_eq!(left["status"], "dequeued");
+    let (_, released) = app.release("ps_abc123", &holder, false).await;
+    assert_eq!(
+        released,
+        json!({"success": true, "status": "released", "was_forced": false, "equipment_id": "ps_abc123"})
+    );
+    let (_, status_body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status_body["session_id"], waiters[0].as_str());
+    assert_eq!(status_body["time_remaining"], 60.0);
+    assert_eq!(status_body["fencing_token"], 2);
+    assert_eq!(status_body["queue_length"], 1);
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(queue["queue"][0]["session_id"], waiters[2].as_str());
+    assert_eq!(queue["queue"][0]["position"], 1);
+    assert_eq!(
+        app.events("ps_abc123").await,
+        [
+            "lock_acquired",
+            "queued",
+            "queued",
+            "queued",
+            "dequeued",
+            "lock_released",
+            "queue_processed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn observers_share_are_revoked_by_exclusive_and_queue_behind_it() {
+    let app = spawn_app().await;
+    let (o1, o2, x) = (
+        app.session(0.0).await,
+        app.session(0.0).await,
+        app.session(0.0).await,
+    );
+    let (_, body) = app
+        .acquire("scope_123", &o1, json!({"lock_mode": "observer"}))
+        .await;
+    assert_eq!(
+        (body["status"].as_str(), body["observer_count"].as_u64()),
+        (Some("locked"), Some(1))
+    );
+    assert_eq!(body["lock"]["lock_mode"], "observer");
+    let (_, body) = app
+        .acquire("scope_123", &o2, json!({"lock_mode": "observer"}))
+        .await;
+    assert_eq!(body["observer_count"], 2);
+    let (_, status_body) = app.get("/api/locks/status/scope_123").await;
+    assert_eq!(
+        (
+            status_body["locked"].as_bool(),
+            status_body["lock_mode"].as_str()
+        ),
+        (Some(false), Some("observer"))
+    );
+    assert_eq!(status_body["observer_sessions"], json!([o1, o2]));
+
+    let (_, body) = app.acquire("scope_123", &x, json!({})).await;
+    assert_eq!(body["status"], "locked");
+    let (_, status_body) = app.get("/api/locks/status/scope_123").await;
+    assert_eq!(status_body["observer_count"], 0);
+    assert_eq!(
+        app.events("scope_123").await[2..],
+        ["observer_revoked", "observer_revoked", "lock_acquired"]
+    );
+
+    // The revoked observer is told it lost its lock.
+    let lost = app
+        .command("scope_123", Some(&o1), "get_status", json!({}))
+        .await;
+    assert_error(&lost, StatusCode::FORBIDDEN, "lock_lost");
+
+    assert_error(
+        &app.acquire("scope_123", &o1, json!({"lock_mode": "observer"}))
+            .await,
+        StatusCode::CONFLICT,
+        "equipment_locked",
+    );
+    let (_, queued) = app
+        .acquire(
+            "scope_123",
+            &o1,
+            json!({"lock_mode": "observer", "queue_if_busy": true}),
+        )
+        .await;
+    assert_eq!(queued["status"], "queued");
+    let (_, released) = app.release("scope_123", &x, false).await;
+    assert_eq!(released["status"], "released");
+    let (_, status_body) = app.get("/api/locks/status/scope_123").await;
+    assert_eq!(status_body["observer_sessions"], json!([o1]));
+    let (_, released) = app.release("scope_123", &o1, false).await;
+    assert_eq!(released["status"], "observer_released");
+}
+
+#[tokio::test]
+async fn release_by_others_is_403_and_force_records_who() {
+    let app = spawn_app().await;
+    let (a, b) = (app.session(0.0).await, app.session(0.0).await);
+    app.acquire("load_1", &a, json!({})).await;
+    let refused = app.release("load_1", &b, false).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "not_lock_holder");
+    assert!(refused.1["detail"].as_str().unwrap().contains(&a));
+    // The brief's admin example names a session that need not exist.
+    let (status, forced) = app.release("load_1", "admin_session", true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(forced["was_forced"], true);
+    let (_, events) = app.get("/api/locks/events/load_1?limit=1").await;
+    assert_eq!(events["events"][0]["event"], "lock_force_released");
+    assert_eq!(events["events"][0]["session_id"], a.as_str());
+    assert_eq!(events["events"][0]["forced_by"], "admin_session");
+    assert_error(
+        &app.release("load_1", &a, false).await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    assert_error(
+        &app.release("load_1", &b, false).await,
+        StatusCode::NOT_FOUND,
+        "no_lock",
+    );
+    assert_error(
+        &app.release("load_1", "admin_session", true).await,
+        StatusCode::NOT_FOUND,
+        "not_locked",
+    );
+    assert_error(
+        &app.release("load_1", "nobody", false).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+}
+
+#[tokio::test]
+async fn acquire_needs_a_live_session_and_registered_equipment() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    assert_error(
+        &app.acquire("ps_abc123", "no-such-session", json!({})).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    assert_error(
+        &app.acquire("no_such_psu", &s, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "equipment_not_found",
+    );
+    for bad in [
+        json!({"lock_mode": "shared"}),
+        json!({"timeout_seconds": -3}),
+        json!({"timeout_seconds": "5"}),
+        json!({"queue_if_busy": "yes"}),
+    ] {
+        let response = app.acquire("ps_abc123", &s, bad.clone()).await;
+        assert_eq!(
+            response.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            response.1
+        );
+    }
+    let (_, status_body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(
+        status_body["locked"], false,
+        "refused requests change nothing"
+    );
+    assert_error(
+        &app.get("/api/locks/status/nope").await,
+        StatusCode::NOT_FOUND,
+        "equipment_not_found",
+    );
+    assert_error(
+        &app.get("/api/locks/queue/nope").await,
+        StatusCode::NOT_FOUND,
+        "equipment_not_found",
+    );
+    assert_error(
+        &app.get("/api/locks/events/nope").await,
+        StatusCode::NOT_FOUND,
+        "equipment_not_found",
+    );
+}
+
+#[tokio::test]
+async fn leases_expire_exactly_and_hand_off_with_lock_lost() {
+    let app = spawn_app().await;
+    let (a, b) = (app.session(0.0).await, app.session(0.0).await);
+    app.acquire("ps_abc123", &a, json!({"timeout_seconds": 10}))
+        .await;
+    app.acquire(
+        "ps_abc123",
+        &b,
+        json!({"queue_if_busy": true, "timeout_seconds": 20}),
+    )
+    .await;
+    app.advance(9.999);
+    let ok = app
+        .command("ps_abc123", Some(&a), "get_status", json!({}))
+        .await;
+    assert_eq!(ok.0, StatusCode::OK, "{}", ok.1);
+    app.advance(9.999); // the command renewed the lease
+    let (_, s) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(
+        (s["session_id"].as_str(), s["time_remaining"].as_f64()),
+        (Some(a.as_str()), Some(0.001))
+    );
+    app.advance(0.001);
+    let (_, s) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(
+        (s["session_id"].as_str(), s["time_remaining"].as_f64()),
+        (Some(b.as_str()), Some(20.0))
+    );
+    assert_error(
+        &app.command(
+            "ps_abc123",
+            Some(&a),
+            "set_output",
+            json!({"enabled": true}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "lock_lost",
+    );
+    assert!(
+        app.events("ps_abc123")
+            .await
+            .ends_with(&["lock_expired".to_string(), "queue_processed".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn lock_activity_renews_the_lock_and_the_session() {
+    let app = spawn_app().await;
+    let s = app.session(60.0).await;
+    app.acquire("ps_abc123", &s, json!({"timeout_seconds": 30}))
+        .await;
+    app.advance(25.0);
+    let (status, body) = app
+        .post("/api/locks/activity/ps_abc123", json!({"session_id": s}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["lock"]["time_remaining"], 30.0);
+    let (_, session) = app.get(&format!("/api/locks/sessions/{s}")).await;
+    assert_eq!(session["time_remaining"], 60.0);
+    assert_error(
+        &app.post("/api/locks/activity/scope_123", json!({"session_id": s}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "no_lock",
+    );
+    assert_error(
+        &app.post("/api/locks/activity/ps_abc123", json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    );
+}
+
+#[tokio::test]
+async fn all_locks_are_keyed_by_equipment() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        app.session(0.0).await,
+        app.session(0.0).await,
+        app.session(0.0).await,
+    );
+    app.acquire("ps_abc123", &a, json!({})).await;
+    app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
+        .await;
+    app.acquire("scope_123", &c, json!({"lock_mode": "observer"}))
+        .await;
+    let (status, all) = app.get("/api/locks/all").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        all["exclusive_locks"]["ps_abc123"]["session_id"],
+        a.as_str()
+    );
+    assert_eq!(
+        all["observer_locks"]["scope_123"][0]["session_id"],
+        c.as_str()
+    );
+    assert_eq!(all["queues"]["ps_abc123"][0]["session_id"], b.as_str());
+    assert_eq!(all["exclusive_locks"].as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn events_limit_is_validated_and_returns_the_newest_oldest_first() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    for _ in 0..3 {
+        app.acquire("ps_abc123", &s, json!({})).await;
+    }
+    let (_, body) = app.get("/api/locks/events/ps_abc123?limit=2").await;
+    assert_eq!(body["count"], 2);
+    assert_eq!(body["equipment_id"], "ps_abc123");
+    assert_eq!(body["events"][0]["event"], "lock_refreshed");
+    for bad in ["0", "1001", "-1", "abc"] {
+        let response = app
+            .get(&format!("/api/locks/events/ps_abc123?limit={bad}"))
+            .await;
+        assert_eq!(
+            response.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            response.1
+        );
+    }
+    let response = app
+        .get(&format!("/api/locks/sessions/{s}/events?limit=0"))
+        .await;
+    assert_eq!(response.0, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn fencing_tokens_grow_and_stale_ones_are_refused() {
+    let app = spawn_app().await;
+    let (a, b) = (app.session(0.0).await, app.session(0.0).await);
+    let (_, first) = app.acquire("ps_abc123", &a, json!({})).await;
+    let old = first["lock"]["fencing_token"].as_u64().unwrap();
+    app.release("ps_abc123", &a, false).await;
+    app.acquire("ps_abc123", &b, json!({})).await;
+    app.release("ps_abc123", &b, false).await;
+    let (_, again) = app.acquire("ps_abc123", &a, json!({})).await;
+    let new = again["lock"]["fencing_token"].as_u64().unwrap();
+    assert!(new > old + 1, "{old} -> {new}");
+    let body = json!({"command_id": "late", "action": "set_output", "parameters": {"enabled": true}, "session_id": a, "fencing_token": old});
+    assert_error(
+        &app.post("/api/equipment/ps_abc123/command", body).await,
+        StatusCode::CONFLICT,
+        "stale_fencing_token",
+    );
+    let body = json!({"command_id": "now", "action": "set_output", "parameters": {"enabled": true}, "session_id": a, "fencing_token": new});
+    assert_eq!(
+        app.post("/api/equipment/ps_abc123/command", body).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn cleanup_reports_and_the_expiry_is_recorded_once() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({"timeout_seconds": 5}))
+        .await;
+    app.advance(6.0);
+    let (status, body) = app.post("/api/locks/cleanup", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // The reaper (woken by the clock) may have expired it first: either way
+    // it is expired exactly once.
+    assert_eq!(body["success"], true);
+    assert!(body["expired_locks"].as_u64().unwrap() <= 1, "{body}");
+    assert_eq!(
+        (
+            body["expired_sessions"].as_u64(),
+            body["queue_processed"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    let (_, body) = app.post("/api/locks/cleanup", json!({})).await;
+    assert_eq!(body["expired_locks"], 0);
+    assert_eq!(
+        app.events("ps_abc123").await,
+        ["lock_acquired", "lock_expired"]
+    );
+}

@@ -1,0 +1,10 @@
+//! Black-box tests of the HTTP API against a real server on port 0.
+
+mod equipment;
+mod errors;
+mod examples;
+mod helpers;
+mod locks;
+mod races;
+mod sessions;
+mod settings;

@@ -1,0 +1,205 @@
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{START, assert_error, spawn_app};
+
+#[tokio::test]
+async fn create_returns_the_briefs_shape_with_defaults() {
+    let app = spawn_app().await;
+    let (status, body) = app.post("/api/locks/sessions/create", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = body["session_id"].as_str().unwrap();
+    assert_eq!(uuid_version(id), Some('4'), "{id}");
+    assert_eq!(body["client_ip"], "127.0.0.1", "defaults to the caller");
+    assert_eq!(body["created_at"], START);
+    assert_eq!(body["last_activity"], START);
+    assert_eq!(
+        body["time_remaining"], 600.0,
+        "LABLINK_SESSION_TIMEOUT_SEC default"
+    );
+    assert_eq!(body["duration_seconds"], 0.0);
+    assert_eq!(body["metadata"], json!({}));
+
+    let (status, body) = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"client_name": "Lab PC #3", "client_ip": "192.168.1.100", "timeout_seconds": 0, "metadata": {"user": "researcher_1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["client_name"], "Lab PC #3");
+    assert_eq!(body["client_ip"], "192.168.1.100");
+    assert_eq!(
+        body["time_remaining"],
+        serde_json::Value::Null,
+        "0 = no timeout"
+    );
+    assert_eq!(body["metadata"], json!({"user": "researcher_1"}));
+
+    // An empty body is an empty object.
+    let (status, _) = app.post_raw("/api/locks/sessions/create", "").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+fn uuid_version(id: &str) -> Option<char> {
+    (id.len() == 36).then(|| id.chars().nth(14)).flatten()
+}
+
+#[tokio::test]
+async fn create_rejects_bad_fields_and_creates_nothing() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"timeout_seconds": -1}),
+        json!({"timeout_seconds": "ten"}),
+        json!({"metadata": [1, 2]}),
+        json!({"metadata": "x"}),
+        json!({"client_name": 5}),
+        json!({"client_name": "x".repeat(300)}),
+    ] {
+        let response = app.post("/api/locks/sessions/create", body.clone()).await;
+        assert_eq!(
+            response.0,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            response.1
+        );
+    }
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list, json!({"sessions": [], "count": 0}));
+}
+
+#[tokio::test]
+async fn get_list_activity_and_end() {
+    let app = spawn_app().await;
+    let a = app.session(100.0).await;
+    let b = app.session(100.0).await;
+    app.advance(40.0);
+    let (status, body) = app.get(&format!("/api/locks/sessions/{a}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["time_remaining"], 60.0);
+    assert_eq!(body["duration_seconds"], 40.0);
+
+    let (_, body) = app
+        .post(&format!("/api/locks/sessions/{a}/activity"), json!({}))
+        .await;
+    assert_eq!(body["time_remaining"], 100.0, "activity renews");
+
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list["count"], 2);
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [a.as_str(), b.as_str()]);
+
+    app.acquire("ps_abc123", &a, json!({})).await;
+    app.acquire("scope_123", &a, json!({"lock_mode": "observer"}))
+        .await;
+    let (status, body) = app.delete(&format!("/api/locks/sessions/{a}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"success": true, "message": "Session ended", "session_id": a, "locks_released": 2})
+    );
+    let (_, status_body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status_body["locked"], false);
+
+    for path in [
+        format!("/api/locks/sessions/{a}"),
+        format!("/api/locks/sessions/{a}/locks"),
+        "/api/locks/sessions/never-existed".to_string(),
+    ] {
+        assert_error(
+            &app.get(&path).await,
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+        );
+    }
+    assert_error(
+        &app.delete(&format!("/api/locks/sessions/{a}")).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    assert_error(
+        &app.post(&format!("/api/locks/sessions/{a}/activity"), json!({}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+
+    // Its history stays readable after it ends.
+    let (status, events) = app.get(&format!("/api/locks/sessions/{a}/events")).await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_created",
+            "lock_acquired",
+            "observer_lock_acquired",
+            "lock_released",
+            "observer_lock_released",
+            "session_ended"
+        ]
+    );
+    assert_eq!(events["count"], 6);
+    let (_, last) = app
+        .get(&format!("/api/locks/sessions/{a}/events?limit=1"))
+        .await;
+    assert_eq!(last["events"][0]["event"], "session_ended");
+    assert_eq!(last["events"][0]["locks_released"], 2);
+}
+
+#[tokio::test]
+async fn a_session_expires_exactly_at_its_deadline_and_releases_its_locks() {
+    let app = spawn_app().await;
+    let a = app.session(30.0).await;
+    let b = app.session(0.0).await;
+    app.acquire("ps_abc123", &a, json!({"timeout_seconds": 0}))
+        .await;
+    app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
+        .await;
+    app.advance(29.999);
+    let (_, body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(body["session_id"], a.as_str());
+    app.advance(0.001);
+    assert_error(
+        &app.get(&format!("/api/locks/sessions/{a}")).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    let (_, body) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(body["session_id"], b.as_str(), "handed to the queue");
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list["count"], 1);
+    let (_, events) = app.get(&format!("/api/locks/sessions/{a}/events")).await;
+    let last = events["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["event"].as_str(), last["locks_released"].as_u64()),
+        (Some("session_expired"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_session_lists_its_locks_and_queue_places() {
+    let app = spawn_app().await;
+    let a = app.session(0.0).await;
+    let b = app.session(0.0).await;
+    app.acquire("ps_abc123", &a, json!({})).await;
+    app.acquire("scope_123", &b, json!({})).await;
+    app.acquire("scope_123", &a, json!({"queue_if_busy": true}))
+        .await;
+    let (status, body) = app.get(&format!("/api/locks/sessions/{a}/locks")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["locks"][0]["equipment_id"], "ps_abc123");
+    assert_eq!(body["queued"][0]["equipment_id"], "scope_123");
+    assert_eq!(body["queued"][0]["position"], 1);
+}

@@ -1,0 +1,320 @@
+//! Each setting's effect through the API, and the real binary's start-up:
+//! configuration errors, the demo instruments, and graceful shutdown.
+
+use lablink::config::Settings;
+use lablink::domain::Timeout;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::helpers::{assert_error, spawn_with};
+
+fn settings(change: impl FnOnce(&mut Settings)) -> Settings {
+    let mut s = Settings::default();
+    change(&mut s);
+    s
+}
+
+#[tokio::test]
+async fn locks_disabled_lets_every_command_run() {
+    let app = spawn_with(settings(|s| s.policy.locks_enabled = false)).await;
+    let (status, body) = app
+        .command("ps_abc123", None, "set_voltage", json!({"voltage": 3}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn queue_disabled_refuses_queueing_with_409() {
+    let app = spawn_with(settings(|s| s.policy.lock.queue_enabled = false)).await;
+    let (a, b) = (app.session(0.0).await, app.session(0.0).await);
+    assert_eq!(
+        app.acquire("ps_abc123", &a, json!({"queue_if_busy": true}))
+            .await
+            .1["status"],
+        "locked"
+    );
+    assert_error(
+        &app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
+            .await,
+        StatusCode::CONFLICT,
+        "queue_disabled",
+    );
+}
+
+#[tokio::test]
+async fn observer_mode_disabled_refuses_observers_with_403() {
+    let app = spawn_with(settings(|s| s.policy.lock.observer_enabled = false)).await;
+    let a = app.session(0.0).await;
+    assert_error(
+        &app.acquire("scope_123", &a, json!({"lock_mode": "observer"}))
+            .await,
+        StatusCode::FORBIDDEN,
+        "observer_mode_disabled",
+    );
+}
+
+#[tokio::test]
+async fn without_auto_release_an_ended_sessions_lock_stays_until_its_timeout() {
+    let app = spawn_with(settings(|s| s.policy.auto_release_on_disconnect = false)).await;
+    let (a, b) = (app.session(0.0).await, app.session(0.0).await);
+    app.acquire("ps_abc123", &a, json!({"timeout_seconds": 60}))
+        .await;
+    app.acquire("scope_123", &b, json!({})).await;
+    app.acquire("scope_123", &a, json!({"queue_if_busy": true}))
+        .await;
+    let (_, ended) = app.delete(&format!("/api/locks/sessions/{a}")).await;
+    assert_eq!(ended["locks_released"], 0);
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["session_id"], a.as_str());
+    let (_, queue) = app.get("/api/locks/queue/scope_123").await;
+    assert_eq!(queue["queue_length"], 0, "queue places still go");
+    app.advance(60.0);
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+}
+
+#[tokio::test]
+async fn log_lock_events_off_records_no_lock_events() {
+    let app = spawn_with(settings(|s| s.policy.log_lock_events = false)).await;
+    let a = app.session(0.0).await;
+    app.acquire("ps_abc123", &a, json!({})).await;
+    assert!(app.events("ps_abc123").await.is_empty());
+    let (_, events) = app.get(&format!("/api/locks/sessions/{a}/events")).await;
+    assert_eq!(
+        events["events"][0]["event"], "session_created",
+        "session lifecycle is still kept"
+    );
+    assert_eq!(events["count"], 1);
+}
+
+#[tokio::test]
+async fn default_timeouts_apply_to_requests_that_give_none() {
+    let app = spawn_with(settings(|s| {
+        s.policy.default_lock_timeout = Timeout::from_millis(7_000);
+        s.policy.default_session_timeout = Timeout::NONE;
+    }))
+    .await;
+    let (_, session) = app.post("/api/locks/sessions/create", json!({})).await;
+    assert_eq!(session["time_remaining"], serde_json::Value::Null);
+    let (_, lock) = app
+        .acquire(
+            "ps_abc123",
+            session["session_id"].as_str().unwrap(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(lock["lock"]["timeout_seconds"], 7.0);
+}
+
+// ---- the real binary ------------------------------------------------------
+
+fn lablink() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lablink"));
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LABLINK_")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lablink-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn configuration_errors_stop_start_up_and_name_the_culprit() {
+    let dir = temp_dir("bad-config");
+    let cases = [
+        (
+            "[[equipment]]\nid = 'p'\ndriver = 'gpib-magic'\n",
+            "unknown driver \"gpib-magic\"",
+        ),
+        (
+            "[[equipment]]\nid = 'p'\ndriver = 'sim-psu'\nvolts = 3\n",
+            "unknown field `volts`",
+        ),
+        (
+            "[server]\nlock_timeout = 3\n",
+            "unknown key \"lock_timeout\"",
+        ),
+        (
+            "[server]\nlock_timeout_sec = -3\n",
+            "LABLINK_LOCK_TIMEOUT_SEC",
+        ),
+    ];
+    for (text, expected) in cases {
+        let path = dir.join("lablink.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = lablink()
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+    }
+    let out = lablink()
+        .args(["serve", "--bind", "127.0.0.1:0", "--store", "mongodb://x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown store"));
+    let out = lablink()
+        .args(["serve", "--bind", "not an address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Starts the binary in `dir`, returns it and the address it listens on.
+fn start(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String, Vec<String>) {
+    let mut child = lablink()
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited: {lines:?}"
+        );
+        if let Some(rest) = line.split("addr=").nth(1) {
+            lines.push(line.clone());
+            break rest.trim().to_owned();
+        }
+        lines.push(line);
+    };
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, addr, lines)
+}
+
+#[test]
+fn the_binary_serves_the_demo_reads_dotenv_and_stops_on_sigterm() {
+    let dir = temp_dir("dotenv");
+    std::fs::write(
+        dir.join(".env"),
+        "LABLINK_BIND=127.0.0.1:0\nLABLINK_LOCK_TIMEOUT_SEC=42\n",
+    )
+    .unwrap();
+    let (mut child, addr, lines) = start(&dir, &[]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("demo instruments ps_abc123")),
+        "{lines:?}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let base = format!("http://{addr}/api");
+        let session: serde_json::Value = client
+            .post(format!("{base}/locks/sessions/create"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lock: serde_json::Value = client
+            .post(format!("{base}/locks/acquire"))
+            .json(&json!({"equipment_id": "ps_abc123", "session_id": session["session_id"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(lock["lock"]["timeout_seconds"], 42.0, "from .env");
+    });
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+}
+
+#[test]
+fn flags_beat_the_environment_and_a_config_file_sets_equipment() {
+    let dir = temp_dir("config");
+    std::fs::write(
+        dir.join("lab.toml"),
+        "[server]\nlock_timeout_sec = 5\n\n[[equipment]]\nid = 'bench_psu'\ndriver = 'sim-psu'\nname = 'Bench PSU'\nload_ohms = [4.0, 10.0, 5.0]\n",
+    )
+    .unwrap();
+    let mut cmd_env = vec![
+        ("LABLINK_BIND", "256.0.0.1:1"),
+        ("LABLINK_CONFIG", "lab.toml"),
+    ];
+    cmd_env.push(("LABLINK_LOCK_TIMEOUT_SEC", "9"));
+    let mut child_cmd = lablink();
+    for (k, v) in &cmd_env {
+        child_cmd.env(k, v);
+    }
+    let mut child = child_cmd
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let list: serde_json::Value = reqwest::get(format!("http://{addr}/api/equipment/list"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["count"], 1);
+        assert_eq!(list["equipment"][0]["name"], "Bench PSU");
+        let client = reqwest::Client::new();
+        let session: serde_json::Value = client
+            .post(format!("http://{addr}/api/locks/sessions/create"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lock: serde_json::Value = client
+            .post(format!("http://{addr}/api/locks/acquire"))
+            .json(&json!({"equipment_id": "bench_psu", "session_id": session["session_id"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            lock["lock"]["timeout_seconds"], 9.0,
+            "environment beats the config file"
+        );
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+}
