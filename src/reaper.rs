@@ -54,3 +54,77 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(service, interval, shutdown))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{EquipmentId, EquipmentLocks, LockMode, SessionId, Timeout};
+    use crate::drivers::Instruments;
+    use crate::service::{AcquireInput, NewSession, Policy};
+    use crate::storage::Store;
+    use crate::storage::memory::MemoryStore;
+
+    /// Reads the store directly: going through the service would expire
+    /// what is due itself and hide whether the reaper did it.
+    fn peek(store: &MemoryStore, id: &EquipmentId) -> EquipmentLocks {
+        let mut out = None;
+        store
+            .transaction(&mut |tx| {
+                out = Some(tx.equipment_locks(id)?);
+                Ok(())
+            })
+            .unwrap();
+        out.unwrap()
+    }
+
+    fn session(service: &Service) -> SessionId {
+        let new = NewSession {
+            client_name: None,
+            client_ip: None,
+            timeout: Some(Timeout::NONE),
+            metadata: Default::default(),
+        };
+        service.create_session(new).unwrap().value.id
+    }
+
+    #[tokio::test]
+    async fn the_reaper_hands_off_at_the_deadline_without_any_request() {
+        let store = Arc::new(MemoryStore::new());
+        let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
+        let instruments = Instruments::from_configs(&Instruments::demo_configs()).unwrap();
+        let service = Arc::new(Service::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            Arc::new(instruments),
+            Policy::default(),
+        ));
+        let psu = EquipmentId::parse("ps_abc123").unwrap();
+        let (a, b) = (session(&service), session(&service));
+        let (_stop, stopped) = watch::channel(false);
+        // A long safety interval: only the deadline can wake the reaper.
+        spawn(service.clone(), Duration::from_secs(3600), stopped);
+        for (who, queue) in [(&a, false), (&b, true)] {
+            service
+                .acquire(AcquireInput {
+                    equipment_id: psu.clone(),
+                    session_id: who.clone(),
+                    mode: LockMode::Exclusive,
+                    timeout: Some(Timeout::from_millis(5_000)),
+                    queue_if_busy: queue,
+                })
+                .unwrap();
+        }
+        clock.advance(Duration::from_millis(4_999));
+        tokio::task::yield_now().await;
+        assert_eq!(peek(&store, &psu).holder(), Some(&a));
+        clock.advance(Duration::from_millis(1));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while peek(&store, &psu).holder() != Some(&b) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the reaper handed the lock to the waiter");
+    }
+}
