@@ -173,8 +173,13 @@ fn configuration_errors_stop_start_up_and_name_the_culprit() {
 }
 
 /// Starts the binary in `dir`, returns it and the address it listens on.
-fn start(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String, Vec<String>) {
+fn start(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<String>) {
     let mut child = lablink()
+        .envs(env.iter().copied())
         .arg("serve")
         .args(args)
         .current_dir(dir)
@@ -200,6 +205,25 @@ fn start(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String, 
     (child, addr, lines)
 }
 
+/// Sends one request from a synchronous test.
+fn blocking_json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { request.send().await.unwrap().json().await.unwrap() })
+}
+
+/// Creates a session on the server at `addr` and locks `equipment` with the
+/// default lock timeout.
+fn lock_through_binary(addr: &str, equipment: &str) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let session = blocking_json(client.post(format!("http://{addr}/api/locks/sessions/create")));
+    let body = json!({"equipment_id": equipment, "session_id": session["session_id"]});
+    blocking_json(
+        client
+            .post(format!("http://{addr}/api/locks/acquire"))
+            .json(&body),
+    )
+}
+
 #[test]
 fn the_binary_serves_the_demo_reads_dotenv_and_stops_on_sigterm() {
     let dir = temp_dir("dotenv");
@@ -208,37 +232,15 @@ fn the_binary_serves_the_demo_reads_dotenv_and_stops_on_sigterm() {
         "LABLINK_BIND=127.0.0.1:0\nLABLINK_LOCK_TIMEOUT_SEC=42\n",
     )
     .unwrap();
-    let (mut child, addr, lines) = start(&dir, &[]);
+    let (mut child, addr, lines) = start(&dir, &[], &[]);
     assert!(
         lines
             .iter()
             .any(|l| l.contains("demo instruments ps_abc123")),
         "{lines:?}"
     );
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let base = format!("http://{addr}/api");
-        let session: serde_json::Value = client
-            .post(format!("{base}/locks/sessions/create"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let lock: serde_json::Value = client
-            .post(format!("{base}/locks/acquire"))
-            .json(&json!({"equipment_id": "ps_abc123", "session_id": session["session_id"]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(lock["lock"]["timeout_seconds"], 42.0, "from .env");
-    });
+    let lock = lock_through_binary(&addr, "ps_abc123");
+    assert_eq!(lock["lock"]["timeout_seconds"], 42.0, "from .env");
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -259,62 +261,21 @@ fn flags_beat_the_environment_and_a_config_file_sets_equipment() {
         "[server]\nlock_timeout_sec = 5\n\n[[equipment]]\nid = 'bench_psu'\ndriver = 'sim-psu'\nname = 'Bench PSU'\nload_ohms = [4.0, 10.0, 5.0]\n",
     )
     .unwrap();
-    let mut cmd_env = vec![
+    let env = [
         ("LABLINK_BIND", "256.0.0.1:1"),
         ("LABLINK_CONFIG", "lab.toml"),
+        ("LABLINK_LOCK_TIMEOUT_SEC", "9"),
     ];
-    cmd_env.push(("LABLINK_LOCK_TIMEOUT_SEC", "9"));
-    let mut child_cmd = lablink();
-    for (k, v) in &cmd_env {
-        child_cmd.env(k, v);
-    }
-    let mut child = child_cmd
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "server exited");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.trim().to_owned();
-        }
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let list: serde_json::Value = reqwest::get(format!("http://{addr}/api/equipment/list"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(list["count"], 1);
-        assert_eq!(list["equipment"][0]["name"], "Bench PSU");
-        let client = reqwest::Client::new();
-        let session: serde_json::Value = client
-            .post(format!("http://{addr}/api/locks/sessions/create"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let lock: serde_json::Value = client
-            .post(format!("http://{addr}/api/locks/acquire"))
-            .json(&json!({"equipment_id": "bench_psu", "session_id": session["session_id"]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(
-            lock["lock"]["timeout_seconds"], 9.0,
-            "environment beats the config file"
-        );
-    });
+    let (mut child, addr, _) = start(&dir, &["--bind", "127.0.0.1:0"], &env);
+    let list: serde_json::Value =
+        blocking_json(reqwest::Client::new().get(format!("http://{addr}/api/equipment/list")));
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["equipment"][0]["name"], "Bench PSU");
+    let lock = lock_through_binary(&addr, "bench_psu");
+    assert_eq!(
+        lock["lock"]["timeout_seconds"], 9.0,
+        "environment beats the config file"
+    );
     child.kill().unwrap();
     let _ = child.wait();
 }

@@ -24,6 +24,20 @@ pub trait InstrumentModel: Send + 'static {
     fn actions() -> Vec<ActionSpec>;
     fn apply(&mut self, action: &str, params: &Params) -> Result<Value, DriverError>;
     fn state(&self) -> Value;
+
+    /// Validates raw JSON parameters against the action's spec, then applies
+    /// it: the whole path a command takes through a simulated instrument.
+    fn run_json(&mut self, action: &str, raw: &Value) -> Result<Value, DriverError> {
+        let spec = Self::actions()
+            .into_iter()
+            .find(|a| a.name == action)
+            .ok_or_else(|| DriverError::Rejected(format!("unknown action {action}")))?;
+        let empty = serde_json::Map::new();
+        let params = spec
+            .validate(raw.as_object().unwrap_or(&empty))
+            .map_err(DriverError::InvalidParameter)?;
+        self.apply(action, &params)
+    }
 }
 
 pub struct SimDriver<M> {

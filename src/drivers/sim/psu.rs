@@ -220,25 +220,14 @@ impl InstrumentModel for Psu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
-
-    fn run(psu: &mut Psu, action: &str, raw: Value) -> Result<Value, DriverError> {
-        let spec = Psu::actions()
-            .into_iter()
-            .find(|a| a.name == action)
-            .unwrap();
-        let params = spec
-            .validate(raw.as_object().unwrap_or(&Map::new()))
-            .map_err(DriverError::InvalidParameter)?;
-        psu.apply(action, &params)
-    }
-
     #[test]
     fn constant_voltage_then_current_limit() {
         let mut psu = Psu::from_config(PsuConfig::default());
-        run(&mut psu, "set_voltage", json!({"voltage": 5.0})).unwrap();
+        psu.run_json("set_voltage", &json!({"voltage": 5.0}))
+            .unwrap();
         assert_eq!(psu.reading(0).voltage, 0.0, "output is off");
-        run(&mut psu, "set_output", json!({"enabled": true})).unwrap();
+        psu.run_json("set_output", &json!({"enabled": true}))
+            .unwrap();
         // 5 V into 10 ohms is 0.5 A, under the 1 A default limit.
         assert_eq!(
             psu.reading(0),
@@ -248,7 +237,8 @@ mod tests {
                 mode: "CV"
             }
         );
-        run(&mut psu, "set_voltage", json!({"voltage": 20.0})).unwrap();
+        psu.run_json("set_voltage", &json!({"voltage": 20.0}))
+            .unwrap();
         // 20 V would need 2 A: the 1 A limit holds the output at 10 V.
         assert_eq!(
             psu.reading(0),
@@ -258,30 +248,24 @@ mod tests {
                 mode: "CC"
             }
         );
-        run(&mut psu, "set_current", json!({"current": 3.0})).unwrap();
+        psu.run_json("set_current", &json!({"current": 3.0}))
+            .unwrap();
         assert_eq!(psu.reading(0).voltage, 20.0);
     }
 
     #[test]
     fn channel_three_is_a_five_volt_channel() {
         let mut psu = Psu::from_config(PsuConfig::default());
-        let err = run(
-            &mut psu,
-            "set_voltage",
-            json!({"voltage": 6.0, "channel": 3}),
-        )
-        .unwrap_err();
+        let err = psu
+            .run_json("set_voltage", &json!({"voltage": 6.0, "channel": 3}))
+            .unwrap_err();
         assert!(
             matches!(err, DriverError::InvalidParameter(ref e) if e.parameter == "voltage"),
             "{err:?}"
         );
-        run(
-            &mut psu,
-            "set_voltage",
-            json!({"voltage": 5.0, "channel": 3}),
-        )
-        .unwrap();
-        run(&mut psu, "reset", json!({})).unwrap();
+        psu.run_json("set_voltage", &json!({"voltage": 5.0, "channel": 3}))
+            .unwrap();
+        psu.run_json("reset", &json!({})).unwrap();
         assert_eq!(psu, Psu::from_config(PsuConfig::default()));
     }
 }

@@ -436,23 +436,12 @@ impl InstrumentModel for Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Map;
-
-    fn run(scope: &mut Scope, action: &str, raw: Value) -> Result<Value, DriverError> {
-        let spec = Scope::actions()
-            .into_iter()
-            .find(|a| a.name == action)
-            .unwrap();
-        let params = spec
-            .validate(raw.as_object().unwrap_or(&Map::new()))
-            .map_err(DriverError::InvalidParameter)?;
-        scope.apply(action, &params)
-    }
-
     #[test]
     fn the_waveform_follows_timebase_scale_and_trigger() {
         let mut scope = Scope::from_config(ScopeConfig::default());
-        let w = run(&mut scope, "get_waveform", json!({"channel": 1})).unwrap();
+        let w = scope
+            .run_json("get_waveform", &json!({"channel": 1}))
+            .unwrap();
         let samples: Vec<f64> = serde_json::from_value(w["samples"].clone()).unwrap();
         assert_eq!(samples.len(), SAMPLES);
         // 0.2 ms/div over 10 divisions shows two periods of the 1 kHz sine:
@@ -463,61 +452,61 @@ mod tests {
             samples[SAMPLES / 2]
         );
         assert!(samples[SAMPLES / 2 + 10] > samples[SAMPLES / 2]);
-        let vpp = run(
-            &mut scope,
-            "get_measurement",
-            json!({"channel": 1, "kind": "vpp"}),
-        )
-        .unwrap();
+        let vpp = scope
+            .run_json("get_measurement", &json!({"channel": 1, "kind": "vpp"}))
+            .unwrap();
         assert!((vpp["value"].as_f64().unwrap() - 2.0).abs() < 0.05, "{vpp}");
 
         // A 0.1 V/div scale clips the 1 V sine at 4 divisions.
-        run(
-            &mut scope,
-            "set_scale",
-            json!({"channel": 1, "volts_per_div": 0.1}),
-        )
-        .unwrap();
-        let vmax = run(
-            &mut scope,
-            "get_measurement",
-            json!({"channel": 1, "kind": "vmax"}),
-        )
-        .unwrap();
+        scope
+            .run_json("set_scale", &json!({"channel": 1, "volts_per_div": 0.1}))
+            .unwrap();
+        let vmax = scope
+            .run_json("get_measurement", &json!({"channel": 1, "kind": "vmax"}))
+            .unwrap();
         assert_eq!(vmax["value"].as_f64().unwrap(), 0.4);
     }
 
     #[test]
     fn frequency_needs_a_period_on_screen_and_autoscale_provides_it() {
         let mut scope = Scope::from_config(ScopeConfig::default());
-        run(&mut scope, "set_timebase", json!({"seconds_per_div": 1e-6})).unwrap();
-        let err = run(
-            &mut scope,
+        scope
+            .run_json("set_timebase", &json!({"seconds_per_div": 1e-6}))
+            .unwrap();
+        let err = scope.run_json(
             "get_measurement",
-            json!({"channel": 1, "kind": "frequency"}),
+            &json!({"channel": 1, "kind": "frequency"}),
         );
         assert!(matches!(err, Err(DriverError::Rejected(_))));
-        run(&mut scope, "autoscale", json!({})).unwrap();
-        let f = run(
-            &mut scope,
-            "get_measurement",
-            json!({"channel": 1, "kind": "frequency"}),
-        )
-        .unwrap();
+        scope.run_json("autoscale", &json!({})).unwrap();
+        let f = scope
+            .run_json(
+                "get_measurement",
+                &json!({"channel": 1, "kind": "frequency"}),
+            )
+            .unwrap();
         assert_eq!(f["value"], json!(1000.0));
     }
 
     #[test]
     fn stopped_acquisitions_repeat_running_ones_change() {
         let mut scope = Scope::from_config(ScopeConfig::default());
-        let a = run(&mut scope, "get_waveform", json!({"channel": 1})).unwrap();
-        let b = run(&mut scope, "get_waveform", json!({"channel": 1})).unwrap();
+        let a = scope
+            .run_json("get_waveform", &json!({"channel": 1}))
+            .unwrap();
+        let b = scope
+            .run_json("get_waveform", &json!({"channel": 1}))
+            .unwrap();
         assert_ne!(a["samples"], b["samples"]);
-        run(&mut scope, "trigger_stop", json!({})).unwrap();
-        let c = run(&mut scope, "get_waveform", json!({"channel": 1})).unwrap();
-        let d = run(&mut scope, "get_waveform", json!({"channel": 1})).unwrap();
+        scope.run_json("trigger_stop", &json!({})).unwrap();
+        let c = scope
+            .run_json("get_waveform", &json!({"channel": 1}))
+            .unwrap();
+        let d = scope
+            .run_json("get_waveform", &json!({"channel": 1}))
+            .unwrap();
         assert_eq!(c["samples"], d["samples"]);
-        let off = run(&mut scope, "get_waveform", json!({"channel": 3}));
+        let off = scope.run_json("get_waveform", &json!({"channel": 3}));
         assert!(matches!(off, Err(DriverError::Rejected(_))));
     }
 }
