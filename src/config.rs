@@ -73,6 +73,22 @@ const CLEANUP: Key = Key {
     env: "LABLINK_CLEANUP_INTERVAL_SEC",
     file: "cleanup_interval_sec",
 };
+const DATA_DIR: Key = Key {
+    env: "LABLINK_DATA_DIR",
+    file: "data_dir",
+};
+const RETENTION: Key = Key {
+    env: "LABLINK_EVENT_RETENTION_DAYS",
+    file: "event_retention_days",
+};
+/// Every setting the config file's `[server]` table may hold.
+const SERVER_KEYS: &[&Key] = &[
+    &BIND, &STORE, &LOCKS, &LOCK_TIMEOUT, &SESSION_TIMEOUT, &QUEUE, &OBSERVER, &AUTO_RELEASE,
+    &LOG_EVENTS, &CLEANUP, &DATA_DIR, &RETENTION,
+];
+/// Where state lives unless told otherwise: a SQLite file under the data
+/// directory.
+pub const DEFAULT_STORE: &str = "sqlite://lablink-data/lablink.db";
 pub const CONFIG_ENV: &str = "LABLINK_CONFIG";
 
 /// The config file: an optional `[server]` table of settings and the
@@ -96,24 +112,13 @@ impl ConfigFile {
             path: path.into(),
             message: e.to_string(),
         })?;
-        const KNOWN: &[&str] = &[
-            "bind",
-            "store",
-            "enable_equipment_locks",
-            "lock_timeout_sec",
-            "session_timeout_sec",
-            "enable_lock_queue",
-            "enable_observer_mode",
-            "auto_release_on_disconnect",
-            "log_lock_events",
-            "cleanup_interval_sec",
-        ];
-        if let Some(unknown) = file.server.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        let known: Vec<&str> = SERVER_KEYS.iter().map(|k| k.file).collect();
+        if let Some(unknown) = file.server.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(ConfigError::File {
                 path: path.into(),
                 message: format!(
                     "unknown key {unknown:?} in [server]; known keys: {}",
-                    KNOWN.join(", ")
+                    known.join(", ")
                 ),
             });
         }
@@ -157,7 +162,11 @@ pub struct Sources {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: String,
+    /// A store URL: `memory` or `sqlite://PATH` (relative to `data_dir`).
     pub store: String,
+    pub data_dir: PathBuf,
+    /// Events older than this many days are pruned; 0 keeps them forever.
+    pub event_retention_days: u32,
     pub policy: Policy,
     pub cleanup_interval: Duration,
     /// `None`: no config file, serve the demo instruments.
@@ -168,7 +177,9 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8000".into(),
-            store: "memory".into(),
+            store: DEFAULT_STORE.into(),
+            data_dir: PathBuf::from("."),
+            event_retention_days: 90,
             policy: Policy::default(),
             cleanup_interval: Duration::from_secs(10),
             equipment: None,
@@ -247,6 +258,18 @@ impl Resolver<'_> {
         }
     }
 
+    fn days(&self, key: &Key, default: u32) -> Result<u32, ConfigError> {
+        let Some((value, source)) = self.raw(key, None) else {
+            return Ok(default);
+        };
+        value.trim().parse().map_err(|_| ConfigError::BadValue {
+            name: key.env,
+            value,
+            origin: source,
+            expected: "expected a whole number of days >= 0 (0 = keep forever)",
+        })
+    }
+
     fn timeout(&self, key: &Key, default: f64) -> Result<Timeout, ConfigError> {
         let seconds = self.seconds(key, default)?;
         Ok(Timeout::from_seconds(seconds).expect("checked by seconds()"))
@@ -273,6 +296,8 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
     Ok(Settings {
         bind: r.text(&BIND, sources.flags.bind.as_deref(), &defaults.bind),
         store: r.text(&STORE, sources.flags.store.as_deref(), &defaults.store),
+        data_dir: PathBuf::from(r.text(&DATA_DIR, None, ".")),
+        event_retention_days: r.days(&RETENTION, 90)?,
         policy: Policy {
             locks_enabled: r.boolean(&LOCKS, true)?,
             lock: crate::domain::LockPolicy {
@@ -335,7 +360,9 @@ mod tests {
     fn defaults_match_the_brief() {
         let s = resolve(&Sources::default(), None).unwrap();
         assert_eq!(s.bind, "127.0.0.1:8000");
-        assert_eq!(s.store, "memory");
+        assert_eq!(s.store, "sqlite://lablink-data/lablink.db");
+        assert_eq!(s.data_dir, PathBuf::from("."));
+        assert_eq!(s.event_retention_days, 90);
         assert_eq!(s.policy, Policy::default());
         assert_eq!(s.policy.default_lock_timeout.as_seconds(), 300.0);
         assert_eq!(s.policy.default_session_timeout.as_seconds(), 600.0);
@@ -397,6 +424,8 @@ mod tests {
             ("LABLINK_LOG_LOCK_EVENTS", "off"),
             ("LABLINK_CLEANUP_INTERVAL_SEC", "2"),
             ("LABLINK_STORE", "memory"),
+            ("LABLINK_DATA_DIR", "/srv/lablink"),
+            ("LABLINK_EVENT_RETENTION_DAYS", "0"),
         ]);
         let s = resolve(
             &Sources {
@@ -412,6 +441,7 @@ mod tests {
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
+        assert_eq!((s.store.as_str(), s.data_dir.as_path(), s.event_retention_days), ("memory", Path::new("/srv/lablink"), 0));
     }
 
     #[test]
@@ -421,6 +451,7 @@ mod tests {
             ("LABLINK_SESSION_TIMEOUT_SEC", "ten"),
             ("LABLINK_ENABLE_LOCK_QUEUE", "maybe"),
             ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),
+            ("LABLINK_EVENT_RETENTION_DAYS", "-1"),
         ];
         for (name, value) in cases {
             let sources = Sources {

@@ -16,6 +16,9 @@ use crate::drivers::registry::RegistryError;
 use crate::service::Service;
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
+use crate::storage::sqlite::{SqliteOptions, SqliteStore};
+use std::path::Path;
+use std::time::Duration;
 use crate::{api, reaper};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,20 +36,27 @@ pub enum StartError {
     },
 }
 
-/// Opens the store a URL names: `memory` now; `sqlite://` and `postgres://`
-/// are reserved for their backends.
-pub fn open_store(url: &str) -> Result<Arc<dyn Store>, StartError> {
+/// Opens the store a URL names: `memory`, or `sqlite://PATH` with a
+/// relative PATH under `data_dir`.
+pub fn open_store(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StartError> {
+    let failed = |message: String| StartError::Store {
+        url: url.into(),
+        message,
+    };
     let scheme = url.split("://").next().unwrap_or(url);
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
-        "sqlite" | "postgres" | "postgresql" => Err(StartError::Store {
-            url: url.into(),
-            message: format!("the {scheme} store is not built yet; use --store memory"),
-        }),
-        _ => Err(StartError::Store {
-            url: url.into(),
-            message: "unknown store; expected memory".into(),
-        }),
+        "sqlite" => {
+            let options = SqliteOptions::from_url(url, data_dir).map_err(failed)?;
+            let store = SqliteStore::open(&options).map_err(|e| failed(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+        "postgres" | "postgresql" => Err(failed(
+            "the PostgreSQL store is not built yet; use sqlite://PATH or memory".into(),
+        )),
+        _ => Err(failed(
+            "unknown store; expected memory or sqlite://PATH".into(),
+        )),
     }
 }
 
@@ -66,13 +76,22 @@ impl Server {
         } else if instruments.is_empty() {
             tracing::warn!("the config file lists no [[equipment]]: no instruments to serve");
         }
-        let store = open_store(&settings.store)?;
+        let store = open_store(&settings.store, &settings.data_dir)?;
         let service = Arc::new(Service::new(
             store.clone(),
             clock,
             Arc::new(instruments),
             settings.policy.clone(),
         ));
+        let renewed = service
+            .recover_after_restart()
+            .map_err(|e| StartError::Store {
+                url: settings.store.clone(),
+                message: e.to_string(),
+            })?;
+        if renewed > 0 {
+            tracing::info!(renewed, "leases that ran out while the server was down get one fresh period");
+        }
         let listener =
             TcpListener::bind(&settings.bind)
                 .await
@@ -109,6 +128,11 @@ impl Server {
             self.settings.cleanup_interval,
             reaper_stopped,
         );
+        let pruner = tokio::spawn(prune_history(
+            self.service.clone(),
+            self.settings.event_retention_days,
+            stop_reaper.subscribe(),
+        ));
         tracing::info!(addr = %self.local_addr(), "LabLink listening");
         let app =
             api::router(self.service.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -117,8 +141,31 @@ impl Server {
             .await;
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
+        let _ = pruner.await;
         tracing::info!("LabLink stopped");
         served
+    }
+}
+
+/// How often old events are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes the history at start and then hourly, until shut down.
+async fn prune_history(service: Arc<Service>, days: u32, mut shutdown: watch::Receiver<bool>) {
+    if days == 0 {
+        return;
+    }
+    loop {
+        match service.prune_history(days) {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, days, "pruned old events"),
+            Err(e) => tracing::error!(error = %e, "pruning old events failed"),
+        }
+        let next = service.clock().now().plus_millis(PRUNE_EVERY.as_millis() as u64);
+        tokio::select! {
+            _ = service.clock().sleep_until(next) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::domain::{
     LockMode, LockPolicy, LockRequest, ReleaseOutcome, Session, SessionId, Timeout, Timestamp,
 };
 use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
-use crate::storage::{Due, Store, StoreError, Tx};
+use crate::storage::{Due, EventQuery, Store, StoreError, Tx};
 
 /// The brief's switches and defaults, as the service applies them.
 #[derive(Clone, Debug, PartialEq)]
@@ -320,7 +320,7 @@ impl Uow<'_> {
         if self.events.is_empty() {
             return Ok(());
         }
-        self.tx.record_events(&self.events)
+        self.tx.record_events(&mut self.events)
     }
 }
 
@@ -377,7 +377,7 @@ impl Service {
         let mut outcome = None;
         let mut committed_events = Vec::new();
         let mut earliest = None;
-        self.store.transaction(&mut |tx| {
+        let mut work = |tx: &mut dyn Tx| {
             let mut uow = Uow {
                 tx,
                 now,
@@ -396,7 +396,8 @@ impl Service {
             earliest = uow.earliest_deadline;
             outcome = Some(result.map(|value| (value, uow.expired)));
             Ok(())
-        })?;
+        };
+        self.in_store(&mut work)?;
         if self.policy.log_lock_events {
             for e in &committed_events {
                 tracing::info!(
@@ -412,6 +413,75 @@ impl Service {
         }
         let (value, _) = outcome.expect("the transaction ran the operation")?;
         Ok(At { value, now })
+    }
+
+    /// Runs a transaction; a store that blocks on I/O is run with tokio told
+    /// so (on the multi-threaded runtime), so other requests keep flowing.
+    fn in_store(&self, work: &mut crate::storage::Work<'_>) -> Result<(), StoreError> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if self.store.blocks() && multi_thread {
+            tokio::task::block_in_place(|| self.store.transaction(work))
+        } else {
+            self.store.transaction(work)
+        }
+    }
+
+    /// At start-up: every session and lock whose deadline passed while the
+    /// server was down gets one fresh period from now (semantics.md,
+    /// "Restart"). Run before serving, without expiring anything first.
+    pub fn recover_after_restart(&self) -> Result<usize, ServiceError> {
+        let start = self.clock.now();
+        let mut renewed = 0;
+        self.in_store(&mut |tx| {
+            renewed = 0;
+            loop {
+                let due = tx.due(start, 256)?;
+                if due.is_empty() {
+                    return Ok(());
+                }
+                for item in due {
+                    match item {
+                        Due::Session(id) => match tx.session(&id)? {
+                            Some(mut session) => {
+                                session.renew_after_restart(start);
+                                tx.save_session(&session)?;
+                            }
+                            None => tx.delete_session(&id)?,
+                        },
+                        Due::Equipment(id) => {
+                            let mut locks = tx.equipment_locks(&id)?;
+                            locks.renew_after_restart(start);
+                            tx.save_equipment_locks(&locks)?;
+                        }
+                    }
+                    renewed += 1;
+                }
+            }
+        })?;
+        Ok(renewed)
+    }
+
+    /// The whole history, filtered, oldest first, a page at a time.
+    pub fn history(&self, query: EventQuery) -> Result<At<Vec<Event>>, ServiceError> {
+        too_many(query.limit)?;
+        self.run(|uow| Ok(uow.tx.query_events(&query)?))
+    }
+
+    /// Forgets events older than `days` days (0 keeps everything).
+    pub fn prune_history(&self, days: u32) -> Result<usize, ServiceError> {
+        if days == 0 {
+            return Ok(0);
+        }
+        let before = Timestamp::from_millis(
+            self.clock.now().as_millis() - i64::from(days) * 86_400_000,
+        );
+        let mut pruned = 0;
+        self.in_store(&mut |tx| {
+            pruned = tx.prune_events(before)?;
+            Ok(())
+        })?;
+        Ok(pruned)
     }
 
     fn registered(&self, id: &EquipmentId) -> Result<(), ServiceError> {

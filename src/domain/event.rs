@@ -29,6 +29,27 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 14] = [
+        Self::LockAcquired,
+        Self::LockRefreshed,
+        Self::LockReleased,
+        Self::LockForceReleased,
+        Self::LockExpired,
+        Self::ObserverLockAcquired,
+        Self::ObserverLockReleased,
+        Self::ObserverRevoked,
+        Self::Queued,
+        Self::Dequeued,
+        Self::QueueProcessed,
+        Self::SessionCreated,
+        Self::SessionEnded,
+        Self::SessionExpired,
+    ];
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+
     /// Session lifecycle events are kept even when lock-event logging is off.
     pub fn is_session_lifecycle(self) -> bool {
         matches!(
@@ -75,6 +96,11 @@ pub enum EndReason {
 /// optional fields carry what explains it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
+    /// The history's sequence number: grows with each recorded event, so a
+    /// client can page through (and later resume) from the last one it saw.
+    /// Set by the store when the event is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     pub event: EventKind,
     #[schema(value_type = String, example = "2025-11-08T10:30:00.123Z")]
     pub timestamp: Timestamp,
@@ -110,6 +136,7 @@ pub struct Event {
 impl Event {
     pub fn new(event: EventKind, timestamp: Timestamp) -> Self {
         Self {
+            seq: None,
             event,
             timestamp,
             equipment_id: None,

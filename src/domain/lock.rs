@@ -582,6 +582,20 @@ impl EquipmentLocks {
         expired.len()
     }
 
+    /// Gives every lock whose deadline passed while the server was down one
+    /// fresh period from `start` (semantics.md, "Restart"). Returns whether
+    /// any lock was renewed.
+    pub fn renew_after_restart(&mut self, start: Timestamp) -> bool {
+        let mut renewed = false;
+        for grant in self.exclusive.iter_mut().chain(self.observers.iter_mut()) {
+            if !grant.is_live(start) {
+                grant.last_activity = start;
+                renewed = true;
+            }
+        }
+        renewed
+    }
+
     /// Removes `session` from this equipment because the session ended:
     /// its queue places always, its locks when `release_locks` (the
     /// auto-release setting). Returns how many locks it released.

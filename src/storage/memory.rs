@@ -1,15 +1,19 @@
 //! The in-memory store: everything in one mutex-guarded state, lost on
-//! restart. For throwaway use and tests; keeps the last 100 events per
-//! equipment and per session (semantics.md, Events).
+//! restart. For throwaway use and tests. Keeps the last 100 events per
+//! equipment and per session (semantics.md, Events) and the last 10,000
+//! overall. A transaction that fails is undone: writes are logged with the
+//! value they replaced, and events are applied only on commit.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::{Due, Store, StoreError, Tx, Work};
+use super::{Due, EventQuery, Store, StoreError, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
 
 /// Events kept per equipment and per session.
 pub const EVENTS_KEPT: usize = 100;
+/// Events kept in the overall history.
+pub const ALL_EVENTS_KEPT: usize = 10_000;
 /// Ended sessions whose history is still kept; older ones are forgotten so
 /// that session churn cannot grow memory without bound.
 pub const ENDED_SESSION_HISTORIES_KEPT: usize = 10_000;
@@ -21,9 +25,11 @@ struct State {
     participants: HashMap<SessionId, BTreeSet<EquipmentId>>,
     deadlines: BTreeSet<(Timestamp, Due)>,
     deadline_of: HashMap<Due, Timestamp>,
+    all_events: VecDeque<Event>,
     equipment_events: HashMap<EquipmentId, VecDeque<Event>>,
     session_events: HashMap<SessionId, VecDeque<Event>>,
     ended_sessions: VecDeque<SessionId>,
+    last_seq: u64,
 }
 
 impl State {
@@ -36,13 +42,78 @@ impl State {
             self.deadline_of.insert(key, at);
         }
     }
-}
 
-fn push_capped(events: &mut VecDeque<Event>, event: &Event) {
-    if events.len() == EVENTS_KEPT {
-        events.pop_front();
+    fn put_session(&mut self, session: Session) {
+        self.set_deadline(Due::Session(session.id.clone()), session.deadline());
+        self.sessions.insert(session.id.clone(), session);
     }
-    events.push_back(event.clone());
+
+    fn remove_session(&mut self, id: &SessionId) -> Option<Session> {
+        self.set_deadline(Due::Session(id.clone()), None);
+        self.sessions.remove(id)
+    }
+
+    /// Replaces (or with `None`, removes) an equipment's locks, keeping the
+    /// participant and deadline indexes in step.
+    fn put_locks(&mut self, id: &EquipmentId, locks: Option<EquipmentLocks>) {
+        let before: BTreeSet<SessionId> = self
+            .equipment
+            .get(id)
+            .map(|old| old.participants().cloned().collect())
+            .unwrap_or_default();
+        let after: BTreeSet<SessionId> = locks
+            .iter()
+            .flat_map(|l| l.participants().cloned())
+            .collect();
+        for gone in before.difference(&after) {
+            if let Some(set) = self.participants.get_mut(gone) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.participants.remove(gone);
+                }
+            }
+        }
+        for new in after.difference(&before) {
+            self.participants
+                .entry(new.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        let deadline = locks.as_ref().and_then(EquipmentLocks::next_deadline);
+        self.set_deadline(Due::Equipment(id.clone()), deadline);
+        match locks {
+            Some(locks) => self.equipment.insert(id.clone(), locks),
+            None => self.equipment.remove(id),
+        };
+    }
+
+    fn append_event(&mut self, event: Event) {
+        let capped = |events: &mut VecDeque<Event>, cap: usize, event: &Event| {
+            if events.len() == cap {
+                events.pop_front();
+            }
+            events.push_back(event.clone());
+        };
+        if let Some(equipment) = &event.equipment_id {
+            let events = self.equipment_events.entry(equipment.clone()).or_default();
+            capped(events, EVENTS_KEPT, &event);
+        }
+        for session in event.session_id.iter().chain(&event.forced_by) {
+            let events = self.session_events.entry(session.clone()).or_default();
+            capped(events, EVENTS_KEPT, &event);
+        }
+        capped(&mut self.all_events, ALL_EVENTS_KEPT, &event);
+    }
+
+    fn forget_ended_history(&mut self, id: &SessionId) {
+        self.ended_sessions.push_back(id.clone());
+        if self.ended_sessions.len() > ENDED_SESSION_HISTORIES_KEPT
+            && let Some(oldest) = self.ended_sessions.pop_front()
+            && !self.sessions.contains_key(&oldest)
+        {
+            self.session_events.remove(&oldest);
+        }
+    }
 }
 
 fn newest(events: Option<&VecDeque<Event>>, limit: usize) -> Vec<Event> {
@@ -68,20 +139,82 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        // A panic elsewhere while holding the lock cannot leave a half-applied
-        // change behind (the service writes only after the domain agreed), so
-        // a poisoned lock is safe to keep using.
+        // The state is consistent whenever the lock is free (a failed
+        // transaction is undone below), so a poisoned lock is safe to reuse.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        work(&mut MemoryTx { state: &mut state })
+        let last_seq = state.last_seq;
+        let mut tx = MemoryTx {
+            state: &mut state,
+            old_sessions: HashMap::new(),
+            old_locks: HashMap::new(),
+            ended: Vec::new(),
+            events: Vec::new(),
+        };
+        match work(&mut tx) {
+            Ok(()) => {
+                let MemoryTx {
+                    state,
+                    ended,
+                    events,
+                    ..
+                } = tx;
+                for id in ended {
+                    state.forget_ended_history(&id);
+                }
+                for event in events {
+                    state.append_event(event);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let MemoryTx {
+                    state,
+                    old_sessions,
+                    old_locks,
+                    ..
+                } = tx;
+                for (id, old) in old_sessions {
+                    match old {
+                        Some(session) => state.put_session(session),
+                        None => {
+                            state.remove_session(&id);
+                        }
+                    }
+                }
+                for (id, old) in old_locks {
+                    state.put_locks(&id, old);
+                }
+                state.last_seq = last_seq;
+                Err(e)
+            }
+        }
     }
 
     fn describe(&self) -> String {
         "memory".into()
     }
+
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 struct MemoryTx<'a> {
     state: &'a mut State,
+    /// What each touched row was before this transaction (`None`: absent).
+    old_sessions: HashMap<SessionId, Option<Session>>,
+    old_locks: HashMap<EquipmentId, Option<EquipmentLocks>>,
+    ended: Vec<SessionId>,
+    events: Vec<Event>,
+}
+
+impl MemoryTx<'_> {
+    fn remember_session(&mut self, id: &SessionId) {
+        if !self.old_sessions.contains_key(id) {
+            let old = self.state.sessions.get(id).cloned();
+            self.old_sessions.insert(id.clone(), old);
+        }
+    }
 }
 
 impl Tx for MemoryTx<'_> {
@@ -94,24 +227,15 @@ impl Tx for MemoryTx<'_> {
     }
 
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
-        self.state
-            .set_deadline(Due::Session(session.id.clone()), session.deadline());
-        self.state
-            .sessions
-            .insert(session.id.clone(), session.clone());
+        self.remember_session(&session.id);
+        self.state.put_session(session.clone());
         Ok(())
     }
 
     fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
-        self.state.set_deadline(Due::Session(id.clone()), None);
-        if self.state.sessions.remove(id).is_some() {
-            self.state.ended_sessions.push_back(id.clone());
-            if self.state.ended_sessions.len() > ENDED_SESSION_HISTORIES_KEPT
-                && let Some(oldest) = self.state.ended_sessions.pop_front()
-                && !self.state.sessions.contains_key(&oldest)
-            {
-                self.state.session_events.remove(&oldest);
-            }
+        self.remember_session(id);
+        if self.state.remove_session(id).is_some() {
+            self.ended.push(id.clone());
         }
         Ok(())
     }
@@ -127,31 +251,11 @@ impl Tx for MemoryTx<'_> {
 
     fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
         let id = &locks.equipment_id;
-        let before: BTreeSet<SessionId> = self
-            .state
-            .equipment
-            .get(id)
-            .map(|old| old.participants().cloned().collect())
-            .unwrap_or_default();
-        let after: BTreeSet<SessionId> = locks.participants().cloned().collect();
-        for gone in before.difference(&after) {
-            if let Some(set) = self.state.participants.get_mut(gone) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.state.participants.remove(gone);
-                }
-            }
+        if !self.old_locks.contains_key(id) {
+            let old = self.state.equipment.get(id).cloned();
+            self.old_locks.insert(id.clone(), old);
         }
-        for new in after.difference(&before) {
-            self.state
-                .participants
-                .entry(new.clone())
-                .or_default()
-                .insert(id.clone());
-        }
-        self.state
-            .set_deadline(Due::Equipment(id.clone()), locks.next_deadline());
-        self.state.equipment.insert(id.clone(), locks.clone());
+        self.state.put_locks(id, Some(locks.clone()));
         Ok(())
     }
 
@@ -189,26 +293,11 @@ impl Tx for MemoryTx<'_> {
         Ok(self.state.deadlines.first().map(|(at, _)| *at))
     }
 
-    fn record_events(&mut self, events: &[Event]) -> Result<(), StoreError> {
+    fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
         for event in events {
-            if let Some(equipment) = &event.equipment_id {
-                push_capped(
-                    self.state
-                        .equipment_events
-                        .entry(equipment.clone())
-                        .or_default(),
-                    event,
-                );
-            }
-            for session in event.session_id.iter().chain(&event.forced_by) {
-                push_capped(
-                    self.state
-                        .session_events
-                        .entry(session.clone())
-                        .or_default(),
-                    event,
-                );
-            }
+            self.state.last_seq += 1;
+            event.seq = Some(self.state.last_seq);
+            self.events.push(event.clone());
         }
         Ok(())
     }
@@ -223,5 +312,36 @@ impl Tx for MemoryTx<'_> {
 
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError> {
         Ok(newest(self.state.session_events.get(id), limit))
+    }
+
+    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        Ok(self
+            .state
+            .all_events
+            .iter()
+            .filter(|e| query.matches(e))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
+        let old = |e: &Event| e.timestamp < before;
+        let mut pruned = 0;
+        while self.state.all_events.front().is_some_and(old) {
+            self.state.all_events.pop_front();
+            pruned += 1;
+        }
+        for events in self
+            .state
+            .equipment_events
+            .values_mut()
+            .chain(self.state.session_events.values_mut())
+        {
+            while events.front().is_some_and(old) {
+                events.pop_front();
+            }
+        }
+        Ok(pruned)
     }
 }

@@ -8,8 +8,12 @@
 //! equipment each session holds or waits for (`equipment_of_session`).
 
 pub mod memory;
+pub mod sqlite;
 
-use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
+#[cfg(test)]
+mod contract;
+
+use crate::domain::{EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -17,6 +21,9 @@ pub enum StoreError {
     /// locked too long, connection lost). Nothing was changed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A stored row could not be read back (a bug or a foreign write).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
 }
 
 /// Something whose deadline the store indexes.
@@ -44,7 +51,8 @@ pub trait Tx {
     fn due(&mut self, now: Timestamp, max: usize) -> Result<Vec<Due>, StoreError>;
     fn next_deadline(&mut self) -> Result<Option<Timestamp>, StoreError>;
 
-    fn record_events(&mut self, events: &[Event]) -> Result<(), StoreError>;
+    /// Appends events to the history, giving each its `seq`.
+    fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError>;
     /// The newest `limit` events of an equipment, oldest first.
     fn equipment_events(
         &mut self,
@@ -53,6 +61,37 @@ pub trait Tx {
     ) -> Result<Vec<Event>, StoreError>;
     /// The newest `limit` events naming a session, oldest first.
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Events matching `query`, oldest first.
+    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// Forgets events older than `before`; returns how many.
+    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError>;
+}
+
+/// A filter over the whole history. Every field narrows the result.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventQuery {
+    pub equipment_id: Option<EquipmentId>,
+    /// Events that name the session (as `session_id` or `forced_by`).
+    pub session_id: Option<SessionId>,
+    pub kind: Option<EventKind>,
+    /// At or after this instant.
+    pub since: Option<Timestamp>,
+    /// Before this instant.
+    pub until: Option<Timestamp>,
+    /// Only events with a larger `seq` (the paging cursor).
+    pub after: Option<u64>,
+    pub limit: usize,
+}
+
+impl EventQuery {
+    pub fn matches(&self, e: &Event) -> bool {
+        self.equipment_id.as_ref().is_none_or(|id| e.equipment_id.as_ref() == Some(id))
+            && self.session_id.as_ref().is_none_or(|id| e.names_session(id))
+            && self.kind.is_none_or(|k| e.event == k)
+            && self.since.is_none_or(|t| e.timestamp >= t)
+            && self.until.is_none_or(|t| e.timestamp < t)
+            && self.after.is_none_or(|a| e.seq.is_some_and(|s| s > a))
+    }
 }
 
 pub type Work<'a> = dyn FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send + 'a;
@@ -64,4 +103,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// How the store names itself in logs (never includes secrets).
     fn describe(&self) -> String;
+
+    /// Whether a transaction may block the thread on I/O (the service then
+    /// tells the async runtime so).
+    fn blocks(&self) -> bool;
 }

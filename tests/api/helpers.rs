@@ -19,8 +19,17 @@ pub struct TestApp {
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
+/// A server on the memory store.
 pub async fn spawn_app() -> TestApp {
-    spawn_with(Settings::default()).await
+    spawn_with(memory()).await
+}
+
+/// Default settings on the memory store.
+pub fn memory() -> Settings {
+    Settings {
+        store: "memory".into(),
+        ..Settings::default()
+    }
 }
 
 pub async fn spawn_with(mut settings: Settings) -> TestApp {

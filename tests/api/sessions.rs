@@ -72,8 +72,9 @@ async fn create_rejects_bad_fields_and_creates_nothing() {
 async fn get_list_activity_and_end() {
     let app = spawn_app().await;
     let a = app.session(100.0).await;
+    app.advance(0.001);
     let b = app.session(100.0).await;
-    app.advance(40.0);
+    app.advance(39.999);
     let (status, body) = app.get(&format!("/api/locks/sessions/{a}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["time_remaining"], 60.0);

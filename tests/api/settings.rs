@@ -8,10 +8,10 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::helpers::{assert_error, spawn_with};
+use crate::helpers::{assert_error, memory, spawn_with};
 
 fn settings(change: impl FnOnce(&mut Settings)) -> Settings {
-    let mut s = Settings::default();
+    let mut s = memory();
     change(&mut s);
     s
 }

@@ -1,0 +1,272 @@
+//! The storage contract: one suite of tests that every backend must pass,
+//! run against `memory` and `sqlite`.
+
+use super::memory::MemoryStore;
+use super::sqlite::{SqliteOptions, SqliteStore};
+use super::{Due, EventQuery, Store, StoreError, Tx};
+use crate::domain::{
+    EquipmentId, EquipmentLocks, Event, EventKind, LockMode, LockPolicy, LockRequest, Session,
+    SessionId, Timeout, Timestamp,
+};
+
+fn sid(s: &str) -> SessionId {
+    SessionId::parse(s).unwrap()
+}
+
+fn eid(s: &str) -> EquipmentId {
+    EquipmentId::parse(s).unwrap()
+}
+
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn session(id: &str, timeout_ms: u64) -> Session {
+    Session {
+        id: sid(id),
+        client_name: "pc".into(),
+        client_ip: Some("10.0.0.1".into()),
+        created_at: t(0),
+        last_activity: t(0),
+        timeout: Timeout::from_millis(timeout_ms),
+        metadata: serde_json::json!({"project": "battery"}).as_object().unwrap().clone(),
+    }
+}
+
+/// Equipment `id` locked by `holder` (lease `timeout_ms`) with `waiters` queued.
+fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> EquipmentLocks {
+    let mut locks = EquipmentLocks::new(eid(id));
+    let mut events = Vec::new();
+    for (who, queue) in std::iter::once((holder, false)).chain(waiters.iter().map(|w| (*w, true))) {
+        let req = LockRequest {
+            session_id: sid(who),
+            mode: LockMode::Exclusive,
+            timeout: Timeout::from_millis(timeout_ms),
+            queue_if_busy: queue,
+        };
+        locks.acquire(&req, t(0), LockPolicy::default(), &mut events).unwrap();
+    }
+    locks
+}
+
+fn event(kind: EventKind, at: i64, equipment: Option<&str>, session: Option<&str>) -> Event {
+    let mut e = Event::new(kind, t(at));
+    e.equipment_id = equipment.map(eid);
+    e.session_id = session.map(sid);
+    e
+}
+
+/// Runs `f` in one transaction and returns its value.
+fn with<R: Send>(store: &dyn Store, mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send) -> R {
+    let mut out = None;
+    store
+        .transaction(&mut |tx| {
+            out = Some(f(tx)?);
+            Ok(())
+        })
+        .unwrap();
+    out.unwrap()
+}
+
+fn sessions_round_trip(store: &dyn Store) {
+    let s = session("s1", 1_000);
+    with(store, |tx| tx.save_session(&s));
+    assert_eq!(with(store, |tx| tx.session(&sid("s1"))), Some(s.clone()));
+    assert_eq!(with(store, |tx| tx.session(&sid("nope"))), None);
+    let mut renewed = s.clone();
+    renewed.touch(t(500));
+    with(store, |tx| tx.save_session(&renewed));
+    assert_eq!(with(store, |tx| tx.sessions()), vec![renewed]);
+    with(store, |tx| tx.delete_session(&sid("s1")));
+    assert!(with(store, |tx| tx.sessions()).is_empty());
+}
+
+fn equipment_round_trip_and_participants(store: &dyn Store) {
+    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), EquipmentLocks::new(eid("psu")));
+    let locks = locked("psu", "a", 1_000, &["b", "c"]);
+    with(store, |tx| tx.save_equipment_locks(&locks));
+    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), locks);
+    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("psu")]);
+    let other = locked("scope", "b", 0, &[]);
+    with(store, |tx| tx.save_equipment_locks(&other));
+    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("psu"), eid("scope")]);
+    assert_eq!(with(store, |tx| tx.busy_equipment()).len(), 2);
+    // Freed, it keeps its fencing counter but leaves the indexes.
+    let mut freed = locks.clone();
+    freed.exclusive = None;
+    freed.queue.clear();
+    with(store, |tx| tx.save_equipment_locks(&freed));
+    assert!(with(store, |tx| tx.equipment_of_session(&sid("a"))).is_empty());
+    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("scope")]);
+    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))).fencing_counter, 1);
+    assert_eq!(with(store, |tx| tx.busy_equipment()), vec![other]);
+}
+
+fn due_in_deadline_order(store: &dyn Store) {
+    with(store, |tx| {
+        tx.save_session(&session("late", 3_000))?;
+        tx.save_session(&session("never", 0))?;
+        tx.save_equipment_locks(&locked("psu", "late", 2_000, &[]))?;
+        tx.save_session(&session("early", 1_000))
+    });
+    assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(1_000)));
+    assert!(with(store, |tx| tx.due(t(999), 10)).is_empty());
+    assert_eq!(
+        with(store, |tx| tx.due(t(2_000), 10)),
+        vec![Due::Session(sid("early")), Due::Equipment(eid("psu"))]
+    );
+    assert_eq!(with(store, |tx| tx.due(t(5_000), 1)), vec![Due::Session(sid("early"))]);
+    with(store, |tx| tx.delete_session(&sid("early")));
+    assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(2_000)));
+}
+
+fn events_per_equipment_and_session(store: &dyn Store) {
+    let mut forced = event(EventKind::LockForceReleased, 3, Some("psu"), Some("a"));
+    forced.forced_by = Some(sid("admin"));
+    let mut events = vec![
+        event(EventKind::SessionCreated, 1, None, Some("a")),
+        event(EventKind::LockAcquired, 2, Some("psu"), Some("a")),
+        forced,
+        event(EventKind::LockAcquired, 4, Some("scope"), Some("b")),
+    ];
+    with(store, |tx| tx.record_events(&mut events.clone()));
+    with(store, |tx| {
+        events.iter_mut().for_each(|e| e.seq = None);
+        tx.record_events(&mut events[..1])
+    });
+    let all = with(store, |tx| tx.query_events(&EventQuery { limit: 100, ..EventQuery::default() }));
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq.unwrap()).collect();
+    assert_eq!(seqs.len(), 5);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq grows: {seqs:?}");
+    let kinds = |events: Vec<Event>| events.into_iter().map(|e| e.event).collect::<Vec<_>>();
+    assert_eq!(
+        kinds(with(store, |tx| tx.equipment_events(&eid("psu"), 10))),
+        [EventKind::LockAcquired, EventKind::LockForceReleased]
+    );
+    assert_eq!(
+        kinds(with(store, |tx| tx.session_events(&sid("a"), 2))),
+        [EventKind::LockForceReleased, EventKind::SessionCreated],
+        "newest two, oldest first"
+    );
+    assert_eq!(kinds(with(store, |tx| tx.session_events(&sid("admin"), 10))), [EventKind::LockForceReleased]);
+    assert!(with(store, |tx| tx.equipment_events(&eid("load"), 10)).is_empty());
+}
+
+fn history_filters_and_cursor(store: &dyn Store) {
+    let mut events: Vec<Event> = (0..10)
+        .map(|i| {
+            let equipment = if i % 2 == 0 { "psu" } else { "scope" };
+            let kind = if i % 3 == 0 { EventKind::Queued } else { EventKind::LockAcquired };
+            event(kind, i * 1_000, Some(equipment), Some(&format!("s{i}")))
+        })
+        .collect();
+    with(store, |tx| tx.record_events(&mut events));
+    let query = |q: EventQuery| with(store, |tx| tx.query_events(&q));
+    let base = EventQuery { limit: 100, ..EventQuery::default() };
+    let psu = query(EventQuery { equipment_id: Some(eid("psu")), ..base.clone() });
+    assert_eq!(psu.len(), 5);
+    let queued = query(EventQuery { kind: Some(EventKind::Queued), ..base.clone() });
+    assert_eq!(queued.iter().map(|e| e.timestamp.as_millis()).collect::<Vec<_>>(), [0, 3_000, 6_000, 9_000]);
+    let window = query(EventQuery { since: Some(t(2_000)), until: Some(t(5_000)), ..base.clone() });
+    assert_eq!(window.len(), 3, "since is inclusive, until exclusive");
+    let one = query(EventQuery { session_id: Some(sid("s7")), ..base.clone() });
+    assert_eq!(one.len(), 1);
+    // Paging: a cursor continues exactly after the last seq seen.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = query(EventQuery { after, limit: 3, ..base.clone() });
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().and_then(|e| e.seq);
+        seen.extend(page);
+    }
+    assert_eq!(seen, query(base));
+}
+
+fn a_failed_transaction_changes_nothing(store: &dyn Store) {
+    with(store, |tx| tx.save_session(&session("kept", 1_000)));
+    let result = store.transaction(&mut |tx| {
+        tx.save_session(&session("new", 1_000))?;
+        tx.delete_session(&sid("kept"))?;
+        tx.save_equipment_locks(&locked("psu", "new", 1_000, &[]))?;
+        tx.record_events(&mut [event(EventKind::LockAcquired, 1, Some("psu"), Some("new"))])?;
+        Err(StoreError::Unavailable("simulated failure".into()))
+    });
+    assert!(result.is_err());
+    assert_eq!(with(store, |tx| tx.sessions()), vec![session("kept", 1_000)]);
+    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), EquipmentLocks::new(eid("psu")));
+    assert!(with(store, |tx| tx.equipment_of_session(&sid("new"))).is_empty());
+    assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(1_000)));
+    assert!(with(store, |tx| tx.equipment_events(&eid("psu"), 10)).is_empty());
+}
+
+fn pruning_forgets_old_events(store: &dyn Store) {
+    let mut events: Vec<Event> = (0..5).map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a"))).collect();
+    with(store, |tx| tx.record_events(&mut events));
+    assert_eq!(with(store, |tx| tx.prune_events(t(20))), 2);
+    let left = with(store, |tx| tx.equipment_events(&eid("psu"), 100));
+    assert_eq!(left.iter().map(|e| e.timestamp.as_millis()).collect::<Vec<_>>(), [20, 30, 40]);
+    assert_eq!(with(store, |tx| tx.session_events(&sid("a"), 100)).len(), 3);
+}
+
+fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
+    (Box::new(MemoryStore::new()), None)
+}
+
+fn sqlite() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://contract.db?synchronous=normal", dir.path()).unwrap();
+    (Box::new(SqliteStore::open(&options).unwrap()), Some(dir))
+}
+
+macro_rules! contract {
+    ($backend:ident: $($test:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $test() {
+                    let (store, _dir) = super::$backend();
+                    super::$test(store.as_ref());
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($test:ident),* $(,)?) => {
+        contract!(memory: $($test),*);
+        contract!(sqlite: $($test),*);
+    };
+}
+
+every_backend!(
+    sessions_round_trip,
+    equipment_round_trip_and_participants,
+    due_in_deadline_order,
+    events_per_equipment_and_session,
+    history_filters_and_cursor,
+    a_failed_transaction_changes_nothing,
+    pruning_forgets_old_events,
+);
+
+#[test]
+fn sqlite_keeps_everything_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://data/reopen.db", dir.path()).unwrap();
+    let locks = locked("psu", "a", 1_000, &["b"]);
+    {
+        let store = SqliteStore::open(&options).unwrap();
+        with(&store, |tx| {
+            tx.save_session(&session("a", 1_000))?;
+            tx.save_equipment_locks(&locks)?;
+            tx.record_events(&mut [event(EventKind::LockAcquired, 1, Some("psu"), Some("a"))])
+        });
+    }
+    let store = SqliteStore::open(&options).unwrap();
+    assert_eq!(with(&store, |tx| tx.session(&sid("a"))), Some(session("a", 1_000)));
+    assert_eq!(with(&store, |tx| tx.equipment_locks(&eid("psu"))), locks);
+    assert_eq!(with(&store, |tx| tx.equipment_events(&eid("psu"), 10)).len(), 1);
+}

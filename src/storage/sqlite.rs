@@ -1,0 +1,452 @@
+//! The SQLite store, the embedded default: one database file in WAL mode,
+//! each unit of work one `BEGIN IMMEDIATE` transaction, acknowledged only
+//! after it commits. The schema is versioned (`PRAGMA user_version`) and
+//! migrated at open from SQL embedded in the binary.
+//!
+//! URL: `sqlite://PATH[?synchronous=full|normal&busy_timeout_ms=N]`.
+//! `synchronous=full` (the default) survives power loss; `normal` survives
+//! a crash of the process but may lose the last commits on power loss.
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Due, EventQuery, Store, StoreError, Tx, Work};
+use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
+
+/// Options from the URL's query string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous_full: bool,
+    pub busy_timeout: Duration,
+}
+
+impl SqliteOptions {
+    /// Parses `sqlite://PATH[?...]`; a relative PATH is taken under `base`.
+    pub fn from_url(url: &str, base: &Path) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("sqlite://")
+            .ok_or("a SQLite URL starts with sqlite://")?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err("the SQLite URL names no file: sqlite://PATH".into());
+        }
+        let mut options = Self {
+            path: base.join(path),
+            synchronous_full: true,
+            busy_timeout: Duration::from_secs(5),
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("synchronous", "full")) => options.synchronous_full = true,
+                Some(("synchronous", "normal")) => options.synchronous_full = false,
+                Some(("busy_timeout_ms", ms)) => {
+                    let ms: u64 = ms
+                        .parse()
+                        .map_err(|_| format!("busy_timeout_ms must be a whole number, got {ms:?}"))?;
+                    options.busy_timeout = Duration::from_millis(ms);
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown SQLite option {pair:?}; known: synchronous=full|normal, busy_timeout_ms=N"
+                    ));
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// Turns a SQLite failure into what an operator can act on.
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    let what = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "the disk is full",
+        Some(ErrorCode::ReadOnly) => "the database file is read-only",
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "the database stayed locked by another process for too long"
+        }
+        Some(ErrorCode::SystemIoFailure) => "disk I/O error",
+        Some(ErrorCode::CannotOpen) => "the database file cannot be opened",
+        Some(ErrorCode::PermissionDenied) => "permission denied on the database file",
+        _ => "SQLite error",
+    };
+    StoreError::Unavailable(format!("{what} ({e})"))
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    describe: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and brings its schema up to
+    /// date.
+    pub fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&options.path).map_err(unavailable)?;
+        conn.busy_timeout(options.busy_timeout).map_err(unavailable)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                options.path.display()
+            )));
+        }
+        let sync = if options.synchronous_full { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
+            .map_err(unavailable)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            describe: format!(
+                "sqlite {} (synchronous={})",
+                options.path.display(),
+                sync.to_lowercase()
+            ),
+        })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(unavailable)?
+        .try_into()
+        .unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {version}, newer than this LabLink knows ({}): upgrade LabLink",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        work(&mut SqliteTx { tx: &tx })?;
+        tx.commit().map_err(unavailable)
+        // On any error the transaction is dropped, which rolls it back.
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+}
+
+struct SqliteTx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+fn millis(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::as_millis)
+}
+
+fn read_event(seq: i64, data: &str) -> Result<Event, StoreError> {
+    let mut event: Event = serde_json::from_str(data).map_err(corrupt)?;
+    event.seq = Some(seq as u64);
+    Ok(event)
+}
+
+impl SqliteTx<'_> {
+    fn events(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Event>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(unavailable)?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (seq, data) = row.map_err(unavailable)?;
+            events.push(read_event(seq, &data)?);
+        }
+        Ok(events)
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    fn session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let data: Option<String> = self
+            .tx
+            .prepare_cached("SELECT data FROM sessions WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        data.map(|d| serde_json::from_str(&d).map_err(corrupt))
+            .transpose()
+    }
+
+    fn sessions(&mut self) -> Result<Vec<Session>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT data FROM sessions")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
+            .collect()
+    }
+
+    fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        let data = serde_json::to_string(session).map_err(corrupt)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO sessions (id, deadline, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET deadline = excluded.deadline, data = excluded.data",
+            )
+            .and_then(|mut s| s.execute(params![session.id.as_str(), millis(session.deadline()), data]))
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+            .and_then(|mut s| s.execute([id.as_str()]))
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn equipment_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
+        let data: Option<String> = self
+            .tx
+            .prepare_cached("SELECT data FROM equipment_locks WHERE equipment_id = ?1")
+            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        match data {
+            Some(d) => serde_json::from_str(&d).map_err(corrupt),
+            None => Ok(EquipmentLocks::new(id.clone())),
+        }
+    }
+
+    fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
+        let id = locks.equipment_id.as_str();
+        let data = serde_json::to_string(locks).map_err(corrupt)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO equipment_locks (equipment_id, deadline, busy, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (equipment_id) DO UPDATE
+                 SET deadline = excluded.deadline, busy = excluded.busy, data = excluded.data",
+            )
+            .and_then(|mut s| s.execute(params![id, millis(locks.next_deadline()), !locks.is_idle(), data]))
+            .map_err(unavailable)?;
+        // Keep the participant index in step with the new state: only the
+        // sessions that came or went are written.
+        let before: BTreeSet<String> = {
+            let mut stmt = self
+                .tx
+                .prepare_cached("SELECT session_id FROM participants WHERE equipment_id = ?1")
+                .map_err(unavailable)?;
+            let rows = stmt.query_map([id], |r| r.get(0)).map_err(unavailable)?;
+            rows.collect::<Result<_, _>>().map_err(unavailable)?
+        };
+        let after: BTreeSet<String> = locks.participants().map(|s| s.to_string()).collect();
+        for gone in before.difference(&after) {
+            self.tx
+                .prepare_cached("DELETE FROM participants WHERE session_id = ?1 AND equipment_id = ?2")
+                .and_then(|mut s| s.execute([gone.as_str(), id]))
+                .map_err(unavailable)?;
+        }
+        for new in after.difference(&before) {
+            self.tx
+                .prepare_cached("INSERT INTO participants (session_id, equipment_id) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute([new.as_str(), id]))
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn busy_equipment(&mut self) -> Result<Vec<EquipmentLocks>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT data FROM equipment_locks WHERE busy = 1")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
+            .collect()
+    }
+
+    fn equipment_of_session(&mut self, id: &SessionId) -> Result<Vec<EquipmentId>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT equipment_id FROM participants WHERE session_id = ?1 ORDER BY equipment_id")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map([id.as_str()], |r| r.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|row| {
+            EquipmentId::parse(&row.map_err(unavailable)?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+    }
+
+    fn due(&mut self, now: Timestamp, max: usize) -> Result<Vec<Due>, StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT kind, id FROM (
+                    SELECT 0 AS kind, id, deadline FROM sessions WHERE deadline <= ?1
+                    UNION ALL
+                    SELECT 1, equipment_id, deadline FROM equipment_locks WHERE deadline <= ?1
+                 ) ORDER BY deadline LIMIT ?2",
+            )
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![now.as_millis(), max as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(unavailable)?;
+        let bad_id = |e: crate::domain::DomainError| StoreError::Corrupt(e.to_string());
+        rows.map(|row| {
+            let (kind, id) = row.map_err(unavailable)?;
+            Ok(if kind == 0 {
+                Due::Session(SessionId::parse(&id).map_err(bad_id)?)
+            } else {
+                Due::Equipment(EquipmentId::parse(&id).map_err(bad_id)?)
+            })
+        })
+        .collect()
+    }
+
+    fn next_deadline(&mut self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = self
+            .tx
+            .prepare_cached(
+                "SELECT MIN(d) FROM (
+                    SELECT MIN(deadline) AS d FROM sessions
+                    UNION ALL SELECT MIN(deadline) FROM equipment_locks
+                 )",
+            )
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(unavailable)?;
+        Ok(next.map(Timestamp::from_millis))
+    }
+
+    fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO events (at, event, equipment_id, session_id, forced_by, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(unavailable)?;
+        for event in events {
+            event.seq = None;
+            let data = serde_json::to_string(event).map_err(corrupt)?;
+            stmt.execute(params![
+                event.timestamp.as_millis(),
+                event.event.as_str(),
+                event.equipment_id.as_ref().map(|e| e.as_str()),
+                event.session_id.as_ref().map(|s| s.as_str()),
+                event.forced_by.as_ref().map(|s| s.as_str()),
+                data,
+            ])
+            .map_err(unavailable)?;
+            event.seq = Some(self.tx.last_insert_rowid() as u64);
+        }
+        Ok(())
+    }
+
+    fn equipment_events(&mut self, id: &EquipmentId, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut events = self.events(
+            "SELECT seq, data FROM events WHERE equipment_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            &[&id.as_str(), &(limit as i64)],
+        )?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut events = self.events(
+            "SELECT seq, data FROM events WHERE seq IN (
+                SELECT seq FROM events WHERE session_id = ?1
+                UNION SELECT seq FROM events WHERE forced_by = ?1
+             ) ORDER BY seq DESC LIMIT ?2",
+            &[&id.as_str(), &(limit as i64)],
+        )?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // The filters are fixed; absent ones compare with NULL and pass.
+        self.events(
+            "SELECT seq, data FROM events
+             WHERE (?1 IS NULL OR equipment_id = ?1)
+               AND (?2 IS NULL OR session_id = ?2 OR forced_by = ?2)
+               AND (?3 IS NULL OR event = ?3)
+               AND (?4 IS NULL OR at >= ?4)
+               AND (?5 IS NULL OR at < ?5)
+               AND seq > ?6
+             ORDER BY seq LIMIT ?7",
+            &[
+                &query.equipment_id.as_ref().map(|e| e.as_str()),
+                &query.session_id.as_ref().map(|s| s.as_str()),
+                &query.kind.map(|k| k.as_str()),
+                &millis(query.since),
+                &millis(query.until),
+                &(query.after.unwrap_or(0) as i64),
+                &(query.limit as i64),
+            ],
+        )
+    }
+
+    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
+        self.tx
+            .prepare_cached("DELETE FROM events WHERE at < ?1")
+            .and_then(|mut s| s.execute([before.as_millis()]))
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_file_and_options() {
+        let base = Path::new("/data");
+        let o = SqliteOptions::from_url("sqlite://lablink-data/lablink.db", base).unwrap();
+        assert_eq!(o.path, PathBuf::from("/data/lablink-data/lablink.db"));
+        assert!(o.synchronous_full);
+        let o = SqliteOptions::from_url("sqlite:///abs/x.db?synchronous=normal&busy_timeout_ms=50", base).unwrap();
+        assert_eq!((o.path.as_path(), o.synchronous_full, o.busy_timeout), (Path::new("/abs/x.db"), false, Duration::from_millis(50)));
+        assert!(SqliteOptions::from_url("sqlite://", base).is_err());
+        assert!(SqliteOptions::from_url("sqlite://x.db?fast=yes", base).is_err());
+    }
+}
