@@ -83,8 +83,18 @@ const RETENTION: Key = Key {
 };
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
-    &BIND, &STORE, &LOCKS, &LOCK_TIMEOUT, &SESSION_TIMEOUT, &QUEUE, &OBSERVER, &AUTO_RELEASE,
-    &LOG_EVENTS, &CLEANUP, &DATA_DIR, &RETENTION,
+    &BIND,
+    &STORE,
+    &LOCKS,
+    &LOCK_TIMEOUT,
+    &SESSION_TIMEOUT,
+    &QUEUE,
+    &OBSERVER,
+    &AUTO_RELEASE,
+    &LOG_EVENTS,
+    &CLEANUP,
+    &DATA_DIR,
+    &RETENTION,
 ];
 /// Where state lives unless told otherwise: a SQLite file under the data
 /// directory.
@@ -441,7 +451,14 @@ mod tests {
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
-        assert_eq!((s.store.as_str(), s.data_dir.as_path(), s.event_retention_days), ("memory", Path::new("/srv/lablink"), 0));
+        assert_eq!(
+            (
+                s.store.as_str(),
+                s.data_dir.as_path(),
+                s.event_retention_days
+            ),
+            ("memory", Path::new("/srv/lablink"), 0)
+        );
     }
 
     #[test]

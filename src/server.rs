@@ -17,9 +17,9 @@ use crate::service::Service;
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
+use crate::{api, reaper};
 use std::path::Path;
 use std::time::Duration;
-use crate::{api, reaper};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,7 +90,10 @@ impl Server {
                 message: e.to_string(),
             })?;
         if renewed > 0 {
-            tracing::info!(renewed, "leases that ran out while the server was down get one fresh period");
+            tracing::info!(
+                renewed,
+                "leases that ran out while the server was down get one fresh period"
+            );
         }
         let listener =
             TcpListener::bind(&settings.bind)
@@ -161,7 +164,10 @@ async fn prune_history(service: Arc<Service>, days: u32, mut shutdown: watch::Re
             Ok(pruned) => tracing::info!(pruned, days, "pruned old events"),
             Err(e) => tracing::error!(error = %e, "pruning old events failed"),
         }
-        let next = service.clock().now().plus_millis(PRUNE_EVERY.as_millis() as u64);
+        let next = service
+            .clock()
+            .now()
+            .plus_millis(PRUNE_EVERY.as_millis() as u64);
         tokio::select! {
             _ = service.clock().sleep_until(next) => {}
             _ = shutdown.changed() => return,

@@ -473,9 +473,8 @@ impl Service {
         if days == 0 {
             return Ok(0);
         }
-        let before = Timestamp::from_millis(
-            self.clock.now().as_millis() - i64::from(days) * 86_400_000,
-        );
+        let before =
+            Timestamp::from_millis(self.clock.now().as_millis() - i64::from(days) * 86_400_000);
         let mut pruned = 0;
         self.in_store(&mut |tx| {
             pruned = tx.prune_events(before)?;

@@ -85,7 +85,11 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Store(StoreError::Corrupt(_)) => {
                 tracing::error!(error = %e, "stored data is unreadable");
-                return Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error",
+                );
             }
             ServiceError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             ServiceError::EquipmentNotFound(_) => (StatusCode::NOT_FOUND, "equipment_not_found"),

@@ -7,15 +7,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-use super::error::{ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::sessions::Limit;
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, equipment_in_path};
 use crate::domain::{
-    AcquireOutcome, EquipmentId, Event, LockMode, ReleaseOutcome, SessionId, Timeout,
+    AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
+    Timestamp,
 };
 use crate::service::{AcquireInput, ExpiryReport};
+use crate::storage::EventQuery;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
@@ -276,5 +278,87 @@ pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> 
     Ok(Json(CleanupResponse {
         success: true,
         report: at.value.0,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct HistoryQuery {
+    /// Only events of this equipment.
+    pub equipment_id: Option<String>,
+    /// Only events that name this session (including as the one who forced).
+    pub session_id: Option<String>,
+    /// Only this kind of event (`lock_acquired`, `queued`, ...).
+    pub event: Option<String>,
+    /// At or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Before this instant (RFC 3339).
+    pub until: Option<String>,
+    /// Continue after this `seq` (the `next_cursor` of the previous page).
+    pub cursor: Option<u64>,
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    /// Oldest first.
+    pub events: Vec<Event>,
+    pub count: usize,
+    /// Pass as `cursor` for the events after this page (also to poll for
+    /// new ones); null when nothing has been recorded yet.
+    pub next_cursor: Option<u64>,
+    /// Whether the page was full, so more may follow right away.
+    pub has_more: bool,
+}
+
+impl HistoryQuery {
+    fn parse(self) -> Result<EventQuery, ApiError> {
+        let time = |raw: Option<String>| raw.as_deref().map(Timestamp::parse_rfc3339).transpose();
+        let kind = match self.event.as_deref() {
+            None => None,
+            Some(raw) => Some(EventKind::parse(raw).ok_or_else(|| {
+                let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                ApiError::unprocessable(
+                    "invalid_query",
+                    format!("unknown event {raw:?}; known events: {}", names.join(", ")),
+                )
+            })?),
+        };
+        Ok(EventQuery {
+            equipment_id: self
+                .equipment_id
+                .as_deref()
+                .map(EquipmentId::parse)
+                .transpose()?,
+            session_id: self
+                .session_id
+                .as_deref()
+                .map(SessionId::parse)
+                .transpose()?,
+            kind,
+            since: time(self.since)?,
+            until: time(self.until)?,
+            after: self.cursor,
+            limit: self.limit.unwrap_or(100),
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/api/locks/events", tag = "locks",
+    params(HistoryQuery),
+    responses((status = 200, body = History), (status = 422, body = ErrorBody)))]
+pub async fn history(
+    State(app): State<AppState>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> ApiResult<History> {
+    let query = query.parse()?;
+    let (limit, cursor) = (query.limit, query.after);
+    let at = app.history(query)?;
+    let events = at.value;
+    Ok(Json(History {
+        count: events.len(),
+        next_cursor: events.last().and_then(|e| e.seq).or(cursor),
+        has_more: events.len() == limit,
+        events,
     }))
 }

@@ -38,7 +38,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         sessions::create, sessions::end, sessions::get, sessions::list, sessions::activity,
         sessions::locks, sessions::events,
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
-        locks::all, locks::events, locks::cleanup,
+        locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
     ),
     tags(
@@ -130,6 +130,7 @@ pub fn router(service: AppState) -> Router {
         .route("/api/locks/status/{equipment_id}", get(locks::status))
         .route("/api/locks/queue/{equipment_id}", get(locks::queue))
         .route("/api/locks/all", get(locks::all))
+        .route("/api/locks/events", get(locks::history))
         .route("/api/locks/events/{equipment_id}", get(locks::events))
         .route("/api/locks/cleanup", post(locks::cleanup))
         .route("/api/equipment/list", get(equipment::list))

@@ -29,7 +29,10 @@ fn session(id: &str, timeout_ms: u64) -> Session {
         created_at: t(0),
         last_activity: t(0),
         timeout: Timeout::from_millis(timeout_ms),
-        metadata: serde_json::json!({"project": "battery"}).as_object().unwrap().clone(),
+        metadata: serde_json::json!({"project": "battery"})
+            .as_object()
+            .unwrap()
+            .clone(),
     }
 }
 
@@ -44,7 +47,9 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
         };
-        locks.acquire(&req, t(0), LockPolicy::default(), &mut events).unwrap();
+        locks
+            .acquire(&req, t(0), LockPolicy::default(), &mut events)
+            .unwrap();
     }
     locks
 }
@@ -57,7 +62,10 @@ fn event(kind: EventKind, at: i64, equipment: Option<&str>, session: Option<&str
 }
 
 /// Runs `f` in one transaction and returns its value.
-fn with<R: Send>(store: &dyn Store, mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send) -> R {
+fn with<R: Send>(
+    store: &dyn Store,
+    mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send,
+) -> R {
     let mut out = None;
     store
         .transaction(&mut |tx| {
@@ -82,14 +90,23 @@ fn sessions_round_trip(store: &dyn Store) {
 }
 
 fn equipment_round_trip_and_participants(store: &dyn Store) {
-    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), EquipmentLocks::new(eid("psu")));
+    assert_eq!(
+        with(store, |tx| tx.equipment_locks(&eid("psu"))),
+        EquipmentLocks::new(eid("psu"))
+    );
     let locks = locked("psu", "a", 1_000, &["b", "c"]);
     with(store, |tx| tx.save_equipment_locks(&locks));
     assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), locks);
-    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("psu")]);
+    assert_eq!(
+        with(store, |tx| tx.equipment_of_session(&sid("b"))),
+        vec![eid("psu")]
+    );
     let other = locked("scope", "b", 0, &[]);
     with(store, |tx| tx.save_equipment_locks(&other));
-    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("psu"), eid("scope")]);
+    assert_eq!(
+        with(store, |tx| tx.equipment_of_session(&sid("b"))),
+        vec![eid("psu"), eid("scope")]
+    );
     assert_eq!(with(store, |tx| tx.busy_equipment()).len(), 2);
     // Freed, it keeps its fencing counter but leaves the indexes.
     let mut freed = locks.clone();
@@ -97,8 +114,14 @@ fn equipment_round_trip_and_participants(store: &dyn Store) {
     freed.queue.clear();
     with(store, |tx| tx.save_equipment_locks(&freed));
     assert!(with(store, |tx| tx.equipment_of_session(&sid("a"))).is_empty());
-    assert_eq!(with(store, |tx| tx.equipment_of_session(&sid("b"))), vec![eid("scope")]);
-    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))).fencing_counter, 1);
+    assert_eq!(
+        with(store, |tx| tx.equipment_of_session(&sid("b"))),
+        vec![eid("scope")]
+    );
+    assert_eq!(
+        with(store, |tx| tx.equipment_locks(&eid("psu"))).fencing_counter,
+        1
+    );
     assert_eq!(with(store, |tx| tx.busy_equipment()), vec![other]);
 }
 
@@ -115,7 +138,10 @@ fn due_in_deadline_order(store: &dyn Store) {
         with(store, |tx| tx.due(t(2_000), 10)),
         vec![Due::Session(sid("early")), Due::Equipment(eid("psu"))]
     );
-    assert_eq!(with(store, |tx| tx.due(t(5_000), 1)), vec![Due::Session(sid("early"))]);
+    assert_eq!(
+        with(store, |tx| tx.due(t(5_000), 1)),
+        vec![Due::Session(sid("early"))]
+    );
     with(store, |tx| tx.delete_session(&sid("early")));
     assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(2_000)));
 }
@@ -134,7 +160,12 @@ fn events_per_equipment_and_session(store: &dyn Store) {
         events.iter_mut().for_each(|e| e.seq = None);
         tx.record_events(&mut events[..1])
     });
-    let all = with(store, |tx| tx.query_events(&EventQuery { limit: 100, ..EventQuery::default() }));
+    let all = with(store, |tx| {
+        tx.query_events(&EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+    });
     let seqs: Vec<u64> = all.iter().map(|e| e.seq.unwrap()).collect();
     assert_eq!(seqs.len(), 5);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq grows: {seqs:?}");
@@ -148,7 +179,10 @@ fn events_per_equipment_and_session(store: &dyn Store) {
         [EventKind::LockForceReleased, EventKind::SessionCreated],
         "newest two, oldest first"
     );
-    assert_eq!(kinds(with(store, |tx| tx.session_events(&sid("admin"), 10))), [EventKind::LockForceReleased]);
+    assert_eq!(
+        kinds(with(store, |tx| tx.session_events(&sid("admin"), 10))),
+        [EventKind::LockForceReleased]
+    );
     assert!(with(store, |tx| tx.equipment_events(&eid("load"), 10)).is_empty());
 }
 
@@ -156,26 +190,56 @@ fn history_filters_and_cursor(store: &dyn Store) {
     let mut events: Vec<Event> = (0..10)
         .map(|i| {
             let equipment = if i % 2 == 0 { "psu" } else { "scope" };
-            let kind = if i % 3 == 0 { EventKind::Queued } else { EventKind::LockAcquired };
+            let kind = if i % 3 == 0 {
+                EventKind::Queued
+            } else {
+                EventKind::LockAcquired
+            };
             event(kind, i * 1_000, Some(equipment), Some(&format!("s{i}")))
         })
         .collect();
     with(store, |tx| tx.record_events(&mut events));
     let query = |q: EventQuery| with(store, |tx| tx.query_events(&q));
-    let base = EventQuery { limit: 100, ..EventQuery::default() };
-    let psu = query(EventQuery { equipment_id: Some(eid("psu")), ..base.clone() });
+    let base = EventQuery {
+        limit: 100,
+        ..EventQuery::default()
+    };
+    let psu = query(EventQuery {
+        equipment_id: Some(eid("psu")),
+        ..base.clone()
+    });
     assert_eq!(psu.len(), 5);
-    let queued = query(EventQuery { kind: Some(EventKind::Queued), ..base.clone() });
-    assert_eq!(queued.iter().map(|e| e.timestamp.as_millis()).collect::<Vec<_>>(), [0, 3_000, 6_000, 9_000]);
-    let window = query(EventQuery { since: Some(t(2_000)), until: Some(t(5_000)), ..base.clone() });
+    let queued = query(EventQuery {
+        kind: Some(EventKind::Queued),
+        ..base.clone()
+    });
+    assert_eq!(
+        queued
+            .iter()
+            .map(|e| e.timestamp.as_millis())
+            .collect::<Vec<_>>(),
+        [0, 3_000, 6_000, 9_000]
+    );
+    let window = query(EventQuery {
+        since: Some(t(2_000)),
+        until: Some(t(5_000)),
+        ..base.clone()
+    });
     assert_eq!(window.len(), 3, "since is inclusive, until exclusive");
-    let one = query(EventQuery { session_id: Some(sid("s7")), ..base.clone() });
+    let one = query(EventQuery {
+        session_id: Some(sid("s7")),
+        ..base.clone()
+    });
     assert_eq!(one.len(), 1);
     // Paging: a cursor continues exactly after the last seq seen.
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = query(EventQuery { after, limit: 3, ..base.clone() });
+        let page = query(EventQuery {
+            after,
+            limit: 3,
+            ..base.clone()
+        });
         if page.is_empty() {
             break;
         }
@@ -195,19 +259,32 @@ fn a_failed_transaction_changes_nothing(store: &dyn Store) {
         Err(StoreError::Unavailable("simulated failure".into()))
     });
     assert!(result.is_err());
-    assert_eq!(with(store, |tx| tx.sessions()), vec![session("kept", 1_000)]);
-    assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), EquipmentLocks::new(eid("psu")));
+    assert_eq!(
+        with(store, |tx| tx.sessions()),
+        vec![session("kept", 1_000)]
+    );
+    assert_eq!(
+        with(store, |tx| tx.equipment_locks(&eid("psu"))),
+        EquipmentLocks::new(eid("psu"))
+    );
     assert!(with(store, |tx| tx.equipment_of_session(&sid("new"))).is_empty());
     assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(1_000)));
     assert!(with(store, |tx| tx.equipment_events(&eid("psu"), 10)).is_empty());
 }
 
 fn pruning_forgets_old_events(store: &dyn Store) {
-    let mut events: Vec<Event> = (0..5).map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a"))).collect();
+    let mut events: Vec<Event> = (0..5)
+        .map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a")))
+        .collect();
     with(store, |tx| tx.record_events(&mut events));
     assert_eq!(with(store, |tx| tx.prune_events(t(20))), 2);
     let left = with(store, |tx| tx.equipment_events(&eid("psu"), 100));
-    assert_eq!(left.iter().map(|e| e.timestamp.as_millis()).collect::<Vec<_>>(), [20, 30, 40]);
+    assert_eq!(
+        left.iter()
+            .map(|e| e.timestamp.as_millis())
+            .collect::<Vec<_>>(),
+        [20, 30, 40]
+    );
     assert_eq!(with(store, |tx| tx.session_events(&sid("a"), 100)).len(), 3);
 }
 
@@ -217,7 +294,8 @@ fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
 
 fn sqlite() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://contract.db?synchronous=normal", dir.path()).unwrap();
+    let options =
+        SqliteOptions::from_url("sqlite://contract.db?synchronous=normal", dir.path()).unwrap();
     (Box::new(SqliteStore::open(&options).unwrap()), Some(dir))
 }
 
@@ -266,7 +344,13 @@ fn sqlite_keeps_everything_across_reopening() {
         });
     }
     let store = SqliteStore::open(&options).unwrap();
-    assert_eq!(with(&store, |tx| tx.session(&sid("a"))), Some(session("a", 1_000)));
+    assert_eq!(
+        with(&store, |tx| tx.session(&sid("a"))),
+        Some(session("a", 1_000))
+    );
     assert_eq!(with(&store, |tx| tx.equipment_locks(&eid("psu"))), locks);
-    assert_eq!(with(&store, |tx| tx.equipment_events(&eid("psu"), 10)).len(), 1);
+    assert_eq!(
+        with(&store, |tx| tx.equipment_events(&eid("psu"), 10)).len(),
+        1
+    );
 }

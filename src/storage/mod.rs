@@ -85,8 +85,13 @@ pub struct EventQuery {
 
 impl EventQuery {
     pub fn matches(&self, e: &Event) -> bool {
-        self.equipment_id.as_ref().is_none_or(|id| e.equipment_id.as_ref() == Some(id))
-            && self.session_id.as_ref().is_none_or(|id| e.names_session(id))
+        self.equipment_id
+            .as_ref()
+            .is_none_or(|id| e.equipment_id.as_ref() == Some(id))
+            && self
+                .session_id
+                .as_ref()
+                .is_none_or(|id| e.names_session(id))
             && self.kind.is_none_or(|k| e.event == k)
             && self.since.is_none_or(|t| e.timestamp >= t)
             && self.until.is_none_or(|t| e.timestamp < t)

@@ -46,9 +46,9 @@ impl SqliteOptions {
                 Some(("synchronous", "full")) => options.synchronous_full = true,
                 Some(("synchronous", "normal")) => options.synchronous_full = false,
                 Some(("busy_timeout_ms", ms)) => {
-                    let ms: u64 = ms
-                        .parse()
-                        .map_err(|_| format!("busy_timeout_ms must be a whole number, got {ms:?}"))?;
+                    let ms: u64 = ms.parse().map_err(|_| {
+                        format!("busy_timeout_ms must be a whole number, got {ms:?}")
+                    })?;
                     options.busy_timeout = Duration::from_millis(ms);
                 }
                 _ => {
@@ -97,7 +97,8 @@ impl SqliteStore {
             })?;
         }
         let mut conn = Connection::open(&options.path).map_err(unavailable)?;
-        conn.busy_timeout(options.busy_timeout).map_err(unavailable)?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(unavailable)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(unavailable)?;
@@ -107,7 +108,11 @@ impl SqliteStore {
                 options.path.display()
             )));
         }
-        let sync = if options.synchronous_full { "FULL" } else { "NORMAL" };
+        let sync = if options.synchronous_full {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
         conn.execute_batch(&format!("PRAGMA synchronous = {sync};"))
             .map_err(unavailable)?;
         migrate(&mut conn)?;
@@ -185,7 +190,9 @@ impl SqliteTx<'_> {
     fn events(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
         let rows = stmt
-            .query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .query_map(params, |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(unavailable)?;
         let mut events = Vec::new();
         for row in rows {
@@ -226,7 +233,13 @@ impl Tx for SqliteTx<'_> {
                 "INSERT INTO sessions (id, deadline, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (id) DO UPDATE SET deadline = excluded.deadline, data = excluded.data",
             )
-            .and_then(|mut s| s.execute(params![session.id.as_str(), millis(session.deadline()), data]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    session.id.as_str(),
+                    millis(session.deadline()),
+                    data
+                ])
+            })
             .map_err(unavailable)?;
         Ok(())
     }
@@ -275,13 +288,17 @@ impl Tx for SqliteTx<'_> {
         let after: BTreeSet<String> = locks.participants().map(|s| s.to_string()).collect();
         for gone in before.difference(&after) {
             self.tx
-                .prepare_cached("DELETE FROM participants WHERE session_id = ?1 AND equipment_id = ?2")
+                .prepare_cached(
+                    "DELETE FROM participants WHERE session_id = ?1 AND equipment_id = ?2",
+                )
                 .and_then(|mut s| s.execute([gone.as_str(), id]))
                 .map_err(unavailable)?;
         }
         for new in after.difference(&before) {
             self.tx
-                .prepare_cached("INSERT INTO participants (session_id, equipment_id) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT INTO participants (session_id, equipment_id) VALUES (?1, ?2)",
+                )
                 .and_then(|mut s| s.execute([new.as_str(), id]))
                 .map_err(unavailable)?;
         }
@@ -303,7 +320,9 @@ impl Tx for SqliteTx<'_> {
     fn equipment_of_session(&mut self, id: &SessionId) -> Result<Vec<EquipmentId>, StoreError> {
         let mut stmt = self
             .tx
-            .prepare_cached("SELECT equipment_id FROM participants WHERE session_id = ?1 ORDER BY equipment_id")
+            .prepare_cached(
+                "SELECT equipment_id FROM participants WHERE session_id = ?1 ORDER BY equipment_id",
+            )
             .map_err(unavailable)?;
         let rows = stmt
             .query_map([id.as_str()], |r| r.get::<_, String>(0))
@@ -382,7 +401,11 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn equipment_events(&mut self, id: &EquipmentId, limit: usize) -> Result<Vec<Event>, StoreError> {
+    fn equipment_events(
+        &mut self,
+        id: &EquipmentId,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let mut events = self.events(
             "SELECT seq, data FROM events WHERE equipment_id = ?1 ORDER BY seq DESC LIMIT ?2",
             &[&id.as_str(), &(limit as i64)],
@@ -444,8 +467,15 @@ mod tests {
         let o = SqliteOptions::from_url("sqlite://lablink-data/lablink.db", base).unwrap();
         assert_eq!(o.path, PathBuf::from("/data/lablink-data/lablink.db"));
         assert!(o.synchronous_full);
-        let o = SqliteOptions::from_url("sqlite:///abs/x.db?synchronous=normal&busy_timeout_ms=50", base).unwrap();
-        assert_eq!((o.path.as_path(), o.synchronous_full, o.busy_timeout), (Path::new("/abs/x.db"), false, Duration::from_millis(50)));
+        let o = SqliteOptions::from_url(
+            "sqlite:///abs/x.db?synchronous=normal&busy_timeout_ms=50",
+            base,
+        )
+        .unwrap();
+        assert_eq!(
+            (o.path.as_path(), o.synchronous_full, o.busy_timeout),
+            (Path::new("/abs/x.db"), false, Duration::from_millis(50))
+        );
         assert!(SqliteOptions::from_url("sqlite://", base).is_err());
         assert!(SqliteOptions::from_url("sqlite://x.db?fast=yes", base).is_err());
     }

@@ -7,6 +7,8 @@ use lablink::domain::Timestamp;
 use lablink::server::Server;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub clock: ManualClock,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// A server on the memory store.
@@ -32,25 +35,40 @@ pub fn memory() -> Settings {
     }
 }
 
-pub async fn spawn_with(mut settings: Settings) -> TestApp {
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    let clock = ManualClock::new(Timestamp::parse_rfc3339(START).unwrap());
+    spawn_with_clock(settings, clock).await
+}
+
+/// A server on `settings` whose time is `clock` (share it across restarts).
+pub async fn spawn_with_clock(mut settings: Settings, clock: ManualClock) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         lablink::telemetry::init();
     }
     settings.bind = "127.0.0.1:0".into();
-    let clock = ManualClock::new(Timestamp::parse_rfc3339(START).unwrap());
     let server = Server::build(settings, Arc::new(clock.clone()))
         .await
         .expect("server starts");
     let base = format!("http://{}", server.local_addr());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.run(async {
-        let _ = rx.await;
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server.run(async {
+        let _ = stopped.await;
     }));
     TestApp {
         base,
         client: reqwest::Client::new(),
         clock,
-        _shutdown: tx,
+        shutdown,
+        server,
+    }
+}
+
+/// Settings for a SQLite store in `dir`.
+pub fn sqlite_in(dir: &std::path::Path, options: &str) -> Settings {
+    Settings {
+        store: format!("sqlite://lablink.db{options}"),
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
     }
 }
 
@@ -63,6 +81,13 @@ async fn parse(response: reqwest::Response) -> (StatusCode, Value) {
 }
 
 impl TestApp {
+    /// Shuts the server down gracefully and waits until it has stopped.
+    pub async fn stop(self) -> ManualClock {
+        let _ = self.shutdown.send(());
+        self.server.await.unwrap().unwrap();
+        self.clock
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         parse(
             self.client
@@ -192,4 +217,49 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &s
         "{}",
         response.1
     );
+}
+
+// ---- the real binary ------------------------------------------------------
+
+/// The `lablink` binary with a clean `LABLINK_*` environment and plain logs.
+pub fn lablink() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lablink"));
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LABLINK_")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+/// Starts the binary in `dir`, returns it and the address it listens on.
+pub fn start_binary(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<String>) {
+    let mut child = lablink()
+        .envs(env.iter().copied())
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "server exited: {lines:?}"
+        );
+        if let Some(rest) = line.split("addr=").nth(1) {
+            lines.push(line.clone());
+            break rest.trim().to_owned();
+        }
+        lines.push(line);
+    };
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, addr, lines)
 }

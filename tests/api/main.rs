@@ -1,5 +1,7 @@
 //! Black-box tests of the HTTP API against a real server on port 0.
 
+mod crash;
+mod durability;
 mod equipment;
 mod errors;
 mod examples;

@@ -5,10 +5,9 @@ use lablink::config::Settings;
 use lablink::domain::Timeout;
 use reqwest::StatusCode;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::helpers::{assert_error, memory, spawn_with};
+use crate::helpers::{assert_error, lablink, memory, spawn_with, start_binary as start};
 
 fn settings(change: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = memory();
@@ -110,15 +109,6 @@ async fn default_timeouts_apply_to_requests_that_give_none() {
 
 // ---- the real binary ------------------------------------------------------
 
-fn lablink() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lablink"));
-    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("LABLINK_")) {
-        cmd.env_remove(key);
-    }
-    cmd
-}
-
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("lablink-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -170,39 +160,6 @@ fn configuration_errors_stop_start_up_and_name_the_culprit() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-}
-
-/// Starts the binary in `dir`, returns it and the address it listens on.
-fn start(
-    dir: &std::path::Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (std::process::Child, String, Vec<String>) {
-    let mut child = lablink()
-        .envs(env.iter().copied())
-        .arg("serve")
-        .args(args)
-        .current_dir(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "server exited: {lines:?}"
-        );
-        if let Some(rest) = line.split("addr=").nth(1) {
-            lines.push(line.clone());
-            break rest.trim().to_owned();
-        }
-        lines.push(line);
-    };
-    std::thread::spawn(move || for _ in reader.lines() {});
-    (child, addr, lines)
 }
 
 /// Sends one request from a synchronous test.
