@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::bench::{BenchConfig, Scenario};
 use crate::clock::SystemClock;
 use crate::config::{self, Flags};
 use crate::server::{self, Server};
@@ -23,6 +24,27 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
+    /// Drive a running server with concurrent clients and report throughput
+    /// and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "cycle")]
+    pub scenario: Scenario,
+    /// Concurrent keep-alive clients.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +64,34 @@ pub struct ServeArgs {
 pub async fn main(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => bench(args).await,
+    }
+}
+
+async fn bench(args: BenchArgs) -> i32 {
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) || args.clients == 0 || args.clients > 10_000 {
+        eprintln!("lablink bench: --seconds must be in (0, 86400] and --clients in 1..=10000");
+        return 2;
+    }
+    let config = BenchConfig {
+        url: args.url,
+        scenario: args.scenario,
+        clients: args.clients,
+        duration: std::time::Duration::from_secs_f64(args.seconds),
+    };
+    match crate::bench::run(config).await {
+        Ok(report) if args.json => {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            0
+        }
+        Ok(report) => {
+            println!("{report}");
+            0
+        }
+        Err(e) => {
+            eprintln!("lablink bench: {e}");
+            1
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn run(service: Arc<Service>, interval: Duration, mut shutdown: watch:
         service
             .deadlines()
             .sleeping_until(Timestamp::from_millis(i64::MAX));
-        let next = match service.expire_due() {
+        let next = match service.expire_due().await {
             Ok(at) => {
                 let (report, next) = at.value;
                 if report != Default::default() {
@@ -78,14 +78,14 @@ mod tests {
         out.unwrap()
     }
 
-    fn session(service: &Service) -> SessionId {
+    async fn session(service: &Service) -> SessionId {
         let new = NewSession {
             client_name: None,
             client_ip: None,
             timeout: Some(Timeout::NONE),
             metadata: Default::default(),
         };
-        service.create_session(new).unwrap().value.id
+        service.create_session(new).await.unwrap().value.id
     }
 
     #[tokio::test]
@@ -100,7 +100,7 @@ mod tests {
             Policy::default(),
         ));
         let psu = EquipmentId::parse("ps_abc123").unwrap();
-        let (a, b) = (session(&service), session(&service));
+        let (a, b) = (session(&service).await, session(&service).await);
         let (_stop, stopped) = watch::channel(false);
         // A long safety interval: only the deadline can wake the reaper.
         spawn(service.clone(), Duration::from_secs(3600), stopped);
@@ -113,6 +113,7 @@ mod tests {
                     timeout: Some(Timeout::from_millis(5_000)),
                     queue_if_busy: queue,
                 })
+                .await
                 .unwrap();
         }
         clock.advance(Duration::from_millis(4_999));

@@ -159,7 +159,7 @@ async fn prune_history(service: Arc<Service>, days: u32, mut shutdown: watch::Re
         return;
     }
     loop {
-        match service.prune_history(days) {
+        match service.prune_history(days).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, days, "pruned old events"),
             Err(e) => tracing::error!(error = %e, "pruning old events failed"),

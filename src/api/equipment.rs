@@ -73,7 +73,7 @@ pub async fn status(
 ) -> ApiResult<EquipmentStatus> {
     let id = equipment_in_path(&id)?;
     let instrument = app.instrument(&id)?.clone();
-    let locks = app.lock_state(&id)?;
+    let locks = app.lock_state(&id).await?;
     let state = {
         // Wait for the instrument's turn, so a snapshot never interleaves
         // with a command.

@@ -68,7 +68,7 @@ pub async fn acquire(
             .transpose()?,
         queue_if_busy: body.queue_if_busy.unwrap_or(false),
     };
-    let at = app.acquire(input)?;
+    let at = app.acquire(input).await?;
     let locks = &at.value.locks;
     let equipment = &locks.equipment_id;
     let observer_count =
@@ -129,7 +129,7 @@ pub async fn release(
 ) -> ApiResult<ReleaseResponse> {
     let equipment = EquipmentId::parse(&body.equipment_id)?;
     let session = SessionId::parse(&body.session_id)?;
-    let at = app.release(&equipment, &session, body.force.unwrap_or(false))?;
+    let at = app.release(&equipment, &session, body.force.unwrap_or(false)).await?;
     let (status, was_forced) = match at.value {
         ReleaseOutcome::Released { was_forced } => ("released", was_forced),
         ReleaseOutcome::ObserverReleased => ("observer_released", false),
@@ -163,7 +163,7 @@ pub async fn activity(
     ApiJson(body): ApiJson<ActivityBody>,
 ) -> ApiResult<ActivityResponse> {
     let equipment = equipment_in_path(&equipment)?;
-    let at = app.lock_activity(&equipment, &SessionId::parse(&body.session_id)?)?;
+    let at = app.lock_activity(&equipment, &SessionId::parse(&body.session_id)?).await?;
     Ok(Json(ActivityResponse {
         success: true,
         lock: LockView::new(&equipment, &at.value, at.now),
@@ -176,7 +176,7 @@ pub async fn status(
     State(app): State<AppState>,
     ApiPath(equipment): ApiPath<String>,
 ) -> ApiResult<LockStatusView> {
-    let at = app.lock_state(&equipment_in_path(&equipment)?)?;
+    let at = app.lock_state(&equipment_in_path(&equipment)?).await?;
     Ok(Json(LockStatusView::new(&at.value, at.now)))
 }
 
@@ -193,7 +193,7 @@ pub async fn queue(
     State(app): State<AppState>,
     ApiPath(equipment): ApiPath<String>,
 ) -> ApiResult<QueueResponse> {
-    let at = app.lock_state(&equipment_in_path(&equipment)?)?;
+    let at = app.lock_state(&equipment_in_path(&equipment)?).await?;
     let queue = QueueEntryView::all(&at.value);
     Ok(Json(QueueResponse {
         equipment_id: at.value.equipment_id.to_string(),
@@ -212,7 +212,7 @@ pub struct AllLocks {
 #[utoipa::path(get, path = "/api/locks/all", tag = "locks",
     responses((status = 200, body = AllLocks)))]
 pub async fn all(State(app): State<AppState>) -> ApiResult<AllLocks> {
-    let at = app.busy_equipment()?;
+    let at = app.busy_equipment().await?;
     let mut all = AllLocks {
         exclusive_locks: BTreeMap::new(),
         observer_locks: BTreeMap::new(),
@@ -256,7 +256,7 @@ pub async fn events(
     ApiQuery(limit): ApiQuery<Limit>,
 ) -> ApiResult<EquipmentEvents> {
     let equipment = equipment_in_path(&equipment)?;
-    let at = app.equipment_events(&equipment, limit.get())?;
+    let at = app.equipment_events(&equipment, limit.get()).await?;
     Ok(Json(EquipmentEvents {
         equipment_id: equipment.to_string(),
         count: at.value.len(),
@@ -274,7 +274,7 @@ pub struct CleanupResponse {
 #[utoipa::path(post, path = "/api/locks/cleanup", tag = "locks",
     responses((status = 200, body = CleanupResponse)))]
 pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> {
-    let at = app.expire_due()?;
+    let at = app.expire_due().await?;
     Ok(Json(CleanupResponse {
         success: true,
         report: at.value.0,
@@ -353,7 +353,7 @@ pub async fn history(
 ) -> ApiResult<History> {
     let query = query.parse()?;
     let (limit, cursor) = (query.limit, query.after);
-    let at = app.history(query)?;
+    let at = app.history(query).await?;
     let events = at.value;
     Ok(Json(History {
         count: events.len(),

@@ -59,7 +59,7 @@ pub async fn create(
         timeout,
         metadata: body.metadata.unwrap_or_default(),
     };
-    let at = app.create_session(new)?;
+    let at = app.create_session(new).await?;
     Ok(Json(SessionView::new(&at.value, at.now)))
 }
 
@@ -78,7 +78,7 @@ pub async fn end(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionEnded> {
     let id = session_in_path(&id)?;
-    let at = app.end_session(&id)?;
+    let at = app.end_session(&id).await?;
     Ok(Json(SessionEnded {
         success: true,
         message: "Session ended".into(),
@@ -93,7 +93,7 @@ pub async fn get(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionView> {
-    let at = app.session(&session_in_path(&id)?)?;
+    let at = app.session(&session_in_path(&id)?).await?;
     Ok(Json(SessionView::new(&at.value, at.now)))
 }
 
@@ -106,7 +106,7 @@ pub struct SessionList {
 #[utoipa::path(get, path = "/api/locks/sessions", tag = "sessions",
     responses((status = 200, body = SessionList)))]
 pub async fn list(State(app): State<AppState>) -> ApiResult<SessionList> {
-    let at = app.sessions()?;
+    let at = app.sessions().await?;
     let sessions: Vec<SessionView> = at
         .value
         .iter()
@@ -124,7 +124,7 @@ pub async fn activity(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionView> {
-    let at = app.touch_session(&session_in_path(&id)?)?;
+    let at = app.touch_session(&session_in_path(&id)?).await?;
     Ok(Json(SessionView::new(&at.value, at.now)))
 }
 
@@ -145,7 +145,7 @@ pub async fn locks(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionLocks> {
     let id = session_in_path(&id)?;
-    let at = app.session_holdings(&id)?;
+    let at = app.session_holdings(&id).await?;
     let locks: Vec<LockView> = at
         .value
         .locks
@@ -194,7 +194,7 @@ pub async fn events(
     ApiQuery(limit): ApiQuery<Limit>,
 ) -> ApiResult<SessionEvents> {
     let id = session_in_path(&id)?;
-    let at = app.session_events(&id, limit.get())?;
+    let at = app.session_events(&id, limit.get()).await?;
     Ok(Json(SessionEvents {
         session_id: id.to_string(),
         count: at.value.len(),

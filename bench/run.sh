@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Starts a release LabLink on a fresh store with one instrument per client
+# (bench/lab.toml), runs one `lablink bench` scenario against it, stops it.
+#   bench/run.sh STORE SCENARIO [CLIENTS] [SECONDS]
+#   STORE: memory | sqlite | sqlite-normal
+set -euo pipefail
+cd "$(dirname "$0")/.."
+store=${1:-memory}; scenario=${2:-cycle}; clients=${3:-32}; seconds=${4:-10}
+cargo build --release --quiet
+bin=target/release/lablink
+data=$(mktemp -d)
+case "$store" in
+  memory) url=memory ;;
+  sqlite) url="sqlite://$data/lablink.db" ;;
+  sqlite-normal) url="sqlite://$data/lablink.db?synchronous=normal" ;;
+  *) echo "unknown store $store" >&2; exit 2 ;;
+esac
+port=$((20000 + RANDOM % 20000))
+RUST_LOG=warn LABLINK_LOG_LOCK_EVENTS=true "$bin" serve --bind "127.0.0.1:$port" \
+  --config bench/lab.toml --store "$url" &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && break
+  sleep 0.1
+done
+"$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" \
+  --clients "$clients" --seconds "$seconds"

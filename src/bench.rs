@@ -1,0 +1,257 @@
+//! `lablink bench`: a load generator that drives a running server over HTTP
+//! with N concurrent keep-alive clients for a fixed time, and reports
+//! requests per second and latency percentiles. Measurement lives here and
+//! in `docs/benchmarks.md`, never in the test suite.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Acquire and release on the client's own instrument.
+    Cycle,
+    /// Lock status reads.
+    Status,
+    /// Every client on one instrument, through the queue.
+    Contended,
+    /// Session create and end.
+    Sessions,
+    /// Instrument commands under a held lock.
+    Commands,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub url: String,
+    pub scenario: Scenario,
+    pub clients: usize,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub clients: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} clients={} seconds={:.1} requests={} errors={} rps={:.0} p50={:.3}ms p99={:.3}ms max={:.3}ms",
+            self.scenario,
+            self.clients,
+            self.seconds,
+            self.requests,
+            self.errors,
+            self.requests_per_second,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms
+        )
+    }
+}
+
+/// One client's tally: latencies in microseconds and errors.
+#[derive(Default)]
+struct Tally {
+    micros: Vec<u32>,
+    errors: u64,
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    tally: Tally,
+}
+
+impl Client {
+    /// Sends one request, timing it; `None` on any failure (counted).
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Option<Value> {
+        let started = Instant::now();
+        let result = async { request.send().await?.error_for_status()?.json::<Value>().await }.await;
+        self.tally
+            .micros
+            .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        match result {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.tally.errors += 1;
+                None
+            }
+        }
+    }
+
+    async fn post(&mut self, path: &str, body: Value) -> Option<Value> {
+        let request = self.http.post(format!("{}{path}", self.api)).json(&body);
+        self.send(request).await
+    }
+
+    async fn get(&mut self, path: &str) -> Option<Value> {
+        let request = self.http.get(format!("{}{path}", self.api));
+        self.send(request).await
+    }
+
+    async fn new_session(&mut self) -> Result<String, String> {
+        let body = self
+            .http
+            .post(format!("{}/locks/sessions/create", self.api))
+            .json(&json!({"client_name": "lablink bench", "timeout_seconds": 0}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?
+            .json::<Value>()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(body["session_id"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+async fn run_client(
+    mut client: Client,
+    scenario: Scenario,
+    equipment: String,
+    until: Instant,
+) -> Result<Tally, String> {
+    let session = client.new_session().await?;
+    let lock = json!({"equipment_id": equipment, "session_id": session, "timeout_seconds": 60});
+    let release = json!({"equipment_id": equipment, "session_id": session});
+    if scenario == Scenario::Commands {
+        client.post("/locks/acquire", lock.clone()).await.ok_or("cannot lock for commands")?;
+        client.tally = Tally::default();
+    }
+    let mut volts = 0.0;
+    while Instant::now() < until {
+        match scenario {
+            Scenario::Cycle => {
+                client.post("/locks/acquire", lock.clone()).await;
+                client.post("/locks/release", release.clone()).await;
+            }
+            Scenario::Status => {
+                client.get(&format!("/locks/status/{equipment}")).await;
+            }
+            Scenario::Contended => {
+                let queued = json!({"equipment_id": equipment, "session_id": session, "queue_if_busy": true, "timeout_seconds": 60});
+                let answer = client.post("/locks/acquire", queued).await;
+                if answer.is_some_and(|a| a["status"] == "locked" || a["status"] == "refreshed") {
+                    client.post("/locks/release", release.clone()).await;
+                }
+            }
+            Scenario::Sessions => {
+                let created = client
+                    .post("/locks/sessions/create", json!({"client_name": "bench", "timeout_seconds": 600}))
+                    .await;
+                if let Some(id) = created.as_ref().and_then(|c| c["session_id"].as_str()) {
+                    let request = client.http.delete(format!("{}/locks/sessions/{id}", client.api));
+                    client.send(request).await;
+                }
+            }
+            Scenario::Commands => {
+                volts = if volts >= 20.0 { 0.0 } else { volts + 1.0 };
+                let command = json!({"command_id": "bench", "action": "set_voltage", "parameters": {"voltage": volts}, "session_id": session});
+                client.post(&format!("/equipment/{equipment}/command"), command).await;
+            }
+        }
+    }
+    Ok(client.tally)
+}
+
+/// Runs the scenario and returns the merged report.
+pub async fn run(config: BenchConfig) -> Result<Report, String> {
+    let api = format!("{}/api", config.url.trim_end_matches('/'));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.clients)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let list: Value = http
+        .get(format!("{api}/equipment/list"))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {api}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let equipment: Vec<String> = list["equipment"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["equipment_id"].as_str().map(String::from))
+        .collect();
+    if equipment.is_empty() {
+        return Err("the server has no equipment".into());
+    }
+    if matches!(config.scenario, Scenario::Cycle | Scenario::Commands) && equipment.len() < config.clients {
+        eprintln!(
+            "warning: {} clients share {} instruments, so some requests will be refused; serve bench/lab.toml for one each",
+            config.clients,
+            equipment.len()
+        );
+    }
+    let started = Instant::now();
+    let until = started + config.duration;
+    let tasks: Vec<_> = (0..config.clients)
+        .map(|i| {
+            let client = Client {
+                http: http.clone(),
+                api: api.clone(),
+                tally: Tally::default(),
+            };
+            let target = match config.scenario {
+                Scenario::Contended => equipment[0].clone(),
+                _ => equipment[i % equipment.len()].clone(),
+            };
+            tokio::spawn(run_client(client, config.scenario, target, until))
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let tally = task.await.map_err(|e| e.to_string())??;
+        all.extend(tally.micros);
+        errors += tally.errors;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Ok(Report {
+        scenario: format!("{:?}", config.scenario).to_lowercase(),
+        clients: config.clients,
+        seconds,
+        requests: all.len() as u64,
+        errors,
+        requests_per_second: all.len() as f64 / seconds,
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: all.last().copied().unwrap_or(0) as f64 / 1000.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let micros: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&micros, 50.0), 50.0);
+        assert_eq!(percentile(&micros, 99.0), 99.0);
+        assert_eq!(percentile(&micros, 100.0), 100.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}
