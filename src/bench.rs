@@ -77,7 +77,15 @@ impl Client {
     /// Sends one request, timing it; `None` on any failure (counted).
     async fn send(&mut self, request: reqwest::RequestBuilder) -> Option<Value> {
         let started = Instant::now();
-        let result = async { request.send().await?.error_for_status()?.json::<Value>().await }.await;
+        let result = async {
+            request
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<Value>()
+                .await
+        }
+        .await;
         self.tally
             .micros
             .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
@@ -134,7 +142,10 @@ async fn run_client(
     let lock = json!({"equipment_id": equipment, "session_id": session, "timeout_seconds": 60});
     let release = json!({"equipment_id": equipment, "session_id": session});
     if scenario == Scenario::Commands {
-        client.post("/locks/acquire", lock.clone()).await.ok_or("cannot lock for commands")?;
+        client
+            .post("/locks/acquire", lock.clone())
+            .await
+            .ok_or("cannot lock for commands")?;
         client.tally = Tally::default();
     }
     let mut volts = 0.0;
@@ -156,17 +167,24 @@ async fn run_client(
             }
             Scenario::Sessions => {
                 let created = client
-                    .post("/locks/sessions/create", json!({"client_name": "bench", "timeout_seconds": 600}))
+                    .post(
+                        "/locks/sessions/create",
+                        json!({"client_name": "bench", "timeout_seconds": 600}),
+                    )
                     .await;
                 if let Some(id) = created.as_ref().and_then(|c| c["session_id"].as_str()) {
-                    let request = client.http.delete(format!("{}/locks/sessions/{id}", client.api));
+                    let request = client
+                        .http
+                        .delete(format!("{}/locks/sessions/{id}", client.api));
                     client.send(request).await;
                 }
             }
             Scenario::Commands => {
                 volts = if volts >= 20.0 { 0.0 } else { volts + 1.0 };
                 let command = json!({"command_id": "bench", "action": "set_voltage", "parameters": {"voltage": volts}, "session_id": session});
-                client.post(&format!("/equipment/{equipment}/command"), command).await;
+                client
+                    .post(&format!("/equipment/{equipment}/command"), command)
+                    .await;
             }
         }
     }
@@ -197,7 +215,9 @@ pub async fn run(config: BenchConfig) -> Result<Report, String> {
     if equipment.is_empty() {
         return Err("the server has no equipment".into());
     }
-    if matches!(config.scenario, Scenario::Cycle | Scenario::Commands) && equipment.len() < config.clients {
+    if matches!(config.scenario, Scenario::Cycle | Scenario::Commands)
+        && equipment.len() < config.clients
+    {
         eprintln!(
             "warning: {} clients share {} instruments, so some requests will be refused; serve bench/lab.toml for one each",
             config.clients,

@@ -69,7 +69,10 @@ pub async fn main(cli: Cli) -> i32 {
 }
 
 async fn bench(args: BenchArgs) -> i32 {
-    if !(args.seconds > 0.0 && args.seconds <= 86_400.0) || args.clients == 0 || args.clients > 10_000 {
+    if !(args.seconds > 0.0 && args.seconds <= 86_400.0)
+        || args.clients == 0
+        || args.clients > 10_000
+    {
         eprintln!("lablink bench: --seconds must be in (0, 86400] and --clients in 1..=10000");
         return 2;
     }

@@ -521,7 +521,8 @@ impl Service {
             e.timeout_seconds = Some(timeout.as_seconds());
             uow.events.push(e);
             Ok(session)
-        }).await
+        })
+        .await
     }
 
     pub async fn end_session(&self, id: &SessionId) -> Result<At<SessionEnd>, ServiceError> {
@@ -531,14 +532,16 @@ impl Service {
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
             let locks_released = uow.end_session(&session, EndReason::SessionEnded)?;
             Ok(SessionEnd { locks_released })
-        }).await
+        })
+        .await
     }
 
     pub async fn session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
         self.run(|uow| {
             uow.live_session(id)?
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
-        }).await
+        })
+        .await
     }
 
     pub async fn sessions(&self) -> Result<At<Vec<Session>>, ServiceError> {
@@ -547,14 +550,18 @@ impl Service {
             sessions.retain(|s| s.is_live(uow.now));
             sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
             Ok(sessions)
-        }).await
+        })
+        .await
     }
 
     pub async fn touch_session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
         self.run(|uow| uow.renew_session(id)).await
     }
 
-    pub async fn session_holdings(&self, id: &SessionId) -> Result<At<SessionHoldings>, ServiceError> {
+    pub async fn session_holdings(
+        &self,
+        id: &SessionId,
+    ) -> Result<At<SessionHoldings>, ServiceError> {
         self.run(|uow| {
             uow.live_session(id)?
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
@@ -573,7 +580,8 @@ impl Service {
                 }
             }
             Ok(holdings)
-        }).await
+        })
+        .await
     }
 
     pub async fn session_events(
@@ -588,7 +596,8 @@ impl Service {
                 return Err(ServiceError::SessionNotFound(id.clone()));
             }
             Ok(events)
-        }).await
+        })
+        .await
     }
 
     // ---- locks ---------------------------------------------------------
@@ -607,7 +616,8 @@ impl Service {
             let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
             uow.save_locks(&locks)?;
             Ok(Acquired { outcome, locks })
-        }).await
+        })
+        .await
     }
 
     pub async fn release(
@@ -633,7 +643,8 @@ impl Service {
                 locks.release(session, force, now, live, events)
             })?;
             Ok(outcome?)
-        }).await
+        })
+        .await
     }
 
     pub async fn lock_activity(
@@ -648,10 +659,14 @@ impl Service {
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;
             Ok(grant)
-        }).await
+        })
+        .await
     }
 
-    pub async fn lock_state(&self, equipment: &EquipmentId) -> Result<At<EquipmentLocks>, ServiceError> {
+    pub async fn lock_state(
+        &self,
+        equipment: &EquipmentId,
+    ) -> Result<At<EquipmentLocks>, ServiceError> {
         self.registered(equipment)?;
         self.run(|uow| Ok(uow.tx.equipment_locks(equipment)?)).await
     }
@@ -661,7 +676,8 @@ impl Service {
             let mut all = uow.tx.busy_equipment()?;
             all.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
             Ok(all)
-        }).await
+        })
+        .await
     }
 
     pub async fn equipment_events(
@@ -671,13 +687,16 @@ impl Service {
     ) -> Result<At<Vec<Event>>, ServiceError> {
         self.registered(equipment)?;
         let limit = too_many(limit)?;
-        self.run(|uow| Ok(uow.tx.equipment_events(equipment, limit)?)).await
+        self.run(|uow| Ok(uow.tx.equipment_events(equipment, limit)?))
+            .await
     }
 
     /// Expires what is due and says when the next deadline is. The reaper's
     /// step, and the manual cleanup endpoint's.
     pub async fn expire_due(&self) -> Result<At<(ExpiryReport, Option<Timestamp>)>, ServiceError> {
-        let at = self.run(|uow| Ok((uow.expired, uow.tx.next_deadline()?))).await?;
+        let at = self
+            .run(|uow| Ok((uow.expired, uow.tx.next_deadline()?)))
+            .await?;
         Ok(at)
     }
 
@@ -722,7 +741,8 @@ impl Service {
             locks.authorize(id, access, fencing_token, uow.now)?;
             uow.save_locks(&locks)?;
             Ok(())
-        }).await
+        })
+        .await
         .map(|_| ())
     }
 

@@ -129,7 +129,9 @@ pub async fn release(
 ) -> ApiResult<ReleaseResponse> {
     let equipment = EquipmentId::parse(&body.equipment_id)?;
     let session = SessionId::parse(&body.session_id)?;
-    let at = app.release(&equipment, &session, body.force.unwrap_or(false)).await?;
+    let at = app
+        .release(&equipment, &session, body.force.unwrap_or(false))
+        .await?;
     let (status, was_forced) = match at.value {
         ReleaseOutcome::Released { was_forced } => ("released", was_forced),
         ReleaseOutcome::ObserverReleased => ("observer_released", false),
@@ -163,7 +165,9 @@ pub async fn activity(
     ApiJson(body): ApiJson<ActivityBody>,
 ) -> ApiResult<ActivityResponse> {
     let equipment = equipment_in_path(&equipment)?;
-    let at = app.lock_activity(&equipment, &SessionId::parse(&body.session_id)?).await?;
+    let at = app
+        .lock_activity(&equipment, &SessionId::parse(&body.session_id)?)
+        .await?;
     Ok(Json(ActivityResponse {
         success: true,
         lock: LockView::new(&equipment, &at.value, at.now),

@@ -230,3 +230,35 @@ async fn a_database_from_a_newer_lablink_is_refused_at_start() {
             .expect("refused");
     assert!(err.to_string().contains("schema version 999"), "{err}");
 }
+
+#[tokio::test]
+async fn old_events_are_pruned_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = sqlite_in(dir.path(), "?synchronous=normal");
+    settings.event_retention_days = 1;
+    let app = spawn_with(settings).await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({"timeout_seconds": 0}))
+        .await;
+    app.advance(2.0 * 86_400.0);
+    let fresh = app.session(0.0).await;
+    // The pruner wakes once its hour has passed on the (manual) clock.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (_, page) = app.get("/api/locks/events").await;
+            let sessions: Vec<&str> = page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["session_id"].as_str())
+                .collect();
+            if sessions == [fresh.as_str()] {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("events older than a day were pruned, the fresh one kept");
+    app.stop().await;
+}

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::collections::BTreeSet;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TestApp, spawn_app, spawn_with, sqlite_in};
 
 const CLIENTS: usize = 40;
 
@@ -32,7 +32,17 @@ async fn exactly_one_winner_without_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_winner_and_a_gapless_queue() {
-    let app = spawn_app().await;
+    one_winner_and_a_gapless_queue_on(spawn_app().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_winner_and_a_gapless_queue_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "?synchronous=normal")).await;
+    one_winner_and_a_gapless_queue_on(app).await;
+}
+
+async fn one_winner_and_a_gapless_queue_on(app: TestApp) {
     let sessions = join_all((0..CLIENTS).map(|_| app.session(0.0))).await;
     let results = join_all(
         sessions
