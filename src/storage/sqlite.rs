@@ -8,6 +8,7 @@
 //! a crash of the process but may lose the last commits on power loss.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use serde::de::DeserializeOwned;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -187,6 +188,27 @@ fn read_event(seq: i64, data: &str) -> Result<Event, StoreError> {
 }
 
 impl SqliteTx<'_> {
+    /// The one JSON `data` row that `sql` selects by `key`, decoded.
+    fn row<T: DeserializeOwned>(&self, sql: &str, key: &str) -> Result<Option<T>, StoreError> {
+        let data: Option<String> = self
+            .tx
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+            .map_err(unavailable)?;
+        data.map(|d| serde_json::from_str(&d).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Every JSON `data` row that `sql` selects, decoded.
+    fn rows<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(unavailable)?;
+        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
+            .collect()
+    }
+
     fn events(&self, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
         let rows = stmt
@@ -205,25 +227,11 @@ impl SqliteTx<'_> {
 
 impl Tx for SqliteTx<'_> {
     fn session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let data: Option<String> = self
-            .tx
-            .prepare_cached("SELECT data FROM sessions WHERE id = ?1")
-            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
-            .map_err(unavailable)?;
-        data.map(|d| serde_json::from_str(&d).map_err(corrupt))
-            .transpose()
+        self.row("SELECT data FROM sessions WHERE id = ?1", id.as_str())
     }
 
     fn sessions(&mut self) -> Result<Vec<Session>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT data FROM sessions")
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(unavailable)?;
-        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
-            .collect()
+        self.rows("SELECT data FROM sessions")
     }
 
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
@@ -253,15 +261,11 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn equipment_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
-        let data: Option<String> = self
-            .tx
-            .prepare_cached("SELECT data FROM equipment_locks WHERE equipment_id = ?1")
-            .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional())
-            .map_err(unavailable)?;
-        match data {
-            Some(d) => serde_json::from_str(&d).map_err(corrupt),
-            None => Ok(EquipmentLocks::new(id.clone())),
-        }
+        let found = self.row(
+            "SELECT data FROM equipment_locks WHERE equipment_id = ?1",
+            id.as_str(),
+        )?;
+        Ok(found.unwrap_or_else(|| EquipmentLocks::new(id.clone())))
     }
 
     fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
@@ -306,15 +310,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn busy_equipment(&mut self) -> Result<Vec<EquipmentLocks>, StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT data FROM equipment_locks WHERE busy = 1")
-            .map_err(unavailable)?;
-        let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(unavailable)?;
-        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
-            .collect()
+        self.rows("SELECT data FROM equipment_locks WHERE busy = 1")
     }
 
     fn equipment_of_session(&mut self, id: &SessionId) -> Result<Vec<EquipmentId>, StoreError> {

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
-use crate::helpers::{assert_error, spawn_with, spawn_with_clock, sqlite_in};
+use crate::helpers::{assert_error, event_kinds, spawn_with, spawn_with_clock, sqlite_in};
 
 #[tokio::test]
 async fn everything_survives_a_restart_and_lapsed_leases_get_one_fresh_period() {
@@ -93,14 +93,7 @@ async fn the_history_is_filtered_and_paged_by_cursor() {
 
     let (status, all) = app.get("/api/locks/events").await;
     assert_eq!(status, StatusCode::OK);
-    let kinds = |body: &serde_json::Value| -> Vec<String> {
-        body["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let kinds = event_kinds;
     assert_eq!(
         kinds(&all),
         [

@@ -198,13 +198,18 @@ impl TestApp {
         let (_, body) = self
             .get(&format!("/api/locks/events/{equipment}?limit=1000"))
             .await;
-        body["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event"].as_str().unwrap().to_owned())
-            .collect()
+        event_kinds(&body)
     }
+}
+
+/// The `event` names of a history response, in order.
+pub fn event_kinds(body: &Value) -> Vec<String> {
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Asserts an error response's status and code.
