@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::bench::{BenchConfig, Scenario};
 use crate::clock::SystemClock;
 use crate::config::{self, Flags};
+use crate::drivers::scpi::sim::SimKind;
 use crate::server::{self, Server};
 
 #[derive(Debug, Parser)]
@@ -27,6 +28,18 @@ pub enum Command {
     /// Drive a running server with concurrent clients and report throughput
     /// and latency.
     Bench(BenchArgs),
+    /// Serve a simulated SCPI instrument over TCP (for the scpi-tcp driver).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:5025")]
+    pub listen: String,
+    /// Which instrument to simulate.
+    #[arg(long, value_enum)]
+    pub kind: SimKind,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +78,28 @@ pub async fn main(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Sim(args) => sim(args).await,
+    }
+}
+
+async fn sim(args: SimArgs) -> i32 {
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("lablink sim: cannot listen on {}: {e}", args.listen);
+            return 2;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("simulated {:?} listening on {addr}", args.kind),
+        Err(e) => eprintln!("lablink sim: {e}"),
+    }
+    match crate::drivers::scpi::sim::serve(listener, args.kind, server::shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lablink sim: {e}");
+            1
+        }
     }
 }
 

@@ -181,6 +181,8 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     /// `None`: no config file, serve the demo instruments.
     pub equipment: Option<Vec<EquipmentConfig>>,
+    /// The config file's directory: relative paths in it are taken from here.
+    pub config_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -193,6 +195,7 @@ impl Default for Settings {
             policy: Policy::default(),
             cleanup_interval: Duration::from_secs(10),
             equipment: None,
+            config_dir: PathBuf::from("."),
         }
     }
 }
@@ -321,6 +324,7 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
+        config_dir: PathBuf::from("."),
     })
 }
 

@@ -92,7 +92,9 @@ mod tests {
     async fn the_reaper_hands_off_at_the_deadline_without_any_request() {
         let store = Arc::new(MemoryStore::new());
         let clock = ManualClock::new(Timestamp::from_millis(1_000_000));
-        let instruments = Instruments::from_configs(&Instruments::demo_configs()).unwrap();
+        let instruments =
+            Instruments::from_configs(&Instruments::demo_configs(), std::path::Path::new("."))
+                .unwrap();
         let service = Arc::new(Service::new(
             store.clone(),
             Arc::new(clock.clone()),

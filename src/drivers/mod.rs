@@ -7,6 +7,7 @@
 
 pub mod params;
 pub mod registry;
+pub mod scpi;
 pub mod sim;
 
 use async_trait::async_trait;
@@ -49,6 +50,8 @@ pub trait Driver: Send + Sync + 'static {
     fn actions(&self) -> &[ActionSpec];
     /// Runs one validated action. Called one at a time per instrument.
     async fn execute(&self, action: &ActionSpec, params: &Params) -> Result<Value, DriverError>;
-    /// A snapshot of the instrument's state for the status endpoint.
+    /// A snapshot of the instrument's state for the status endpoint. Must
+    /// answer from what the driver already knows, never waiting on the
+    /// instrument or on a command in progress.
     async fn state(&self) -> Value;
 }

@@ -216,6 +216,10 @@ pub struct ParamError {
 pub struct Params(BTreeMap<String, ParamValue>);
 
 impl Params {
+    pub fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.0.get(name)
+    }
+
     pub fn number(&self, name: &str) -> f64 {
         match self.0.get(name) {
             Some(ParamValue::Number(v)) => *v,

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Driver;
+use super::scpi::{self, ScpiConfig, ScpiTcp};
 use super::sim::{InstrumentModel, SimDriver, load::Load, psu::Psu, scope::Scope};
 use crate::domain::EquipmentId;
+use std::path::Path;
 
 /// The drivers a configuration may name.
-pub const DRIVERS: &[&str] = &[Psu::DRIVER, Scope::DRIVER, Load::DRIVER];
+pub const DRIVERS: &[&str] = &[Psu::DRIVER, Scope::DRIVER, Load::DRIVER, scpi::DRIVER];
 
 /// One `[[equipment]]` entry: `id`, `driver`, an optional `name`, and the
 /// driver's own keys in `settings`.
@@ -53,22 +55,35 @@ pub struct Instruments {
     order: Vec<EquipmentId>,
 }
 
-fn sim<M: InstrumentModel>(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
-    let settings: M::Config = toml::Value::Table(config.settings.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| RegistryError::BadSettings {
-            id: config.id.clone(),
-            driver: config.driver.clone(),
-            message: e.message().to_string(),
-        })?;
-    Ok(Arc::new(SimDriver::new(M::from_config(settings))))
+fn bad_settings(config: &EquipmentConfig, message: String) -> RegistryError {
+    RegistryError::BadSettings {
+        id: config.id.clone(),
+        driver: config.driver.clone(),
+        message,
+    }
 }
 
-fn build_driver(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
+/// The driver's own keys, checked against its configuration type.
+fn settings<T: serde::de::DeserializeOwned>(config: &EquipmentConfig) -> Result<T, RegistryError> {
+    toml::Value::Table(config.settings.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| bad_settings(config, e.message().to_string()))
+}
+
+fn sim<M: InstrumentModel>(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
+    Ok(Arc::new(SimDriver::new(M::from_config(settings(config)?))))
+}
+
+fn build_driver(config: &EquipmentConfig, base: &Path) -> Result<Arc<dyn Driver>, RegistryError> {
     match config.driver.as_str() {
         Psu::DRIVER => sim::<Psu>(config),
         Scope::DRIVER => sim::<Scope>(config),
         Load::DRIVER => sim::<Load>(config),
+        scpi::DRIVER => {
+            let driver = ScpiTcp::new(settings::<ScpiConfig>(config)?, base)
+                .map_err(|message| bad_settings(config, message))?;
+            Ok(Arc::new(driver))
+        }
         _ => Err(RegistryError::UnknownDriver {
             id: config.id.clone(),
             driver: config.driver.clone(),
@@ -77,7 +92,9 @@ fn build_driver(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryErr
 }
 
 impl Instruments {
-    pub fn from_configs(configs: &[EquipmentConfig]) -> Result<Self, RegistryError> {
+    /// Builds every instrument; relative file names in their settings (SCPI
+    /// profiles) are taken under `base`, the config file's directory.
+    pub fn from_configs(configs: &[EquipmentConfig], base: &Path) -> Result<Self, RegistryError> {
         let mut by_id = HashMap::new();
         let mut order = Vec::new();
         for config in configs {
@@ -85,7 +102,7 @@ impl Instruments {
                 id: config.id.clone(),
                 message: e.to_string(),
             })?;
-            let driver = build_driver(config)?;
+            let driver = build_driver(config, base)?;
             let instrument = Instrument {
                 id: id.clone(),
                 name: config.name.clone().unwrap_or_else(|| config.id.clone()),
@@ -147,7 +164,7 @@ mod tests {
             equipment: Vec<EquipmentConfig>,
         }
         let file: File = toml::from_str(raw).unwrap();
-        Instruments::from_configs(&file.equipment)
+        Instruments::from_configs(&file.equipment, Path::new("."))
     }
 
     #[test]

@@ -8,5 +8,6 @@ mod examples;
 mod helpers;
 mod locks;
 mod races;
+mod scpi;
 mod sessions;
 mod settings;

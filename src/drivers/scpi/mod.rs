@@ -1,0 +1,271 @@
+//! The `scpi-tcp` driver: LAN instruments that speak SCPI over a raw TCP
+//! socket (usually port 5025). It connects lazily, identifies the
+//! instrument with `*IDN?`, runs each action's profile steps, checks the
+//! instrument's error queue after writes, and drops the connection after
+//! any failure so the next command reconnects.
+//!
+//! Bytes are framed and parsed by `codec` (pure); this module only moves
+//! them. Every exchange has a deadline, so a hung instrument costs its own
+//! callers at most `timeout_ms` and nobody else anything.
+
+pub mod codec;
+pub mod profile;
+pub mod sim;
+pub mod template;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{ActionSpec, Driver, DriverError, Params};
+use codec::{CodecError, Reply, interpret, is_no_error};
+use profile::{Profile, Step, insert_at};
+
+pub const DRIVER: &str = "scpi-tcp";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScpiConfig {
+    /// `host:port` of the instrument.
+    pub address: String,
+    /// How long one action may take, in milliseconds (default 2000).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// A built-in profile (`psu`, `scope`, `load`) or a profile file.
+    pub profile: String,
+}
+
+fn default_timeout_ms() -> u64 {
+    2000
+}
+
+/// An open connection and what is buffered from it.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn send(&mut self, command: &str) -> Result<(), DriverError> {
+        let mut line = command.as_bytes().to_vec();
+        line.push(b'\n');
+        self.stream.write_all(&line).await.map_err(lost)
+    }
+
+    async fn reply(&mut self) -> Result<Reply, DriverError> {
+        loop {
+            match codec::decode(&self.buffer).map_err(garbled)? {
+                Some((reply, used)) => {
+                    self.buffer.drain(..used);
+                    return Ok(reply);
+                }
+                None => {
+                    let mut chunk = [0u8; 8192];
+                    let n = self.stream.read(&mut chunk).await.map_err(lost)?;
+                    if n == 0 {
+                        return Err(DriverError::Unavailable(
+                            "the instrument closed the connection".into(),
+                        ));
+                    }
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    async fn query(&mut self, command: &str) -> Result<Reply, DriverError> {
+        self.send(command).await?;
+        self.reply().await
+    }
+
+    /// The instrument's oldest queued error, if any.
+    async fn error_queue(&mut self) -> Result<Option<String>, DriverError> {
+        match self.query("SYST:ERR?").await? {
+            Reply::Line(text) if is_no_error(&text) => Ok(None),
+            Reply::Line(text) => Ok(Some(text)),
+            Reply::Block(_) => Err(garbled(CodecError::NotText(
+                "SYST:ERR? answered a block".into(),
+            ))),
+        }
+    }
+}
+
+fn lost(e: std::io::Error) -> DriverError {
+    DriverError::Unavailable(format!("connection lost: {e}"))
+}
+
+fn garbled(e: CodecError) -> DriverError {
+    DriverError::Instrument(format!("unreadable reply: {e}"))
+}
+
+pub struct ScpiTcp {
+    config: ScpiConfig,
+    profile: Profile,
+    actions: Vec<ActionSpec>,
+    connection: tokio::sync::Mutex<Option<Connection>>,
+    /// What `*IDN?` answered on the last connection.
+    identity: Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ScpiTcp {
+    /// Builds the driver; `base` is where relative profile paths are found.
+    pub fn new(config: ScpiConfig, base: &Path) -> Result<Self, String> {
+        if !config.address.contains(':') {
+            return Err(format!("address {:?} must be host:port", config.address));
+        }
+        if config.timeout_ms == 0 || config.timeout_ms > 600_000 {
+            return Err("timeout_ms must be between 1 and 600000".into());
+        }
+        let profile = Profile::load(&config.profile, base)?;
+        let actions = profile.actions.iter().map(|a| a.spec.clone()).collect();
+        Ok(Self {
+            config,
+            profile,
+            actions,
+            connection: tokio::sync::Mutex::new(None),
+            identity: Mutex::new(None),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    async fn connect(&self) -> Result<Connection, DriverError> {
+        let stream = TcpStream::connect(&self.config.address)
+            .await
+            .map_err(|e| {
+                DriverError::Unavailable(format!("cannot connect to {}: {e}", self.config.address))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut connection = Connection {
+            stream,
+            buffer: Vec::new(),
+        };
+        let identity = match connection.query("*IDN?").await? {
+            Reply::Line(text) => codec::parse_string(&text),
+            Reply::Block(_) => {
+                return Err(garbled(CodecError::NotText(
+                    "*IDN? answered a block".into(),
+                )));
+            }
+        };
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity);
+        Ok(connection)
+    }
+
+    async fn run_steps(
+        &self,
+        connection: &mut Connection,
+        steps: &[Step],
+        params: &Params,
+    ) -> Result<Value, DriverError> {
+        let mut result = Map::new();
+        let mut wrote = false;
+        for step in steps {
+            match step {
+                Step::Write(template) => {
+                    connection.send(&template.render(params)).await?;
+                    wrote = true;
+                }
+                Step::Query {
+                    command,
+                    reply,
+                    key,
+                } => {
+                    let answer = connection.query(&command.render(params)).await?;
+                    match interpret(&answer, *reply) {
+                        Ok(value) => insert_at(&mut result, key, value),
+                        // An instrument that cannot answer usually says why
+                        // in its error queue; prefer its words.
+                        Err(e) => {
+                            let reason = if self.profile.check_errors {
+                                connection.error_queue().await?
+                            } else {
+                                None
+                            };
+                            return Err(DriverError::Instrument(
+                                reason.unwrap_or_else(|| e.to_string()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if wrote
+            && self.profile.check_errors
+            && let Some(error) = connection.error_queue().await?
+        {
+            return Err(DriverError::Instrument(error));
+        }
+        if result.is_empty() {
+            result.insert("ok".into(), json!(true));
+        }
+        Ok(Value::Object(result))
+    }
+}
+
+#[async_trait]
+impl Driver for ScpiTcp {
+    fn driver_name(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn model(&self) -> String {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| format!("not yet identified ({})", self.config.address))
+    }
+
+    fn actions(&self) -> &[ActionSpec] {
+        &self.actions
+    }
+
+    async fn execute(&self, action: &ActionSpec, params: &Params) -> Result<Value, DriverError> {
+        let steps = &self
+            .profile
+            .action(&action.name)
+            .ok_or_else(|| DriverError::Rejected(format!("unknown action {}", action.name)))?
+            .steps;
+        let mut slot = self.connection.lock().await;
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let outcome = tokio::time::timeout(timeout, async {
+            if slot.is_none() {
+                *slot = Some(self.connect().await?);
+            }
+            let connection = slot.as_mut().expect("just connected");
+            self.run_steps(connection, steps, params).await
+        })
+        .await
+        .unwrap_or(Err(DriverError::Timeout(self.config.timeout_ms)));
+        if let Err(e) = &outcome {
+            // After a timeout or a broken exchange the connection may hold a
+            // late reply; start clean next time. An instrument error leaves
+            // the connection in step, so it is kept.
+            if !matches!(e, DriverError::Instrument(_)) {
+                *slot = None;
+            }
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
+        outcome
+    }
+
+    async fn state(&self) -> Value {
+        // Never waits for the instrument: the status page must stay quick
+        // even when the instrument hangs.
+        let connected = self.connection.try_lock().map(|c| c.is_some()).ok();
+        json!({
+            "address": self.config.address,
+            "profile": self.profile.name,
+            "identity": *self.identity.lock().unwrap_or_else(|p| p.into_inner()),
+            "connected": connected,
+            "busy": connected.is_none(),
+            "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+        })
+    }
+}
