@@ -363,6 +363,34 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_profile_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("# keysight-e36313a.toml")
+            .expect("the example is in the README");
+        let end = start + readme[start..].find("```").expect("the example ends");
+        let profile = Profile::parse("readme", &readme[start..end]).unwrap();
+        let names: Vec<&str> = profile
+            .actions
+            .iter()
+            .map(|a| a.spec.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "get_readings",
+                "get_trace",
+                "identify",
+                "set_mode",
+                "set_output",
+                "set_voltage",
+                "scpi_write",
+                "scpi_query"
+            ]
+        );
+    }
+
+    #[test]
     fn dotted_keys_nest() {
         let mut m = Map::new();
         insert_at(&mut m, "ch1.voltage", Value::from(1.0));
