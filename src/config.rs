@@ -77,6 +77,10 @@ const DATA_DIR: Key = Key {
     env: "LABLINK_DATA_DIR",
     file: "data_dir",
 };
+const EXPIRY_WARNING: Key = Key {
+    env: "LABLINK_EXPIRY_WARNING_SEC",
+    file: "expiry_warning_sec",
+};
 const RETENTION: Key = Key {
     env: "LABLINK_EVENT_RETENTION_DAYS",
     file: "event_retention_days",
@@ -321,6 +325,8 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
             log_lock_events: r.boolean(&LOG_EVENTS, true)?,
             default_lock_timeout: r.timeout(&LOCK_TIMEOUT, 300.0)?,
             default_session_timeout: r.timeout(&SESSION_TIMEOUT, 600.0)?,
+            expiry_warning_ms: (r.seconds(&EXPIRY_WARNING, 30.0)? * 1000.0).round() as u64,
+            live_buffer: crate::live::DEFAULT_BUFFER,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
@@ -440,6 +446,7 @@ mod tests {
             ("LABLINK_STORE", "memory"),
             ("LABLINK_DATA_DIR", "/srv/lablink"),
             ("LABLINK_EVENT_RETENTION_DAYS", "0"),
+            ("LABLINK_EXPIRY_WARNING_SEC", "5"),
         ]);
         let s = resolve(
             &Sources {
@@ -454,6 +461,7 @@ mod tests {
         assert!(!p.auto_release_on_disconnect && !p.log_lock_events);
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
+        assert_eq!(p.expiry_warning_ms, 5_000);
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
         assert_eq!(
             (

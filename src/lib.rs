@@ -20,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod drivers;
+pub mod live;
 pub mod reaper;
 pub mod server;
 pub mod service;

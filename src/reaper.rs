@@ -46,6 +46,30 @@ async fn sleep_until(service: &Service, at: Timestamp) {
     service.clock().sleep_until(at).await;
 }
 
+/// Sends `lock_expiring` warnings when they are due, sleeping until the
+/// next one (woken early when a sooner one is scheduled).
+pub async fn warn(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = service.clock().now();
+        for warning in service.warnings().due(now) {
+            if let Err(e) = service.warn_expiring(warning).await {
+                tracing::warn!(error = %e, "could not send an expiry warning");
+            }
+        }
+        let next = service.warnings().next();
+        tokio::select! {
+            _ = async {
+                match next {
+                    Some(at) => service.clock().sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = service.warnings().changed.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Spawns the reaper on the current runtime.
 pub fn spawn(
     service: Arc<Service>,

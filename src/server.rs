@@ -132,6 +132,7 @@ impl Server {
             self.settings.cleanup_interval,
             reaper_stopped,
         );
+        let warner = tokio::spawn(reaper::warn(self.service.clone(), stop_reaper.subscribe()));
         let pruner = tokio::spawn(prune_history(
             self.service.clone(),
             self.settings.event_retention_days,
@@ -146,6 +147,7 @@ impl Server {
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
         let _ = pruner.await;
+        let _ = warner.await;
         tracing::info!("LabLink stopped");
         served
     }

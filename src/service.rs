@@ -15,7 +15,9 @@ use crate::domain::{
     LockMode, LockPolicy, LockRequest, ReleaseOutcome, Session, SessionId, Timeout, Timestamp,
 };
 use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
+use crate::live::{ExpiryWarnings, Hub, Warning};
 use crate::storage::{Due, EventQuery, Store, StoreError, Tx};
+use std::collections::HashMap;
 
 /// The brief's switches and defaults, as the service applies them.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +28,10 @@ pub struct Policy {
     pub log_lock_events: bool,
     pub default_lock_timeout: Timeout,
     pub default_session_timeout: Timeout,
+    /// How long before a lease ends its holder hears `lock_expiring` (0: never).
+    pub expiry_warning_ms: u64,
+    /// How far a live subscriber may fall behind before it is told it lagged.
+    pub live_buffer: usize,
 }
 
 impl Default for Policy {
@@ -37,6 +43,8 @@ impl Default for Policy {
             log_lock_events: true,
             default_lock_timeout: Timeout::from_millis(300_000),
             default_session_timeout: Timeout::from_millis(600_000),
+            expiry_warning_ms: 30_000,
+            live_buffer: crate::live::DEFAULT_BUFFER,
         }
     }
 }
@@ -160,6 +168,8 @@ pub struct Service {
     deadlines: Arc<DeadlineSignal>,
     /// Serialises access to a blocking store (see `in_store_gated`).
     store_turn: tokio::sync::Mutex<()>,
+    hub: Hub,
+    warnings: Arc<ExpiryWarnings>,
 }
 
 /// One transaction's working set: the store, the instant, and what happened.
@@ -170,6 +180,18 @@ struct Uow<'a> {
     events: Vec<Event>,
     earliest_deadline: Option<Timestamp>,
     expired: ExpiryReport,
+    /// Each loaded equipment's queue as it was before this unit of work,
+    /// to tell waiters whose place changed.
+    queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    /// The last saved state of each equipment this unit of work changed.
+    saved: HashMap<EquipmentId, EquipmentLocks>,
+}
+
+/// What a committed unit of work leaves for live subscribers.
+struct Committed {
+    events: Vec<Event>,
+    queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    saved: HashMap<EquipmentId, EquipmentLocks>,
 }
 
 /// Asks the store whether `session` is live at `now`, remembering the first
@@ -186,6 +208,25 @@ fn live_check<'t>(
             false
         }
     }
+}
+
+/// The notification a history event implies for the session it names.
+fn notification_for(event: &Event) -> Option<Event> {
+    let kind = match (event.event, event.reason) {
+        (EventKind::QueueProcessed, _) => EventKind::LockGranted,
+        (EventKind::LockForceReleased | EventKind::ObserverRevoked | EventKind::LockExpired, _) => {
+            EventKind::LockLost
+        }
+        (
+            EventKind::LockReleased | EventKind::ObserverLockReleased,
+            Some(EndReason::SessionExpired),
+        ) => EventKind::LockLost,
+        _ => return None,
+    };
+    let mut note = event.clone();
+    note.event = kind;
+    note.seq = None;
+    Some(note)
 }
 
 fn count_hand_offs(events: &[Event]) -> usize {
@@ -209,7 +250,18 @@ impl Uow<'_> {
 
     fn save_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
         self.note_deadline(locks.next_deadline());
-        self.tx.save_equipment_locks(locks)
+        self.tx.save_equipment_locks(locks)?;
+        self.saved.insert(locks.equipment_id.clone(), locks.clone());
+        Ok(())
+    }
+
+    /// Loads an equipment's locks, remembering its queue as first seen.
+    fn load_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
+        let locks = self.tx.equipment_locks(id)?;
+        self.queues_before
+            .entry(id.clone())
+            .or_insert_with(|| locks.queue.iter().map(|e| e.session_id.clone()).collect());
+        Ok(locks)
     }
 
     /// The session if it exists and is live at `now`.
@@ -238,7 +290,7 @@ impl Uow<'_> {
             &mut Vec<Event>,
         ) -> R,
     ) -> Result<(EquipmentLocks, R), StoreError> {
-        let mut locks = self.tx.equipment_locks(id)?;
+        let mut locks = self.load_locks(id)?;
         let mut failure = None;
         let result = {
             let mut live = live_check(&mut *self.tx, self.now, &mut failure);
@@ -316,14 +368,33 @@ impl Uow<'_> {
     /// Stores the events worth keeping (lock events only when logging them
     /// is on; session lifecycle events always).
     fn record_events(&mut self) -> Result<(), StoreError> {
-        if !self.policy.log_lock_events {
-            self.events.retain(|e| e.event.is_session_lifecycle());
+        if self.policy.log_lock_events {
+            return self.tx.record_events(&mut self.events);
         }
-        if self.events.is_empty() {
-            return Ok(());
+        // Only the session lifecycle is recorded; the rest still goes live,
+        // without a sequence number.
+        let kept: Vec<usize> = (0..self.events.len())
+            .filter(|i| self.events[*i].event.is_session_lifecycle())
+            .collect();
+        let mut recorded: Vec<Event> = kept.iter().map(|i| self.events[*i].clone()).collect();
+        self.tx.record_events(&mut recorded)?;
+        for (i, event) in kept.into_iter().zip(recorded) {
+            self.events[i].seq = event.seq;
         }
-        self.tx.record_events(&mut self.events)
+        Ok(())
     }
+}
+
+/// Where `session` stands on an equipment: holding, waiting, or neither.
+fn standing(locks: &EquipmentLocks, session: &SessionId) -> Option<AcquireOutcome> {
+    if let Some(grant) = locks.grant_of(session) {
+        return Some(AcquireOutcome::Locked(grant.clone()));
+    }
+    let position = locks.position_of(session)?;
+    Some(AcquireOutcome::Queued {
+        entry: locks.queue[position - 1].clone(),
+        position,
+    })
 }
 
 fn too_many(limit: usize) -> Result<usize, ServiceError> {
@@ -344,6 +415,8 @@ impl Service {
         policy: Policy,
     ) -> Self {
         Self {
+            hub: Hub::new(policy.live_buffer),
+            warnings: Arc::new(ExpiryWarnings::new(policy.expiry_warning_ms)),
             store,
             clock,
             instruments,
@@ -369,6 +442,104 @@ impl Service {
         &self.deadlines
     }
 
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn warnings(&self) -> &Arc<ExpiryWarnings> {
+        &self.warnings
+    }
+
+    /// Sends `lock_expiring` for a scheduled warning if its lease is still
+    /// the one it was scheduled for (not renewed, released or expired).
+    pub async fn warn_expiring(&self, warning: Warning) -> Result<bool, ServiceError> {
+        let at = self
+            .run(|uow| {
+                let locks = uow.tx.equipment_locks(&warning.equipment_id)?;
+                let grant = locks
+                    .exclusive
+                    .iter()
+                    .chain(&locks.observers)
+                    .find(|g| {
+                        g.lock_id == warning.lock_id && g.deadline() == Some(warning.deadline)
+                    })
+                    .filter(|g| g.is_live(uow.now))
+                    .cloned();
+                Ok(grant)
+            })
+            .await?;
+        let Some(grant) = at.value else {
+            return Ok(false);
+        };
+        let mut e = Event::new(EventKind::LockExpiring, at.now);
+        e.equipment_id = Some(warning.equipment_id);
+        e.session_id = Some(grant.session_id);
+        e.lock_mode = Some(grant.mode);
+        e.lock_id = Some(grant.lock_id);
+        e.fencing_token = Some(grant.fencing_token);
+        e.expires_at = Some(warning.deadline);
+        e.time_remaining = crate::domain::time::time_remaining(Some(warning.deadline), at.now);
+        self.hub.publish(e);
+        Ok(true)
+    }
+
+    /// Acquires; if the request is queued and `wait` is given, waits until
+    /// the lock is granted or the wait is over, then answers with the
+    /// standing at that moment (semantics of issue 5: `wait_seconds`). A
+    /// caller that goes away keeps its place: nothing here undoes the queue
+    /// entry.
+    pub async fn acquire_waiting(
+        &self,
+        input: AcquireInput,
+        wait: Option<std::time::Duration>,
+    ) -> Result<At<Acquired>, ServiceError> {
+        let (equipment, session) = (input.equipment_id.clone(), input.session_id.clone());
+        // Listen before asking, so a grant right after cannot be missed.
+        let mut live = self.hub.subscribe();
+        let first = self.acquire(input).await?;
+        let wait = match (&first.value.outcome, wait) {
+            (AcquireOutcome::Queued { .. }, Some(wait)) if !wait.is_zero() => wait,
+            _ => return Ok(first),
+        };
+        let until = first.now.plus_millis(wait.as_millis() as u64);
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(event) if event.equipment_id.as_ref() != Some(&equipment) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    // Anything on this equipment (or a lag) may change our
+                    // standing: look.
+                    _ => {}
+                },
+                _ = self.clock.sleep_until(until) => break,
+            }
+            let now = self.lock_state(&equipment).await?;
+            match standing(&now.value, &session) {
+                Some(AcquireOutcome::Queued { .. }) => continue,
+                Some(outcome) => {
+                    return Ok(At {
+                        value: Acquired {
+                            outcome,
+                            locks: now.value,
+                        },
+                        now: now.now,
+                    });
+                }
+                None => return Err(ServiceError::SessionNotFound(session)),
+            }
+        }
+        let now = self.lock_state(&equipment).await?;
+        let outcome =
+            standing(&now.value, &session).ok_or(ServiceError::SessionNotFound(session))?;
+        Ok(At {
+            value: Acquired {
+                outcome,
+                locks: now.value,
+            },
+            now: now.now,
+        })
+    }
+
     /// Runs `op` in one transaction at one instant, after expiring what is
     /// due. Store errors abort (and roll back) the transaction; other errors
     /// are returned after committing the expiries, which stand on their own.
@@ -378,7 +549,7 @@ impl Service {
     ) -> Result<At<R>, ServiceError> {
         let now = self.clock.now();
         let mut outcome = None;
-        let mut committed_events = Vec::new();
+        let mut committed = None;
         let mut earliest = None;
         let mut work = |tx: &mut dyn Tx| {
             let mut uow = Uow {
@@ -388,6 +559,8 @@ impl Service {
                 events: Vec::new(),
                 earliest_deadline: None,
                 expired: ExpiryReport::default(),
+                queues_before: HashMap::new(),
+                saved: HashMap::new(),
             };
             uow.expire_due()?;
             let result = match op(&mut uow) {
@@ -395,14 +568,19 @@ impl Service {
                 other => other,
             };
             uow.record_events()?;
-            committed_events = std::mem::take(&mut uow.events);
+            committed = Some(Committed {
+                events: std::mem::take(&mut uow.events),
+                queues_before: std::mem::take(&mut uow.queues_before),
+                saved: std::mem::take(&mut uow.saved),
+            });
             earliest = uow.earliest_deadline;
             outcome = Some(result.map(|value| (value, uow.expired)));
             Ok(())
         };
         self.in_store_gated(&mut work).await?;
+        let committed = committed.expect("the transaction ran the operation");
         if self.policy.log_lock_events {
-            for e in &committed_events {
+            for e in &committed.events {
                 tracing::info!(
                     event = e.event.as_str(),
                     equipment_id = e.equipment_id.as_ref().map(|id| id.as_str()),
@@ -414,8 +592,41 @@ impl Service {
         if let Some(deadline) = earliest {
             self.deadlines.saw(deadline);
         }
+        self.publish(committed, now);
         let (value, _) = outcome.expect("the transaction ran the operation")?;
         Ok(At { value, now })
+    }
+
+    /// Sends committed events to live subscribers, with what they imply for
+    /// particular sessions: a grant from the queue, a lost lock, a new place
+    /// in a queue. Also reschedules the expiry warnings of changed leases.
+    fn publish(&self, committed: Committed, now: Timestamp) {
+        let mut notes: Vec<Event> = committed
+            .events
+            .iter()
+            .filter_map(notification_for)
+            .collect();
+        for (id, locks) in &committed.saved {
+            let before = committed.queues_before.get(id);
+            for (i, entry) in locks.queue.iter().enumerate() {
+                let was = before
+                    .and_then(|b| b.iter().position(|s| s == &entry.session_id))
+                    .map(|p| p + 1);
+                if was != Some(i + 1) {
+                    let mut e = Event::new(EventKind::QueuePosition, now);
+                    e.equipment_id = Some(id.clone());
+                    e.session_id = Some(entry.session_id.clone());
+                    e.lock_mode = Some(entry.mode);
+                    e.queue_id = Some(entry.queue_id.clone());
+                    e.position = Some(i + 1);
+                    notes.push(e);
+                }
+            }
+            self.warnings.reschedule(locks);
+        }
+        for event in committed.events.into_iter().chain(notes) {
+            self.hub.publish(event);
+        }
     }
 
     /// Runs a transaction. Requests wait for a blocking store's turn
@@ -612,7 +823,7 @@ impl Service {
         };
         self.run(|uow| {
             uow.renew_session(&request.session_id)?;
-            let mut locks = uow.tx.equipment_locks(&input.equipment_id)?;
+            let mut locks = uow.load_locks(&input.equipment_id)?;
             let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
             uow.save_locks(&locks)?;
             Ok(Acquired { outcome, locks })
@@ -655,7 +866,7 @@ impl Service {
         self.registered(equipment)?;
         self.run(|uow| {
             uow.renew_session(session)?;
-            let mut locks = uow.tx.equipment_locks(equipment)?;
+            let mut locks = uow.load_locks(equipment)?;
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;
             Ok(grant)
@@ -720,7 +931,7 @@ impl Service {
                 s.touch(uow.now);
                 uow.save_session(&s)?;
             }
-            let mut locks = uow.tx.equipment_locks(equipment)?;
+            let mut locks = uow.load_locks(equipment)?;
             if !locks_enabled {
                 return Ok(locks.check_fencing(fencing_token)?);
             }

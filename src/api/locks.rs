@@ -31,7 +31,15 @@ pub struct AcquireBody {
     /// Wait in the FIFO queue when the equipment is busy.
     #[serde(default)]
     pub queue_if_busy: Option<bool>,
+    /// If queued, hold the request open up to this many seconds (0..=3600)
+    /// until the lock is granted; the answer is then `locked`, or `queued`
+    /// with the current position.
+    #[serde(default)]
+    pub wait_seconds: Option<f64>,
 }
+
+/// The longest an acquire may wait for its turn.
+const MAX_WAIT_SECONDS: f64 = 3600.0;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AcquireResponse {
@@ -68,7 +76,19 @@ pub async fn acquire(
             .transpose()?,
         queue_if_busy: body.queue_if_busy.unwrap_or(false),
     };
-    let at = app.acquire(input).await?;
+    let wait = match body.wait_seconds {
+        None => None,
+        Some(w) if (0.0..=MAX_WAIT_SECONDS).contains(&w) => {
+            Some(std::time::Duration::from_secs_f64(w))
+        }
+        Some(w) => {
+            return Err(ApiError::unprocessable(
+                "invalid_body",
+                format!("wait_seconds must be between 0 and {MAX_WAIT_SECONDS}, got {w}"),
+            ));
+        }
+    };
+    let at = app.acquire_waiting(input, wait).await?;
     let locks = &at.value.locks;
     let equipment = &locks.equipment_id;
     let observer_count =

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod locks;
 pub mod sessions;
 pub mod views;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -40,11 +41,13 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
+        ws::upgrade,
     ),
     tags(
         (name = "sessions", description = "Client sessions"),
         (name = "locks", description = "Locks, queues and history"),
         (name = "equipment", description = "Instruments and their commands"),
+        (name = "live", description = "Live events over a WebSocket"),
     )
 )]
 pub struct ApiDoc;
@@ -133,6 +136,7 @@ pub fn router(service: AppState) -> Router {
         .route("/api/locks/events", get(locks::history))
         .route("/api/locks/events/{equipment_id}", get(locks::events))
         .route("/api/locks/cleanup", post(locks::cleanup))
+        .route("/api/ws", get(ws::upgrade))
         .route("/api/equipment/list", get(equipment::list))
         .route(
             "/api/equipment/{equipment_id}/status",

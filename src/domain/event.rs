@@ -26,6 +26,15 @@ pub enum EventKind {
     SessionCreated,
     SessionEnded,
     SessionExpired,
+    // Live notifications: sent to subscribers, never stored in the history.
+    /// A waiting session's place in the queue changed.
+    QueuePosition,
+    /// A waiting session got the lock from the queue.
+    LockGranted,
+    /// A holder's lease ends soon (`LABLINK_EXPIRY_WARNING_SEC`).
+    LockExpiring,
+    /// A holder's lock was force-released, revoked, or expired.
+    LockLost,
 }
 
 impl EventKind {
@@ -46,6 +55,15 @@ impl EventKind {
         Self::SessionExpired,
     ];
 
+    /// Whether this is a live notification rather than a history event.
+    pub fn is_notification(self) -> bool {
+        matches!(
+            self,
+            Self::QueuePosition | Self::LockGranted | Self::LockExpiring | Self::LockLost
+        )
+    }
+
+    /// A history event kind by name (notifications are not history).
     pub fn parse(raw: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == raw)
     }
@@ -74,6 +92,10 @@ impl EventKind {
             Self::SessionCreated => "session_created",
             Self::SessionEnded => "session_ended",
             Self::SessionExpired => "session_expired",
+            Self::QueuePosition => "queue_position",
+            Self::LockGranted => "lock_granted",
+            Self::LockExpiring => "lock_expiring",
+            Self::LockLost => "lock_lost",
         }
     }
 }
@@ -131,6 +153,13 @@ pub struct Event {
     /// How many locks a session end released (for `session_ended`/`session_expired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locks_released: Option<usize>,
+    /// When the lock's lease ends (for `lock_expiring`).
+    #[schema(value_type = Option<String>)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Seconds left on the lease (for `lock_expiring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_remaining: Option<f64>,
 }
 
 impl Event {
@@ -150,6 +179,8 @@ impl Event {
             reason: None,
             forced_by: None,
             locks_released: None,
+            expires_at: None,
+            time_remaining: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod equipment;
 mod errors;
 mod examples;
 mod helpers;
+mod live;
 mod locks;
 mod races;
 mod scpi;

@@ -1,0 +1,288 @@
+//! `GET /api/ws`: live events over a WebSocket. A client subscribes to
+//! equipment ids, a session, or everything (and may change that on the open
+//! socket), optionally resuming from the last `seq` it saw; it then gets
+//! every matching event as it happens, in the history's JSON shape, plus
+//! the notifications for its sessions (`queue_position`, `lock_granted`,
+//! `lock_expiring`, `lock_lost`). A client that falls too far behind is
+//! told it lagged and from which `seq` to resume, and is disconnected; it
+//! never slows the server or other clients.
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use crate::domain::{EquipmentId, SessionId};
+use crate::live::Subscription;
+use crate::storage::EventQuery;
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        #[serde(default)]
+        equipment_ids: Vec<String>,
+        #[serde(default)]
+        session_id: Option<String>,
+        #[serde(default)]
+        all: bool,
+        /// Replay the history after this `seq` before going live.
+        #[serde(default)]
+        resume_from: Option<u64>,
+    },
+}
+
+/// The two directions of a socket, so the protocol can be tested without a
+/// network.
+pub trait Socket: Send {
+    /// The next text message; `None` when the client has gone.
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<String>> + Send;
+    /// Sends a text message; `false` when the client has gone.
+    fn send(&mut self, text: String) -> impl std::future::Future<Output = bool> + Send;
+}
+
+struct Axum(WebSocket);
+
+impl Socket for Axum {
+    async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.0.recv().await? {
+                Ok(Message::Text(text)) => return Some(text.to_string()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue, // pings are answered by axum; binary is ignored
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) -> bool {
+        self.0.send(Message::Text(text.into())).await.is_ok()
+    }
+}
+
+#[utoipa::path(get, path = "/api/ws", tag = "live",
+    responses((status = 101, description = "WebSocket: send {\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": ..., \"all\": false, \"resume_from\": seq}; receive events")))]
+pub async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve(app, Axum(socket)))
+}
+
+fn subscription(
+    equipment_ids: &[String],
+    session_id: Option<&str>,
+    all: bool,
+) -> Result<Subscription, String> {
+    let equipment = equipment_ids
+        .iter()
+        .map(|id| EquipmentId::parse(id).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let session = session_id
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok(Subscription {
+        all,
+        equipment,
+        session,
+    })
+}
+
+/// Sends the history after `after` that `filter` wants; returns the last
+/// `seq` sent (or `after`).
+async fn replay<S: Socket>(
+    app: &AppState,
+    socket: &mut S,
+    filter: &Subscription,
+    after: u64,
+) -> Option<u64> {
+    let mut last = after;
+    loop {
+        let page = app
+            .history(EventQuery {
+                after: Some(last),
+                limit: 1000,
+                ..EventQuery::default()
+            })
+            .await;
+        let events = match page {
+            Ok(at) => at.value,
+            Err(e) => {
+                let error = json!({"type": "error", "code": "history_unavailable", "detail": e.to_string()});
+                socket.send(error.to_string()).await;
+                return Some(last);
+            }
+        };
+        let Some(end) = events.last().and_then(|e| e.seq) else {
+            return Some(last);
+        };
+        for event in events.iter().filter(|e| filter.wants(e)) {
+            if !socket
+                .send(serde_json::to_string(event).unwrap_or_default())
+                .await
+            {
+                return None;
+            }
+        }
+        last = end;
+    }
+}
+
+/// Runs one live connection until the client leaves or lags.
+pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
+    let mut live = app.hub().subscribe();
+    let mut filter = Subscription::default();
+    let mut last_seq = 0;
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let Some(text) = incoming else { return };
+                let message = serde_json::from_str::<ClientMessage>(&text).map_err(|e| e.to_string());
+                let subscribed = message.and_then(|ClientMessage::Subscribe { equipment_ids, session_id, all, resume_from }| {
+                    Ok((subscription(&equipment_ids, session_id.as_deref(), all)?, equipment_ids, session_id, all, resume_from))
+                });
+                match subscribed {
+                    Ok((new_filter, equipment_ids, session_id, all, resume_from)) => {
+                        filter = new_filter;
+                        let ack = json!({
+                            "type": "subscribed",
+                            "equipment_ids": equipment_ids,
+                            "session_id": session_id,
+                            "all": all,
+                            "resume_from": resume_from,
+                        });
+                        if !socket.send(ack.to_string()).await {
+                            return;
+                        }
+                        if let Some(after) = resume_from {
+                            match replay(&app, &mut socket, &filter, after).await {
+                                Some(last) => last_seq = last_seq.max(last),
+                                None => return,
+                            }
+                        }
+                    }
+                    Err(detail) => {
+                        let error = json!({
+                            "type": "error",
+                            "code": "invalid_message",
+                            "detail": format!("{detail}; expected {{\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": \"...\", \"all\": false, \"resume_from\": 0}}"),
+                        });
+                        if !socket.send(error.to_string()).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            received = live.recv() => match received {
+                Ok(event) => {
+                    if !filter.wants(&event) || event.seq.is_some_and(|s| s <= last_seq) {
+                        continue;
+                    }
+                    if let Some(seq) = event.seq {
+                        last_seq = seq;
+                    }
+                    let text = serde_json::to_string(&*event).unwrap_or_default();
+                    if !socket.send(text).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    let lagged: Value = json!({
+                        "type": "lagged",
+                        "missed": missed,
+                        "resume_from": last_seq,
+                        "detail": "this client fell too far behind; reconnect and subscribe with resume_from to get what it missed",
+                    });
+                    socket.send(lagged.to_string()).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{Event, EventKind, Timestamp};
+    use crate::drivers::Instruments;
+    use crate::service::{Policy, Service};
+    use crate::storage::memory::MemoryStore;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    struct TestSocket {
+        incoming: mpsc::Receiver<String>,
+        outgoing: mpsc::Sender<String>,
+    }
+
+    impl Socket for TestSocket {
+        async fn recv(&mut self) -> Option<String> {
+            self.incoming.recv().await
+        }
+        async fn send(&mut self, text: String) -> bool {
+            self.outgoing.send(text).await.is_ok()
+        }
+    }
+
+    fn event(seq: u64) -> Event {
+        let mut e = Event::new(EventKind::LockAcquired, Timestamp::from_millis(0));
+        e.seq = Some(seq);
+        e.equipment_id = Some(EquipmentId::parse("ps_abc123").unwrap());
+        e
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_is_told_it_lagged_and_others_are_not_slowed() {
+        let policy = Policy {
+            live_buffer: 4,
+            ..Policy::default()
+        };
+        let instruments =
+            Instruments::from_configs(&Instruments::demo_configs(), std::path::Path::new("."))
+                .unwrap();
+        let app = Arc::new(Service::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(ManualClock::new(Timestamp::from_millis(0))),
+            Arc::new(instruments),
+            policy,
+        ));
+        // A client that reads nothing: its socket holds one message.
+        let (to_server, incoming) = mpsc::channel(8);
+        let (outgoing, mut from_server) = mpsc::channel(1);
+        let connection = tokio::spawn(serve(app.clone(), TestSocket { incoming, outgoing }));
+        to_server
+            .send(json!({"type": "subscribe", "all": true}).to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&from_server.recv().await.unwrap()).unwrap()["type"],
+            "subscribed"
+        );
+        let mut other = app.hub().subscribe();
+        for seq in 1..=20 {
+            app.hub().publish(event(seq)); // never waits for anyone
+            tokio::task::yield_now().await;
+        }
+        // Publishing never waited: the other (equally idle) subscriber just
+        // lost its oldest events and reads on from the newest four.
+        assert!(matches!(other.recv().await, Err(RecvError::Lagged(16))));
+        assert_eq!(other.recv().await.unwrap().seq, Some(17));
+        let mut seen = Vec::new();
+        while let Some(text) = from_server.recv().await {
+            seen.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+        let last = seen.last().unwrap();
+        assert_eq!(last["type"], "lagged", "{seen:?}");
+        let delivered: Vec<u64> = seen.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        assert_eq!(
+            last["resume_from"].as_u64(),
+            delivered.last().copied(),
+            "resume after the last delivered"
+        );
+        connection.await.unwrap();
+    }
+}
