@@ -4,9 +4,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::auth;
 use crate::bench::{BenchConfig, Scenario};
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Flags};
+use crate::domain::Role;
 use crate::drivers::scpi::sim::SimKind;
 use crate::server::{self, Server};
 
@@ -30,6 +32,35 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve a simulated SCPI instrument over TCP (for the scpi-tcp driver).
     Sim(SimArgs),
+    /// Manage API tokens in the configured store (server running or not).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+    /// Store URL [env: LABLINK_STORE] [default: sqlite://lablink-data/lablink.db]
+    #[arg(long, value_name = "URL", global = true)]
+    pub store: Option<String>,
+    /// The server's config file, to find its store [env: LABLINK_CONFIG]
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a user; it is printed once and never again.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_enum)]
+        role: Role,
+    },
+    /// List tokens (ids, users, roles; never the tokens themselves).
+    List,
+    /// Revoke a token by its id (see `token list`).
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +110,66 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Sim(args) => sim(args).await,
+        Command::Token(args) => token(args),
+    }
+}
+
+fn token(args: TokenArgs) -> i32 {
+    let flags = Flags {
+        bind: None,
+        config: args.config,
+        store: args.store,
+    };
+    let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let store = config::load(flags, &dir)
+        .map_err(|e| e.to_string())
+        .and_then(|s| server::open_store(&s.store, &s.data_dir).map_err(|e| e.to_string()));
+    let store = match store {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("lablink token: {e}");
+            return 2;
+        }
+    };
+    let now = SystemClock.now();
+    let done = match args.command {
+        TokenCommand::Create { user, role } => auth::create_token(store.as_ref(), &user, role, now)
+            .map(|(token, record)| {
+                eprintln!(
+                    "created {} for {} ({}); this is the only time the token is shown:",
+                    record.id, record.user, record.role
+                );
+                println!("{token}");
+            }),
+        TokenCommand::List => auth::list_tokens(store.as_ref()).map(|tokens| {
+            println!(
+                "{:<18} {:<24} {:<9} {:<25} revoked",
+                "id", "user", "role", "created"
+            );
+            for t in tokens {
+                let revoked = t
+                    .revoked_at
+                    .map(|r| r.to_rfc3339())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<18} {:<24} {:<9} {:<25} {revoked}",
+                    t.id,
+                    t.user,
+                    t.role.as_str(),
+                    t.created_at.to_rfc3339()
+                );
+            }
+        }),
+        TokenCommand::Revoke { id } => auth::revoke_token(store.as_ref(), &id, now).map(|()| {
+            println!("revoked {id}; running servers stop accepting it within a second");
+        }),
+    };
+    match done {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("lablink token: {e}");
+            1
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::auth::AuthMode;
 use crate::domain::Timeout;
 use crate::drivers::{EquipmentConfig, Instruments};
 use crate::service::Policy;
@@ -81,6 +82,14 @@ const EXPIRY_WARNING: Key = Key {
     env: "LABLINK_EXPIRY_WARNING_SEC",
     file: "expiry_warning_sec",
 };
+const AUTH: Key = Key {
+    env: "LABLINK_AUTH",
+    file: "auth",
+};
+const ALLOW_INSECURE: Key = Key {
+    env: "LABLINK_ALLOW_INSECURE",
+    file: "allow_insecure",
+};
 const RETENTION: Key = Key {
     env: "LABLINK_EVENT_RETENTION_DAYS",
     file: "event_retention_days",
@@ -99,6 +108,9 @@ const SERVER_KEYS: &[&Key] = &[
     &CLEANUP,
     &DATA_DIR,
     &RETENTION,
+    &EXPIRY_WARNING,
+    &AUTH,
+    &ALLOW_INSECURE,
 ];
 /// Where state lives unless told otherwise: a SQLite file under the data
 /// directory.
@@ -187,6 +199,10 @@ pub struct Settings {
     pub equipment: Option<Vec<EquipmentConfig>>,
     /// The config file's directory: relative paths in it are taken from here.
     pub config_dir: PathBuf,
+    /// `None`: required unless the server listens on loopback only.
+    pub auth: Option<AuthMode>,
+    /// Allow a non-loopback address without authentication.
+    pub allow_insecure: bool,
 }
 
 impl Default for Settings {
@@ -200,6 +216,8 @@ impl Default for Settings {
             cleanup_interval: Duration::from_secs(10),
             equipment: None,
             config_dir: PathBuf::from("."),
+            auth: None,
+            allow_insecure: false,
         }
     }
 }
@@ -275,6 +293,22 @@ impl Resolver<'_> {
         }
     }
 
+    fn auth(&self) -> Result<Option<AuthMode>, ConfigError> {
+        let Some((value, source)) = self.raw(&AUTH, None) else {
+            return Ok(None);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "required" => Ok(Some(AuthMode::Required)),
+            "off" => Ok(Some(AuthMode::Off)),
+            _ => Err(ConfigError::BadValue {
+                name: AUTH.env,
+                value,
+                origin: source,
+                expected: "expected required or off",
+            }),
+        }
+    }
+
     fn days(&self, key: &Key, default: u32) -> Result<u32, ConfigError> {
         let Some((value, source)) = self.raw(key, None) else {
             return Ok(default);
@@ -331,6 +365,8 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
         config_dir: PathBuf::from("."),
+        auth: r.auth()?,
+        allow_insecure: r.boolean(&ALLOW_INSECURE, false)?,
     })
 }
 
@@ -447,6 +483,8 @@ mod tests {
             ("LABLINK_DATA_DIR", "/srv/lablink"),
             ("LABLINK_EVENT_RETENTION_DAYS", "0"),
             ("LABLINK_EXPIRY_WARNING_SEC", "5"),
+            ("LABLINK_AUTH", "required"),
+            ("LABLINK_ALLOW_INSECURE", "true"),
         ]);
         let s = resolve(
             &Sources {
@@ -462,6 +500,7 @@ mod tests {
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
         assert_eq!(p.expiry_warning_ms, 5_000);
+        assert_eq!((s.auth, s.allow_insecure), (Some(AuthMode::Required), true));
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
         assert_eq!(
             (
@@ -481,6 +520,7 @@ mod tests {
             ("LABLINK_ENABLE_LOCK_QUEUE", "maybe"),
             ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),
             ("LABLINK_EVENT_RETENTION_DAYS", "-1"),
+            ("LABLINK_AUTH", "maybe"),
         ];
         for (name, value) in cases {
             let sources = Sources {

@@ -14,6 +14,7 @@
 //!   names concrete stores and clocks.
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod clock;

@@ -182,6 +182,7 @@ mod tests {
             mode: LockMode::Exclusive,
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: false,
+            holder: Default::default(),
         };
         locks
             .acquire(

@@ -104,6 +104,7 @@ mod tests {
 
     async fn session(service: &Service) -> SessionId {
         let new = NewSession {
+            actor: crate::domain::Actor::anyone(),
             client_name: None,
             client_ip: None,
             timeout: Some(Timeout::NONE),
@@ -133,6 +134,7 @@ mod tests {
         for (who, queue) in [(&a, false), (&b, true)] {
             service
                 .acquire(AcquireInput {
+                    actor: crate::domain::Actor::anyone(),
                     equipment_id: psu.clone(),
                     session_id: who.clone(),
                     mode: LockMode::Exclusive,

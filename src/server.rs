@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::AuthMode;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::drivers::Instruments;
@@ -29,6 +30,10 @@ pub enum StartError {
     Equipment(#[from] RegistryError),
     #[error("store {url:?}: {message}")]
     Store { url: String, message: String },
+    #[error(
+        "refusing to listen on {addr} without authentication: anyone on the network could take or release any instrument. Create tokens with `lablink token create --user NAME --role admin|operator|observer` and set LABLINK_AUTH=required (the default off loopback), or set LABLINK_ALLOW_INSECURE=true if this network is trusted"
+    )]
+    Insecure { addr: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -78,12 +83,17 @@ impl Server {
             tracing::warn!("the config file lists no [[equipment]]: no instruments to serve");
         }
         let store = open_store(&settings.store, &settings.data_dir)?;
-        let service = Arc::new(Service::new(
-            store.clone(),
-            clock,
-            Arc::new(instruments),
-            settings.policy.clone(),
-        ));
+        let auth = auth_mode(&settings).await?;
+        let service = Arc::new(
+            Service::new(
+                store.clone(),
+                clock,
+                Arc::new(instruments),
+                settings.policy.clone(),
+            )
+            .with_auth(auth),
+        );
+        tracing::info!(auth = ?auth, "authentication");
         let renewed = service
             .recover_after_restart()
             .map_err(|e| StartError::Store {
@@ -132,6 +142,10 @@ impl Server {
             self.settings.cleanup_interval,
             reaper_stopped,
         );
+        let refresher = tokio::spawn(refresh_tokens(
+            self.service.clone(),
+            stop_reaper.subscribe(),
+        ));
         let warner = tokio::spawn(reaper::warn(self.service.clone(), stop_reaper.subscribe()));
         let pruner = tokio::spawn(prune_history(
             self.service.clone(),
@@ -148,8 +162,55 @@ impl Server {
         let _ = reaper.await;
         let _ = pruner.await;
         let _ = warner.await;
+        let _ = refresher.await;
         tracing::info!("LabLink stopped");
         served
+    }
+}
+
+/// Whether `bind` only accepts connections from this machine.
+async fn is_loopback(bind: &str) -> bool {
+    match tokio::net::lookup_host(bind).await {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Authentication is required off loopback unless said otherwise; off
+/// loopback without it, start-up is refused unless explicitly allowed.
+async fn auth_mode(settings: &Settings) -> Result<AuthMode, StartError> {
+    let loopback = is_loopback(&settings.bind).await;
+    let mode = settings.auth.unwrap_or(if loopback {
+        AuthMode::Off
+    } else {
+        AuthMode::Required
+    });
+    if mode == AuthMode::Off && !loopback && !settings.allow_insecure {
+        return Err(StartError::Insecure {
+            addr: settings.bind.clone(),
+        });
+    }
+    Ok(mode)
+}
+
+/// Notices token changes made by other processes (`lablink token revoke`).
+async fn refresh_tokens(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    if service.auth().mode() == AuthMode::Off {
+        return;
+    }
+    let mut every = tokio::time::interval(crate::auth::REFRESH_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = service.auth().refresh() {
+                    tracing::warn!(error = %e, "cannot check for token changes");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

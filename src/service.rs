@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::Notify;
 
+use crate::auth::{Auth, AuthMode};
 use crate::clock::Clock;
+use crate::domain::lock::Holder;
 use crate::domain::{
-    AcquireOutcome, DomainError, EndReason, EquipmentId, EquipmentLocks, Event, EventKind,
+    AcquireOutcome, Actor, DomainError, EndReason, EquipmentId, EquipmentLocks, Event, EventKind,
     LockMode, LockPolicy, LockRequest, ReleaseOutcome, Session, SessionId, Timeout, Timestamp,
 };
 use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
@@ -122,6 +124,7 @@ pub struct At<T> {
 }
 
 pub struct NewSession {
+    pub actor: Actor,
     pub client_name: Option<String>,
     pub client_ip: Option<String>,
     pub timeout: Option<Timeout>,
@@ -129,6 +132,7 @@ pub struct NewSession {
 }
 
 pub struct AcquireInput {
+    pub actor: Actor,
     pub equipment_id: EquipmentId,
     pub session_id: SessionId,
     pub mode: LockMode,
@@ -153,6 +157,7 @@ pub struct SessionHoldings {
 }
 
 pub struct CommandInput {
+    pub actor: Actor,
     pub equipment_id: EquipmentId,
     pub action: String,
     pub parameters: Map<String, Value>,
@@ -170,6 +175,7 @@ pub struct Service {
     store_turn: tokio::sync::Mutex<()>,
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
+    auth: Auth,
 }
 
 /// One transaction's working set: the store, the instant, and what happened.
@@ -185,6 +191,8 @@ struct Uow<'a> {
     queues_before: HashMap<EquipmentId, Vec<SessionId>>,
     /// The last saved state of each equipment this unit of work changed.
     saved: HashMap<EquipmentId, EquipmentLocks>,
+    /// The user whose request this is, stamped on the events it causes.
+    actor: Option<String>,
 }
 
 /// What a committed unit of work leaves for live subscribers.
@@ -269,11 +277,19 @@ impl Uow<'_> {
         Ok(self.tx.session(id)?.filter(|s| s.is_live(self.now)))
     }
 
-    /// Loads a live session and renews it (semantics.md, Sessions 2).
-    fn renew_session(&mut self, id: &SessionId) -> Result<Session, ServiceError> {
+    /// Notes who is acting, for the events this unit of work causes.
+    fn acting(&mut self, actor: &Actor) {
+        self.actor = actor.user.clone();
+    }
+
+    /// Loads a live session the actor may use, and renews it (semantics.md,
+    /// Sessions 2).
+    fn renew_session(&mut self, id: &SessionId, actor: &Actor) -> Result<Session, ServiceError> {
+        self.acting(actor);
         let mut session = self
             .live_session(id)?
             .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+        actor.may_use(&session)?;
         session.touch(self.now);
         self.save_session(&session)?;
         Ok(session)
@@ -415,6 +431,7 @@ impl Service {
         policy: Policy,
     ) -> Self {
         Self {
+            auth: Auth::new(AuthMode::Off, store.clone()),
             hub: Hub::new(policy.live_buffer),
             warnings: Arc::new(ExpiryWarnings::new(policy.expiry_warning_ms)),
             store,
@@ -424,6 +441,16 @@ impl Service {
             deadlines: Arc::new(DeadlineSignal::default()),
             store_turn: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Turns authentication on or off (off unless told).
+    pub fn with_auth(mut self, mode: AuthMode) -> Self {
+        self.auth = Auth::new(mode, self.store.clone());
+        self
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     pub fn policy(&self) -> &Policy {
@@ -561,12 +588,18 @@ impl Service {
                 expired: ExpiryReport::default(),
                 queues_before: HashMap::new(),
                 saved: HashMap::new(),
+                actor: None,
             };
             uow.expire_due()?;
+            let caused_from = uow.events.len();
             let result = match op(&mut uow) {
                 Err(ServiceError::Store(e)) => return Err(e),
                 other => other,
             };
+            let actor = uow.actor.clone();
+            for event in &mut uow.events[caused_from..] {
+                event.user = actor.clone();
+            }
             uow.record_events()?;
             committed = Some(Committed {
                 events: std::mem::take(&mut uow.events),
@@ -725,7 +758,9 @@ impl Service {
                 last_activity: uow.now,
                 timeout,
                 metadata: new.metadata.clone(),
+                user: new.actor.user.clone(),
             };
+            uow.acting(&new.actor);
             uow.save_session(&session)?;
             let mut e = Event::new(EventKind::SessionCreated, uow.now);
             e.session_id = Some(id.clone());
@@ -736,11 +771,17 @@ impl Service {
         .await
     }
 
-    pub async fn end_session(&self, id: &SessionId) -> Result<At<SessionEnd>, ServiceError> {
+    pub async fn end_session(
+        &self,
+        id: &SessionId,
+        actor: &Actor,
+    ) -> Result<At<SessionEnd>, ServiceError> {
         self.run(|uow| {
+            uow.acting(actor);
             let session = uow
                 .live_session(id)?
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+            actor.may_use(&session)?;
             let locks_released = uow.end_session(&session, EndReason::SessionEnded)?;
             Ok(SessionEnd { locks_released })
         })
@@ -765,8 +806,12 @@ impl Service {
         .await
     }
 
-    pub async fn touch_session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
-        self.run(|uow| uow.renew_session(id)).await
+    pub async fn touch_session(
+        &self,
+        id: &SessionId,
+        actor: &Actor,
+    ) -> Result<At<Session>, ServiceError> {
+        self.run(|uow| uow.renew_session(id, actor)).await
     }
 
     pub async fn session_holdings(
@@ -814,15 +859,24 @@ impl Service {
     // ---- locks ---------------------------------------------------------
 
     pub async fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
-        self.registered(&input.equipment_id)?;
-        let request = LockRequest {
-            session_id: input.session_id.clone(),
-            mode: input.mode,
-            timeout: input.timeout.unwrap_or(self.policy.default_lock_timeout),
-            queue_if_busy: input.queue_if_busy,
-        };
+        let instrument = self.instrument(&input.equipment_id)?;
+        input.actor.may_lock(input.mode)?;
+        input
+            .actor
+            .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
+        let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(|uow| {
-            uow.renew_session(&request.session_id)?;
+            let session = uow.renew_session(&input.session_id, &input.actor)?;
+            let request = LockRequest {
+                session_id: input.session_id.clone(),
+                mode: input.mode,
+                timeout,
+                queue_if_busy: input.queue_if_busy,
+                holder: Holder {
+                    user: session.user.clone(),
+                    client_name: Some(session.client_name.clone()),
+                },
+            };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
             uow.save_locks(&locks)?;
@@ -836,13 +890,19 @@ impl Service {
         equipment: &EquipmentId,
         session: &SessionId,
         force: bool,
+        actor: &Actor,
     ) -> Result<At<ReleaseOutcome>, ServiceError> {
         self.registered(equipment)?;
+        if force {
+            actor.may_force()?;
+        }
         self.run(|uow| {
+            uow.acting(actor);
             // A forced release may name a session that does not exist (the
             // brief's own example uses "admin_session"); a live one is renewed.
             match uow.live_session(session)? {
                 Some(mut s) => {
+                    actor.may_use(&s)?;
                     s.touch(uow.now);
                     uow.save_session(&s)?;
                 }
@@ -862,10 +922,11 @@ impl Service {
         &self,
         equipment: &EquipmentId,
         session: &SessionId,
+        actor: &Actor,
     ) -> Result<At<crate::domain::Grant>, ServiceError> {
         self.registered(equipment)?;
         self.run(|uow| {
-            uow.renew_session(session)?;
+            uow.renew_session(session, actor)?;
             let mut locks = uow.load_locks(equipment)?;
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;
@@ -916,6 +977,7 @@ impl Service {
     /// Checks the lock rules for a command and renews what authorised it.
     async fn authorize(
         &self,
+        actor: &Actor,
         equipment: &EquipmentId,
         session: Option<&SessionId>,
         access: crate::domain::Access,
@@ -923,11 +985,13 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let locks_enabled = self.policy.locks_enabled;
         self.run(|uow| {
+            uow.acting(actor);
             let live = match session {
                 Some(id) => uow.live_session(id)?,
                 None => None,
             };
             if let Some(mut s) = live.clone() {
+                actor.may_use(&s)?;
                 s.touch(uow.now);
                 uow.save_session(&s)?;
             }
@@ -983,8 +1047,10 @@ impl Service {
                     .collect(),
             })?;
         let params = action.validate(&input.parameters)?;
+        input.actor.may_run(action.access)?;
         let _turn = instrument.serial.lock().await;
         self.authorize(
+            &input.actor,
             &input.equipment_id,
             input.session_id.as_ref(),
             action.access,

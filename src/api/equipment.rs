@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::views::LockStatusView;
@@ -158,6 +159,7 @@ impl IntoResponse for CommandFailure {
         (status = 422, body = CommandResponse, description = "bad parameter")))]
 pub async fn command(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Command>,
 ) -> Response {
@@ -180,6 +182,7 @@ pub async fn command(
             .map(SessionId::parse)
             .transpose()?;
         let input = CommandInput {
+            actor,
             equipment_id: id,
             action: body.action,
             parameters: body.parameters.unwrap_or_default(),

@@ -30,6 +30,20 @@ pub struct ApiError {
     pub detail: String,
 }
 
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Store(store) => ServiceError::Store(store).into(),
+            crate::auth::AuthError::Missing => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+            }
+            crate::auth::AuthError::Invalid => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
+            }
+        }
+    }
+}
+
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {
@@ -63,6 +77,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
         StaleFencingToken { .. } => (StatusCode::CONFLICT, "stale_fencing_token"),
+        Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
     }
 }
 
@@ -117,14 +132,23 @@ impl From<DomainError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let unauthorized =
+            self.status == StatusCode::UNAUTHORIZED && self.code != "session_required";
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 detail: self.detail,
                 code: self.code,
             }),
         )
-            .into_response()
+            .into_response();
+        if unauthorized {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"lablink\""),
+            );
+        }
+        response
     }
 }
 

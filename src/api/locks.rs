@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::sessions::Limit;
@@ -64,9 +65,11 @@ pub struct AcquireResponse {
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn acquire(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> ApiResult<AcquireResponse> {
     let input = AcquireInput {
+        actor,
         equipment_id: EquipmentId::parse(&body.equipment_id)?,
         session_id: SessionId::parse(&body.session_id)?,
         mode: body.lock_mode.unwrap_or_default(),
@@ -145,12 +148,13 @@ pub struct ReleaseResponse {
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn release(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> ApiResult<ReleaseResponse> {
     let equipment = EquipmentId::parse(&body.equipment_id)?;
     let session = SessionId::parse(&body.session_id)?;
     let at = app
-        .release(&equipment, &session, body.force.unwrap_or(false))
+        .release(&equipment, &session, body.force.unwrap_or(false), &actor)
         .await?;
     let (status, was_forced) = match at.value {
         ReleaseOutcome::Released { was_forced } => ("released", was_forced),
@@ -181,12 +185,13 @@ pub struct ActivityResponse {
     responses((status = 200, body = ActivityResponse), (status = 404, body = ErrorBody)))]
 pub async fn activity(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiPath(equipment): ApiPath<String>,
     ApiJson(body): ApiJson<ActivityBody>,
 ) -> ApiResult<ActivityResponse> {
     let equipment = equipment_in_path(&equipment)?;
     let at = app
-        .lock_activity(&equipment, &SessionId::parse(&body.session_id)?)
+        .lock_activity(&equipment, &SessionId::parse(&body.session_id)?, &actor)
         .await?;
     Ok(Json(ActivityResponse {
         success: true,

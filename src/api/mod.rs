@@ -2,6 +2,7 @@
 //! shape the answer. Errors go through `error::ApiError`, the only mapping
 //! to status codes. The API describes itself at `/openapi.json` and `/docs`.
 
+pub mod caller;
 pub mod equipment;
 pub mod error;
 pub mod extract;
@@ -147,6 +148,10 @@ pub fn router(service: AppState) -> Router {
             post(equipment::command),
         )
         .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(
+            service.clone(),
+            caller::authenticate,
+        ))
         .with_state(service);
     Router::new()
         .merge(api)

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use utoipa::{IntoParams, ToSchema};
 
+use super::caller::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::views::{LockView, QueueEntryView, SessionView};
@@ -44,6 +45,7 @@ fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiE
     responses((status = 200, body = SessionView), (status = 422, body = ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> ApiResult<SessionView> {
@@ -52,6 +54,7 @@ pub async fn create(
         .map(Timeout::from_seconds)
         .transpose()?;
     let new = NewSession {
+        actor,
         client_name: short_text("client_name", body.client_name)?,
         client_ip: Some(
             short_text("client_ip", body.client_ip)?.unwrap_or_else(|| peer.ip().to_string()),
@@ -75,10 +78,11 @@ pub struct SessionEnded {
     responses((status = 200, body = SessionEnded), (status = 404, body = ErrorBody)))]
 pub async fn end(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionEnded> {
     let id = session_in_path(&id)?;
-    let at = app.end_session(&id).await?;
+    let at = app.end_session(&id, &actor).await?;
     Ok(Json(SessionEnded {
         success: true,
         message: "Session ended".into(),
@@ -122,9 +126,10 @@ pub async fn list(State(app): State<AppState>) -> ApiResult<SessionList> {
     responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
 pub async fn activity(
     State(app): State<AppState>,
+    Caller(actor): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<SessionView> {
-    let at = app.touch_session(&session_in_path(&id)?).await?;
+    let at = app.touch_session(&session_in_path(&id)?, &actor).await?;
     Ok(Json(SessionView::new(&at.value, at.now)))
 }
 

@@ -24,6 +24,8 @@ pub struct SessionView {
     pub expires_at: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// The user who owns it (with authentication on).
+    pub user: Option<String>,
 }
 
 impl SessionView {
@@ -39,6 +41,7 @@ impl SessionView {
             timeout_seconds: s.timeout.as_seconds(),
             expires_at: s.deadline().map(Timestamp::to_rfc3339),
             metadata: s.metadata.clone(),
+            user: s.user.clone(),
         }
     }
 }
@@ -58,6 +61,9 @@ pub struct LockView {
     pub expires_at: Option<String>,
     /// Only grows, per equipment; send it with commands to refuse stale ones.
     pub fencing_token: u64,
+    /// The holder's user (with authentication on) and client name.
+    pub user: Option<String>,
+    pub client_name: Option<String>,
 }
 
 impl LockView {
@@ -73,6 +79,8 @@ impl LockView {
             time_remaining: crate::domain::time::time_remaining(g.deadline(), now),
             expires_at: g.deadline().map(Timestamp::to_rfc3339),
             fencing_token: g.fencing_token,
+            user: g.holder.user.clone(),
+            client_name: g.holder.client_name.clone(),
         }
     }
 }
@@ -88,6 +96,8 @@ pub struct QueueEntryView {
     pub queued_at: String,
     /// The lock timeout this waiter asked for, applied when it is granted.
     pub timeout_seconds: f64,
+    pub user: Option<String>,
+    pub client_name: Option<String>,
 }
 
 impl QueueEntryView {
@@ -100,6 +110,8 @@ impl QueueEntryView {
             position,
             queued_at: e.queued_at.to_rfc3339(),
             timeout_seconds: e.timeout.as_seconds(),
+            user: e.holder.user.clone(),
+            client_name: e.holder.client_name.clone(),
         }
     }
 
@@ -130,6 +142,9 @@ pub struct LockStatusView {
     pub queue_length: usize,
     pub observer_count: usize,
     pub observer_sessions: Vec<String>,
+    /// The exclusive holder's user (with authentication on) and client name.
+    pub user: Option<String>,
+    pub client_name: Option<String>,
 }
 
 impl LockStatusView {
@@ -158,6 +173,8 @@ impl LockStatusView {
                 .iter()
                 .map(|g| g.session_id.to_string())
                 .collect(),
+            user: holder.and_then(|g| g.holder.user.clone()),
+            client_name: holder.and_then(|g| g.holder.client_name.clone()),
         }
     }
 }

@@ -153,6 +153,14 @@ pub struct Event {
     /// How many locks a session end released (for `session_ended`/`session_expired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locks_released: Option<usize>,
+    /// The user whose request caused this (with authentication on); absent
+    /// for what the server did on its own, such as an expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user whose lock or place this is (for a forced release: the one
+    /// whose lock was taken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_user: Option<String>,
     /// When the lock's lease ends (for `lock_expiring`).
     #[schema(value_type = Option<String>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +187,8 @@ impl Event {
             reason: None,
             forced_by: None,
             locks_released: None,
+            user: None,
+            holder_user: None,
             expires_at: None,
             time_remaining: None,
         }

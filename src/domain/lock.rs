@@ -55,6 +55,17 @@ pub struct Grant {
     pub last_activity: Timestamp,
     pub timeout: Timeout,
     pub fencing_token: u64,
+    /// Who holds it: the session's user and client name, for people
+    /// looking at who holds what.
+    #[serde(default)]
+    pub holder: Holder,
+}
+
+/// Who a lock or queue place belongs to, as shown to people.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub user: Option<String>,
+    pub client_name: Option<String>,
 }
 
 impl Grant {
@@ -80,6 +91,8 @@ pub struct QueueEntry {
     pub mode: LockMode,
     pub timeout: Timeout,
     pub queued_at: Timestamp,
+    #[serde(default)]
+    pub holder: Holder,
 }
 
 /// A session that lost its lock without asking, and how.
@@ -112,6 +125,7 @@ pub struct LockRequest {
     pub mode: LockMode,
     pub timeout: Timeout,
     pub queue_if_busy: bool,
+    pub holder: Holder,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -231,6 +245,7 @@ impl EquipmentLocks {
         session: &SessionId,
         mode: LockMode,
         timeout: Timeout,
+        holder: &Holder,
         now: Timestamp,
     ) -> Grant {
         self.fencing_counter += 1;
@@ -243,6 +258,7 @@ impl EquipmentLocks {
             last_activity: now,
             timeout,
             fencing_token: self.fencing_counter,
+            holder: holder.clone(),
         }
     }
 
@@ -255,6 +271,7 @@ impl EquipmentLocks {
 
     fn grant_event(&self, kind: EventKind, grant: &Grant, now: Timestamp) -> Event {
         let mut e = self.event(kind, &grant.session_id, now);
+        e.holder_user = grant.holder.user.clone();
         e.lock_mode = Some(grant.mode);
         e.lock_id = Some(grant.lock_id.clone());
         e.fencing_token = Some(grant.fencing_token);
@@ -313,7 +330,7 @@ impl EquipmentLocks {
         // Free: nobody holds it exclusively and nobody waits. Observers do
         // not make it busy for an exclusive request; they are revoked.
         if self.exclusive.is_none() && self.queue.is_empty() {
-            let grant = self.grant_now(session, req.mode, req.timeout, now, events);
+            let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
 
@@ -335,6 +352,7 @@ impl EquipmentLocks {
             mode: req.mode,
             timeout: req.timeout,
             queued_at: now,
+            holder: req.holder.clone(),
         };
         self.queue.push_back(entry.clone());
         let position = self.queue.len();
@@ -342,6 +360,7 @@ impl EquipmentLocks {
         e.lock_mode = Some(req.mode);
         e.queue_id = Some(entry.queue_id.clone());
         e.position = Some(position);
+        e.holder_user = req.holder.user.clone();
         e.timeout_seconds = Some(req.timeout.as_seconds());
         events.push(e);
         Ok(AcquireOutcome::Queued { entry, position })
@@ -355,11 +374,12 @@ impl EquipmentLocks {
         session: &SessionId,
         mode: LockMode,
         timeout: Timeout,
+        holder: &Holder,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> Grant {
         debug_assert!(self.exclusive.is_none());
-        let grant = self.new_grant(session, mode, timeout, now);
+        let grant = self.new_grant(session, mode, timeout, holder, now);
         match mode {
             LockMode::Observer => {
                 events.push(self.grant_event(EventKind::ObserverLockAcquired, &grant, now));
@@ -680,6 +700,7 @@ impl EquipmentLocks {
                 &entry.session_id,
                 entry.mode,
                 entry.timeout,
+                &entry.holder,
                 now,
                 &mut granted,
             );

@@ -45,6 +45,7 @@ impl World {
             mode,
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
+            holder: Default::default(),
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)

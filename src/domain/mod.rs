@@ -4,12 +4,14 @@
 //! pass `now` and fresh ids in, and get back the new state plus the events
 //! that describe the change, or a `DomainError` with the state untouched.
 
+pub mod access;
 pub mod event;
 pub mod ids;
 pub mod lock;
 pub mod session;
 pub mod time;
 
+pub use access::{Actor, Role};
 pub use event::{EndReason, Event, EventKind};
 pub use ids::{EquipmentId, SessionId};
 pub use lock::{
@@ -65,6 +67,9 @@ pub enum DomainError {
         "fencing token {sent} is older than the current grant's token {current}: this command comes from a lock that has since ended"
     )]
     StaleFencingToken { sent: u64, current: u64 },
+    /// The caller is authenticated but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 fn busy_detail(holder: Option<&SessionId>) -> String {

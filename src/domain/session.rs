@@ -18,6 +18,10 @@ pub struct Session {
     pub last_activity: Timestamp,
     pub timeout: Timeout,
     pub metadata: Map<String, Value>,
+    /// The user who created it (with authentication on); only they may act
+    /// with it.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl Session {
@@ -64,6 +68,7 @@ mod tests {
             last_activity: Timestamp::from_millis(0),
             timeout: Timeout::from_millis(timeout_ms),
             metadata: Map::new(),
+            user: None,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct EquipmentConfig {
     pub id: String,
     pub driver: String,
     pub name: Option<String>,
+    /// Who may lock it at all (user names, or `role:<role>`); absent: anyone.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
     #[serde(flatten)]
     pub settings: toml::Table,
 }
@@ -48,6 +51,8 @@ pub struct Instrument {
     pub name: String,
     pub driver: Arc<dyn Driver>,
     pub serial: tokio::sync::Mutex<()>,
+    /// The allow list from the configuration (checked with authentication on).
+    pub allow: Option<Vec<String>>,
 }
 
 pub struct Instruments {
@@ -108,6 +113,7 @@ impl Instruments {
                 name: config.name.clone().unwrap_or_else(|| config.id.clone()),
                 driver,
                 serial: tokio::sync::Mutex::new(()),
+                allow: config.allow.clone(),
             };
             if by_id.insert(id.clone(), Arc::new(instrument)).is_some() {
                 return Err(RegistryError::DuplicateId(config.id.clone()));
@@ -123,6 +129,7 @@ impl Instruments {
             id: id.into(),
             driver: driver.into(),
             name: Some(name.into()),
+            allow: None,
             settings: toml::Table::new(),
         };
         vec![

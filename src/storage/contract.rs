@@ -33,6 +33,7 @@ fn session(id: &str, timeout_ms: u64) -> Session {
             .as_object()
             .unwrap()
             .clone(),
+        user: Some("alice".into()),
     }
 }
 
@@ -46,6 +47,7 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             mode: LockMode::Exclusive,
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
+            holder: Default::default(),
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

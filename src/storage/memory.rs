@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::{Due, EventQuery, Store, StoreError, Tx, Work};
+use super::{Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
 
 /// Events kept per equipment and per session.
@@ -30,6 +30,8 @@ struct State {
     session_events: HashMap<SessionId, VecDeque<Event>>,
     ended_sessions: VecDeque<SessionId>,
     last_seq: u64,
+    tokens: Vec<TokenRecord>,
+    tokens_version: u64,
 }
 
 impl State {
@@ -197,6 +199,10 @@ impl Store for MemoryStore {
     fn blocks(&self) -> bool {
         false
     }
+
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 struct MemoryTx<'a> {
@@ -343,5 +349,37 @@ impl Tx for MemoryTx<'_> {
             }
         }
         Ok(pruned)
+    }
+
+    // Token changes are not undone with a failed transaction: every token
+    // operation is the only write of its transaction.
+    fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.state.tokens.push(token.clone());
+        self.state.tokens_version += 1;
+        Ok(())
+    }
+
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.state.tokens.iter().find(|t| t.hash == hash).cloned())
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        Ok(self.state.tokens.clone())
+    }
+
+    fn revoke_token(&mut self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let found = self
+            .state
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == id && t.revoked_at.is_none());
+        let Some(token) = found else { return Ok(false) };
+        token.revoked_at = Some(at);
+        self.state.tokens_version += 1;
+        Ok(true)
+    }
+
+    fn tokens_version(&mut self) -> Result<u64, StoreError> {
+        Ok(self.state.tokens_version)
     }
 }

@@ -13,7 +13,9 @@ pub mod sqlite;
 #[cfg(test)]
 mod contract;
 
-use crate::domain::{EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp};
+use crate::domain::{
+    EquipmentId, EquipmentLocks, Event, EventKind, Role, Session, SessionId, Timestamp,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,6 +67,28 @@ pub trait Tx {
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
     /// Forgets events older than `before`; returns how many.
     fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError>;
+
+    fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
+    /// The token whose SHA-256 (hex) is `hash`, revoked or not.
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks a token revoked; `false` if there is no such live token.
+    fn revoke_token(&mut self, id: &str, at: Timestamp) -> Result<bool, StoreError>;
+    /// A number that changes whenever a token is created or revoked.
+    fn tokens_version(&mut self) -> Result<u64, StoreError>;
+}
+
+/// An API token as stored: never the token itself, only its hash.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub user: String,
+    pub role: Role,
+    /// SHA-256 of the token, hex.
+    #[serde(skip)]
+    pub hash: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// A filter over the whole history. Every field narrows the result.
@@ -110,6 +134,9 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
 
     /// Whether a transaction may block the thread on I/O (the service then
-    /// tells the async runtime so).
+    /// takes turns on it).
     fn blocks(&self) -> bool;
+
+    /// Whether what it stores outlives the process (tokens need that).
+    fn durable(&self) -> bool;
 }

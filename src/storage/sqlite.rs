@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Due, EventQuery, Store, StoreError, Tx, Work};
-use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
+use super::{Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
+use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_initial.sql"),
+    include_str!("migrations/sqlite/0002_tokens.sql"),
+];
 
 /// Options from the URL's query string.
 #[derive(Clone, Debug, PartialEq)]
@@ -169,6 +172,10 @@ impl Store for SqliteStore {
     }
 
     fn blocks(&self) -> bool {
+        true
+    }
+
+    fn durable(&self) -> bool {
         true
     }
 }
@@ -450,6 +457,104 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached("DELETE FROM events WHERE at < ?1")
             .and_then(|mut s| s.execute([before.as_millis()]))
             .map_err(unavailable)
+    }
+
+    fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO tokens (id, user_name, role, hash, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    token.id,
+                    token.user,
+                    token.role.as_str(),
+                    token.hash,
+                    token.created_at.as_millis(),
+                    millis(token.revoked_at),
+                ])
+            })
+            .map_err(unavailable)?;
+        self.bump_tokens_version()
+    }
+
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self
+            .token_rows("SELECT id, user_name, role, hash, created_at, revoked_at FROM tokens WHERE hash = ?1", &[&hash])?
+            .pop())
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.token_rows(
+            "SELECT id, user_name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+            &[],
+        )
+    }
+
+    fn revoke_token(&mut self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id, at.as_millis()]))
+            .map_err(unavailable)?;
+        if changed > 0 {
+            self.bump_tokens_version()?;
+        }
+        Ok(changed > 0)
+    }
+
+    fn tokens_version(&mut self) -> Result<u64, StoreError> {
+        self.tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'tokens_version'")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|v| v as u64)
+            .map_err(unavailable)
+    }
+}
+
+impl SqliteTx<'_> {
+    fn bump_tokens_version(&self) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'")
+            .and_then(|mut s| s.execute([]))
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn token_rows(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })
+            .map_err(unavailable)?;
+        rows.map(|row| {
+            let (id, user, role, hash, created_at, revoked_at) = row.map_err(unavailable)?;
+            Ok(TokenRecord {
+                id,
+                user,
+                role: Role::parse(&role)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
+                hash,
+                created_at: Timestamp::from_millis(created_at),
+                revoked_at: revoked_at.map(Timestamp::from_millis),
+            })
+        })
+        .collect()
     }
 }
 

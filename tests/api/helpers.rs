@@ -18,8 +18,9 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub clock: ManualClock,
-    shutdown: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Absent on a view made by `as_user`.
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// A server on the memory store.
@@ -58,8 +59,8 @@ pub async fn spawn_with_clock(mut settings: Settings, clock: ManualClock) -> Tes
         base,
         client: reqwest::Client::new(),
         clock,
-        shutdown,
-        server,
+        shutdown: Some(shutdown),
+        server: Some(server),
     }
 }
 
@@ -83,9 +84,28 @@ async fn parse(response: reqwest::Response) -> (StatusCode, Value) {
 impl TestApp {
     /// Shuts the server down gracefully and waits until it has stopped.
     pub async fn stop(self) -> ManualClock {
-        let _ = self.shutdown.send(());
-        self.server.await.unwrap().unwrap();
+        if let (Some(shutdown), Some(server)) = (self.shutdown, self.server) {
+            let _ = shutdown.send(());
+            server.await.unwrap().unwrap();
+        }
         self.clock
+    }
+
+    /// The same server, with every request sent as `Authorization: Bearer token`.
+    pub fn as_user(&self, token: &str) -> TestApp {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}").parse().unwrap();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        TestApp {
+            base: self.base.clone(),
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
+            clock: self.clock.clone(),
+            shutdown: None,
+            server: None,
+        }
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {

@@ -30,7 +30,9 @@ async fn acquire_locks_free_equipment_with_the_briefs_shape() {
                 "timeout_seconds": 300.0,
                 "time_remaining": 300.0,
                 "expires_at": "2026-01-05T09:05:00.000Z",
-                "fencing_token": 1
+                "fencing_token": 1,
+                "user": null,
+                "client_name": "test"
             }
         })
     );
@@ -49,7 +51,9 @@ async fn acquire_locks_free_equipment_with_the_briefs_shape() {
             "fencing_token": 1,
             "queue_length": 0,
             "observer_count": 0,
-            "observer_sessions": []
+            "observer_sessions": [],
+            "user": null,
+            "client_name": "test"
         })
     );
 }

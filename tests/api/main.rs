@@ -1,5 +1,6 @@
 //! Black-box tests of the HTTP API against a real server on port 0.
 
+mod auth;
 mod crash;
 mod durability;
 mod equipment;

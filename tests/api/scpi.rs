@@ -87,6 +87,7 @@ fn scpi(id: &str, address: &str, profile: &str, timeout_ms: i64) -> EquipmentCon
         id: id.into(),
         driver: "scpi-tcp".into(),
         name: None,
+        allow: None,
         settings,
     }
 }

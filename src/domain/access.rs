@@ -1,0 +1,206 @@
+//! Who may do what, once authentication is on: the roles, the caller of a
+//! request (`Actor`), and each rule as a pure check. With authentication
+//! off every caller is `Actor::anyone()` and every check passes, as the
+//! brief's API has always behaved.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+use super::DomainError;
+use super::lock::{Access, LockMode};
+use super::session::Session;
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything, including force-releasing others' locks.
+    Admin,
+    /// Exclusive and observer locks on the equipment they are allowed to use.
+    Operator,
+    /// Observer locks and observe actions only.
+    Observer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Observer => "observer",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Self::Admin, Self::Operator, Self::Observer]
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// `None` when authentication is off.
+    pub user: Option<String>,
+    pub role: Role,
+}
+
+impl Actor {
+    /// The caller when authentication is off: may do anything.
+    pub fn anyone() -> Self {
+        Self {
+            user: None,
+            role: Role::Admin,
+        }
+    }
+
+    pub fn user(user: &str, role: Role) -> Self {
+        Self {
+            user: Some(user.to_owned()),
+            role,
+        }
+    }
+
+    fn authenticated(&self) -> bool {
+        self.user.is_some()
+    }
+
+    fn name(&self) -> &str {
+        self.user.as_deref().unwrap_or("anyone")
+    }
+
+    /// A session belongs to the user who created it: knowing its id grants
+    /// nothing to anybody else.
+    pub fn may_use(&self, session: &Session) -> Result<(), DomainError> {
+        if self.authenticated() && session.user != self.user {
+            return Err(DomainError::Forbidden(format!(
+                "session {} belongs to another user; {} may act only with their own sessions",
+                session.id,
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forcing a release is for administrators.
+    pub fn may_force(&self) -> Result<(), DomainError> {
+        if self.role != Role::Admin {
+            return Err(DomainError::Forbidden(format!(
+                "only an admin may force a release; {} is {}",
+                self.name(),
+                self.role
+            )));
+        }
+        Ok(())
+    }
+
+    /// The observer role may take only observer locks.
+    pub fn may_lock(&self, mode: LockMode) -> Result<(), DomainError> {
+        if self.role == Role::Observer && mode == LockMode::Exclusive {
+            return Err(DomainError::Forbidden(format!(
+                "{} has the observer role: only observer locks are allowed",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The observer role may run only observe actions.
+    pub fn may_run(&self, access: Access) -> Result<(), DomainError> {
+        if self.role == Role::Observer && access == Access::Control {
+            return Err(DomainError::Forbidden(format!(
+                "{} has the observer role: only observe actions are allowed",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// An equipment's allow list (`["alice", "role:operator"]`) limits who
+    /// may lock it at all; admins always may. No list: everyone may.
+    pub fn may_use_equipment(
+        &self,
+        equipment: &str,
+        allow: Option<&[String]>,
+    ) -> Result<(), DomainError> {
+        let Some(allow) = allow else { return Ok(()) };
+        if !self.authenticated() || self.role == Role::Admin {
+            return Ok(());
+        }
+        let permitted = allow.iter().any(|entry| match entry.strip_prefix("role:") {
+            Some(role) => role == self.role.as_str(),
+            None => Some(entry.as_str()) == self.user.as_deref(),
+        });
+        if !permitted {
+            return Err(DomainError::Forbidden(format!(
+                "{} is not on the allow list of {equipment} ({})",
+                self.name(),
+                allow.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SessionId, Timeout, Timestamp};
+
+    fn session(user: Option<&str>) -> Session {
+        Session {
+            id: SessionId::parse("s").unwrap(),
+            client_name: "pc".into(),
+            client_ip: None,
+            created_at: Timestamp::from_millis(0),
+            last_activity: Timestamp::from_millis(0),
+            timeout: Timeout::NONE,
+            metadata: Default::default(),
+            user: user.map(String::from),
+        }
+    }
+
+    #[test]
+    fn rules_table() {
+        let alice = Actor::user("alice", Role::Operator);
+        let viewer = Actor::user("vera", Role::Observer);
+        let admin = Actor::user("root", Role::Admin);
+        let anyone = Actor::anyone();
+        assert!(alice.may_use(&session(Some("alice"))).is_ok());
+        assert!(alice.may_use(&session(Some("bob"))).is_err());
+        assert!(
+            admin.may_use(&session(Some("bob"))).is_err(),
+            "admins act with their own sessions too"
+        );
+        assert!(anyone.may_use(&session(Some("bob"))).is_ok());
+        assert!(anyone.may_use(&session(None)).is_ok());
+        assert!(
+            alice.may_force().is_err() && admin.may_force().is_ok() && anyone.may_force().is_ok()
+        );
+        assert!(viewer.may_lock(LockMode::Exclusive).is_err());
+        assert!(viewer.may_lock(LockMode::Observer).is_ok());
+        assert!(
+            viewer.may_run(Access::Control).is_err() && viewer.may_run(Access::Observe).is_ok()
+        );
+        assert!(alice.may_run(Access::Control).is_ok());
+        let list = vec!["bob".to_string(), "role:observer".to_string()];
+        assert!(alice.may_use_equipment("psu", Some(&list)).is_err());
+        assert!(
+            Actor::user("bob", Role::Operator)
+                .may_use_equipment("psu", Some(&list))
+                .is_ok()
+        );
+        assert!(viewer.may_use_equipment("psu", Some(&list)).is_ok());
+        assert!(admin.may_use_equipment("psu", Some(&list)).is_ok());
+        assert!(alice.may_use_equipment("psu", None).is_ok());
+    }
+}
