@@ -3,6 +3,11 @@
 //! requests per second and latency percentiles. Measurement lives here and
 //! in `docs/benchmarks.md`, never in the test suite.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -67,30 +72,71 @@ struct Tally {
     errors: u64,
 }
 
+/// One keep-alive HTTP/1.1 connection (hyper's client connection: no pool,
+/// no URL parsing per request), so the load tool spends as little of the
+/// shared CPU as it can.
 struct Client {
-    http: reqwest::Client,
-    api: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
     tally: Tally,
 }
 
 impl Client {
-    /// Sends one request, timing it; `None` on any failure (counted).
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Option<Value> {
+    async fn connect(addr: &str) -> Result<Self, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            host: addr.to_owned(),
+            tally: Tally::default(),
+        })
+    }
+
+    /// Sends one request, timing it until the whole body is in; `None` on
+    /// any failure (counted). The body comes back unparsed: parsing JSON
+    /// the load tool does not need would take CPU from the server.
+    async fn send(&mut self, method: Method, path: &str, body: Option<&Value>) -> Option<Bytes> {
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.host)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes));
         let started = Instant::now();
         let result = async {
-            request
-                .send()
-                .await?
-                .error_for_status()?
-                .json::<Value>()
+            let request = request.map_err(|e| e.to_string())?;
+            self.sender.ready().await.map_err(|e| e.to_string())?;
+            let response = self
+                .sender
+                .send_request(request)
                 .await
+                .map_err(|e| e.to_string())?;
+            let ok = response.status().is_success();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if ok {
+                Ok(body)
+            } else {
+                Err(format!("status with body {body:?}"))
+            }
         }
         .await;
         self.tally
             .micros
             .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
         match result {
-            Ok(v) => Some(v),
+            Ok(body) => Some(body),
             Err(_) => {
                 self.tally.errors += 1;
                 None
@@ -98,29 +144,33 @@ impl Client {
         }
     }
 
-    async fn post(&mut self, path: &str, body: Value) -> Option<Value> {
-        let request = self.http.post(format!("{}{path}", self.api)).json(&body);
-        self.send(request).await
+    async fn post(&mut self, path: &str, body: Value) -> Option<Bytes> {
+        self.send(Method::POST, &format!("/api{path}"), Some(&body))
+            .await
     }
 
-    async fn get(&mut self, path: &str) -> Option<Value> {
-        let request = self.http.get(format!("{}{path}", self.api));
-        self.send(request).await
+    async fn get(&mut self, path: &str) -> Option<Bytes> {
+        self.send(Method::GET, &format!("/api{path}"), None).await
+    }
+
+    async fn delete(&mut self, path: &str) -> Option<Bytes> {
+        self.send(Method::DELETE, &format!("/api{path}"), None)
+            .await
     }
 
     async fn new_session(&mut self) -> Result<String, String> {
-        let body = self
-            .http
-            .post(format!("{}/locks/sessions/create", self.api))
-            .json(&json!({"client_name": "lablink bench", "timeout_seconds": 0}))
-            .send()
+        let created = self
+            .post(
+                "/locks/sessions/create",
+                json!({"client_name": "lablink bench", "timeout_seconds": 0}),
+            )
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| e.to_string())?
-            .json::<Value>()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(body["session_id"].as_str().unwrap_or_default().to_owned())
+            .ok_or("cannot create a session")?;
+        let created: Value = serde_json::from_slice(&created).map_err(|e| e.to_string())?;
+        Ok(created["session_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
     }
 }
 
@@ -161,7 +211,10 @@ async fn run_client(
             Scenario::Contended => {
                 let queued = json!({"equipment_id": equipment, "session_id": session, "queue_if_busy": true, "timeout_seconds": 60});
                 let answer = client.post("/locks/acquire", queued).await;
-                if answer.is_some_and(|a| a["status"] == "locked" || a["status"] == "refreshed") {
+                let granted = answer
+                    .and_then(|a| serde_json::from_slice::<Value>(&a).ok())
+                    .is_some_and(|a| a["status"] == "locked" || a["status"] == "refreshed");
+                if granted {
                     client.post("/locks/release", release.clone()).await;
                 }
             }
@@ -172,11 +225,10 @@ async fn run_client(
                         json!({"client_name": "bench", "timeout_seconds": 600}),
                     )
                     .await;
+                let created = created.and_then(|c| serde_json::from_slice::<Value>(&c).ok());
                 if let Some(id) = created.as_ref().and_then(|c| c["session_id"].as_str()) {
-                    let request = client
-                        .http
-                        .delete(format!("{}/locks/sessions/{id}", client.api));
-                    client.send(request).await;
+                    let path = format!("/locks/sessions/{id}");
+                    client.delete(&path).await;
                 }
             }
             Scenario::Commands => {
@@ -193,19 +245,18 @@ async fn run_client(
 
 /// Runs the scenario and returns the merged report.
 pub async fn run(config: BenchConfig) -> Result<Report, String> {
-    let api = format!("{}/api", config.url.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.clients)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let list: Value = http
-        .get(format!("{api}/equipment/list"))
-        .send()
+    let addr = config
+        .url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .ok_or("the URL must start with http://")?
+        .to_owned();
+    let mut probe = Client::connect(&addr).await?;
+    let list = probe
+        .get("/equipment/list")
         .await
-        .map_err(|e| format!("cannot reach {api}: {e}"))?
-        .json()
-        .await
-        .map_err(|e| e.to_string())?;
+        .ok_or("cannot list the server's equipment")?;
+    let list: Value = serde_json::from_slice(&list).map_err(|e| e.to_string())?;
     let equipment: Vec<String> = list["equipment"]
         .as_array()
         .into_iter()
@@ -224,15 +275,16 @@ pub async fn run(config: BenchConfig) -> Result<Report, String> {
             equipment.len()
         );
     }
+    let mut clients = Vec::new();
+    for _ in 0..config.clients {
+        clients.push(Client::connect(&addr).await?);
+    }
     let started = Instant::now();
     let until = started + config.duration;
-    let tasks: Vec<_> = (0..config.clients)
-        .map(|i| {
-            let client = Client {
-                http: http.clone(),
-                api: api.clone(),
-                tally: Tally::default(),
-            };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
             let target = match config.scenario {
                 Scenario::Contended => equipment[0].clone(),
                 _ => equipment[i % equipment.len()].clone(),

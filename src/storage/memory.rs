@@ -5,7 +5,7 @@
 //! value they replaced, and events are applied only on commit.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
@@ -25,9 +25,10 @@ struct State {
     participants: HashMap<SessionId, BTreeSet<EquipmentId>>,
     deadlines: BTreeSet<(Timestamp, Due)>,
     deadline_of: HashMap<Due, Timestamp>,
-    all_events: VecDeque<Event>,
-    equipment_events: HashMap<EquipmentId, VecDeque<Event>>,
-    session_events: HashMap<SessionId, VecDeque<Event>>,
+    // Each event is shared by the histories it belongs to, not copied.
+    all_events: VecDeque<Arc<Event>>,
+    equipment_events: HashMap<EquipmentId, VecDeque<Arc<Event>>>,
+    session_events: HashMap<SessionId, VecDeque<Arc<Event>>>,
     ended_sessions: VecDeque<SessionId>,
     last_seq: u64,
     tokens: Vec<TokenRecord>,
@@ -90,7 +91,8 @@ impl State {
     }
 
     fn append_event(&mut self, event: Event) {
-        let capped = |events: &mut VecDeque<Event>, cap: usize, event: &Event| {
+        let event = Arc::new(event);
+        let capped = |events: &mut VecDeque<Arc<Event>>, cap: usize, event: &Arc<Event>| {
             if events.len() == cap {
                 events.pop_front();
             }
@@ -118,12 +120,12 @@ impl State {
     }
 }
 
-fn newest(events: Option<&VecDeque<Event>>, limit: usize) -> Vec<Event> {
+fn newest(events: Option<&VecDeque<Arc<Event>>>, limit: usize) -> Vec<Event> {
     events.map_or_else(Vec::new, |events| {
         events
             .iter()
             .skip(events.len().saturating_sub(limit))
-            .cloned()
+            .map(|e| Event::clone(e))
             .collect()
     })
 }
@@ -327,12 +329,12 @@ impl Tx for MemoryTx<'_> {
             .iter()
             .filter(|e| query.matches(e))
             .take(query.limit)
-            .cloned()
+            .map(|e| Event::clone(e))
             .collect())
     }
 
     fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
-        let old = |e: &Event| e.timestamp < before;
+        let old = |e: &Arc<Event>| e.timestamp < before;
         let mut pruned = 0;
         while self.state.all_events.front().is_some_and(old) {
             self.state.all_events.pop_front();
