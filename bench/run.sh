@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Starts a release LabLink on a fresh store with one instrument per client
-# (bench/lab.toml), runs one `lablink bench` scenario against it, stops it.
-#   bench/run.sh STORE SCENARIO [CLIENTS] [SECONDS]
+# (bench/lab.toml, 64 instruments), runs one `lablink bench` scenario
+# against it, and stops it.
+#   bench/run.sh STORE SCENARIO [CLIENTS] [SECONDS] [BACKGROUND_SCENARIO]
 #   STORE: memory | sqlite | sqlite-normal
+#   BACKGROUND_SCENARIO: another scenario run at the same time with 32
+#   clients on instruments 0-31 (the measured one then uses 32 onwards),
+#   e.g. `bench/run.sh memory expiry 16 10 cycle`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-memory}; scenario=${2:-cycle}; clients=${3:-32}; seconds=${4:-10}
+background=${5:-}
 cargo build --release --quiet
 bin=target/release/lablink
 data=$(mktemp -d)
@@ -16,13 +21,19 @@ case "$store" in
   *) echo "unknown store $store" >&2; exit 2 ;;
 esac
 port=$((20000 + RANDOM % 20000))
-RUST_LOG=warn LABLINK_LOG_LOCK_EVENTS=true "$bin" serve --bind "127.0.0.1:$port" \
-  --config bench/lab.toml --store "$url" &
+RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$url" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && break
   sleep 0.1
 done
+offset=0
+if [ -n "$background" ]; then
+  "$bin" bench --url "http://127.0.0.1:$port" --scenario "$background" --clients 32 \
+    --seconds "$seconds" | sed 's/^/background: /' &
+  offset=32
+fi
 "$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" \
-  --clients "$clients" --seconds "$seconds"
+  --clients "$clients" --seconds "$seconds" --offset "$offset"
+wait %2 2>/dev/null || true

@@ -9,6 +9,9 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::domain::Timestamp;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -24,6 +27,12 @@ pub enum Scenario {
     Sessions,
     /// Instrument commands under a held lock.
     Commands,
+    /// Sessions created and never ended (for memory per idle session).
+    OpenSessions,
+    /// Hand-off lateness: a 250 ms lease runs out with a waiter queued (via
+    /// `wait_seconds`); measures how long after the deadline the waiter has
+    /// the lock. Reported percentiles are lateness, not request latency.
+    Expiry,
 }
 
 #[derive(Clone, Debug)]
@@ -32,11 +41,16 @@ pub struct BenchConfig {
     pub scenario: Scenario,
     pub clients: usize,
     pub duration: Duration,
+    /// Skip this many instruments of the server's list (so two runs at once
+    /// use different instruments).
+    pub offset: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub scenario: String,
+    /// What the percentiles measure.
+    pub measures: &'static str,
     pub clients: usize,
     pub seconds: f64,
     pub requests: u64,
@@ -51,13 +65,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} clients={} seconds={:.1} requests={} errors={} rps={:.0} p50={:.3}ms p99={:.3}ms max={:.3}ms",
+            "{} clients={} seconds={:.1} requests={} errors={} rps={:.0} {}: p50={:.3}ms p99={:.3}ms max={:.3}ms",
             self.scenario,
             self.clients,
             self.seconds,
             self.requests,
             self.errors,
             self.requests_per_second,
+            self.measures,
             self.p50_ms,
             self.p99_ms,
             self.max_ms
@@ -199,8 +214,53 @@ async fn run_client(
         client.tally = Tally::default();
     }
     let mut volts = 0.0;
+    let waiter = match scenario {
+        Scenario::Expiry => Some(client.new_session().await?),
+        _ => None,
+    };
     while Instant::now() < until {
         match scenario {
+            Scenario::Expiry => {
+                let waiter = waiter.as_deref().unwrap_or_default();
+                let short = json!({"equipment_id": equipment, "session_id": session, "timeout_seconds": 0.25});
+                let Some(held) = client.post("/locks/acquire", short).await else {
+                    continue;
+                };
+                let held: Value = serde_json::from_slice(&held).unwrap_or_default();
+                let Some(deadline) = held["lock"]["expires_at"]
+                    .as_str()
+                    .and_then(|t| Timestamp::parse_rfc3339(t).ok())
+                else {
+                    continue;
+                };
+                let wait = json!({"equipment_id": equipment, "session_id": waiter, "queue_if_busy": true, "wait_seconds": 10, "timeout_seconds": 60});
+                let before = client.tally.micros.len();
+                let granted = client.post("/locks/acquire", wait).await;
+                // Replace the request's latency with the hand-off's lateness.
+                client.tally.micros.truncate(before);
+                let now = SystemClock.now();
+                let got = granted
+                    .and_then(|g| serde_json::from_slice::<Value>(&g).ok())
+                    .is_some_and(|g| g["status"] == "locked");
+                if got {
+                    let late_ms = (now.as_millis() - deadline.as_millis()).max(0) as u32;
+                    client.tally.micros.push(late_ms.saturating_mul(1000));
+                    let release = json!({"equipment_id": equipment, "session_id": waiter});
+                    let before = client.tally.micros.len();
+                    client.post("/locks/release", release).await;
+                    client.tally.micros.truncate(before);
+                } else {
+                    client.tally.errors += 1;
+                }
+            }
+            Scenario::OpenSessions => {
+                client
+                    .post(
+                        "/locks/sessions/create",
+                        json!({"client_name": "idle", "timeout_seconds": 0}),
+                    )
+                    .await;
+            }
             Scenario::Cycle => {
                 client.post("/locks/acquire", lock.clone()).await;
                 client.post("/locks/release", release.clone()).await;
@@ -287,7 +347,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, String> {
         .map(|(i, client)| {
             let target = match config.scenario {
                 Scenario::Contended => equipment[0].clone(),
-                _ => equipment[i % equipment.len()].clone(),
+                _ => equipment[(config.offset + i) % equipment.len()].clone(),
             };
             tokio::spawn(run_client(client, config.scenario, target, until))
         })
@@ -303,6 +363,11 @@ pub async fn run(config: BenchConfig) -> Result<Report, String> {
     all.sort_unstable();
     Ok(Report {
         scenario: format!("{:?}", config.scenario).to_lowercase(),
+        measures: if config.scenario == Scenario::Expiry {
+            "hand-off lateness"
+        } else {
+            "latency"
+        },
         clients: config.clients,
         seconds,
         requests: all.len() as u64,

@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Skip this many of the server's instruments (to run two scenarios at
+    /// once on different instruments).
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,6 +211,7 @@ async fn bench(args: BenchArgs) -> i32 {
         scenario: args.scenario,
         clients: args.clients,
         duration: std::time::Duration::from_secs_f64(args.seconds),
+        offset: args.offset,
     };
     match crate::bench::run(config).await {
         Ok(report) if args.json => {
