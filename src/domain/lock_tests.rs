@@ -102,6 +102,19 @@ impl World {
     }
 }
 
+/// `who` is refused `access` because it lost its lock for `reason`.
+#[track_caller]
+fn assert_lost(w: &mut World, who: &str, access: Access, reason: EndReason) {
+    let err = w
+        .locks
+        .authorize(&sid(who), access, None, w.now)
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::LockLost { reason: r, .. } if r == reason),
+        "{who}: {err:?}"
+    );
+}
+
 fn status(outcome: &AcquireOutcome) -> (&'static str, Option<usize>) {
     match outcome {
         AcquireOutcome::Locked(_) => ("locked", None),
@@ -236,17 +249,7 @@ fn an_exclusive_grant_revokes_observers_and_remembers_it() {
             EventKind::LockAcquired,
         ]
     );
-    let err = w
-        .locks
-        .authorize(&sid("a"), Access::Observe, None, w.now)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        DomainError::LockLost {
-            reason: EndReason::ExclusiveGranted,
-            ..
-        }
-    ));
+    assert_lost(&mut w, "a", Access::Observe, EndReason::ExclusiveGranted);
 }
 
 #[test]
@@ -395,17 +398,7 @@ fn release_table() {
             ..
         })
     ));
-    let err = w
-        .locks
-        .authorize(&sid("a"), Access::Control, None, w.now)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        DomainError::LockLost {
-            reason: EndReason::Forced,
-            ..
-        }
-    ));
+    assert_lost(&mut w, "a", Access::Control, EndReason::Forced);
 }
 
 #[test]
@@ -423,17 +416,7 @@ fn expiry_is_exact_and_hands_off() {
         Some(t(2_000)),
         "b's lease starts at the hand-off"
     );
-    let err = w
-        .locks
-        .authorize(&sid("a"), Access::Control, None, w.now)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        DomainError::LockLost {
-            reason: EndReason::Timeout,
-            ..
-        }
-    ));
+    assert_lost(&mut w, "a", Access::Control, EndReason::Timeout);
     // No timeout never expires.
     let mut w = World::new();
     w.request("a", LockMode::Exclusive, 0, false).unwrap();
