@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use crate::auth::{Auth, AuthMode};
@@ -173,6 +173,8 @@ pub struct Service {
     deadlines: Arc<DeadlineSignal>,
     /// Serialises access to a blocking store (see `in_store_gated`).
     store_turn: tokio::sync::Mutex<()>,
+    /// Requests waiting for `store_turn` with work to add to a batch.
+    store_waiting: AtomicUsize,
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
@@ -440,6 +442,7 @@ impl Service {
             policy,
             deadlines: Arc::new(DeadlineSignal::default()),
             store_turn: tokio::sync::Mutex::new(()),
+            store_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -666,13 +669,68 @@ impl Service {
     /// asynchronously, so at most one worker thread at a time blocks on it
     /// and the others keep serving. (Handing the blocked worker's tasks off
     /// with `block_in_place` measured a third slower: see
-    /// docs/benchmarks.md.)
+    /// docs/benchmarks.md.) A store with group commit gets batched work.
     async fn in_store_gated(&self, work: &mut crate::storage::Work<'_>) -> Result<(), StoreError> {
+        if let Some(group) = self.store.group_commit() {
+            return self.in_batch(group, work).await;
+        }
         if self.store.blocks() {
             let _turn = self.store_turn.lock().await;
             self.store.transaction(work)
         } else {
             self.store.transaction(work)
+        }
+    }
+
+    /// Group commit: runs `work` in the store's open batch. Whoever finds
+    /// nobody else waiting to add work commits the batch; the others wait
+    /// for that commit (or, if nobody comes, take their turn back and
+    /// commit it themselves). Nothing returns before its work is committed.
+    async fn in_batch(
+        &self,
+        group: &dyn crate::storage::GroupCommit,
+        work: &mut crate::storage::Work<'_>,
+    ) -> Result<(), StoreError> {
+        /// Counts requests waiting for their turn, even if they are dropped.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        const MAX_BATCH: usize = 64;
+        self.store_waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.store_waiting);
+        let turn = self.store_turn.lock().await;
+        drop(waiting);
+        let mut finished = group.finished();
+        let batch = group.run_in_batch(work);
+        let others = self.store_waiting.load(Ordering::SeqCst) > 0;
+        if !others || group.batch_len() >= MAX_BATCH {
+            let committed = group.commit_batch();
+            drop(turn);
+            return batch.and(committed);
+        }
+        drop(turn);
+        let batch = batch?;
+        loop {
+            if let Some(outcome) = group.outcome(batch) {
+                return outcome;
+            }
+            tokio::select! {
+                changed = finished.changed() => {
+                    if changed.is_err() {
+                        return Err(StoreError::Unavailable("the store is closed".into()));
+                    }
+                }
+                turn = self.store_turn.lock() => {
+                    if group.outcome(batch).is_none() {
+                        // Nobody else committed it: do it now.
+                        let _ = group.commit_batch();
+                    }
+                    drop(turn);
+                }
+            }
         }
     }
 

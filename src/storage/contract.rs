@@ -356,3 +356,42 @@ fn sqlite_keeps_everything_across_reopening() {
         1
     );
 }
+
+#[test]
+fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://batch.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    let group = store.group_commit().expect("SQLite batches commits");
+    let first = group
+        .run_in_batch(&mut |tx| tx.save_session(&session("kept", 0)))
+        .unwrap();
+    let failed = group.run_in_batch(&mut |tx| {
+        tx.save_session(&session("undone", 0))?;
+        Err(StoreError::Unavailable("simulated failure".into()))
+    });
+    assert!(failed.is_err());
+    let second = group
+        .run_in_batch(&mut |tx| tx.save_session(&session("also", 0)))
+        .unwrap();
+    assert_eq!((first, second, group.batch_len()), (1, 1, 3), "one batch");
+    assert!(
+        group.outcome(first).is_none(),
+        "not acknowledged before the commit"
+    );
+    group.commit_batch().unwrap();
+    assert!(matches!(group.outcome(first), Some(Ok(()))));
+    let reopened = SqliteStore::open(&options).unwrap();
+    let mut ids: Vec<String> = with(&reopened, |tx| tx.sessions())
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["also", "kept"], "the failed unit alone was undone");
+    // A plain transaction finishes an open batch first.
+    let third = group
+        .run_in_batch(&mut |tx| tx.delete_session(&sid("also")))
+        .unwrap();
+    with(&store, |tx| tx.save_session(&session("plain", 0)));
+    assert!(matches!(group.outcome(third), Some(Ok(()))));
+}

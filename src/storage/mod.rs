@@ -139,4 +139,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether what it stores outlives the process (tokens need that).
     fn durable(&self) -> bool;
+
+    /// Group commit, for stores whose commits are costly (an fsync each).
+    fn group_commit(&self) -> Option<&dyn GroupCommit> {
+        None
+    }
+}
+
+/// Group commit: several units of work share one transaction and one
+/// commit. Each unit runs in its own savepoint, so a failing one is undone
+/// alone. Nothing is acknowledged until the batch that holds it commits:
+/// callers wait on `finished` for their batch's number. The service decides
+/// when a batch ends (when nobody else is waiting to add to it).
+pub trait GroupCommit: Send + Sync {
+    /// Runs `work` in the open batch (opening one if none); returns the
+    /// batch's number.
+    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError>;
+    /// How many units the open batch holds.
+    fn batch_len(&self) -> usize;
+    /// Commits the open batch, if any, and tells its waiters.
+    fn commit_batch(&self) -> Result<(), StoreError>;
+    /// Changes whenever a batch finishes (its value: that batch's number).
+    fn finished(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// How batch `batch` ended; `None` while it is still open.
+    fn outcome(&self, batch: u64) -> Option<Result<(), StoreError>>;
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
+use super::{Due, EventQuery, GroupCommit, Store, StoreError, TokenRecord, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
 
 const MIGRATIONS: &[&str] = &[
@@ -87,8 +87,35 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 }
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Mutex<Batch>,
     describe: String,
+    /// The number of the last finished batch (changes wake waiters).
+    finished: tokio::sync::watch::Sender<u64>,
+    /// Recent batches whose commit failed, with why. Kept apart from the
+    /// connection so waiters checking their batch do not contend for it.
+    failures: Mutex<std::collections::VecDeque<(u64, String)>>,
+}
+
+/// The connection and the group-commit batch open on it, if any.
+struct Batch {
+    conn: Connection,
+    /// The number of the open batch (`None`: no transaction open).
+    open: Option<u64>,
+    last: u64,
+    works: usize,
+}
+
+impl Batch {
+    /// Commits the open batch, if any; returns its number and outcome.
+    fn commit(&mut self) -> Option<(u64, Result<(), StoreError>)> {
+        let number = self.open.take()?;
+        self.works = 0;
+        let outcome = self.conn.execute_batch("COMMIT").map_err(unavailable);
+        if outcome.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        Some((number, outcome))
+    }
 }
 
 impl SqliteStore {
@@ -121,7 +148,14 @@ impl SqliteStore {
             .map_err(unavailable)?;
         migrate(&mut conn)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Batch {
+                conn,
+                open: None,
+                last: 0,
+                works: 0,
+            }),
+            finished: tokio::sync::watch::channel(0).0,
+            failures: Mutex::new(Default::default()),
             describe: format!(
                 "sqlite {} (synchronous={})",
                 options.path.display(),
@@ -156,15 +190,104 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+impl SqliteStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits the open batch, if any, and tells its waiters how it went.
+    fn finish(&self, batch: &mut Batch) -> Result<(), StoreError> {
+        let Some((number, outcome)) = batch.commit() else {
+            return Ok(());
+        };
+        if let Err(e) = &outcome {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if failures.len() == 64 {
+                failures.pop_front();
+            }
+            failures.push_back((number, e.to_string()));
+        }
+        let _previous = self.finished.send_replace(number);
+        outcome
+    }
+}
+
+impl GroupCommit for SqliteStore {
+    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError> {
+        let mut batch = self.lock();
+        let number = match batch.open {
+            Some(number) => number,
+            None => {
+                batch
+                    .conn
+                    .execute_batch("BEGIN IMMEDIATE")
+                    .map_err(unavailable)?;
+                batch.last += 1;
+                batch.open = Some(batch.last);
+                batch.last
+            }
+        };
+        batch.works += 1;
+        let tx = &batch.conn;
+        // Cached statements: these run for every unit of work.
+        let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        run("SAVEPOINT work").map_err(unavailable)?;
+        match work(&mut SqliteTx { tx }) {
+            Ok(()) => {
+                run("RELEASE work").map_err(unavailable)?;
+                Ok(number)
+            }
+            Err(e) => {
+                // Undo this work only; the rest of the batch stands.
+                let _ = tx.execute_batch("ROLLBACK TO work; RELEASE work");
+                Err(e)
+            }
+        }
+    }
+
+    fn batch_len(&self) -> usize {
+        self.lock().works
+    }
+
+    fn commit_batch(&self) -> Result<(), StoreError> {
+        let mut batch = self.lock();
+        self.finish(&mut batch)
+    }
+
+    fn finished(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    fn outcome(&self, batch: u64) -> Option<Result<(), StoreError>> {
+        // Batches finish in order: up to the last finished one, all are done.
+        if *self.finished.borrow() < batch {
+            return None;
+        }
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match failures.iter().find(|(n, _)| *n == batch) {
+            Some((_, why)) => Err(StoreError::Unavailable(format!("the commit failed: {why}"))),
+            None => Ok(()),
+        })
+    }
+}
+
 impl Store for SqliteStore {
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
+        let mut batch = self.lock();
+        // A batch left open by group commit is finished first, so this
+        // transaction stands alone and is committed when it returns.
+        self.finish(&mut batch)?;
+        let tx = batch
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
         work(&mut SqliteTx { tx: &tx })?;
         tx.commit().map_err(unavailable)
         // On any error the transaction is dropped, which rolls it back.
+    }
+
+    fn group_commit(&self) -> Option<&dyn GroupCommit> {
+        Some(self)
     }
 
     fn describe(&self) -> String {
@@ -180,8 +303,10 @@ impl Store for SqliteStore {
     }
 }
 
+/// A unit of work's view of the connection, inside a transaction (or a
+/// savepoint of a batch) that the store opened.
 struct SqliteTx<'a> {
-    tx: &'a rusqlite::Transaction<'a>,
+    tx: &'a Connection,
 }
 
 fn millis(t: Option<Timestamp>) -> Option<i64> {
