@@ -69,6 +69,8 @@ pub struct Server {
     listener: TcpListener,
     service: Arc<Service>,
     settings: Settings,
+    /// Live publishing starts after this `seq` (the history's end at start).
+    published: u64,
 }
 
 impl Server {
@@ -100,6 +102,13 @@ impl Server {
                 url: settings.store.clone(),
                 message: e.to_string(),
             })?;
+        let published = service
+            .last_event_seq()
+            .await
+            .map_err(|e| StartError::Store {
+                url: settings.store.clone(),
+                message: e.to_string(),
+            })?;
         if renewed > 0 {
             tracing::info!(
                 renewed,
@@ -118,6 +127,7 @@ impl Server {
             listener,
             service,
             settings,
+            published,
         })
     }
 
@@ -142,6 +152,11 @@ impl Server {
             self.settings.cleanup_interval,
             reaper_stopped,
         );
+        let publisher = tokio::spawn(publish_history(
+            self.service.clone(),
+            self.published,
+            stop_reaper.subscribe(),
+        ));
         let refresher = tokio::spawn(refresh_tokens(
             self.service.clone(),
             stop_reaper.subscribe(),
@@ -163,6 +178,7 @@ impl Server {
         let _ = pruner.await;
         let _ = warner.await;
         let _ = refresher.await;
+        let _ = publisher.await;
         tracing::info!("LabLink stopped");
         served
     }
@@ -194,6 +210,27 @@ async fn auth_mode(settings: &Settings) -> Result<AuthMode, StartError> {
         });
     }
     Ok(mode)
+}
+
+/// Sends recorded events to live subscribers in `seq` order as the history
+/// grows.
+async fn publish_history(
+    service: Arc<Service>,
+    mut last: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = service.history_grew().notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        match service.publish_history(last).await {
+            Ok(published) => last = published,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish live events; retrying at the next change")
+            }
+        }
+    }
 }
 
 /// Notices token changes made by other processes (`lablink token revoke`).

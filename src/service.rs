@@ -175,6 +175,7 @@ pub struct Service {
     store_turn: tokio::sync::Mutex<()>,
     /// Requests waiting for `store_turn` with work to add to a batch.
     store_waiting: AtomicUsize,
+    history_grew: Notify,
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
@@ -443,6 +444,7 @@ impl Service {
             deadlines: Arc::new(DeadlineSignal::default()),
             store_turn: tokio::sync::Mutex::new(()),
             store_waiting: AtomicUsize::new(0),
+            history_grew: Notify::new(),
         }
     }
 
@@ -660,9 +662,57 @@ impl Service {
             }
             self.warnings.reschedule(locks);
         }
+        // Recorded events go live from the history, in `seq` order, so a
+        // subscriber never sees a later one before an earlier one (see
+        // `publish_history`); the rest (notifications, events not recorded
+        // because lock-event logging is off) go out now.
+        let mut recorded = false;
         for event in committed.events.into_iter().chain(notes) {
-            self.hub.publish(event);
+            if event.seq.is_some() {
+                recorded = true;
+            } else {
+                self.hub.publish(event);
+            }
         }
+        if recorded {
+            self.history_grew.notify_one();
+        }
+    }
+
+    /// The newest recorded `seq`: where live publishing starts.
+    pub async fn last_event_seq(&self) -> Result<u64, ServiceError> {
+        Ok(self.run(|uow| Ok(uow.tx.last_event_seq()?)).await?.value)
+    }
+
+    /// Publishes every recorded event after `after`, in order, and returns
+    /// the last `seq` published. The one path recorded events take to live
+    /// subscribers: commits finish in any order across threads, the history
+    /// does not.
+    pub async fn publish_history(&self, after: u64) -> Result<u64, ServiceError> {
+        let mut last = after;
+        loop {
+            let page = self
+                .history(EventQuery {
+                    after: Some(last),
+                    limit: 1000,
+                    ..EventQuery::default()
+                })
+                .await?
+                .value;
+            let full = page.len() == 1000;
+            for event in page {
+                last = event.seq.unwrap_or(last);
+                self.hub.publish(event);
+            }
+            if !full {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// Wakes whoever publishes the history when it grows.
+    pub fn history_grew(&self) -> &Notify {
+        &self.history_grew
     }
 
     /// Runs a transaction. Requests wait for a blocking store's turn

@@ -322,11 +322,26 @@ impl Tx for MemoryTx<'_> {
         Ok(newest(self.state.session_events.get(id), limit))
     }
 
-    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+    fn last_event_seq(&mut self) -> Result<u64, StoreError> {
         Ok(self
             .state
             .all_events
-            .iter()
+            .back()
+            .and_then(|e| e.seq)
+            .unwrap_or(0))
+    }
+
+    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // The history is in seq order: start right after the cursor.
+        let after = query.after.unwrap_or(0);
+        let start = self
+            .state
+            .all_events
+            .partition_point(|e| e.seq.is_some_and(|s| s <= after));
+        Ok(self
+            .state
+            .all_events
+            .range(start..)
             .filter(|e| query.matches(e))
             .take(query.limit)
             .map(|e| Event::clone(e))

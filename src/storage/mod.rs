@@ -65,6 +65,8 @@ pub trait Tx {
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Events matching `query`, oldest first.
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// The `seq` of the newest recorded event (0 if none).
+    fn last_event_seq(&mut self) -> Result<u64, StoreError>;
     /// Forgets events older than `before`; returns how many.
     fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError>;
 

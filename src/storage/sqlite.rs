@@ -557,6 +557,14 @@ impl Tx for SqliteTx<'_> {
         Ok(events)
     }
 
+    fn last_event_seq(&mut self) -> Result<u64, StoreError> {
+        self.tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|v| v as u64)
+            .map_err(unavailable)
+    }
+
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         // The filters are fixed; absent ones compare with NULL and pass.
         self.events(
