@@ -32,6 +32,10 @@ impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
     }
+
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
 }
 
 /// What a live client wants to hear about.

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use crate::auth::{Auth, AuthMode};
@@ -175,7 +175,10 @@ pub struct Service {
     store_turn: tokio::sync::Mutex<()>,
     /// Requests waiting for `store_turn` with work to add to a batch.
     store_waiting: AtomicUsize,
+    /// Wakes the history publisher.
     history_grew: Notify,
+    /// The highest `seq` this process has recorded.
+    recorded_upto: AtomicU64,
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
@@ -445,6 +448,7 @@ impl Service {
             store_turn: tokio::sync::Mutex::new(()),
             store_waiting: AtomicUsize::new(0),
             history_grew: Notify::new(),
+            recorded_upto: AtomicU64::new(0),
         }
     }
 
@@ -666,15 +670,15 @@ impl Service {
         // subscriber never sees a later one before an earlier one (see
         // `publish_history`); the rest (notifications, events not recorded
         // because lock-event logging is off) go out now.
-        let mut recorded = false;
+        let mut recorded = None;
         for event in committed.events.into_iter().chain(notes) {
-            if event.seq.is_some() {
-                recorded = true;
-            } else {
-                self.hub.publish(event);
+            match event.seq {
+                Some(seq) => recorded = recorded.max(Some(seq)),
+                None => self.hub.publish(event),
             }
         }
-        if recorded {
+        if let Some(seq) = recorded {
+            self.recorded_upto.fetch_max(seq, Ordering::SeqCst);
             self.history_grew.notify_one();
         }
     }
@@ -689,6 +693,12 @@ impl Service {
     /// subscribers: commits finish in any order across threads, the history
     /// does not.
     pub async fn publish_history(&self, after: u64) -> Result<u64, ServiceError> {
+        // Nobody listening: nothing to read. (Read the mark first: whatever
+        // it covers was committed before anyone could have subscribed.)
+        let upto = self.recorded_upto.load(Ordering::SeqCst);
+        if self.hub.subscribers() == 0 {
+            return Ok(after.max(upto));
+        }
         let mut last = after;
         loop {
             let page = self
