@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -170,7 +171,12 @@ impl Server {
         tracing::info!(addr = %self.local_addr(), "LabLink listening");
         let app =
             api::router(self.service.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
+        // Answers go out at once rather than waiting to be coalesced
+        // (Nagle): lock requests are small and latency matters.
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_reaper.send(true);
