@@ -1,0 +1,236 @@
+//! One unit of work: the store transaction, the instant, and what the
+//! work did (events, deadlines, saved lock states). The use cases in
+//! `service` write their rules against it.
+
+use super::*;
+
+/// One transaction's working set: the store, the instant, and what happened.
+pub(super) struct Uow<'a> {
+    pub(super) tx: &'a mut dyn Tx,
+    pub(super) now: Timestamp,
+    pub(super) policy: &'a Policy,
+    pub(super) events: Vec<Event>,
+    pub(super) earliest_deadline: Option<Timestamp>,
+    pub(super) expired: ExpiryReport,
+    /// Each loaded equipment's queue as it was before this unit of work,
+    /// to tell waiters whose place changed.
+    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    /// The last saved state of each equipment this unit of work changed.
+    pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
+    /// The user whose request this is, stamped on the events it causes.
+    pub(super) actor: Option<String>,
+}
+
+/// What a committed unit of work leaves for live subscribers.
+pub(super) struct Committed {
+    pub(super) events: Vec<Event>,
+    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
+}
+
+/// Asks the store whether `session` is live at `now`, remembering the first
+/// store error (the domain's callback cannot return one).
+pub(super) fn live_check<'t>(
+    tx: &'t mut dyn Tx,
+    now: Timestamp,
+    failure: &'t mut Option<StoreError>,
+) -> impl FnMut(&SessionId) -> bool + 't {
+    move |session| match tx.session(session) {
+        Ok(found) => found.is_some_and(|s| s.is_live(now)),
+        Err(e) => {
+            failure.get_or_insert(e);
+            false
+        }
+    }
+}
+
+/// The notification a history event implies for the session it names.
+pub(super) fn notification_for(event: &Event) -> Option<Event> {
+    let kind = match (event.event, event.reason) {
+        (EventKind::QueueProcessed, _) => EventKind::LockGranted,
+        (EventKind::LockForceReleased | EventKind::ObserverRevoked | EventKind::LockExpired, _) => {
+            EventKind::LockLost
+        }
+        (
+            EventKind::LockReleased | EventKind::ObserverLockReleased,
+            Some(EndReason::SessionExpired),
+        ) => EventKind::LockLost,
+        _ => return None,
+    };
+    let mut note = event.clone();
+    note.event = kind;
+    note.seq = None;
+    Some(note)
+}
+
+pub(super) fn count_hand_offs(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event == EventKind::QueueProcessed)
+        .count()
+}
+
+impl Uow<'_> {
+    pub(super) fn note_deadline(&mut self, deadline: Option<Timestamp>) {
+        if let Some(d) = deadline {
+            self.earliest_deadline = Some(self.earliest_deadline.map_or(d, |e| e.min(d)));
+        }
+    }
+
+    pub(super) fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        self.note_deadline(session.deadline());
+        self.tx.save_session(session)
+    }
+
+    pub(super) fn save_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
+        self.note_deadline(locks.next_deadline());
+        self.tx.save_equipment_locks(locks)?;
+        self.saved.insert(locks.equipment_id.clone(), locks.clone());
+        Ok(())
+    }
+
+    /// Loads an equipment's locks, remembering its queue as first seen.
+    pub(super) fn load_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
+        let locks = self.tx.equipment_locks(id)?;
+        self.queues_before
+            .entry(id.clone())
+            .or_insert_with(|| locks.queue.iter().map(|e| e.session_id.clone()).collect());
+        Ok(locks)
+    }
+
+    /// The session if it exists and is live at `now`.
+    pub(super) fn live_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(self.tx.session(id)?.filter(|s| s.is_live(self.now)))
+    }
+
+    /// Notes who is acting, for the events this unit of work causes.
+    pub(super) fn acting(&mut self, actor: &Actor) {
+        self.actor = actor.user.clone();
+    }
+
+    /// Loads a live session the actor may use, and renews it (semantics.md,
+    /// Sessions 2).
+    pub(super) fn renew_session(
+        &mut self,
+        id: &SessionId,
+        actor: &Actor,
+    ) -> Result<Session, ServiceError> {
+        self.acting(actor);
+        let mut session = self
+            .live_session(id)?
+            .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+        actor.may_use(&session)?;
+        session.touch(self.now);
+        self.save_session(&session)?;
+        Ok(session)
+    }
+
+    /// Runs `change` on an equipment's locks with a liveness callback, saves
+    /// them, and returns what `change` returned.
+    pub(super) fn change_locks<R>(
+        &mut self,
+        id: &EquipmentId,
+        change: impl FnOnce(
+            &mut EquipmentLocks,
+            &mut dyn FnMut(&SessionId) -> bool,
+            &mut Vec<Event>,
+        ) -> R,
+    ) -> Result<(EquipmentLocks, R), StoreError> {
+        let mut locks = self.load_locks(id)?;
+        let mut failure = None;
+        let result = {
+            let mut live = live_check(&mut *self.tx, self.now, &mut failure);
+            change(&mut locks, &mut live, &mut self.events)
+        };
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        self.save_locks(&locks)?;
+        Ok((locks, result))
+    }
+
+    /// Ends a session: its locks (if auto-release is on) and queue places
+    /// go, each freed equipment passes to its queue, and the session is
+    /// deleted. Returns how many locks it held.
+    pub(super) fn end_session(
+        &mut self,
+        session: &Session,
+        reason: EndReason,
+    ) -> Result<usize, StoreError> {
+        let release = self.policy.auto_release_on_disconnect;
+        let now = self.now;
+        let mut released = 0;
+        for equipment in self.tx.equipment_of_session(&session.id)? {
+            let (_, n) = self.change_locks(&equipment, |locks, live, events| {
+                locks.remove_session(&session.id, release, reason, now, live, events)
+            })?;
+            released += n;
+        }
+        self.tx.delete_session(&session.id)?;
+        let kind = if reason == EndReason::SessionExpired {
+            EventKind::SessionExpired
+        } else {
+            EventKind::SessionEnded
+        };
+        let mut e = Event::new(kind, now);
+        e.session_id = Some(session.id.clone());
+        e.locks_released = Some(released);
+        self.events.push(e);
+        Ok(released)
+    }
+
+    /// Expires everything whose deadline is at or before `now`, in deadline
+    /// order. Work is proportional to what is due, not to what exists.
+    pub(super) fn expire_due(&mut self) -> Result<(), StoreError> {
+        const BATCH: usize = 256;
+        // Each round removes what it was handed; the bound only guards
+        // against a store whose index disagrees with its rows.
+        for _ in 0..1024 {
+            let due = self.tx.due(self.now, BATCH)?;
+            if due.is_empty() {
+                break;
+            }
+            for item in due {
+                match item {
+                    Due::Session(id) => match self.tx.session(&id)? {
+                        Some(session) if !session.is_live(self.now) => {
+                            self.end_session(&session, EndReason::SessionExpired)?;
+                            self.expired.expired_sessions += 1;
+                        }
+                        Some(session) => self.save_session(&session)?,
+                        None => self.tx.delete_session(&id)?,
+                    },
+                    Due::Equipment(id) => {
+                        let now = self.now;
+                        let before = self.events.len();
+                        let (_, n) = self.change_locks(&id, |locks, live, events| {
+                            locks.expire(now, live, events)
+                        })?;
+                        self.expired.expired_locks += n;
+                        self.expired.queue_processed += count_hand_offs(&self.events[before..]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the events worth keeping (lock events only when logging them
+    /// is on; session lifecycle events always).
+    pub(super) fn record_events(&mut self) -> Result<(), StoreError> {
+        if self.policy.log_lock_events {
+            return self.tx.record_events(&mut self.events);
+        }
+        // Only the session lifecycle is recorded; the rest still goes live,
+        // without a sequence number.
+        let kept: Vec<usize> = (0..self.events.len())
+            .filter(|i| self.events[*i].event.is_session_lifecycle())
+            .collect();
+        let mut recorded: Vec<Event> = kept.iter().map(|i| self.events[*i].clone()).collect();
+        self.tx.record_events(&mut recorded)?;
+        for (i, event) in kept.into_iter().zip(recorded) {
+            self.events[i].seq = event.seq;
+        }
+        Ok(())
+    }
+}
