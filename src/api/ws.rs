@@ -66,7 +66,9 @@ impl Socket for Axum {
 #[utoipa::path(get, path = "/api/ws", tag = "live",
     responses((status = 101, description = "WebSocket: send {\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": ..., \"all\": false, \"resume_from\": seq}; receive events")))]
 pub async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve(app, Axum(socket)))
+    // Clients only ever send small subscription messages.
+    ws.max_message_size(64 << 10)
+        .on_upgrade(move |socket| serve(app, Axum(socket)))
 }
 
 fn subscription(

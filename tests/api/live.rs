@@ -371,3 +371,43 @@ async fn live_events_arrive_in_seq_order_with_none_missing_under_concurrency() {
     }
     assert_eq!(received, expected, "every recorded event, once, in order");
 }
+
+#[tokio::test]
+async fn odd_websocket_messages_are_refused_without_harm() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app, json!({"type": "subscribe", "all": true})).await;
+    ws.send(Message::binary(vec![0u8, 159, 146, 150]))
+        .await
+        .unwrap();
+    ws.send(Message::text("not json")).await.unwrap();
+    assert_eq!(
+        next(&mut ws).await["code"],
+        "invalid_message",
+        "binary frames are ignored, bad text answered"
+    );
+    ws.send(Message::text(
+        json!({"type": "subscribe", "equipment_ids": ["a b"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut ws).await["code"], "invalid_message");
+    // An oversized message ends that connection only.
+    let _ = ws.send(Message::text("x".repeat(200 << 10))).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the oversized client is disconnected");
+    let mut other = connect(&app, json!({"type": "subscribe", "all": true})).await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    assert_eq!(
+        until(&mut other, "lock_acquired").await["equipment_id"],
+        "ps_abc123"
+    );
+}
