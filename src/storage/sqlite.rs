@@ -110,7 +110,12 @@ impl Batch {
     fn commit(&mut self) -> Option<(u64, Result<(), StoreError>)> {
         let number = self.open.take()?;
         self.works = 0;
-        let outcome = self.conn.execute_batch("COMMIT").map_err(unavailable);
+        let outcome = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+            .map_err(unavailable);
         if outcome.is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -220,7 +225,8 @@ impl GroupCommit for SqliteStore {
             None => {
                 batch
                     .conn
-                    .execute_batch("BEGIN IMMEDIATE")
+                    .prepare_cached("BEGIN IMMEDIATE")
+                    .and_then(|mut s| s.execute([]))
                     .map_err(unavailable)?;
                 batch.last += 1;
                 batch.open = Some(batch.last);
@@ -232,7 +238,7 @@ impl GroupCommit for SqliteStore {
         // Cached statements: these run for every unit of work.
         let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
         run("SAVEPOINT work").map_err(unavailable)?;
-        match work(&mut SqliteTx { tx }) {
+        match work(&mut SqliteTx::new(tx)) {
             Ok(()) => {
                 run("RELEASE work").map_err(unavailable)?;
                 Ok(number)
@@ -281,7 +287,7 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        work(&mut SqliteTx { tx: &tx })?;
+        work(&mut SqliteTx::new(&tx))?;
         tx.commit().map_err(unavailable)
         // On any error the transaction is dropped, which rolls it back.
     }
@@ -307,6 +313,18 @@ impl Store for SqliteStore {
 /// savepoint of a batch) that the store opened.
 struct SqliteTx<'a> {
     tx: &'a Connection,
+    /// The participants of each equipment as this unit loaded it, so saving
+    /// can update the participant index without reading it back.
+    loaded: std::collections::HashMap<String, BTreeSet<String>>,
+}
+
+impl<'a> SqliteTx<'a> {
+    fn new(tx: &'a Connection) -> Self {
+        Self {
+            tx,
+            loaded: Default::default(),
+        }
+    }
 }
 
 fn millis(t: Option<Timestamp>) -> Option<i64> {
@@ -397,7 +415,10 @@ impl Tx for SqliteTx<'_> {
             "SELECT data FROM equipment_locks WHERE equipment_id = ?1",
             id.as_str(),
         )?;
-        Ok(found.unwrap_or_else(|| EquipmentLocks::new(id.clone())))
+        let locks = found.unwrap_or_else(|| EquipmentLocks::new(id.clone()));
+        let participants = locks.participants().map(|s| s.to_string()).collect();
+        self.loaded.insert(id.to_string(), participants);
+        Ok(locks)
     }
 
     fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
@@ -413,15 +434,18 @@ impl Tx for SqliteTx<'_> {
             .map_err(unavailable)?;
         // Keep the participant index in step with the new state: only the
         // sessions that came or went are written.
-        let before: BTreeSet<String> = {
-            let mut stmt = self
-                .tx
-                .prepare_cached("SELECT session_id FROM participants WHERE equipment_id = ?1")
-                .map_err(unavailable)?;
-            let rows = stmt.query_map([id], |r| r.get(0)).map_err(unavailable)?;
-            rows.collect::<Result<_, _>>().map_err(unavailable)?
-        };
         let after: BTreeSet<String> = locks.participants().map(|s| s.to_string()).collect();
+        let before = match self.loaded.insert(id.to_string(), after.clone()) {
+            Some(loaded) => loaded,
+            None => {
+                let mut stmt = self
+                    .tx
+                    .prepare_cached("SELECT session_id FROM participants WHERE equipment_id = ?1")
+                    .map_err(unavailable)?;
+                let rows = stmt.query_map([id], |r| r.get(0)).map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            }
+        };
         for gone in before.difference(&after) {
             self.tx
                 .prepare_cached(
