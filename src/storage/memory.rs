@@ -46,9 +46,10 @@ impl State {
         }
     }
 
-    fn put_session(&mut self, session: Session) {
+    /// Stores a session; returns the one it replaced.
+    fn put_session(&mut self, session: Session) -> Option<Session> {
         self.set_deadline(Due::Session(session.id.clone()), session.deadline());
-        self.sessions.insert(session.id.clone(), session);
+        self.sessions.insert(session.id.clone(), session)
     }
 
     fn remove_session(&mut self, id: &SessionId) -> Option<Session> {
@@ -57,8 +58,12 @@ impl State {
     }
 
     /// Replaces (or with `None`, removes) an equipment's locks, keeping the
-    /// participant and deadline indexes in step.
-    fn put_locks(&mut self, id: &EquipmentId, locks: Option<EquipmentLocks>) {
+    /// participant and deadline indexes in step; returns what it replaced.
+    fn put_locks(
+        &mut self,
+        id: &EquipmentId,
+        locks: Option<EquipmentLocks>,
+    ) -> Option<EquipmentLocks> {
         let before: BTreeSet<SessionId> = self
             .equipment
             .get(id)
@@ -87,7 +92,7 @@ impl State {
         match locks {
             Some(locks) => self.equipment.insert(id.clone(), locks),
             None => self.equipment.remove(id),
-        };
+        }
     }
 
     fn append_event(&mut self, event: Event) {
@@ -179,7 +184,9 @@ impl Store for MemoryStore {
                 } = tx;
                 for (id, old) in old_sessions {
                     match old {
-                        Some(session) => state.put_session(session),
+                        Some(session) => {
+                            state.put_session(session);
+                        }
                         None => {
                             state.remove_session(&id);
                         }
@@ -217,11 +224,10 @@ struct MemoryTx<'a> {
 }
 
 impl MemoryTx<'_> {
-    fn remember_session(&mut self, id: &SessionId) {
-        if !self.old_sessions.contains_key(id) {
-            let old = self.state.sessions.get(id).cloned();
-            self.old_sessions.insert(id.clone(), old);
-        }
+    /// Keeps the first value a row had in this transaction, for undoing:
+    /// the value just replaced is moved here, never copied.
+    fn remember_session(&mut self, id: &SessionId, replaced: Option<Session>) {
+        self.old_sessions.entry(id.clone()).or_insert(replaced);
     }
 }
 
@@ -235,16 +241,17 @@ impl Tx for MemoryTx<'_> {
     }
 
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
-        self.remember_session(&session.id);
-        self.state.put_session(session.clone());
+        let replaced = self.state.put_session(session.clone());
+        self.remember_session(&session.id, replaced);
         Ok(())
     }
 
     fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
-        self.remember_session(id);
-        if self.state.remove_session(id).is_some() {
+        let removed = self.state.remove_session(id);
+        if removed.is_some() {
             self.ended.push(id.clone());
         }
+        self.remember_session(id, removed);
         Ok(())
     }
 
@@ -259,11 +266,8 @@ impl Tx for MemoryTx<'_> {
 
     fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
         let id = &locks.equipment_id;
-        if !self.old_locks.contains_key(id) {
-            let old = self.state.equipment.get(id).cloned();
-            self.old_locks.insert(id.clone(), old);
-        }
-        self.state.put_locks(id, Some(locks.clone()));
+        let replaced = self.state.put_locks(id, Some(locks.clone()));
+        self.old_locks.entry(id.clone()).or_insert(replaced);
         Ok(())
     }
 
