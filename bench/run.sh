@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:-memory}; scenario=${2:-cycle}; clients=${3:-32}; seconds=${4:-10}
 background=${5:-}
-cargo build --release --quiet
-bin=target/release/lablink
+source bench/lib.sh
 data=$(mktemp -d)
 case "$store" in
   memory) url=memory ;;
@@ -20,14 +19,8 @@ case "$store" in
   sqlite-normal) url="sqlite://$data/lablink.db?synchronous=normal" ;;
   *) echo "unknown store $store" >&2; exit 2 ;;
 esac
-port=$((20000 + RANDOM % 20000))
-RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$url" &
-server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && break
-  sleep 0.1
-done
+start_server "$url"
 offset=0
 if [ -n "$background" ]; then
   "$bin" bench --url "http://127.0.0.1:$port" --scenario "$background" --clients 32 \

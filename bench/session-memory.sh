@@ -5,16 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
-cargo build --release --quiet
-bin=target/release/lablink
-port=$((20000 + RANDOM % 20000))
-RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store memory &
-server=$!
+source bench/lib.sh
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && break
-  sleep 0.1
-done
+start_server memory
 rss() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
 # Warm up allocator and connection buffers before the baseline.
 "$bin" bench --url "http://127.0.0.1:$port" --scenario status --clients 32 --seconds 1 >/dev/null

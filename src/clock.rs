@@ -64,11 +64,6 @@ impl ManualClock {
             .fetch_add(by.as_millis() as i64, Ordering::SeqCst);
         self.moved.notify_waiters();
     }
-
-    pub fn set(&self, to: Timestamp) {
-        self.millis.store(to.as_millis(), Ordering::SeqCst);
-        self.moved.notify_waiters();
-    }
 }
 
 impl Clock for ManualClock {

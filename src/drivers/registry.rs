@@ -152,10 +152,6 @@ impl Instruments {
         self.order.iter().filter_map(|id| self.by_id.get(id))
     }
 
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

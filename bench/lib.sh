@@ -1,0 +1,17 @@
+# Shared by the bench scripts: build the release binary and start a server.
+#   start_server STORE_URL   sets $bin, $port and $server, and waits until
+#                            the server answers; stopping it is the caller's.
+bin=target/release/lablink
+server=""
+start_server() {
+  cargo build --release --quiet
+  port=$((20000 + RANDOM % 20000))
+  RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$1" &
+  server=$!
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "the server did not start" >&2
+  return 1
+}
