@@ -48,13 +48,18 @@ impl Service {
         wait: Option<std::time::Duration>,
     ) -> Result<At<Acquired>, ServiceError> {
         let (equipment, session) = (input.equipment_id.clone(), input.session_id.clone());
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            // No waiting: no listening either. (A subscriber makes every
+            // commit's events go live through the history: see
+            // `publish_history`.)
+            return self.acquire(input).await;
+        };
         // Listen before asking, so a grant right after cannot be missed.
         let mut live = self.hub.subscribe();
         let first = self.acquire(input).await?;
-        let wait = match (&first.value.outcome, wait) {
-            (AcquireOutcome::Queued { .. }, Some(wait)) if !wait.is_zero() => wait,
-            _ => return Ok(first),
-        };
+        if !matches!(first.value.outcome, AcquireOutcome::Queued { .. }) {
+            return Ok(first);
+        }
         let until = first.now.plus_millis(wait.as_millis() as u64);
         loop {
             tokio::select! {
