@@ -178,7 +178,9 @@ impl Service {
     /// Group commit: runs `work` in the store's open batch. Whoever finds
     /// nobody else waiting to add work commits the batch; the others wait
     /// for that commit (or, if nobody comes, take their turn back and
-    /// commit it themselves). Nothing returns before its work is committed.
+    /// commit it themselves). Everyone is answered once the store says
+    /// their batch is durable, which it may make so while the next batch
+    /// already runs. Nothing returns before its work is committed.
     async fn in_batch(
         &self,
         group: &dyn crate::storage::GroupCommit,
@@ -200,9 +202,8 @@ impl Service {
         let batch = group.run_in_batch(work);
         let others = self.store_waiting.load(Ordering::SeqCst) > 0;
         if !others || group.batch_len() >= MAX_BATCH {
-            let committed = group.commit_batch();
-            drop(turn);
-            return batch.and(committed);
+            // Its outcome reaches everyone in the batch through `outcome`.
+            let _committed = group.commit_batch();
         }
         drop(turn);
         let batch = batch?;
@@ -210,16 +211,18 @@ impl Service {
             if let Some(outcome) = group.outcome(batch) {
                 return outcome;
             }
+            let closed = || StoreError::Unavailable("the store is closed".into());
+            if !group.is_open(batch) {
+                // Committed; the store is making it durable.
+                finished.changed().await.map_err(|_| closed())?;
+                continue;
+            }
             tokio::select! {
-                changed = finished.changed() => {
-                    if changed.is_err() {
-                        return Err(StoreError::Unavailable("the store is closed".into()));
-                    }
-                }
+                changed = finished.changed() => changed.map_err(|_| closed())?,
                 turn = self.store_turn.lock() => {
-                    if group.outcome(batch).is_none() {
+                    if group.is_open(batch) {
                         // Nobody else committed it: do it now.
-                        let _ = group.commit_batch();
+                        let _committed = group.commit_batch();
                     }
                     drop(turn);
                 }

@@ -357,8 +357,14 @@ fn sqlite_keeps_everything_across_reopening() {
     );
 }
 
-#[test]
-fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
+/// Waits until the store has finished (made durable) `batch`.
+async fn finished(group: &dyn super::GroupCommit, batch: u64) {
+    let mut finished = group.finished();
+    finished.wait_for(|n| *n >= batch).await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions::from_url("sqlite://batch.db", dir.path()).unwrap();
     let store = SqliteStore::open(&options).unwrap();
@@ -379,7 +385,10 @@ fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
         group.outcome(first).is_none(),
         "not acknowledged before the commit"
     );
+    assert!(group.is_open(first));
     group.commit_batch().unwrap();
+    assert!(!group.is_open(first));
+    finished(group, first).await;
     assert!(matches!(group.outcome(first), Some(Ok(()))));
     let reopened = SqliteStore::open(&options).unwrap();
     let mut ids: Vec<String> = with(&reopened, |tx| tx.sessions())
@@ -393,5 +402,7 @@ fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
         .run_in_batch(&mut |tx| tx.delete_session(&sid("also")))
         .unwrap();
     with(&store, |tx| tx.save_session(&session("plain", 0)));
+    assert!(!group.is_open(third));
+    finished(group, third).await;
     assert!(matches!(group.outcome(third), Some(Ok(()))));
 }

@@ -159,7 +159,11 @@ pub trait GroupCommit: Send + Sync {
     fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError>;
     /// How many units the open batch holds.
     fn batch_len(&self) -> usize;
-    /// Commits the open batch, if any, and tells its waiters.
+    /// Whether `batch` is the open batch (not yet committed).
+    fn is_open(&self, batch: u64) -> bool;
+    /// Commits the open batch, if any. Its waiters hear through `finished`
+    /// once it is durable, which may be later (the store syncs it without
+    /// holding up the next batch).
     fn commit_batch(&self) -> Result<(), StoreError>;
     /// Changes whenever a batch finishes (its value: that batch's number).
     fn finished(&self) -> tokio::sync::watch::Receiver<u64>;
