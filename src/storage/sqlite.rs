@@ -15,6 +15,9 @@
 //! which keeps its own syncs around checkpoints; a batch is answered only
 //! after an fsync that began once its commit was written, so what is
 //! acknowledged survives power loss exactly as with SQLite's `FULL`.
+//! The same thread checkpoints the log into the database file on a
+//! connection of its own, which SQLite would otherwise do inside the
+//! `COMMIT` of whichever batch crossed its threshold.
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
@@ -100,7 +103,7 @@ pub struct SqliteStore {
     conn: Mutex<Batch>,
     describe: String,
     durability: Arc<Durability>,
-    /// Fsyncs what batches commit (`synchronous=full`); joined on drop.
+    /// Syncs and checkpoints what batches commit; joined on drop.
     syncer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -111,6 +114,89 @@ struct Batch {
     open: Option<u64>,
     last: u64,
     works: usize,
+    /// No deadline in the database is earlier than this; `None`: not known.
+    /// Lets `due` skip its query on most requests (the floor is only ever
+    /// lowered by writes, so a rolled-back write leaves it merely low).
+    deadline_floor: Option<DeadlineFloor>,
+    /// The current unit's events, inserted after its savepoint.
+    events: EventBuffer,
+}
+
+/// A batched unit's events. They are numbered when recorded but inserted
+/// only once the unit's savepoint is released, into the batch's own
+/// transaction: inserted inside the savepoint, every index page they touch
+/// was first copied to the savepoint's undo journal, which was the largest
+/// single cost of a unit in the profile (docs/benchmarks.md). A unit never
+/// reads back its own events, and the next unit sees them.
+#[derive(Default)]
+struct EventBuffer {
+    /// The `seq` the next event gets; `None`: read it from the database.
+    next_seq: Option<i64>,
+    rows: Vec<EventRow>,
+}
+
+struct EventRow {
+    /// `None`: the database numbers it.
+    seq: Option<i64>,
+    at: i64,
+    kind: &'static str,
+    equipment_id: Option<String>,
+    session_id: Option<String>,
+    forced_by: Option<String>,
+    data: String,
+}
+
+impl EventRow {
+    fn new(event: &mut Event, seq: Option<i64>) -> Result<Self, StoreError> {
+        event.seq = None;
+        Ok(Self {
+            seq,
+            at: event.timestamp.as_millis(),
+            kind: event.event.as_str(),
+            equipment_id: event.equipment_id.as_ref().map(|e| e.to_string()),
+            session_id: event.session_id.as_ref().map(|s| s.to_string()),
+            forced_by: event.forced_by.as_ref().map(|s| s.to_string()),
+            data: serde_json::to_string(event).map_err(corrupt)?,
+        })
+    }
+
+    /// Inserts the row; returns its `seq`.
+    fn insert(&self, conn: &Connection) -> Result<i64, StoreError> {
+        conn.prepare_cached(
+            "INSERT INTO events (seq, at, event, equipment_id, session_id, forced_by, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                self.seq,
+                self.at,
+                self.kind,
+                self.equipment_id,
+                self.session_id,
+                self.forced_by,
+                self.data,
+            ])
+        })
+        .map_err(unavailable)?;
+        Ok(conn.last_insert_rowid())
+    }
+}
+
+impl EventBuffer {
+    fn flush(&mut self, conn: &Connection) -> Result<(), StoreError> {
+        for row in self.rows.drain(..) {
+            row.insert(conn)?;
+        }
+        Ok(())
+    }
+}
+
+/// The earliest deadline stored, as far as the store knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum DeadlineFloor {
+    At(Timestamp),
+    /// Nothing has a deadline.
+    Never,
 }
 
 /// Where committed batches stand on their way to being answered: committed
@@ -150,7 +236,6 @@ impl Durability {
         }
         if self.wal.is_none() {
             let _previous = self.finished.send_replace(number);
-            return;
         }
         self.lock_committed().0 = number;
         self.committed_grew.notify_one();
@@ -175,9 +260,12 @@ impl Durability {
 
     /// The syncer thread: fsyncs whatever has been committed since the last
     /// sync (one fsync covers every batch committed before it began) and
-    /// finishes those batches, until the store closes.
-    fn run_syncer(&self) {
+    /// finishes those batches, and checkpoints the log now and then, until
+    /// the store closes.
+    fn run_syncer(&self, checkpointer: Connection) {
+        const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
         let mut synced = 0;
+        let mut checkpointed = std::time::Instant::now();
         loop {
             let (target, closing) = {
                 let mut committed = self.lock_committed();
@@ -190,14 +278,23 @@ impl Durability {
                 *committed
             };
             if target > synced {
-                if let Err(why) = self.sync_wal() {
-                    self.fail(synced + 1..=target, why);
+                if self.wal.is_some() {
+                    if let Err(why) = self.sync_wal() {
+                        self.fail(synced + 1..=target, why);
+                    }
+                    let _previous = self.finished.send_replace(target);
                 }
                 synced = target;
-                let _previous = self.finished.send_replace(target);
             }
             if closing {
                 return;
+            }
+            if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+                // PASSIVE: copies what it can without holding up writers.
+                if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(error = %e, "checkpoint failed; SQLite's own will run");
+                }
+                checkpointed = std::time::Instant::now();
             }
         }
     }
@@ -226,6 +323,7 @@ impl Batch {
             .map_err(unavailable);
         if outcome.is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
+            self.deadline_floor = None;
         }
         Some((number, outcome))
     }
@@ -269,8 +367,14 @@ impl SqliteStore {
         // temp_store: group commit runs each unit in a savepoint, whose
         // undo pages (the sub-journal) would otherwise go to a temporary
         // file with a write per page (seen in the profile).
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;")
-            .map_err(unavailable)?;
+        // wal_autocheckpoint: the syncer thread checkpoints; SQLite's own,
+        // inside a commit, is only the backstop for a log that keeps
+        // growing (40 MB of 4 KiB pages rather than the default 4 MB).
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;
+             PRAGMA wal_autocheckpoint = 10000;",
+        )
+        .map_err(unavailable)?;
         migrate(&mut conn)?;
         let mut wal = options.path.clone().into_os_string();
         wal.push("-wal");
@@ -281,16 +385,16 @@ impl SqliteStore {
             finished: tokio::sync::watch::channel(0).0,
             failures: Mutex::new(VecDeque::new()),
         });
-        let syncer = match options.synchronous_full {
-            true => {
-                let durability = durability.clone();
-                let thread = std::thread::Builder::new()
-                    .name("lablink-wal-sync".into())
-                    .spawn(move || durability.run_syncer())
-                    .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
-                Some(thread)
-            }
-            false => None,
+        let checkpointer = Connection::open(&options.path).map_err(unavailable)?;
+        checkpointer
+            .busy_timeout(options.busy_timeout)
+            .map_err(unavailable)?;
+        let syncer = {
+            let durability = durability.clone();
+            std::thread::Builder::new()
+                .name("lablink-wal-sync".into())
+                .spawn(move || durability.run_syncer(checkpointer))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
         };
         Ok(Self {
             conn: Mutex::new(Batch {
@@ -298,13 +402,19 @@ impl SqliteStore {
                 open: None,
                 last: 0,
                 works: 0,
+                deadline_floor: None,
+                events: EventBuffer::default(),
             }),
             durability,
-            syncer,
+            syncer: Some(syncer),
             describe: format!(
                 "sqlite {} (synchronous={})",
                 options.path.display(),
-                if options.synchronous_full { "full" } else { "normal" }
+                if options.synchronous_full {
+                    "full"
+                } else {
+                    "normal"
+                }
             ),
         })
     }
@@ -352,7 +462,8 @@ impl SqliteStore {
 
 impl GroupCommit for SqliteStore {
     fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError> {
-        let mut batch = self.lock();
+        let mut guard = self.lock();
+        let batch = &mut *guard;
         let number = match batch.open {
             Some(number) => number,
             None => {
@@ -363,6 +474,8 @@ impl GroupCommit for SqliteStore {
                     .map_err(unavailable)?;
                 batch.last += 1;
                 batch.open = Some(batch.last);
+                // Plain transactions may have recorded events since.
+                batch.events.next_seq = None;
                 batch.last
             }
         };
@@ -371,14 +484,35 @@ impl GroupCommit for SqliteStore {
         // Cached statements: these run for every unit of work.
         let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
         run("SAVEPOINT work").map_err(unavailable)?;
-        match work(&mut SqliteTx::new(tx)) {
+        let next_seq = batch.events.next_seq;
+        let mut unit = SqliteTx::new(tx, &mut batch.deadline_floor);
+        unit.events = Some(&mut batch.events);
+        match work(&mut unit) {
             Ok(()) => {
-                run("RELEASE work").map_err(unavailable)?;
+                let kept = run("RELEASE work")
+                    .map_err(unavailable)
+                    .and_then(|_| batch.events.flush(tx));
+                if let Err(e) = kept {
+                    // The batch cannot stand without this unit's events:
+                    // roll all of it back; its waiters hear it failed.
+                    let _ = batch.conn.execute_batch("ROLLBACK");
+                    batch.open = None;
+                    batch.works = 0;
+                    batch.events = EventBuffer::default();
+                    batch.deadline_floor = None;
+                    let why = StoreError::Unavailable(format!("the batch was rolled back: {e}"));
+                    self.durability.committed(number, &Err(why));
+                    return Err(e);
+                }
                 Ok(number)
             }
             Err(e) => {
                 // Undo this work only; the rest of the batch stands.
                 let _ = tx.execute_batch("ROLLBACK TO work; RELEASE work");
+                batch.events.rows.clear();
+                batch.events.next_seq = next_seq;
+                // Undone writes may have put earlier deadlines back.
+                batch.deadline_floor = None;
                 Err(e)
             }
         }
@@ -420,18 +554,26 @@ impl GroupCommit for SqliteStore {
 
 impl Store for SqliteStore {
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        let mut batch = self.lock();
+        let mut guard = self.lock();
         // A batch left open by group commit is finished first, so this
         // transaction stands alone and is committed when it returns.
-        self.finish(&mut batch)?;
+        self.finish(&mut guard)?;
+        let batch = &mut *guard;
         let tx = batch
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        work(&mut SqliteTx::new(&tx))?;
-        tx.commit().map_err(unavailable)?;
+        if let Err(e) = work(&mut SqliteTx::new(&tx, &mut batch.deadline_floor)) {
+            // Undone writes may have put earlier deadlines back.
+            batch.deadline_floor = None;
+            return Err(e);
+        }
+        if let Err(e) = tx.commit() {
+            batch.deadline_floor = None;
+            return Err(unavailable(e));
+        }
         // On any error above the transaction is dropped, which rolls it back.
-        drop(batch);
+        drop(guard);
         self.durability
             .sync_wal()
             .map_err(|why| StoreError::Unavailable(format!("the commit failed: {why}")))
@@ -458,15 +600,25 @@ impl Store for SqliteStore {
 /// savepoint of a batch) that the store opened.
 struct SqliteTx<'a> {
     tx: &'a Connection,
+    deadline_floor: &'a mut Option<DeadlineFloor>,
+    /// Where a batched unit's events wait for its savepoint's release;
+    /// `None`: a plain transaction, which inserts them at once.
+    events: Option<&'a mut EventBuffer>,
+    /// Sessions this unit read or wrote (a lock change checks the same
+    /// sessions' liveness more than once).
+    sessions: std::collections::HashMap<String, Option<Session>>,
     /// The participants of each equipment as this unit loaded it, so saving
     /// can update the participant index without reading it back.
     loaded: std::collections::HashMap<String, BTreeSet<String>>,
 }
 
 impl<'a> SqliteTx<'a> {
-    fn new(tx: &'a Connection) -> Self {
+    fn new(tx: &'a Connection, deadline_floor: &'a mut Option<DeadlineFloor>) -> Self {
         Self {
             tx,
+            deadline_floor,
+            events: None,
+            sessions: Default::default(),
             loaded: Default::default(),
         }
     }
@@ -483,6 +635,13 @@ fn read_event(seq: i64, data: &str) -> Result<Event, StoreError> {
 }
 
 impl SqliteTx<'_> {
+    /// Something may now be due at `deadline`.
+    fn lower_deadline_floor(&mut self, deadline: Option<Timestamp>) {
+        if let (Some(floor), Some(at)) = (self.deadline_floor.as_mut(), deadline) {
+            *floor = (*floor).min(DeadlineFloor::At(at));
+        }
+    }
+
     /// The one JSON `data` row that `sql` selects by `key`, decoded.
     fn row<T: DeserializeOwned>(&self, sql: &str, key: &str) -> Result<Option<T>, StoreError> {
         let data: Option<String> = self
@@ -522,7 +681,13 @@ impl SqliteTx<'_> {
 
 impl Tx for SqliteTx<'_> {
     fn session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        self.row("SELECT data FROM sessions WHERE id = ?1", id.as_str())
+        if let Some(known) = self.sessions.get(id.as_str()) {
+            return Ok(known.clone());
+        }
+        let found: Option<Session> =
+            self.row("SELECT data FROM sessions WHERE id = ?1", id.as_str())?;
+        self.sessions.insert(id.to_string(), found.clone());
+        Ok(found)
     }
 
     fn sessions(&mut self) -> Result<Vec<Session>, StoreError> {
@@ -544,6 +709,9 @@ impl Tx for SqliteTx<'_> {
                 ])
             })
             .map_err(unavailable)?;
+        self.lower_deadline_floor(session.deadline());
+        self.sessions
+            .insert(session.id.to_string(), Some(session.clone()));
         Ok(())
     }
 
@@ -552,6 +720,7 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached("DELETE FROM sessions WHERE id = ?1")
             .and_then(|mut s| s.execute([id.as_str()]))
             .map_err(unavailable)?;
+        self.sessions.insert(id.to_string(), None);
         Ok(())
     }
 
@@ -577,6 +746,7 @@ impl Tx for SqliteTx<'_> {
             )
             .and_then(|mut s| s.execute(params![id, millis(locks.next_deadline()), !locks.is_idle(), data]))
             .map_err(unavailable)?;
+        self.lower_deadline_floor(locks.next_deadline());
         // Keep the participant index in step with the new state: only the
         // sessions that came or went are written.
         let after: BTreeSet<String> = locks.participants().map(|s| s.to_string()).collect();
@@ -632,6 +802,12 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn due(&mut self, now: Timestamp, max: usize) -> Result<Vec<Due>, StoreError> {
+        if self
+            .deadline_floor
+            .is_some_and(|floor| floor > DeadlineFloor::At(now))
+        {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .tx
             .prepare_cached(
@@ -653,15 +829,25 @@ impl Tx for SqliteTx<'_> {
             })
             .map_err(unavailable)?;
         let bad_id = |e: crate::domain::DomainError| StoreError::Corrupt(e.to_string());
-        rows.map(|row| {
-            let (kind, id) = row.map_err(unavailable)?;
-            Ok(if kind == 0 {
-                Due::Session(SessionId::parse(&id).map_err(bad_id)?)
-            } else {
-                Due::Equipment(EquipmentId::parse(&id).map_err(bad_id)?)
+        let due: Vec<Due> = rows
+            .map(|row| {
+                let (kind, id) = row.map_err(unavailable)?;
+                Ok(if kind == 0 {
+                    Due::Session(SessionId::parse(&id).map_err(bad_id)?)
+                } else {
+                    Due::Equipment(EquipmentId::parse(&id).map_err(bad_id)?)
+                })
             })
-        })
-        .collect()
+            .collect::<Result<_, StoreError>>()?;
+        drop(stmt);
+        if due.is_empty() {
+            // Nothing is due before the earliest deadline left.
+            *self.deadline_floor = Some(match self.next_deadline()? {
+                Some(at) => DeadlineFloor::At(at),
+                None => DeadlineFloor::Never,
+            });
+        }
+        Ok(due)
     }
 
     fn next_deadline(&mut self) -> Result<Option<Timestamp>, StoreError> {
@@ -682,27 +868,32 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO events (at, event, equipment_id, session_id, forced_by, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(unavailable)?;
+        let Some(buffer) = self.events.as_deref_mut() else {
+            for event in events {
+                let seq = EventRow::new(event, None)?.insert(self.tx)?;
+                event.seq = Some(seq as u64);
+            }
+            return Ok(());
+        };
+        let mut next = match buffer.next_seq {
+            Some(next) => next,
+            None => {
+                // AUTOINCREMENT's counter: never reused, even after pruning.
+                self.tx
+                    .prepare_cached(
+                        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                    .map_err(unavailable)?
+                    + 1
+            }
+        };
         for event in events {
-            event.seq = None;
-            let data = serde_json::to_string(event).map_err(corrupt)?;
-            stmt.execute(params![
-                event.timestamp.as_millis(),
-                event.event.as_str(),
-                event.equipment_id.as_ref().map(|e| e.as_str()),
-                event.session_id.as_ref().map(|s| s.as_str()),
-                event.forced_by.as_ref().map(|s| s.as_str()),
-                data,
-            ])
-            .map_err(unavailable)?;
-            event.seq = Some(self.tx.last_insert_rowid() as u64);
+            buffer.rows.push(EventRow::new(event, Some(next))?);
+            event.seq = Some(next as u64);
+            next += 1;
         }
+        buffer.next_seq = Some(next);
         Ok(())
     }
 
