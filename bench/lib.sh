@@ -6,7 +6,7 @@ server=""
 start_server() {
   cargo build --release --quiet
   port=$((20000 + RANDOM % 20000))
-  RUST_LOG=warn "$bin" serve 2>>/tmp/server.err --bind "127.0.0.1:$port" --config bench/lab.toml --store "$1" &
+  RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$1" &
   server=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && return 0
