@@ -290,6 +290,35 @@ fn pruning_forgets_old_events(store: &dyn Store) {
     assert_eq!(with(store, |tx| tx.session_events(&sid("a"), 100)).len(), 3);
 }
 
+fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
+    with(store, |tx| tx.save_session(&session("s", 1_000)));
+    let result = store.transaction(&mut |tx| {
+        let mut later = session("s", 1_000);
+        later.last_activity = t(5_000);
+        tx.save_session(&later)?;
+        // Nothing is due yet; a store that remembers where the earliest
+        // deadline lies must forget it when this is undone.
+        assert!(tx.due(t(500), 10)?.is_empty());
+        Err(StoreError::Unavailable("simulated failure".into()))
+    });
+    assert!(result.is_err());
+    assert_eq!(
+        with(store, |tx| tx.due(t(1_000), 10)),
+        vec![Due::Session(sid("s"))]
+    );
+}
+
+fn event_numbers_are_never_reused(store: &dyn Store) {
+    let mut first: Vec<Event> = (0..3)
+        .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
+        .collect();
+    with(store, |tx| tx.record_events(&mut first));
+    assert_eq!(with(store, |tx| tx.prune_events(t(100))), 3);
+    let mut later = [event(EventKind::LockReleased, 200, Some("psu"), Some("a"))];
+    with(store, |tx| tx.record_events(&mut later));
+    assert!(later[0].seq > first[2].seq, "{later:?} after {first:?}");
+}
+
 fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
     (Box::new(MemoryStore::new()), None)
 }
@@ -330,6 +359,8 @@ every_backend!(
     history_filters_and_cursor,
     a_failed_transaction_changes_nothing,
     pruning_forgets_old_events,
+    a_failed_transaction_puts_earlier_deadlines_back,
+    event_numbers_are_never_reused,
 );
 
 #[test]
@@ -405,4 +436,72 @@ async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() 
     assert!(!group.is_open(third));
     finished(group, third).await;
     assert!(matches!(group.outcome(third), Some(Ok(()))));
+}
+
+#[tokio::test]
+async fn sqlite_batched_units_number_their_events_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://events.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    // An earlier, pruned history: its numbers are not handed out again.
+    let mut old = [event(EventKind::LockAcquired, 0, Some("psu"), Some("a"))];
+    with(&store, |tx| tx.record_events(&mut old));
+    with(&store, |tx| tx.prune_events(t(1)));
+    let group = store.group_commit().unwrap();
+    let mut seqs = Vec::new();
+    let mut record = |at: i64, fail: bool| {
+        group.run_in_batch(&mut |tx| {
+            let mut events = [
+                event(EventKind::LockAcquired, at, Some("psu"), Some("a")),
+                event(EventKind::LockReleased, at, Some("psu"), Some("a")),
+            ];
+            tx.record_events(&mut events)?;
+            if fail {
+                return Err(StoreError::Unavailable("simulated failure".into()));
+            }
+            seqs.extend(events.iter().map(|e| e.seq.unwrap()));
+            Ok(())
+        })
+    };
+    let batch = record(10, false).unwrap();
+    assert!(record(20, true).is_err());
+    record(30, false).unwrap();
+    group.commit_batch().unwrap();
+    finished(group, batch).await;
+    let old_seq = old[0].seq.unwrap();
+    assert_eq!(seqs, (old_seq + 1..=old_seq + 4).collect::<Vec<_>>());
+    let stored = with(&store, |tx| tx.equipment_events(&eid("psu"), 10));
+    assert_eq!(
+        stored
+            .iter()
+            .map(|e| (e.seq.unwrap(), e.timestamp.as_millis()))
+            .collect::<Vec<_>>(),
+        [(seqs[0], 10), (seqs[1], 10), (seqs[2], 30), (seqs[3], 30)],
+        "the failed unit's events are gone and the numbers stay in order"
+    );
+}
+
+#[test]
+fn sqlite_a_failed_unit_in_a_batch_puts_earlier_deadlines_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://floor.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    with(&store, |tx| tx.save_session(&session("s", 1_000)));
+    let group = store.group_commit().unwrap();
+    let failed = group.run_in_batch(&mut |tx| {
+        let mut later = session("s", 1_000);
+        later.last_activity = t(5_000);
+        tx.save_session(&later)?;
+        assert!(tx.due(t(500), 10)?.is_empty());
+        Err(StoreError::Unavailable("simulated failure".into()))
+    });
+    assert!(failed.is_err());
+    let mut due = Vec::new();
+    group
+        .run_in_batch(&mut |tx| {
+            due = tx.due(t(1_000), 10)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(due, vec![Due::Session(sid("s"))]);
 }
