@@ -176,11 +176,12 @@ impl Service {
     }
 
     /// Group commit: runs `work` in the store's open batch. Whoever finds
-    /// nobody else waiting to add work commits the batch; the others wait
-    /// for that commit (or, if nobody comes, take their turn back and
-    /// commit it themselves). Everyone is answered once the store says
-    /// their batch is durable, which it may make so while the next batch
-    /// already runs. Nothing returns before its work is committed.
+    /// nobody else waiting to add work, and the store not busy syncing an
+    /// earlier batch, commits the batch; the others wait for that commit
+    /// (or take their turn back and commit it themselves). Everyone is
+    /// answered once the store says their batch is durable, which it may
+    /// make so while the next batch already runs. Nothing returns before
+    /// its work is committed.
     async fn in_batch(
         &self,
         group: &dyn crate::storage::GroupCommit,
@@ -201,26 +202,27 @@ impl Service {
         let mut finished = group.finished();
         let batch = group.run_in_batch(work);
         let others = self.store_waiting.load(Ordering::SeqCst) > 0;
-        if !others || group.batch_len() >= MAX_BATCH {
+        if group.batch_len() >= MAX_BATCH || (!others && !group.syncing()) {
             // Its outcome reaches everyone in the batch through `outcome`.
             let _committed = group.commit_batch();
         }
         drop(turn);
         let batch = batch?;
+        let closed = || StoreError::Unavailable("the store is closed".into());
         loop {
             if let Some(outcome) = group.outcome(batch) {
                 return outcome;
             }
-            let closed = || StoreError::Unavailable("the store is closed".into());
-            if !group.is_open(batch) {
-                // Committed; the store is making it durable.
+            if !group.is_open(batch) || group.syncing() {
+                // Committed and being made durable, or waiting for the
+                // sync under way to end: either way `finished` moves.
                 finished.changed().await.map_err(|_| closed())?;
                 continue;
             }
             tokio::select! {
                 changed = finished.changed() => changed.map_err(|_| closed())?,
                 turn = self.store_turn.lock() => {
-                    if group.is_open(batch) {
+                    if group.is_open(batch) && !group.syncing() {
                         // Nobody else committed it: do it now.
                         let _committed = group.commit_batch();
                     }

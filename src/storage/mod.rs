@@ -161,6 +161,12 @@ pub trait GroupCommit: Send + Sync {
     fn batch_len(&self) -> usize;
     /// Whether `batch` is the open batch (not yet committed).
     fn is_open(&self, batch: u64) -> bool;
+    /// Whether a committed batch is still being made durable. A batch
+    /// committed meanwhile would only wait for the next sync: better to
+    /// keep it open and let more work join it.
+    fn syncing(&self) -> bool {
+        false
+    }
     /// Commits the open batch, if any. Its waiters hear through `finished`
     /// once it is durable, which may be later (the store syncs it without
     /// holding up the next batch).

@@ -526,6 +526,10 @@ impl GroupCommit for SqliteStore {
         self.lock().open == Some(batch)
     }
 
+    fn syncing(&self) -> bool {
+        self.durability.lock_committed().0 > *self.durability.finished.borrow()
+    }
+
     fn commit_batch(&self) -> Result<(), StoreError> {
         let mut batch = self.lock();
         self.finish(&mut batch)
