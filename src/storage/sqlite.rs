@@ -234,11 +234,15 @@ impl Durability {
         if let Err(e) = outcome {
             self.fail(number..=number, e.to_string());
         }
-        if self.wal.is_none() {
-            let _previous = self.finished.send_replace(number);
-        }
         self.lock_committed().0 = number;
-        self.committed_grew.notify_one();
+        match self.wal {
+            Some(_) => self.committed_grew.notify_one(),
+            // Nothing to sync: finished now (the syncer only checkpoints,
+            // and looks on its own time rather than being woken per commit).
+            None => {
+                let _previous = self.finished.send_replace(number);
+            }
+        }
     }
 
     /// Fsyncs the write-ahead log (a no-op with `synchronous=normal`).
@@ -265,36 +269,38 @@ impl Durability {
     fn run_syncer(&self, checkpointer: Connection) {
         const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
         let mut synced = 0;
-        let mut checkpointed = std::time::Instant::now();
+        let (mut checkpointed, mut checkpointed_upto) = (std::time::Instant::now(), 0);
         loop {
             let (target, closing) = {
                 let mut committed = self.lock_committed();
                 while committed.0 == synced && !committed.1 {
-                    committed = self
+                    let (guard, waited) = self
                         .committed_grew
-                        .wait(committed)
+                        .wait_timeout(committed, CHECKPOINT_EVERY)
                         .unwrap_or_else(|p| p.into_inner());
+                    committed = guard;
+                    if waited.timed_out() {
+                        break;
+                    }
                 }
                 *committed
             };
-            if target > synced {
-                if self.wal.is_some() {
-                    if let Err(why) = self.sync_wal() {
-                        self.fail(synced + 1..=target, why);
-                    }
-                    let _previous = self.finished.send_replace(target);
+            if self.wal.is_some() && target > synced {
+                if let Err(why) = self.sync_wal() {
+                    self.fail(synced + 1..=target, why);
                 }
-                synced = target;
+                let _previous = self.finished.send_replace(target);
             }
+            synced = target;
             if closing {
                 return;
             }
-            if checkpointed.elapsed() >= CHECKPOINT_EVERY {
+            if target > checkpointed_upto && checkpointed.elapsed() >= CHECKPOINT_EVERY {
                 // PASSIVE: copies what it can without holding up writers.
                 if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
                     tracing::warn!(error = %e, "checkpoint failed; SQLite's own will run");
                 }
-                checkpointed = std::time::Instant::now();
+                (checkpointed, checkpointed_upto) = (std::time::Instant::now(), target);
             }
         }
     }
