@@ -206,18 +206,26 @@ struct Durability {
     /// The write-ahead log to fsync after commits; `None` with
     /// `synchronous=normal`, where a commit is finished when written.
     wal: Option<PathBuf>,
-    /// The last committed batch, and whether the store is closing.
-    committed: Mutex<(u64, bool)>,
-    committed_grew: Condvar,
+    progress: Mutex<Progress>,
+    /// Signalled when `progress` changes (with something to sync).
+    progressed: Condvar,
     /// The number of the last finished batch (changes wake waiters).
     finished: tokio::sync::watch::Sender<u64>,
     /// Recent batches whose commit or sync failed, with why.
     failures: Mutex<VecDeque<(RangeInclusive<u64>, String)>>,
 }
 
+/// What the syncer has to do.
+#[derive(Clone, Copy, Default)]
+struct Progress {
+    /// The last batch that ended (committed, or rolled back).
+    ended: u64,
+    closing: bool,
+}
+
 impl Durability {
-    fn lock_committed(&self) -> std::sync::MutexGuard<'_, (u64, bool)> {
-        self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn fail(&self, batches: RangeInclusive<u64>, why: String) {
@@ -229,14 +237,14 @@ impl Durability {
         failures.push_back((batches, why));
     }
 
-    /// Batch `number` has run its `COMMIT` (`outcome`).
-    fn committed(&self, number: u64, outcome: &Result<(), StoreError>) {
+    /// Batch `number` has ended: committed, or failed with `outcome`.
+    fn ended(&self, number: u64, outcome: &Result<(), StoreError>) {
         if let Err(e) = outcome {
             self.fail(number..=number, e.to_string());
         }
-        self.lock_committed().0 = number;
+        self.progress().ended = number;
         match self.wal {
-            Some(_) => self.committed_grew.notify_one(),
+            Some(_) => self.progressed.notify_one(),
             // Nothing to sync: finished now (the syncer only checkpoints,
             // and looks on its own time rather than being woken per commit).
             None => {
@@ -271,19 +279,22 @@ impl Durability {
         let mut synced = 0;
         let (mut checkpointed, mut checkpointed_upto) = (std::time::Instant::now(), 0);
         loop {
-            let (target, closing) = {
-                let mut committed = self.lock_committed();
-                while committed.0 == synced && !committed.1 {
+            let Progress {
+                ended: target,
+                closing,
+            } = {
+                let mut progress = self.progress();
+                while progress.ended == synced && !progress.closing {
                     let (guard, waited) = self
-                        .committed_grew
-                        .wait_timeout(committed, CHECKPOINT_EVERY)
+                        .progressed
+                        .wait_timeout(progress, CHECKPOINT_EVERY)
                         .unwrap_or_else(|p| p.into_inner());
-                    committed = guard;
+                    progress = guard;
                     if waited.timed_out() {
                         break;
                     }
                 }
-                *committed
+                *progress
             };
             if self.wal.is_some() && target > synced {
                 if let Err(why) = self.sync_wal() {
@@ -308,8 +319,8 @@ impl Durability {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.durability.lock_committed().1 = true;
-        self.durability.committed_grew.notify_one();
+        self.durability.progress().closing = true;
+        self.durability.progressed.notify_one();
         if let Some(syncer) = self.syncer.take() {
             let _ = syncer.join();
         }
@@ -328,10 +339,19 @@ impl Batch {
             .map(|_| ())
             .map_err(unavailable);
         if outcome.is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            self.deadline_floor = None;
+            self.roll_back();
         }
         Some((number, outcome))
+    }
+
+    /// Rolls the open batch back, whole, and forgets what it had noted.
+    fn roll_back(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.open = None;
+        self.works = 0;
+        self.events = EventBuffer::default();
+        // Undone writes may have put earlier deadlines back.
+        self.deadline_floor = None;
     }
 }
 
@@ -386,8 +406,8 @@ impl SqliteStore {
         wal.push("-wal");
         let durability = Arc::new(Durability {
             wal: options.synchronous_full.then(|| wal.into()),
-            committed: Mutex::new((0, false)),
-            committed_grew: Condvar::new(),
+            progress: Mutex::new(Progress::default()),
+            progressed: Condvar::new(),
             finished: tokio::sync::watch::channel(0).0,
             failures: Mutex::new(VecDeque::new()),
         });
@@ -461,7 +481,7 @@ impl SqliteStore {
         let Some((number, outcome)) = batch.commit() else {
             return Ok(());
         };
-        self.durability.committed(number, &outcome);
+        self.durability.ended(number, &outcome);
         outcome
     }
 }
@@ -501,13 +521,9 @@ impl GroupCommit for SqliteStore {
                 if let Err(e) = kept {
                     // The batch cannot stand without this unit's events:
                     // roll all of it back; its waiters hear it failed.
-                    let _ = batch.conn.execute_batch("ROLLBACK");
-                    batch.open = None;
-                    batch.works = 0;
-                    batch.events = EventBuffer::default();
-                    batch.deadline_floor = None;
+                    batch.roll_back();
                     let why = StoreError::Unavailable(format!("the batch was rolled back: {e}"));
-                    self.durability.committed(number, &Err(why));
+                    self.durability.ended(number, &Err(why));
                     return Err(e);
                 }
                 Ok(number)
@@ -533,7 +549,7 @@ impl GroupCommit for SqliteStore {
     }
 
     fn syncing(&self) -> bool {
-        self.durability.lock_committed().0 > *self.durability.finished.borrow()
+        self.durability.progress().ended > *self.durability.finished.borrow()
     }
 
     fn commit_batch(&self) -> Result<(), StoreError> {
