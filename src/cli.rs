@@ -189,7 +189,17 @@ async fn sim(args: SimArgs) -> i32 {
         Ok(addr) => println!("simulated {:?} listening on {addr}", args.kind),
         Err(e) => eprintln!("lablink sim: {e}"),
     }
-    match crate::drivers::scpi::sim::serve(listener, args.kind, server::shutdown_signal()).await {
+    let mut signals = match server::Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lablink sim: cannot listen for signals: {e}");
+            return 2;
+        }
+    };
+    let stop = async move {
+        signals.next().await;
+    };
+    match crate::drivers::scpi::sim::serve(listener, args.kind, stop).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lablink sim: {e}");
@@ -247,22 +257,44 @@ async fn serve(args: ServeArgs) -> i32 {
         store: args.store,
     };
     let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let mut signals = match server::Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lablink: cannot start: cannot listen for signals: {e}");
+            return 2;
+        }
+    };
     let started = async {
         let settings = config::load(flags, &dir)?;
         Server::build(settings, Arc::new(SystemClock)).await
     };
+    // A fatal error is printed once, plainly, whatever the log filter.
     let server = match started.await {
         Ok(server) => server,
         Err(e) => {
-            tracing::error!("cannot start: {e}");
             eprintln!("lablink: cannot start: {e}");
             return 2;
         }
     };
-    match server.run(server::shutdown_signal()).await {
+    let (first_signal, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let name = signals.next().await;
+        tracing::info!("{name}: shutting down");
+        let _ = first_signal.send(());
+        // Someone who asks twice does not want to wait for the grace period.
+        let name = signals.next().await;
+        eprintln!("lablink: second signal ({name}): exiting now");
+        std::process::exit(130);
+    });
+    match server
+        .run(async {
+            let _ = stop.await;
+        })
+        .await
+    {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!("server failed: {e}");
+            eprintln!("lablink: the server failed: {e}");
             1
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::domain::{EquipmentId, EquipmentLocks, Event, SessionId, Timestamp};
 
@@ -15,12 +15,30 @@ pub const DEFAULT_BUFFER: usize = 1024;
 
 pub struct Hub {
     sender: broadcast::Sender<Arc<Event>>,
+    /// `true` once the server is shutting down: whoever waits on live
+    /// events (a `wait_seconds` acquire, a WebSocket) stops waiting.
+    closing: watch::Sender<bool>,
 }
 
 impl Hub {
     pub fn new(buffer: usize) -> Self {
         Self {
             sender: broadcast::channel(buffer.max(1)).0,
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Tells every waiter the server is going away.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once `close` has been called (at once if it already was).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the hub itself is gone: nothing is left to wait for.
+            let _ = closing.wait_for(|closed| *closed).await;
         }
     }
 

@@ -142,7 +142,10 @@ impl Server {
         &self.service
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes, then stops at once whatever
+    /// clients do: waiting acquires are answered with where they stand,
+    /// WebSockets are closed with 1001, and requests still running after
+    /// `SHUTDOWN_GRACE` are dropped.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -176,9 +179,24 @@ impl Server {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (signalled, mut stopping) = watch::channel(false);
+        let hub_closer = self.service.clone();
+        let graceful = async move {
+            shutdown.await;
+            let _ = signalled.send(true);
+            hub_closer.hub().close();
+        };
+        let serving = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let served = tokio::select! {
+            served = serving => served,
+            _ = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still running after the grace period are dropped");
+                Ok(())
+            }
+        };
         let _ = stop_reaper.send(true);
         let _ = reaper.await;
         let _ = pruner.await;
@@ -189,6 +207,10 @@ impl Server {
         served
     }
 }
+
+/// How long in-flight requests may take to finish after a shutdown signal
+/// (an instrument command mid-way, a client sending its body slowly).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Whether `bind` only accepts connections from this machine.
 async fn is_loopback(bind: &str) -> bool {
@@ -282,30 +304,43 @@ async fn prune_history(service: Arc<Service>, days: u32, mut shutdown: watch::Re
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, listened for from the moment this is made (a
+/// signal that arrives before anyone awaits `next` is not lost, and does not
+/// kill the process).
+pub struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Completes at the next signal; returns its name.
+    pub async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
             }
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }

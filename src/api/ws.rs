@@ -43,7 +43,12 @@ pub trait Socket: Send {
     fn recv(&mut self) -> impl std::future::Future<Output = Option<String>> + Send;
     /// Sends a text message; `false` when the client has gone.
     fn send(&mut self, text: String) -> impl std::future::Future<Output = bool> + Send;
+    /// Sends a close frame with `code` (RFC 6455 section 7.4) and `reason`.
+    fn close(&mut self, code: u16, reason: &str) -> impl std::future::Future<Output = ()> + Send;
 }
+
+/// Close code for "the server is going away" (RFC 6455 section 7.4.1).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 struct Axum(WebSocket);
 
@@ -60,6 +65,16 @@ impl Socket for Axum {
 
     async fn send(&mut self, text: String) -> bool {
         self.0.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let frame = axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A client that has gone or stopped reading does not delay the
+        // shutdown: the send gives up with the connection.
+        let _ = self.0.send(Message::Close(Some(frame))).await;
     }
 }
 
@@ -136,8 +151,14 @@ pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
     let mut live = app.hub().subscribe();
     let mut filter = Subscription::default();
     let mut last_seq = 0;
+    let closed = app.hub().closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
+            _ = &mut closed => {
+                socket.close(CLOSE_GOING_AWAY, "the server is shutting down; reconnect with resume_from").await;
+                return;
+            }
             incoming = socket.recv() => {
                 let Some(text) = incoming else { return };
                 let message = serde_json::from_str::<ClientMessage>(&text).map_err(|e| e.to_string());
@@ -227,6 +248,9 @@ mod tests {
         }
         async fn send(&mut self, text: String) -> bool {
             self.outgoing.send(text).await.is_ok()
+        }
+        async fn close(&mut self, code: u16, reason: &str) {
+            let _ = self.outgoing.send(format!("close {code} {reason}")).await;
         }
     }
 

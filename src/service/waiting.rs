@@ -61,8 +61,13 @@ impl Service {
             return Ok(first);
         }
         let until = first.now.plus_millis(wait.as_millis() as u64);
+        // On shutdown the caller is answered with where it stands; it keeps
+        // its place for when the server is back.
+        let closed = self.hub.closed();
+        tokio::pin!(closed);
         loop {
             tokio::select! {
+                _ = &mut closed => break,
                 received = live.recv() => match received {
                     Ok(event) if event.equipment_id.as_ref() != Some(&equipment) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

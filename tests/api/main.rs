@@ -13,3 +13,4 @@ mod races;
 mod scpi;
 mod sessions;
 mod settings;
+mod shutdown;
