@@ -96,6 +96,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = config::settings_help())]
 pub struct ServeArgs {
     /// Address to listen on [env: LABLINK_BIND] [default: 127.0.0.1:8000]
     #[arg(long, value_name = "ADDR")]
@@ -103,7 +104,7 @@ pub struct ServeArgs {
     /// TOML file with [server] settings and [[equipment]] entries [env: LABLINK_CONFIG]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Store URL [env: LABLINK_STORE] [default: memory]
+    /// Store URL [env: LABLINK_STORE] [default: sqlite://lablink-data/lablink.db]
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
 }
@@ -125,9 +126,19 @@ fn token(args: TokenArgs) -> i32 {
         store: args.store,
     };
     let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    // Only `create` may bring a store into being: listing or revoking in a
+    // store that does not exist means the settings point somewhere else.
+    let creates = matches!(args.command, TokenCommand::Create { .. });
     let store = config::load(flags, &dir)
         .map_err(|e| e.to_string())
-        .and_then(|s| server::open_store(&s.store, &s.data_dir).map_err(|e| e.to_string()));
+        .and_then(|s| match server::store_file(&s.store, &s.data_dir) {
+            Some(file) if !creates && !file.exists() => Err(format!(
+                "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
+                file.display(),
+                s.store
+            )),
+            _ => server::open_store(&s.store, &s.data_dir).map_err(|e| e.to_string()),
+        });
     let store = match store {
         Ok(store) => store,
         Err(e) => {
@@ -140,8 +151,11 @@ fn token(args: TokenArgs) -> i32 {
         TokenCommand::Create { user, role } => auth::create_token(store.as_ref(), &user, role, now)
             .map(|(token, record)| {
                 eprintln!(
-                    "created {} for {} ({}); this is the only time the token is shown:",
-                    record.id, record.user, record.role
+                    "created {} for {} ({}) in {}; this is the only time the token is shown:",
+                    record.id,
+                    record.user,
+                    record.role,
+                    store.describe()
                 );
                 println!("{token}");
             }),

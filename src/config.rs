@@ -28,71 +28,103 @@ pub enum ConfigError {
 }
 
 /// A setting: its environment name, its key in the config file's
-/// `[server]` table, and its default.
+/// `[server]` table, its default and what it does (for `serve --help`).
 struct Key {
     env: &'static str,
     file: &'static str,
+    default: &'static str,
+    help: &'static str,
 }
 
 const BIND: Key = Key {
     env: "LABLINK_BIND",
     file: "bind",
+    default: "127.0.0.1:8000",
+    help: "address to listen on",
 };
 const STORE: Key = Key {
     env: "LABLINK_STORE",
     file: "store",
+    default: "sqlite://lablink-data/lablink.db",
+    help: "where state lives: sqlite://PATH[?synchronous=full|normal&busy_timeout_ms=N] or memory",
 };
 const LOCKS: Key = Key {
     env: "LABLINK_ENABLE_EQUIPMENT_LOCKS",
     file: "enable_equipment_locks",
+    default: "true",
+    help: "false: commands are not checked against locks",
 };
 const LOCK_TIMEOUT: Key = Key {
     env: "LABLINK_LOCK_TIMEOUT_SEC",
     file: "lock_timeout_sec",
+    default: "300",
+    help: "lock timeout (seconds) when a request gives none; 0 = none",
 };
 const SESSION_TIMEOUT: Key = Key {
     env: "LABLINK_SESSION_TIMEOUT_SEC",
     file: "session_timeout_sec",
+    default: "600",
+    help: "session timeout (seconds) when a request gives none; 0 = none",
 };
 const QUEUE: Key = Key {
     env: "LABLINK_ENABLE_LOCK_QUEUE",
     file: "enable_lock_queue",
+    default: "true",
+    help: "false: a request that would queue gets 409 queue_disabled",
 };
 const OBSERVER: Key = Key {
     env: "LABLINK_ENABLE_OBSERVER_MODE",
     file: "enable_observer_mode",
+    default: "true",
+    help: "false: observer requests get 403",
 };
 const AUTO_RELEASE: Key = Key {
     env: "LABLINK_AUTO_RELEASE_ON_DISCONNECT",
     file: "auto_release_on_disconnect",
+    default: "true",
+    help: "false: an ended session's locks stay until their own timeout",
 };
 const LOG_EVENTS: Key = Key {
     env: "LABLINK_LOG_LOCK_EVENTS",
     file: "log_lock_events",
+    default: "true",
+    help: "false: lock and queue events are neither recorded nor logged",
 };
 const CLEANUP: Key = Key {
     env: "LABLINK_CLEANUP_INTERVAL_SEC",
     file: "cleanup_interval_sec",
+    default: "10",
+    help: "seconds between safety-net sweeps (expiry itself is exact)",
 };
 const DATA_DIR: Key = Key {
     env: "LABLINK_DATA_DIR",
     file: "data_dir",
+    default: "the config file's directory, else .",
+    help: "directory relative SQLite paths are under",
 };
 const EXPIRY_WARNING: Key = Key {
     env: "LABLINK_EXPIRY_WARNING_SEC",
     file: "expiry_warning_sec",
+    default: "30",
+    help: "seconds before its deadline a holder hears lock_expiring; 0 = never",
 };
 const AUTH: Key = Key {
     env: "LABLINK_AUTH",
     file: "auth",
+    default: "off on loopback, else required",
+    help: "API tokens: required or off",
 };
 const ALLOW_INSECURE: Key = Key {
     env: "LABLINK_ALLOW_INSECURE",
     file: "allow_insecure",
+    default: "false",
+    help: "true: allow a non-loopback address without authentication",
 };
 const RETENTION: Key = Key {
     env: "LABLINK_EVENT_RETENTION_DAYS",
     file: "event_retention_days",
+    default: "90",
+    help: "days of history to keep; 0 = forever",
 };
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
@@ -112,6 +144,29 @@ const SERVER_KEYS: &[&Key] = &[
     &AUTH,
     &ALLOW_INSECURE,
 ];
+/// Every `LABLINK_*` variable the server reads.
+pub fn setting_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(CONFIG_ENV).chain(SERVER_KEYS.iter().map(|k| k.env))
+}
+
+/// The settings as `lablink serve --help` lists them.
+pub fn settings_help() -> String {
+    let mut help = String::from(
+        "Settings, highest first: flags, LABLINK_* environment variables, a .env file in the working directory, the config file's [server] table (same names, lower case, without LABLINK_), defaults.\n\n",
+    );
+    help.push_str(&format!(
+        "  {CONFIG_ENV}\n      the config file (as --config)\n"
+    ));
+    for key in SERVER_KEYS {
+        help.push_str(&format!(
+            "  {} ([server] {})\n      {} [default: {}]\n",
+            key.env, key.file, key.help, key.default
+        ));
+    }
+    help.push_str("\nRUST_LOG sets the log filter (default info).");
+    help
+}
+
 /// Where state lives unless told otherwise: a SQLite file under the data
 /// directory.
 pub const DEFAULT_STORE: &str = "sqlite://lablink-data/lablink.db";
@@ -257,6 +312,17 @@ impl Resolver<'_> {
         })
     }
 
+    /// A directory setting: relative to the config file's directory when
+    /// the config file gave it, else to the working directory `cwd`;
+    /// `default` when nobody gave it.
+    fn directory(&self, key: &Key, cwd: &Path, config_dir: &Path, default: &Path) -> PathBuf {
+        match self.raw(key, None) {
+            Some((value, "config file")) => config_dir.join(value),
+            Some((value, _)) => cwd.join(value),
+            None => default.to_path_buf(),
+        }
+    }
+
     fn text(&self, key: &Key, flag: Option<&str>, default: &str) -> String {
         self.raw(key, flag)
             .map_or_else(|| default.to_owned(), |(v, _)| v)
@@ -327,8 +393,25 @@ impl Resolver<'_> {
     }
 }
 
-/// Resolves every setting. `file` is the parsed config file, if any.
-pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings, ConfigError> {
+/// Where the config file was read from (its directory anchors the relative
+/// paths in it) and what it says.
+#[derive(Debug)]
+pub struct Located<'a> {
+    pub file: &'a ConfigFile,
+    pub dir: &'a Path,
+}
+
+/// Resolves every setting. `file` is the parsed config file, if any; `cwd`
+/// the working directory that relative paths outside the file are taken
+/// from. Relative paths in the file are taken from its directory, which is
+/// also the default data directory when there is a file.
+pub fn resolve(
+    sources: &Sources,
+    file: Option<Located<'_>>,
+    cwd: &Path,
+) -> Result<Settings, ConfigError> {
+    let config_dir = file.as_ref().map_or(cwd, |f| f.dir).to_path_buf();
+    let file = file.map(|f| f.file);
     let empty = toml::Table::new();
     let r = Resolver {
         sources,
@@ -347,7 +430,7 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
     Ok(Settings {
         bind: r.text(&BIND, sources.flags.bind.as_deref(), &defaults.bind),
         store: r.text(&STORE, sources.flags.store.as_deref(), &defaults.store),
-        data_dir: PathBuf::from(r.text(&DATA_DIR, None, ".")),
+        data_dir: r.directory(&DATA_DIR, cwd, &config_dir, &config_dir),
         event_retention_days: r.days(&RETENTION, 90)?,
         policy: Policy {
             locks_enabled: r.boolean(&LOCKS, true)?,
@@ -364,37 +447,40 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
-        config_dir: PathBuf::from("."),
+        config_dir,
         auth: r.auth()?,
         allow_insecure: r.boolean(&ALLOW_INSECURE, false)?,
     })
 }
 
 /// Which config file to read: the flag, else `LABLINK_CONFIG` from the
-/// environment, else from `.env`.
-pub fn config_path(sources: &Sources) -> Option<PathBuf> {
+/// environment, else from `.env`; a relative path is taken from `cwd`.
+pub fn config_path(sources: &Sources, cwd: &Path) -> Option<PathBuf> {
     sources
         .flags
         .config
         .clone()
         .or_else(|| sources.env.get(CONFIG_ENV).map(PathBuf::from))
         .or_else(|| sources.dotenv.get(CONFIG_ENV).map(PathBuf::from))
+        .map(|path| cwd.join(path))
 }
 
-/// Gathers the sources from the process (environment and `.env` in `dir`)
-/// and resolves them.
-pub fn load(flags: Flags, dir: &Path) -> Result<Settings, ConfigError> {
+/// Gathers the sources from the process (environment and `.env` in the
+/// working directory `cwd`) and resolves them.
+pub fn load(flags: Flags, cwd: &Path) -> Result<Settings, ConfigError> {
     let sources = Sources {
         flags,
         env: std::env::vars()
             .filter(|(k, _)| k.starts_with("LABLINK_"))
             .collect(),
-        dotenv: read_dotenv(dir)?,
+        dotenv: read_dotenv(cwd)?,
     };
-    let file = config_path(&sources)
-        .map(|p| ConfigFile::read(&p))
-        .transpose()?;
-    resolve(&sources, file.as_ref())
+    let Some(path) = config_path(&sources, cwd) else {
+        return resolve(&sources, None, cwd);
+    };
+    let file = ConfigFile::read(&path)?;
+    let dir = path.parent().unwrap_or(cwd);
+    resolve(&sources, Some(Located { file: &file, dir }), cwd)
 }
 
 #[cfg(test)]
@@ -414,7 +500,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_brief() {
-        let s = resolve(&Sources::default(), None).unwrap();
+        let s = resolve(&Sources::default(), None, Path::new(".")).unwrap();
         assert_eq!(s.bind, "127.0.0.1:8000");
         assert_eq!(s.store, "sqlite://lablink-data/lablink.db");
         assert_eq!(s.data_dir, PathBuf::from("."));
@@ -438,7 +524,15 @@ mod tests {
                 env: map(env),
                 dotenv: map(dotenv),
             };
-            resolve(&sources, Some(&f)).unwrap()
+            resolve(
+                &sources,
+                Some(Located {
+                    file: &f,
+                    dir: Path::new("lab"),
+                }),
+                Path::new("."),
+            )
+            .unwrap()
         };
         assert_eq!(layers(None, &[], &[]).bind, "file:1");
         assert_eq!(
@@ -492,6 +586,7 @@ mod tests {
                 ..Sources::default()
             },
             None,
+            Path::new("."),
         )
         .unwrap();
         let p = &s.policy;
@@ -527,7 +622,9 @@ mod tests {
                 dotenv: map(&[(name, value)]),
                 ..Sources::default()
             };
-            let err = resolve(&sources, None).unwrap_err().to_string();
+            let err = resolve(&sources, None, Path::new("."))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(name), "{err}");
         }
     }

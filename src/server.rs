@@ -66,6 +66,11 @@ pub fn open_store(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StartErr
     }
 }
 
+/// The file a store URL keeps its state in, if it is kept in a file.
+pub fn store_file(url: &str, data_dir: &Path) -> Option<std::path::PathBuf> {
+    SqliteOptions::from_url(url, data_dir).ok().map(|o| o.path)
+}
+
 pub struct Server {
     listener: TcpListener,
     service: Arc<Service>,

@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API against a real server on port 0.
 
 mod auth;
+mod cli;
 mod crash;
 mod durability;
 mod equipment;
