@@ -23,13 +23,12 @@ fn signal(child: &Child, name: &str) {
     );
 }
 
-/// Waits for the process to exit (at most `limit`); returns its status and
-/// how long it took.
-async fn exited(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+/// Waits for the process to exit (at most `limit`).
+async fn exited(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return (status, started.elapsed());
+            return status;
         }
         if started.elapsed() > limit {
             let _ = child.kill();
@@ -42,6 +41,10 @@ async fn exited(child: &mut Child, limit: Duration) -> (std::process::ExitStatus
 async fn post(client: &reqwest::Client, url: String, body: Value) -> (u16, Value) {
     let response = client.post(url).json(&body).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// A client that sent headers promising a body it never sends: graceful
@@ -93,20 +96,14 @@ async fn a_signal_answers_waiters_closes_sockets_and_exits_within_five_seconds()
     let _stuck = stuck_request(&addr).await;
     // The waiter is in the queue before the signal.
     loop {
-        let queue: Value = client
-            .get(format!("{base}/queue/ps_abc123"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let queue = get(&client, format!("{base}/queue/ps_abc123")).await;
         if queue["queue"].as_array().is_some_and(|q| q.len() == 1) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    let signalled = Instant::now();
     signal(&child, "-TERM");
     let (status, answer) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
@@ -123,20 +120,14 @@ async fn a_signal_answers_waiters_closes_sockets_and_exits_within_five_seconds()
         }
     };
     assert_eq!(close.unwrap().code, CloseCode::Away);
-    let (status, took) = exited(&mut child, Duration::from_secs(10)).await;
+    let status = exited(&mut child, Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
+    let took = signalled.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
 
     // The waiter kept its place across the restart.
     let (mut child, addr, _) = start_binary(dir.path(), &args, &[]);
-    let queue: Value = client
-        .get(format!("http://{addr}/api/locks/queue/ps_abc123"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queue = get(&client, format!("http://{addr}/api/locks/queue/ps_abc123")).await;
     assert_eq!(queue["queue"][0]["session_id"], waiter["session_id"]);
     assert_eq!(queue["queue"][0]["position"], 1);
     child.kill().unwrap();
@@ -152,7 +143,7 @@ async fn a_second_signal_exits_at_once() {
     signal(&child, "-INT");
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&child, "-INT");
-    let (status, _) = exited(&mut child, Duration::from_secs(10)).await;
+    let status = exited(&mut child, Duration::from_secs(10)).await;
     assert_eq!(
         status.code(),
         Some(130),
