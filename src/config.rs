@@ -94,6 +94,14 @@ const RETENTION: Key = Key {
     env: "LABLINK_EVENT_RETENTION_DAYS",
     file: "event_retention_days",
 };
+const IMPLICIT_SESSIONS: Key = Key {
+    env: "LABLINK_IMPLICIT_SESSIONS",
+    file: "implicit_sessions",
+};
+const MAX_METADATA: Key = Key {
+    env: "LABLINK_MAX_METADATA_BYTES",
+    file: "max_metadata_bytes",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -111,6 +119,8 @@ const SERVER_KEYS: &[&Key] = &[
     &EXPIRY_WARNING,
     &AUTH,
     &ALLOW_INSECURE,
+    &IMPLICIT_SESSIONS,
+    &MAX_METADATA,
 ];
 /// Where state lives unless told otherwise: a SQLite file under the data
 /// directory.
@@ -288,7 +298,7 @@ impl Resolver<'_> {
                 name: key.env,
                 value,
                 origin: source,
-                expected: "expected a number of seconds >= 0",
+                expected: "expected 0 or a number of seconds >= 0.001 (1 ms)",
             }),
         }
     }
@@ -318,6 +328,18 @@ impl Resolver<'_> {
             value,
             origin: source,
             expected: "expected a whole number of days >= 0 (0 = keep forever)",
+        })
+    }
+
+    fn bytes(&self, key: &Key, default: usize) -> Result<usize, ConfigError> {
+        let Some((value, source)) = self.raw(key, None) else {
+            return Ok(default);
+        };
+        value.trim().parse().map_err(|_| ConfigError::BadValue {
+            name: key.env,
+            value,
+            origin: source,
+            expected: "expected a whole number of bytes >= 0",
         })
     }
 
@@ -361,6 +383,8 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
             default_session_timeout: r.timeout(&SESSION_TIMEOUT, 600.0)?,
             expiry_warning_ms: (r.seconds(&EXPIRY_WARNING, 30.0)? * 1000.0).round() as u64,
             live_buffer: crate::live::DEFAULT_BUFFER,
+            implicit_sessions: r.boolean(&IMPLICIT_SESSIONS, true)?,
+            max_metadata_bytes: r.bytes(&MAX_METADATA, defaults.policy.max_metadata_bytes)?,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
@@ -485,6 +509,8 @@ mod tests {
             ("LABLINK_EXPIRY_WARNING_SEC", "5"),
             ("LABLINK_AUTH", "required"),
             ("LABLINK_ALLOW_INSECURE", "true"),
+            ("LABLINK_IMPLICIT_SESSIONS", "false"),
+            ("LABLINK_MAX_METADATA_BYTES", "1024"),
         ]);
         let s = resolve(
             &Sources {
@@ -500,6 +526,7 @@ mod tests {
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
         assert_eq!(p.expiry_warning_ms, 5_000);
+        assert_eq!((p.implicit_sessions, p.max_metadata_bytes), (false, 1024));
         assert_eq!((s.auth, s.allow_insecure), (Some(AuthMode::Required), true));
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
         assert_eq!(
@@ -516,6 +543,10 @@ mod tests {
     fn bad_values_name_the_setting_and_source() {
         let cases = [
             ("LABLINK_LOCK_TIMEOUT_SEC", "-5"),
+            ("LABLINK_LOCK_TIMEOUT_SEC", "0.0004"),
+            ("LABLINK_SESSION_TIMEOUT_SEC", "0.0004"),
+            ("LABLINK_MAX_METADATA_BYTES", "-1"),
+            ("LABLINK_IMPLICIT_SESSIONS", "sometimes"),
             ("LABLINK_SESSION_TIMEOUT_SEC", "ten"),
             ("LABLINK_ENABLE_LOCK_QUEUE", "maybe"),
             ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),
