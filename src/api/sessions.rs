@@ -113,6 +113,7 @@ pub struct SessionList {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionListQuery {
     /// Page size, 1..=1000 (default 100).
     pub limit: Option<usize>,

@@ -5,7 +5,7 @@ use lablink::config::Settings;
 use lablink::service::Policy;
 
 use crate::auth::secured;
-use crate::helpers::{START, assert_error, memory, spawn_app, spawn_with};
+use crate::helpers::{START, assert_error, memory, spawn_app, spawn_with, start_binary};
 
 #[tokio::test]
 async fn acquire_locks_free_equipment_with_the_briefs_shape() {
@@ -905,4 +905,57 @@ async fn a_refused_acquire_opens_no_session() {
     );
     let (_, events) = app.get(&format!("/api/locks/events?session_id={s}")).await;
     assert_eq!(events["count"], 0, "{events}");
+}
+
+/// The two new settings, read by the real binary from a config file's
+/// `[server]` table.
+#[tokio::test]
+async fn the_binary_reads_implicit_sessions_and_max_metadata_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lab.toml"),
+        "[server]\nimplicit_sessions = false\nmax_metadata_bytes = 10\n",
+    )
+    .unwrap();
+    let (mut child, addr, _) = start_binary(
+        dir.path(),
+        &[
+            "--config",
+            "lab.toml",
+            "--store",
+            "memory",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("http://{addr}{path}"))
+            .json(&body)
+            .send()
+    };
+    let s = original_client::made_up_id();
+    let acquire = post("/api/locks/acquire", original_client::acquire(&s, 300.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        acquire.status(),
+        StatusCode::NOT_FOUND,
+        "implicit sessions off"
+    );
+    let create =
+        |metadata: Value| post("/api/locks/sessions/create", json!({"metadata": metadata}));
+    // {"a":"12345"}: 13 bytes; {"a":"1"}: 9.
+    assert_eq!(
+        create(json!({"a": "12345"})).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        create(json!({"a": "1"})).await.unwrap().status(),
+        StatusCode::OK
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
 }

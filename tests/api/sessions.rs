@@ -330,4 +330,13 @@ async fn the_session_list_has_a_default_page_size() {
         (rest["count"].as_u64(), rest["next_cursor"].as_str()),
         (Some(1), None)
     );
+    // The API document says where the paging parameters go.
+    let (_, doc) = app.get("/openapi.json").await;
+    let params = doc["paths"]["/api/locks/sessions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(params, [("limit", "query"), ("cursor", "query")]);
 }
