@@ -320,18 +320,20 @@ impl Resolver<'_> {
     }
 
     fn days(&self, key: &Key, default: u32) -> Result<u32, ConfigError> {
-        let Some((value, source)) = self.raw(key, None) else {
-            return Ok(default);
-        };
-        value.trim().parse().map_err(|_| ConfigError::BadValue {
-            name: key.env,
-            value,
-            origin: source,
-            expected: "expected a whole number of days >= 0 (0 = keep forever)",
-        })
+        self.whole(
+            key,
+            default,
+            "expected a whole number of days >= 0 (0 = keep forever)",
+        )
     }
 
-    fn bytes(&self, key: &Key, default: usize) -> Result<usize, ConfigError> {
+    /// A whole number (of days, bytes, ...) >= 0.
+    fn whole<T: std::str::FromStr>(
+        &self,
+        key: &Key,
+        default: T,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
         let Some((value, source)) = self.raw(key, None) else {
             return Ok(default);
         };
@@ -339,7 +341,7 @@ impl Resolver<'_> {
             name: key.env,
             value,
             origin: source,
-            expected: "expected a whole number of bytes >= 0",
+            expected,
         })
     }
 
@@ -384,7 +386,11 @@ pub fn resolve(sources: &Sources, file: Option<&ConfigFile>) -> Result<Settings,
             expiry_warning_ms: (r.seconds(&EXPIRY_WARNING, 30.0)? * 1000.0).round() as u64,
             live_buffer: crate::live::DEFAULT_BUFFER,
             implicit_sessions: r.boolean(&IMPLICIT_SESSIONS, true)?,
-            max_metadata_bytes: r.bytes(&MAX_METADATA, defaults.policy.max_metadata_bytes)?,
+            max_metadata_bytes: r.whole(
+                &MAX_METADATA,
+                defaults.policy.max_metadata_bytes,
+                "expected a whole number of bytes >= 0",
+            )?,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),

@@ -5,7 +5,27 @@ use lablink::config::Settings;
 use lablink::service::Policy;
 
 use crate::auth::secured;
-use crate::helpers::{START, assert_error, memory, spawn_app, spawn_with, start_binary};
+use crate::helpers::{START, TestApp, assert_error, memory, spawn_app, spawn_with, start_binary};
+
+/// The memory store with `LABLINK_IMPLICIT_SESSIONS=false`.
+fn without_implicit_sessions() -> Settings {
+    Settings {
+        policy: Policy {
+            implicit_sessions: false,
+            ..Policy::default()
+        },
+        ..memory()
+    }
+}
+
+/// `N` sessions without a timeout.
+async fn sessions<const N: usize>(app: &TestApp) -> [String; N] {
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        ids.push(app.session(0.0).await);
+    }
+    ids.try_into().unwrap()
+}
 
 #[tokio::test]
 async fn acquire_locks_free_equipment_with_the_briefs_shape() {
@@ -270,14 +290,7 @@ async fn release_by_others_is_403_and_force_records_who() {
 
 #[tokio::test]
 async fn acquire_needs_a_live_session_and_registered_equipment() {
-    let app = spawn_with(Settings {
-        policy: Policy {
-            implicit_sessions: false,
-            ..Policy::default()
-        },
-        ..memory()
-    })
-    .await;
+    let app = spawn_with(without_implicit_sessions()).await;
     let s = app.session(0.0).await;
     assert_error(
         &app.acquire("ps_abc123", "no-such-session", json!({})).await,
@@ -402,11 +415,7 @@ async fn lock_activity_renews_the_lock_and_the_session() {
 #[tokio::test]
 async fn all_locks_are_keyed_by_equipment() {
     let app = spawn_app().await;
-    let (a, b, c) = (
-        app.session(0.0).await,
-        app.session(0.0).await,
-        app.session(0.0).await,
-    );
+    let [a, b, c] = sessions(&app).await;
     app.acquire("ps_abc123", &a, json!({})).await;
     app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
         .await;
@@ -510,11 +519,7 @@ async fn cleanup_reports_and_the_expiry_is_recorded_once() {
 #[tokio::test]
 async fn a_forced_release_by_a_queued_session_leaves_its_own_place() {
     let app = spawn_app().await;
-    let (a, q, r) = (
-        app.session(0.0).await,
-        app.session(0.0).await,
-        app.session(0.0).await,
-    );
+    let [a, q, r] = sessions(&app).await;
     app.acquire("ps_abc123", &a, json!({})).await;
     app.acquire("ps_abc123", &q, json!({"queue_if_busy": true}))
         .await;
@@ -604,11 +609,7 @@ async fn a_timeout_under_a_millisecond_is_refused_not_taken_as_none() {
 #[tokio::test]
 async fn release_and_renew_agree_that_a_lost_lock_is_lost() {
     let app = spawn_app().await;
-    let (a, b, c) = (
-        app.session(0.0).await,
-        app.session(0.0).await,
-        app.session(0.0).await,
-    );
+    let [a, b, c] = sessions(&app).await;
     app.acquire("ps_abc123", &a, json!({})).await;
     app.release("ps_abc123", "admin_session", true).await;
     app.acquire("ps_abc123", &b, json!({})).await;
@@ -676,20 +677,30 @@ async fn a_fencing_token_never_issued_is_refused() {
 /// at the server, a UUID it made up, and these exact bodies.
 mod original_client {
     use super::*;
-    use crate::helpers::TestApp;
 
-    pub fn acquire(session: &str, timeout_seconds: f64) -> Value {
+    pub fn acquire_body(session: &str, timeout_seconds: f64) -> Value {
         json!({"equipment_id": "ps_abc123", "session_id": session, "lock_mode": "exclusive",
             "timeout_seconds": timeout_seconds, "queue_if_busy": false})
     }
 
-    pub fn command(session: &str) -> Value {
-        json!({"command_id": "cmd_001", "equipment_id": "ps_abc123", "action": "set_voltage",
-            "parameters": {"voltage": 12.0}, "session_id": session})
+    pub async fn acquire(
+        app: &TestApp,
+        session: &str,
+        timeout_seconds: f64,
+    ) -> (StatusCode, Value) {
+        app.post("/api/locks/acquire", acquire_body(session, timeout_seconds))
+            .await
     }
 
-    pub fn release(session: &str) -> Value {
-        json!({"equipment_id": "ps_abc123", "session_id": session, "force": false})
+    pub async fn command(app: &TestApp, session: &str) -> (StatusCode, Value) {
+        let body = json!({"command_id": "cmd_001", "equipment_id": "ps_abc123", "action": "set_voltage",
+            "parameters": {"voltage": 12.0}, "session_id": session});
+        app.post("/api/equipment/ps_abc123/command", body).await
+    }
+
+    pub async fn release(app: &TestApp, session: &str) -> (StatusCode, Value) {
+        let body = json!({"equipment_id": "ps_abc123", "session_id": session, "force": false});
+        app.post("/api/locks/release", body).await
     }
 
     /// The same server, seen by a client that sends `user_agent`.
@@ -712,9 +723,7 @@ async fn the_original_client_locks_commands_and_releases_with_its_own_session_id
     let server = spawn_app().await;
     let app = original_client::with_user_agent(&server, "python-requests/2.31.0");
     let s = original_client::made_up_id();
-    let (status, body) = app
-        .post("/api/locks/acquire", original_client::acquire(&s, 3600.0))
-        .await;
+    let (status, body) = original_client::acquire(&app, &s, 3600.0).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         (body["status"].as_str(), body["lock"]["session_id"].as_str()),
@@ -737,28 +746,19 @@ async fn the_original_client_locks_commands_and_releases_with_its_own_session_id
         "{events}"
     );
 
-    let (status, body) = app
-        .post(
-            "/api/equipment/ps_abc123/command",
-            original_client::command(&s),
-        )
-        .await;
+    let (status, body) = original_client::command(&app, &s).await;
     assert_eq!(
         (status, &body["success"]),
         (StatusCode::OK, &json!(true)),
         "{body}"
     );
-    let (status, body) = app
-        .post("/api/locks/release", original_client::release(&s))
-        .await;
+    let (status, body) = original_client::release(&app, &s).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("released"))
     );
     // A live session is reused, not opened again.
-    let (status, _) = app
-        .post("/api/locks/acquire", original_client::acquire(&s, 3600.0))
-        .await;
+    let (status, _) = original_client::acquire(&app, &s, 3600.0).await;
     assert_eq!(status, StatusCode::OK);
     let (_, events) = app
         .get(&format!(
@@ -772,22 +772,16 @@ async fn the_original_client_locks_commands_and_releases_with_its_own_session_id
 async fn the_original_client_hears_lock_lost_after_its_session_ends_and_can_start_again() {
     let app = spawn_app().await;
     let s = original_client::made_up_id();
-    app.post("/api/locks/acquire", original_client::acquire(&s, 3600.0))
-        .await;
+    original_client::acquire(&app, &s, 3600.0).await;
     // The session (600 s by default) ends before the lock's own timeout.
     app.advance(600.0);
     assert_error(
-        &app.post(
-            "/api/equipment/ps_abc123/command",
-            original_client::command(&s),
-        )
-        .await,
+        &original_client::command(&app, &s).await,
         StatusCode::FORBIDDEN,
         "lock_lost",
     );
     assert_error(
-        &app.post("/api/locks/release", original_client::release(&s))
-            .await,
+        &original_client::release(&app, &s).await,
         StatusCode::NOT_FOUND,
         "lock_lost",
     );
@@ -799,9 +793,7 @@ async fn the_original_client_hears_lock_lost_after_its_session_ends_and_can_star
     );
     // An acquire re-opens it with a fresh lease, named "implicit" for a
     // client that sends no User-Agent.
-    let (status, body) = app
-        .post("/api/locks/acquire", original_client::acquire(&s, 3600.0))
-        .await;
+    let (status, body) = original_client::acquire(&app, &s, 3600.0).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("locked"))
@@ -824,43 +816,28 @@ async fn the_original_client_hears_lock_lost_after_its_session_ends_and_can_star
 
 #[tokio::test]
 async fn implicit_sessions_can_be_turned_off_and_ids_are_still_checked() {
-    let app = spawn_with(Settings {
-        policy: Policy {
-            implicit_sessions: false,
-            ..Policy::default()
-        },
-        ..memory()
-    })
-    .await;
+    let app = spawn_with(without_implicit_sessions()).await;
     let s = original_client::made_up_id();
     assert_error(
-        &app.post("/api/locks/acquire", original_client::acquire(&s, 300.0))
-            .await,
+        &original_client::acquire(&app, &s, 300.0).await,
         StatusCode::NOT_FOUND,
         "session_not_found",
     );
     let app = spawn_app().await;
     for bad in ["a b".to_string(), "x".repeat(129), String::new()] {
         assert_error(
-            &app.post("/api/locks/acquire", original_client::acquire(&bad, 300.0))
-                .await,
+            &original_client::acquire(&app, &bad, 300.0).await,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_id",
         );
     }
     // Releases and commands never open a session.
     assert_error(
-        &app.post("/api/locks/release", original_client::release(&s))
-            .await,
+        &original_client::release(&app, &s).await,
         StatusCode::NOT_FOUND,
         "session_not_found",
     );
-    let (status, _) = app
-        .post(
-            "/api/equipment/ps_abc123/command",
-            original_client::command(&s),
-        )
-        .await;
+    let (status, _) = original_client::command(&app, &s).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, list) = app.get("/api/locks/sessions").await;
     assert_eq!(list["count"], 0);
@@ -872,15 +849,12 @@ async fn an_implicit_session_belongs_to_its_caller() {
     let (app, [_, alice, bob, _]) = secured(dir.path()).await;
     let (alice, bob) = (app.as_user(&alice), app.as_user(&bob));
     let s = original_client::made_up_id();
-    let (status, _) = alice
-        .post("/api/locks/acquire", original_client::acquire(&s, 300.0))
-        .await;
+    let (status, _) = original_client::acquire(&alice, &s, 300.0).await;
     assert_eq!(status, StatusCode::OK);
     let (_, session) = alice.get(&format!("/api/locks/sessions/{s}")).await;
     assert_eq!(session["user"], "alice");
     assert_error(
-        &bob.post("/api/locks/acquire", original_client::acquire(&s, 300.0))
-            .await,
+        &original_client::acquire(&bob, &s, 300.0).await,
         StatusCode::FORBIDDEN,
         "forbidden",
     );
@@ -893,8 +867,7 @@ async fn a_refused_acquire_opens_no_session() {
     app.acquire("ps_abc123", &holder, json!({})).await;
     let s = original_client::made_up_id();
     assert_error(
-        &app.post("/api/locks/acquire", original_client::acquire(&s, 300.0))
-            .await,
+        &original_client::acquire(&app, &s, 300.0).await,
         StatusCode::CONFLICT,
         "equipment_locked",
     );
@@ -937,9 +910,12 @@ async fn the_binary_reads_implicit_sessions_and_max_metadata_bytes() {
             .send()
     };
     let s = original_client::made_up_id();
-    let acquire = post("/api/locks/acquire", original_client::acquire(&s, 300.0))
-        .await
-        .unwrap();
+    let acquire = post(
+        "/api/locks/acquire",
+        original_client::acquire_body(&s, 300.0),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         acquire.status(),
         StatusCode::NOT_FOUND,
