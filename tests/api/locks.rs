@@ -546,28 +546,39 @@ async fn a_forced_release_by_a_queued_session_leaves_its_own_place() {
 #[tokio::test]
 async fn a_queued_admin_forcing_a_release_leaves_its_own_place() {
     let dir = tempfile::tempdir().unwrap();
-    let (app, [root, alice, ..]) = secured(dir.path()).await;
-    let (admin, alice) = (app.as_user(&root), app.as_user(&alice));
+    let (app, [root, alice, bob, _]) = secured(dir.path()).await;
+    let (admin, alice, bob) = (app.as_user(&root), app.as_user(&alice), app.as_user(&bob));
     let holder = alice.session(0.0).await;
-    let waiting = admin.session(0.0).await;
     alice.acquire("ps_abc123", &holder, json!({})).await;
-    admin
-        .acquire("ps_abc123", &waiting, json!({"queue_if_busy": true}))
-        .await;
-    let (status, body) = admin.release("ps_abc123", &waiting, true).await;
-    assert_eq!(
-        (
-            status,
-            body["status"].as_str(),
-            body["was_forced"].as_bool()
-        ),
-        (StatusCode::OK, Some("dequeued"), Some(false)),
-        "{body}"
-    );
-    let (_, lock) = app.as_user(&root).get("/api/locks/status/ps_abc123").await;
-    assert_eq!(
-        (lock["session_id"].as_str(), lock["queue_length"].as_u64()),
-        (Some(holder.as_str()), Some(0))
+    // An admin and an operator, each waiting, each sending `force`: both
+    // leave their own place (the operator needs no admin rights for that).
+    for waiter in [&admin, &bob] {
+        let waiting = waiter.session(0.0).await;
+        waiter
+            .acquire("ps_abc123", &waiting, json!({"queue_if_busy": true}))
+            .await;
+        let (status, body) = waiter.release("ps_abc123", &waiting, true).await;
+        assert_eq!(
+            (
+                status,
+                body["status"].as_str(),
+                body["was_forced"].as_bool()
+            ),
+            (StatusCode::OK, Some("dequeued"), Some(false)),
+            "{body}"
+        );
+        let (_, lock) = admin.get("/api/locks/status/ps_abc123").await;
+        assert_eq!(
+            (lock["session_id"].as_str(), lock["queue_length"].as_u64()),
+            (Some(holder.as_str()), Some(0))
+        );
+    }
+    // Forcing others' locks is still for admins only.
+    let outsider = bob.session(0.0).await;
+    assert_error(
+        &bob.release("ps_abc123", &outsider, true).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
     );
 }
 
@@ -785,7 +796,13 @@ async fn the_original_client_hears_lock_lost_after_its_session_ends_and_can_star
         StatusCode::NOT_FOUND,
         "lock_lost",
     );
-    // Neither opened the session again.
+    assert_error(
+        &app.post("/api/locks/activity/ps_abc123", json!({"session_id": s}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    // None of them opened the session again.
     assert_error(
         &app.get(&format!("/api/locks/sessions/{s}")).await,
         StatusCode::NOT_FOUND,
