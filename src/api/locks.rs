@@ -26,6 +26,8 @@ use crate::storage::EventQuery;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
     pub equipment_id: String,
+    /// A session that is not live is opened for the caller (implicit
+    /// sessions, unless LABLINK_IMPLICIT_SESSIONS=false).
     pub session_id: String,
     /// "exclusive" (default) or "observer".
     #[serde(default)]
