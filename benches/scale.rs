@@ -129,6 +129,7 @@ fn scale(c: &mut Criterion) {
                             mode: LockMode::Exclusive,
                             timeout: None,
                             queue_if_busy: false,
+                            client: Default::default(),
                         };
                         service.acquire(input).await.unwrap();
                         service

@@ -126,6 +126,14 @@ const RETENTION: Key = Key {
     default: "90",
     help: "days of history to keep; 0 = forever",
 };
+const IMPLICIT_SESSIONS: Key = Key {
+    env: "LABLINK_IMPLICIT_SESSIONS",
+    file: "implicit_sessions",
+};
+const MAX_METADATA: Key = Key {
+    env: "LABLINK_MAX_METADATA_BYTES",
+    file: "max_metadata_bytes",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -143,6 +151,8 @@ const SERVER_KEYS: &[&Key] = &[
     &EXPIRY_WARNING,
     &AUTH,
     &ALLOW_INSECURE,
+    &IMPLICIT_SESSIONS,
+    &MAX_METADATA,
 ];
 /// Every `LABLINK_*` variable the server reads.
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -354,7 +364,7 @@ impl Resolver<'_> {
                 name: key.env,
                 value,
                 origin: source,
-                expected: "expected a number of seconds >= 0",
+                expected: "expected 0 or a number of seconds >= 0.001 (1 ms)",
             }),
         }
     }
@@ -376,6 +386,20 @@ impl Resolver<'_> {
     }
 
     fn days(&self, key: &Key, default: u32) -> Result<u32, ConfigError> {
+        self.whole(
+            key,
+            default,
+            "expected a whole number of days >= 0 (0 = keep forever)",
+        )
+    }
+
+    /// A whole number (of days, bytes, ...) >= 0.
+    fn whole<T: std::str::FromStr>(
+        &self,
+        key: &Key,
+        default: T,
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
         let Some((value, source)) = self.raw(key, None) else {
             return Ok(default);
         };
@@ -383,7 +407,7 @@ impl Resolver<'_> {
             name: key.env,
             value,
             origin: source,
-            expected: "expected a whole number of days >= 0 (0 = keep forever)",
+            expected,
         })
     }
 
@@ -444,6 +468,12 @@ pub fn resolve(
             default_session_timeout: r.timeout(&SESSION_TIMEOUT, 600.0)?,
             expiry_warning_ms: (r.seconds(&EXPIRY_WARNING, 30.0)? * 1000.0).round() as u64,
             live_buffer: crate::live::DEFAULT_BUFFER,
+            implicit_sessions: r.boolean(&IMPLICIT_SESSIONS, true)?,
+            max_metadata_bytes: r.whole(
+                &MAX_METADATA,
+                defaults.policy.max_metadata_bytes,
+                "expected a whole number of bytes >= 0",
+            )?,
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
@@ -579,6 +609,8 @@ mod tests {
             ("LABLINK_EXPIRY_WARNING_SEC", "5"),
             ("LABLINK_AUTH", "required"),
             ("LABLINK_ALLOW_INSECURE", "true"),
+            ("LABLINK_IMPLICIT_SESSIONS", "false"),
+            ("LABLINK_MAX_METADATA_BYTES", "1024"),
         ]);
         let s = resolve(
             &Sources {
@@ -595,6 +627,7 @@ mod tests {
         assert_eq!(p.default_lock_timeout.as_seconds(), 30.0);
         assert_eq!(p.default_session_timeout.as_seconds(), 60.5);
         assert_eq!(p.expiry_warning_ms, 5_000);
+        assert_eq!((p.implicit_sessions, p.max_metadata_bytes), (false, 1024));
         assert_eq!((s.auth, s.allow_insecure), (Some(AuthMode::Required), true));
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
         assert_eq!(
@@ -611,6 +644,10 @@ mod tests {
     fn bad_values_name_the_setting_and_source() {
         let cases = [
             ("LABLINK_LOCK_TIMEOUT_SEC", "-5"),
+            ("LABLINK_LOCK_TIMEOUT_SEC", "0.0004"),
+            ("LABLINK_SESSION_TIMEOUT_SEC", "0.0004"),
+            ("LABLINK_MAX_METADATA_BYTES", "-1"),
+            ("LABLINK_IMPLICIT_SESSIONS", "sometimes"),
             ("LABLINK_SESSION_TIMEOUT_SEC", "ten"),
             ("LABLINK_ENABLE_LOCK_QUEUE", "maybe"),
             ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),

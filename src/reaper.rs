@@ -140,6 +140,7 @@ mod tests {
                     mode: LockMode::Exclusive,
                     timeout: Some(Timeout::from_millis(5_000)),
                     queue_if_busy: queue,
+                    client: Default::default(),
                 })
                 .await
                 .unwrap();

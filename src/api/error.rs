@@ -76,8 +76,11 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         NoLock { lost: Some(_), .. } => (StatusCode::NOT_FOUND, "lock_lost"),
         NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
-        StaleFencingToken { .. } => (StatusCode::CONFLICT, "stale_fencing_token"),
+        StaleFencingToken { .. } | UnissuedFencingToken { .. } => {
+            (StatusCode::CONFLICT, "stale_fencing_token")
+        }
         Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        MetadataTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
     }
 }
 

@@ -2,27 +2,32 @@
 //! an equipment's history, and the manual cleanup.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::http::header::USER_AGENT;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use utoipa::ToSchema;
 
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::sessions::Limit;
+use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, equipment_in_path};
 use crate::domain::{
     AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
     Timestamp,
 };
-use crate::service::{AcquireInput, ExpiryReport};
+use crate::service::{AcquireInput, ClientInfo, ExpiryReport};
 use crate::storage::EventQuery;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
     pub equipment_id: String,
+    /// A session that is not live is opened for the caller (implicit
+    /// sessions, unless LABLINK_IMPLICIT_SESSIONS=false).
     pub session_id: String,
     /// "exclusive" (default) or "observer".
     #[serde(default)]
@@ -66,8 +71,18 @@ pub struct AcquireResponse {
 pub async fn acquire(
     State(app): State<AppState>,
     Caller(actor): Caller,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> ApiResult<AcquireResponse> {
+    // Names a session this acquire may open (semantics.md, Sessions 6).
+    let client = ClientInfo {
+        name: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_TEXT).collect()),
+        ip: Some(peer.ip().to_string()),
+    };
     let input = AcquireInput {
         actor,
         equipment_id: EquipmentId::parse(&body.equipment_id)?,
@@ -78,6 +93,7 @@ pub async fn acquire(
             .map(Timeout::from_seconds)
             .transpose()?,
         queue_if_busy: body.queue_if_busy.unwrap_or(false),
+        client,
     };
     let wait = match body.wait_seconds {
         None => None,

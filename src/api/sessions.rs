@@ -13,8 +13,8 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::views::{LockView, QueueEntryView, SessionView};
 use super::{AppState, session_in_path};
-use crate::domain::{Event, Timeout};
-use crate::service::NewSession;
+use crate::domain::{Event, SessionId, Timeout};
+use crate::service::{DEFAULT_SESSION_PAGE, NewSession};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateSession {
@@ -28,7 +28,8 @@ pub struct CreateSession {
     pub metadata: Option<Map<String, Value>>,
 }
 
-const MAX_TEXT: usize = 256;
+/// The longest client name or address kept for a session.
+pub const MAX_TEXT: usize = 256;
 
 fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
@@ -103,34 +104,66 @@ pub async fn get(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
+    /// Live sessions, in session id order.
     pub sessions: Vec<SessionView>,
+    /// How many are on this page.
     pub count: usize,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SessionListQuery {
+    /// Page size, 1..=1000 (default 100).
+    pub limit: Option<usize>,
+    /// Continue after this session id (the `next_cursor` of the previous page).
+    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/locks/sessions", tag = "sessions",
-    responses((status = 200, body = SessionList)))]
-pub async fn list(State(app): State<AppState>) -> ApiResult<SessionList> {
-    let at = app.sessions().await?;
+    params(SessionListQuery),
+    responses((status = 200, body = SessionList), (status = 422, body = ErrorBody)))]
+pub async fn list(
+    State(app): State<AppState>,
+    ApiQuery(query): ApiQuery<SessionListQuery>,
+) -> ApiResult<SessionList> {
+    let cursor = query.cursor.as_deref().map(SessionId::parse).transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_SESSION_PAGE);
+    let at = app.sessions(cursor.as_ref(), limit).await?;
     let sessions: Vec<SessionView> = at
         .value
+        .sessions
         .iter()
         .map(|s| SessionView::new(s, at.now))
         .collect();
     Ok(Json(SessionList {
         count: sessions.len(),
         sessions,
+        next_cursor: at.value.next_cursor.map(|id| id.to_string()),
     }))
 }
 
+/// The renewed session, with `success` as the original server answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionActivity {
+    pub success: bool,
+    #[serde(flatten)]
+    pub session: SessionView,
+}
+
 #[utoipa::path(post, path = "/api/locks/sessions/{session_id}/activity", tag = "sessions",
-    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SessionActivity), (status = 404, body = ErrorBody)))]
 pub async fn activity(
     State(app): State<AppState>,
     Caller(actor): Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<SessionView> {
+) -> ApiResult<SessionActivity> {
     let at = app.touch_session(&session_in_path(&id)?, &actor).await?;
-    Ok(Json(SessionView::new(&at.value, at.now)))
+    Ok(Json(SessionActivity {
+        success: true,
+        session: SessionView::new(&at.value, at.now),
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

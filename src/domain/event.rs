@@ -168,6 +168,10 @@ pub struct Event {
     /// Seconds left on the lease (for `lock_expiring`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_remaining: Option<f64>,
+    /// `true` on a `session_created` opened by an acquire naming a session
+    /// that was not live (semantics.md, Sessions 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit: Option<bool>,
 }
 
 impl Event {
@@ -191,6 +195,7 @@ impl Event {
             holder_user: None,
             expires_at: None,
             time_remaining: None,
+            implicit: None,
         }
     }
 

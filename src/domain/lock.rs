@@ -411,10 +411,19 @@ impl EquipmentLocks {
         grant
     }
 
-    /// Release by `session` (semantics.md, Locks 8). With `force`, a session
-    /// that holds nothing here releases whoever holds it: the exclusive
-    /// holder, or else every observer. `session` need not be live for a
-    /// forced release; the caller decides who may force.
+    /// Whether a release by `session` would take other sessions' locks: only
+    /// with `force`, and only when `session` neither holds nor waits here
+    /// (those release their own place instead). The caller checks who may
+    /// force on this answer.
+    pub fn release_forces(&self, session: &SessionId, force: bool) -> bool {
+        force && !self.participants().any(|s| s == session)
+    }
+
+    /// Release by `session` (semantics.md, Locks 8). A session that holds or
+    /// waits here releases its own lock or place, with or without `force`.
+    /// With `force`, a session that does neither releases whoever holds it:
+    /// the exclusive holder, or else every observer. `session` need not be
+    /// live for a forced release; the caller decides who may force.
     pub fn release(
         &mut self,
         session: &SessionId,
@@ -444,6 +453,23 @@ impl EquipmentLocks {
             self.advance_queue(now, live, events);
             return Ok(ReleaseOutcome::ObserverReleased);
         }
+        // A waiter leaves its own place, even with `force`: forcing is for
+        // taking others' locks, never for jumping one's own queue.
+        if let Some(position) = self.position_of(session) {
+            let entry = self
+                .queue
+                .remove(position - 1)
+                .expect("position is in range");
+            let mut e = self.event(EventKind::Dequeued, session, now);
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.reason = Some(EndReason::Released);
+            events.push(e);
+            // Leaving may unblock nobody (the head is blocked by a holder),
+            // but the head itself leaving can let observers behind it in.
+            self.advance_queue(now, live, events);
+            return Ok(ReleaseOutcome::Dequeued);
+        }
         if force && (self.exclusive.is_some() || !self.observers.is_empty()) {
             let taken: Vec<Grant> = self
                 .exclusive
@@ -461,25 +487,13 @@ impl EquipmentLocks {
             self.advance_queue(now, live, events);
             return Ok(ReleaseOutcome::Released { was_forced: true });
         }
-        if let Some(position) = self.position_of(session) {
-            let entry = self
-                .queue
-                .remove(position - 1)
-                .expect("position is in range");
-            let mut e = self.event(EventKind::Dequeued, session, now);
-            e.lock_mode = Some(entry.mode);
-            e.queue_id = Some(entry.queue_id);
-            e.reason = Some(EndReason::Released);
-            events.push(e);
-            // Leaving may unblock nobody (the head is blocked by a holder),
-            // but the head itself leaving can let observers behind it in.
-            self.advance_queue(now, live, events);
-            return Ok(ReleaseOutcome::Dequeued);
-        }
         if force {
             return Err(DomainError::NotLocked {
                 equipment: self.equipment_id.clone(),
             });
+        }
+        if let Some(lost) = self.lost_lock(session) {
+            return Err(lost);
         }
         match self.holder() {
             Some(holder) => Err(DomainError::NotHolder {
@@ -491,9 +505,22 @@ impl EquipmentLocks {
             None => Err(DomainError::NoLock {
                 equipment: self.equipment_id.clone(),
                 session: session.clone(),
-                lost: self.loss_of(session),
+                lost: None,
             }),
         }
+    }
+
+    /// The one rule release and renew share for a session that holds
+    /// nothing here: if it lost its lock here without asking, it hears so
+    /// (`lock_lost`), whoever holds the equipment now. A session that never
+    /// held a lock here gets `None`, so it is never told why someone else's
+    /// lock ended.
+    pub fn lost_lock(&self, session: &SessionId) -> Option<DomainError> {
+        self.loss_of(session).map(|reason| DomainError::NoLock {
+            equipment: self.equipment_id.clone(),
+            session: session.clone(),
+            lost: Some(reason),
+        })
     }
 
     /// Renews `session`'s lock here (the activity endpoint).
@@ -508,11 +535,11 @@ impl EquipmentLocks {
                 grant.touch(now);
                 Ok(grant.clone())
             }
-            None => Err(DomainError::NoLock {
+            None => Err(self.lost_lock(session).unwrap_or(DomainError::NoLock {
                 equipment: self.equipment_id.clone(),
                 session: session.clone(),
-                lost: self.loss_of(session),
-            }),
+                lost: None,
+            })),
         }
     }
 
@@ -552,19 +579,37 @@ impl EquipmentLocks {
                 },
             });
         };
-        if let Some(sent) = fencing_token.filter(|t| *t < grant.fencing_token) {
-            return Err(DomainError::StaleFencingToken {
-                sent,
-                current: grant.fencing_token,
-            });
+        let current = grant.fencing_token;
+        if let Some(sent) = fencing_token.filter(|t| *t < current) {
+            return Err(DomainError::StaleFencingToken { sent, current });
         }
+        Self::issued(&self.equipment_id, self.fencing_counter, fencing_token)?;
         grant.touch(now);
         Ok(())
     }
 
+    /// A token greater than any ever issued here can only be a client bug
+    /// (a token of another equipment, a made-up number): refused, so it
+    /// shows up instead of passing as "not stale".
+    fn issued(
+        equipment: &EquipmentId,
+        latest: u64,
+        fencing_token: Option<u64>,
+    ) -> Result<(), DomainError> {
+        match fencing_token {
+            Some(sent) if sent > latest => Err(DomainError::UnissuedFencingToken {
+                equipment: equipment.clone(),
+                sent,
+                latest,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// With locks disabled nothing is authorised, but a fencing token older
-    /// than the exclusive holder's grant is still refused.
+    /// than the exclusive holder's grant, or never issued, is still refused.
     pub fn check_fencing(&self, fencing_token: Option<u64>) -> Result<(), DomainError> {
+        Self::issued(&self.equipment_id, self.fencing_counter, fencing_token)?;
         match (fencing_token, &self.exclusive) {
             (Some(sent), Some(grant)) if sent < grant.fencing_token => {
                 Err(DomainError::StaleFencingToken {

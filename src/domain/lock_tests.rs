@@ -402,6 +402,59 @@ fn release_table() {
 }
 
 #[test]
+fn a_forced_release_by_a_waiter_leaves_its_own_place() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.ex("q", true).unwrap();
+    w.ex("r", true).unwrap();
+    assert!(!w.locks.release_forces(&sid("q"), true), "q waits here");
+    assert!(w.locks.release_forces(&sid("admin"), true));
+    assert!(!w.locks.release_forces(&sid("admin"), false));
+    assert_eq!(w.release("q", true).unwrap(), ReleaseOutcome::Dequeued);
+    assert_eq!((w.holder(), w.queue()), (Some("a"), vec!["r"]));
+    assert!(!w.kinds().contains(&EventKind::LockForceReleased));
+    // The holder forcing releases its own lock, not as a forced release.
+    assert_eq!(
+        w.release("a", true).unwrap(),
+        ReleaseOutcome::Released { was_forced: false }
+    );
+    assert_eq!(w.holder(), Some("r"));
+}
+
+#[test]
+fn release_and_renew_agree_on_a_lost_lock_and_tell_nobody_else() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.release("admin", true).unwrap();
+    w.ex("b", false).unwrap();
+    // a lost its lock to a force release; b holds it now.
+    let lost = |e: &DomainError| {
+        matches!(
+            e,
+            DomainError::NoLock {
+                lost: Some(EndReason::Forced),
+                ..
+            }
+        )
+    };
+    assert!(lost(&w.release("a", false).unwrap_err()));
+    assert!(lost(&w.locks.renew(&sid("a"), w.now).unwrap_err()));
+    // c never held a lock here: the plain answers, not why a's lock ended.
+    assert!(matches!(
+        w.release("c", false).unwrap_err(),
+        DomainError::NotHolder {
+            holder: Some(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        w.locks.renew(&sid("c"), w.now).unwrap_err(),
+        DomainError::NoLock { lost: None, .. }
+    ));
+    assert!(w.locks.lost_lock(&sid("c")).is_none());
+}
+
+#[test]
 fn expiry_is_exact_and_hands_off() {
     let mut w = World::new();
     w.request("a", LockMode::Exclusive, 1_000, false).unwrap();
@@ -432,7 +485,9 @@ fn authorize_table() {
         ("x", Access::Control, None, None),
         ("x", Access::Observe, None, None),
         ("x", Access::Control, Some(1), None),
-        ("x", Access::Control, Some(7), None),
+        // Greater than any token ever issued here: a client bug.
+        ("x", Access::Control, Some(2), Some("UnissuedFencingToken")),
+        ("x", Access::Control, Some(7), Some("UnissuedFencingToken")),
         ("x", Access::Control, Some(0), Some("StaleFencingToken")),
         ("y", Access::Control, None, Some("NotHolder")),
         ("y", Access::Observe, None, Some("NotHolder")),
@@ -459,6 +514,16 @@ fn authorize_table() {
             .authorize(&sid("o"), Access::Control, None, w.now)
             .is_err()
     );
+    // With locks disabled, a token never issued is refused all the same.
+    assert!(w.locks.check_fencing(Some(1)).is_ok());
+    assert!(matches!(
+        w.locks.check_fencing(Some(2)),
+        Err(DomainError::UnissuedFencingToken {
+            sent: 2,
+            latest: 1,
+            ..
+        })
+    ));
 }
 
 #[test]

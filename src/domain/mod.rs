@@ -67,6 +67,18 @@ pub enum DomainError {
         "fencing token {sent} is older than the current grant's token {current}: this command comes from a lock that has since ended"
     )]
     StaleFencingToken { sent: u64, current: u64 },
+    #[error(
+        "fencing token {sent} was never issued for {equipment} (the latest is {latest}): send the fencing_token of your own grant"
+    )]
+    UnissuedFencingToken {
+        equipment: EquipmentId,
+        sent: u64,
+        latest: u64,
+    },
+    #[error(
+        "metadata is {size} bytes as JSON, more than the {max} allowed (LABLINK_MAX_METADATA_BYTES): keep it small"
+    )]
+    MetadataTooLarge { size: usize, max: usize },
     /// The caller is authenticated but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),

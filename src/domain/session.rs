@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::DomainError;
 use super::ids::SessionId;
 use super::time::{Timeout, Timestamp, is_live, time_remaining};
 
@@ -24,7 +25,37 @@ pub struct Session {
     pub user: Option<String>,
 }
 
+/// The name of an implicit session whose client did not say who it is.
+pub const IMPLICIT_CLIENT_NAME: &str = "implicit";
+
 impl Session {
+    /// A session opened by an acquire that named an id which is not live
+    /// (semantics.md, Sessions 6): a fresh lease from `now`, named after
+    /// the client if it said who it is, owned by `user`.
+    pub fn implicit(
+        id: SessionId,
+        client_name: Option<&str>,
+        client_ip: Option<String>,
+        timeout: Timeout,
+        user: Option<String>,
+        now: Timestamp,
+    ) -> Self {
+        let client_name = client_name
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .unwrap_or(IMPLICIT_CLIENT_NAME);
+        Self {
+            id,
+            client_name: client_name.to_owned(),
+            client_ip,
+            created_at: now,
+            last_activity: now,
+            timeout,
+            metadata: Map::new(),
+            user,
+        }
+    }
+
     pub fn deadline(&self) -> Option<Timestamp> {
         self.timeout.deadline_after(self.last_activity)
     }
@@ -44,6 +75,20 @@ impl Session {
 
     pub fn duration_seconds(&self, now: Timestamp) -> f64 {
         now.seconds_since(self.created_at).max(0.0)
+    }
+
+    /// Session `metadata` is bounded (`LABLINK_MAX_METADATA_BYTES`), counted
+    /// as its compact JSON, so no client can make every session listing
+    /// and stored row grow without limit. An empty object is always fine.
+    pub fn check_metadata(metadata: &Map<String, Value>, max: usize) -> Result<(), DomainError> {
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let size = serde_json::to_string(metadata).map_or(usize::MAX, |json| json.len());
+        if size > max {
+            return Err(DomainError::MetadataTooLarge { size, max });
+        }
+        Ok(())
     }
 
     /// Gives a session whose deadline passed while the server was down one
@@ -80,6 +125,43 @@ mod tests {
         assert!(s.is_live(Timestamp::from_millis(1_500)));
         s.touch(Timestamp::from_millis(100));
         assert_eq!(s.last_activity, Timestamp::from_millis(800));
+    }
+
+    #[test]
+    fn an_implicit_session_is_named_after_its_client_or_implicit() {
+        let now = Timestamp::from_millis(7_000);
+        let id = SessionId::parse("c0ffee").unwrap();
+        let timeout = Timeout::from_millis(600_000);
+        let named = Session::implicit(
+            id.clone(),
+            Some("python-requests/2.31"),
+            None,
+            timeout,
+            None,
+            now,
+        );
+        assert_eq!(named.client_name, "python-requests/2.31");
+        assert_eq!((named.created_at, named.last_activity), (now, now));
+        assert_eq!(named.deadline(), Some(Timestamp::from_millis(607_000)));
+        for nameless in [None, Some(""), Some("  ")] {
+            let s = Session::implicit(id.clone(), nameless, None, timeout, Some("al".into()), now);
+            assert_eq!(
+                (s.client_name.as_str(), s.user.as_deref()),
+                ("implicit", Some("al"))
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_is_bounded_by_its_json_size() {
+        let meta = |json: Value| json.as_object().cloned().unwrap();
+        let small = meta(serde_json::json!({"user": "r1"})); // {"user":"r1"}: 13 bytes
+        assert!(Session::check_metadata(&small, 13).is_ok());
+        assert_eq!(
+            Session::check_metadata(&small, 12),
+            Err(DomainError::MetadataTooLarge { size: 13, max: 12 })
+        );
+        assert!(Session::check_metadata(&Map::new(), 0).is_ok());
     }
 
     #[test]

@@ -95,6 +95,13 @@ impl Timeout {
                 "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {seconds}"
             )));
         }
+        // Only exactly 0 means "no timeout": a positive value that would
+        // round to 0 ms must not silently become a lease that never ends.
+        if seconds > 0.0 && seconds < 0.001 {
+            return Err(DomainError::InvalidTimeout(format!(
+                "timeout_seconds must be 0 (no timeout) or at least 0.001 (1 ms), got {seconds}"
+            )));
+        }
         let millis = (seconds * 1000.0).round() as u64;
         Ok(Self((millis > 0).then_some(millis)))
     }
@@ -149,6 +156,12 @@ mod tests {
             (0.0, Some(None)),
             (300.0, Some(Some(300_000))),
             (0.25, Some(Some(250))),
+            (0.001, Some(Some(1))),
+            (0.0015, Some(Some(2))),
+            // Below 1 ms is refused, never "no timeout".
+            (0.0004, None),
+            (0.000_999, None),
+            (f64::MIN_POSITIVE, None),
             (-1.0, None),
             (f64::NAN, None),
             (f64::INFINITY, None),

@@ -40,6 +40,11 @@ pub struct Policy {
     pub expiry_warning_ms: u64,
     /// How far a live subscriber may fall behind before it is told it lagged.
     pub live_buffer: usize,
+    /// Whether an acquire naming a session that is not live opens it
+    /// (semantics.md, Sessions 6).
+    pub implicit_sessions: bool,
+    /// The largest session `metadata` accepted, as compact JSON bytes.
+    pub max_metadata_bytes: usize,
 }
 
 impl Default for Policy {
@@ -53,6 +58,8 @@ impl Default for Policy {
             default_session_timeout: Timeout::from_millis(600_000),
             expiry_warning_ms: 30_000,
             live_buffer: crate::live::DEFAULT_BUFFER,
+            implicit_sessions: true,
+            max_metadata_bytes: 16 * 1024,
         }
     }
 }
@@ -144,7 +151,28 @@ pub struct AcquireInput {
     pub mode: LockMode,
     pub timeout: Option<Timeout>,
     pub queue_if_busy: bool,
+    /// Who the client says it is, for a session this acquire opens.
+    pub client: ClientInfo,
 }
+
+/// What a request tells about its client, used to name a session opened
+/// implicitly (semantics.md, Sessions 6).
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    /// The `User-Agent`, if any.
+    pub name: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A page of live sessions, in session id order.
+pub struct SessionPage {
+    pub sessions: Vec<Session>,
+    /// The cursor for the next page; `None` on the last one.
+    pub next_cursor: Option<SessionId>,
+}
+
+/// The default page size of the session list.
+pub const DEFAULT_SESSION_PAGE: usize = 100;
 
 pub struct Acquired {
     pub outcome: AcquireOutcome,
@@ -200,6 +228,16 @@ pub(super) fn standing(locks: &EquipmentLocks, session: &SessionId) -> Option<Ac
         entry: locks.queue[position - 1].clone(),
         position,
     })
+}
+
+/// What a session that is not live hears when it releases or renews: that
+/// it lost its lock here, if it did (semantics.md, Locks 8-9), else that it
+/// does not exist.
+fn lost_or_unknown(locks: &EquipmentLocks, session: &SessionId) -> ServiceError {
+    locks.lost_lock(session).map_or_else(
+        || ServiceError::SessionNotFound(session.clone()),
+        ServiceError::from,
+    )
 }
 
 fn too_many(limit: usize) -> Result<usize, ServiceError> {
@@ -339,6 +377,7 @@ impl Service {
     pub async fn create_session(&self, new: NewSession) -> Result<At<Session>, ServiceError> {
         let id = SessionId::parse(&uuid::Uuid::new_v4().to_string())?;
         let timeout = new.timeout.unwrap_or(self.policy.default_session_timeout);
+        Session::check_metadata(&new.metadata, self.policy.max_metadata_bytes)?;
         self.run(|uow| {
             let session = Session {
                 id: id.clone(),
@@ -389,12 +428,27 @@ impl Service {
         .await
     }
 
-    pub async fn sessions(&self) -> Result<At<Vec<Session>>, ServiceError> {
+    /// Live sessions, `limit` at a time, in session id order, after
+    /// `cursor` (the previous page's last id).
+    pub async fn sessions(
+        &self,
+        cursor: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<At<SessionPage>, ServiceError> {
+        let limit = too_many(limit)?;
         self.run(|uow| {
-            let mut sessions = uow.tx.sessions()?;
+            let mut sessions = uow.tx.sessions_page(cursor, limit)?;
+            // The page is full when the store had `limit` more: only then
+            // may another follow (a page shortened by the liveness filter
+            // still points past what it skipped).
+            let next_cursor = (sessions.len() == limit)
+                .then(|| sessions.last().map(|s| s.id.clone()))
+                .flatten();
             sessions.retain(|s| s.is_live(uow.now));
-            sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-            Ok(sessions)
+            Ok(SessionPage {
+                sessions,
+                next_cursor,
+            })
         })
         .await
     }
@@ -459,7 +513,14 @@ impl Service {
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
         let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(|uow| {
-            let session = uow.renew_session(&input.session_id, &input.actor)?;
+            let (session, opened) = match uow.live_session(&input.session_id)? {
+                Some(_) => (uow.renew_session(&input.session_id, &input.actor)?, false),
+                None if self.policy.implicit_sessions => {
+                    let id = &input.session_id;
+                    (uow.implicit_session(id, &input.actor, &input.client)?, true)
+                }
+                None => return Err(ServiceError::SessionNotFound(input.session_id.clone())),
+            };
             let request = LockRequest {
                 session_id: input.session_id.clone(),
                 mode: input.mode,
@@ -471,7 +532,12 @@ impl Service {
                 },
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
+            let opened_at = uow.events.len();
             let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
+            // A refused acquire opens no session.
+            if opened {
+                uow.open_implicit(&session, opened_at)?;
+            }
             uow.save_locks(&locks)?;
             Ok(Acquired { outcome, locks })
         })
@@ -486,27 +552,33 @@ impl Service {
         actor: &Actor,
     ) -> Result<At<ReleaseOutcome>, ServiceError> {
         self.registered(equipment)?;
-        if force {
-            actor.may_force()?;
-        }
         self.run(|uow| {
             uow.acting(actor);
             // A forced release may name a session that does not exist (the
             // brief's own example uses "admin_session"); a live one is renewed.
-            match uow.live_session(session)? {
+            let live = match uow.live_session(session)? {
                 Some(mut s) => {
                     actor.may_use(&s)?;
                     s.touch(uow.now);
                     uow.save_session(&s)?;
+                    true
                 }
-                None if !force => return Err(ServiceError::SessionNotFound(session.clone())),
-                None => {}
-            }
+                None => false,
+            };
             let now = uow.now;
-            let (_, outcome) = uow.change_locks(equipment, |locks, live, events| {
-                locks.release(session, force, now, live, events)
+            let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
+                // Only taking others' locks needs an admin: a session that
+                // holds or waits here releases its own place, `force` or not.
+                if locks.release_forces(session, force) {
+                    actor.may_force()?;
+                } else if !live && !force {
+                    // Releases never open a session; one whose lock was
+                    // lost still hears so.
+                    return Err(lost_or_unknown(locks, session));
+                }
+                Ok(locks.release(session, force, now, alive, events)?)
             })?;
-            Ok(outcome?)
+            outcome
         })
         .await
     }
@@ -519,8 +591,12 @@ impl Service {
     ) -> Result<At<crate::domain::Grant>, ServiceError> {
         self.registered(equipment)?;
         self.run(|uow| {
-            uow.renew_session(session, actor)?;
             let mut locks = uow.load_locks(equipment)?;
+            if uow.live_session(session)?.is_none() {
+                // The same rule as release: a lost lock is `lock_lost`.
+                return Err(lost_or_unknown(&locks, session));
+            }
+            uow.renew_session(session, actor)?;
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;
             Ok(grant)

@@ -125,6 +125,50 @@ impl Uow<'_> {
         Ok(session)
     }
 
+    /// The session an acquire that named `id` while it was not live opens
+    /// (or re-opens, with a fresh lease: semantics.md, Sessions 6), not yet
+    /// saved: it is opened only if the acquire succeeds (`open_implicit`).
+    /// It belongs to the caller; one still stored for another user is
+    /// refused.
+    pub(super) fn implicit_session(
+        &mut self,
+        id: &SessionId,
+        actor: &Actor,
+        client: &ClientInfo,
+    ) -> Result<Session, ServiceError> {
+        self.acting(actor);
+        if let Some(stale) = self.tx.session(id)? {
+            // Past its deadline but not yet expired: end it properly first,
+            // so its locks and places go as an expiry's would.
+            actor.may_use(&stale)?;
+            self.end_session(&stale, EndReason::SessionExpired)?;
+        }
+        Ok(Session::implicit(
+            id.clone(),
+            client.name.as_deref(),
+            client.ip.clone(),
+            self.policy.default_session_timeout,
+            actor.user.clone(),
+            self.now,
+        ))
+    }
+
+    /// Saves an implicit session, its `session_created` recorded at
+    /// `event_index`: before the events of the acquire that opened it.
+    pub(super) fn open_implicit(
+        &mut self,
+        session: &Session,
+        event_index: usize,
+    ) -> Result<(), StoreError> {
+        self.save_session(session)?;
+        let mut e = Event::new(EventKind::SessionCreated, self.now);
+        e.session_id = Some(session.id.clone());
+        e.timeout_seconds = Some(session.timeout.as_seconds());
+        e.implicit = Some(true);
+        self.events.insert(event_index, e);
+        Ok(())
+    }
+
     /// Runs `change` on an equipment's locks with a liveness callback, saves
     /// them, and returns what `change` returned.
     pub(super) fn change_locks<R>(

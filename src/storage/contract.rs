@@ -91,6 +91,25 @@ fn sessions_round_trip(store: &dyn Store) {
     assert!(with(store, |tx| tx.sessions()).is_empty());
 }
 
+fn sessions_page_in_id_order(store: &dyn Store) {
+    for id in ["c", "a", "e", "b", "d"] {
+        with(store, |tx| tx.save_session(&session(id, 0)));
+    }
+    let page = |after: Option<&str>, limit: usize| -> Vec<String> {
+        let after = after.map(sid);
+        with(store, |tx| tx.sessions_page(after.as_ref(), limit))
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect()
+    };
+    assert_eq!(page(None, 2), ["a", "b"]);
+    assert_eq!(page(Some("b"), 2), ["c", "d"]);
+    assert_eq!(page(Some("d"), 2), ["e"]);
+    assert_eq!(page(Some("bb"), 10), ["c", "d", "e"], "any id is a cursor");
+    assert!(page(Some("e"), 2).is_empty());
+    assert_eq!(page(None, 10).len(), 5);
+}
+
 fn equipment_round_trip_and_participants(store: &dyn Store) {
     assert_eq!(
         with(store, |tx| tx.equipment_locks(&eid("psu"))),
@@ -353,6 +372,7 @@ macro_rules! every_backend {
 
 every_backend!(
     sessions_round_trip,
+    sessions_page_in_id_order,
     equipment_round_trip_and_participants,
     due_in_deadline_order,
     events_per_equipment_and_session,

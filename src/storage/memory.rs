@@ -240,6 +240,30 @@ impl Tx for MemoryTx<'_> {
         Ok(self.state.sessions.values().cloned().collect())
     }
 
+    fn sessions_page(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<Session>, StoreError> {
+        // One pass over the ids, keeping only the `limit` smallest past the
+        // cursor; only the page itself is cloned.
+        let mut ids: Vec<&SessionId> = self
+            .state
+            .sessions
+            .keys()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .collect();
+        if ids.len() > limit {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        Ok(ids
+            .into_iter()
+            .map(|id| self.state.sessions[id].clone())
+            .collect())
+    }
+
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let replaced = self.state.put_session(session.clone());
         self.remember_session(&session.id, replaced);

@@ -39,6 +39,13 @@ pub enum Due {
 pub trait Tx {
     fn session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError>;
     fn sessions(&mut self) -> Result<Vec<Session>, StoreError>;
+    /// Up to `limit` sessions with an id greater than `after`, in id order
+    /// (a page of the session list; the last id is the next cursor).
+    fn sessions_page(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<Session>, StoreError>;
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError>;
     fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError>;
 

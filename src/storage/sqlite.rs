@@ -720,6 +720,26 @@ impl Tx for SqliteTx<'_> {
         self.rows("SELECT data FROM sessions")
     }
 
+    fn sessions_page(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<Session>, StoreError> {
+        // The primary key orders the page: no scan past it.
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT data FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(
+                params![after.map_or("", |a| a.as_str()), limit as i64],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(unavailable)?;
+        rows.map(|row| serde_json::from_str(&row.map_err(unavailable)?).map_err(corrupt))
+            .collect()
+    }
+
     fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
         let data = serde_json::to_string(session).map_err(corrupt)?;
         self.tx

@@ -27,7 +27,7 @@ fn token_cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn create_token(dir: &Path, user: &str, role: &str) -> String {
+pub fn create_token(dir: &Path, user: &str, role: &str) -> String {
     token_cli(dir, &["create", "--user", user, "--role", role])
         .trim()
         .to_owned()
@@ -36,7 +36,7 @@ fn create_token(dir: &Path, user: &str, role: &str) -> String {
 /// A server requiring tokens, with a `restricted` PSU only alice and
 /// admins may lock; and tokens for admin, alice, bob (operators), vera
 /// (observer).
-async fn secured(dir: &Path) -> (TestApp, [String; 4]) {
+pub async fn secured(dir: &Path) -> (TestApp, [String; 4]) {
     let tokens = [
         create_token(dir, "root", "admin"),
         create_token(dir, "alice", "operator"),

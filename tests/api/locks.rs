@@ -1,7 +1,31 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{START, assert_error, spawn_app};
+use lablink::config::Settings;
+use lablink::service::Policy;
+
+use crate::auth::secured;
+use crate::helpers::{START, TestApp, assert_error, memory, spawn_app, spawn_with, start_binary};
+
+/// The memory store with `LABLINK_IMPLICIT_SESSIONS=false`.
+fn without_implicit_sessions() -> Settings {
+    Settings {
+        policy: Policy {
+            implicit_sessions: false,
+            ..Policy::default()
+        },
+        ..memory()
+    }
+}
+
+/// `N` sessions without a timeout.
+async fn sessions<const N: usize>(app: &TestApp) -> [String; N] {
+    let mut ids = Vec::with_capacity(N);
+    for _ in 0..N {
+        ids.push(app.session(0.0).await);
+    }
+    ids.try_into().unwrap()
+}
 
 #[tokio::test]
 async fn acquire_locks_free_equipment_with_the_briefs_shape() {
@@ -266,7 +290,7 @@ async fn release_by_others_is_403_and_force_records_who() {
 
 #[tokio::test]
 async fn acquire_needs_a_live_session_and_registered_equipment() {
-    let app = spawn_app().await;
+    let app = spawn_with(without_implicit_sessions()).await;
     let s = app.session(0.0).await;
     assert_error(
         &app.acquire("ps_abc123", "no-such-session", json!({})).await,
@@ -391,11 +415,7 @@ async fn lock_activity_renews_the_lock_and_the_session() {
 #[tokio::test]
 async fn all_locks_are_keyed_by_equipment() {
     let app = spawn_app().await;
-    let (a, b, c) = (
-        app.session(0.0).await,
-        app.session(0.0).await,
-        app.session(0.0).await,
-    );
+    let [a, b, c] = sessions(&app).await;
     app.acquire("ps_abc123", &a, json!({})).await;
     app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
         .await;
@@ -494,4 +514,441 @@ async fn cleanup_reports_and_the_expiry_is_recorded_once() {
         app.events("ps_abc123").await,
         ["lock_acquired", "lock_expired"]
     );
+}
+
+#[tokio::test]
+async fn a_forced_release_by_a_queued_session_leaves_its_own_place() {
+    let app = spawn_app().await;
+    let [a, q, r] = sessions(&app).await;
+    app.acquire("ps_abc123", &a, json!({})).await;
+    app.acquire("ps_abc123", &q, json!({"queue_if_busy": true}))
+        .await;
+    app.acquire("ps_abc123", &r, json!({"queue_if_busy": true}))
+        .await;
+    let (status, body) = app.release("ps_abc123", &q, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"success": true, "status": "dequeued", "was_forced": false, "equipment_id": "ps_abc123"})
+    );
+    let (_, lock) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(lock["session_id"], a.as_str(), "the holder keeps its lock");
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(queue["queue"][0]["session_id"], r.as_str());
+    assert_eq!(queue["queue_length"], 1);
+    assert!(
+        !app.events("ps_abc123")
+            .await
+            .contains(&"lock_force_released".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_queued_admin_forcing_a_release_leaves_its_own_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [root, alice, bob, _]) = secured(dir.path()).await;
+    let (admin, alice, bob) = (app.as_user(&root), app.as_user(&alice), app.as_user(&bob));
+    let holder = alice.session(0.0).await;
+    alice.acquire("ps_abc123", &holder, json!({})).await;
+    // An admin and an operator, each waiting, each sending `force`: both
+    // leave their own place (the operator needs no admin rights for that).
+    for waiter in [&admin, &bob] {
+        let waiting = waiter.session(0.0).await;
+        waiter
+            .acquire("ps_abc123", &waiting, json!({"queue_if_busy": true}))
+            .await;
+        let (status, body) = waiter.release("ps_abc123", &waiting, true).await;
+        assert_eq!(
+            (
+                status,
+                body["status"].as_str(),
+                body["was_forced"].as_bool()
+            ),
+            (StatusCode::OK, Some("dequeued"), Some(false)),
+            "{body}"
+        );
+        let (_, lock) = admin.get("/api/locks/status/ps_abc123").await;
+        assert_eq!(
+            (lock["session_id"].as_str(), lock["queue_length"].as_u64()),
+            (Some(holder.as_str()), Some(0))
+        );
+    }
+    // Forcing others' locks is still for admins only.
+    let outsider = bob.session(0.0).await;
+    assert_error(
+        &bob.release("ps_abc123", &outsider, true).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_under_a_millisecond_is_refused_not_taken_as_none() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    for tiny in [0.0004, 0.000_999, 1e-9] {
+        assert_error(
+            &app.acquire("ps_abc123", &s, json!({"timeout_seconds": tiny}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_timeout",
+        );
+        assert_error(
+            &app.post(
+                "/api/locks/sessions/create",
+                json!({"timeout_seconds": tiny}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_timeout",
+        );
+    }
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false, "refused requests change nothing");
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list["count"], 1);
+    // 1 ms is the shortest lease, and it does end.
+    let (_, body) = app
+        .acquire("ps_abc123", &s, json!({"timeout_seconds": 0.001}))
+        .await;
+    assert_eq!(body["lock"]["time_remaining"], 0.001, "{body}");
+    app.advance(0.001);
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+}
+
+#[tokio::test]
+async fn release_and_renew_agree_that_a_lost_lock_is_lost() {
+    let app = spawn_app().await;
+    let [a, b, c] = sessions(&app).await;
+    app.acquire("ps_abc123", &a, json!({})).await;
+    app.release("ps_abc123", "admin_session", true).await;
+    app.acquire("ps_abc123", &b, json!({})).await;
+    // a's lock was force-released and b holds the equipment now.
+    let renew = |s: &str| app.post("/api/locks/activity/ps_abc123", json!({"session_id": s}));
+    assert_error(
+        &app.release("ps_abc123", &a, false).await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    assert_error(&renew(&a).await, StatusCode::NOT_FOUND, "lock_lost");
+    // c never held it: the plain answers, and not a word about a's lock.
+    for response in [app.release("ps_abc123", &c, false).await, renew(&c).await] {
+        let detail = response.1["detail"].as_str().unwrap();
+        assert!(!detail.contains("force"), "{detail}");
+    }
+    assert_error(
+        &app.release("ps_abc123", &c, false).await,
+        StatusCode::FORBIDDEN,
+        "not_lock_holder",
+    );
+    assert_error(&renew(&c).await, StatusCode::NOT_FOUND, "no_lock");
+    let (_, lock) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(lock["session_id"], b.as_str(), "nothing changed");
+}
+
+#[tokio::test]
+async fn a_fencing_token_never_issued_is_refused() {
+    for locks_enabled in [true, false] {
+        let app = spawn_with(Settings {
+            policy: Policy {
+                locks_enabled,
+                ..Policy::default()
+            },
+            ..memory()
+        })
+        .await;
+        let s = app.session(0.0).await;
+        let (_, body) = app.acquire("ps_abc123", &s, json!({})).await;
+        assert_eq!(body["lock"]["fencing_token"], 1);
+        let command = |token: u64| {
+            json!({"command_id": "c", "equipment_id": "ps_abc123", "action": "set_output",
+                "parameters": {"enabled": true}, "session_id": s, "fencing_token": token})
+        };
+        let refused = app
+            .post("/api/equipment/ps_abc123/command", command(2))
+            .await;
+        assert_error(&refused, StatusCode::CONFLICT, "stale_fencing_token");
+        assert!(
+            refused.1["detail"]
+                .as_str()
+                .unwrap()
+                .contains("never issued"),
+            "{}",
+            refused.1
+        );
+        let (status, body) = app
+            .post("/api/equipment/ps_abc123/command", command(1))
+            .await;
+        assert_eq!(status, StatusCode::OK, "locks {locks_enabled}: {body}");
+    }
+}
+
+/// What the original LabLink client sends: no session of its own making
+/// at the server, a UUID it made up, and these exact bodies.
+mod original_client {
+    use super::*;
+
+    pub fn acquire_body(session: &str, timeout_seconds: f64) -> Value {
+        json!({"equipment_id": "ps_abc123", "session_id": session, "lock_mode": "exclusive",
+            "timeout_seconds": timeout_seconds, "queue_if_busy": false})
+    }
+
+    pub async fn acquire(
+        app: &TestApp,
+        session: &str,
+        timeout_seconds: f64,
+    ) -> (StatusCode, Value) {
+        app.post("/api/locks/acquire", acquire_body(session, timeout_seconds))
+            .await
+    }
+
+    pub async fn command(app: &TestApp, session: &str) -> (StatusCode, Value) {
+        let body = json!({"command_id": "cmd_001", "equipment_id": "ps_abc123", "action": "set_voltage",
+            "parameters": {"voltage": 12.0}, "session_id": session});
+        app.post("/api/equipment/ps_abc123/command", body).await
+    }
+
+    pub async fn release(app: &TestApp, session: &str) -> (StatusCode, Value) {
+        let body = json!({"equipment_id": "ps_abc123", "session_id": session, "force": false});
+        app.post("/api/locks/release", body).await
+    }
+
+    /// The same server, seen by a client that sends `user_agent`.
+    pub fn with_user_agent(app: &TestApp, user_agent: &str) -> TestApp {
+        let mut view = app.as_user("unused");
+        view.client = reqwest::Client::builder()
+            .user_agent(user_agent.to_owned())
+            .build()
+            .unwrap();
+        view
+    }
+
+    pub fn made_up_id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+}
+
+#[tokio::test]
+async fn the_original_client_locks_commands_and_releases_with_its_own_session_id() {
+    let server = spawn_app().await;
+    let app = original_client::with_user_agent(&server, "python-requests/2.31.0");
+    let s = original_client::made_up_id();
+    let (status, body) = original_client::acquire(&app, &s, 3600.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["lock"]["session_id"].as_str()),
+        (Some("locked"), Some(s.as_str()))
+    );
+    let (status, session) = app.get(&format!("/api/locks/sessions/{s}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(session["client_name"], "python-requests/2.31.0");
+    assert_eq!(session["client_ip"], "127.0.0.1");
+    assert_eq!(session["time_remaining"], 600.0, "the default timeout");
+    let (_, events) = app.get(&format!("/api/locks/sessions/{s}/events")).await;
+    let created = &events["events"][0];
+    assert_eq!(
+        (
+            created["event"].as_str(),
+            created["implicit"].as_bool(),
+            created["timeout_seconds"].as_f64()
+        ),
+        (Some("session_created"), Some(true), Some(600.0)),
+        "{events}"
+    );
+
+    let (status, body) = original_client::command(&app, &s).await;
+    assert_eq!(
+        (status, &body["success"]),
+        (StatusCode::OK, &json!(true)),
+        "{body}"
+    );
+    let (status, body) = original_client::release(&app, &s).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("released"))
+    );
+    // A live session is reused, not opened again.
+    let (status, _) = original_client::acquire(&app, &s, 3600.0).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, events) = app
+        .get(&format!(
+            "/api/locks/events?session_id={s}&event=session_created"
+        ))
+        .await;
+    assert_eq!(events["count"], 1);
+}
+
+#[tokio::test]
+async fn the_original_client_hears_lock_lost_after_its_session_ends_and_can_start_again() {
+    let app = spawn_app().await;
+    let s = original_client::made_up_id();
+    original_client::acquire(&app, &s, 3600.0).await;
+    // The session (600 s by default) ends before the lock's own timeout.
+    app.advance(600.0);
+    assert_error(
+        &original_client::command(&app, &s).await,
+        StatusCode::FORBIDDEN,
+        "lock_lost",
+    );
+    assert_error(
+        &original_client::release(&app, &s).await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    assert_error(
+        &app.post("/api/locks/activity/ps_abc123", json!({"session_id": s}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    // None of them opened the session again.
+    assert_error(
+        &app.get(&format!("/api/locks/sessions/{s}")).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    // An acquire re-opens it with a fresh lease, named "implicit" for a
+    // client that sends no User-Agent.
+    let (status, body) = original_client::acquire(&app, &s, 3600.0).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("locked"))
+    );
+    let (_, session) = app.get(&format!("/api/locks/sessions/{s}")).await;
+    assert_eq!(
+        (
+            session["client_name"].as_str(),
+            session["time_remaining"].as_f64()
+        ),
+        (Some("implicit"), Some(600.0))
+    );
+    let (_, events) = app
+        .get(&format!(
+            "/api/locks/events?session_id={s}&event=session_created"
+        ))
+        .await;
+    assert_eq!(events["count"], 2, "opened twice: {events}");
+}
+
+#[tokio::test]
+async fn implicit_sessions_can_be_turned_off_and_ids_are_still_checked() {
+    let app = spawn_with(without_implicit_sessions()).await;
+    let s = original_client::made_up_id();
+    assert_error(
+        &original_client::acquire(&app, &s, 300.0).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    let app = spawn_app().await;
+    for bad in ["a b".to_string(), "x".repeat(129), String::new()] {
+        assert_error(
+            &original_client::acquire(&app, &bad, 300.0).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_id",
+        );
+    }
+    // Releases and commands never open a session.
+    assert_error(
+        &original_client::release(&app, &s).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    let (status, _) = original_client::command(&app, &s).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list["count"], 0);
+}
+
+#[tokio::test]
+async fn an_implicit_session_belongs_to_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [_, alice, bob, _]) = secured(dir.path()).await;
+    let (alice, bob) = (app.as_user(&alice), app.as_user(&bob));
+    let s = original_client::made_up_id();
+    let (status, _) = original_client::acquire(&alice, &s, 300.0).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, session) = alice.get(&format!("/api/locks/sessions/{s}")).await;
+    assert_eq!(session["user"], "alice");
+    assert_error(
+        &original_client::acquire(&bob, &s, 300.0).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+}
+
+#[tokio::test]
+async fn a_refused_acquire_opens_no_session() {
+    let app = spawn_app().await;
+    let holder = app.session(0.0).await;
+    app.acquire("ps_abc123", &holder, json!({})).await;
+    let s = original_client::made_up_id();
+    assert_error(
+        &original_client::acquire(&app, &s, 300.0).await,
+        StatusCode::CONFLICT,
+        "equipment_locked",
+    );
+    assert_error(
+        &app.get(&format!("/api/locks/sessions/{s}")).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    let (_, events) = app.get(&format!("/api/locks/events?session_id={s}")).await;
+    assert_eq!(events["count"], 0, "{events}");
+}
+
+/// The two new settings, read by the real binary from a config file's
+/// `[server]` table.
+#[tokio::test]
+async fn the_binary_reads_implicit_sessions_and_max_metadata_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lab.toml"),
+        "[server]\nimplicit_sessions = false\nmax_metadata_bytes = 10\n",
+    )
+    .unwrap();
+    let (mut child, addr, _) = start_binary(
+        dir.path(),
+        &[
+            "--config",
+            "lab.toml",
+            "--store",
+            "memory",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("http://{addr}{path}"))
+            .json(&body)
+            .send()
+    };
+    let s = original_client::made_up_id();
+    let acquire = post(
+        "/api/locks/acquire",
+        original_client::acquire_body(&s, 300.0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        acquire.status(),
+        StatusCode::NOT_FOUND,
+        "implicit sessions off"
+    );
+    let create =
+        |metadata: Value| post("/api/locks/sessions/create", json!({"metadata": metadata}));
+    // {"a":"12345"}: 13 bytes; {"a":"1"}: 9.
+    assert_eq!(
+        create(json!({"a": "12345"})).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        create(json!({"a": "1"})).await.unwrap().status(),
+        StatusCode::OK
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
 }

@@ -1,7 +1,10 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{START, assert_error, spawn_app};
+use lablink::config::Settings;
+use lablink::service::Policy;
+
+use crate::helpers::{START, TestApp, assert_error, memory, spawn_app, spawn_with, sqlite_in};
 
 #[tokio::test]
 async fn create_returns_the_briefs_shape_with_defaults() {
@@ -65,7 +68,10 @@ async fn create_rejects_bad_fields_and_creates_nothing() {
         );
     }
     let (_, list) = app.get("/api/locks/sessions").await;
-    assert_eq!(list, json!({"sessions": [], "count": 0}));
+    assert_eq!(
+        list,
+        json!({"sessions": [], "count": 0, "next_cursor": null})
+    );
 }
 
 #[tokio::test]
@@ -84,6 +90,8 @@ async fn get_list_activity_and_end() {
         .post(&format!("/api/locks/sessions/{a}/activity"), json!({}))
         .await;
     assert_eq!(body["time_remaining"], 100.0, "activity renews");
+    assert_eq!(body["success"], true, "as the original server answered");
+    assert_eq!(body["session_id"], a.as_str());
 
     let (_, list) = app.get("/api/locks/sessions").await;
     assert_eq!(list["count"], 2);
@@ -93,7 +101,9 @@ async fn get_list_activity_and_end() {
         .iter()
         .map(|s| s["session_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [a.as_str(), b.as_str()]);
+    let mut both = [a.as_str(), b.as_str()];
+    both.sort();
+    assert_eq!(ids, both, "in session id order");
 
     app.acquire("ps_abc123", &a, json!({})).await;
     app.acquire("scope_123", &a, json!({"lock_mode": "observer"}))
@@ -203,4 +213,130 @@ async fn a_session_lists_its_locks_and_queue_places() {
     assert_eq!(body["locks"][0]["equipment_id"], "ps_abc123");
     assert_eq!(body["queued"][0]["equipment_id"], "scope_123");
     assert_eq!(body["queued"][0]["position"], 1);
+}
+
+#[tokio::test]
+async fn metadata_is_capped_by_max_metadata_bytes() {
+    let app = spawn_app().await;
+    // The default cap is 16 KiB of compact JSON.
+    let (status, _) = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"metadata": {"notes": "a".repeat(16 * 1024 - 12)}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "exactly 16 KiB fits");
+    let refused = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"metadata": {"notes": "a".repeat(16 * 1024)}}),
+        )
+        .await;
+    assert_error(&refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let detail = refused.1["detail"].as_str().unwrap();
+    assert!(detail.contains("LABLINK_MAX_METADATA_BYTES"), "{detail}");
+
+    let app = spawn_with(Settings {
+        policy: Policy {
+            max_metadata_bytes: 20,
+            ..Policy::default()
+        },
+        ..memory()
+    })
+    .await;
+    // {"user":"researcher"}: 21 bytes.
+    assert_error(
+        &app.post(
+            "/api/locks/sessions/create",
+            json!({"metadata": {"user": "researcher"}}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    );
+    let (status, _) = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"metadata": {"user": "researche"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = app.get("/api/locks/sessions").await;
+    assert_eq!(list["count"], 1, "the refused one was not created");
+}
+
+/// Pages through the session list `limit` at a time; returns every id seen.
+async fn every_page(app: &TestApp, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut path = format!("/api/locks/sessions?limit={limit}");
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let sessions = page["sessions"].as_array().unwrap();
+        assert_eq!(page["count"], sessions.len());
+        assert!(sessions.len() <= limit);
+        ids.extend(
+            sessions
+                .iter()
+                .map(|s| s["session_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/locks/sessions?limit={limit}&cursor={cursor}"),
+            None => return ids,
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_session_list_pages_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    for settings in [memory(), sqlite_in(dir.path(), "?synchronous=normal")] {
+        let app = spawn_with(settings).await;
+        let mut created = Vec::new();
+        for _ in 0..5 {
+            created.push(app.session(0.0).await);
+        }
+        created.sort();
+        assert_eq!(every_page(&app, 2).await, created);
+        assert_eq!(every_page(&app, 5).await, created);
+        let (_, last) = app
+            .get(&format!("/api/locks/sessions?cursor={}", created[4]))
+            .await;
+        assert_eq!(
+            last,
+            json!({"sessions": [], "count": 0, "next_cursor": null})
+        );
+        for bad in ["limit=0", "limit=1001", "limit=abc", "cursor=a%20b"] {
+            let (status, body) = app.get(&format!("/api/locks/sessions?{bad}")).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_session_list_has_a_default_page_size() {
+    let app = spawn_app().await;
+    for _ in 0..101 {
+        app.session(0.0).await;
+    }
+    let (_, page) = app.get("/api/locks/sessions").await;
+    assert_eq!(page["count"], 100);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = app
+        .get(&format!("/api/locks/sessions?cursor={cursor}"))
+        .await;
+    assert_eq!(
+        (rest["count"].as_u64(), rest["next_cursor"].as_str()),
+        (Some(1), None)
+    );
+    // The API document says where the paging parameters go.
+    let (_, doc) = app.get("/openapi.json").await;
+    let params = doc["paths"]["/api/locks/sessions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(params, [("limit", "query"), ("cursor", "query")]);
 }
