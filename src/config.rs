@@ -129,10 +129,14 @@ const RETENTION: Key = Key {
 const IMPLICIT_SESSIONS: Key = Key {
     env: "LABLINK_IMPLICIT_SESSIONS",
     file: "implicit_sessions",
+    default: "true",
+    help: "false: an acquire naming a session that is not live gets 404 instead of opening it",
 };
 const MAX_METADATA: Key = Key {
     env: "LABLINK_MAX_METADATA_BYTES",
     file: "max_metadata_bytes",
+    default: "16384",
+    help: "largest session metadata, in bytes of compact JSON",
 };
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
