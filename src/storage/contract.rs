@@ -388,19 +388,13 @@ fn sqlite_keeps_everything_across_reopening() {
     );
 }
 
-/// Waits until the store has finished (made durable) `batch`.
-async fn finished(group: &dyn super::GroupCommit, batch: u64) {
-    let mut finished = group.finished();
-    finished.wait_for(|n| *n >= batch).await.unwrap();
-}
-
 #[tokio::test]
 async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions::from_url("sqlite://batch.db", dir.path()).unwrap();
     let store = SqliteStore::open(&options).unwrap();
     let group = store.group_commit().expect("SQLite batches commits");
-    let first = group
+    let mut first = group
         .run_in_batch(&mut |tx| tx.save_session(&session("kept", 0)))
         .unwrap();
     let failed = group.run_in_batch(&mut |tx| {
@@ -411,16 +405,20 @@ async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() 
     let second = group
         .run_in_batch(&mut |tx| tx.save_session(&session("also", 0)))
         .unwrap();
-    assert_eq!((first, second, group.batch_len()), (1, 1, 3), "one batch");
+    assert_eq!(
+        (first.number(), second.number(), group.batch_len()),
+        (1, 1, 3),
+        "one batch"
+    );
     assert!(
-        group.outcome(first).is_none(),
+        first.outcome().is_none(),
         "not acknowledged before the commit"
     );
-    assert!(group.is_open(first));
+    assert!(group.is_open(1));
     group.commit_batch().unwrap();
-    assert!(!group.is_open(first));
-    finished(group, first).await;
-    assert!(matches!(group.outcome(first), Some(Ok(()))));
+    assert!(!group.is_open(1));
+    first.settled().await.unwrap();
+    assert!(matches!(second.outcome(), Some(Ok(()))));
     let reopened = SqliteStore::open(&options).unwrap();
     let mut ids: Vec<String> = with(&reopened, |tx| tx.sessions())
         .into_iter()
@@ -429,13 +427,12 @@ async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() 
     ids.sort();
     assert_eq!(ids, ["also", "kept"], "the failed unit alone was undone");
     // A plain transaction finishes an open batch first.
-    let third = group
+    let mut third = group
         .run_in_batch(&mut |tx| tx.delete_session(&sid("also")))
         .unwrap();
     with(&store, |tx| tx.save_session(&session("plain", 0)));
-    assert!(!group.is_open(third));
-    finished(group, third).await;
-    assert!(matches!(group.outcome(third), Some(Ok(()))));
+    assert!(!group.is_open(third.number()));
+    third.settled().await.unwrap();
 }
 
 #[tokio::test]
@@ -463,11 +460,11 @@ async fn sqlite_batched_units_number_their_events_in_order() {
             Ok(())
         })
     };
-    let batch = record(10, false).unwrap();
+    let mut batch = record(10, false).unwrap();
     assert!(record(20, true).is_err());
     record(30, false).unwrap();
     group.commit_batch().unwrap();
-    finished(group, batch).await;
+    batch.settled().await.unwrap();
     let old_seq = old[0].seq.unwrap();
     assert_eq!(seqs, (old_seq + 1..=old_seq + 4).collect::<Vec<_>>());
     let stored = with(&store, |tx| tx.equipment_events(&eid("psu"), 10));
@@ -504,4 +501,35 @@ fn sqlite_a_failed_unit_in_a_batch_puts_earlier_deadlines_back() {
         })
         .unwrap();
     assert_eq!(due, vec![Due::Session(sid("s"))]);
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_hears_its_own_failure_however_many_fail_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://sick.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    let group = store.group_commit().unwrap();
+    // The disk goes bad: the write-ahead log can no longer be synced (its
+    // name now leads to a directory, which cannot be opened for writing,
+    // even by root; SQLite keeps writing through the file it has open).
+    let wal = dir.path().join("sick.db-wal");
+    std::fs::rename(&wal, dir.path().join("elsewhere")).unwrap();
+    std::fs::create_dir(&wal).unwrap();
+    let first = group
+        .run_in_batch(&mut |tx| tx.save_session(&session("first", 0)))
+        .unwrap();
+    group.commit_batch().unwrap();
+    for i in 0..100 {
+        let mut later = group
+            .run_in_batch(&mut |tx| tx.save_session(&session(&format!("s{i}"), 0)))
+            .unwrap();
+        group.commit_batch().unwrap();
+        assert!(later.settled().await.is_err(), "batch {}", later.number());
+    }
+    // Only now does the first request look at how its batch ended.
+    assert!(
+        matches!(first.outcome(), Some(Err(StoreError::Unavailable(why))) if why.contains("write-ahead log")),
+        "a slow waiter is told its batch failed, however many failed since: {:?}",
+        first.outcome()
+    );
 }

@@ -151,12 +151,13 @@ pub trait Store: Send + Sync + 'static {
 /// Group commit: several units of work share one transaction and one
 /// commit. Each unit runs in its own savepoint, so a failing one is undone
 /// alone. Nothing is acknowledged until the batch that holds it commits:
-/// callers wait on `finished` for their batch's number. The service decides
-/// when a batch ends (when nobody else is waiting to add to it).
+/// each unit gets its batch's `BatchFate`, which the store settles once the
+/// batch is durable or has failed. The service decides when a batch ends
+/// (when nobody else is waiting to add to it).
 pub trait GroupCommit: Send + Sync {
-    /// Runs `work` in the open batch (opening one if none); returns the
-    /// batch's number.
-    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError>;
+    /// Runs `work` in the open batch (opening one if none); returns that
+    /// batch's fate.
+    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<BatchFate, StoreError>;
     /// How many units the open batch holds.
     fn batch_len(&self) -> usize;
     /// Whether `batch` is the open batch (not yet committed).
@@ -167,12 +168,95 @@ pub trait GroupCommit: Send + Sync {
     fn syncing(&self) -> bool {
         false
     }
-    /// Commits the open batch, if any. Its waiters hear through `finished`
-    /// once it is durable, which may be later (the store syncs it without
-    /// holding up the next batch).
+    /// Commits the open batch, if any. Its units hear through their
+    /// `BatchFate` once it is durable, which may be later (the store syncs
+    /// it without holding up the next batch).
     fn commit_batch(&self) -> Result<(), StoreError>;
-    /// Changes whenever a batch finishes (its value: that batch's number).
+    /// Changes whenever committed batches have been made durable (its
+    /// value: the last such batch's number): wakes whoever waits for a sync
+    /// to end before committing the open batch. Never a batch's outcome:
+    /// that is its `BatchFate`'s alone.
     fn finished(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// How batch `batch` ended; `None` while it is still open.
-    fn outcome(&self, batch: u64) -> Option<Result<(), StoreError>>;
+}
+
+/// How one group-commit batch ended, as each unit of work in it holds it.
+/// The store settles it exactly once (`BatchSettler`), so every unit learns
+/// its own batch's fate whatever happens to other batches; a batch the
+/// store drops unsettled (it closed first) failed.
+#[derive(Clone, Debug)]
+pub struct BatchFate {
+    number: u64,
+    settled: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
+}
+
+impl BatchFate {
+    /// The batch's number (batches are numbered in the order they open).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// How the batch ended; `None` while it is open or being made durable.
+    pub fn outcome(&self) -> Option<Result<(), StoreError>> {
+        match &*self.settled.borrow() {
+            Some(Ok(())) => return Some(Ok(())),
+            Some(Err(why)) => {
+                return Some(Err(StoreError::Unavailable(format!(
+                    "the commit failed: {why}"
+                ))));
+            }
+            None => {}
+        }
+        // Settled values are set before the settler goes, so an empty cell
+        // whose settler is gone was never settled.
+        self.settled.has_changed().is_err().then(|| {
+            Err(StoreError::Unavailable(
+                "the store closed before the batch was committed".into(),
+            ))
+        })
+    }
+
+    /// Waits until the batch has ended; returns how.
+    pub async fn settled(&mut self) -> Result<(), StoreError> {
+        // An error here means the settler is gone: `outcome` says so.
+        let _ = self.settled.wait_for(Option::is_some).await;
+        self.outcome().unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the store closed before the batch was committed".into(),
+            ))
+        })
+    }
+}
+
+/// The store's side of a batch's fate: settles it once, for every unit in
+/// the batch. Dropped unsettled, the batch counts as failed.
+#[derive(Debug)]
+pub struct BatchSettler {
+    number: u64,
+    sender: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl BatchSettler {
+    pub fn new(number: u64) -> Self {
+        Self {
+            number,
+            sender: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// A handle on the batch's fate, for a unit of work that joins it.
+    pub fn fate(&self) -> BatchFate {
+        BatchFate {
+            number: self.number,
+            settled: self.sender.subscribe(),
+        }
+    }
+
+    /// Ends the batch: tells every unit in it how.
+    pub fn settle(self, outcome: Result<(), String>) {
+        let _previous = self.sender.send_replace(Some(outcome));
+    }
 }
