@@ -18,7 +18,7 @@ use crate::domain::{
 };
 use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
 use crate::live::{ExpiryWarnings, Hub, Warning};
-use crate::storage::{Due, EventQuery, Store, StoreError, Tx};
+use crate::storage::{Due, EventPage, EventQuery, Store, StoreError, Tx};
 use std::collections::HashMap;
 
 mod transact;
@@ -305,9 +305,34 @@ impl Service {
     }
 
     /// The whole history, filtered, oldest first, a page at a time.
-    pub async fn history(&self, query: EventQuery) -> Result<At<Vec<Event>>, ServiceError> {
+    pub async fn history(&self, query: EventQuery) -> Result<At<EventPage>, ServiceError> {
         too_many(query.limit)?;
-        self.run(|uow| Ok(uow.tx.query_events(&query)?)).await
+        self.run(|uow| Ok(uow.tx.event_page(&query)?)).await
+    }
+
+    /// A page of the history as committed, read off the write path: no
+    /// batch to join, no commit to wait for, nothing expired first. For
+    /// replays that may page through a long history while others write.
+    /// (A batch whose fsync is still running is already readable here.)
+    pub async fn read_history(&self, query: EventQuery) -> Result<EventPage, ServiceError> {
+        too_many(query.limit)?;
+        let store = self.store.clone();
+        let read = move || {
+            let mut page = EventPage::default();
+            store.read(&mut |tx| {
+                page = tx.event_page(&query)?;
+                Ok(())
+            })?;
+            Ok(page)
+        };
+        if !self.store.blocks() {
+            return read();
+        }
+        tokio::task::spawn_blocking(read).await.map_err(|e| {
+            ServiceError::Store(StoreError::Unavailable(format!(
+                "the history read stopped: {e}"
+            )))
+        })?
     }
 
     /// Forgets events older than `days` days (0 keeps everything).

@@ -138,7 +138,8 @@ impl Service {
                     ..EventQuery::default()
                 })
                 .await?
-                .value;
+                .value
+                .events;
             let full = page.len() == 1000;
             for event in page {
                 last = event.seq.unwrap_or(last);

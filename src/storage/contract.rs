@@ -319,6 +319,63 @@ fn event_numbers_are_never_reused(store: &dyn Store) {
     assert!(later[0].seq > first[2].seq, "{later:?} after {first:?}");
 }
 
+fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Store) {
+    let page = |after: Option<u64>| {
+        with(store, |tx| {
+            tx.event_page(&EventQuery {
+                after,
+                limit: 100,
+                ..EventQuery::default()
+            })
+        })
+    };
+    assert_eq!(page(None), super::EventPage::default(), "nothing recorded");
+    assert_eq!(page(Some(5)).next_cursor, Some(0));
+    let mut events: Vec<Event> = (0..3)
+        .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
+        .collect();
+    with(store, |tx| tx.record_events(&mut events));
+    let newest = events[2].seq.unwrap();
+    let all = page(None);
+    assert_eq!((all.events.len(), all.next_cursor), (3, Some(newest)));
+    let mid = page(events[0].seq);
+    assert_eq!((mid.events.len(), mid.next_cursor), (2, Some(newest)));
+    // Past the newest: nothing, and the cursor comes back to the newest, so
+    // a poller hears what is recorded next. Above i64::MAX too (no wrap).
+    for past in [
+        newest,
+        newest + 1,
+        i64::MAX as u64,
+        i64::MAX as u64 + 1,
+        u64::MAX,
+    ] {
+        assert_eq!(
+            page(Some(past)),
+            super::EventPage {
+                events: Vec::new(),
+                next_cursor: Some(newest)
+            },
+            "cursor {past}"
+        );
+    }
+    // A filter that matches nothing new keeps the cursor given.
+    let filtered = with(store, |tx| {
+        tx.event_page(&EventQuery {
+            equipment_id: Some(eid("scope")),
+            after: events[0].seq,
+            limit: 100,
+            ..EventQuery::default()
+        })
+    });
+    assert_eq!(
+        (filtered.events.len(), filtered.next_cursor),
+        (0, events[0].seq)
+    );
+    let mut later = [event(EventKind::LockReleased, 9, Some("psu"), Some("a"))];
+    with(store, |tx| tx.record_events(&mut later));
+    assert_eq!(page(Some(newest)).events, later);
+}
+
 fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
     (Box::new(MemoryStore::new()), None)
 }
@@ -361,6 +418,7 @@ every_backend!(
     pruning_forgets_old_events,
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
+    a_cursor_past_the_newest_event_pages_nothing_and_points_back,
 );
 
 #[test]

@@ -65,6 +65,21 @@ pub trait Tx {
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Events matching `query`, oldest first.
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// A page of `query` and where the next one starts: after the last
+    /// `seq` returned; with nothing new, after the cursor given, but never
+    /// past the newest recorded event (a poller would skip what comes next).
+    fn event_page(&mut self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let events = self.query_events(query)?;
+        let next_cursor = match (events.last(), query.after) {
+            (Some(last), _) => last.seq,
+            (None, Some(after)) => Some(after.min(self.last_event_seq()?)),
+            (None, None) => None,
+        };
+        Ok(EventPage {
+            events,
+            next_cursor,
+        })
+    }
     /// The `seq` of the newest recorded event (0 if none).
     fn last_event_seq(&mut self) -> Result<u64, StoreError>;
     /// Forgets events older than `before`; returns how many.
@@ -93,6 +108,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// One page of the history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPage {
+    /// Oldest first.
+    pub events: Vec<Event>,
+    /// The `after` of the next page; `None` when nothing is recorded and no
+    /// cursor was given.
+    pub next_cursor: Option<u64>,
+}
+
 /// A filter over the whole history. Every field narrows the result.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EventQuery {
@@ -104,7 +129,8 @@ pub struct EventQuery {
     pub since: Option<Timestamp>,
     /// Before this instant.
     pub until: Option<Timestamp>,
-    /// Only events with a larger `seq` (the paging cursor).
+    /// Only events with a larger `seq` (the paging cursor; any value, also
+    /// past the newest event).
     pub after: Option<u64>,
     pub limit: usize,
 }
@@ -131,6 +157,13 @@ pub trait Store: Send + Sync + 'static {
     /// Runs `work` as one atomic unit: all its writes are kept or none are.
     /// May run `work` again if the backend asks for a retry.
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
+
+    /// Runs `work` against the committed state as a read: no write
+    /// transaction, no batch to join, no commit or fsync to wait for. For
+    /// checks that anyone can trigger (verifying a bearer token), which
+    /// must not be a way to load the disk. `work` must only read; SQLite
+    /// refuses a write here.
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
 
     /// How the store names itself in logs (never includes secrets).
     fn describe(&self) -> String;
