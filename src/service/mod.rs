@@ -21,6 +21,8 @@ use crate::live::{ExpiryWarnings, Hub, Warning};
 use crate::storage::{Due, EventPage, EventQuery, Store, StoreError, Tx};
 use std::collections::HashMap;
 
+#[cfg(test)]
+mod recovery_tests;
 mod transact;
 mod uow;
 mod waiting;
@@ -272,17 +274,19 @@ impl Service {
     /// At start-up: every session and lock whose deadline passed while the
     /// server was down gets one fresh period from now (semantics.md,
     /// "Restart"). Run before serving, without expiring anything first.
+    /// Like `expire_due`, a bounded batch per transaction, however much
+    /// lapsed; a batch that changes nothing (a store whose deadline index
+    /// disagrees with its rows) ends it.
     pub fn recover_after_restart(&self) -> Result<usize, ServiceError> {
+        const BATCH: usize = 256;
         let start = self.clock.now();
         let mut renewed = 0;
-        self.store.transaction(&mut |tx| {
-            renewed = 0;
-            loop {
-                let due = tx.due(start, 256)?;
-                if due.is_empty() {
-                    return Ok(());
-                }
-                for item in due {
+        let mut last_round = Vec::new();
+        loop {
+            let mut round = Vec::new();
+            self.store.transaction(&mut |tx| {
+                round = tx.due(start, BATCH)?;
+                for item in round.iter().cloned() {
                     match item {
                         Due::Session(id) => match tx.session(&id)? {
                             Some(mut session) => {
@@ -297,11 +301,22 @@ impl Service {
                             tx.save_equipment_locks(&locks)?;
                         }
                     }
-                    renewed += 1;
                 }
+                Ok(())
+            })?;
+            if round.is_empty() {
+                return Ok(renewed);
             }
-        })?;
-        Ok(renewed)
+            if round == last_round {
+                tracing::warn!(
+                    left = round.len(),
+                    "renewing after the restart made no progress; the reaper will expire the rest"
+                );
+                return Ok(renewed);
+            }
+            renewed += round.len();
+            last_round = round;
+        }
     }
 
     /// The whole history, filtered, oldest first, a page at a time.
