@@ -591,3 +591,20 @@ async fn sqlite_a_batch_hears_its_own_failure_however_many_fail_after_it() {
         first.outcome()
     );
 }
+
+#[tokio::test]
+async fn sqlite_a_batch_left_open_when_the_store_closes_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://closing.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    let mut fate = store
+        .group_commit()
+        .unwrap()
+        .run_in_batch(&mut |tx| tx.save_session(&session("never", 0)))
+        .unwrap();
+    assert!(fate.outcome().is_none());
+    drop(store);
+    assert!(fate.settled().await.is_err(), "never committed, never Ok");
+    let reopened = SqliteStore::open(&options).unwrap();
+    assert!(with(&reopened, |tx| tx.sessions()).is_empty());
+}
