@@ -230,22 +230,21 @@ impl BatchFate {
 
     /// How the batch ended; `None` while it is open or being made durable.
     pub fn outcome(&self) -> Option<Result<(), StoreError>> {
+        // Looked at first: a settler sets the value before it goes, so once
+        // it is gone the value is final (looked at after the value, it might
+        // have been settled and gone in between).
+        let gone = self.settled.has_changed().is_err();
         match &*self.settled.borrow() {
-            Some(Ok(())) => return Some(Ok(())),
-            Some(Err(why)) => {
-                return Some(Err(StoreError::Unavailable(format!(
-                    "the commit failed: {why}"
-                ))));
-            }
-            None => {}
+            Some(Ok(())) => Some(Ok(())),
+            Some(Err(why)) => Some(Err(StoreError::Unavailable(format!(
+                "the commit failed: {why}"
+            )))),
+            None => gone.then(|| {
+                Err(StoreError::Unavailable(
+                    "the store closed before the batch was committed".into(),
+                ))
+            }),
         }
-        // Settled values are set before the settler goes, so an empty cell
-        // whose settler is gone was never settled.
-        self.settled.has_changed().is_err().then(|| {
-            Err(StoreError::Unavailable(
-                "the store closed before the batch was committed".into(),
-            ))
-        })
     }
 
     /// Waits until the batch has ended; returns how.
