@@ -397,13 +397,12 @@ pub async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> ApiResult<History> {
     let query = query.parse()?;
-    let (limit, cursor) = (query.limit, query.after);
-    let at = app.history(query).await?;
-    let events = at.value;
+    let limit = query.limit;
+    let page = app.history(query).await?.value;
     Ok(Json(History {
-        count: events.len(),
-        next_cursor: events.last().and_then(|e| e.seq).or(cursor),
-        has_more: events.len() == limit,
-        events,
+        count: page.events.len(),
+        next_cursor: page.next_cursor,
+        has_more: page.events.len() == limit,
+        events: page.events,
     }))
 }

@@ -106,35 +106,36 @@ fn subscription(
     })
 }
 
-/// Sends the history after `after` that `filter` wants; returns the last
-/// `seq` sent (or `after`).
+/// Sends the history after `after` that `filter` wants; returns where it
+/// stopped (the last `seq` sent or skipped; a cursor past the newest event
+/// comes back to it). Reads a bounded page at a time, off the store's write
+/// path and holding nothing while it sends, so a client far behind (or a
+/// slow one) never holds up anyone else.
 async fn replay<S: Socket>(
     app: &AppState,
     socket: &mut S,
     filter: &Subscription,
     after: u64,
 ) -> Option<u64> {
+    const PAGE: usize = 1000;
     let mut last = after;
     loop {
         let page = app
-            .history(EventQuery {
+            .read_history(EventQuery {
                 after: Some(last),
-                limit: 1000,
+                limit: PAGE,
                 ..EventQuery::default()
             })
             .await;
-        let events = match page {
-            Ok(at) => at.value,
+        let page = match page {
+            Ok(page) => page,
             Err(e) => {
                 let error = json!({"type": "error", "code": "history_unavailable", "detail": e.to_string()});
                 socket.send(error.to_string()).await;
                 return Some(last);
             }
         };
-        let Some(end) = events.last().and_then(|e| e.seq) else {
-            return Some(last);
-        };
-        for event in events.iter().filter(|e| filter.wants(e)) {
+        for event in page.events.iter().filter(|e| filter.wants(e)) {
             if !socket
                 .send(serde_json::to_string(event).unwrap_or_default())
                 .await
@@ -142,7 +143,10 @@ async fn replay<S: Socket>(
                 return None;
             }
         }
-        last = end;
+        last = page.next_cursor.unwrap_or(last);
+        if page.events.len() < PAGE {
+            return Some(last);
+        }
     }
 }
 

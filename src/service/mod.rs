@@ -18,9 +18,11 @@ use crate::domain::{
 };
 use crate::drivers::{ActionSpec, DriverError, Instrument, Instruments, ParamError};
 use crate::live::{ExpiryWarnings, Hub, Warning};
-use crate::storage::{Due, EventQuery, Store, StoreError, Tx};
+use crate::storage::{Due, EventPage, EventQuery, Store, StoreError, Tx};
 use std::collections::HashMap;
 
+#[cfg(test)]
+mod recovery_tests;
 mod transact;
 mod uow;
 mod waiting;
@@ -310,17 +312,19 @@ impl Service {
     /// At start-up: every session and lock whose deadline passed while the
     /// server was down gets one fresh period from now (semantics.md,
     /// "Restart"). Run before serving, without expiring anything first.
+    /// Like `expire_due`, a bounded batch per transaction, however much
+    /// lapsed; a batch that changes nothing (a store whose deadline index
+    /// disagrees with its rows) ends it.
     pub fn recover_after_restart(&self) -> Result<usize, ServiceError> {
+        const BATCH: usize = 256;
         let start = self.clock.now();
         let mut renewed = 0;
-        self.store.transaction(&mut |tx| {
-            renewed = 0;
-            loop {
-                let due = tx.due(start, 256)?;
-                if due.is_empty() {
-                    return Ok(());
-                }
-                for item in due {
+        let mut last_round = Vec::new();
+        loop {
+            let mut round = Vec::new();
+            self.store.transaction(&mut |tx| {
+                round = tx.due(start, BATCH)?;
+                for item in round.iter().cloned() {
                     match item {
                         Due::Session(id) => match tx.session(&id)? {
                             Some(mut session) => {
@@ -335,17 +339,53 @@ impl Service {
                             tx.save_equipment_locks(&locks)?;
                         }
                     }
-                    renewed += 1;
                 }
+                Ok(())
+            })?;
+            if round.is_empty() {
+                return Ok(renewed);
             }
-        })?;
-        Ok(renewed)
+            if round == last_round {
+                tracing::warn!(
+                    left = round.len(),
+                    "renewing after the restart made no progress; the reaper will expire the rest"
+                );
+                return Ok(renewed);
+            }
+            renewed += round.len();
+            last_round = round;
+        }
     }
 
     /// The whole history, filtered, oldest first, a page at a time.
-    pub async fn history(&self, query: EventQuery) -> Result<At<Vec<Event>>, ServiceError> {
+    pub async fn history(&self, query: EventQuery) -> Result<At<EventPage>, ServiceError> {
         too_many(query.limit)?;
-        self.run(|uow| Ok(uow.tx.query_events(&query)?)).await
+        self.run(|uow| Ok(uow.tx.event_page(&query)?)).await
+    }
+
+    /// A page of the history as committed, read off the write path: no
+    /// batch to join, no commit to wait for, nothing expired first. For
+    /// replays that may page through a long history while others write.
+    /// (A batch whose fsync is still running is already readable here.)
+    pub async fn read_history(&self, query: EventQuery) -> Result<EventPage, ServiceError> {
+        too_many(query.limit)?;
+        let store = self.store.clone();
+        let read = move || {
+            let mut page = EventPage::default();
+            store.read(&mut |tx| {
+                page = tx.event_page(&query)?;
+                Ok(())
+            })?;
+            Ok(page)
+        };
+        if !self.store.blocks() {
+            return read();
+        }
+        tokio::task::spawn_blocking(read).await.map_err(|e| {
+            ServiceError::Store(StoreError::Unavailable(format!(
+                "the history read stopped: {e}"
+            )))
+        })?
     }
 
     /// Forgets events older than `days` days (0 keeps everything).

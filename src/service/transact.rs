@@ -138,7 +138,8 @@ impl Service {
                     ..EventQuery::default()
                 })
                 .await?
-                .value;
+                .value
+                .events;
             let full = page.len() == 1000;
             for event in page {
                 last = event.seq.unwrap_or(last);
@@ -203,26 +204,35 @@ impl Service {
         let batch = group.run_in_batch(work);
         let others = self.store_waiting.load(Ordering::SeqCst) > 0;
         if group.batch_len() >= MAX_BATCH || (!others && !group.syncing()) {
-            // Its outcome reaches everyone in the batch through `outcome`.
+            // Its outcome reaches everyone in the batch through its fate.
             let _committed = group.commit_batch();
         }
         drop(turn);
-        let batch = batch?;
+        // The batch's own fate: however many other batches end meanwhile,
+        // this request hears how its own did.
+        let mut fate = batch?;
         let closed = || StoreError::Unavailable("the store is closed".into());
         loop {
-            if let Some(outcome) = group.outcome(batch) {
+            if let Some(outcome) = fate.outcome() {
                 return outcome;
             }
-            if !group.is_open(batch) || group.syncing() {
-                // Committed and being made durable, or waiting for the
-                // sync under way to end: either way `finished` moves.
-                finished.changed().await.map_err(|_| closed())?;
+            if !group.is_open(fate.number()) {
+                // Committed and being made durable.
+                return fate.settled().await;
+            }
+            if group.syncing() {
+                // Waiting for the sync under way to end before committing.
+                tokio::select! {
+                    outcome = fate.settled() => return outcome,
+                    changed = finished.changed() => changed.map_err(|_| closed())?,
+                }
                 continue;
             }
             tokio::select! {
+                outcome = fate.settled() => return outcome,
                 changed = finished.changed() => changed.map_err(|_| closed())?,
                 turn = self.store_turn.lock() => {
-                    if group.is_open(batch) && !group.syncing() {
+                    if group.is_open(fate.number()) && !group.syncing() {
                         // Nobody else committed it: do it now.
                         let _committed = group.commit_batch();
                     }

@@ -338,6 +338,63 @@ fn event_numbers_are_never_reused(store: &dyn Store) {
     assert!(later[0].seq > first[2].seq, "{later:?} after {first:?}");
 }
 
+fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Store) {
+    let page = |after: Option<u64>| {
+        with(store, |tx| {
+            tx.event_page(&EventQuery {
+                after,
+                limit: 100,
+                ..EventQuery::default()
+            })
+        })
+    };
+    assert_eq!(page(None), super::EventPage::default(), "nothing recorded");
+    assert_eq!(page(Some(5)).next_cursor, Some(0));
+    let mut events: Vec<Event> = (0..3)
+        .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
+        .collect();
+    with(store, |tx| tx.record_events(&mut events));
+    let newest = events[2].seq.unwrap();
+    let all = page(None);
+    assert_eq!((all.events.len(), all.next_cursor), (3, Some(newest)));
+    let mid = page(events[0].seq);
+    assert_eq!((mid.events.len(), mid.next_cursor), (2, Some(newest)));
+    // Past the newest: nothing, and the cursor comes back to the newest, so
+    // a poller hears what is recorded next. Above i64::MAX too (no wrap).
+    for past in [
+        newest,
+        newest + 1,
+        i64::MAX as u64,
+        i64::MAX as u64 + 1,
+        u64::MAX,
+    ] {
+        assert_eq!(
+            page(Some(past)),
+            super::EventPage {
+                events: Vec::new(),
+                next_cursor: Some(newest)
+            },
+            "cursor {past}"
+        );
+    }
+    // A filter that matches nothing new keeps the cursor given.
+    let filtered = with(store, |tx| {
+        tx.event_page(&EventQuery {
+            equipment_id: Some(eid("scope")),
+            after: events[0].seq,
+            limit: 100,
+            ..EventQuery::default()
+        })
+    });
+    assert_eq!(
+        (filtered.events.len(), filtered.next_cursor),
+        (0, events[0].seq)
+    );
+    let mut later = [event(EventKind::LockReleased, 9, Some("psu"), Some("a"))];
+    with(store, |tx| tx.record_events(&mut later));
+    assert_eq!(page(Some(newest)).events, later);
+}
+
 fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
     (Box::new(MemoryStore::new()), None)
 }
@@ -381,6 +438,7 @@ every_backend!(
     pruning_forgets_old_events,
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
+    a_cursor_past_the_newest_event_pages_nothing_and_points_back,
 );
 
 #[test]
@@ -408,19 +466,13 @@ fn sqlite_keeps_everything_across_reopening() {
     );
 }
 
-/// Waits until the store has finished (made durable) `batch`.
-async fn finished(group: &dyn super::GroupCommit, batch: u64) {
-    let mut finished = group.finished();
-    finished.wait_for(|n| *n >= batch).await.unwrap();
-}
-
 #[tokio::test]
 async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteOptions::from_url("sqlite://batch.db", dir.path()).unwrap();
     let store = SqliteStore::open(&options).unwrap();
     let group = store.group_commit().expect("SQLite batches commits");
-    let first = group
+    let mut first = group
         .run_in_batch(&mut |tx| tx.save_session(&session("kept", 0)))
         .unwrap();
     let failed = group.run_in_batch(&mut |tx| {
@@ -431,16 +483,20 @@ async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() 
     let second = group
         .run_in_batch(&mut |tx| tx.save_session(&session("also", 0)))
         .unwrap();
-    assert_eq!((first, second, group.batch_len()), (1, 1, 3), "one batch");
+    assert_eq!(
+        (first.number(), second.number(), group.batch_len()),
+        (1, 1, 3),
+        "one batch"
+    );
     assert!(
-        group.outcome(first).is_none(),
+        first.outcome().is_none(),
         "not acknowledged before the commit"
     );
-    assert!(group.is_open(first));
+    assert!(group.is_open(1));
     group.commit_batch().unwrap();
-    assert!(!group.is_open(first));
-    finished(group, first).await;
-    assert!(matches!(group.outcome(first), Some(Ok(()))));
+    assert!(!group.is_open(1));
+    first.settled().await.unwrap();
+    assert!(matches!(second.outcome(), Some(Ok(()))));
     let reopened = SqliteStore::open(&options).unwrap();
     let mut ids: Vec<String> = with(&reopened, |tx| tx.sessions())
         .into_iter()
@@ -449,13 +505,12 @@ async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() 
     ids.sort();
     assert_eq!(ids, ["also", "kept"], "the failed unit alone was undone");
     // A plain transaction finishes an open batch first.
-    let third = group
+    let mut third = group
         .run_in_batch(&mut |tx| tx.delete_session(&sid("also")))
         .unwrap();
     with(&store, |tx| tx.save_session(&session("plain", 0)));
-    assert!(!group.is_open(third));
-    finished(group, third).await;
-    assert!(matches!(group.outcome(third), Some(Ok(()))));
+    assert!(!group.is_open(third.number()));
+    third.settled().await.unwrap();
 }
 
 #[tokio::test]
@@ -483,11 +538,11 @@ async fn sqlite_batched_units_number_their_events_in_order() {
             Ok(())
         })
     };
-    let batch = record(10, false).unwrap();
+    let mut batch = record(10, false).unwrap();
     assert!(record(20, true).is_err());
     record(30, false).unwrap();
     group.commit_batch().unwrap();
-    finished(group, batch).await;
+    batch.settled().await.unwrap();
     let old_seq = old[0].seq.unwrap();
     assert_eq!(seqs, (old_seq + 1..=old_seq + 4).collect::<Vec<_>>());
     let stored = with(&store, |tx| tx.equipment_events(&eid("psu"), 10));
@@ -524,4 +579,52 @@ fn sqlite_a_failed_unit_in_a_batch_puts_earlier_deadlines_back() {
         })
         .unwrap();
     assert_eq!(due, vec![Due::Session(sid("s"))]);
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_hears_its_own_failure_however_many_fail_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://sick.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    let group = store.group_commit().unwrap();
+    // The disk goes bad: the write-ahead log can no longer be synced (its
+    // name now leads to a directory, which cannot be opened for writing,
+    // even by root; SQLite keeps writing through the file it has open).
+    let wal = dir.path().join("sick.db-wal");
+    std::fs::rename(&wal, dir.path().join("elsewhere")).unwrap();
+    std::fs::create_dir(&wal).unwrap();
+    let first = group
+        .run_in_batch(&mut |tx| tx.save_session(&session("first", 0)))
+        .unwrap();
+    group.commit_batch().unwrap();
+    for i in 0..100 {
+        let mut later = group
+            .run_in_batch(&mut |tx| tx.save_session(&session(&format!("s{i}"), 0)))
+            .unwrap();
+        group.commit_batch().unwrap();
+        assert!(later.settled().await.is_err(), "batch {}", later.number());
+    }
+    // Only now does the first request look at how its batch ended.
+    assert!(
+        matches!(first.outcome(), Some(Err(StoreError::Unavailable(why))) if why.contains("write-ahead log")),
+        "a slow waiter is told its batch failed, however many failed since: {:?}",
+        first.outcome()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_batch_left_open_when_the_store_closes_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://closing.db", dir.path()).unwrap();
+    let store = SqliteStore::open(&options).unwrap();
+    let mut fate = store
+        .group_commit()
+        .unwrap()
+        .run_in_batch(&mut |tx| tx.save_session(&session("never", 0)))
+        .unwrap();
+    assert!(fate.outcome().is_none());
+    drop(store);
+    assert!(fate.settled().await.is_err(), "never committed, never Ok");
+    let reopened = SqliteStore::open(&options).unwrap();
+    assert!(with(&reopened, |tx| tx.sessions()).is_empty());
 }

@@ -108,12 +108,23 @@ impl State {
             capped(events, EVENTS_KEPT, &event);
         }
         for session in event.session_id.iter().chain(&event.forced_by) {
+            // A history for no live session (the made-up `forced_by` of a
+            // forced release, or an ended session's once forgotten) counts
+            // among the ended ones from the start; a live session's does
+            // when it ends. So every history is bounded in number too.
+            let untracked =
+                !self.session_events.contains_key(session) && !self.sessions.contains_key(session);
             let events = self.session_events.entry(session.clone()).or_default();
             capped(events, EVENTS_KEPT, &event);
+            if untracked {
+                self.forget_ended_history(session);
+            }
         }
         capped(&mut self.all_events, ALL_EVENTS_KEPT, &event);
     }
 
+    /// Counts `id`'s history among the ended sessions' and forgets the
+    /// oldest of those past the bound (unless it is live again).
     fn forget_ended_history(&mut self, id: &SessionId) {
         self.ended_sessions.push_back(id.clone());
         if self.ended_sessions.len() > ENDED_SESSION_HISTORIES_KEPT
@@ -199,6 +210,12 @@ impl Store for MemoryStore {
                 Err(e)
             }
         }
+    }
+
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        // Nothing here touches a disk: a read is a transaction that writes
+        // nothing.
+        self.transaction(work)
     }
 
     fn describe(&self) -> String {
@@ -426,5 +443,38 @@ impl Tx for MemoryTx<'_> {
 
     fn tokens_version(&mut self) -> Result<u64, StoreError> {
         Ok(self.state.tokens_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EventKind;
+
+    #[test]
+    fn histories_of_sessions_that_only_forced_a_release_are_bounded_too() {
+        let store = MemoryStore::new();
+        let forced_by = |i: usize| SessionId::parse(&format!("admin-{i}")).unwrap();
+        for i in 0..=ENDED_SESSION_HISTORIES_KEPT {
+            let mut e = Event::new(EventKind::LockForceReleased, Timestamp::from_millis(0));
+            e.forced_by = Some(forced_by(i));
+            store
+                .transaction(&mut |tx| tx.record_events(&mut [e.clone()]))
+                .unwrap();
+        }
+        let newest = |id: SessionId| {
+            let mut events = Vec::new();
+            store
+                .transaction(&mut |tx| {
+                    events = tx.session_events(&id, 10)?;
+                    Ok(())
+                })
+                .unwrap();
+            events.len()
+        };
+        assert_eq!(newest(forced_by(0)), 0, "the oldest is forgotten");
+        assert_eq!(newest(forced_by(ENDED_SESSION_HISTORIES_KEPT)), 1);
+        let state = store.state.lock().unwrap();
+        assert_eq!(state.session_events.len(), ENDED_SESSION_HISTORIES_KEPT);
     }
 }

@@ -72,6 +72,21 @@ pub trait Tx {
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Events matching `query`, oldest first.
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+    /// A page of `query` and where the next one starts: after the last
+    /// `seq` returned; with nothing new, after the cursor given, but never
+    /// past the newest recorded event (a poller would skip what comes next).
+    fn event_page(&mut self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        let events = self.query_events(query)?;
+        let next_cursor = match (events.last(), query.after) {
+            (Some(last), _) => last.seq,
+            (None, Some(after)) => Some(after.min(self.last_event_seq()?)),
+            (None, None) => None,
+        };
+        Ok(EventPage {
+            events,
+            next_cursor,
+        })
+    }
     /// The `seq` of the newest recorded event (0 if none).
     fn last_event_seq(&mut self) -> Result<u64, StoreError>;
     /// Forgets events older than `before`; returns how many.
@@ -100,6 +115,16 @@ pub struct TokenRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
+/// One page of the history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPage {
+    /// Oldest first.
+    pub events: Vec<Event>,
+    /// The `after` of the next page; `None` when nothing is recorded and no
+    /// cursor was given.
+    pub next_cursor: Option<u64>,
+}
+
 /// A filter over the whole history. Every field narrows the result.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EventQuery {
@@ -111,7 +136,8 @@ pub struct EventQuery {
     pub since: Option<Timestamp>,
     /// Before this instant.
     pub until: Option<Timestamp>,
-    /// Only events with a larger `seq` (the paging cursor).
+    /// Only events with a larger `seq` (the paging cursor; any value, also
+    /// past the newest event).
     pub after: Option<u64>,
     pub limit: usize,
 }
@@ -139,6 +165,13 @@ pub trait Store: Send + Sync + 'static {
     /// May run `work` again if the backend asks for a retry.
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
 
+    /// Runs `work` against the committed state as a read: no write
+    /// transaction, no batch to join, no commit or fsync to wait for. For
+    /// checks that anyone can trigger (verifying a bearer token), which
+    /// must not be a way to load the disk. `work` must only read; SQLite
+    /// refuses a write here.
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
+
     /// How the store names itself in logs (never includes secrets).
     fn describe(&self) -> String;
 
@@ -158,12 +191,13 @@ pub trait Store: Send + Sync + 'static {
 /// Group commit: several units of work share one transaction and one
 /// commit. Each unit runs in its own savepoint, so a failing one is undone
 /// alone. Nothing is acknowledged until the batch that holds it commits:
-/// callers wait on `finished` for their batch's number. The service decides
-/// when a batch ends (when nobody else is waiting to add to it).
+/// each unit gets its batch's `BatchFate`, which the store settles once the
+/// batch is durable or has failed. The service decides when a batch ends
+/// (when nobody else is waiting to add to it).
 pub trait GroupCommit: Send + Sync {
-    /// Runs `work` in the open batch (opening one if none); returns the
-    /// batch's number.
-    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError>;
+    /// Runs `work` in the open batch (opening one if none); returns that
+    /// batch's fate.
+    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<BatchFate, StoreError>;
     /// How many units the open batch holds.
     fn batch_len(&self) -> usize;
     /// Whether `batch` is the open batch (not yet committed).
@@ -174,12 +208,94 @@ pub trait GroupCommit: Send + Sync {
     fn syncing(&self) -> bool {
         false
     }
-    /// Commits the open batch, if any. Its waiters hear through `finished`
-    /// once it is durable, which may be later (the store syncs it without
-    /// holding up the next batch).
+    /// Commits the open batch, if any. Its units hear through their
+    /// `BatchFate` once it is durable, which may be later (the store syncs
+    /// it without holding up the next batch).
     fn commit_batch(&self) -> Result<(), StoreError>;
-    /// Changes whenever a batch finishes (its value: that batch's number).
+    /// Changes whenever committed batches have been made durable (its
+    /// value: the last such batch's number): wakes whoever waits for a sync
+    /// to end before committing the open batch. Never a batch's outcome:
+    /// that is its `BatchFate`'s alone.
     fn finished(&self) -> tokio::sync::watch::Receiver<u64>;
-    /// How batch `batch` ended; `None` while it is still open.
-    fn outcome(&self, batch: u64) -> Option<Result<(), StoreError>>;
+}
+
+/// How one group-commit batch ended, as each unit of work in it holds it.
+/// The store settles it exactly once (`BatchSettler`), so every unit learns
+/// its own batch's fate whatever happens to other batches; a batch the
+/// store drops unsettled (it closed first) failed.
+#[derive(Clone, Debug)]
+pub struct BatchFate {
+    number: u64,
+    settled: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
+}
+
+impl BatchFate {
+    /// The batch's number (batches are numbered in the order they open).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// How the batch ended; `None` while it is open or being made durable.
+    pub fn outcome(&self) -> Option<Result<(), StoreError>> {
+        // Looked at first: a settler sets the value before it goes, so once
+        // it is gone the value is final (looked at after the value, it might
+        // have been settled and gone in between).
+        let gone = self.settled.has_changed().is_err();
+        match &*self.settled.borrow() {
+            Some(Ok(())) => Some(Ok(())),
+            Some(Err(why)) => Some(Err(StoreError::Unavailable(format!(
+                "the commit failed: {why}"
+            )))),
+            None => gone.then(|| {
+                Err(StoreError::Unavailable(
+                    "the store closed before the batch was committed".into(),
+                ))
+            }),
+        }
+    }
+
+    /// Waits until the batch has ended; returns how.
+    pub async fn settled(&mut self) -> Result<(), StoreError> {
+        // An error here means the settler is gone: `outcome` says so.
+        let _ = self.settled.wait_for(Option::is_some).await;
+        self.outcome().unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the store closed before the batch was committed".into(),
+            ))
+        })
+    }
+}
+
+/// The store's side of a batch's fate: settles it once, for every unit in
+/// the batch. Dropped unsettled, the batch counts as failed.
+#[derive(Debug)]
+pub struct BatchSettler {
+    number: u64,
+    sender: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl BatchSettler {
+    pub fn new(number: u64) -> Self {
+        Self {
+            number,
+            sender: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// A handle on the batch's fate, for a unit of work that joins it.
+    pub fn fate(&self) -> BatchFate {
+        BatchFate {
+            number: self.number,
+            settled: self.sender.subscribe(),
+        }
+    }
+
+    /// Ends the batch: tells every unit in it how.
+    pub fn settle(self, outcome: Result<(), String>) {
+        let _previous = self.sender.send_replace(Some(outcome));
+    }
 }

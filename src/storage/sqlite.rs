@@ -21,13 +21,14 @@
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
-use std::collections::{BTreeSet, VecDeque};
-use std::ops::RangeInclusive;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::{Due, EventQuery, GroupCommit, Store, StoreError, TokenRecord, Tx, Work};
+use super::{
+    BatchFate, BatchSettler, Due, EventQuery, GroupCommit, Store, StoreError, TokenRecord, Tx, Work,
+};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
 
 const MIGRATIONS: &[&str] = &[
@@ -101,6 +102,9 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 
 pub struct SqliteStore {
     conn: Mutex<Batch>,
+    /// A connection for `read`: WAL lets it read committed state while the
+    /// writer works, without taking the writer's lock or joining a batch.
+    reader: Mutex<Connection>,
     describe: String,
     durability: Arc<Durability>,
     /// Syncs and checkpoints what batches commit; joined on drop.
@@ -110,8 +114,9 @@ pub struct SqliteStore {
 /// The connection and the group-commit batch open on it, if any.
 struct Batch {
     conn: Connection,
-    /// The number of the open batch (`None`: no transaction open).
-    open: Option<u64>,
+    /// The open batch, which settles its units' fate (`None`: no
+    /// transaction open).
+    open: Option<BatchSettler>,
     last: u64,
     works: usize,
     /// No deadline in the database is earlier than this; `None`: not known.
@@ -209,17 +214,18 @@ struct Durability {
     progress: Mutex<Progress>,
     /// Signalled when `progress` changes (with something to sync).
     progressed: Condvar,
-    /// The number of the last finished batch (changes wake waiters).
+    /// The number of the last batch made durable (changes wake whoever
+    /// waits for a sync to end; each batch's outcome is its own fate's).
     finished: tokio::sync::watch::Sender<u64>,
-    /// Recent batches whose commit or sync failed, with why.
-    failures: Mutex<VecDeque<(RangeInclusive<u64>, String)>>,
 }
 
 /// What the syncer has to do.
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 struct Progress {
-    /// The last batch that ended (committed, or rolled back).
+    /// The last batch committed.
     ended: u64,
+    /// Committed batches waiting for an fsync, whose fate it settles.
+    unsynced: Vec<BatchSettler>,
     closing: bool,
 }
 
@@ -228,26 +234,31 @@ impl Durability {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fail(&self, batches: RangeInclusive<u64>, why: String) {
-        tracing::error!(batches = ?batches, error = %why, "commit failed");
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() == 64 {
-            failures.pop_front();
-        }
-        failures.push_back((batches, why));
+    /// A batch failed: its units hear why at once (nothing to sync).
+    fn failed(&self, batch: BatchSettler, why: &StoreError) {
+        tracing::error!(batch = batch.number(), error = %why, "commit failed");
+        batch.settle(Err(why.to_string()));
     }
 
-    /// Batch `number` has ended: committed, or failed with `outcome`.
-    fn ended(&self, number: u64, outcome: &Result<(), StoreError>) {
+    /// `batch` has ended: committed, or failed with `outcome`.
+    fn ended(&self, batch: BatchSettler, outcome: &Result<(), StoreError>) {
         if let Err(e) = outcome {
-            self.fail(number..=number, e.to_string());
+            return self.failed(batch, e);
         }
-        self.progress().ended = number;
+        let number = batch.number();
+        let mut progress = self.progress();
+        progress.ended = number;
         match self.wal {
-            Some(_) => self.progressed.notify_one(),
+            Some(_) => {
+                progress.unsynced.push(batch);
+                drop(progress);
+                self.progressed.notify_one();
+            }
             // Nothing to sync: finished now (the syncer only checkpoints,
             // and looks on its own time rather than being woken per commit).
             None => {
+                drop(progress);
+                batch.settle(Ok(()));
                 let _previous = self.finished.send_replace(number);
             }
         }
@@ -276,15 +287,11 @@ impl Durability {
     /// the store closes.
     fn run_syncer(&self, checkpointer: Connection) {
         const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-        let mut synced = 0;
         let (mut checkpointed, mut checkpointed_upto) = (std::time::Instant::now(), 0);
         loop {
-            let Progress {
-                ended: target,
-                closing,
-            } = {
+            let (target, unsynced, closing) = {
                 let mut progress = self.progress();
-                while progress.ended == synced && !progress.closing {
+                while progress.unsynced.is_empty() && !progress.closing {
                     let (guard, waited) = self
                         .progressed
                         .wait_timeout(progress, CHECKPOINT_EVERY)
@@ -294,15 +301,21 @@ impl Durability {
                         break;
                     }
                 }
-                *progress
+                // Taken before the fsync begins: it covers their commits.
+                let unsynced = std::mem::take(&mut progress.unsynced);
+                (progress.ended, unsynced, progress.closing)
             };
-            if self.wal.is_some() && target > synced {
-                if let Err(why) = self.sync_wal() {
-                    self.fail(synced + 1..=target, why);
+            if !unsynced.is_empty() {
+                let outcome = self.sync_wal();
+                if let Err(why) = &outcome {
+                    let batches = unsynced.iter().map(BatchSettler::number);
+                    tracing::error!(first = batches.clone().min(), last = batches.max(), error = %why, "commit failed");
+                }
+                for batch in unsynced {
+                    batch.settle(outcome.clone());
                 }
                 let _previous = self.finished.send_replace(target);
             }
-            synced = target;
             if closing {
                 return;
             }
@@ -328,9 +341,9 @@ impl Drop for SqliteStore {
 }
 
 impl Batch {
-    /// Commits the open batch, if any; returns its number and outcome.
-    fn commit(&mut self) -> Option<(u64, Result<(), StoreError>)> {
-        let number = self.open.take()?;
+    /// Commits the open batch, if any; returns it and the outcome.
+    fn commit(&mut self) -> Option<(BatchSettler, Result<(), StoreError>)> {
+        let batch = self.open.take()?;
         self.works = 0;
         let outcome = self
             .conn
@@ -341,7 +354,7 @@ impl Batch {
         if outcome.is_err() {
             self.roll_back();
         }
-        Some((number, outcome))
+        Some((batch, outcome))
     }
 
     /// Rolls the open batch back, whole, and forgets what it had noted.
@@ -409,7 +422,6 @@ impl SqliteStore {
             progress: Mutex::new(Progress::default()),
             progressed: Condvar::new(),
             finished: tokio::sync::watch::channel(0).0,
-            failures: Mutex::new(VecDeque::new()),
         });
         let checkpointer = Connection::open(&options.path).map_err(unavailable)?;
         checkpointer
@@ -422,7 +434,14 @@ impl SqliteStore {
                 .spawn(move || durability.run_syncer(checkpointer))
                 .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
         };
+        // `query_only`: a read is never a way to write.
+        let reader = Connection::open(&options.path).map_err(unavailable)?;
+        reader
+            .busy_timeout(options.busy_timeout)
+            .and_then(|()| reader.execute_batch("PRAGMA query_only = ON;"))
+            .map_err(unavailable)?;
         Ok(Self {
+            reader: Mutex::new(reader),
             conn: Mutex::new(Batch {
                 conn,
                 open: None,
@@ -478,20 +497,20 @@ impl SqliteStore {
 
     /// Commits the open batch, if any; its waiters hear once it is durable.
     fn finish(&self, batch: &mut Batch) -> Result<(), StoreError> {
-        let Some((number, outcome)) = batch.commit() else {
+        let Some((batch, outcome)) = batch.commit() else {
             return Ok(());
         };
-        self.durability.ended(number, &outcome);
+        self.durability.ended(batch, &outcome);
         outcome
     }
 }
 
 impl GroupCommit for SqliteStore {
-    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<u64, StoreError> {
+    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<BatchFate, StoreError> {
         let mut guard = self.lock();
         let batch = &mut *guard;
-        let number = match batch.open {
-            Some(number) => number,
+        let fate = match &batch.open {
+            Some(open) => open.fate(),
             None => {
                 batch
                     .conn
@@ -499,10 +518,12 @@ impl GroupCommit for SqliteStore {
                     .and_then(|mut s| s.execute([]))
                     .map_err(unavailable)?;
                 batch.last += 1;
-                batch.open = Some(batch.last);
+                let open = BatchSettler::new(batch.last);
+                let fate = open.fate();
+                batch.open = Some(open);
                 // Plain transactions may have recorded events since.
                 batch.events.next_seq = None;
-                batch.last
+                fate
             }
         };
         batch.works += 1;
@@ -521,12 +542,15 @@ impl GroupCommit for SqliteStore {
                 if let Err(e) = kept {
                     // The batch cannot stand without this unit's events:
                     // roll all of it back; its waiters hear it failed.
+                    let open = batch.open.take();
                     batch.roll_back();
                     let why = StoreError::Unavailable(format!("the batch was rolled back: {e}"));
-                    self.durability.ended(number, &Err(why));
+                    if let Some(open) = open {
+                        self.durability.failed(open, &why);
+                    }
                     return Err(e);
                 }
-                Ok(number)
+                Ok(fate)
             }
             Err(e) => {
                 // Undo this work only; the rest of the batch stands.
@@ -545,7 +569,10 @@ impl GroupCommit for SqliteStore {
     }
 
     fn is_open(&self, batch: u64) -> bool {
-        self.lock().open == Some(batch)
+        self.lock()
+            .open
+            .as_ref()
+            .is_some_and(|open| open.number() == batch)
     }
 
     fn syncing(&self) -> bool {
@@ -559,22 +586,6 @@ impl GroupCommit for SqliteStore {
 
     fn finished(&self) -> tokio::sync::watch::Receiver<u64> {
         self.durability.finished.subscribe()
-    }
-
-    fn outcome(&self, batch: u64) -> Option<Result<(), StoreError>> {
-        // Batches finish in order: up to the last finished one, all are done.
-        if *self.durability.finished.borrow() < batch {
-            return None;
-        }
-        let failures = self
-            .durability
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        Some(match failures.iter().find(|(n, _)| n.contains(&batch)) {
-            Some((_, why)) => Err(StoreError::Unavailable(format!("the commit failed: {why}"))),
-            None => Ok(()),
-        })
     }
 }
 
@@ -603,6 +614,14 @@ impl Store for SqliteStore {
         self.durability
             .sync_wal()
             .map_err(|why| StoreError::Unavailable(format!("the commit failed: {why}")))
+    }
+
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        // One snapshot for the whole unit; committing a read writes nothing.
+        let tx = reader.unchecked_transaction().map_err(unavailable)?;
+        work(&mut SqliteTx::new(&tx, &mut None))?;
+        tx.commit().map_err(unavailable)
     }
 
     fn group_commit(&self) -> Option<&dyn GroupCommit> {
@@ -993,7 +1012,9 @@ impl Tx for SqliteTx<'_> {
                 &query.kind.map(|k| k.as_str()),
                 &millis(query.since),
                 &millis(query.until),
-                &(query.after.unwrap_or(0) as i64),
+                // No `seq` exceeds i64::MAX: a larger cursor is past them all
+                // (cast, it would wrap and start the history again).
+                &i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX),
                 &(query.limit as i64),
             ],
         )

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
 
-use crate::helpers::{assert_error, event_kinds, spawn_with, spawn_with_clock, sqlite_in};
+use crate::helpers::{assert_error, event_kinds, memory, spawn_with, spawn_with_clock, sqlite_in};
 
 #[tokio::test]
 async fn everything_survives_a_restart_and_lapsed_leases_get_one_fresh_period() {
@@ -172,6 +172,34 @@ async fn the_history_is_filtered_and_paged_by_cursor() {
     let (_, per_session) = app.get(&format!("/api/locks/sessions/{b}/events")).await;
     assert_eq!(kinds(&per_session), kinds(&by_b));
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_past_the_newest_event_gets_an_empty_page_and_the_newest_seq_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    for settings in [memory(), sqlite_in(dir.path(), "?synchronous=normal")] {
+        let store = settings.store.clone();
+        let app = spawn_with(settings).await;
+        let s = app.session(0.0).await;
+        app.acquire("ps_abc123", &s, json!({})).await;
+        let (_, all) = app.get("/api/locks/events").await;
+        let newest = all["next_cursor"].as_u64().unwrap();
+        assert_eq!(all["count"], 2, "{store}: {all}");
+        for past in [newest + 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let (status, page) = app.get(&format!("/api/locks/events?cursor={past}")).await;
+            assert_eq!(status, StatusCode::OK, "{store}: {page}");
+            assert_eq!(
+                (page["count"].as_u64(), page["next_cursor"].as_u64()),
+                (Some(0), Some(newest)),
+                "{store}, cursor {past}: nothing, and poll again from the newest: {page}"
+            );
+        }
+        // Polling from there, nothing later is skipped.
+        app.release("ps_abc123", &s, false).await;
+        let (_, next) = app.get(&format!("/api/locks/events?cursor={newest}")).await;
+        assert_eq!(event_kinds(&next), ["lock_released"], "{store}");
+        app.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_with, sqlite_in};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -198,6 +198,101 @@ async fn a_client_resumes_from_the_last_seq_it_saw() {
     assert_eq!(
         (live["event"].as_str(), live["seq"].as_u64()),
         (Some("lock_released"), Some(seen + 3))
+    );
+}
+
+#[tokio::test]
+async fn a_resume_from_past_the_newest_event_replays_nothing_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    for settings in [crate::helpers::memory(), sqlite_in(dir.path(), "")] {
+        let store = settings.store.clone();
+        let app = spawn_with(settings).await;
+        let s = app.session(0.0).await;
+        app.acquire("ps_abc123", &s, json!({})).await;
+        let mut ws = connect(
+            &app,
+            json!({"type": "subscribe", "all": true, "resume_from": i64::MAX as u64 + 1}),
+        )
+        .await;
+        // Acknowledged once the replay above is done (messages are taken
+        // in order), so the release below comes after it.
+        ws.send(Message::text(
+            json!({"type": "subscribe", "all": true}).to_string(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(next(&mut ws).await["type"], "subscribed");
+        app.release("ps_abc123", &s, false).await;
+        let m = next(&mut ws).await;
+        assert_eq!(
+            (m["event"].as_str(), m["seq"].as_u64()),
+            (Some("lock_released"), Some(3)),
+            "{store}: no replay from seq 1, and what comes next is heard: {m}"
+        );
+        drop(ws);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_the_history_without_the_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "?busy_timeout_ms=100")).await;
+    let s = app.session(0.0).await;
+    for _ in 0..3 {
+        app.acquire("ps_abc123", &s, json!({})).await;
+        app.release("ps_abc123", &s, false).await;
+    }
+    // Another process holds the database's write lock: writes must wait,
+    // but a client far behind still gets what was committed.
+    let blocker = rusqlite::Connection::open(dir.path().join("lablink.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut ws = connect(
+        &app,
+        json!({"type": "subscribe", "all": true, "resume_from": 0}),
+    )
+    .await;
+    let replayed = kinds(&mut ws, 7).await;
+    assert_eq!(replayed[0], "session_created", "{replayed:?}");
+    assert_eq!(
+        replayed[1..],
+        ["lock_acquired", "lock_released"].repeat(3),
+        "{replayed:?}"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(ws);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_history_is_replayed_page_by_page_while_others_write() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    // More than a page (1000) of history.
+    for _ in 0..600 {
+        app.acquire("load_1", &s, json!({})).await;
+        app.release("load_1", &s, false).await;
+    }
+    let mut ws = connect(
+        &app,
+        json!({"type": "subscribe", "equipment_ids": ["load_1"], "resume_from": 0}),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    for _ in 0..1200 {
+        seqs.push(next(&mut ws).await["seq"].as_u64().unwrap());
+        if seqs.len() == 10 {
+            // Mid-replay, writes go on.
+            app.acquire("ps_abc123", &s, json!({})).await;
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    app.acquire("load_1", &s, json!({})).await;
+    let live = next(&mut ws).await;
+    assert_eq!(
+        (live["event"].as_str(), live["seq"].as_u64()),
+        (Some("lock_acquired"), Some(seqs[1199] + 2)),
+        "then live, after the other equipment's event: {live}"
     );
 }
 
