@@ -186,7 +186,7 @@ async fn sim(args: SimArgs) -> i32 {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("simulated {:?} listening on {addr}", args.kind),
+        Ok(addr) => println!("simulated {} listening on {addr}", args.kind),
         Err(e) => eprintln!("lablink sim: {e}"),
     }
     match crate::drivers::scpi::sim::serve(listener, args.kind, server::shutdown_signal()).await {
