@@ -200,7 +200,7 @@ async fn sim(args: SimArgs) -> i32 {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("simulated {:?} listening on {addr}", args.kind),
+        Ok(addr) => println!("simulated {} listening on {addr}", args.kind),
         Err(e) => eprintln!("lablink sim: {e}"),
     }
     let mut signals = match server::Signals::listen() {

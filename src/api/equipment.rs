@@ -182,6 +182,7 @@ pub async fn command(
             .map(SessionId::parse)
             .transpose()?;
         let input = CommandInput {
+            command_id: command_id.clone(),
             actor,
             equipment_id: id,
             action: body.action,

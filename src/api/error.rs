@@ -120,7 +120,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Driver(d) => driver_status(d),
             ServiceError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         };
-        if status.is_server_error() {
+        // Instrument failures are the instrument's, logged (as warnings) by
+        // the service with the command they failed.
+        if status.is_server_error() && !matches!(e, ServiceError::Driver(_)) {
             tracing::error!(error = %e, code, "request failed");
         }
         Self::new(status, code, e.to_string())

@@ -32,11 +32,44 @@ pub enum DriverError {
     #[error("instrument error: {0}")]
     Instrument(String),
     /// The instrument did not answer in time.
-    #[error("instrument did not answer within {0} ms")]
-    Timeout(u64),
+    #[error("{0}")]
+    Timeout(TimedOut),
     /// The instrument cannot be reached.
     #[error("instrument unavailable: {0}")]
     Unavailable(String),
+}
+
+/// What a client is told when an action that changes the instrument failed
+/// after its commands went out: it cannot know whether they took effect.
+pub const MAY_HAVE_APPLIED: &str = "the command was sent, so it may have been applied: read the instrument's state before repeating it";
+
+/// An instrument that did not answer within `ms` milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedOut {
+    pub ms: u64,
+    /// A command that changes the instrument had been sent.
+    pub may_have_applied: bool,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "instrument did not answer within {} ms", self.ms)?;
+        if self.may_have_applied {
+            write!(f, "; {MAY_HAVE_APPLIED}")?;
+        }
+        Ok(())
+    }
+}
+
+impl DriverError {
+    /// A failure of the instrument or the way to it (502, 503, 504), as
+    /// opposed to a request it refused.
+    pub fn is_instrument_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Instrument(_) | Self::Timeout(_) | Self::Unavailable(_)
+        )
+    }
 }
 
 /// One kind of instrument connection.

@@ -131,6 +131,11 @@ impl ParamSpec {
                 if v.len() > *max_len {
                     return Err(format!("must be at most {max_len} characters"));
                 }
+                // Text goes to instruments inside one command line; a line
+                // break would smuggle in a second command.
+                if v.contains(['\r', '\n']) {
+                    return Err("must be one line (one command per call), without CR or LF".into());
+                }
                 Ok(ParamValue::Text(v.into()))
             }
         }

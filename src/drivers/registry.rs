@@ -76,7 +76,9 @@ fn settings<T: serde::de::DeserializeOwned>(config: &EquipmentConfig) -> Result<
 }
 
 fn sim<M: InstrumentModel>(config: &EquipmentConfig) -> Result<Arc<dyn Driver>, RegistryError> {
-    Ok(Arc::new(SimDriver::new(M::from_config(settings(config)?))))
+    let model =
+        M::from_config(settings(config)?).map_err(|message| bad_settings(config, message))?;
+    Ok(Arc::new(SimDriver::new(&config.id, model)))
 }
 
 fn build_driver(config: &EquipmentConfig, base: &Path) -> Result<Arc<dyn Driver>, RegistryError> {

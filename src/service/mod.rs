@@ -193,6 +193,8 @@ pub struct SessionHoldings {
 }
 
 pub struct CommandInput {
+    /// The client's id for the command (for the log).
+    pub command_id: Option<String>,
     pub actor: Actor,
     pub equipment_id: EquipmentId,
     pub action: String,
@@ -766,7 +768,24 @@ impl Service {
             input.fencing_token,
         )
         .await?;
-        let value = instrument.driver.execute(action, &params).await?;
+        let value = instrument
+            .driver
+            .execute(action, &params)
+            .await
+            .inspect_err(|e| {
+                // Answered as 502/503/504 without a cause on our side: say
+                // which instrument, for whom and for which command.
+                if e.is_instrument_failure() {
+                    tracing::warn!(
+                        equipment = %input.equipment_id,
+                        session = input.session_id.as_ref().map(|s| s.as_str()).unwrap_or("-"),
+                        command_id = input.command_id.as_deref().unwrap_or("-"),
+                        action = %action.name,
+                        error = %e,
+                        "instrument command failed"
+                    );
+                }
+            })?;
         Ok(At {
             value,
             now: self.clock.now(),

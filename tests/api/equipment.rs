@@ -1,7 +1,12 @@
+use lablink::clock::ManualClock;
+use lablink::config::{Flags, Settings};
+use lablink::domain::Timestamp;
+use lablink::server::Server;
 use reqwest::StatusCode;
 use serde_json::json;
+use std::sync::Arc;
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{START, assert_error, lablink, spawn_app, spawn_with};
 
 #[tokio::test]
 async fn the_demo_instruments_are_listed_with_their_drivers() {
@@ -262,5 +267,184 @@ async fn the_load_and_scope_drivers_run_their_actions() {
     assert!(
         (body["data"]["value"].as_f64().unwrap() - 3.3).abs() < 0.1,
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_brief_example_reads_back_the_voltage_it_set() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    for (action, params) in [
+        ("set_voltage", json!({"voltage": 12.0})),
+        ("set_output", json!({"enabled": true})),
+    ] {
+        let (status, body) = app.command("ps_abc123", Some(&s), action, params).await;
+        assert_eq!(status, StatusCode::OK, "{action}: {body}");
+    }
+    let (_, body) = app
+        .command("ps_abc123", Some(&s), "get_voltage", json!({}))
+        .await;
+    assert_eq!(body["data"], json!({"channel": 1, "voltage": 12.0}));
+    // The limit defaults to the channel's maximum: 12 V into 10 ohms draws
+    // 1.2 A, well inside it, so the supply regulates the voltage.
+    let (_, status) = app.get("/api/equipment/ps_abc123/status").await;
+    let channel = &status["state"]["channels"][0];
+    assert_eq!(
+        (
+            &channel["current_limit"],
+            &channel["current"],
+            &channel["mode"]
+        ),
+        (&json!(3.0), &json!(1.2), &json!("CV")),
+        "{channel}"
+    );
+    // The constant-current model still holds when the limit is lowered.
+    app.command(
+        "ps_abc123",
+        Some(&s),
+        "set_current",
+        json!({"current": 0.5}),
+    )
+    .await;
+    let (_, body) = app
+        .command("ps_abc123", Some(&s), "get_voltage", json!({}))
+        .await;
+    assert_eq!(body["data"]["voltage"], 5.0);
+}
+
+/// Settings loaded through the real configuration path: `config` written
+/// to a file and read as `lablink serve --config` reads it.
+fn settings_from_file(config: &str) -> Settings {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lab.toml");
+    std::fs::write(&path, config).unwrap();
+    let flags = Flags {
+        bind: Some("127.0.0.1:0".into()),
+        config: Some(path),
+        store: Some("memory".into()),
+    };
+    lablink::config::load(flags, dir.path()).expect("the file parses")
+}
+
+/// Why a server with the config file `config` refuses to start.
+async fn start_up_error(config: &str) -> String {
+    let clock = ManualClock::new(Timestamp::parse_rfc3339(START).unwrap());
+    match Server::build(settings_from_file(config), Arc::new(clock)).await {
+        Ok(_) => panic!("started with {config}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn impossible_simulator_settings_stop_start_up_naming_them() {
+    let cases = [
+        ("sim-psu", "load_ohms = [-1, 0, 1]", "load_ohms", "-1"),
+        (
+            "sim-psu",
+            "load_ohms = [10, 0, 5]",
+            "load_ohms",
+            "channel 2",
+        ),
+        ("sim-psu", "load_ohms = [10, nan, 5]", "load_ohms", "NaN"),
+        ("sim-psu", "load_ohms = [10, 10]", "load_ohms", "3 values"),
+        (
+            "sim-psu",
+            "load_ohms = [10, 10, 5, 5]",
+            "load_ohms",
+            "3 values",
+        ),
+        ("sim-load", "source_voltage = 0", "source_voltage", "0"),
+        ("sim-load", "source_voltage = -12", "source_voltage", "-12"),
+        ("sim-load", "source_voltage = nan", "source_voltage", "NaN"),
+        ("sim-load", "source_voltage = 1000", "source_voltage", "150"),
+        (
+            "sim-load",
+            "source_resistance = 0",
+            "source_resistance",
+            "0",
+        ),
+        (
+            "sim-load",
+            "source_resistance = -0.1",
+            "source_resistance",
+            "-0.1",
+        ),
+        (
+            "sim-load",
+            "source_resistance = inf",
+            "source_resistance",
+            "inf",
+        ),
+    ];
+    for (driver, setting, name, detail) in cases {
+        let config = format!(
+            "[[equipment]]\nid = 'ok'\ndriver = 'sim-scope'\n\n\
+             [[equipment]]\nid = 'bench3'\ndriver = '{driver}'\n{setting}\n"
+        );
+        let error = start_up_error(&config).await;
+        for expected in ["\"bench3\"", driver, name, detail] {
+            assert!(
+                error.contains(expected),
+                "{setting}: {error:?} lacks {expected:?}"
+            );
+        }
+    }
+    // Possible settings start, integers included.
+    let app = spawn_with(settings_from_file(
+        "[[equipment]]\nid = 'p'\ndriver = 'sim-psu'\nload_ohms = [10, 2.5, 1e6]\n\
+         [[equipment]]\nid = 'l'\ndriver = 'sim-load'\nsource_voltage = 48\nsource_resistance = 0.01\n",
+    ))
+    .await;
+    let (_, status) = app.get("/api/equipment/l/status").await;
+    assert_eq!(
+        status["state"]["source"],
+        json!({"voltage": 48.0, "resistance": 0.01})
+    );
+}
+
+#[test]
+fn the_binary_refuses_an_impossible_load_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lab.toml");
+    std::fs::write(
+        &path,
+        "[[equipment]]\nid = 'bench3_psu'\ndriver = 'sim-psu'\nload_ohms = [-1, 0, 1]\n",
+    )
+    .unwrap();
+    let mut child = lablink()
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--config",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that starts would run forever: give it a while, then stop it.
+    let mut waited = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        waited += 1;
+        if waited > 300 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the server started with an impossible load");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bench3_psu") && stderr.contains("load_ohms"),
+        "{stderr}"
     );
 }

@@ -33,9 +33,17 @@ enum Fake {
     AnswerWhenReleased(&'static str, Arc<Notify>, Arc<Notify>),
 }
 
-/// A fake instrument that answers `*IDN?` and `SYST:ERR?` sensibly and
-/// everything else as `script` says.
+/// A fake instrument that answers `*IDN?` and `SYST:ERR?` sensibly, takes
+/// `*CLS` silently, and everything else as `script` says.
 async fn fake(script: impl Fn(&str) -> Fake + Send + Sync + 'static) -> String {
+    fake_instrument(true, script).await
+}
+
+/// Like `fake`; with `errors` false, `SYST:ERR?` is left to `script` too.
+async fn fake_instrument(
+    errors: bool,
+    script: impl Fn(&str) -> Fake + Send + Sync + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let script = Arc::new(script);
@@ -50,7 +58,8 @@ async fn fake(script: impl Fn(&str) -> Fake + Send + Sync + 'static) -> String {
                 while let Ok(Some(line)) = lines.next_line().await {
                     let answer = match line.as_str() {
                         "*IDN?" => Fake::Answer("Fake,Instrument,0,1"),
-                        "SYST:ERR?" => Fake::Answer("0,\"No error\""),
+                        "*CLS" => Fake::Silent,
+                        "SYST:ERR?" if errors => Fake::Answer("0,\"No error\""),
                         other => script(other),
                     };
                     match answer {
@@ -108,15 +117,22 @@ async fn locked(app: &TestApp, equipment: &str) -> String {
     s
 }
 
-#[tokio::test]
-async fn a_psu_is_driven_through_tcp_like_the_simulated_driver() {
-    let addr = simulator(SimKind::Psu).await;
+/// A server with one `psu`-profile instrument at `address`, and a session
+/// holding its lock.
+async fn holding(id: &str, address: &str, timeout_ms: i64) -> (TestApp, String) {
     let app = lab(
-        vec![scpi("psu", &addr, "psu", 2000)],
+        vec![scpi(id, address, "psu", timeout_ms)],
         std::path::Path::new("."),
     )
     .await;
-    let s = locked(&app, "psu").await;
+    let s = locked(&app, id).await;
+    (app, s)
+}
+
+#[tokio::test]
+async fn a_psu_is_driven_through_tcp_like_the_simulated_driver() {
+    let addr = simulator(SimKind::Psu).await;
+    let (app, s) = holding("psu", &addr, 2000).await;
     let (_, status) = app.get("/api/equipment/psu/status").await;
     assert_eq!(status["driver"], "scpi-tcp");
     assert!(
@@ -335,6 +351,12 @@ async fn failures_map_to_502_503_504_and_the_driver_reconnects() {
             .to_owned()
     };
 
+    let state = || async { app.get("/api/equipment/flaky/status").await.1["state"].clone() };
+    let before = state().await;
+    assert_eq!(
+        (&before["connected"], &before["last_error"]),
+        (&json!(false), &json!(null))
+    );
     let dropped = app
         .command("flaky", Some(&holder("flaky")), "get_voltage", json!({}))
         .await;
@@ -343,6 +365,12 @@ async fn failures_map_to_502_503_504_and_the_driver_reconnects() {
         StatusCode::SERVICE_UNAVAILABLE,
         "instrument_unavailable",
     );
+    let after_failure = state().await;
+    assert_eq!(after_failure["connected"], false, "a boolean, never null");
+    assert!(
+        after_failure["last_error"].as_str().is_some(),
+        "{after_failure}"
+    );
     let again = app
         .command("flaky", Some(&holder("flaky")), "get_voltage", json!({}))
         .await;
@@ -350,6 +378,12 @@ async fn failures_map_to_502_503_504_and_the_driver_reconnects() {
         (again.0, &again.1["data"]),
         (StatusCode::OK, &json!({"voltage": 1.5})),
         "reconnected"
+    );
+    let reconnected = state().await;
+    assert_eq!(
+        (&reconnected["connected"], &reconnected["last_error"]),
+        (&json!(true), &json!(null)),
+        "the error is over once reconnected: {reconnected}"
     );
 
     let hung = app
@@ -427,6 +461,10 @@ async fn a_slow_instrument_slows_nobody_else() {
     assert_eq!(
         (code, status["state"]["busy"].as_bool()),
         (StatusCode::OK, Some(true))
+    );
+    assert_eq!(
+        status["state"]["connected"], true,
+        "known while busy, never null"
     );
     assert!(!pending.is_finished());
     release.notify_one();
@@ -513,7 +551,7 @@ async fn the_lablink_sim_command_serves_an_instrument() {
         .read_line(&mut first)
         .unwrap();
     let addr = first.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(first.starts_with("simulated Load listening on"), "{first}");
+    assert!(first.starts_with("simulated load listening on"), "{first}");
     let app = lab(
         vec![scpi("load", &addr, "load", 2000)],
         std::path::Path::new("."),
@@ -528,6 +566,305 @@ async fn the_lablink_sim_command_serves_an_instrument() {
         body["data"]["voltage"], 12.0,
         "input off: the source's open-circuit voltage"
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn an_old_error_is_not_blamed_on_the_next_action() {
+    let addr = simulator(SimKind::Psu).await;
+    let (app, s) = holding("psu", &addr, 2000).await;
+    // A query the instrument does not know is an error with its reason, not "".
+    let nope = app
+        .command("psu", Some(&s), "scpi_query", json!({"command": "NOPE?"}))
+        .await;
+    assert_error(&nope, StatusCode::BAD_GATEWAY, "instrument_error");
+    assert!(
+        nope.1["detail"].as_str().unwrap().contains("-113"),
+        "{}",
+        nope.1
+    );
+    // ... and the next good action succeeds.
+    let (code, body) = app
+        .command("psu", Some(&s), "set_voltage", json!({"voltage": 12.0}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let bad = app
+        .command("psu", Some(&s), "scpi_write", json!({"command": "BOGUS 1"}))
+        .await;
+    assert_error(&bad, StatusCode::BAD_GATEWAY, "instrument_error");
+    let (code, body) = app
+        .command("psu", Some(&s), "set_output", json!({"enabled": true}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // An error someone else left in the instrument's queue (another
+    // connection, the front panel) is not this action's either.
+    let mut other = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    other.write_all(b"FOO 1\n*OPC?\n").await.unwrap();
+    let mut done = String::new();
+    BufReader::new(&mut other)
+        .read_line(&mut done)
+        .await
+        .unwrap();
+    assert_eq!(done, "1\n", "the simulator has queued the error");
+    let (code, body) = app.command("psu", Some(&s), "get_voltage", json!({})).await;
+    assert_eq!(
+        (code, &body["data"]),
+        (StatusCode::OK, &json!({"voltage": 12.0})),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_without_a_reply_is_an_error_not_an_empty_string() {
+    let empty = fake(|_| Fake::Answer("")).await;
+    let silent = fake(|_| Fake::Silent).await;
+    let app = lab(
+        vec![
+            scpi("empty", &empty, "psu", 2000),
+            scpi("silent", &silent, "psu", 200),
+        ],
+        std::path::Path::new("."),
+    )
+    .await;
+    let s = locked(&app, "empty").await;
+    let nothing = app
+        .command("empty", Some(&s), "scpi_query", json!({"command": "WHAT?"}))
+        .await;
+    assert_error(&nothing, StatusCode::BAD_GATEWAY, "instrument_error");
+    assert!(
+        nothing.1["detail"].as_str().unwrap().contains("WHAT?"),
+        "names the query: {}",
+        nothing.1
+    );
+    let s = locked(&app, "silent").await;
+    let hung = app
+        .command(
+            "silent",
+            Some(&s),
+            "scpi_query",
+            json!({"command": "WHAT?"}),
+        )
+        .await;
+    assert_error(&hung, StatusCode::GATEWAY_TIMEOUT, "instrument_timeout");
+}
+
+#[tokio::test]
+async fn a_timeout_after_a_write_says_the_write_may_have_been_applied() {
+    // Takes every command, answers nothing but *IDN?: not even SYST:ERR?.
+    let mute = fake_instrument(false, |_| Fake::Silent).await;
+    let (app, s) = holding("mute", &mute, 200).await;
+    for (action, params) in [
+        ("set_voltage", json!({"voltage": 1.0})),
+        ("scpi_write", json!({"command": "OUTP1 ON"})),
+    ] {
+        let timed_out = app.command("mute", Some(&s), action, params).await;
+        assert_error(
+            &timed_out,
+            StatusCode::GATEWAY_TIMEOUT,
+            "instrument_timeout",
+        );
+        let detail = timed_out.1["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("may have been applied"),
+            "{action}: {detail}"
+        );
+    }
+    // A read changes nothing, and says nothing of the kind.
+    let read = app
+        .command("mute", Some(&s), "get_voltage", json!({}))
+        .await;
+    assert_error(&read, StatusCode::GATEWAY_TIMEOUT, "instrument_timeout");
+    assert!(
+        !read.1["detail"].as_str().unwrap().contains("applied"),
+        "{}",
+        read.1
+    );
+}
+
+#[tokio::test]
+async fn raw_commands_are_one_line_each() {
+    let addr = simulator(SimKind::Psu).await;
+    let (app, s) = holding("psu", &addr, 2000).await;
+    for (action, command) in [
+        ("scpi_write", "OUTP1 ON\nOUTP2 ON"),
+        ("scpi_write", "OUTP1 ON\r"),
+        ("scpi_query", "OUTP1?\nOUTP2 ON"),
+        ("scpi_query", "OUTP2 ON\r\nOUTP1?"),
+    ] {
+        let refused = app
+            .command("psu", Some(&s), action, json!({"command": command}))
+            .await;
+        assert_error(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        );
+        assert!(
+            refused.1["detail"]
+                .as_str()
+                .unwrap()
+                .contains("\"command\""),
+            "{}",
+            refused.1
+        );
+    }
+    // Nothing was sent.
+    for channel in ["OUTP1?", "OUTP2?"] {
+        let (_, body) = app
+            .command("psu", Some(&s), "scpi_query", json!({"command": channel}))
+            .await;
+        assert_eq!(body["data"], json!({"reply": "0"}), "{channel}");
+    }
+}
+
+// ---- logs of the real binaries -------------------------------------------
+
+/// Starts `lablink ARGS` with `RUST_LOG=log`; returns the child, its stdout's
+/// first line, and its log lines as they come.
+fn logged(
+    args: &[&str],
+    log: &str,
+    first_line_on_stdout: bool,
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = crate::helpers::lablink()
+        .args(args)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (send, lines) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    let mut first = String::new();
+    if first_line_on_stdout {
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+    }
+    (child, first.trim().to_owned(), lines)
+}
+
+/// The first log line holding every one of `needles` (waits for it).
+fn log_line(lines: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no log line with {needles:?} in {seen:#?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn instrument_failures_are_logged_with_equipment_session_and_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lab.toml");
+    std::fs::write(
+        &config,
+        "[[equipment]]\nid = 'gone_psu'\ndriver = 'scpi-tcp'\naddress = '127.0.0.1:1'\nprofile = 'psu'\n\
+         [[equipment]]\nid = 'bench_psu'\ndriver = 'sim-psu'\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (mut child, _, lines) = logged(
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--config",
+            config,
+        ],
+        "info,lablink::sim=debug",
+        false,
+    );
+    let started = log_line(&lines, &["addr="]);
+    let base = format!("http://{}", started.rsplit("addr=").next().unwrap().trim());
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        let request = client.post(format!("{base}{path}")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (_, session) = post("/api/locks/sessions/create", json!({})).await;
+    let session = session["session_id"].as_str().unwrap().to_owned();
+    for equipment in ["gone_psu", "bench_psu"] {
+        let (code, _) = post(
+            "/api/locks/acquire",
+            json!({"equipment_id": equipment, "session_id": session}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let (code, _) = post(
+        "/api/equipment/gone_psu/command",
+        json!({"command_id": "cmd_log_7", "action": "get_voltage", "session_id": session}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    let warning = log_line(&lines, &["cmd_log_7"]);
+    for expected in [
+        "WARN",
+        "gone_psu",
+        session.as_str(),
+        "instrument unavailable",
+    ] {
+        assert!(warning.contains(expected), "{expected:?} in {warning}");
+    }
+    // A simulated instrument logs under its own target, by its id.
+    let (code, _) = post(
+        "/api/equipment/bench_psu/command",
+        json!({"command_id": "cmd_log_8", "action": "set_voltage", "parameters": {"voltage": 4.0}, "session_id": session}),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let applied = log_line(&lines, &["lablink::sim", "set_voltage"]);
+    assert!(applied.contains("bench_psu"), "{applied}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn the_simulator_logs_under_its_own_target_with_a_readable_name() {
+    let (mut child, first, lines) = logged(
+        &["sim", "--listen", "127.0.0.1:0", "--kind", "psu"],
+        "info",
+        true,
+    );
+    let addr = first.rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(first, format!("simulated psu listening on {addr}"));
+    let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    client.write_all(b"FOO 1\n*OPC?\n").await.unwrap();
+    let mut done = String::new();
+    BufReader::new(&mut client)
+        .read_line(&mut done)
+        .await
+        .unwrap();
+    let refused = log_line(&lines, &["FOO 1"]);
+    for expected in ["lablink::sim", &format!("psu@{addr}"), "-113"] {
+        assert!(refused.contains(expected), "{expected:?} in {refused}");
+    }
+    assert!(!refused.contains("Psu"), "no debug names: {refused}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

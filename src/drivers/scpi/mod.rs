@@ -1,8 +1,12 @@
 //! The `scpi-tcp` driver: LAN instruments that speak SCPI over a raw TCP
 //! socket (usually port 5025). It connects lazily, identifies the
-//! instrument with `*IDN?`, runs each action's profile steps, checks the
-//! instrument's error queue after writes, and drops the connection after
-//! any failure so the next command reconnects.
+//! instrument with `*IDN?`, runs each action's profile steps, and drops the
+//! connection after any failure so the next command reconnects.
+//!
+//! Errors are attributed to the action that caused them: each action starts
+//! with `*CLS` (emptying the instrument's error queue of older errors) and
+//! ends by asking `SYST:ERR?`. A query answered by an empty line got no
+//! reply: that is an error, never an empty result.
 //!
 //! Bytes are framed and parsed by `codec` (pure); this module only moves
 //! them. Every exchange has a deadline, so a hung instrument costs its own
@@ -18,11 +22,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{ActionSpec, Driver, DriverError, Params};
+use super::{Access, ActionSpec, Driver, DriverError, MAY_HAVE_APPLIED, Params, TimedOut};
 use codec::{CodecError, Reply, interpret, is_no_error};
 use profile::{Profile, Step, insert_at};
 
@@ -108,6 +113,9 @@ pub struct ScpiTcp {
     profile: Profile,
     actions: Vec<ActionSpec>,
     connection: tokio::sync::Mutex<Option<Connection>>,
+    /// Whether `connection` holds an open connection; readable while a
+    /// command holds the connection, so the status never waits for it.
+    connected: AtomicBool,
     /// What `*IDN?` answered on the last connection.
     identity: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
@@ -129,6 +137,7 @@ impl ScpiTcp {
             profile,
             actions,
             connection: tokio::sync::Mutex::new(None),
+            connected: AtomicBool::new(false),
             identity: Mutex::new(None),
             last_error: Mutex::new(None),
         })
@@ -157,48 +166,59 @@ impl ScpiTcp {
         Ok(connection)
     }
 
+    /// Runs an action's steps; `sent` is set once the first of them is on
+    /// its way to the instrument.
     async fn run_steps(
         &self,
         connection: &mut Connection,
         steps: &[Step],
         params: &Params,
+        sent: &AtomicBool,
     ) -> Result<Value, DriverError> {
+        let check = self.profile.check_errors;
+        if check {
+            // Errors already queued belong to earlier actions (or to someone
+            // at the front panel): clear them, so what `SYST:ERR?` says
+            // afterwards is this action's.
+            connection.send("*CLS").await?;
+        }
         let mut result = Map::new();
-        let mut wrote = false;
         for step in steps {
+            sent.store(true, Ordering::Relaxed);
             match step {
-                Step::Write(template) => {
-                    connection.send(&template.render(params)).await?;
-                    wrote = true;
-                }
+                Step::Write(template) => connection.send(&template.render(params)).await?,
                 Step::Query {
                     command,
                     reply,
                     key,
                 } => {
-                    let answer = connection.query(&command.render(params)).await?;
-                    match interpret(&answer, *reply) {
+                    let command = command.render(params);
+                    let answer = connection.query(&command).await?;
+                    let value = match &answer {
+                        Reply::Line(text) if text.trim().is_empty() => Err(format!(
+                            "no reply to {command:?} (the instrument answered an empty line)"
+                        )),
+                        _ => interpret(&answer, *reply).map_err(|e| e.to_string()),
+                    };
+                    match value {
                         Ok(value) => insert_at(&mut result, key, value),
                         // An instrument that cannot answer usually says why
                         // in its error queue; prefer its words.
                         Err(e) => {
-                            let reason = if self.profile.check_errors {
+                            let reason = if check {
                                 connection.error_queue().await?
                             } else {
                                 None
                             };
-                            return Err(DriverError::Instrument(
-                                reason.unwrap_or_else(|| e.to_string()),
-                            ));
+                            return Err(DriverError::Instrument(reason.unwrap_or(e)));
                         }
                     }
                 }
             }
         }
-        if wrote
-            && self.profile.check_errors
-            && let Some(error) = connection.error_queue().await?
-        {
+        // Queries can fail too (an unknown header answered with nothing
+        // useful), so every action ends with the question, not only writes.
+        if check && let Some(error) = connection.error_queue().await? {
             return Err(DriverError::Instrument(error));
         }
         if result.is_empty() {
@@ -234,21 +254,42 @@ impl Driver for ScpiTcp {
             .steps;
         let mut slot = self.connection.lock().await;
         let timeout = Duration::from_millis(self.config.timeout_ms);
+        let sent = AtomicBool::new(false);
         let outcome = tokio::time::timeout(timeout, async {
             if slot.is_none() {
                 *slot = Some(self.connect().await?);
+                self.connected.store(true, Ordering::Relaxed);
+                // Connected again: whatever went wrong before is over.
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
             let connection = slot.as_mut().expect("just connected");
-            self.run_steps(connection, steps, params).await
+            self.run_steps(connection, steps, params, &sent).await
         })
         .await
-        .unwrap_or(Err(DriverError::Timeout(self.config.timeout_ms)));
+        .unwrap_or(Err(DriverError::Timeout(TimedOut {
+            ms: self.config.timeout_ms,
+            may_have_applied: false,
+        })));
+        // A client whose change failed midway must know it may have
+        // happened anyway (reads change nothing).
+        let may_have_applied = action.access == Access::Control && sent.load(Ordering::Relaxed);
+        let outcome = outcome.map_err(|e| match e {
+            DriverError::Timeout(t) => DriverError::Timeout(TimedOut {
+                may_have_applied,
+                ..t
+            }),
+            DriverError::Unavailable(why) if may_have_applied => {
+                DriverError::Unavailable(format!("{why}; {MAY_HAVE_APPLIED}"))
+            }
+            other => other,
+        });
         if let Err(e) = &outcome {
             // After a timeout or a broken exchange the connection may hold a
             // late reply; start clean next time. An instrument error leaves
             // the connection in step, so it is kept.
             if !matches!(e, DriverError::Instrument(_)) {
                 *slot = None;
+                self.connected.store(false, Ordering::Relaxed);
             }
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
@@ -258,13 +299,12 @@ impl Driver for ScpiTcp {
     async fn state(&self) -> Value {
         // Never waits for the instrument: the status page must stay quick
         // even when the instrument hangs.
-        let connected = self.connection.try_lock().map(|c| c.is_some()).ok();
         json!({
             "address": self.config.address,
             "profile": self.profile.name,
             "identity": *self.identity.lock().unwrap_or_else(|p| p.into_inner()),
-            "connected": connected,
-            "busy": connected.is_none(),
+            "connected": self.connected.load(Ordering::Relaxed),
+            "busy": self.connection.try_lock().is_err(),
             "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
         })
     }

@@ -3,9 +3,12 @@
 //! models as the `sim-*` drivers. Lets the whole path (server, SCPI driver,
 //! TCP, instrument) be tested without hardware.
 //!
-//! Like a real instrument it keeps an error queue (`SYST:ERR?`), answers
-//! `*IDN?`, and ignores nothing silently: an unknown command queues
-//! `-113,"Undefined header"`; a failed query answers an empty line.
+//! Like a real instrument it keeps an error queue (`SYST:ERR?`, emptied by
+//! `*CLS`), answers `*IDN?`, and ignores nothing silently: an unknown
+//! command queues `-113,"Undefined header"`; a failed query answers an
+//! empty line (where a real instrument would answer nothing, so the
+//! driver's timeout does not slow every test). It logs under
+//! `lablink::sim`, naming itself `<kind>@<address>`.
 
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
@@ -15,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::codec::{ReplyKind, encode_f32_block};
 use super::template::Template;
-use crate::drivers::sim::{InstrumentModel, load::Load, psu::Psu, scope::Scope};
+use crate::drivers::sim::{InstrumentModel, LOG_TARGET, load::Load, psu::Psu, scope::Scope};
 use crate::drivers::{ActionSpec, DriverError, ParamKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -23,6 +26,17 @@ pub enum SimKind {
     Psu,
     Scope,
     Load,
+}
+
+impl std::fmt::Display for SimKind {
+    /// As it is written on the command line (`psu`, `scope`, `load`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Psu => "psu",
+            Self::Scope => "scope",
+            Self::Load => "load",
+        })
+    }
 }
 
 /// The part of an instrument model the simulator needs, object-safe.
@@ -172,6 +186,8 @@ const LOAD: &[Command] = &[
 
 /// A simulated instrument: its model, command set and error queue.
 pub struct SimInstrument {
+    /// How the log names it (`psu@127.0.0.1:5025`).
+    name: String,
     model: Box<dyn Instrument>,
     commands: &'static [Command],
     templates: Vec<Template>,
@@ -188,19 +204,31 @@ pub enum Answer {
 
 impl SimInstrument {
     pub fn new(kind: SimKind) -> Self {
+        const DEFAULTS: &str = "the default settings are possible";
         let (model, commands): (Box<dyn Instrument>, &'static [Command]) = match kind {
-            SimKind::Psu => (Box::new(Model(Psu::from_config(Default::default()))), PSU),
+            SimKind::Psu => (
+                Box::new(Model(Psu::from_config(Default::default()).expect(DEFAULTS))),
+                PSU,
+            ),
             SimKind::Scope => (
-                Box::new(Model(Scope::from_config(Default::default()))),
+                Box::new(Model(
+                    Scope::from_config(Default::default()).expect(DEFAULTS),
+                )),
                 SCOPE,
             ),
-            SimKind::Load => (Box::new(Model(Load::from_config(Default::default()))), LOAD),
+            SimKind::Load => (
+                Box::new(Model(
+                    Load::from_config(Default::default()).expect(DEFAULTS),
+                )),
+                LOAD,
+            ),
         };
         let templates = commands
             .iter()
             .map(|c| Template::parse(c.template).expect("built-in templates are valid"))
             .collect();
         Self {
+            name: kind.to_string(),
             model,
             commands,
             templates,
@@ -208,12 +236,19 @@ impl SimInstrument {
         }
     }
 
-    fn error(&mut self, code: i32, text: &str) {
+    /// The same instrument, named `name` in the log.
+    pub fn named(self, name: String) -> Self {
+        Self { name, ..self }
+    }
+
+    /// Queues an error for `command`, as `SYST:ERR?` will report it.
+    fn error(&mut self, command: &str, code: i32, text: &str) {
         if self.errors.len() == 32 {
             self.errors.pop_front();
         }
-        self.errors
-            .push_back(format!("{code},\"{}\"", text.replace('"', "'")));
+        let error = format!("{code},\"{}\"", text.replace('"', "'"));
+        tracing::info!(target: LOG_TARGET, instrument = %self.name, command, %error, "command refused");
+        self.errors.push_back(error);
     }
 
     /// Handles one command line (without its terminator).
@@ -246,8 +281,9 @@ impl SimInstrument {
             .iter()
             .zip(self.commands)
             .find_map(|(t, c)| t.matches(command).map(|captures| (c, captures)));
+        tracing::debug!(target: LOG_TARGET, instrument = %self.name, command, "command");
         let Some((spec, captures)) = found else {
-            self.error(-113, "Undefined header");
+            self.error(command, -113, "Undefined header");
             return if is_query {
                 Answer::Line(String::new())
             } else {
@@ -255,7 +291,7 @@ impl SimInstrument {
             };
         };
         let failed = |sim: &mut Self, code, text: &str| {
-            sim.error(code, text);
+            sim.error(command, code, text);
             if spec.reply.is_some() {
                 Answer::Line(String::new())
             } else {
@@ -369,17 +405,20 @@ pub async fn serve(
     kind: SimKind,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let instrument = Arc::new(Mutex::new(SimInstrument::new(kind)));
+    let name = format!("{kind}@{}", listener.local_addr()?);
+    tracing::info!(target: LOG_TARGET, instrument = %name, "simulated instrument listening");
+    let instrument = Arc::new(Mutex::new(SimInstrument::new(kind).named(name.clone())));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
-                tracing::debug!(%peer, "simulator connection");
-                let instrument = instrument.clone();
+                tracing::info!(target: LOG_TARGET, instrument = %name, %peer, "connection opened");
+                let (instrument, name) = (instrument.clone(), name.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, instrument).await {
-                        tracing::debug!(error = %e, "simulator connection ended");
+                    match serve_connection(stream, instrument).await {
+                        Ok(()) => tracing::info!(target: LOG_TARGET, instrument = %name, %peer, "connection closed"),
+                        Err(e) => tracing::info!(target: LOG_TARGET, instrument = %name, %peer, error = %e, "connection lost"),
                     }
                 });
             }
@@ -423,6 +462,22 @@ mod tests {
             line(psu.handle("SYST:ERR?")).starts_with("-222,"),
             "channel 9 is out of range"
         );
+    }
+
+    #[test]
+    fn cls_empties_the_error_queue() {
+        let mut psu = SimInstrument::new(SimKind::Psu);
+        psu.handle("FOO 1");
+        psu.handle("SOUR3:VOLT 6");
+        assert_eq!(psu.handle("*CLS"), Answer::Nothing, "*CLS has no reply");
+        assert_eq!(line(psu.handle("SYST:ERR?")), "0,\"No error\"");
+        psu.handle("BAR?");
+        assert_eq!(psu.handle(" *cls "), Answer::Nothing);
+        assert_eq!(line(psu.handle("SYST:ERR?")), "0,\"No error\"");
+        // Settings survive it: only the error queue is cleared.
+        psu.handle("SOUR1:VOLT 4");
+        psu.handle("*CLS");
+        assert_eq!(line(psu.handle("SOUR1:VOLT?")), "4.0");
     }
 
     #[test]

@@ -102,17 +102,28 @@ impl InstrumentModel for Load {
     type Config = LoadConfig;
     const DRIVER: &'static str = "sim-load";
 
-    fn from_config(config: LoadConfig) -> Self {
-        Self::fresh(
+    fn from_config(config: LoadConfig) -> Result<Self, String> {
+        let source_voltage = config.source_voltage.unwrap_or(12.0);
+        // The load's input is rated to MAX_VOLTAGE; a source with no
+        // voltage or no resistance inside has no operating point.
+        if !(source_voltage > 0.0 && source_voltage <= MAX_VOLTAGE) {
+            return Err(format!(
+                "source_voltage must be more than 0 and at most {MAX_VOLTAGE} V (the load's rating), got {source_voltage}"
+            ));
+        }
+        let source_resistance = config.source_resistance.unwrap_or(0.1);
+        if !(source_resistance.is_finite() && source_resistance > 0.0) {
+            return Err(format!(
+                "source_resistance must be a positive number of ohms, got {source_resistance}"
+            ));
+        }
+        Ok(Self::fresh(
             config
                 .model
                 .unwrap_or_else(|| "LabLink SimLoad EL300".into()),
-            config
-                .source_voltage
-                .unwrap_or(12.0)
-                .clamp(0.0, MAX_VOLTAGE),
-            config.source_resistance.unwrap_or(0.1).max(1e-3),
-        )
+            source_voltage,
+            source_resistance,
+        ))
     }
 
     fn model_name(&self) -> String {
@@ -197,7 +208,7 @@ mod tests {
     use super::*;
 
     fn load() -> Load {
-        let mut l = Load::from_config(LoadConfig::default());
+        let mut l = Load::from_config(LoadConfig::default()).unwrap();
         l.input = true;
         l
     }

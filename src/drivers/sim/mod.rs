@@ -1,6 +1,7 @@
 //! Simulated instruments. Each model (`psu`, `scope`, `load`) is a plain
 //! state machine that behaves like the instrument; `SimDriver` wraps one as
-//! a `Driver`. The same models will back the TCP simulator.
+//! a `Driver`. The same models back the TCP simulator (`scpi::sim`).
+//! Both log under their own target, `lablink::sim`, naming the instrument.
 
 pub mod load;
 pub mod psu;
@@ -19,7 +20,11 @@ pub trait InstrumentModel: Send + 'static {
     type Config: DeserializeOwned + Default;
     const DRIVER: &'static str;
 
-    fn from_config(config: Self::Config) -> Self;
+    /// Builds the model, or says which setting is physically impossible
+    /// (a negative load, a wrong number of channels, ...).
+    fn from_config(config: Self::Config) -> Result<Self, String>
+    where
+        Self: Sized;
     fn model_name(&self) -> String;
     fn actions() -> Vec<ActionSpec>;
     fn apply(&mut self, action: &str, params: &Params) -> Result<Value, DriverError>;
@@ -40,14 +45,21 @@ pub trait InstrumentModel: Send + 'static {
     }
 }
 
+/// The tracing target of every simulated instrument, so their chatter can
+/// be turned up or down apart from the server's (`RUST_LOG=lablink::sim=debug`).
+pub const LOG_TARGET: &str = "lablink::sim";
+
 pub struct SimDriver<M> {
+    /// The equipment id, to tell instruments apart in the log.
+    name: String,
     model: Mutex<M>,
     actions: Vec<ActionSpec>,
 }
 
 impl<M: InstrumentModel> SimDriver<M> {
-    pub fn new(model: M) -> Self {
+    pub fn new(name: &str, model: M) -> Self {
         Self {
+            name: name.into(),
             model: Mutex::new(model),
             actions: M::actions(),
         }
@@ -73,7 +85,25 @@ impl<M: InstrumentModel> Driver for SimDriver<M> {
     }
 
     async fn execute(&self, action: &ActionSpec, params: &Params) -> Result<Value, DriverError> {
-        self.with_model(|m| m.apply(&action.name, params))
+        let outcome = self.with_model(|m| m.apply(&action.name, params));
+        match &outcome {
+            Ok(_) => tracing::debug!(
+                target: LOG_TARGET,
+                instrument = %self.name,
+                driver = M::DRIVER,
+                action = %action.name,
+                "action applied"
+            ),
+            Err(e) => tracing::debug!(
+                target: LOG_TARGET,
+                instrument = %self.name,
+                driver = M::DRIVER,
+                action = %action.name,
+                error = %e,
+                "action refused"
+            ),
+        }
+        outcome
     }
 
     async fn state(&self) -> Value {

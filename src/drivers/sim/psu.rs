@@ -1,7 +1,8 @@
 //! A simulated three-channel bench power supply (30 V/3 A, 30 V/3 A,
 //! 5 V/3 A), each channel driving a resistive load. Measured values follow
 //! from the setpoints: constant voltage until the load would draw more than
-//! the current limit, then constant current.
+//! the current limit, then constant current. The limit starts at the
+//! channel's maximum, so a fresh supply delivers the voltage it is set to.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -16,7 +17,31 @@ const CHANNEL_MAX: [(f64, f64); 3] = [(30.0, 3.0), (30.0, 3.0), (5.0, 3.0)];
 pub struct PsuConfig {
     pub model: Option<String>,
     /// Load resistance on each channel, in ohms.
-    pub load_ohms: Option<[f64; 3]>,
+    pub load_ohms: Option<Vec<f64>>,
+}
+
+const DEFAULT_LOAD_OHMS: [f64; 3] = [10.0, 10.0, 5.0];
+
+/// One resistance per channel, each a positive number of ohms.
+fn load_ohms(given: Option<Vec<f64>>) -> Result<[f64; 3], String> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_LOAD_OHMS);
+    };
+    let loads: [f64; 3] = given.clone().try_into().map_err(|_| {
+        format!(
+            "load_ohms must list 3 values, one per channel, got {}",
+            given.len()
+        )
+    })?;
+    for (channel, ohms) in loads.iter().enumerate() {
+        if !(ohms.is_finite() && *ohms > 0.0) {
+            return Err(format!(
+                "load_ohms: the load on channel {} must be a positive number of ohms, got {ohms}",
+                channel + 1
+            ));
+        }
+    }
+    Ok(loads)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +104,7 @@ impl Psu {
                 max_voltage,
                 max_current,
                 voltage_set: 0.0,
-                current_limit: 1.0,
+                current_limit: max_current,
                 output: false,
                 load_ohms,
             })
@@ -127,13 +152,13 @@ impl InstrumentModel for Psu {
     type Config = PsuConfig;
     const DRIVER: &'static str = "sim-psu";
 
-    fn from_config(config: PsuConfig) -> Self {
-        let load_ohms = config.load_ohms.unwrap_or([10.0, 10.0, 5.0]);
-        Self {
+    fn from_config(config: PsuConfig) -> Result<Self, String> {
+        let load_ohms = load_ohms(config.load_ohms)?;
+        Ok(Self {
             model: config.model.unwrap_or_else(|| "LabLink SimPSU 3303".into()),
             load_ohms,
             channels: Self::fresh_channels(load_ohms),
-        }
+        })
     }
 
     fn model_name(&self) -> String {
@@ -220,24 +245,28 @@ impl InstrumentModel for Psu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    fn fresh() -> Psu {
+        Psu::from_config(PsuConfig::default()).unwrap()
+    }
+
     #[test]
     fn constant_voltage_then_current_limit() {
-        let mut psu = Psu::from_config(PsuConfig::default());
-        psu.run_json("set_voltage", &json!({"voltage": 5.0}))
+        let mut psu = fresh();
+        psu.run_json("set_voltage", &json!({"voltage": 20.0}))
             .unwrap();
         assert_eq!(psu.reading(0).voltage, 0.0, "output is off");
         psu.run_json("set_output", &json!({"enabled": true}))
             .unwrap();
-        // 5 V into 10 ohms is 0.5 A, under the 1 A default limit.
+        // 20 V into 10 ohms is 2 A, under the 3 A default limit.
         assert_eq!(
             psu.reading(0),
             Reading {
-                voltage: 5.0,
-                current: 0.5,
+                voltage: 20.0,
+                current: 2.0,
                 mode: "CV"
             }
         );
-        psu.run_json("set_voltage", &json!({"voltage": 20.0}))
+        psu.run_json("set_current", &json!({"current": 1.0}))
             .unwrap();
         // 20 V would need 2 A: the 1 A limit holds the output at 10 V.
         assert_eq!(
@@ -255,7 +284,7 @@ mod tests {
 
     #[test]
     fn channel_three_is_a_five_volt_channel() {
-        let mut psu = Psu::from_config(PsuConfig::default());
+        let mut psu = fresh();
         let err = psu
             .run_json("set_voltage", &json!({"voltage": 6.0, "channel": 3}))
             .unwrap_err();
@@ -266,6 +295,6 @@ mod tests {
         psu.run_json("set_voltage", &json!({"voltage": 5.0, "channel": 3}))
             .unwrap();
         psu.run_json("reset", &json!({})).unwrap();
-        assert_eq!(psu, Psu::from_config(PsuConfig::default()));
+        assert_eq!(psu, fresh());
     }
 }

@@ -290,12 +290,12 @@ impl InstrumentModel for Scope {
     type Config = ScopeConfig;
     const DRIVER: &'static str = "sim-scope";
 
-    fn from_config(config: ScopeConfig) -> Self {
-        Self::fresh(
+    fn from_config(config: ScopeConfig) -> Result<Self, String> {
+        Ok(Self::fresh(
             config
                 .model
                 .unwrap_or_else(|| "LabLink SimScope 1104".into()),
-        )
+        ))
     }
 
     fn model_name(&self) -> String {
@@ -438,7 +438,7 @@ mod tests {
     use super::*;
     #[test]
     fn the_waveform_follows_timebase_scale_and_trigger() {
-        let mut scope = Scope::from_config(ScopeConfig::default());
+        let mut scope = Scope::from_config(ScopeConfig::default()).unwrap();
         let w = scope
             .run_json("get_waveform", &json!({"channel": 1}))
             .unwrap();
@@ -469,7 +469,7 @@ mod tests {
 
     #[test]
     fn frequency_needs_a_period_on_screen_and_autoscale_provides_it() {
-        let mut scope = Scope::from_config(ScopeConfig::default());
+        let mut scope = Scope::from_config(ScopeConfig::default()).unwrap();
         scope
             .run_json("set_timebase", &json!({"seconds_per_div": 1e-6}))
             .unwrap();
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn stopped_acquisitions_repeat_running_ones_change() {
-        let mut scope = Scope::from_config(ScopeConfig::default());
+        let mut scope = Scope::from_config(ScopeConfig::default()).unwrap();
         let a = scope
             .run_json("get_waveform", &json!({"channel": 1}))
             .unwrap();
