@@ -203,17 +203,28 @@ impl Server {
             }
         };
         let _ = stop_reaper.send(true);
-        let _ = reaper.await;
-        let _ = pruner.await;
-        let _ = warner.await;
-        let _ = refresher.await;
-        let _ = publisher.await;
+        // Each stops at its next await; one stuck in a store call (a
+        // database locked by another process) does not hold up the exit.
+        let background = async {
+            let _ = reaper.await;
+            let _ = pruner.await;
+            let _ = warner.await;
+            let _ = refresher.await;
+            let _ = publisher.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(1), background)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks still busy after the grace period are dropped");
+        }
         tracing::info!("LabLink stopped");
         served
     }
 }
 
 /// How long in-flight requests may take to finish after a shutdown signal
+/// (then background tasks get one more second: the exit stays within 5 s)
 /// (an instrument command mid-way, a client sending its body slowly).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 

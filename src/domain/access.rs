@@ -70,7 +70,7 @@ impl Actor {
         }
     }
 
-    fn authenticated(&self) -> bool {
+    pub fn authenticated(&self) -> bool {
         self.user.is_some()
     }
 
@@ -85,6 +85,30 @@ impl Actor {
             return Err(DomainError::Forbidden(format!(
                 "session {} belongs to another user; {} may act only with their own sessions",
                 session.id,
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the actor may open session `id` implicitly (or re-open it),
+    /// given the users known to have used that id before: its locks, queue
+    /// places and history. An id someone else used stays theirs, so knowing
+    /// it (it shows in every status) grants nothing.
+    pub fn may_claim<'a>(
+        &self,
+        id: &super::SessionId,
+        former_users: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<(), DomainError> {
+        if !self.authenticated() {
+            return Ok(());
+        }
+        if former_users
+            .into_iter()
+            .any(|user| user != self.user.as_deref())
+        {
+            return Err(DomainError::Forbidden(format!(
+                "session {id} belongs to another user; {} may act only with their own sessions",
                 self.name()
             )));
         }

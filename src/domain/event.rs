@@ -200,6 +200,18 @@ impl Event {
     }
 
     /// Whether this event belongs in the history of `session`.
+    /// The user who acted with `session` in this event, if it tells: the
+    /// one whose lock a forced release took, else the one who asked.
+    pub fn user_of(&self, session: &SessionId) -> Option<&str> {
+        if self.session_id.as_ref() != Some(session) {
+            return None;
+        }
+        match self.event {
+            EventKind::LockForceReleased => self.holder_user.as_deref(),
+            _ => self.user.as_deref(),
+        }
+    }
+
     pub fn names_session(&self, session: &SessionId) -> bool {
         self.session_id.as_ref() == Some(session) || self.forced_by.as_ref() == Some(session)
     }

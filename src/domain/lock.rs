@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use utoipa::ToSchema;
 
 use super::DomainError;
+use super::access::Actor;
 use super::event::{EndReason, Event, EventKind};
 use super::ids::{EquipmentId, SessionId};
 use super::time::{Timeout, Timestamp, is_live};
@@ -100,6 +101,9 @@ pub struct QueueEntry {
 pub struct LostLock {
     pub session_id: SessionId,
     pub reason: EndReason,
+    /// The user whose lock it was: only they hear how it ended.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The switches of the brief that change the lock rules.
@@ -229,14 +233,15 @@ impl EquipmentLocks {
             .map(|l| l.reason)
     }
 
-    fn remember_loss(&mut self, session: &SessionId, reason: EndReason) {
-        self.lost.retain(|l| &l.session_id != session);
+    fn remember_loss(&mut self, grant: &Grant, reason: EndReason) {
+        self.lost.retain(|l| l.session_id != grant.session_id);
         if self.lost.len() == REMEMBERED_LOSSES {
             self.lost.pop_front();
         }
         self.lost.push_back(LostLock {
-            session_id: session.clone(),
+            session_id: grant.session_id.clone(),
             reason,
+            user: grant.holder.user.clone(),
         });
     }
 
@@ -401,7 +406,7 @@ impl EquipmentLocks {
                             EndReason::ExclusiveGranted,
                             now,
                         ));
-                        self.remember_loss(&observer.session_id, EndReason::ExclusiveGranted);
+                        self.remember_loss(&observer, EndReason::ExclusiveGranted);
                     }
                 }
                 events.push(self.grant_event(EventKind::LockAcquired, &grant, now));
@@ -412,18 +417,24 @@ impl EquipmentLocks {
     }
 
     /// Whether a release by `session` would take other sessions' locks: only
-    /// with `force`, and only when `session` neither holds nor waits here
-    /// (those release their own place instead). The caller checks who may
+    /// with `force`, and only when `session` is not live or neither holds
+    /// nor waits here (those release their own place instead). The caller checks who may
     /// force on this answer.
-    pub fn release_forces(&self, session: &SessionId, force: bool) -> bool {
-        force && !self.participants().any(|s| s == session)
+    pub fn release_forces(
+        &self,
+        session: &SessionId,
+        force: bool,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+    ) -> bool {
+        force && (!live(session) || !self.participants().any(|s| s == session))
     }
 
     /// Release by `session` (semantics.md, Locks 8). A session that holds or
     /// waits here releases its own lock or place, with or without `force`.
-    /// With `force`, a session that does neither releases whoever holds it:
-    /// the exclusive holder, or else every observer. `session` need not be
-    /// live for a forced release; the caller decides who may force.
+    /// With `force`, a session that does neither, or is not live, releases
+    /// whoever holds it: the exclusive holder, or else every observer.
+    /// `session` need not exist for a forced release; the caller decides who
+    /// may force.
     pub fn release(
         &mut self,
         session: &SessionId,
@@ -432,7 +443,14 @@ impl EquipmentLocks {
         live: &mut dyn FnMut(&SessionId) -> bool,
         events: &mut Vec<Event>,
     ) -> Result<ReleaseOutcome, DomainError> {
-        if let Some(grant) = self.exclusive.take_if(|g| &g.session_id == session) {
+        // A session that is not live proves nothing: with `force` its name
+        // is just the forcer's, and its own lock (kept when auto-release is
+        // off) is taken like anyone's.
+        let for_itself = !force || live(session);
+        if let Some(grant) = self
+            .exclusive
+            .take_if(|g| for_itself && &g.session_id == session)
+        {
             events.push(self.ended_event(
                 EventKind::LockReleased,
                 &grant,
@@ -442,7 +460,11 @@ impl EquipmentLocks {
             self.advance_queue(now, live, events);
             return Ok(ReleaseOutcome::Released { was_forced: false });
         }
-        if let Some(i) = self.observers.iter().position(|g| &g.session_id == session) {
+        if let Some(i) = self
+            .observers
+            .iter()
+            .position(|g| for_itself && &g.session_id == session)
+        {
             let grant = self.observers.remove(i);
             events.push(self.ended_event(
                 EventKind::ObserverLockReleased,
@@ -455,7 +477,7 @@ impl EquipmentLocks {
         }
         // A waiter leaves its own place, even with `force`: forcing is for
         // taking others' locks, never for jumping one's own queue.
-        if let Some(position) = self.position_of(session) {
+        if let Some(position) = self.position_of(session).filter(|_| for_itself) {
             let entry = self
                 .queue
                 .remove(position - 1)
@@ -482,7 +504,7 @@ impl EquipmentLocks {
                     self.ended_event(EventKind::LockForceReleased, &grant, EndReason::Forced, now);
                 e.forced_by = Some(session.clone());
                 events.push(e);
-                self.remember_loss(&grant.session_id, EndReason::Forced);
+                self.remember_loss(&grant, EndReason::Forced);
             }
             self.advance_queue(now, live, events);
             return Ok(ReleaseOutcome::Released { was_forced: true });
@@ -510,17 +532,48 @@ impl EquipmentLocks {
         }
     }
 
+    /// The users of `session`'s locks and queue places here.
+    pub fn users_of(&self, session: &SessionId) -> impl Iterator<Item = Option<&str>> {
+        let grants = self.exclusive.iter().chain(&self.observers);
+        grants
+            .filter(move |g| &g.session_id == session)
+            .map(|g| &g.holder)
+            .chain(
+                self.queue
+                    .iter()
+                    .filter(move |q| &q.session_id == session)
+                    .map(|q| &q.holder),
+            )
+            .map(|h| h.user.as_deref())
+    }
+
     /// The one rule release and renew share for a session that holds
     /// nothing here: if it lost its lock here without asking, it hears so
     /// (`lock_lost`), whoever holds the equipment now. A session that never
     /// held a lock here gets `None`, so it is never told why someone else's
     /// lock ended.
     pub fn lost_lock(&self, session: &SessionId) -> Option<DomainError> {
-        self.loss_of(session).map(|reason| DomainError::NoLock {
+        self.loss_of(session)
+            .map(|reason| self.lost_error(session, reason))
+    }
+
+    /// `lost_lock` as told to `actor`, who may no longer have a live
+    /// session to prove the id is theirs: with authentication on, only the
+    /// user whose lock it was hears how it ended.
+    pub fn lost_lock_told_to(&self, session: &SessionId, actor: &Actor) -> Option<DomainError> {
+        let loss = self.lost.iter().rev().find(|l| &l.session_id == session)?;
+        if actor.authenticated() && loss.user != actor.user {
+            return None;
+        }
+        Some(self.lost_error(session, loss.reason))
+    }
+
+    fn lost_error(&self, session: &SessionId, reason: EndReason) -> DomainError {
+        DomainError::NoLock {
             equipment: self.equipment_id.clone(),
             session: session.clone(),
             lost: Some(reason),
-        })
+        }
     }
 
     /// Renews `session`'s lock here (the activity endpoint).
@@ -641,7 +694,7 @@ impl EquipmentLocks {
         expired.extend(gone);
         for grant in &expired {
             events.push(self.ended_event(EventKind::LockExpired, grant, EndReason::Timeout, now));
-            self.remember_loss(&grant.session_id, EndReason::Timeout);
+            self.remember_loss(grant, EndReason::Timeout);
         }
         self.advance_queue(now, live, events);
         expired.len()
@@ -689,7 +742,7 @@ impl EquipmentLocks {
             };
             events.push(self.ended_event(kind, grant, reason, now));
             if reason == EndReason::SessionExpired {
-                self.remember_loss(session, reason);
+                self.remember_loss(grant, reason);
             }
         }
         let (mine, others): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =

@@ -407,9 +407,18 @@ fn a_forced_release_by_a_waiter_leaves_its_own_place() {
     w.ex("a", false).unwrap();
     w.ex("q", true).unwrap();
     w.ex("r", true).unwrap();
-    assert!(!w.locks.release_forces(&sid("q"), true), "q waits here");
-    assert!(w.locks.release_forces(&sid("admin"), true));
-    assert!(!w.locks.release_forces(&sid("admin"), false));
+    let mut alive = |_: &SessionId| true;
+    assert!(
+        !w.locks.release_forces(&sid("q"), true, &mut alive),
+        "q waits here"
+    );
+    assert!(w.locks.release_forces(&sid("admin"), true, &mut alive));
+    assert!(!w.locks.release_forces(&sid("admin"), false, &mut alive));
+    let mut ended = |_: &SessionId| false;
+    assert!(
+        w.locks.release_forces(&sid("q"), true, &mut ended),
+        "an ended session's name proves nothing"
+    );
     assert_eq!(w.release("q", true).unwrap(), ReleaseOutcome::Dequeued);
     assert_eq!((w.holder(), w.queue()), (Some("a"), vec!["r"]));
     assert!(!w.kinds().contains(&EventKind::LockForceReleased));

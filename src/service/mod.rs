@@ -237,8 +237,8 @@ pub(super) fn standing(locks: &EquipmentLocks, session: &SessionId) -> Option<Ac
 /// What a session that is not live hears when it releases or renews: that
 /// it lost its lock here, if it did (semantics.md, Locks 8-9), else that it
 /// does not exist.
-fn lost_or_unknown(locks: &EquipmentLocks, session: &SessionId) -> ServiceError {
-    locks.lost_lock(session).map_or_else(
+fn lost_or_unknown(locks: &EquipmentLocks, session: &SessionId, actor: &Actor) -> ServiceError {
+    locks.lost_lock_told_to(session, actor).map_or_else(
         || ServiceError::SessionNotFound(session.clone()),
         ServiceError::from,
     )
@@ -609,14 +609,16 @@ impl Service {
             };
             let now = uow.now;
             let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
-                // Only taking others' locks needs an admin: a session that
-                // holds or waits here releases its own place, `force` or not.
-                if locks.release_forces(session, force) {
+                // Only taking others' locks needs an admin: a live session
+                // of the caller's that holds or waits here releases its own
+                // place, `force` or not. A session that is not live proves
+                // no ownership, so forcing in its name stays an admin's.
+                if locks.release_forces(session, force, alive) {
                     actor.may_force()?;
                 } else if !live && !force {
                     // Releases never open a session; one whose lock was
                     // lost still hears so.
-                    return Err(lost_or_unknown(locks, session));
+                    return Err(lost_or_unknown(locks, session, actor));
                 }
                 Ok(locks.release(session, force, now, alive, events)?)
             })?;
@@ -636,7 +638,7 @@ impl Service {
             let mut locks = uow.load_locks(equipment)?;
             if uow.live_session(session)?.is_none() {
                 // The same rule as release: a lost lock is `lock_lost`.
-                return Err(lost_or_unknown(&locks, session));
+                return Err(lost_or_unknown(&locks, session, actor));
             }
             uow.renew_session(session, actor)?;
             let grant = locks.renew(session, uow.now)?;

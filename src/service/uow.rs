@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// How many of an id's newest events an implicit open reads to learn who
+/// used the id before.
+const FORMER_USER_EVENTS: usize = 100;
+
 /// One transaction's working set: the store, the instant, and what happened.
 pub(super) struct Uow<'a> {
     pub(super) tx: &'a mut dyn Tx,
@@ -137,6 +141,21 @@ impl Uow<'_> {
         client: &ClientInfo,
     ) -> Result<Session, ServiceError> {
         self.acting(actor);
+        if actor.user.is_some() {
+            // An ended id still belongs to whoever used it: its locks (kept
+            // when auto-release is off), queue places and recent history
+            // say who that was.
+            let mut places = Vec::new();
+            for equipment in self.tx.equipment_of_session(id)? {
+                places.push(self.tx.equipment_locks(&equipment)?);
+            }
+            let history = self.tx.session_events(id, FORMER_USER_EVENTS)?;
+            let former = places
+                .iter()
+                .flat_map(|locks| locks.users_of(id))
+                .chain(history.iter().rev().find_map(|e| e.user_of(id)).map(Some));
+            actor.may_claim(id, former)?;
+        }
         if let Some(stale) = self.tx.session(id)? {
             // Past its deadline but not yet expired: end it properly first,
             // so its locks and places go as an expiry's would.

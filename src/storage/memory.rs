@@ -126,6 +126,11 @@ impl State {
     /// Counts `id`'s history among the ended sessions' and forgets the
     /// oldest of those past the bound (unless it is live again).
     fn forget_ended_history(&mut self, id: &SessionId) {
+        // An id re-opened and ended again counts once, from its latest end
+        // (a scan of at most the bound, and only when a session ends).
+        if let Some(earlier) = self.ended_sessions.iter().position(|s| s == id) {
+            self.ended_sessions.remove(earlier);
+        }
         self.ended_sessions.push_back(id.clone());
         if self.ended_sessions.len() > ENDED_SESSION_HISTORIES_KEPT
             && let Some(oldest) = self.ended_sessions.pop_front()
@@ -476,5 +481,23 @@ mod tests {
         assert_eq!(newest(forced_by(ENDED_SESSION_HISTORIES_KEPT)), 1);
         let state = store.state.lock().unwrap();
         assert_eq!(state.session_events.len(), ENDED_SESSION_HISTORIES_KEPT);
+    }
+
+    #[test]
+    fn an_id_that_ends_twice_is_counted_once_from_its_latest_end() {
+        let store = MemoryStore::new();
+        let id = |i: usize| SessionId::parse(&format!("s-{i}")).unwrap();
+        let forced = |who: SessionId| {
+            let mut e = Event::new(EventKind::LockForceReleased, Timestamp::from_millis(0));
+            e.forced_by = Some(who);
+            store
+                .transaction(&mut |tx| tx.record_events(&mut [e.clone()]))
+                .unwrap();
+        };
+        forced(id(0));
+        forced(id(1));
+        let mut state = store.state.lock().unwrap();
+        state.forget_ended_history(&id(0)); // it was re-opened and ended again
+        assert_eq!(Vec::from(state.ended_sessions.clone()), vec![id(1), id(0)]);
     }
 }

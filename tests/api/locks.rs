@@ -952,3 +952,65 @@ async fn the_binary_reads_implicit_sessions_and_max_metadata_bytes() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// With authentication on and auto-release off, an ended session keeps its
+/// lock; its id (shown in every status) must not let another user take the
+/// lock over, force it without being an admin, or learn how it ended.
+#[tokio::test]
+async fn an_ended_sessions_id_stays_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let [root, alice, bob] = ["root:admin", "alice:operator", "bob:operator"].map(|who| {
+        let (user, role) = who.split_once(':').unwrap();
+        crate::auth::create_token(dir.path(), user, role)
+    });
+    let app = spawn_with(Settings {
+        auth: Some(lablink::auth::AuthMode::Required),
+        policy: Policy {
+            auto_release_on_disconnect: false,
+            ..Policy::default()
+        },
+        ..crate::helpers::sqlite_in(dir.path(), "?synchronous=normal")
+    })
+    .await;
+    let (root, alice, bob) = (app.as_user(&root), app.as_user(&alice), app.as_user(&bob));
+    let s = alice.session(0.0).await;
+    let (status, _) = alice.acquire("ps_abc123", &s, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    alice.delete(&format!("/api/locks/sessions/{s}")).await;
+
+    let forced = json!({"equipment_id": "ps_abc123", "session_id": s, "force": true});
+    let refused = bob.post("/api/locks/release", forced.clone()).await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(
+        &original_client::acquire(&bob, &s, 300.0).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let (_, status) = bob.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["session_id"], json!(s), "{status}");
+
+    // An id whose session ended holding nothing is its user's too.
+    let t = alice.session(0.0).await;
+    alice.delete(&format!("/api/locks/sessions/{t}")).await;
+    assert_error(
+        &original_client::acquire(&bob, &t, 300.0).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+
+    // Only the user whose lock it was hears how it ended.
+    let (status, _) = root.post("/api/locks/release", forced).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        &original_client::release(&bob, &s).await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+    assert_error(
+        &original_client::release(&alice, &s).await,
+        StatusCode::NOT_FOUND,
+        "lock_lost",
+    );
+    let (status, body) = original_client::acquire(&alice, &s, 300.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
