@@ -22,7 +22,7 @@ use crate::storage::EventQuery;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
-    #[schema(value_type = Id)]
+    #[schema(value_type = Id, example = "ps_abc123")]
     pub equipment_id: String,
     #[schema(value_type = Id)]
     pub session_id: String,
@@ -133,7 +133,7 @@ pub async fn acquire(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReleaseBody {
-    #[schema(value_type = Id)]
+    #[schema(value_type = Id, example = "ps_abc123")]
     pub equipment_id: String,
     /// The releasing session; for a forced release, whoever forces it
     /// (recorded as `forced_by`).

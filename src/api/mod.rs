@@ -178,10 +178,16 @@ fn declare_path_params(path: &str, op: &mut utoipa::openapi::path::Operation) {
         if declared {
             continue;
         }
-        let description = match name {
-            "equipment_id" => "A registered instrument's id (see GET /api/equipment/list)",
-            "session_id" => "A session's id, as POST /api/locks/sessions/create returned it",
-            _ => "",
+        let (description, example) = match name {
+            "equipment_id" => (
+                "A registered instrument's id (see GET /api/equipment/list)",
+                Some("ps_abc123"),
+            ),
+            "session_id" => (
+                "A session's id, as POST /api/locks/sessions/create returned it",
+                None,
+            ),
+            _ => ("", None),
         };
         params.push(RefOr::T(
             ParameterBuilder::new()
@@ -190,6 +196,7 @@ fn declare_path_params(path: &str, op: &mut utoipa::openapi::path::Operation) {
                 .required(Required::True)
                 .description(Some(description))
                 .schema(Some(Ref::from_schema_name("Id")))
+                .example(example.map(serde_json::Value::from))
                 .build(),
         ));
     }
