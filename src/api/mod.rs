@@ -9,6 +9,7 @@ pub mod extract;
 pub mod locks;
 pub mod sessions;
 pub mod views;
+pub mod wire;
 pub mod ws;
 
 use axum::Router;

@@ -235,6 +235,33 @@ async fn a_command_refused_by_authentication_has_the_command_fields() {
 }
 
 #[tokio::test]
+async fn a_url_too_long_for_http_still_gets_a_json_error() {
+    let app = spawn_app().await;
+    // hyper refuses it before any handler runs (and HTTP clients will not
+    // even send it), so it is written by hand.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/locks/status/{} HTTP/1.1\r\nhost: lablink\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    // The server may answer and close before reading it all.
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer).await;
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 414 "), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["code"], "uri_too_long");
+    // The server goes on serving.
+    assert_eq!(app.get("/api/locks/all").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn only_json_whitespace_makes_an_empty_body() {
     let app = spawn_app().await;
     assert_eq!(
