@@ -6,14 +6,14 @@
 # Any failure fails CI. Exclusions that hold by design are in
 # .ci/schemathesis.toml, each with its reason.
 #
-# Env: SCHEMATHESIS_EXAMPLES (per operation, default 60), SCHEMATHESIS_SEED
+# Env: SCHEMATHESIS_EXAMPLES (per operation, default 100), SCHEMATHESIS_SEED
 # (default 1: the same cases every run; set another to explore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 VALIDATOR_VERSION=0.9.0
-EXAMPLES=${SCHEMATHESIS_EXAMPLES:-60}
+EXAMPLES=${SCHEMATHESIS_EXAMPLES:-100}
 SEED=${SCHEMATHESIS_SEED:-1}
 
 # A venv of pinned versions, kept under target/ so later runs reuse it.
