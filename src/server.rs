@@ -181,8 +181,8 @@ impl Server {
             api::router(self.service.clone()).into_make_service_with_connect_info::<SocketAddr>();
         // Answers go out at once rather than waiting to be coalesced
         // (Nagle): lock requests are small and latency matters.
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
+        let listener = api::wire::JsonParseErrors(self.listener).tap_io(|tcp| {
+            let _ = tcp.get_ref().set_nodelay(true);
         });
         let (signalled, mut stopping) = watch::channel(false);
         let hub_closer = self.service.clone();

@@ -10,10 +10,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, quoted};
 use super::extract::{ApiJson, ApiPath};
 use super::views::LockStatusView;
-use super::{AppState, equipment_in_path};
+use super::{AppState, Id, equipment_in_path};
 use crate::domain::SessionId;
 use crate::drivers::ActionSpec;
 use crate::service::CommandInput;
@@ -32,8 +32,8 @@ pub struct EquipmentList {
     pub count: usize,
 }
 
-#[utoipa::path(get, path = "/api/equipment/list", tag = "equipment",
-    responses((status = 200, body = EquipmentList)))]
+#[utoipa::path(get, path = "/api/equipment/list", tag = "equipment", operation_id = "list_equipment",
+    responses((status = 200, body = EquipmentList, description = "Every registered instrument")))]
 pub async fn list(State(app): State<AppState>) -> Json<EquipmentList> {
     let equipment: Vec<EquipmentSummary> = app
         .instruments()
@@ -66,8 +66,10 @@ pub struct EquipmentStatus {
     pub actions: Vec<ActionSpec>,
 }
 
-#[utoipa::path(get, path = "/api/equipment/{equipment_id}/status", tag = "equipment",
-    responses((status = 200, body = EquipmentStatus), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/equipment/{equipment_id}/status", tag = "equipment", operation_id = "equipment_status",
+    responses(
+        (status = 200, body = EquipmentStatus, description = "Its state, lock and actions"),
+        (status = 404, body = ErrorBody, description = "No such equipment (equipment_not_found)")))]
 pub async fn status(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -97,13 +99,16 @@ pub struct Command {
     pub command_id: Option<String>,
     /// Must match the path when given.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     pub equipment_id: Option<String>,
+    /// One of the instrument's actions (GET /api/equipment/{equipment_id}/status lists them).
     pub action: String,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
     /// Required for every action while locks are enabled.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     pub session_id: Option<String>,
     /// The fencing token of the lock this command is sent under.
     #[serde(default)]
@@ -116,7 +121,8 @@ pub struct Command {
 pub struct CommandResponse {
     pub command_id: Option<String>,
     pub success: bool,
-    #[schema(value_type = Object)]
+    /// What the action returned; null when it failed.
+    #[schema(value_type = Option<Object>)]
     pub data: Value,
     pub error: Option<String>,
     pub timestamp: String,
@@ -148,23 +154,52 @@ impl IntoResponse for CommandFailure {
     }
 }
 
-#[utoipa::path(post, path = "/api/equipment/{equipment_id}/command", tag = "equipment",
+/// Gives the errors raised around the command handler (authentication)
+/// the `CommandResponse` fields, like the handler's own failures.
+pub async fn command_errors(State(app): State<AppState>, response: Response) -> Response {
+    let Some(error) = response.extensions().get::<ApiError>().cloned() else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let (_, body) = CommandFailure {
+        command_id: None,
+        timestamp: app.clock().now().to_rfc3339(),
+        error,
+    }
+    .into_response()
+    .into_parts();
+    Response::from_parts(parts, body)
+}
+
+#[utoipa::path(post, path = "/api/equipment/{equipment_id}/command", tag = "equipment", operation_id = "run_command",
     request_body = Command,
-    responses((status = 200, body = CommandResponse),
-        (status = 400, body = CommandResponse, description = "unknown action"),
-        (status = 401, body = CommandResponse, description = "no session_id"),
-        (status = 403, body = CommandResponse, description = "no suitable lock; code lock_lost if it was lost"),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = CommandResponse, description = "stale fencing token or instrument state"),
-        (status = 422, body = CommandResponse, description = "bad parameter")))]
+    responses(
+        (status = 200, body = CommandResponse, description = "Done: `data` is what the action returned"),
+        (status = 400, body = CommandResponse, description = "Unknown action (unknown_action), or an unreadable path or body"),
+        (status = 401, body = CommandResponse, description = "No session_id while locks are on (session_required), or no valid token (unauthenticated, invalid_token)"),
+        (status = 403, body = CommandResponse, description = "No suitable lock (not_lock_holder; lock_lost if it was lost), or not allowed (forbidden, session_not_live)"),
+        (status = 404, body = CommandResponse, description = "No such equipment or session (equipment_not_found, session_not_found)"),
+        (status = 409, body = CommandResponse, description = "A stale fencing token, or the instrument's state forbids it (stale_fencing_token, instrument_rejected)"),
+        (status = 422, body = CommandResponse, description = "A malformed body or parameter (invalid_json, invalid_body, invalid_parameter, invalid_id, equipment_mismatch)"),
+        (status = 502, body = CommandResponse, description = "The instrument reported an error (instrument_error)"),
+        (status = 503, body = CommandResponse, description = "The instrument or the store is unavailable (instrument_unavailable, store_unavailable)"),
+        (status = 504, body = CommandResponse, description = "The instrument did not answer in time (instrument_timeout)")))]
 pub async fn command(
     State(app): State<AppState>,
     Caller(actor): Caller,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<Command>,
+    body: Result<ApiJson<Value>, ApiError>,
 ) -> Response {
-    let command_id = body.command_id.clone();
+    // A body that is JSON but not a valid command still has its
+    // command_id echoed in the failure, like every other command error.
+    let body = body.map(|ApiJson(value)| value);
+    let command_id = body
+        .as_ref()
+        .ok()
+        .and_then(|v| v.get("command_id")?.as_str().map(str::to_owned));
     let outcome = async {
+        let body: Command = ApiJson::from_value(body?)?;
         let id = equipment_in_path(&id)?;
         if let Some(given) = body
             .equipment_id
@@ -173,7 +208,11 @@ pub async fn command(
         {
             return Err(ApiError::unprocessable(
                 "equipment_mismatch",
-                format!("equipment_id {given:?} in the body does not match {id:?} in the path"),
+                format!(
+                    "`equipment_id` {} in the body does not match {} in the path",
+                    quoted(given),
+                    quoted(id.as_str())
+                ),
             ));
         }
         let session_id = body

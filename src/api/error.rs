@@ -23,7 +23,18 @@ pub struct ErrorBody {
     pub code: &'static str,
 }
 
-#[derive(Debug)]
+/// `raw` as a JSON string for an error text, cut to 64 characters so a
+/// huge value sent by a client is not echoed back whole.
+pub fn quoted(raw: &str) -> String {
+    const SHOWN: usize = 64;
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    match raw.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", quote(&raw[..cut])),
+        None => quote(raw),
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
@@ -142,11 +153,14 @@ impl IntoResponse for ApiError {
         let mut response = (
             self.status,
             Json(ErrorBody {
-                detail: self.detail,
+                detail: self.detail.clone(),
                 code: self.code,
             }),
         )
             .into_response();
+        // Kept beside the body so that a route whose errors have another
+        // shape (commands) can reshape the ones raised around its handler.
+        response.extensions_mut().insert(self);
         if unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

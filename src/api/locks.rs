@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use utoipa::ToSchema;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::error::{ApiError, ApiResult, ErrorBody, quoted};
+use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
-use super::{AppState, equipment_in_path};
+use super::{AppState, Id, equipment_in_path};
 use crate::domain::{
     AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
     Timestamp,
@@ -25,14 +25,17 @@ use crate::storage::EventQuery;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
+    #[schema(value_type = Id, example = "ps_abc123")]
     pub equipment_id: String,
     /// A session that is not live is opened for the caller (implicit
     /// sessions, unless LABLINK_IMPLICIT_SESSIONS=false).
+    #[schema(value_type = Id)]
     pub session_id: String,
     /// "exclusive" (default) or "observer".
     #[serde(default)]
     pub lock_mode: Option<LockMode>,
-    /// Inactivity timeout; defaults to LABLINK_LOCK_TIMEOUT_SEC; 0 = none.
+    /// Inactivity timeout in seconds; defaults to LABLINK_LOCK_TIMEOUT_SEC; 0 = none.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub timeout_seconds: Option<f64>,
     /// Wait in the FIFO queue when the equipment is busy.
     #[serde(default)]
@@ -41,6 +44,7 @@ pub struct AcquireBody {
     /// until the lock is granted; the answer is then `locked`, or `queued`
     /// with the current position.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3600)]
     pub wait_seconds: Option<f64>,
 }
 
@@ -63,11 +67,14 @@ pub struct AcquireResponse {
     pub observer_count: Option<usize>,
 }
 
-#[utoipa::path(post, path = "/api/locks/acquire", tag = "locks",
+#[utoipa::path(post, path = "/api/locks/acquire", tag = "locks", operation_id = "acquire_lock",
     request_body = AcquireBody,
-    responses((status = 200, body = AcquireResponse),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = AcquireResponse, description = "Locked, refreshed, or queued (`status`)"),
+        (status = 403, body = ErrorBody, description = "Not allowed (forbidden, session_not_live, observer_mode_disabled)"),
+        (status = 404, body = ErrorBody, description = "No such session or equipment"),
+        (status = 409, body = ErrorBody, description = "Busy and not queued (equipment_locked, queue_disabled)"),
+        (status = 422, body = ErrorBody, description = "A field is out of range (invalid_id, invalid_timeout, invalid_parameter)")))]
 pub async fn acquire(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -102,8 +109,8 @@ pub async fn acquire(
         }
         Some(w) => {
             return Err(ApiError::unprocessable(
-                "invalid_body",
-                format!("wait_seconds must be between 0 and {MAX_WAIT_SECONDS}, got {w}"),
+                "invalid_parameter",
+                format!("`wait_seconds` must be between 0 and {MAX_WAIT_SECONDS}, got {w}"),
             ));
         }
     };
@@ -142,7 +149,11 @@ pub async fn acquire(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReleaseBody {
+    #[schema(value_type = Id, example = "ps_abc123")]
     pub equipment_id: String,
+    /// The releasing session; for a forced release, whoever forces it
+    /// (recorded as `forced_by`).
+    #[schema(value_type = Id)]
     pub session_id: String,
     /// Release whoever holds it (an administrator's action).
     #[serde(default)]
@@ -158,10 +169,13 @@ pub struct ReleaseResponse {
     pub equipment_id: String,
 }
 
-#[utoipa::path(post, path = "/api/locks/release", tag = "locks",
+#[utoipa::path(post, path = "/api/locks/release", tag = "locks", operation_id = "release_lock",
     request_body = ReleaseBody,
-    responses((status = 200, body = ReleaseResponse),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ReleaseResponse, description = "Released, or left the queue (`status`)"),
+        (status = 403, body = ErrorBody, description = "Not the holder, or not allowed (not_lock_holder, lock_lost, forbidden)"),
+        (status = 404, body = ErrorBody, description = "Nothing to release (no_lock, lock_lost, not_locked, session_not_found, equipment_not_found)"),
+        (status = 422, body = ErrorBody, description = "A malformed id (invalid_id)")))]
 pub async fn release(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -187,6 +201,7 @@ pub async fn release(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ActivityBody {
+    #[schema(value_type = Id)]
     pub session_id: String,
 }
 
@@ -196,9 +211,13 @@ pub struct ActivityResponse {
     pub lock: LockView,
 }
 
-#[utoipa::path(post, path = "/api/locks/activity/{equipment_id}", tag = "locks",
+#[utoipa::path(post, path = "/api/locks/activity/{equipment_id}", tag = "locks", operation_id = "renew_lock",
     request_body = ActivityBody,
-    responses((status = 200, body = ActivityResponse), (status = 404, body = ErrorBody)))]
+    responses(
+        (status = 200, body = ActivityResponse, description = "The renewed lock"),
+        (status = 403, body = ErrorBody, description = "Not the holder, or not allowed (not_lock_holder, lock_lost, session_not_live, forbidden)"),
+        (status = 404, body = ErrorBody, description = "No such lock, session or equipment (no_lock, lock_lost, session_not_found, equipment_not_found)"),
+        (status = 422, body = ErrorBody, description = "A malformed id (invalid_id)")))]
 pub async fn activity(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -215,8 +234,10 @@ pub async fn activity(
     }))
 }
 
-#[utoipa::path(get, path = "/api/locks/status/{equipment_id}", tag = "locks",
-    responses((status = 200, body = LockStatusView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/locks/status/{equipment_id}", tag = "locks", operation_id = "lock_status",
+    responses(
+        (status = 200, body = LockStatusView, description = "Who holds it and how many wait"),
+        (status = 404, body = ErrorBody, description = "No such equipment (equipment_not_found)")))]
 pub async fn status(
     State(app): State<AppState>,
     ApiPath(equipment): ApiPath<String>,
@@ -232,8 +253,10 @@ pub struct QueueResponse {
     pub queue_length: usize,
 }
 
-#[utoipa::path(get, path = "/api/locks/queue/{equipment_id}", tag = "locks",
-    responses((status = 200, body = QueueResponse), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/locks/queue/{equipment_id}", tag = "locks", operation_id = "lock_queue",
+    responses(
+        (status = 200, body = QueueResponse, description = "Its queue, next in line first"),
+        (status = 404, body = ErrorBody, description = "No such equipment (equipment_not_found)")))]
 pub async fn queue(
     State(app): State<AppState>,
     ApiPath(equipment): ApiPath<String>,
@@ -254,8 +277,8 @@ pub struct AllLocks {
     pub queues: BTreeMap<String, Vec<QueueEntryView>>,
 }
 
-#[utoipa::path(get, path = "/api/locks/all", tag = "locks",
-    responses((status = 200, body = AllLocks)))]
+#[utoipa::path(get, path = "/api/locks/all", tag = "locks", operation_id = "all_locks",
+    responses((status = 200, body = AllLocks, description = "Every lock and queue, by equipment")))]
 pub async fn all(State(app): State<AppState>) -> ApiResult<AllLocks> {
     let at = app.busy_equipment().await?;
     let mut all = AllLocks {
@@ -292,9 +315,12 @@ pub struct EquipmentEvents {
     pub count: usize,
 }
 
-#[utoipa::path(get, path = "/api/locks/events/{equipment_id}", tag = "locks",
+#[utoipa::path(get, path = "/api/locks/events/{equipment_id}", tag = "locks", operation_id = "equipment_events",
     params(Limit),
-    responses((status = 200, body = EquipmentEvents), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = EquipmentEvents, description = "Its newest events, oldest first"),
+        (status = 404, body = ErrorBody, description = "No such equipment (equipment_not_found)"),
+        (status = 422, body = ErrorBody, description = "`limit` out of range (invalid_parameter)")))]
 pub async fn events(
     State(app): State<AppState>,
     ApiPath(equipment): ApiPath<String>,
@@ -316,8 +342,8 @@ pub struct CleanupResponse {
     pub report: ExpiryReport,
 }
 
-#[utoipa::path(post, path = "/api/locks/cleanup", tag = "locks",
-    responses((status = 200, body = CleanupResponse)))]
+#[utoipa::path(post, path = "/api/locks/cleanup", tag = "locks", operation_id = "cleanup",
+    responses((status = 200, body = CleanupResponse, description = "What was expired")))]
 pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> {
     let at = app.expire_due().await?;
     Ok(Json(CleanupResponse {
@@ -327,22 +353,49 @@ pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> 
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only events of this equipment.
+    #[param(value_type = Option<Id>)]
     pub equipment_id: Option<String>,
     /// Only events that name this session (including as the one who forced).
+    #[param(value_type = Option<Id>)]
     pub session_id: Option<String>,
-    /// Only this kind of event (`lock_acquired`, `queued`, ...).
+    /// Only this kind of event (a history event: live notifications such
+    /// as `lock_granted` are never stored).
+    #[param(value_type = Option<HistoryEventKind>)]
     pub event: Option<String>,
     /// At or after this instant (RFC 3339).
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// Before this instant (RFC 3339).
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// Continue after this `seq` (the `next_cursor` of the previous page).
+    #[serde(default, deserialize_with = "extract::cursor")]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_u64)]
     pub cursor: Option<u64>,
     /// Page size, 1..=1000 (default 100).
+    #[serde(default, deserialize_with = "extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
+
+/// The kinds of event the history keeps (`EventKind::ALL`), which are the
+/// values the `event` filter accepts.
+pub struct HistoryEventKind;
+
+impl utoipa::PartialSchema for HistoryEventKind {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(EventKind::ALL.iter().map(|k| k.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for HistoryEventKind {}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct History {
@@ -358,14 +411,31 @@ pub struct History {
 
 impl HistoryQuery {
     fn parse(self) -> Result<EventQuery, ApiError> {
-        let time = |raw: Option<String>| raw.as_deref().map(Timestamp::parse_rfc3339).transpose();
+        let time = |name: &str, raw: Option<String>| {
+            raw.map(|raw| {
+                Timestamp::parse_rfc3339(&raw).map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid_timestamp",
+                        format!(
+                            "`{name}` must be an RFC 3339 timestamp such as 2026-11-01T00:00:00Z, got {}",
+                            quoted(&raw)
+                        ),
+                    )
+                })
+            })
+            .transpose()
+        };
         let kind = match self.event.as_deref() {
             None => None,
             Some(raw) => Some(EventKind::parse(raw).ok_or_else(|| {
                 let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
                 ApiError::unprocessable(
-                    "invalid_query",
-                    format!("unknown event {raw:?}; known events: {}", names.join(", ")),
+                    "invalid_parameter",
+                    format!(
+                        "`event` must be one of {}, got {}",
+                        names.join(", "),
+                        quoted(raw)
+                    ),
                 )
             })?),
         };
@@ -381,17 +451,19 @@ impl HistoryQuery {
                 .map(SessionId::parse)
                 .transpose()?,
             kind,
-            since: time(self.since)?,
-            until: time(self.until)?,
+            since: time("since", self.since)?,
+            until: time("until", self.until)?,
             after: self.cursor,
             limit: self.limit.unwrap_or(100),
         })
     }
 }
 
-#[utoipa::path(get, path = "/api/locks/events", tag = "locks",
+#[utoipa::path(get, path = "/api/locks/events", tag = "locks", operation_id = "history",
     params(HistoryQuery),
-    responses((status = 200, body = History), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = History, description = "A page of the history, oldest first"),
+        (status = 422, body = ErrorBody, description = "A malformed filter (invalid_parameter, invalid_timestamp, invalid_id)")))]
 pub async fn history(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<HistoryQuery>,

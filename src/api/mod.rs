@@ -9,6 +9,7 @@ pub mod extract;
 pub mod locks;
 pub mod sessions;
 pub mod views;
+pub mod wire;
 pub mod ws;
 
 use axum::Router;
@@ -34,7 +35,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
 #[openapi(
     info(
         title = "LabLink",
-        description = "Share a lab's instruments: sessions, exclusive and observer locks, a fair queue, leases, permission-checked commands, and history."
+        description = "Share a lab's instruments: sessions, exclusive and observer locks, a fair queue, leases, permission-checked commands, and history. With authentication on, send `Authorization: Bearer <token>` (the Authorize button)."
     ),
     paths(
         sessions::create, sessions::end, sessions::get, sessions::list, sessions::activity,
@@ -44,6 +45,11 @@ pub const BODY_LIMIT: usize = 1 << 20;
         equipment::list, equipment::status, equipment::command,
         ws::upgrade,
     ),
+    components(schemas(Id, locks::HistoryEventKind)),
+    modifiers(&Conventions),
+    // Optional: the same document serves servers with authentication on
+    // and off.
+    security((), ("bearer" = [])),
     tags(
         (name = "sessions", description = "Client sessions"),
         (name = "locks", description = "Locks, queues and history"),
@@ -53,13 +59,229 @@ pub const BODY_LIMIT: usize = 1 << 20;
 )]
 pub struct ApiDoc;
 
+/// A session or equipment id as the API accepts it (`domain::ids`): 1 to
+/// 128 characters, none of them whitespace or control characters.
+pub struct Id;
+
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(crate::domain::ids::MAX_ID_LEN))
+            .pattern(Some(crate::domain::ids::ID_PATTERN))
+            .description(Some(
+                "1 to 128 characters, none of them whitespace or control characters",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Id {}
+
+/// What every operation shares, added to the generated document in one
+/// place: the bearer scheme, path parameters, and the error answers that
+/// come from the layers around the handlers (authentication, body and query
+/// parsing, the store). Command errors carry the `CommandResponse` fields.
+struct Conventions;
+
+impl utoipa::Modify for Conventions {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("llk_ token from `lablink token create`")
+                    .description(Some(
+                        "Needed when the server runs with authentication on (LABLINK_AUTH=required)",
+                    ))
+                    .build(),
+            ),
+        );
+        any_of_param_values(components);
+        let components = api.components.clone().unwrap_or_default();
+        for (path, item) in api.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                declare_path_params(path, op);
+                optional_body_when_no_field_is_required(&components, op);
+                declare_layer_errors(path, op);
+            }
+        }
+    }
+}
+
+/// A parameter default is a number, an integer, a boolean or a string; an
+/// integer is also a number, so the alternatives overlap: `anyOf`, not
+/// `oneOf` (under which `1` would match two and be invalid).
+fn any_of_param_values(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::{RefOr, schema::AnyOf, schema::Schema};
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut("ParamValue") {
+        let mut any_of = AnyOf::new();
+        any_of.items = std::mem::take(&mut one_of.items);
+        any_of.description = one_of.description.take();
+        components
+            .schemas
+            .insert("ParamValue".into(), RefOr::T(Schema::AnyOf(any_of)));
+    }
+}
+
+/// An empty body reads as `{}` (`extract::ApiJson`), so a body none of
+/// whose fields is required may be left out.
+fn optional_body_when_no_field_is_required(
+    components: &utoipa::openapi::Components,
+    op: &mut utoipa::openapi::path::Operation,
+) {
+    use utoipa::openapi::{RefOr, Required, schema::Schema};
+    let Some(RefOr::T(body)) = &mut op.request_body else {
+        return;
+    };
+    let schema_name = body.content.values().find_map(|c| match c {
+        RefOr::T(c) => match &c.schema {
+            Some(RefOr::Ref(r)) => r.ref_location.rsplit('/').next().map(str::to_owned),
+            _ => None,
+        },
+        RefOr::Ref(_) => None,
+    });
+    let all_optional = schema_name
+        .and_then(|name| components.schemas.get(&name))
+        .is_some_and(|s| matches!(s, RefOr::T(Schema::Object(o)) if o.required.is_empty()));
+    if all_optional {
+        body.required = Some(Required::False);
+    }
+}
+
+fn path_param_names(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
+fn declare_path_params(path: &str, op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{RefOr, Required, schema::Ref};
+    let params = op.parameters.get_or_insert_with(Vec::new);
+    for name in path_param_names(path) {
+        let declared = params
+            .iter()
+            .any(|p| matches!(p, RefOr::T(p) if p.name == name));
+        if declared {
+            continue;
+        }
+        let (description, example) = match name {
+            "equipment_id" => (
+                "A registered instrument's id (see GET /api/equipment/list)",
+                Some("ps_abc123"),
+            ),
+            "session_id" => (
+                "A session's id, as POST /api/locks/sessions/create returned it",
+                None,
+            ),
+            _ => ("", None),
+        };
+        params.push(RefOr::T(
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(description))
+                .schema(Some(Ref::from_schema_name("Id")))
+                .example(example.map(serde_json::Value::from))
+                .build(),
+        ));
+    }
+}
+
+fn declare_layer_errors(path: &str, op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder, schema::Ref};
+    let body = if path == "/api/equipment/{equipment_id}/command" {
+        "CommandResponse"
+    } else {
+        "ErrorBody"
+    };
+    let has = |kind: ParameterIn| {
+        op.parameters.iter().flatten().any(|p| match p {
+            RefOr::T(p) => p.parameter_in == kind,
+            RefOr::Ref(_) => false,
+        })
+    };
+    let (has_path, has_query) = (has(ParameterIn::Path), has(ParameterIn::Query));
+    let has_body = op.request_body.is_some();
+    let touches_store = !matches!(path, "/api/equipment/list" | "/api/ws");
+    let layer_errors = [
+        (
+            "400",
+            has_path || has_body,
+            "The path or the body could not be read (invalid_path, unreadable_body)",
+        ),
+        (
+            "401",
+            true,
+            "Authentication is on and the request has no valid token (unauthenticated, invalid_token)",
+        ),
+        (
+            "413",
+            has_body,
+            "The request body is larger than 1 MiB (body_too_large)",
+        ),
+        (
+            "422",
+            has_body || has_query,
+            "The body or a query parameter is malformed (invalid_json, invalid_body, invalid_parameter)",
+        ),
+        (
+            "503",
+            touches_store,
+            "The store is unavailable; nothing was changed (store_unavailable)",
+        ),
+    ];
+    for (status, applies, description) in layer_errors {
+        if applies && !op.responses.responses.contains_key(status) {
+            op.responses.responses.insert(
+                status.into(),
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name(body)))
+                                .build(),
+                        )
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
 /// An equipment id from a path: one that cannot be valid is simply unknown.
 pub fn equipment_in_path(raw: &str) -> Result<EquipmentId, ApiError> {
     EquipmentId::parse(raw).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "equipment_not_found",
-            format!("equipment {raw:?} is not registered; GET /api/equipment/list shows what is"),
+            format!(
+                "equipment {} is not registered; GET /api/equipment/list shows what is",
+                error::quoted(raw)
+            ),
         )
     })
 }
@@ -70,7 +292,7 @@ pub fn session_in_path(raw: &str) -> Result<SessionId, ApiError> {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "session_not_found",
-            format!("session {raw:?} not found"),
+            format!("session {} not found", error::quoted(raw)),
         )
     })
 }
@@ -113,6 +335,21 @@ async fn log_request(request: Request, next: Next) -> Response {
 }
 
 pub fn router(service: AppState) -> Router {
+    let authenticate = middleware::from_fn_with_state(service.clone(), caller::authenticate);
+    // Commands answer every error with the CommandResponse fields, those of
+    // authentication included, so their reshaping wraps it.
+    let commands = Router::new()
+        .route(
+            "/api/equipment/{equipment_id}/command",
+            post(equipment::command),
+        )
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(authenticate.clone())
+        .route_layer(middleware::map_response_with_state(
+            service.clone(),
+            equipment::command_errors,
+        ))
+        .with_state(service.clone());
     let api = Router::new()
         .route("/api/locks/sessions/create", post(sessions::create))
         .route("/api/locks/sessions", get(sessions::list))
@@ -147,19 +384,19 @@ pub fn router(service: AppState) -> Router {
             "/api/equipment/{equipment_id}/status",
             get(equipment::status),
         )
-        .route(
-            "/api/equipment/{equipment_id}/command",
-            post(equipment::command),
-        )
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(
-            service.clone(),
-            caller::authenticate,
-        ))
-        .with_state(service);
+        .route_layer(authenticate)
+        .with_state(service)
+        .merge(commands);
     Router::new()
         .merge(api)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(
+            SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi())
+                // No requests to swagger.io's online validator: the docs
+                // stay offline and private ("none" switches it off).
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).validator_url("none")),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_request))

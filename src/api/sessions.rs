@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::caller::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::views::{LockView, QueueEntryView, SessionView};
 use super::{AppState, session_in_path};
 use crate::domain::{Event, SessionId, Timeout};
@@ -19,10 +19,13 @@ use crate::service::{DEFAULT_SESSION_PAGE, NewSession};
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateSession {
     /// Defaults to "unnamed client".
+    #[schema(max_length = 256)]
     pub client_name: Option<String>,
     /// Defaults to the caller's address.
+    #[schema(max_length = 256)]
     pub client_ip: Option<String>,
-    /// Inactivity timeout; defaults to LABLINK_SESSION_TIMEOUT_SEC; 0 = none.
+    /// Inactivity timeout in seconds; defaults to LABLINK_SESSION_TIMEOUT_SEC; 0 = none.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub timeout_seconds: Option<f64>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
@@ -35,15 +38,17 @@ fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiE
     match value {
         Some(v) if v.chars().count() > MAX_TEXT => Err(ApiError::unprocessable(
             "invalid_body",
-            format!("{field} must be at most {MAX_TEXT} characters"),
+            format!("`{field}` must be at most {MAX_TEXT} characters"),
         )),
         other => Ok(other),
     }
 }
 
-#[utoipa::path(post, path = "/api/locks/sessions/create", tag = "sessions",
+#[utoipa::path(post, path = "/api/locks/sessions/create", tag = "sessions", operation_id = "create_session",
     request_body = CreateSession,
-    responses((status = 200, body = SessionView), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SessionView, description = "The new session"),
+        (status = 422, body = ErrorBody, description = "A field is out of range (invalid_body, invalid_timeout)")))]
 pub async fn create(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -75,8 +80,11 @@ pub struct SessionEnded {
     pub locks_released: usize,
 }
 
-#[utoipa::path(delete, path = "/api/locks/sessions/{session_id}", tag = "sessions",
-    responses((status = 200, body = SessionEnded), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/locks/sessions/{session_id}", tag = "sessions", operation_id = "end_session",
+    responses(
+        (status = 200, body = SessionEnded, description = "Ended: its locks released, its queue places left"),
+        (status = 403, body = ErrorBody, description = "Another user's session (forbidden)"),
+        (status = 404, body = ErrorBody, description = "No live session with this id (session_not_found)")))]
 pub async fn end(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -92,8 +100,10 @@ pub async fn end(
     }))
 }
 
-#[utoipa::path(get, path = "/api/locks/sessions/{session_id}", tag = "sessions",
-    responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}", tag = "sessions", operation_id = "get_session",
+    responses(
+        (status = 200, body = SessionView, description = "The session"),
+        (status = 404, body = ErrorBody, description = "No live session with this id (session_not_found)")))]
 pub async fn get(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -116,14 +126,18 @@ pub struct SessionList {
 #[into_params(parameter_in = Query)]
 pub struct SessionListQuery {
     /// Page size, 1..=1000 (default 100).
+    #[serde(default, deserialize_with = "extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this session id (the `next_cursor` of the previous page).
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/locks/sessions", tag = "sessions",
+#[utoipa::path(get, path = "/api/locks/sessions", tag = "sessions", operation_id = "list_sessions",
     params(SessionListQuery),
-    responses((status = 200, body = SessionList), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SessionList, description = "A page of the live sessions, in session-id order"),
+        (status = 422, body = ErrorBody, description = "`limit` out of range or a malformed `cursor` (invalid_parameter)")))]
 pub async fn list(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<SessionListQuery>,
@@ -152,8 +166,11 @@ pub struct SessionActivity {
     pub session: SessionView,
 }
 
-#[utoipa::path(post, path = "/api/locks/sessions/{session_id}/activity", tag = "sessions",
-    responses((status = 200, body = SessionActivity), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/locks/sessions/{session_id}/activity", tag = "sessions", operation_id = "renew_session",
+    responses(
+        (status = 200, body = SessionActivity, description = "The renewed session"),
+        (status = 403, body = ErrorBody, description = "Another user's session (forbidden)"),
+        (status = 404, body = ErrorBody, description = "No live session with this id (session_not_found)")))]
 pub async fn activity(
     State(app): State<AppState>,
     Caller(actor): Caller,
@@ -176,8 +193,10 @@ pub struct SessionLocks {
     pub count: usize,
 }
 
-#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/locks", tag = "sessions",
-    responses((status = 200, body = SessionLocks), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/locks", tag = "sessions", operation_id = "session_locks",
+    responses(
+        (status = 200, body = SessionLocks, description = "Its locks and queue places"),
+        (status = 404, body = ErrorBody, description = "No live session with this id (session_not_found)")))]
 pub async fn locks(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -205,8 +224,11 @@ pub async fn locks(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Limit {
     /// How many of the newest events to return (1..=1000, default 50).
+    #[serde(default, deserialize_with = "extract::limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -223,9 +245,12 @@ pub struct SessionEvents {
     pub count: usize,
 }
 
-#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/events", tag = "sessions",
+#[utoipa::path(get, path = "/api/locks/sessions/{session_id}/events", tag = "sessions", operation_id = "session_events",
     params(Limit),
-    responses((status = 200, body = SessionEvents), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses(
+        (status = 200, body = SessionEvents, description = "Its newest events, oldest first (readable after it ends)"),
+        (status = 404, body = ErrorBody, description = "No session ever had this id (session_not_found)"),
+        (status = 422, body = ErrorBody, description = "`limit` out of range (invalid_parameter)")))]
 pub async fn events(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,

@@ -8,13 +8,15 @@
 //! never slows the server or other clients.
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
+use super::error::ErrorBody;
+use super::extract::ApiWebSocket;
 use crate::domain::{EquipmentId, SessionId};
 use crate::live::Subscription;
 use crate::storage::EventQuery;
@@ -78,9 +80,13 @@ impl Socket for Axum {
     }
 }
 
-#[utoipa::path(get, path = "/api/ws", tag = "live",
-    responses((status = 101, description = "WebSocket: send {\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": ..., \"all\": false, \"resume_from\": seq}; receive events")))]
-pub async fn upgrade(State(app): State<AppState>, ws: WebSocketUpgrade) -> Response {
+#[utoipa::path(get, path = "/api/ws", tag = "live", operation_id = "live_events",
+    params(("access_token" = Option<String>, Query,
+        description = "The API token, for WebSocket clients that cannot send an Authorization header")),
+    responses(
+        (status = 101, description = "WebSocket: send {\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": ..., \"all\": false, \"resume_from\": seq}; receive events"),
+        (status = 400, body = ErrorBody, description = "Not a WebSocket handshake (websocket_required)")))]
+pub async fn upgrade(State(app): State<AppState>, ApiWebSocket(ws): ApiWebSocket) -> Response {
     // Clients only ever send small subscription messages.
     ws.max_message_size(64 << 10)
         .on_upgrade(move |socket| serve(app, Axum(socket)))

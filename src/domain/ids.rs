@@ -7,11 +7,17 @@ use std::fmt;
 
 use super::DomainError;
 
-/// The longest id we accept, so ids stay cheap to store, log and index.
+/// The longest id we accept, in characters (Unicode scalar values, as JSON
+/// Schema's `maxLength` counts them), so ids stay cheap to store, log and
+/// index.
 pub const MAX_ID_LEN: usize = 128;
 
+/// `check_id`'s character rule as an ECMA-262 pattern, for the API document:
+/// no whitespace (`\s`) and no control characters (C0, DEL, C1).
+pub const ID_PATTERN: &str = r"^[^\s\x00-\x1f\x7f-\x9f]+$";
+
 fn check_id(kind: &'static str, raw: &str) -> Result<(), DomainError> {
-    if raw.is_empty() || raw.len() > MAX_ID_LEN {
+    if raw.is_empty() || raw.chars().count() > MAX_ID_LEN {
         return Err(DomainError::InvalidId {
             kind,
             reason: format!("must be 1 to {MAX_ID_LEN} characters"),
@@ -79,5 +85,9 @@ mod tests {
         for bad in ["", "a b", "tab\t", "nl\n", long.as_str()] {
             assert!(SessionId::parse(bad).is_err(), "{bad:?}");
         }
+        // The limit counts characters, as the message says: 128 two-byte
+        // characters are 256 bytes and still fit.
+        assert!(SessionId::parse(&"é".repeat(MAX_ID_LEN)).is_ok());
+        assert!(SessionId::parse(&"é".repeat(MAX_ID_LEN + 1)).is_err());
     }
 }
