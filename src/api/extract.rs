@@ -51,40 +51,63 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         } else {
             &bytes
         };
-        parse_body(raw).map(ApiJson)
+        parse_object(raw, "the request body").map(ApiJson)
     }
 }
 
-/// Reads a JSON object into `T`. The direct parse is the fast path; when it
-/// fails for a reason that is not plainly about the data, the body is read
-/// again as a JSON value to tell malformed JSON (`invalid_json`) from a
-/// field of the wrong type (`invalid_body`; serde_json reports some of
-/// those, such as a number where a name is expected, as syntax).
-fn parse_body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+/// Reads a JSON object into `T`; `whole` names it in messages ("the
+/// request body"). The direct parse is the fast path; when it fails for a
+/// reason that is not plainly about the data, the text is read again as a
+/// JSON value to tell malformed JSON (`invalid_json`) from a field of the
+/// wrong type (`invalid_body`; serde_json reports some of those, such as a
+/// number where a name is expected, as syntax).
+fn parse_object<T: DeserializeOwned>(raw: &[u8], whole: &str) -> Result<T, ApiError> {
     // Every body is an object; a struct would otherwise also accept an
     // array of its fields in order.
     if raw.iter().find(|b| !is_json_whitespace(b)) == Some(&b'{') {
         let mut json = serde_json::Deserializer::from_slice(raw);
         match serde_path_to_error::deserialize(&mut json) {
             Ok(value) if json.end().is_ok() => return Ok(value),
-            Err(e) if e.inner().is_data() => {
-                return Err(body_error(e.path().to_string(), e.into_inner()));
-            }
+            Err(e) if e.inner().is_data() => return Err(data_error(whole, e)),
             _ => {}
         }
     }
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+        // serde_json's own words ("expected value", "EOF while parsing a
+        // string") are about JSON, which the client wrote.
         ApiError::unprocessable(
             "invalid_json",
             format!(
-                "the request body is not valid JSON: {} at line {} column {}",
+                "{whole} is not valid JSON: {} at line {} column {}",
                 without_position(&e),
                 e.line(),
                 e.column()
             ),
         )
     })?;
-    ApiJson::from_value(value)
+    object_from_value(value, whole)
+}
+
+/// Reads a WebSocket client's message, with the same words as a body.
+pub fn parse_message<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    parse_object(text.as_bytes(), "the message").map_err(|e| e.detail)
+}
+
+fn object_from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    whole: &str,
+) -> Result<T, ApiError> {
+    if !value.is_object() {
+        let got = match value {
+            serde_json::Value::Array(_) => "an array".to_owned(),
+            other => other.to_string(),
+        };
+        return Err(ApiError::unprocessable(
+            "invalid_body",
+            format!("{whole} must be a JSON object, got {}", quoted_value(&got)),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| data_error(whole, e))
 }
 
 impl<T: DeserializeOwned> ApiJson<T> {
@@ -92,21 +115,7 @@ impl<T: DeserializeOwned> ApiJson<T> {
     /// part of a body even when the rest is wrong), with the same errors as
     /// a body.
     pub fn from_value(value: serde_json::Value) -> Result<T, ApiError> {
-        if !value.is_object() {
-            let got = match value {
-                serde_json::Value::Array(_) => "an array".to_owned(),
-                other => other.to_string(),
-            };
-            return Err(ApiError::unprocessable(
-                "invalid_body",
-                format!(
-                    "the request body must be a JSON object, got {}",
-                    quoted_value(&got)
-                ),
-            ));
-        }
-        serde_path_to_error::deserialize(value)
-            .map_err(|e| body_error(e.path().to_string(), e.into_inner()))
+        object_from_value(value, "the request body")
     }
 }
 
@@ -118,24 +127,14 @@ fn quoted_value(json: &str) -> String {
     }
 }
 
-fn body_error(path: String, e: serde_json::Error) -> ApiError {
-    if !e.is_data() {
-        // Syntax: serde_json's own words ("expected value", "EOF while
-        // parsing a string") are about JSON, which the client wrote.
-        let message = without_position(&e);
-        return ApiError::unprocessable(
-            "invalid_json",
-            format!(
-                "the request body is not valid JSON: {message} at line {} column {}",
-                e.line(),
-                e.column()
-            ),
-        );
-    }
+/// A field of the wrong type, missing or unknown: 422 `invalid_body`.
+fn data_error(whole: &str, e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
     let field = (path != ".").then_some(path);
+    let message = without_position(e.inner());
     ApiError::unprocessable(
         "invalid_body",
-        in_user_terms(field.as_deref(), &without_position(&e)),
+        in_user_terms(whole, field.as_deref(), &message),
     )
 }
 
@@ -146,10 +145,11 @@ fn without_position(e: &serde_json::Error) -> String {
     text.strip_suffix(&suffix).unwrap_or(&text).to_owned()
 }
 
-/// Rewrites serde's message about `field` (None: the whole body) so that it
-/// names the field, the JSON type expected and what was sent.
-fn in_user_terms(field: Option<&str>, message: &str) -> String {
-    let subject = field.map_or_else(|| "the request body".to_owned(), |f| format!("`{f}`"));
+/// Rewrites serde's message about `field` (None: `whole`, the whole body or
+/// message) so that it names the field, the JSON type expected and what was
+/// sent.
+fn in_user_terms(whole: &str, field: Option<&str>, message: &str) -> String {
+    let subject = field.map_or_else(|| whole.to_owned(), |f| format!("`{f}`"));
     let within = |name: &str| match field {
         Some(parent) => format!("{parent}.{name}"),
         None => name.to_owned(),
@@ -253,10 +253,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map(ApiQuery)
             .map_err(|e| {
                 let message = e.to_string();
-                let detail = if message.starts_with('`') || message.contains(" must ") {
+                // The helpers below name their parameter themselves.
+                let detail = if message.starts_with('`') {
                     message
                 } else {
-                    format!("query string: {}", in_user_terms(None, &message))
+                    format!(
+                        "query string: {}",
+                        in_user_terms("the query string", None, &message)
+                    )
                 };
                 ApiError::unprocessable("invalid_parameter", detail)
             })
@@ -377,7 +381,7 @@ mod tests {
             ),
         ];
         for (field, serde, ours) in cases {
-            assert_eq!(in_user_terms(field, serde), ours);
+            assert_eq!(in_user_terms("the request body", field, serde), ours);
         }
     }
 

@@ -103,6 +103,7 @@ impl utoipa::Modify for Conventions {
             ),
         );
         any_of_param_values(components);
+        declare_links(api);
         let components = api.components.clone().unwrap_or_default();
         for (path, item) in api.paths.paths.iter_mut() {
             for op in [
@@ -120,6 +121,86 @@ impl utoipa::Modify for Conventions {
                 declare_layer_errors(path, op);
             }
         }
+    }
+}
+
+/// How answers feed later requests (OpenAPI links): a new session's id goes
+/// into lock and command requests, a lock's equipment, session and fencing
+/// token into commands, renewals and releases. Clients and generated tests
+/// read these to chain calls as a person would.
+fn declare_links(api: &mut utoipa::openapi::OpenApi) {
+    use serde_json::json;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::LinkBuilder;
+    let from_session = json!({"session_id": "$response.body#/session_id"});
+    let from_lock = json!({
+        "session_id": "$request.body#/session_id",
+        "equipment_id": "$request.body#/equipment_id",
+    });
+    let links = [
+        (
+            "/api/locks/sessions/create",
+            "acquire_lock",
+            "Acquire",
+            from_session.clone(),
+            None,
+        ),
+        (
+            "/api/locks/sessions/create",
+            "release_lock",
+            "Release",
+            from_session.clone(),
+            None,
+        ),
+        (
+            "/api/locks/sessions/create",
+            "run_command",
+            "Command",
+            from_session,
+            None,
+        ),
+        (
+            "/api/locks/acquire",
+            "release_lock",
+            "Release",
+            from_lock.clone(),
+            None,
+        ),
+        (
+            "/api/locks/acquire",
+            "renew_lock",
+            "Renew",
+            json!({"session_id": "$request.body#/session_id"}),
+            Some("$request.body#/equipment_id"),
+        ),
+        (
+            "/api/locks/acquire",
+            "run_command",
+            "Command",
+            json!({
+                "session_id": "$request.body#/session_id",
+                "fencing_token": "$response.body#/lock/fencing_token",
+            }),
+            Some("$request.body#/equipment_id"),
+        ),
+    ];
+    for (path, target, name, body, equipment) in links {
+        let Some(RefOr::T(ok)) = api
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.responses.responses.get_mut("200"))
+        else {
+            continue;
+        };
+        let mut link = LinkBuilder::new()
+            .operation_id(target)
+            .request_body(Some(body));
+        if let Some(equipment) = equipment {
+            link = link.parameter("equipment_id", equipment);
+        }
+        ok.links.insert(name.into(), RefOr::T(link.build()));
     }
 }
 

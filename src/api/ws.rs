@@ -16,26 +16,34 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::extract::ApiWebSocket;
+use super::extract::{ApiWebSocket, parse_message};
 use crate::domain::{EquipmentId, SessionId};
 use crate::live::Subscription;
 use crate::storage::EventQuery;
 
-/// What a client may send.
+/// What a client may send: a subscription, the only kind of message. A
+/// struct with a `type` field rather than a tagged enum, so that an error
+/// can name the field at fault (serde loses the path inside tagged enums).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMessage {
-    Subscribe {
-        #[serde(default)]
-        equipment_ids: Vec<String>,
-        #[serde(default)]
-        session_id: Option<String>,
-        #[serde(default)]
-        all: bool,
-        /// Replay the history after this `seq` before going live.
-        #[serde(default)]
-        resume_from: Option<u64>,
-    },
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    _kind: MessageKind,
+    #[serde(default)]
+    equipment_ids: Vec<String>,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+    /// Replay the history after this `seq` before going live.
+    #[serde(default)]
+    resume_from: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MessageKind {
+    Subscribe,
 }
 
 /// The two directions of a socket, so the protocol can be tested without a
@@ -171,8 +179,8 @@ pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
             }
             incoming = socket.recv() => {
                 let Some(text) = incoming else { return };
-                let message = serde_json::from_str::<ClientMessage>(&text).map_err(|e| e.to_string());
-                let subscribed = message.and_then(|ClientMessage::Subscribe { equipment_ids, session_id, all, resume_from }| {
+                let message = parse_message::<ClientMessage>(&text);
+                let subscribed = message.and_then(|ClientMessage { equipment_ids, session_id, all, resume_from, .. }| {
                     Ok((subscription(&equipment_ids, session_id.as_deref(), all)?, equipment_ids, session_id, all, resume_from))
                 });
                 match subscribed {

@@ -123,12 +123,16 @@ impl ParamSpec {
                 if values.iter().any(|allowed| allowed == v) {
                     Ok(ParamValue::Text(v.into()))
                 } else {
-                    Err(format!("must be one of {}, got {v:?}", values.join(", ")))
+                    Err(format!(
+                        "must be one of {}, got {}",
+                        values.join(", "),
+                        Value::from(v)
+                    ))
                 }
             }
             ParamKind::Text { max_len } => {
                 let v = raw.as_str().ok_or("must be a string")?;
-                if v.len() > *max_len {
+                if v.chars().count() > *max_len {
                     return Err(format!("must be at most {max_len} characters"));
                 }
                 // Text goes to instruments inside one command line; a line
@@ -209,7 +213,7 @@ impl ActionSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("parameter {parameter:?} {reason}")]
+#[error("parameter {} {reason}", Value::from(parameter.as_str()))]
 pub struct ParamError {
     pub parameter: String,
     pub reason: String,
@@ -313,6 +317,34 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "parameter \"voltage\" must be between 0 and 30, got 99"
+        );
+    }
+
+    #[test]
+    fn text_limits_count_characters_and_messages_quote_as_json() {
+        let action = ActionSpec::control(
+            "say",
+            vec![
+                ParamSpec::text("text", 4),
+                ParamSpec::choice("mode", &["CC", "CV"])
+                    .with_default(ParamValue::Text("CC".into())),
+            ],
+        );
+        let check = |raw: serde_json::Value| {
+            action
+                .validate(raw.as_object().unwrap())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        // Four two-byte characters: eight bytes, within four characters.
+        assert_eq!(check(json!({"text": "éééé"})), Ok(()));
+        assert_eq!(
+            check(json!({"text": "ééééé"})),
+            Err("parameter \"text\" must be at most 4 characters".into())
+        );
+        assert_eq!(
+            check(json!({"text": "a", "mode": "\u{202e}"})),
+            Err("parameter \"mode\" must be one of CC, CV, got \"\u{202e}\"".into())
         );
     }
 }

@@ -80,7 +80,7 @@ pub enum ServiceError {
     SessionRequired,
     #[error("session {0} is not live (it ended or expired): create a new session")]
     SessionNotLive(SessionId),
-    #[error("unknown action {action:?} for {equipment}; valid actions: {}", valid.join(", "))]
+    #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]
     UnknownAction {
         equipment: EquipmentId,
         action: String,

@@ -415,6 +415,45 @@ async fn a_number_just_past_a_limit_is_past_it() {
 }
 
 #[tokio::test]
+async fn websocket_message_errors_speak_the_clients_terms() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let cases = [
+        (
+            json!({"type": "subscribe", "resume_from": "x"}),
+            "`resume_from` must be a whole number (0 or more), got \"x\"",
+        ),
+        (
+            json!({"type": "dance"}),
+            "`type` must be one of \"subscribe\", got \"dance\"",
+        ),
+        (
+            json!(["subscribe"]),
+            "the message must be a JSON object, got an array",
+        ),
+    ];
+    for (message, detail) in cases {
+        ws.send(Message::text(message.to_string())).await.unwrap();
+        let answer = loop {
+            let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+                .await
+                .expect("an answer within 10 s")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(text) = frame {
+                break serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
+        };
+        assert_eq!(answer["code"], "invalid_message", "{answer}");
+        let text = answer["detail"].as_str().unwrap();
+        assert!(text.starts_with(detail), "{text}");
+    }
+}
+
+#[tokio::test]
 async fn codes_follow_the_readme_table() {
     let app = spawn_app().await;
     let s = app.session(0.0).await;
@@ -446,6 +485,20 @@ async fn codes_follow_the_readme_table() {
         &app.get("/api/locks/events?event=lock_granted").await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_parameter",
+    );
+    let (status, body) = app
+        .post(
+            "/api/equipment/ps_abc123/command",
+            json!({"action": "\u{202e}"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown action \"\u{202e}\" for ps_abc123"),
+        "JSON quoting, not Rust's: {body}"
     );
     assert_error(
         &app.get("/api/locks/events?since=yesterday").await,
