@@ -65,14 +65,18 @@ stop() {
     server=
 }
 
-# fuzz NAME [schemathesis args]: runs every check in every phase.
+# fuzz NAME [schemathesis args]: runs every check in every phase. One
+# worker: with two, hypothesis threads parse Python sources at once and
+# CPython 3.11's shared AST state reports "AST constructor recursion depth
+# mismatch" (CPython issue 106905) as an error of the operation under test.
+
 fuzz() {
     local name=$1
     shift
     echo "== schemathesis: $name =="
     if ! "$venv/bin/schemathesis" --config-file .ci/schemathesis.toml run "$base/openapi.json" \
         --phases examples,coverage,fuzzing,stateful \
-        --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 \
+        --max-examples "$EXAMPLES" --seed "$SEED" --workers 1 \
         --report junit --report-dir "$work/report-$name" "$@"; then
         echo "schemathesis: failures on the $name server; its log:" >&2
         tail -n 50 "$work/$name.log" >&2

@@ -35,7 +35,7 @@ pub struct AcquireBody {
     #[serde(default)]
     pub lock_mode: Option<LockMode>,
     /// Inactivity timeout in seconds; defaults to LABLINK_LOCK_TIMEOUT_SEC; 0 = none.
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
     pub timeout_seconds: Option<f64>,
     /// Wait in the FIFO queue when the equipment is busy.
     #[serde(default)]

@@ -80,6 +80,35 @@ impl utoipa::PartialSchema for Id {
 
 impl utoipa::ToSchema for Id {}
 
+/// A `timeout_seconds` in the schema: exactly 0 (no timeout), or from 1 ms
+/// to 10⁹ s (what `Timeout::from_seconds` accepts).
+pub struct TimeoutSeconds;
+
+impl utoipa::PartialSchema for TimeoutSeconds {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        let range = |min: f64, max: f64| {
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(min))
+                .maximum(Some(max))
+        };
+        AnyOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .enum_values(Some([0])),
+            )
+            .item(range(0.001, 1e9))
+            .description(Some(
+                "Seconds of inactivity before the lease ends: 0 = none, else 0.001 (1 ms) to 1e9",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TimeoutSeconds {}
+
 /// What every operation shares, added to the generated document in one
 /// place: the bearer scheme, path parameters, and the error answers that
 /// come from the layers around the handlers (authentication, body and query

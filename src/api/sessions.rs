@@ -25,7 +25,7 @@ pub struct CreateSession {
     #[schema(max_length = 256)]
     pub client_ip: Option<String>,
     /// Inactivity timeout in seconds; defaults to LABLINK_SESSION_TIMEOUT_SEC; 0 = none.
-    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
     pub timeout_seconds: Option<f64>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
@@ -130,6 +130,7 @@ pub struct SessionListQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Continue after this session id (the `next_cursor` of the previous page).
+    #[param(value_type = Option<super::Id>)]
     pub cursor: Option<String>,
 }
 
@@ -142,7 +143,18 @@ pub async fn list(
     State(app): State<AppState>,
     ApiQuery(query): ApiQuery<SessionListQuery>,
 ) -> ApiResult<SessionList> {
-    let cursor = query.cursor.as_deref().map(SessionId::parse).transpose()?;
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|raw| {
+            SessionId::parse(raw).map_err(|e| {
+                ApiError::unprocessable(
+                    "invalid_parameter",
+                    format!("`cursor` must be the `next_cursor` of a previous page: {e}"),
+                )
+            })
+        })
+        .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_SESSION_PAGE);
     let at = app.sessions(cursor.as_ref(), limit).await?;
     let sessions: Vec<SessionView> = at
