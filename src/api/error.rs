@@ -23,6 +23,14 @@ pub struct ErrorBody {
     pub code: &'static str,
 }
 
+/// Marks a 401 or 403 answer with its code and reason, so the
+/// authentication middleware, which knows the user, can log it.
+#[derive(Clone, Debug)]
+pub struct Denied {
+    pub code: &'static str,
+    pub detail: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -34,7 +42,9 @@ impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         match e {
             crate::auth::AuthError::Store(store) => ServiceError::Store(store).into(),
-            crate::auth::AuthError::Missing => {
+            crate::auth::AuthError::Missing
+            | crate::auth::AuthError::NotBearer(_)
+            | crate::auth::AuthError::QueryTokenNotHere => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             crate::auth::AuthError::Invalid => {
@@ -51,6 +61,18 @@ impl ApiError {
             code,
             detail: detail.into(),
         }
+    }
+
+    /// What to mark a 401 or 403 answer with (see `Denied`).
+    pub fn denied(&self) -> Option<Denied> {
+        matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+        .then(|| Denied {
+            code: self.code,
+            detail: self.detail.clone(),
+        })
     }
 
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
@@ -134,6 +156,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized =
             self.status == StatusCode::UNAUTHORIZED && self.code != "session_required";
+        let denied = self.denied();
         let mut response = (
             self.status,
             Json(ErrorBody {
@@ -142,6 +165,9 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(denied) = denied {
+            response.extensions_mut().insert(denied);
+        }
         if unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -201,6 +201,12 @@ impl Store for MemoryStore {
         }
     }
 
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        // Nothing here touches a disk: a read is a transaction that writes
+        // nothing.
+        self.transaction(work)
+    }
+
     fn describe(&self) -> String {
         "memory".into()
     }

@@ -132,6 +132,13 @@ pub trait Store: Send + Sync + 'static {
     /// May run `work` again if the backend asks for a retry.
     fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
 
+    /// Runs `work` against the committed state as a read: no write
+    /// transaction, no batch to join, no commit or fsync to wait for. For
+    /// checks that anyone can trigger (verifying a bearer token), which
+    /// must not be a way to load the disk. `work` must only read; SQLite
+    /// refuses a write here.
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
+
     /// How the store names itself in logs (never includes secrets).
     fn describe(&self) -> String;
 

@@ -101,6 +101,9 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 
 pub struct SqliteStore {
     conn: Mutex<Batch>,
+    /// A connection for `read`: WAL lets it read committed state while the
+    /// writer works, without taking the writer's lock or joining a batch.
+    reader: Mutex<Connection>,
     describe: String,
     durability: Arc<Durability>,
     /// Syncs and checkpoints what batches commit; joined on drop.
@@ -422,7 +425,14 @@ impl SqliteStore {
                 .spawn(move || durability.run_syncer(checkpointer))
                 .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
         };
+        // `query_only`: a read is never a way to write.
+        let reader = Connection::open(&options.path).map_err(unavailable)?;
+        reader
+            .busy_timeout(options.busy_timeout)
+            .and_then(|()| reader.execute_batch("PRAGMA query_only = ON;"))
+            .map_err(unavailable)?;
         Ok(Self {
+            reader: Mutex::new(reader),
             conn: Mutex::new(Batch {
                 conn,
                 open: None,
@@ -603,6 +613,14 @@ impl Store for SqliteStore {
         self.durability
             .sync_wal()
             .map_err(|why| StoreError::Unavailable(format!("the commit failed: {why}")))
+    }
+
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        // One snapshot for the whole unit; committing a read writes nothing.
+        let tx = reader.unchecked_transaction().map_err(unavailable)?;
+        work(&mut SqliteTx::new(&tx, &mut None))?;
+        tx.commit().map_err(unavailable)
     }
 
     fn group_commit(&self) -> Option<&dyn GroupCommit> {
