@@ -235,4 +235,14 @@ mod tests {
         assert!(admin.may_use_equipment("psu", Some(&list)).is_ok());
         assert!(alice.may_use_equipment("psu", None).is_ok());
     }
+
+    #[test]
+    fn allow_lists_name_users_or_known_roles() {
+        let list = |entries: &[&str]| entries.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert!(check_allow_list(&list(&["alice", "a.b@lab", "role:observer"])).is_ok());
+        for bad in ["role:wizard", "role:", "Role:admin", "alice smith", ""] {
+            let error = check_allow_list(&list(&["alice", bad])).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
+    }
 }
