@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lablink::auth::{self, Auth, AuthMode};
+use lablink::auth::{self, Auth, AuthMode, Credentials};
 use lablink::clock::ManualClock;
 use lablink::domain::{
     Actor, EquipmentId, EquipmentLocks, LockMode, LockPolicy, LockRequest, Role, Session,
@@ -200,9 +200,12 @@ fn tokens(c: &mut Criterion) {
     let (token, _) = auth::create_token(store.as_ref(), "alice", Role::Operator, START).unwrap();
     let auth = Auth::new(AuthMode::Required, store);
     let header = format!("Bearer {token}");
-    auth.verify(Some(&header)).unwrap();
+    auth.verify(Credentials::Header(&header)).unwrap();
     c.bench_function("auth/verify a cached token", |b| {
-        b.iter(|| auth.verify(black_box(Some(&header))).unwrap())
+        b.iter(|| {
+            auth.verify(black_box(Credentials::Header(&header)))
+                .unwrap()
+        })
     });
 }
 

@@ -4,12 +4,18 @@
 //! is dropped whenever the store's token version changes (a revocation,
 //! also one made by `lablink token revoke` in another process, is seen
 //! within `REFRESH_EVERY`).
+//!
+//! Anyone who can reach the server can send a bad token, so verifying one
+//! (and looking for token changes) only ever reads the store
+//! (`Store::read`): no write transaction, no commit to wait for, no fsync.
+//! Refused tokens are remembered for a short while, in a bounded cache.
 
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 use crate::domain::{Actor, Role, Timestamp};
 use crate::storage::{Store, StoreError, TokenRecord};
@@ -17,6 +23,13 @@ use crate::storage::{Store, StoreError, TokenRecord};
 /// How often a running server looks for token changes made elsewhere.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 const TOKEN_PREFIX: &str = "llk_";
+/// How long a refused token is remembered. Token changes clear it at
+/// once; this only bounds how long a stale answer could last if the
+/// refresh itself fails.
+const REFUSED_FOR: Duration = Duration::from_secs(10);
+/// At most this many refused tokens are remembered (the oldest go first),
+/// so sending random tokens cannot grow memory.
+const REFUSED_MAX: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +46,15 @@ pub enum AuthError {
         "this server requires an API token: send Authorization: Bearer <token> (create one with `lablink token create`)"
     )]
     Missing,
+    /// A header of another scheme (Basic, ...); says which, if it is one.
+    #[error(
+        "the Authorization header {0}: use a Bearer token (Authorization: Bearer <token>, made with `lablink token create`)"
+    )]
+    NotBearer(String),
+    #[error(
+        "access_token in the query string is accepted on /api/ws only: use a Bearer token (Authorization: Bearer <token>)"
+    )]
+    QueryTokenNotHere,
     #[error("the API token is not valid (unknown or revoked)")]
     Invalid,
     #[error(transparent)]
@@ -60,24 +82,46 @@ fn hash(token: &str) -> String {
         .collect()
 }
 
-fn valid_user(user: &str) -> bool {
-    (1..=64).contains(&user.len())
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+/// Whether `token` looks like one this server makes (`llk_` + 64 hex
+/// digits); anything else is refused without a look in the store.
+fn token_shaped(token: &str) -> bool {
+    token
+        .strip_prefix(TOKEN_PREFIX)
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Runs one token operation in its own transaction.
-fn with_tx<R: Send>(
+/// Runs one token operation: in its own transaction if it writes, else as
+/// a read (see the module's doc).
+fn run<R: Send>(
     store: &dyn Store,
+    writes: bool,
     mut f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
 ) -> Result<R, StoreError> {
     let mut out = None;
-    store.transaction(&mut |tx| {
+    let mut work = |tx: &mut dyn crate::storage::Tx| {
         out = Some(f(tx)?);
         Ok(())
-    })?;
-    Ok(out.expect("the transaction ran"))
+    };
+    if writes {
+        store.transaction(&mut work)?;
+    } else {
+        store.read(&mut work)?;
+    }
+    Ok(out.expect("the work ran"))
+}
+
+fn with_read<R: Send>(
+    store: &dyn Store,
+    f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
+) -> Result<R, StoreError> {
+    run(store, false, f)
+}
+
+fn with_tx<R: Send>(
+    store: &dyn Store,
+    f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
+) -> Result<R, StoreError> {
+    run(store, true, f)
 }
 
 /// Makes a new token for `user`; returns it (shown once) and its record.
@@ -87,7 +131,7 @@ pub fn create_token(
     role: Role,
     now: Timestamp,
 ) -> Result<(String, TokenRecord), TokenError> {
-    if !valid_user(user) {
+    if !crate::domain::access::valid_user_name(user) {
         return Err(TokenError::BadUser(user.into()));
     }
     if !store.durable() {
@@ -128,12 +172,70 @@ pub fn revoke_token(store: &dyn Store, id: &str, now: Timestamp) -> Result<(), T
     }
 }
 
-/// Verifies callers against the store, with a cache of verified tokens.
+/// What a request presented as credentials; the API layer decides which
+/// (the query string counts on `/api/ws` only).
+#[derive(Clone, Copy, Debug)]
+pub enum Credentials<'a> {
+    None,
+    /// The `Authorization` header's value.
+    Header(&'a str),
+    /// `?access_token=` on a route that accepts it.
+    QueryToken(&'a str),
+    /// `?access_token=` (and no header) on a route that does not accept it.
+    MisplacedQueryToken,
+}
+
+/// The token a request was verified with (its hash), so that a
+/// long-lived connection can be checked again when tokens change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential(String);
+
+/// A verified caller, and the token it used (`None` with authentication off).
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub actor: Actor,
+    pub credential: Option<Credential>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Bumped whenever the cache is dropped, so an answer read from the
+    /// store before a token change is not cached after it.
+    generation: u64,
+    /// Live tokens by hash: at most one entry per token in the store.
+    verified: HashMap<String, Actor>,
+    /// Refused hashes and until when that answer holds.
+    refused: HashMap<String, Instant>,
+    /// `refused`'s keys, oldest first (may repeat a key; never longer than
+    /// `REFUSED_MAX`).
+    refused_order: VecDeque<String>,
+}
+
+impl Cache {
+    fn refuse(&mut self, key: String, until: Instant, now: Instant) {
+        while let Some(oldest) = self.refused_order.front() {
+            let expired = self.refused.get(oldest).is_none_or(|t| *t <= now);
+            if !expired && self.refused_order.len() < REFUSED_MAX {
+                break;
+            }
+            if let Some(oldest) = self.refused_order.pop_front() {
+                self.refused.remove(&oldest);
+            }
+        }
+        self.refused.insert(key.clone(), until);
+        self.refused_order.push_back(key);
+    }
+}
+
+/// Verifies callers against the store, with a cache of answers.
 pub struct Auth {
     mode: AuthMode,
     store: Arc<dyn Store>,
-    verified: RwLock<HashMap<String, Actor>>,
+    cache: RwLock<Cache>,
     version: AtomicU64,
+    /// The cache's generation, for connections that re-check their token
+    /// whenever tokens change.
+    changes: watch::Sender<u64>,
 }
 
 impl Auth {
@@ -141,8 +243,9 @@ impl Auth {
         Self {
             mode,
             store,
-            verified: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
             version: AtomicU64::new(u64::MAX),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -150,66 +253,157 @@ impl Auth {
         self.mode
     }
 
-    /// Who sent `authorization` (the header's value, or a token alone).
-    pub fn verify(&self, authorization: Option<&str>) -> Result<Actor, AuthError> {
+    /// Who sent `credentials`.
+    pub fn verify(&self, credentials: Credentials<'_>) -> Result<Verified, AuthError> {
+        self.verify_at(credentials, Instant::now())
+    }
+
+    fn verify_at(&self, credentials: Credentials<'_>, now: Instant) -> Result<Verified, AuthError> {
         if self.mode == AuthMode::Off {
-            return Ok(Actor::anyone());
+            return Ok(Verified {
+                actor: Actor::anyone(),
+                credential: None,
+            });
         }
-        let raw = authorization.ok_or(AuthError::Missing)?.trim();
-        let token = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
-        if !token.starts_with(TOKEN_PREFIX) {
+        let token = match credentials {
+            Credentials::None => return Err(AuthError::Missing),
+            Credentials::MisplacedQueryToken => return Err(AuthError::QueryTokenNotHere),
+            Credentials::QueryToken(token) => token.trim(),
+            Credentials::Header(header) => bearer(header)?,
+        };
+        if !token_shaped(token) {
             return Err(AuthError::Invalid);
         }
-        let key = hash(token);
-        if let Some(actor) = self
-            .verified
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(actor.clone());
-        }
-        let record = with_tx(self.store.as_ref(), |tx| tx.token_by_hash(&key))?;
+        let credential = Credential(hash(token));
+        let actor = self.check_at(&credential, now)?;
+        Ok(Verified {
+            actor,
+            credential: Some(credential),
+        })
+    }
+
+    /// Who `credential` belongs to, if it is still valid.
+    pub fn check(&self, credential: &Credential) -> Result<Actor, AuthError> {
+        self.check_at(credential, Instant::now())
+    }
+
+    fn check_at(&self, credential: &Credential, now: Instant) -> Result<Actor, AuthError> {
+        let key = &credential.0;
+        let generation = {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(actor) = cache.verified.get(key) {
+                return Ok(actor.clone());
+            }
+            if cache.refused.get(key).is_some_and(|until| now < *until) {
+                return Err(AuthError::Invalid);
+            }
+            cache.generation
+        };
+        let record = with_read(self.store.as_ref(), |tx| tx.token_by_hash(key))?;
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let remember = cache.generation == generation;
         match record {
             Some(r) if r.revoked_at.is_none() => {
                 let actor = Actor::user(&r.user, r.role);
-                self.verified
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, actor.clone());
+                if remember {
+                    cache.verified.insert(key.clone(), actor.clone());
+                }
                 Ok(actor)
             }
-            _ => Err(AuthError::Invalid),
+            _ => {
+                if remember {
+                    cache.refuse(key.clone(), now + REFUSED_FOR, now);
+                }
+                Err(AuthError::Invalid)
+            }
         }
     }
 
     /// Drops the cache if tokens changed in the store since last time.
     pub fn refresh(&self) -> Result<(), StoreError> {
-        let version = with_tx(self.store.as_ref(), |tx| tx.tokens_version())?;
+        let version = with_read(self.store.as_ref(), |tx| tx.tokens_version())?;
         if self.version.swap(version, Ordering::SeqCst) != version {
-            self.verified
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            let generation = cache.generation + 1;
+            *cache = Cache {
+                generation,
+                ..Cache::default()
+            };
+            drop(cache);
+            self.changes.send_replace(generation);
         }
         Ok(())
     }
+
+    /// Completes once `credential` is no longer valid (revoked), checking
+    /// whenever tokens change. Cancel-safe. A store that cannot answer
+    /// right now ends nothing: the next change checks again.
+    pub async fn revoked(&self, credential: &Credential, changes: &mut watch::Receiver<u64>) {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            match self.check(credential) {
+                Err(AuthError::Invalid) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot re-check a connection's token"),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Ticks whenever tokens change (see `revoked`).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// The token of an `Authorization` header; the scheme's case does not
+/// matter (RFC 9110), any scheme but Bearer is refused as such.
+fn bearer(header: &str) -> Result<&str, AuthError> {
+    let header = header.trim();
+    let (scheme, token) = header
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .unwrap_or((header, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Name the scheme only if it looks like one: a header that is a
+        // bare token must not be echoed into answers and logs.
+        let named =
+            (1..=20).contains(&scheme.len()) && scheme.bytes().all(|b| b.is_ascii_alphabetic());
+        return Err(AuthError::NotBearer(if named {
+            format!("uses the {scheme} scheme")
+        } else {
+            "is not a Bearer token".into()
+        }));
+    }
+    Ok(token.trim())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::Work;
     use crate::storage::sqlite::{SqliteOptions, SqliteStore};
+    use std::sync::atomic::AtomicUsize;
+
+    fn sqlite(dir: &std::path::Path) -> SqliteStore {
+        SqliteStore::open(
+            &SqliteOptions::from_url("sqlite://t.db?synchronous=normal", dir).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn header(token: &str) -> Credentials<'_> {
+        Credentials::Header(token)
+    }
+
+    fn actor(auth: &Auth, credentials: Credentials<'_>) -> Result<Actor, AuthError> {
+        auth.verify(credentials).map(|v| v.actor)
+    }
 
     #[test]
     fn tokens_are_random_hashed_and_revocable() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                &SqliteOptions::from_url("sqlite://t.db?synchronous=normal", dir.path()).unwrap(),
-            )
-            .unwrap(),
-        );
+        let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
         let now = Timestamp::from_millis(0);
         let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
         let (other, _) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
@@ -225,31 +419,31 @@ mod tests {
 
         let auth = Auth::new(AuthMode::Required, store.clone());
         auth.refresh().unwrap();
+        let bearer = format!("Bearer {token}");
         assert_eq!(
-            auth.verify(Some(&format!("Bearer {token}"))).unwrap(),
+            actor(&auth, header(&bearer)).unwrap(),
             Actor::user("alice", Role::Operator)
         );
-        assert!(matches!(auth.verify(None), Err(AuthError::Missing)));
         assert!(matches!(
-            auth.verify(Some("Bearer llk_00")),
-            Err(AuthError::Invalid)
+            actor(&auth, Credentials::None),
+            Err(AuthError::Missing)
         ));
         assert!(matches!(
-            auth.verify(Some("Basic YWxpY2U6")),
+            actor(&auth, header("Bearer llk_00")),
             Err(AuthError::Invalid)
         ));
 
         revoke_token(store.as_ref(), &record.id, now).unwrap();
         assert!(
-            auth.verify(Some(&format!("Bearer {token}"))).is_ok(),
+            actor(&auth, header(&bearer)).is_ok(),
             "cached until refreshed"
         );
         auth.refresh().unwrap();
         assert!(matches!(
-            auth.verify(Some(&format!("Bearer {token}"))),
+            actor(&auth, header(&bearer)),
             Err(AuthError::Invalid)
         ));
-        assert!(auth.verify(Some(&format!("Bearer {other}"))).is_ok());
+        assert!(actor(&auth, header(&format!("Bearer {other}"))).is_ok());
         assert!(matches!(
             revoke_token(store.as_ref(), &record.id, now),
             Err(TokenError::NoSuchToken(_))
@@ -264,8 +458,159 @@ mod tests {
             Err(TokenError::NotDurable(_))
         ));
         assert_eq!(
-            Auth::new(AuthMode::Off, store).verify(None).unwrap(),
+            actor(&Auth::new(AuthMode::Off, store), Credentials::None).unwrap(),
             Actor::anyone()
         );
+    }
+
+    #[test]
+    fn the_scheme_is_bearer_in_any_case_and_others_are_told_to_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
+        let now = Timestamp::from_millis(0);
+        let (token, _) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
+        let auth = Auth::new(AuthMode::Required, store);
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme}  {token} ");
+            assert!(actor(&auth, header(&value)).is_ok(), "{value}");
+        }
+        assert!(actor(&auth, Credentials::QueryToken(&token)).is_ok());
+        let basic = actor(&auth, header("Basic YWxpY2U6c2VjcmV0")).unwrap_err();
+        assert!(matches!(basic, AuthError::NotBearer(_)));
+        assert!(
+            basic.to_string().contains("Basic scheme")
+                && basic.to_string().contains("use a Bearer token"),
+            "{basic}"
+        );
+        // A bare token is refused without being repeated back.
+        let bare = actor(&auth, header(&token)).unwrap_err();
+        assert!(matches!(bare, AuthError::NotBearer(_)));
+        assert!(!bare.to_string().contains(&token[4..]), "{bare}");
+        let misplaced = actor(&auth, Credentials::MisplacedQueryToken).unwrap_err();
+        assert!(
+            misplaced.to_string().contains("/api/ws only"),
+            "{misplaced}"
+        );
+    }
+
+    /// A store that counts what goes through it.
+    struct Counting {
+        inner: SqliteStore,
+        transactions: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+            self.transactions.fetch_add(1, Ordering::SeqCst);
+            self.inner.transaction(work)
+        }
+        fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.read(work)
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn blocks(&self) -> bool {
+            true
+        }
+        fn durable(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn verifying_and_refreshing_never_write_and_refusals_are_cached_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: sqlite(dir.path()),
+            transactions: AtomicUsize::new(0),
+            reads: AtomicUsize::new(0),
+        });
+        let now = Timestamp::from_millis(0);
+        let (token, record) = create_token(&store.inner, "alice", Role::Operator, now).unwrap();
+        let auth = Auth::new(AuthMode::Required, store.clone());
+        let unknown = format!("Bearer llk_{}", "0".repeat(64));
+        let start = Instant::now();
+        auth.refresh().unwrap();
+        for credentials in [
+            header(&unknown),
+            header("Bearer not-a-token"),
+            header("Basic YWxpY2U6"),
+            Credentials::None,
+        ] {
+            assert!(auth.verify_at(credentials, start).is_err());
+        }
+        assert!(
+            auth.verify_at(header(&format!("Bearer {token}")), start)
+                .is_ok()
+        );
+        auth.refresh().unwrap();
+        assert_eq!(
+            store.transactions.load(Ordering::SeqCst),
+            0,
+            "no write transaction, commit or fsync"
+        );
+        let reads = store.reads.load(Ordering::SeqCst);
+
+        // A refused token is remembered for a while, then looked up again.
+        assert!(auth.verify_at(header(&unknown), start).is_err());
+        assert_eq!(store.reads.load(Ordering::SeqCst), reads, "cached");
+        assert!(
+            auth.verify_at(header(&unknown), start + REFUSED_FOR)
+                .is_err()
+        );
+        assert_eq!(store.reads.load(Ordering::SeqCst), reads + 1, "expired");
+
+        // However many different tokens are sent, the cache stays bounded.
+        for n in 0..REFUSED_MAX + 100 {
+            let token = format!("Bearer llk_{n:064x}");
+            assert!(auth.verify_at(header(&token), start).is_err());
+        }
+        let cache = auth.cache.read().unwrap();
+        assert!(cache.refused.len() <= REFUSED_MAX && cache.refused_order.len() <= REFUSED_MAX);
+        drop(cache);
+        assert_eq!(store.transactions.load(Ordering::SeqCst), 0);
+
+        // A read cannot write, even by mistake.
+        let revoke = store
+            .inner
+            .read(&mut |tx| tx.revoke_token(&record.id, now).map(drop));
+        assert!(
+            matches!(revoke, Err(StoreError::Unavailable(_))),
+            "{revoke:?}"
+        );
+        assert!(list_tokens(&store.inner).unwrap()[0].revoked_at.is_none());
+    }
+
+    #[test]
+    fn a_revocation_is_noticed_by_those_watching_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
+        let now = Timestamp::from_millis(0);
+        let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
+        let (other, _) = create_token(store.as_ref(), "bob", Role::Operator, now).unwrap();
+        let auth = Auth::new(AuthMode::Required, store.clone());
+        auth.refresh().unwrap();
+        let credential = |t: &str| {
+            auth.verify(header(&format!("Bearer {t}")))
+                .unwrap()
+                .credential
+                .unwrap()
+        };
+        let (alice, bob) = (credential(&token), credential(&other));
+        let mut changes = auth.changes();
+        revoke_token(store.as_ref(), &record.id, now).unwrap();
+        auth.refresh().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(auth.revoked(&alice, &mut changes));
+        let changes = auth.changes();
+        auth.refresh().unwrap(); // nothing changed: nothing to notice
+        assert!(!changes.has_changed().unwrap());
+        assert!(auth.check(&bob).is_ok());
     }
 }

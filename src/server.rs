@@ -35,6 +35,10 @@ pub enum StartError {
         "refusing to listen on {addr} without authentication: anyone on the network could take or release any instrument. Create tokens with `lablink token create --user NAME --role admin|operator|observer` and set LABLINK_AUTH=required (the default off loopback), or set LABLINK_ALLOW_INSECURE=true if this network is trusted"
     )]
     Insecure { addr: String },
+    #[error(
+        "authentication is required (LABLINK_AUTH=required, the default off loopback) but the {store} store cannot keep API tokens, so every request would be refused: use a durable store (--store sqlite://PATH), or LABLINK_AUTH=off on loopback"
+    )]
+    AuthWithoutTokens { store: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -92,6 +96,12 @@ impl Server {
         }
         let store = open_store(&settings.store, &settings.data_dir)?;
         let auth = auth_mode(&settings).await?;
+        // Tokens cannot be made in a store that forgets them at exit.
+        if auth == AuthMode::Required && !store.durable() {
+            return Err(StartError::AuthWithoutTokens {
+                store: store.describe(),
+            });
+        }
         let service = Arc::new(
             Service::new(
                 store.clone(),

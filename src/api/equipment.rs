@@ -141,6 +141,7 @@ struct CommandFailure {
 impl IntoResponse for CommandFailure {
     fn into_response(self) -> Response {
         let status: StatusCode = self.error.status;
+        let denied = self.error.denied();
         let body = CommandResponse {
             command_id: self.command_id,
             success: false,
@@ -150,7 +151,11 @@ impl IntoResponse for CommandFailure {
             detail: Some(self.error.detail),
             code: Some(self.error.code),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(denied) = denied {
+            response.extensions_mut().insert(denied);
+        }
+        response
     }
 }
 

@@ -34,6 +34,14 @@ pub fn quoted(raw: &str) -> String {
     }
 }
 
+/// Marks a 401 or 403 answer with its code and reason, so the
+/// authentication middleware, which knows the user, can log it.
+#[derive(Clone, Debug)]
+pub struct Denied {
+    pub code: &'static str,
+    pub detail: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -45,7 +53,9 @@ impl From<crate::auth::AuthError> for ApiError {
     fn from(e: crate::auth::AuthError) -> Self {
         match e {
             crate::auth::AuthError::Store(store) => ServiceError::Store(store).into(),
-            crate::auth::AuthError::Missing => {
+            crate::auth::AuthError::Missing
+            | crate::auth::AuthError::NotBearer(_)
+            | crate::auth::AuthError::QueryTokenNotHere => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
             }
             crate::auth::AuthError::Invalid => {
@@ -62,6 +72,18 @@ impl ApiError {
             code,
             detail: detail.into(),
         }
+    }
+
+    /// What to mark a 401 or 403 answer with (see `Denied`).
+    pub fn denied(&self) -> Option<Denied> {
+        matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+        .then(|| Denied {
+            code: self.code,
+            detail: self.detail.clone(),
+        })
     }
 
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
@@ -150,6 +172,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized =
             self.status == StatusCode::UNAUTHORIZED && self.code != "session_required";
+        let denied = self.denied();
         let mut response = (
             self.status,
             Json(ErrorBody {
@@ -158,6 +181,9 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(denied) = denied {
+            response.extensions_mut().insert(denied);
+        }
         // Kept beside the body so that a route whose errors have another
         // shape (commands) can reshape the ones raised around its handler.
         response.extensions_mut().insert(self);

@@ -7,8 +7,9 @@
 //! told it lagged and from which `seq` to resume, and is disconnected; it
 //! never slows the server or other clients.
 
+use axum::Extension;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,6 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::AppState;
 use super::error::ErrorBody;
 use super::extract::{ApiWebSocket, parse_message};
+use crate::auth::Credential;
 use crate::domain::{EquipmentId, SessionId};
 use crate::live::Subscription;
 use crate::storage::EventQuery;
@@ -60,12 +62,45 @@ pub trait Socket: Send {
 /// Close code for "the server is going away" (RFC 6455 section 7.4.1).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
-struct Axum(WebSocket);
+struct Axum {
+    socket: WebSocket,
+    /// The token the connection was opened with, if authentication is on.
+    token: Option<Token>,
+}
+
+/// What a connection needs to notice that its token was revoked.
+struct Token {
+    app: AppState,
+    credential: Credential,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Axum {
+    /// The next frame; `None` when the client has gone or, if its token was
+    /// revoked, after closing the socket with code 1008 (policy violation),
+    /// as a REST request with that token would be refused.
+    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        let Some(token) = &mut self.token else {
+            return self.socket.recv().await;
+        };
+        tokio::select! {
+            message = self.socket.recv() => message,
+            () = token.app.auth().revoked(&token.credential, &mut token.changes) => {
+                let close = CloseFrame {
+                    code: close_code::POLICY,
+                    reason: "the API token was revoked".into(),
+                };
+                let _ = self.socket.send(Message::Close(Some(close))).await;
+                None
+            }
+        }
+    }
+}
 
 impl Socket for Axum {
     async fn recv(&mut self) -> Option<String> {
         loop {
-            match self.0.recv().await? {
+            match self.next().await? {
                 Ok(Message::Text(text)) => return Some(text.to_string()),
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => continue, // pings are answered by axum; binary is ignored
@@ -74,17 +109,17 @@ impl Socket for Axum {
     }
 
     async fn send(&mut self, text: String) -> bool {
-        self.0.send(Message::Text(text.into())).await.is_ok()
+        self.socket.send(Message::Text(text.into())).await.is_ok()
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = axum::extract::ws::CloseFrame {
+        let frame = CloseFrame {
             code,
             reason: reason.into(),
         };
         // A client that has gone or stopped reading does not delay the
         // shutdown: the send gives up with the connection.
-        let _ = self.0.send(Message::Close(Some(frame))).await;
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
     }
 }
 
@@ -94,10 +129,19 @@ impl Socket for Axum {
     responses(
         (status = 101, description = "WebSocket: send {\"type\": \"subscribe\", \"equipment_ids\": [...], \"session_id\": ..., \"all\": false, \"resume_from\": seq}; receive events"),
         (status = 400, body = ErrorBody, description = "Not a WebSocket handshake (websocket_required)")))]
-pub async fn upgrade(State(app): State<AppState>, ApiWebSocket(ws): ApiWebSocket) -> Response {
+pub async fn upgrade(
+    State(app): State<AppState>,
+    credential: Option<Extension<Credential>>,
+    ApiWebSocket(ws): ApiWebSocket,
+) -> Response {
+    let token = credential.map(|Extension(credential)| Token {
+        changes: app.auth().changes(),
+        app: app.clone(),
+        credential,
+    });
     // Clients only ever send small subscription messages.
     ws.max_message_size(64 << 10)
-        .on_upgrade(move |socket| serve(app, Axum(socket)))
+        .on_upgrade(move |socket| serve(app, Axum { socket, token }))
 }
 
 fn subscription(

@@ -175,6 +175,38 @@ impl Actor {
     }
 }
 
+/// Whether `user` is a valid user name: 1 to 64 letters, digits, '.', '_',
+/// '-' or '@' (the names tokens are made for).
+pub fn valid_user_name(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+}
+
+/// Checks an equipment's allow list: each entry is a user name or
+/// `role:<role>`. An entry that can never match anyone (an unknown role, a
+/// name no token can have) is a mistake to stop on, not to ignore.
+pub fn check_allow_list(allow: &[String]) -> Result<(), String> {
+    for entry in allow {
+        match entry.strip_prefix("role:") {
+            Some(role) if Role::parse(role).is_none() => {
+                return Err(format!(
+                    "allow entry {entry:?} names no role (roles: admin, operator, observer)"
+                ));
+            }
+            Some(_) => {}
+            None if !valid_user_name(entry) => {
+                return Err(format!(
+                    "allow entry {entry:?} is neither a user name (1 to 64 letters, digits, '.', '_', '-' or '@') nor role:<role>"
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +258,15 @@ mod tests {
         assert!(viewer.may_use_equipment("psu", Some(&list)).is_ok());
         assert!(admin.may_use_equipment("psu", Some(&list)).is_ok());
         assert!(alice.may_use_equipment("psu", None).is_ok());
+    }
+
+    #[test]
+    fn allow_lists_name_users_or_known_roles() {
+        let list = |entries: &[&str]| entries.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert!(check_allow_list(&list(&["alice", "a.b@lab", "role:observer"])).is_ok());
+        for bad in ["role:wizard", "role:", "Role:admin", "alice smith", ""] {
+            let error = check_allow_list(&list(&["alice", bad])).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
     }
 }

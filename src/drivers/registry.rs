@@ -42,6 +42,8 @@ pub enum RegistryError {
     DuplicateId(String),
     #[error("equipment id {id:?}: {message}")]
     BadId { id: String, message: String },
+    #[error("equipment {id:?}: {message}")]
+    BadAllowList { id: String, message: String },
 }
 
 /// A registered instrument. `serial` makes commands to it run one at a
@@ -109,6 +111,14 @@ impl Instruments {
                 id: config.id.clone(),
                 message: e.to_string(),
             })?;
+            if let Some(allow) = &config.allow {
+                crate::domain::access::check_allow_list(allow).map_err(|message| {
+                    RegistryError::BadAllowList {
+                        id: config.id.clone(),
+                        message,
+                    }
+                })?;
+            }
             let driver = build_driver(config, base)?;
             let instrument = Instrument {
                 id: id.clone(),

@@ -314,12 +314,13 @@ async fn binding_beyond_loopback_needs_auth_or_an_explicit_opt_out() {
             .contains("refusing to listen on 0.0.0.0:0 without authentication")
     );
     // Off loopback the default is to require tokens; an explicit opt-out works.
+    let dir = tempfile::tempdir().unwrap();
     for (auth, insecure) in [(None, false), (Some(AuthMode::Off), true)] {
         let settings = Settings {
             bind: "0.0.0.0:0".into(),
             auth,
             allow_insecure: insecure,
-            ..crate::helpers::memory()
+            ..sqlite_in(dir.path(), "?synchronous=normal")
         };
         let server = lablink::server::Server::build(
             settings,
@@ -333,7 +334,238 @@ async fn binding_beyond_loopback_needs_auth_or_an_explicit_opt_out() {
             AuthMode::Required
         };
         assert_eq!(server.service().auth().mode(), expected);
+        drop(server);
     }
+}
+
+/// Runs `command` (expected to exit at once, refusing to start); a server
+/// that starts instead is killed after a while, and then fails the test.
+fn refused(mut command: std::process::Command) -> String {
+    let mut child = Killed(
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = log_lines(&mut child.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stderr = String::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => stderr.push_str(&format!("{line}\n")),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("it started: {stderr}"),
+        }
+    }
+    assert!(!child.0.wait().unwrap().success(), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn required_authentication_on_the_memory_store_refuses_to_start() {
+    // Tokens cannot be created there: every request would get 401 forever.
+    for env in [&[("LABLINK_AUTH", "required")][..], &[][..]] {
+        let bind = if env.is_empty() {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
+        let mut command = lablink();
+        command
+            .args(["serve", "--bind", bind, "--store", "memory"])
+            .envs(env.iter().copied());
+        let stderr = refused(command);
+        assert!(
+            stderr.contains("the memory store cannot keep API tokens")
+                && stderr.contains("sqlite://"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_other_credentials_are_told_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [_, alice, ..]) = secured(dir.path()).await;
+    let get = |path: &str, authorization: Option<String>| {
+        let mut request = app.client.get(format!("{}{path}", app.base));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let (status, body) = get("/api/locks/all", Some(format!("{scheme} {alice}"))).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    let basic = get("/api/locks/all", Some("Basic YWxpY2U6c2VjcmV0".into())).await;
+    assert_error(&basic, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let detail = basic.1["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("use a Bearer token") && !detail.contains("revoked"),
+        "{detail}"
+    );
+    // The query string counts on /api/ws only.
+    let query = get(&format!("/api/locks/all?access_token={alice}"), None).await;
+    assert_error(&query, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let detail = query.1["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("/api/ws only") && detail.contains("Authorization: Bearer"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_tokens_websocket_is_closed_with_a_policy_violation() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [_, alice, bob, _]) = secured(dir.path()).await;
+    let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
+    let subscribe = Message::text(json!({"type": "subscribe", "all": true}).to_string());
+    let mut sockets = Vec::new();
+    for token in [&alice, &bob] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?access_token={token}"))
+            .await
+            .unwrap();
+        ws.send(subscribe.clone()).await.unwrap();
+        let ack = ws.next().await.unwrap().unwrap();
+        assert!(ack.to_text().unwrap().contains("subscribed"), "{ack:?}");
+        sockets.push(ws);
+    }
+    let [mut alices, mut bobs] = <[_; 2]>::try_from(sockets).unwrap();
+    let listing = token_cli(dir.path(), &["list"]);
+    let id = listing
+        .lines()
+        .find(|l| l.contains("alice"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    token_cli(dir.path(), &["revoke", &id]);
+    let closed = tokio::time::timeout(Duration::from_secs(10), alices.next())
+        .await
+        .expect("closed without the client doing anything");
+    let Some(Ok(Message::Close(Some(frame)))) = closed else {
+        panic!("expected a close frame, got {closed:?}");
+    };
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert_eq!(frame.reason.as_str(), "the API token was revoked");
+    // Others' sockets stay open.
+    bobs.send(subscribe).await.unwrap();
+    let ack = bobs.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("subscribed"), "{ack:?}");
+}
+
+/// The binary's log as it comes, line by line.
+fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (send, lines) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// Waits for the first line that has every one of `parts`.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str]) -> String {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no log line with {parts:?}: {e}"));
+        if parts.iter().all(|p| line.contains(p)) {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn denied_requests_are_logged_at_info_with_the_reason_and_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = create_token(dir.path(), "alice", "operator");
+    let store = format!("sqlite://{}/lablink.db", dir.path().display());
+    let mut child = Killed(
+        lablink()
+            .args(["serve", "--bind", "127.0.0.1:0", "--store", &store])
+            .env("LABLINK_AUTH", "required")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = log_lines(&mut child.0);
+    let listening = wait_for_line(&lines, &["addr="]);
+    let addr = listening.split("addr=").nth(1).unwrap().trim().to_owned();
+    let app = TestApp::at(&format!("http://{addr}"));
+    assert_error(
+        &app.get("/api/locks/all").await,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    let unauthenticated = wait_for_line(&lines, &["request denied"]);
+    assert!(
+        unauthenticated.contains("INFO")
+            && unauthenticated.contains("status=401")
+            && unauthenticated.contains("this server requires an API token"),
+        "{unauthenticated}"
+    );
+    let alice = app.as_user(&alice);
+    let s = alice.session(0.0).await;
+    assert_error(
+        &alice.release("ps_abc123", &s, true).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    let forbidden = wait_for_line(&lines, &["request denied", "status=403"]);
+    assert!(
+        forbidden.contains("INFO")
+            && forbidden.contains("user=alice")
+            && forbidden.contains("admin"),
+        "{forbidden}"
+    );
+}
+
+/// A child process that is killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_role_in_an_allow_list_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lab.toml"),
+        "[[equipment]]\nid = \"hv_supply\"\ndriver = \"sim-psu\"\nallow = [\"alice\", \"role:wizard\"]\n",
+    )
+    .unwrap();
+    let mut command = lablink();
+    command
+        .args(["serve", "--config", "lab.toml", "--store", "memory"])
+        .current_dir(dir.path());
+    let stderr = refused(command);
+    assert!(
+        stderr.contains("equipment \"hv_supply\"")
+            && stderr.contains("\"role:wizard\" names no role"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

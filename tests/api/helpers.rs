@@ -91,6 +91,17 @@ impl TestApp {
         self.clock
     }
 
+    /// A view of a server started elsewhere (the real binary) at `base`.
+    pub fn at(base: &str) -> TestApp {
+        TestApp {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+            clock: ManualClock::new(Timestamp::parse_rfc3339(START).unwrap()),
+            shutdown: None,
+            server: None,
+        }
+    }
+
     /// The same server, with every request sent as `Authorization: Bearer token`.
     pub fn as_user(&self, token: &str) -> TestApp {
         let mut headers = reqwest::header::HeaderMap::new();
