@@ -28,6 +28,8 @@ impl<L: Listener> Listener for JsonParseErrors<L> {
             JsonErrorsIo {
                 inner: io,
                 pending: Vec::new(),
+                at_boundary: true,
+                upgraded: false,
             },
             addr,
         )
@@ -42,6 +44,13 @@ impl<L: Listener> Listener for JsonParseErrors<L> {
 pub struct JsonErrorsIo<T> {
     inner: T,
     pending: Vec<u8>,
+    /// The last write went out whole, so the next one starts something new
+    /// (after a partial write, the next continues the same bytes: they are
+    /// never inspected).
+    at_boundary: bool,
+    /// A `101 Switching Protocols` went out: what follows is WebSocket
+    /// frames, never inspected again.
+    upgraded: bool,
 }
 
 /// The code and detail for the statuses hyper answers on its own.
@@ -115,6 +124,12 @@ impl<T> JsonErrorsIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// Whether `buf` may be a response head: it starts a write at a
+    /// boundary of an HTTP (not yet upgraded) connection.
+    fn inspects(&self, buf: &[u8]) -> bool {
+        self.at_boundary && !self.upgraded && buf.starts_with(b"HTTP/1.")
+    }
 }
 
 impl<T: AsyncWrite + Unpin> JsonErrorsIo<T> {
@@ -149,15 +164,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrorsIo<T> {
         ready!(self.poll_pending(cx))?;
         // hyper writes a head it made on its own in one piece, so it is
         // seen whole.
-        if buf.starts_with(b"HTTP/1.")
-            && let Some(answer) = with_json_body(buf)
-        {
-            self.pending = answer;
-            // Sent by poll_flush/poll_shutdown if not now.
-            let _ = self.poll_pending(cx)?;
-            return Poll::Ready(Ok(buf.len()));
+        if self.inspects(buf) {
+            if let Some(answer) = with_json_body(buf) {
+                self.pending = answer;
+                // Sent by poll_flush/poll_shutdown if not now.
+                let _ = self.poll_pending(cx)?;
+                return Poll::Ready(Ok(buf.len()));
+            }
+            self.upgraded = buf.starts_with(b"HTTP/1.1 101");
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.at_boundary = written == buf.len();
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -166,13 +184,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrorsIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         // A head hyper made on its own comes alone, in the first slice.
-        if let [head] = bufs.iter().filter(|b| !b.is_empty()).collect::<Vec<_>>()[..]
-            && head.starts_with(b"HTTP/1.")
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(head), None) = (filled.next(), filled.next())
+            && self.inspects(head)
         {
             return self.poll_write(cx, head);
         }
         ready!(self.poll_pending(cx))?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.at_boundary = written == bufs.iter().map(|b| b.len()).sum::<usize>();
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -212,5 +233,76 @@ mod tests {
         ] {
             assert!(with_json_body(ours).is_none());
         }
+    }
+
+    /// Accepts at most `limit` bytes per write; records what it got.
+    struct Trickle {
+        got: Vec<u8>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_heads_at_a_boundary_before_an_upgrade_are_looked_at() {
+        use tokio::io::AsyncWriteExt;
+        let lookalike = b"HTTP/1.1 400 x\r\ncontent-length: 0\r\n\r\n";
+        // The rest of a partly written frame that happens to look like a head.
+        let mut frame = vec![0x8a, lookalike.len() as u8];
+        frame.extend_from_slice(lookalike);
+        let mut io = JsonErrorsIo {
+            inner: Trickle {
+                got: Vec::new(),
+                limit: 2,
+            },
+            pending: Vec::new(),
+            at_boundary: true,
+            upgraded: false,
+        };
+        io.write_all(&frame).await.unwrap();
+        assert_eq!(io.inner.got, frame, "passed through untouched");
+        // After a 101, frames are never looked at, whole or not.
+        let mut io = JsonErrorsIo {
+            inner: Trickle {
+                got: Vec::new(),
+                limit: usize::MAX,
+            },
+            pending: Vec::new(),
+            at_boundary: true,
+            upgraded: false,
+        };
+        let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+        io.write_all(upgrade).await.unwrap();
+        io.write_all(lookalike).await.unwrap();
+        assert_eq!(io.inner.got, [&upgrade[..], &lookalike[..]].concat());
+        // A bodiless error head at a boundary still gets its JSON body.
+        let mut io = JsonErrorsIo {
+            inner: Trickle {
+                got: Vec::new(),
+                limit: usize::MAX,
+            },
+            pending: Vec::new(),
+            at_boundary: true,
+            upgraded: false,
+        };
+        io.write_all(lookalike).await.unwrap();
+        io.flush().await.unwrap();
+        assert!(String::from_utf8_lossy(&io.inner.got).contains("\"code\":\"bad_request\""));
     }
 }

@@ -23,7 +23,11 @@ fn check_id(kind: &'static str, raw: &str) -> Result<(), DomainError> {
             reason: format!("must be 1 to {MAX_ID_LEN} characters"),
         });
     }
-    if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // U+FEFF too: the schema's `\s` (ECMAScript) counts it as whitespace.
+    if raw
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\u{feff}')
+    {
         return Err(DomainError::InvalidId {
             kind,
             reason: "must not contain whitespace or control characters".into(),
@@ -82,7 +86,7 @@ mod tests {
             assert!(EquipmentId::parse(ok).is_ok(), "{ok}");
         }
         let long = "x".repeat(MAX_ID_LEN + 1);
-        for bad in ["", "a b", "tab\t", "nl\n", long.as_str()] {
+        for bad in ["", "a b", "tab\t", "nl\n", "bom\u{feff}", long.as_str()] {
             assert!(SessionId::parse(bad).is_err(), "{bad:?}");
         }
         // The limit counts characters, as the message says: 128 two-byte

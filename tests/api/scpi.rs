@@ -684,6 +684,76 @@ async fn a_timeout_after_a_write_says_the_write_may_have_been_applied() {
 }
 
 #[tokio::test]
+async fn an_answer_nobody_asked_for_does_not_put_the_instrument_out_of_step() {
+    let addr = simulator(SimKind::Psu).await;
+    let (app, s) = holding("psu", &addr, 2000).await;
+    let (code, body) = app
+        .command("psu", Some(&s), "set_voltage", json!({"voltage": 12.0}))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // A query sent as a write: its answer arrives where SYST:ERR?'s was due.
+    let raw = app
+        .command(
+            "psu",
+            Some(&s),
+            "scpi_write",
+            json!({"command": "SOUR1:VOLT?"}),
+        )
+        .await;
+    assert_error(&raw, StatusCode::BAD_GATEWAY, "instrument_error");
+    assert!(
+        raw.1["detail"].as_str().unwrap().contains("out of step"),
+        "{}",
+        raw.1
+    );
+    // A compound query answered twice: the answer left over is noticed too.
+    let twice = app
+        .command(
+            "psu",
+            Some(&s),
+            "scpi_query",
+            json!({"command": "*IDN?;*IDN?"}),
+        )
+        .await;
+    assert_error(&twice, StatusCode::BAD_GATEWAY, "instrument_error");
+    // Every later action gets its own answers.
+    let bad = app
+        .command("psu", Some(&s), "scpi_write", json!({"command": "BOGUS 1"}))
+        .await;
+    assert_error(&bad, StatusCode::BAD_GATEWAY, "instrument_error");
+    assert!(
+        bad.1["detail"].as_str().unwrap().contains("-113"),
+        "{}",
+        bad.1
+    );
+    for _ in 0..2 {
+        let (code, body) = app
+            .command("psu", Some(&s), "set_voltage", json!({"voltage": 7.0}))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let (code, body) = app
+            .command("psu", Some(&s), "get_readings", json!({}))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    let (_, body) = app
+        .command(
+            "psu",
+            Some(&s),
+            "scpi_query",
+            json!({"command": "SOUR1:VOLT?"}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["reply"]
+            .as_str()
+            .map(|r| r.parse::<f64>().unwrap()),
+        Some(7.0),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn raw_commands_are_one_line_each() {
     let addr = simulator(SimKind::Psu).await;
     let (app, s) = holding("psu", &addr, 2000).await;

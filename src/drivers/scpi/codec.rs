@@ -212,6 +212,14 @@ pub fn interpret(reply: &Reply, kind: ReplyKind) -> Result<serde_json::Value, Co
 }
 
 /// Whether a `SYST:ERR?` reply means "no error" (`0,"No error"`, `+0,...`).
+/// Whether `reply` has the shape of an error-queue entry: a whole number,
+/// a comma, then text (`-113,"Undefined header"`, `0,"No error"`).
+pub fn is_error_entry(reply: &str) -> bool {
+    reply
+        .split_once(',')
+        .is_some_and(|(code, _)| code.trim().parse::<i64>().is_ok())
+}
+
 pub fn is_no_error(reply: &str) -> bool {
     let code = reply.split(',').next().unwrap_or("").trim();
     code.parse::<i64>().is_ok_and(|c| c == 0)
@@ -299,6 +307,8 @@ mod tests {
         );
         assert!(interpret(&Reply::Line("1".into()), ReplyKind::BlockF32).is_err());
         assert!(is_no_error("+0,\"No error\""));
+        assert!(is_error_entry("-113,\"Undefined header\"") && is_error_entry("+0,\"No error\""));
+        assert!(!is_error_entry("12.0") && !is_error_entry("ON") && !is_error_entry(""));
         assert!(!is_no_error("-222,\"Data out of range\""));
     }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{Access, ActionSpec, Driver, DriverError, MAY_HAVE_APPLIED, Params, TimedOut};
-use codec::{CodecError, Reply, interpret, is_no_error};
+use codec::{CodecError, Reply, interpret, is_error_entry, is_no_error};
 use profile::{Profile, Step, insert_at};
 
 pub const DRIVER: &str = "scpi-tcp";
@@ -53,9 +53,33 @@ fn default_timeout_ms() -> u64 {
 struct Connection {
     stream: TcpStream,
     buffer: Vec<u8>,
+    /// False once a reply showed that questions and answers no longer pair
+    /// up (a raw write that was a query, a command answered twice): the
+    /// connection is dropped rather than read one answer late for ever.
+    in_step: bool,
 }
 
 impl Connection {
+    /// Forgets whatever the instrument sent that nobody asked for and that
+    /// has already arrived (a second answer to a compound query), so this
+    /// action's questions get this action's answers.
+    fn discard_unasked(&mut self) -> Result<(), DriverError> {
+        self.buffer.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => {
+                    return Err(DriverError::Unavailable(
+                        "the instrument closed the connection".into(),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(lost(e)),
+            }
+        }
+    }
+
     async fn send(&mut self, command: &str) -> Result<(), DriverError> {
         let mut line = command.as_bytes().to_vec();
         line.push(b'\n');
@@ -88,16 +112,31 @@ impl Connection {
         self.reply().await
     }
 
-    /// The instrument's oldest queued error, if any.
+    /// The instrument's oldest queued error, if any. An answer that is not
+    /// an error entry (`<code>,"<text>"`) belongs to an earlier question:
+    /// the exchange is out of step.
     async fn error_queue(&mut self) -> Result<Option<String>, DriverError> {
-        match self.query("SYST:ERR?").await? {
-            Reply::Line(text) if is_no_error(&text) => Ok(None),
-            Reply::Line(text) => Ok(Some(text)),
-            Reply::Block(_) => Err(garbled(CodecError::NotText(
-                "SYST:ERR? answered a block".into(),
-            ))),
+        let answer = self.query("SYST:ERR?").await?;
+        match &answer {
+            Reply::Line(text) if is_error_entry(text) && is_no_error(text) => Ok(None),
+            Reply::Line(text) if is_error_entry(text) => Ok(Some(text.clone())),
+            _ => {
+                self.in_step = false;
+                let got = match answer {
+                    Reply::Line(text) => quoted(&text),
+                    Reply::Block(_) => "a block".into(),
+                };
+                Err(DriverError::Instrument(format!(
+                    "the instrument's answers are out of step (SYST:ERR? was answered {got}: an earlier command answered more than was asked, such as a query sent with scpi_write; use scpi_query for queries); reconnecting"
+                )))
+            }
         }
     }
+}
+
+/// `text` as a JSON string, for error texts (never Rust's debug quoting).
+fn quoted(text: &str) -> String {
+    Value::from(text).to_string()
 }
 
 fn lost(e: std::io::Error) -> DriverError {
@@ -153,6 +192,7 @@ impl ScpiTcp {
         let mut connection = Connection {
             stream,
             buffer: Vec::new(),
+            in_step: true,
         };
         let identity = match connection.query("*IDN?").await? {
             Reply::Line(text) => codec::parse_string(&text),
@@ -175,6 +215,7 @@ impl ScpiTcp {
         params: &Params,
         sent: &AtomicBool,
     ) -> Result<Value, DriverError> {
+        connection.discard_unasked()?;
         let check = self.profile.check_errors;
         if check {
             // Errors already queued belong to earlier actions (or to someone
@@ -196,7 +237,8 @@ impl ScpiTcp {
                     let answer = connection.query(&command).await?;
                     let value = match &answer {
                         Reply::Line(text) if text.trim().is_empty() => Err(format!(
-                            "no reply to {command:?} (the instrument answered an empty line)"
+                            "no reply to {} (the instrument answered an empty line)",
+                            quoted(&command)
                         )),
                         _ => interpret(&answer, *reply).map_err(|e| e.to_string()),
                     };
@@ -286,8 +328,10 @@ impl Driver for ScpiTcp {
         if let Err(e) = &outcome {
             // After a timeout or a broken exchange the connection may hold a
             // late reply; start clean next time. An instrument error leaves
-            // the connection in step, so it is kept.
-            if !matches!(e, DriverError::Instrument(_)) {
+            // the connection in step, so it is kept (unless it showed the
+            // answers no longer pair with the questions).
+            let in_step = slot.as_ref().is_some_and(|c| c.in_step);
+            if !matches!(e, DriverError::Instrument(_)) || !in_step {
                 *slot = None;
                 self.connected.store(false, Ordering::Relaxed);
             }
