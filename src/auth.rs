@@ -375,7 +375,10 @@ fn bearer(header: &str) -> Result<&str, AuthError> {
             "is not a Bearer token".into()
         }));
     }
-    Ok(token.trim())
+    match token.trim() {
+        "" => Err(AuthError::Missing),
+        token => Ok(token),
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +480,8 @@ mod tests {
         assert!(actor(&auth, Credentials::QueryToken(&token)).is_ok());
         let basic = actor(&auth, header("Basic YWxpY2U6c2VjcmV0")).unwrap_err();
         assert!(matches!(basic, AuthError::NotBearer(_)));
+        assert!(matches!(bearer("Bearer "), Err(AuthError::Missing)));
+        assert!(matches!(bearer("bearer"), Err(AuthError::Missing)));
         assert!(
             basic.to_string().contains("Basic scheme")
                 && basic.to_string().contains("use a Bearer token"),

@@ -233,26 +233,29 @@ impl Server {
     }
 }
 
-/// How long in-flight requests may take to finish after a shutdown signal
-/// (then background tasks get one more second: the exit stays within 5 s)
-/// (an instrument command mid-way, a client sending its body slowly).
+/// How long in-flight requests (an instrument command mid-way, a client
+/// sending its body slowly) may take to finish after a shutdown signal;
+/// background tasks then get one more second, so the exit stays within 5 s.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Whether `bind` only accepts connections from this machine.
-async fn is_loopback(bind: &str) -> bool {
-    match tokio::net::lookup_host(bind).await {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
-        }
-        Err(_) => false,
-    }
+/// Whether `bind` only accepts connections from this machine. An address
+/// that cannot be resolved is refused here, before anything is decided
+/// from it.
+async fn is_loopback(bind: &str) -> Result<bool, StartError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: bind.into(),
+            source,
+        })?
+        .collect();
+    Ok(!addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback()))
 }
 
 /// Authentication is required off loopback unless said otherwise; off
 /// loopback without it, start-up is refused unless explicitly allowed.
 async fn auth_mode(settings: &Settings) -> Result<AuthMode, StartError> {
-    let loopback = is_loopback(&settings.bind).await;
+    let loopback = is_loopback(&settings.bind).await?;
     let mode = settings.auth.unwrap_or(if loopback {
         AuthMode::Off
     } else {

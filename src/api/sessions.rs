@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use utoipa::{IntoParams, ToSchema};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult, ErrorBody, quoted};
 use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::views::{LockView, QueueEntryView, SessionView};
 use super::{AppState, session_in_path};
@@ -147,10 +147,13 @@ pub async fn list(
         .cursor
         .as_deref()
         .map(|raw| {
-            SessionId::parse(raw).map_err(|e| {
+            SessionId::parse(raw).map_err(|_| {
                 ApiError::unprocessable(
                     "invalid_parameter",
-                    format!("`cursor` must be the `next_cursor` of a previous page: {e}"),
+                    format!(
+                        "`cursor` must be the `next_cursor` of a previous page (a session id), got {}",
+                        quoted(raw)
+                    ),
                 )
             })
         })

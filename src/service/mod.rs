@@ -78,7 +78,9 @@ pub enum ServiceError {
     EquipmentNotFound(EquipmentId),
     #[error("this action needs a session_id: create a session and lock the equipment first")]
     SessionRequired,
-    #[error("session {0} is not live (it ended or expired): create a new session")]
+    #[error(
+        "session {0} is not live (it never existed, ended or expired): acquire a lock with it (which opens it) or create a session first"
+    )]
     SessionNotLive(SessionId),
     #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]
     UnknownAction {

@@ -160,6 +160,17 @@ fn configuration_errors_stop_start_up_and_name_the_culprit() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // A bad address is what is reported, whatever the store.
+    let out = lablink()
+        .args(["serve", "--store", "memory", "--bind", "127.0.0.1:99999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen on 127.0.0.1:99999"),
+        "{stderr}"
+    );
 }
 
 /// Sends one request from a synchronous test.
