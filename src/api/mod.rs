@@ -342,6 +342,11 @@ fn declare_layer_errors(path: &str, op: &mut utoipa::openapi::path::Operation) {
             "Authentication is on and the request has no valid token (unauthenticated, invalid_token)",
         ),
         (
+            "405",
+            true,
+            "The path does not take the method sent (method_not_allowed); the operations listed for the path are the methods it takes",
+        ),
+        (
             "413",
             has_body,
             "The request body is larger than 1 MiB (body_too_large)",

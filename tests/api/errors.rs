@@ -709,7 +709,12 @@ async fn the_api_document_declares_what_the_api_does() {
                 }
             }
             if path.starts_with("/api/") {
-                assert!(op["responses"].get("401").is_some(), "{method} {path}: 401");
+                for status in ["401", "405"] {
+                    assert!(
+                        op["responses"].get(status).is_some(),
+                        "{method} {path}: {status}"
+                    );
+                }
             }
             if op.get("requestBody").is_some() {
                 for status in ["413", "422"] {
