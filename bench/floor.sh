@@ -18,7 +18,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$data"' EXIT
 
 rps() { # URL: requests/s of the scenario against it
-  "$bin" bench --url "$1" --scenario "$scenario" --clients "$clients" --seconds "$seconds" \
+  "$load" --url "$1" --scenario "$scenario" --clients "$clients" --seconds "$seconds" \
     --json 2>/dev/null | python3 -c 'import json, sys; print(round(json.load(sys.stdin)["requests_per_second"]))'
 }
 

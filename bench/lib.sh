@@ -1,7 +1,10 @@
-# Shared by the bench scripts: build the release binary and start a server.
-#   start_server STORE_URL   sets $bin, $port and $server, and waits until
-#                            the server answers; stopping it is the caller's.
+# Shared by the bench scripts: build the release binaries and start a server.
+#   $bin is the server, $load the load generator (bench/loadgen); a plain
+#   `cargo build --release` builds both (the workspace's default members).
+#   start_server STORE_URL   sets $port and $server, and waits until the
+#                            server answers; stopping it is the caller's.
 bin=target/release/lablink
+load=target/release/lablink-bench
 server=""
 start_server() {
   cargo build --release --quiet

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a release LabLink on a fresh store with one instrument per client
-# (bench/lab.toml, 64 instruments), runs one `lablink bench` scenario
+# (bench/lab.toml, 64 instruments), runs one `lablink-bench` scenario
 # against it, and stops it.
 #   bench/run.sh STORE SCENARIO [CLIENTS] [SECONDS] [BACKGROUND_SCENARIO]
 #   STORE: memory | sqlite | sqlite-normal
@@ -23,10 +23,10 @@ trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
 start_server "$url"
 offset=0
 if [ -n "$background" ]; then
-  "$bin" bench --url "http://127.0.0.1:$port" --scenario "$background" --clients 32 \
+  "$load" --url "http://127.0.0.1:$port" --scenario "$background" --clients 32 \
     --seconds "$seconds" | sed 's/^/background: /' &
   offset=32
 fi
-"$bin" bench --url "http://127.0.0.1:$port" --scenario "$scenario" \
+"$load" --url "http://127.0.0.1:$port" --scenario "$scenario" \
   --clients "$clients" --seconds "$seconds" --offset "$offset"
 wait %2 2>/dev/null || true

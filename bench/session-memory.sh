@@ -10,9 +10,9 @@ trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
 start_server memory
 rss() { awk '/VmRSS/ {print $2}' "/proc/$server/status"; }
 # Warm up allocator and connection buffers before the baseline.
-"$bin" bench --url "http://127.0.0.1:$port" --scenario status --clients 32 --seconds 1 >/dev/null
+"$load" --url "http://127.0.0.1:$port" --scenario status --clients 32 --seconds 1 >/dev/null
 before=$(rss)
-report=$("$bin" bench --url "http://127.0.0.1:$port" --scenario open-sessions --clients 32 --seconds "$seconds" --json)
+report=$("$load" --url "http://127.0.0.1:$port" --scenario open-sessions --clients 32 --seconds "$seconds" --json)
 after=$(rss)
 sessions=$(curl -sf "http://127.0.0.1:$port/api/locks/sessions" | python3 -c 'import sys,json; print(json.load(sys.stdin)["count"])')
 python3 - "$before" "$after" "$sessions" <<'PY'

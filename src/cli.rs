@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth;
-use crate::bench::{BenchConfig, Scenario};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Flags};
 use crate::domain::Role;
@@ -27,9 +26,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeArgs),
-    /// Drive a running server with concurrent clients and report throughput
-    /// and latency.
-    Bench(BenchArgs),
     /// Serve a simulated SCPI instrument over TCP (for the scpi-tcp driver).
     Sim(SimArgs),
     /// Manage API tokens in the configured store (server running or not).
@@ -74,28 +70,6 @@ pub struct SimArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
-    #[arg(long, value_enum, default_value = "cycle")]
-    pub scenario: Scenario,
-    /// Concurrent keep-alive clients.
-    #[arg(long, default_value_t = 32)]
-    pub clients: usize,
-    /// How long to run, in seconds.
-    #[arg(long, default_value_t = 10.0)]
-    pub seconds: f64,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Skip this many of the server's instruments (to run two scenarios at
-    /// once on different instruments).
-    #[arg(long, default_value_t = 0)]
-    pub offset: usize,
-}
-
-#[derive(Debug, clap::Args)]
 #[command(after_help = config::settings_help())]
 pub struct ServeArgs {
     /// Address to listen on [env: LABLINK_BIND] [default: 127.0.0.1:8000]
@@ -113,7 +87,6 @@ pub struct ServeArgs {
 pub async fn main(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Bench(args) => bench(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Token(args) => token(args),
     }
@@ -217,48 +190,6 @@ async fn sim(args: SimArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("lablink sim: {e}");
-            1
-        }
-    }
-}
-
-async fn bench(args: BenchArgs) -> i32 {
-    if !(args.seconds > 0.0 && args.seconds <= 86_400.0)
-        || args.clients == 0
-        || args.clients > 10_000
-    {
-        eprintln!("lablink bench: --seconds must be in (0, 86400] and --clients in 1..=10000");
-        return 2;
-    }
-    let config = BenchConfig {
-        url: args.url,
-        scenario: args.scenario,
-        clients: args.clients,
-        duration: std::time::Duration::from_secs_f64(args.seconds),
-        offset: args.offset,
-    };
-    // One thread for the whole load: no hand-offs between threads per
-    // request, so the tool takes less of the CPU it shares with the server.
-    let run = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the load runtime: {e}"))?
-            .block_on(crate::bench::run(config))
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the load tool failed: {e}")));
-    match run {
-        Ok(report) if args.json => {
-            println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            0
-        }
-        Ok(report) => {
-            println!("{report}");
-            0
-        }
-        Err(e) => {
-            eprintln!("lablink bench: {e}");
             1
         }
     }

@@ -1,7 +1,7 @@
-//! `lablink bench`: a load generator that drives a running server over HTTP
-//! with N concurrent keep-alive clients for a fixed time, and reports
-//! requests per second and latency percentiles. Measurement lives here and
-//! in `docs/benchmarks.md`, never in the test suite.
+//! The load itself: N concurrent keep-alive clients drive a running server
+//! over HTTP for a fixed time; their latencies are merged into requests per
+//! second and percentiles. Measurement lives here and in
+//! `docs/benchmarks.md`, never in the test suite.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -10,8 +10,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::clock::{Clock, SystemClock};
-use crate::domain::Timestamp;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -229,7 +228,7 @@ async fn run_client(
                 let held: Value = serde_json::from_slice(&held).unwrap_or_default();
                 let Some(deadline) = held["lock"]["expires_at"]
                     .as_str()
-                    .and_then(|t| Timestamp::parse_rfc3339(t).ok())
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 else {
                     continue;
                 };
@@ -238,12 +237,13 @@ async fn run_client(
                 let granted = client.post("/locks/acquire", wait).await;
                 // Replace the request's latency with the hand-off's lateness.
                 client.tally.micros.truncate(before);
-                let now = SystemClock.now();
+                let now = Utc::now();
                 let got = granted
                     .and_then(|g| serde_json::from_slice::<Value>(&g).ok())
                     .is_some_and(|g| g["status"] == "locked");
                 if got {
-                    let late_ms = (now.as_millis() - deadline.as_millis()).max(0) as u32;
+                    let late_ms =
+                        (now.timestamp_millis() - deadline.timestamp_millis()).max(0) as u32;
                     client.tally.micros.push(late_ms.saturating_mul(1000));
                     let release = json!({"equipment_id": equipment, "session_id": waiter});
                     let before = client.tally.micros.len();
