@@ -30,7 +30,7 @@ pub enum EventKind {
     QueuePosition,
     /// A waiting session got the lock from the queue.
     LockGranted,
-    /// A holder's lease ends soon (`LABLINK_EXPIRY_WARNING_SEC`).
+    /// A holder's lease ends soon (how soon is a server setting).
     LockExpiring,
     /// A holder's lock was force-released, revoked, or expired.
     LockLost,
