@@ -51,12 +51,33 @@ pub enum TokenCommand {
         #[arg(long)]
         user: String,
         #[arg(long, value_enum)]
-        role: Role,
+        role: RoleArg,
     },
     /// List tokens (ids, users, roles; never the tokens themselves).
     List,
     /// Revoke a token by its id (see `token list`).
     Revoke { id: String },
+}
+
+/// `--role`: the domain's roles, as the command line spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Everything, including force-releasing others' locks.
+    Admin,
+    /// Exclusive and observer locks on the equipment they are allowed to use.
+    Operator,
+    /// Observer locks and observe actions only.
+    Observer,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Operator => Role::Operator,
+            RoleArg::Observer => Role::Observer,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,8 +142,8 @@ fn token(args: TokenArgs) -> i32 {
     };
     let now = SystemClock.now();
     let done = match args.command {
-        TokenCommand::Create { user, role } => auth::create_token(store.as_ref(), &user, role, now)
-            .map(|(token, record)| {
+        TokenCommand::Create { user, role } => {
+            auth::create_token(store.as_ref(), &user, role.into(), now).map(|(token, record)| {
                 eprintln!(
                     "created {} for {} ({}) in {}; this is the only time the token is shown:",
                     record.id,
@@ -131,7 +152,8 @@ fn token(args: TokenArgs) -> i32 {
                     store.describe()
                 );
                 println!("{token}");
-            }),
+            })
+        }
         TokenCommand::List => auth::list_tokens(store.as_ref()).map(|tokens| {
             println!(
                 "{:<18} {:<24} {:<9} {:<25} revoked",
@@ -241,6 +263,28 @@ async fn serve(args: ServeArgs) -> i32 {
         Err(e) => {
             eprintln!("lablink: the server failed: {e}");
             1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// `--role` takes exactly the domain's role names, each meaning its role.
+    #[test]
+    fn role_args_are_the_domain_roles() {
+        // No wildcard: a new domain role does not compile without its arg.
+        let arg_of = |role: Role| match role {
+            Role::Admin => RoleArg::Admin,
+            Role::Operator => RoleArg::Operator,
+            Role::Observer => RoleArg::Observer,
+        };
+        for arg in RoleArg::value_variants() {
+            let name = arg.to_possible_value().unwrap();
+            assert_eq!(Role::parse(name.get_name()), Some(Role::from(*arg)));
+            assert_eq!(arg_of(Role::from(*arg)), *arg);
         }
     }
 }

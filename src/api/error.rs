@@ -117,6 +117,18 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
     }
 }
 
+/// The setting behind a refusal, appended to the domain's text (the rules
+/// do not know how the server is configured) so the client learns what to
+/// change.
+fn domain_setting(e: &DomainError) -> Option<&'static str> {
+    match e {
+        DomainError::QueueDisabled { .. } => Some("LABLINK_ENABLE_LOCK_QUEUE=false"),
+        DomainError::ObserverModeDisabled => Some("LABLINK_ENABLE_OBSERVER_MODE=false"),
+        DomainError::MetadataTooLarge { .. } => Some("LABLINK_MAX_METADATA_BYTES"),
+        _ => None,
+    }
+}
+
 fn driver_status(e: &DriverError) -> (StatusCode, &'static str) {
     match e {
         DriverError::InvalidParameter(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
@@ -158,7 +170,15 @@ impl From<ServiceError> for ApiError {
         if status.is_server_error() && !matches!(e, ServiceError::Driver(_)) {
             tracing::error!(error = %e, code, "request failed");
         }
-        Self::new(status, code, e.to_string())
+        let setting = match &e {
+            ServiceError::Domain(d) => domain_setting(d),
+            _ => None,
+        };
+        let detail = match setting {
+            Some(setting) => format!("{e} ({setting})"),
+            None => e.to_string(),
+        };
+        Self::new(status, code, detail)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod equipment;
 pub mod error;
 pub mod extract;
 pub mod locks;
+pub mod schema;
 pub mod sessions;
 pub mod views;
 pub mod wire;

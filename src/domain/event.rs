@@ -2,14 +2,13 @@
 //! one change to a session, a lock or a queue, with the details that explain it.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use super::ids::{EquipmentId, SessionId};
 use super::lock::LockMode;
 use super::time::Timestamp;
 
 /// The names of semantics.md, "Events".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     LockAcquired,
@@ -31,7 +30,7 @@ pub enum EventKind {
     QueuePosition,
     /// A waiting session got the lock from the queue.
     LockGranted,
-    /// A holder's lease ends soon (`LABLINK_EXPIRY_WARNING_SEC`).
+    /// A holder's lease ends soon (how soon is a server setting).
     LockExpiring,
     /// A holder's lock was force-released, revoked, or expired.
     LockLost,
@@ -101,7 +100,7 @@ impl EventKind {
 }
 
 /// Why a lock or queue place ended, when it was not the holder's own request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     Released,
@@ -116,7 +115,7 @@ pub enum EndReason {
 
 /// One recorded change. `session_id` is the session it happened to; the
 /// optional fields carry what explains it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// The history's sequence number: grows with each recorded event, so a
     /// client can page through (and later resume) from the last one it saw.
@@ -124,12 +123,9 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     pub event: EventKind,
-    #[schema(value_type = String, example = "2025-11-08T10:30:00.123Z")]
     pub timestamp: Timestamp,
-    #[schema(value_type = Option<String>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equipment_id: Option<EquipmentId>,
-    #[schema(value_type = Option<String>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +143,6 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<EndReason>,
     /// The session that forced a release (for `lock_force_released`).
-    #[schema(value_type = Option<String>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<SessionId>,
     /// How many locks a session end released (for `session_ended`/`session_expired`).
@@ -162,7 +157,6 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_user: Option<String>,
     /// When the lock's lease ends (for `lock_expiring`).
-    #[schema(value_type = Option<String>)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     /// Seconds left on the lease (for `lock_expiring`).

@@ -8,7 +8,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use utoipa::ToSchema;
 
 use super::DomainError;
 use super::access::Actor;
@@ -20,7 +19,7 @@ use super::time::{Timeout, Timestamp, is_live};
 /// client whose lock ended gets `lock_lost` instead of a bare 403.
 const REMEMBERED_LOSSES: usize = 32;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockMode {
     #[default]
@@ -39,7 +38,7 @@ impl LockMode {
 
 /// What a command needs: control actions need the exclusive lock, observe
 /// actions an observer or exclusive lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
     Control,

@@ -22,7 +22,8 @@ pub use session::Session;
 pub use time::{Timeout, Timestamp};
 
 /// A request the rules refuse. Each variant maps to one HTTP status and code
-/// in `api::error`; the state is unchanged when one is returned.
+/// in `api::error`; the state is unchanged when one is returned. The texts
+/// name no setting or route: the layer that knows them adds such hints.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DomainError {
     #[error("invalid {kind}: {reason}")]
@@ -36,11 +37,9 @@ pub enum DomainError {
         equipment: EquipmentId,
         holder: Option<SessionId>,
     },
-    #[error(
-        "equipment {equipment} is busy and the lock queue is disabled (LABLINK_ENABLE_LOCK_QUEUE=false): try again later"
-    )]
+    #[error("equipment {equipment} is busy and the lock queue is disabled: try again later")]
     QueueDisabled { equipment: EquipmentId },
-    #[error("observer mode is disabled (LABLINK_ENABLE_OBSERVER_MODE=false)")]
+    #[error("observer mode is disabled")]
     ObserverModeDisabled,
     #[error("session {session} does not hold the {needed} lock on {equipment}: {}", holder_detail(holder.as_ref()))]
     NotHolder {
@@ -75,9 +74,7 @@ pub enum DomainError {
         sent: u64,
         latest: u64,
     },
-    #[error(
-        "metadata is {size} bytes as JSON, more than the {max} allowed (LABLINK_MAX_METADATA_BYTES): keep it small"
-    )]
+    #[error("metadata is {size} bytes as JSON, more than the {max} allowed: keep it small")]
     MetadataTooLarge { size: usize, max: usize },
     /// The caller is authenticated but not allowed to do this.
     #[error("{0}")]

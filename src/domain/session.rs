@@ -77,7 +77,7 @@ impl Session {
         now.seconds_since(self.created_at).max(0.0)
     }
 
-    /// Session `metadata` is bounded (`LABLINK_MAX_METADATA_BYTES`), counted
+    /// Session `metadata` is bounded (`max`, a server setting), counted
     /// as its compact JSON, so no client can make every session listing
     /// and stored row grow without limit. An empty object is always fine.
     pub fn check_metadata(metadata: &Map<String, Value>, max: usize) -> Result<(), DomainError> {

@@ -34,11 +34,15 @@ async fn queue_disabled_refuses_queueing_with_409() {
             .1["status"],
         "locked"
     );
-    assert_error(
-        &app.acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
-            .await,
-        StatusCode::CONFLICT,
-        "queue_disabled",
+    let refused = app
+        .acquire("ps_abc123", &b, json!({"queue_if_busy": true}))
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "queue_disabled");
+    // The API names the setting the domain's text leaves out.
+    let detail = refused.1["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("LABLINK_ENABLE_LOCK_QUEUE=false"),
+        "{detail}"
     );
 }
 
@@ -46,11 +50,14 @@ async fn queue_disabled_refuses_queueing_with_409() {
 async fn observer_mode_disabled_refuses_observers_with_403() {
     let app = spawn_with(settings(|s| s.policy.lock.observer_enabled = false)).await;
     let a = app.session(0.0).await;
-    assert_error(
-        &app.acquire("scope_123", &a, json!({"lock_mode": "observer"}))
-            .await,
-        StatusCode::FORBIDDEN,
-        "observer_mode_disabled",
+    let refused = app
+        .acquire("scope_123", &a, json!({"lock_mode": "observer"}))
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "observer_mode_disabled");
+    let detail = refused.1["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("LABLINK_ENABLE_OBSERVER_MODE=false"),
+        "{detail}"
     );
 }
 
