@@ -1,0 +1,188 @@
+//! The SQLite store, the embedded default: one database file in WAL mode,
+//! each unit of work one `BEGIN IMMEDIATE` transaction, acknowledged only
+//! after it commits. The schema is versioned (`PRAGMA user_version`) and
+//! migrated at open from SQL embedded in the binary.
+//!
+//! URL: `sqlite://PATH[?synchronous=full|normal&busy_timeout_ms=N]`.
+//! `synchronous=full` (the default) survives power loss; `normal` survives
+//! a crash of the process but may lose the last commits on power loss.
+//!
+//! This file is the store: opening its connections (writer, reader,
+//! checkpointer) with their settings, and the `Store` impl. One concern per
+//! file beside it: `options` (the URL), `migrate` (the schema), `writer`
+//! (group commit: batches, syncing, checkpoints), `tx` (a unit of work's
+//! SQL) and `rows` (row <-> domain mapping, SQLite's errors). It holds no
+//! table's SQL and no batching or syncing of its own.
+
+mod migrate;
+mod options;
+mod rows;
+mod tx;
+mod writer;
+
+pub use options::SqliteOptions;
+
+use rusqlite::{Connection, TransactionBehavior};
+use std::sync::{Arc, Mutex};
+
+use super::{GroupCommit, Store, StoreError, Work};
+use migrate::migrate;
+use rows::unavailable;
+use tx::SqliteTx;
+use writer::{Batch, Durability};
+
+pub struct SqliteStore {
+    conn: Mutex<Batch>,
+    /// A connection for `read`: WAL lets it read committed state while the
+    /// writer works, without taking the writer's lock or joining a batch.
+    reader: Mutex<Connection>,
+    describe: String,
+    durability: Arc<Durability>,
+    /// Syncs and checkpoints what batches commit; joined on drop.
+    syncer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and brings its schema up to
+    /// date.
+    pub fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = Connection::open(&options.path).map_err(unavailable)?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(unavailable)?;
+        // Every statement a request runs stays compiled: the default cache
+        // (16) is smaller than the set a busy server cycles through, and
+        // re-parsing showed in the profile (docs/benchmarks.md).
+        conn.set_prepared_statement_cache_capacity(64);
+        // One plan per statement whatever values are bound: without this,
+        // SQLite re-plans the deadline query (whose partial index it checks
+        // against the bound `now`) on every execution.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(unavailable)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                options.path.display()
+            )));
+        }
+        // SQLite's own syncs: NORMAL in both modes (with `full` the store
+        // fsyncs the log after each commit itself: see the module's doc).
+        // temp_store: group commit runs each unit in a savepoint, whose
+        // undo pages (the sub-journal) would otherwise go to a temporary
+        // file with a write per page (seen in the profile).
+        // wal_autocheckpoint: the syncer thread checkpoints; SQLite's own,
+        // inside a commit, is only the backstop for a log that keeps
+        // growing (40 MB of 4 KiB pages rather than the default 4 MB).
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;
+             PRAGMA wal_autocheckpoint = 10000;",
+        )
+        .map_err(unavailable)?;
+        migrate(&mut conn)?;
+        let mut wal = options.path.clone().into_os_string();
+        wal.push("-wal");
+        let durability = Arc::new(Durability::new(
+            options.synchronous_full.then(|| wal.into()),
+        ));
+        let checkpointer = Connection::open(&options.path).map_err(unavailable)?;
+        checkpointer
+            .busy_timeout(options.busy_timeout)
+            .map_err(unavailable)?;
+        let syncer = {
+            let durability = durability.clone();
+            std::thread::Builder::new()
+                .name("lablink-wal-sync".into())
+                .spawn(move || durability.run_syncer(checkpointer))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
+        };
+        // `query_only`: a read is never a way to write.
+        let reader = Connection::open(&options.path).map_err(unavailable)?;
+        reader
+            .busy_timeout(options.busy_timeout)
+            .and_then(|()| reader.execute_batch("PRAGMA query_only = ON;"))
+            .map_err(unavailable)?;
+        Ok(Self {
+            reader: Mutex::new(reader),
+            conn: Mutex::new(Batch::new(conn)),
+            durability,
+            syncer: Some(syncer),
+            describe: format!(
+                "sqlite {} (synchronous={})",
+                options.path.display(),
+                if options.synchronous_full {
+                    "full"
+                } else {
+                    "normal"
+                }
+            ),
+        })
+    }
+}
+
+impl SqliteStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        // A batch left open by group commit is finished first, so this
+        // transaction stands alone and is committed when it returns.
+        self.finish(&mut guard)?;
+        let batch = &mut *guard;
+        let tx = batch
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        if let Err(e) = work(&mut SqliteTx::new(&tx, &mut batch.deadline_floor)) {
+            // Undone writes may have put earlier deadlines back.
+            batch.deadline_floor = None;
+            return Err(e);
+        }
+        if let Err(e) = tx.commit() {
+            batch.deadline_floor = None;
+            return Err(unavailable(e));
+        }
+        // On any error above the transaction is dropped, which rolls it back.
+        drop(guard);
+        self.durability
+            .sync_wal()
+            .map_err(|why| StoreError::Unavailable(format!("the commit failed: {why}")))
+    }
+
+    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        // One snapshot for the whole unit; committing a read writes nothing.
+        let tx = reader.unchecked_transaction().map_err(unavailable)?;
+        work(&mut SqliteTx::new(&tx, &mut None))?;
+        tx.commit().map_err(unavailable)
+    }
+
+    fn group_commit(&self) -> Option<&dyn GroupCommit> {
+        Some(self)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
