@@ -31,7 +31,7 @@ const REFUSED_FOR: Duration = Duration::from_secs(10);
 /// so sending random tokens cannot grow memory.
 const REFUSED_MAX: usize = 10_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// Every API request needs `Authorization: Bearer <token>`.

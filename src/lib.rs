@@ -2,16 +2,28 @@
 //! instruments without clobbering each other's experiments.
 //!
 //! The layers, and the one rule between them (arrows point at what a layer
-//! may use):
+//! may use; nothing points back up):
 //!
-//! - `domain`: the rules, pure functions of state and `now`. No I/O.
-//! - `service` <- `domain`, `storage`, `drivers`, `clock`: one function per
-//!   use case; reads the clock once, runs the domain inside a store
-//!   transaction, then talks to instruments.
-//! - `api` <- `service`: axum handlers, thin; errors mapped to HTTP once.
-//! - `reaper` <- `service`: expires leases on time.
-//! - `server`, `config`, `cli`: the composition root; the only code that
-//!   names concrete stores and clocks.
+//! - `domain`: the rules, pure functions of state and `now`. No I/O, no
+//!   framework (no HTTP, OpenAPI or CLI types).
+//! - `clock`: the only wall-clock read (`SystemClock`), and `ManualClock`.
+//! - `storage` <- `domain`: the `Store` trait, its backends (memory, SQLite)
+//!   and their contract tests.
+//! - `drivers` <- `domain`: instruments (simulated models, SCPI over TCP).
+//! - `live` <- `domain`: the live-event hub and expiry-warning schedule.
+//! - `auth` <- `domain`, `storage`: API tokens and who the caller is.
+//! - `service` <- `domain`, `storage`, `drivers`, `live`, `auth`, `clock`:
+//!   one function per use case; reads the clock once, runs the domain
+//!   inside a store transaction, then talks to instruments and publishes.
+//! - `reaper` <- `service`, `domain`: expires leases on time.
+//! - `api` <- `service`, `auth`, `live`, `domain`, `drivers`, `storage`
+//!   (query types): axum handlers, thin; errors mapped to HTTP once; owns
+//!   the OpenAPI schemas.
+//! - `server`, `config`, `cli`, `telemetry`: the composition root; the only
+//!   code that names concrete stores and clocks.
+//!
+//! The load generator is not part of this library: it is the
+//! `lablink-bench` binary of `bench/loadgen`, which speaks HTTP to a server.
 
 pub mod api;
 pub mod auth;

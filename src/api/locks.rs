@@ -338,18 +338,30 @@ pub async fn events(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CleanupResponse {
     pub success: bool,
-    #[serde(flatten)]
-    pub report: ExpiryReport,
+    /// Locks whose lease ran out.
+    pub expired_locks: usize,
+    /// Sessions whose lease ran out.
+    pub expired_sessions: usize,
+    /// Equipment handed to the next in its queue.
+    pub queue_processed: usize,
+}
+
+impl From<ExpiryReport> for CleanupResponse {
+    fn from(report: ExpiryReport) -> Self {
+        Self {
+            success: true,
+            expired_locks: report.expired_locks,
+            expired_sessions: report.expired_sessions,
+            queue_processed: report.queue_processed,
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/locks/cleanup", tag = "locks", operation_id = "cleanup",
     responses((status = 200, body = CleanupResponse, description = "What was expired")))]
 pub async fn cleanup(State(app): State<AppState>) -> ApiResult<CleanupResponse> {
     let at = app.expire_due().await?;
-    Ok(Json(CleanupResponse {
-        success: true,
-        report: at.value.0,
-    }))
+    Ok(Json(at.value.0.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

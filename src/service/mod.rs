@@ -126,7 +126,7 @@ impl DeadlineSignal {
 }
 
 /// What the expiry of due deadlines did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExpiryReport {
     pub expired_locks: usize,
     pub expired_sessions: usize,
