@@ -560,11 +560,18 @@ impl EquipmentLocks {
     /// session to prove the id is theirs: with authentication on, only the
     /// user whose lock it was hears how it ended.
     pub fn lost_lock_told_to(&self, session: &SessionId, actor: &Actor) -> Option<DomainError> {
+        self.loss_told_to(session, actor)
+            .map(|reason| self.lost_error(session, reason))
+    }
+
+    /// How `session` lost its lock here, if it did and `actor` may know:
+    /// with authentication on, only the user whose lock it was.
+    pub fn loss_told_to(&self, session: &SessionId, actor: &Actor) -> Option<EndReason> {
         let loss = self.lost.iter().rev().find(|l| &l.session_id == session)?;
         if actor.authenticated() && loss.user != actor.user {
             return None;
         }
-        Some(self.lost_error(session, loss.reason))
+        Some(loss.reason)
     }
 
     fn lost_error(&self, session: &SessionId, reason: EndReason) -> DomainError {

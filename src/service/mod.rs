@@ -717,8 +717,9 @@ impl Service {
             let id = session.ok_or(ServiceError::SessionRequired)?;
             if live.is_none() {
                 // A session that lost its lock and then expired still hears
-                // `lock_lost`, so its client can tell why it must stop.
-                return Err(match locks.loss_of(id) {
+                // `lock_lost`, so its client can tell why it must stop (and
+                // only its own user hears it).
+                return Err(match locks.loss_told_to(id, actor) {
                     Some(reason) => DomainError::LockLost {
                         equipment: equipment.clone(),
                         session: id.clone(),

@@ -1011,6 +1011,16 @@ async fn an_ended_sessions_id_stays_its_users() {
         StatusCode::NOT_FOUND,
         "lock_lost",
     );
+    assert_error(
+        &original_client::command(&bob, &s).await,
+        StatusCode::FORBIDDEN,
+        "session_not_live",
+    );
+    assert_error(
+        &original_client::command(&alice, &s).await,
+        StatusCode::FORBIDDEN,
+        "lock_lost",
+    );
     let (status, body) = original_client::acquire(&alice, &s, 300.0).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
