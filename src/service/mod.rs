@@ -557,8 +557,8 @@ impl Service {
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
         let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(|uow| {
-            let (session, opened) = match uow.live_session(&input.session_id)? {
-                Some(_) => (uow.renew_session(&input.session_id, &input.actor)?, false),
+            let (session, opened) = match uow.renew_if_live(&input.session_id, &input.actor)? {
+                Some(session) => (session, false),
                 None if self.policy.implicit_sessions => {
                     let id = &input.session_id;
                     (uow.implicit_session(id, &input.actor, &input.client)?, true)
@@ -597,18 +597,9 @@ impl Service {
     ) -> Result<At<ReleaseOutcome>, ServiceError> {
         self.registered(equipment)?;
         self.run(|uow| {
-            uow.acting(actor);
             // A forced release may name a session that does not exist (the
             // brief's own example uses "admin_session"); a live one is renewed.
-            let live = match uow.live_session(session)? {
-                Some(mut s) => {
-                    actor.may_use(&s)?;
-                    s.touch(uow.now);
-                    uow.save_session(&s)?;
-                    true
-                }
-                None => false,
-            };
+            let live = uow.renew_if_live(session, actor)?.is_some();
             let now = uow.now;
             let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
                 // Only taking others' locks needs an admin: a live session
@@ -638,11 +629,10 @@ impl Service {
         self.registered(equipment)?;
         self.run(|uow| {
             let mut locks = uow.load_locks(equipment)?;
-            if uow.live_session(session)?.is_none() {
+            if uow.renew_if_live(session, actor)?.is_none() {
                 // The same rule as release: a lost lock is `lock_lost`.
                 return Err(lost_or_unknown(&locks, session, actor));
             }
-            uow.renew_session(session, actor)?;
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;
             Ok(grant)
@@ -702,14 +692,9 @@ impl Service {
         self.run(|uow| {
             uow.acting(actor);
             let live = match session {
-                Some(id) => uow.live_session(id)?,
+                Some(id) => uow.renew_if_live(id, actor)?,
                 None => None,
             };
-            if let Some(mut s) = live.clone() {
-                actor.may_use(&s)?;
-                s.touch(uow.now);
-                uow.save_session(&s)?;
-            }
             let mut locks = uow.load_locks(equipment)?;
             if !locks_enabled {
                 return Ok(locks.check_fencing(fencing_token)?);

@@ -112,21 +112,32 @@ impl Uow<'_> {
         self.actor = actor.user.clone();
     }
 
-    /// Loads a live session the actor may use, and renews it (semantics.md,
-    /// Sessions 2).
+    /// The one way a request renews the session it names (semantics.md,
+    /// Sessions 2): if `id` is live, the actor must be allowed to use it,
+    /// and it is renewed and saved. `None` when it is not live.
+    pub(super) fn renew_if_live(
+        &mut self,
+        id: &SessionId,
+        actor: &Actor,
+    ) -> Result<Option<Session>, ServiceError> {
+        self.acting(actor);
+        let Some(mut session) = self.live_session(id)? else {
+            return Ok(None);
+        };
+        actor.may_use(&session)?;
+        session.touch(self.now);
+        self.save_session(&session)?;
+        Ok(Some(session))
+    }
+
+    /// `renew_if_live` for requests that need the session live.
     pub(super) fn renew_session(
         &mut self,
         id: &SessionId,
         actor: &Actor,
     ) -> Result<Session, ServiceError> {
-        self.acting(actor);
-        let mut session = self
-            .live_session(id)?
-            .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
-        actor.may_use(&session)?;
-        session.touch(self.now);
-        self.save_session(&session)?;
-        Ok(session)
+        self.renew_if_live(id, actor)?
+            .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
     }
 
     /// The session an acquire that named `id` while it was not live opens
