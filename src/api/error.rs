@@ -113,6 +113,8 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
             (StatusCode::CONFLICT, "stale_fencing_token")
         }
         Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        SessionRequired => (StatusCode::UNAUTHORIZED, "session_required"),
+        SessionNotLive(_) => (StatusCode::FORBIDDEN, "session_not_live"),
         MetadataTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
     }
 }
@@ -156,8 +158,6 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             ServiceError::EquipmentNotFound(_) => (StatusCode::NOT_FOUND, "equipment_not_found"),
-            ServiceError::SessionRequired => (StatusCode::UNAUTHORIZED, "session_required"),
-            ServiceError::SessionNotLive(_) => (StatusCode::FORBIDDEN, "session_not_live"),
             ServiceError::UnknownAction { .. } => (StatusCode::BAD_REQUEST, "unknown_action"),
             ServiceError::InvalidParameter(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter")

@@ -95,6 +95,18 @@ pub struct QueueEntry {
     pub holder: Holder,
 }
 
+/// What a command asks of an equipment's locks.
+#[derive(Clone, Debug)]
+pub struct CommandCheck<'a> {
+    pub session: Option<&'a SessionId>,
+    /// Whether `session` is live (one that is not holds nothing).
+    pub session_live: bool,
+    pub access: Access,
+    pub fencing_token: Option<u64>,
+    /// `false` when the server does not check commands against locks.
+    pub locks_enabled: bool,
+}
+
 /// A session that lost its lock without asking, and how.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LostLock {
@@ -604,6 +616,34 @@ impl EquipmentLocks {
 
     /// Checks that `session` may run an action needing `access`, and renews
     /// the lock that allows it (semantics.md, Commands 3 and Locks 11).
+    /// Whether a command may run (semantics.md, Commands 3): with locks
+    /// off, only a stale fencing token stops it; otherwise it needs a live
+    /// session holding what `access` needs. A session that is not live but
+    /// lost its lock here hears `lock_lost` (only its own user does), so its
+    /// client can tell why it must stop. Renews the grant that allows it.
+    pub fn authorize_command(
+        &mut self,
+        check: &CommandCheck<'_>,
+        actor: &Actor,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        if !check.locks_enabled {
+            return self.check_fencing(check.fencing_token);
+        }
+        let session = check.session.ok_or(DomainError::SessionRequired)?;
+        if !check.session_live {
+            return Err(match self.loss_told_to(session, actor) {
+                Some(reason) => DomainError::LockLost {
+                    equipment: self.equipment_id.clone(),
+                    session: session.clone(),
+                    reason,
+                },
+                None => DomainError::SessionNotLive(session.clone()),
+            });
+        }
+        self.authorize(session, check.access, check.fencing_token, now)
+    }
+
     pub fn authorize(
         &mut self,
         session: &SessionId,

@@ -762,3 +762,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn commands_need_a_live_holding_session_unless_locks_are_off() {
+    let mut w = World::new();
+    let alices = LockRequest {
+        session_id: sid("a"),
+        mode: LockMode::Exclusive,
+        timeout: Timeout::from_millis(10_000),
+        queue_if_busy: false,
+        holder: Holder {
+            user: Some("alice".into()),
+            client_name: None,
+        },
+    };
+    w.locks
+        .acquire(&alices, w.now, w.policy, &mut w.events)
+        .unwrap();
+    w.release("admin", true).unwrap(); // a loses its lock to a forced release
+    let (alice, bob) = (
+        Actor::user("alice", crate::domain::Role::Operator),
+        Actor::user("bob", crate::domain::Role::Operator),
+    );
+    let cases: &[(Option<&str>, bool, bool, &Actor, &str)] = &[
+        (None, false, false, &bob, "Ok"),
+        (None, false, true, &bob, "SessionRequired"),
+        (Some("a"), false, true, &alice, "LockLost"),
+        (Some("a"), false, true, &Actor::anyone(), "LockLost"),
+        // Someone else's ended session: not told how its lock ended.
+        (Some("a"), false, true, &bob, "SessionNotLive"),
+        (Some("z"), false, true, &bob, "SessionNotLive"),
+        (Some("b"), true, true, &bob, "NotHolder"),
+    ];
+    for (session, live, enabled, actor, want) in cases {
+        let id = session.map(sid);
+        let check = CommandCheck {
+            session: id.as_ref(),
+            session_live: *live,
+            access: Access::Control,
+            fencing_token: None,
+            locks_enabled: *enabled,
+        };
+        let got = w.locks.authorize_command(&check, actor, w.now);
+        assert!(
+            format!("{got:?}").contains(want),
+            "{session:?} live={live} locks={enabled} {actor:?}: {got:?}"
+        );
+    }
+}

@@ -79,6 +79,12 @@ pub enum DomainError {
     /// The caller is authenticated but not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
+    #[error("this action needs a session_id: open a session and lock the equipment first")]
+    SessionRequired,
+    #[error(
+        "session {0} is not live (it never existed, ended or expired): acquire a lock with it (which opens it) or create a session first"
+    )]
+    SessionNotLive(SessionId),
 }
 
 fn busy_detail(holder: Option<&SessionId>) -> String {

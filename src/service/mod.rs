@@ -76,12 +76,6 @@ pub enum ServiceError {
     SessionNotFound(SessionId),
     #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
     EquipmentNotFound(EquipmentId),
-    #[error("this action needs a session_id: create a session and lock the equipment first")]
-    SessionRequired,
-    #[error(
-        "session {0} is not live (it never existed, ended or expired): acquire a lock with it (which opens it) or create a session first"
-    )]
-    SessionNotLive(SessionId),
     #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]
     UnknownAction {
         equipment: EquipmentId,
@@ -696,26 +690,18 @@ impl Service {
                 None => None,
             };
             let mut locks = uow.load_locks(equipment)?;
-            if !locks_enabled {
-                return Ok(locks.check_fencing(fencing_token)?);
+            let check = crate::domain::lock::CommandCheck {
+                session,
+                session_live: live.is_some(),
+                access,
+                fencing_token,
+                locks_enabled,
+            };
+            locks.authorize_command(&check, actor, uow.now)?;
+            if locks_enabled {
+                // The grant that allowed it was renewed.
+                uow.save_locks(&locks)?;
             }
-            let id = session.ok_or(ServiceError::SessionRequired)?;
-            if live.is_none() {
-                // A session that lost its lock and then expired still hears
-                // `lock_lost`, so its client can tell why it must stop (and
-                // only its own user hears it).
-                return Err(match locks.loss_told_to(id, actor) {
-                    Some(reason) => DomainError::LockLost {
-                        equipment: equipment.clone(),
-                        session: id.clone(),
-                        reason,
-                    }
-                    .into(),
-                    None => ServiceError::SessionNotLive(id.clone()),
-                });
-            }
-            locks.authorize(id, access, fencing_token, uow.now)?;
-            uow.save_locks(&locks)?;
             Ok(())
         })
         .await
