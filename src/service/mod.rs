@@ -227,6 +227,8 @@ pub struct Service {
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
+    /// Runs the reads of a blocking store (started on the first).
+    readers: std::sync::OnceLock<read::ReadPool>,
 }
 
 /// Where `session` stands on an equipment: holding, waiting, or neither.
@@ -281,6 +283,7 @@ impl Service {
             store_waiting: AtomicUsize::new(0),
             history_grew: Notify::new(),
             recorded_upto: AtomicU64::new(0),
+            readers: std::sync::OnceLock::new(),
         }
     }
 

@@ -76,8 +76,14 @@ impl Service {
             outcome.expect("the read ran the operation")
         };
         let value = if self.store.blocks() {
-            tokio::task::spawn_blocking(read).await.map_err(|e| {
-                ServiceError::Store(StoreError::Unavailable(format!("the read stopped: {e}")))
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            self.readers
+                .get_or_init(ReadPool::start)
+                .run(Box::new(move || {
+                    let _gone = answer.send(read());
+                }))?;
+            answered.await.map_err(|_| {
+                ServiceError::Store(StoreError::Unavailable("the read stopped".into()))
             })??
         } else {
             read()?
@@ -112,5 +118,52 @@ impl Service {
         }
         self.expire_due().await?;
         self.read(move |view| op(&mut *view.tx)).await
+    }
+}
+
+/// A read handed to the pool.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads that run reads of a blocking store, one per core (at least
+/// two, as many as SQLite's read connections): never a tokio worker, and
+/// measured faster for status than `spawn_blocking`, whose threads pile up
+/// on the few connections under load (docs/benchmarks.md). They end when
+/// the service is dropped.
+pub(super) struct ReadPool {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl ReadPool {
+    fn start() -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        for i in 0..threads {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("lablink-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a reader thread");
+            }
+        }
+        Self { jobs }
+    }
+
+    fn run(&self, job: Job) -> Result<(), ServiceError> {
+        self.jobs.send(job).map_err(|_| {
+            ServiceError::Store(StoreError::Unavailable(
+                "no reader thread is running".into(),
+            ))
+        })
     }
 }

@@ -36,10 +36,21 @@ impl Readers {
     /// Runs `work` in one read transaction: one snapshot for the whole unit.
     pub(super) fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
         let reader = self.free_connection();
-        let tx = reader.unchecked_transaction().map_err(unavailable)?;
-        work(&mut SqliteTx::new(&tx, &mut None))?;
+        // `BEGIN` and `COMMIT` from the statement cache: rusqlite's
+        // `Transaction` parses them anew each time, which showed in the
+        // status benchmark (docs/benchmarks.md).
+        let run = |sql: &str| {
+            reader
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .map_err(unavailable)
+        };
+        run("BEGIN")?;
+        // Rolls back whatever does not reach the commit (an error, a panic).
+        let _ends = EndsRead(&reader);
+        work(&mut SqliteTx::new(&reader, &mut None))?;
         // Committing a read writes nothing.
-        tx.commit().map_err(unavailable)
+        run("COMMIT").map(|_| ())
     }
 
     /// A free connection if there is one, else the next in turn once free.
@@ -47,7 +58,7 @@ impl Readers {
         let n = self.connections.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         // A poisoned connection is fine: the read that panicked was rolled
-        // back when its transaction was dropped.
+        // back (`EndsRead`).
         for i in 0..n {
             match self.connections[(start + i) % n].try_lock() {
                 Ok(guard) => return guard,
@@ -58,6 +69,19 @@ impl Readers {
         self.connections[start]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends a read that did not commit (it failed or panicked): its snapshot
+/// is let go, so the connection is ready for the next. After a commit it
+/// does nothing.
+struct EndsRead<'a>(&'a Connection);
+
+impl Drop for EndsRead<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = self.0.execute_batch("ROLLBACK");
+        }
     }
 }
 
