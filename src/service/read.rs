@@ -3,11 +3,12 @@
 //! committed state and shows it as the rules leave it at `now`
 //! (`domain::view`), so nothing past its deadline is shown as live or held
 //! (semantics.md, "Expiry is exact") while the reaper, or the next write,
-//! makes the expiry durable. A blocking store is read on tokio's blocking
-//! pool, never on an async worker.
+//! makes the expiry durable. A blocking store is read on the service's own
+//! reader threads (`ReadPool`), never on an async worker.
 
 use super::*;
 use crate::domain::view::locks_at;
+use std::panic::AssertUnwindSafe;
 
 /// A read's view of the store at one instant.
 pub(super) struct View<'a> {
@@ -147,7 +148,11 @@ impl ReadPool {
                         // The lock is held only while waiting for a job.
                         let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match job {
-                            Ok(job) => job(),
+                            // A read that panics loses its answer (its
+                            // caller hears the read stopped), not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                            }
                             Err(_) => return,
                         }
                     }

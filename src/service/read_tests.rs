@@ -3,54 +3,21 @@
 //! expired at `now` without saving anything.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{AcquireInput, ClientInfo, NewSession, Policy, Service, ServiceError};
 use crate::clock::ManualClock;
 use crate::domain::{AcquireOutcome, Actor, EquipmentId, LockMode, SessionId, Timeout, Timestamp};
 use crate::drivers::Instruments;
+use crate::storage::counting::Counting;
 use crate::storage::memory::MemoryStore;
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
-use crate::storage::{EventQuery, Store, StoreError, Work};
-
-/// A store that counts write transactions and reads. It offers no group
-/// commit, so every write of the service is one counted transaction.
-struct Counting {
-    inner: Box<dyn Store>,
-    transactions: AtomicUsize,
-    reads: AtomicUsize,
-}
-
-impl Store for Counting {
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        self.transactions.fetch_add(1, Ordering::SeqCst);
-        self.inner.transaction(work)
-    }
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(work)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn blocks(&self) -> bool {
-        self.inner.blocks()
-    }
-    fn durable(&self) -> bool {
-        self.inner.durable()
-    }
-}
-
-impl Counting {
-    fn writes(&self) -> usize {
-        self.transactions.load(Ordering::SeqCst)
-    }
-}
+use crate::storage::{EventQuery, Store};
 
 struct Lab {
     service: Service,
-    store: Arc<Counting>,
+    store: Arc<Counting<dyn Store>>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -63,11 +30,7 @@ fn lab(sqlite: bool) -> Lab {
     } else {
         Box::new(MemoryStore::new())
     };
-    let store = Arc::new(Counting {
-        inner,
-        transactions: AtomicUsize::new(0),
-        reads: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Counting::new(inner));
     let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_000_000)));
     let instruments =
         Instruments::from_configs(&Instruments::demo_configs(), std::path::Path::new(".")).unwrap();
