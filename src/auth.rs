@@ -384,9 +384,8 @@ fn bearer(header: &str) -> Result<&str, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Work;
+    use crate::storage::counting::Counting;
     use crate::storage::sqlite::{SqliteOptions, SqliteStore};
-    use std::sync::atomic::AtomicUsize;
 
     fn sqlite(dir: &std::path::Path) -> SqliteStore {
         SqliteStore::open(
@@ -498,43 +497,12 @@ mod tests {
         );
     }
 
-    /// A store that counts what goes through it.
-    struct Counting {
-        inner: SqliteStore,
-        transactions: AtomicUsize,
-        reads: AtomicUsize,
-    }
-
-    impl Store for Counting {
-        fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-            self.transactions.fetch_add(1, Ordering::SeqCst);
-            self.inner.transaction(work)
-        }
-        fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            self.inner.read(work)
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        fn blocks(&self) -> bool {
-            true
-        }
-        fn durable(&self) -> bool {
-            true
-        }
-    }
-
     #[test]
     fn verifying_and_refreshing_never_write_and_refusals_are_cached_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Counting {
-            inner: sqlite(dir.path()),
-            transactions: AtomicUsize::new(0),
-            reads: AtomicUsize::new(0),
-        });
+        let store = Arc::new(Counting::new(Box::new(sqlite(dir.path()))));
         let now = Timestamp::from_millis(0);
-        let (token, record) = create_token(&store.inner, "alice", Role::Operator, now).unwrap();
+        let (token, record) = create_token(&*store.inner, "alice", Role::Operator, now).unwrap();
         let auth = Auth::new(AuthMode::Required, store.clone());
         let unknown = format!("Bearer llk_{}", "0".repeat(64));
         let start = Instant::now();
@@ -586,7 +554,7 @@ mod tests {
             matches!(revoke, Err(StoreError::Unavailable(_))),
             "{revoke:?}"
         );
-        assert!(list_tokens(&store.inner).unwrap()[0].revoked_at.is_none());
+        assert!(list_tokens(&*store.inner).unwrap()[0].revoked_at.is_none());
     }
 
     #[test]

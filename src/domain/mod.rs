@@ -10,6 +10,7 @@ pub mod ids;
 pub mod lock;
 pub mod session;
 pub mod time;
+pub mod view;
 
 pub use access::{Actor, Role};
 pub use event::{EndReason, Event, EventKind};

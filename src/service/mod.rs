@@ -1,8 +1,10 @@
 //! The use cases: one method per thing a client can ask. Each reads the
-//! clock once, runs inside one store transaction (first expiring whatever
-//! is due, so nothing past its deadline is ever seen), asks the domain,
-//! saves what changed, records the events, and wakes the reaper when a
-//! sooner deadline appeared. Instruments are driven after the lock check.
+//! clock once. A write runs inside one store transaction (first expiring
+//! whatever is due, so nothing past its deadline is ever seen), asks the
+//! domain, saves what changed, records the events, and wakes the reaper
+//! when a sooner deadline appeared. A read answers from committed state,
+//! shown as the rules leave it at that instant, and writes nothing (see
+//! `read`). Instruments are driven after the lock check.
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -21,6 +23,9 @@ use crate::live::{ExpiryWarnings, Hub, Warning};
 use crate::storage::{Due, EventPage, EventQuery, Store, StoreError, Tx};
 use std::collections::HashMap;
 
+mod read;
+#[cfg(test)]
+mod read_tests;
 #[cfg(test)]
 mod recovery_tests;
 mod transact;
@@ -216,6 +221,8 @@ pub struct Service {
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
+    /// Runs the reads of a blocking store (started on the first).
+    readers: std::sync::OnceLock<read::ReadPool>,
 }
 
 /// Where `session` stands on an equipment: holding, waiting, or neither.
@@ -270,6 +277,7 @@ impl Service {
             store_waiting: AtomicUsize::new(0),
             history_grew: Notify::new(),
             recorded_upto: AtomicU64::new(0),
+            readers: std::sync::OnceLock::new(),
         }
     }
 
@@ -358,7 +366,7 @@ impl Service {
     /// The whole history, filtered, oldest first, a page at a time.
     pub async fn history(&self, query: EventQuery) -> Result<At<EventPage>, ServiceError> {
         too_many(query.limit)?;
-        self.run(|uow| Ok(uow.tx.event_page(&query)?)).await
+        self.read_events(move |tx| Ok(tx.event_page(&query)?)).await
     }
 
     /// A page of the history as committed, read off the write path: no
@@ -367,23 +375,8 @@ impl Service {
     /// (A batch whose fsync is still running is already readable here.)
     pub async fn read_history(&self, query: EventQuery) -> Result<EventPage, ServiceError> {
         too_many(query.limit)?;
-        let store = self.store.clone();
-        let read = move || {
-            let mut page = EventPage::default();
-            store.read(&mut |tx| {
-                page = tx.event_page(&query)?;
-                Ok(())
-            })?;
-            Ok(page)
-        };
-        if !self.store.blocks() {
-            return read();
-        }
-        tokio::task::spawn_blocking(read).await.map_err(|e| {
-            ServiceError::Store(StoreError::Unavailable(format!(
-                "the history read stopped: {e}"
-            )))
-        })?
+        let page = self.read(move |view| Ok(view.tx.event_page(&query)?));
+        Ok(page.await?.value)
     }
 
     /// Forgets events older than `days` days (0 keeps everything).
@@ -459,8 +452,9 @@ impl Service {
     }
 
     pub async fn session(&self, id: &SessionId) -> Result<At<Session>, ServiceError> {
-        self.run(|uow| {
-            uow.live_session(id)?
+        let id = id.clone();
+        self.read(move |view| {
+            view.live_session(&id)?
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
         })
         .await
@@ -474,15 +468,16 @@ impl Service {
         limit: usize,
     ) -> Result<At<SessionPage>, ServiceError> {
         let limit = too_many(limit)?;
-        self.run(|uow| {
-            let mut sessions = uow.tx.sessions_page(cursor, limit)?;
+        let cursor = cursor.cloned();
+        self.read(move |view| {
+            let mut sessions = view.tx.sessions_page(cursor.as_ref(), limit)?;
             // The page is full when the store had `limit` more: only then
             // may another follow (a page shortened by the liveness filter
             // still points past what it skipped).
             let next_cursor = (sessions.len() == limit)
                 .then(|| sessions.last().map(|s| s.id.clone()))
                 .flatten();
-            sessions.retain(|s| s.is_live(uow.now));
+            sessions.retain(|s| s.is_live(view.now));
             Ok(SessionPage {
                 sessions,
                 next_cursor,
@@ -503,15 +498,17 @@ impl Service {
         &self,
         id: &SessionId,
     ) -> Result<At<SessionHoldings>, ServiceError> {
-        self.run(|uow| {
-            uow.live_session(id)?
+        let id = id.clone();
+        self.read(move |view| {
+            let id = &id;
+            view.live_session(id)?
                 .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
             let mut holdings = SessionHoldings {
                 locks: Vec::new(),
                 queued: Vec::new(),
             };
-            for equipment in uow.tx.equipment_of_session(id)? {
-                let locks = uow.tx.equipment_locks(&equipment)?;
+            for equipment in view.tx.equipment_of_session(id)? {
+                let locks = view.locks(&equipment)?;
                 if let Some(grant) = locks.grant_of(id) {
                     holdings.locks.push((equipment.clone(), grant.clone()));
                 }
@@ -531,9 +528,10 @@ impl Service {
         limit: usize,
     ) -> Result<At<Vec<Event>>, ServiceError> {
         let limit = too_many(limit)?;
-        self.run(|uow| {
-            let events = uow.tx.session_events(id, limit)?;
-            if events.is_empty() && uow.tx.session(id)?.is_none() {
+        let id = id.clone();
+        self.read_events(move |tx| {
+            let events = tx.session_events(&id, limit)?;
+            if events.is_empty() && tx.session(&id)?.is_none() {
                 return Err(ServiceError::SessionNotFound(id.clone()));
             }
             Ok(events)
@@ -639,12 +637,20 @@ impl Service {
         equipment: &EquipmentId,
     ) -> Result<At<EquipmentLocks>, ServiceError> {
         self.registered(equipment)?;
-        self.run(|uow| Ok(uow.tx.equipment_locks(equipment)?)).await
+        let equipment = equipment.clone();
+        self.read(move |view| Ok(view.locks(&equipment)?)).await
     }
 
     pub async fn busy_equipment(&self) -> Result<At<Vec<EquipmentLocks>>, ServiceError> {
-        self.run(|uow| {
-            let mut all = uow.tx.busy_equipment()?;
+        self.read(|view| {
+            let mut all = Vec::new();
+            for stored in view.tx.busy_equipment()? {
+                // What expired at `now` may have left it idle.
+                let locks = view.at_now(stored)?;
+                if !locks.is_idle() {
+                    all.push(locks);
+                }
+            }
             all.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
             Ok(all)
         })
@@ -658,7 +664,8 @@ impl Service {
     ) -> Result<At<Vec<Event>>, ServiceError> {
         self.registered(equipment)?;
         let limit = too_many(limit)?;
-        self.run(|uow| Ok(uow.tx.equipment_events(equipment, limit)?))
+        let equipment = equipment.clone();
+        self.read_events(move |tx| Ok(tx.equipment_events(&equipment, limit)?))
             .await
     }
 

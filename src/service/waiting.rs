@@ -4,6 +4,16 @@
 use super::*;
 
 impl Service {
+    /// An equipment's locks through the write path: what is due expires
+    /// (and is committed) first, so a waiter answered `locked` holds a
+    /// grant that is durable, unlike a read's view of it.
+    async fn standing_now(
+        &self,
+        equipment: &EquipmentId,
+    ) -> Result<At<EquipmentLocks>, ServiceError> {
+        self.run(|uow| Ok(uow.tx.equipment_locks(equipment)?)).await
+    }
+
     /// Sends `lock_expiring` for a scheduled warning if its lease is still
     /// the one it was scheduled for (not renewed, released or expired).
     pub async fn warn_expiring(&self, warning: Warning) -> Result<bool, ServiceError> {
@@ -77,7 +87,7 @@ impl Service {
                 },
                 _ = self.clock.sleep_until(until) => break,
             }
-            let now = self.lock_state(&equipment).await?;
+            let now = self.standing_now(&equipment).await?;
             match standing(&now.value, &session) {
                 Some(AcquireOutcome::Queued { .. }) => continue,
                 Some(outcome) => {
@@ -92,7 +102,7 @@ impl Service {
                 None => return Err(ServiceError::SessionNotFound(session)),
             }
         }
-        let now = self.lock_state(&equipment).await?;
+        let now = self.standing_now(&equipment).await?;
         let outcome =
             standing(&now.value, &session).ok_or(ServiceError::SessionNotFound(session))?;
         Ok(At {

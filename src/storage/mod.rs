@@ -12,6 +12,8 @@ pub mod sqlite;
 
 #[cfg(test)]
 mod contract;
+#[cfg(test)]
+pub(crate) mod counting;
 
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, Role, Session, SessionId, Timestamp,

@@ -292,3 +292,36 @@ async fn old_events_are_pruned_in_the_background() {
     .expect("events older than a day were pruned, the fresh one kept");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn status_right_after_an_acquire_or_release_shows_it_on_sqlite() {
+    // Reads come from committed state on their own connections, not through
+    // the batch: each answer below comes after the write's 200, so the
+    // write is committed and the read must see it. Three instruments at
+    // once, so writes share batches while others read.
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "")).await;
+    let rounds = ["ps_abc123", "scope_123", "load_1"].map(|equipment| {
+        let app = &app;
+        async move {
+            let s = app.session(0.0).await;
+            for _ in 0..20 {
+                let (status, body) = app
+                    .post(
+                        "/api/locks/acquire",
+                        json!({"equipment_id": equipment, "session_id": s}),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                let (_, lock) = app.get(&format!("/api/locks/status/{equipment}")).await;
+                assert_eq!(lock["session_id"], s.as_str(), "{lock}");
+                assert_eq!(lock["fencing_token"], body["lock"]["fencing_token"]);
+                app.release(equipment, &s, false).await;
+                let (_, lock) = app.get(&format!("/api/locks/status/{equipment}")).await;
+                assert_eq!(lock["session_id"], serde_json::Value::Null, "{lock}");
+            }
+        }
+    });
+    futures_util::future::join_all(rounds).await;
+    app.stop().await;
+}

@@ -7,15 +7,17 @@
 //! `synchronous=full` (the default) survives power loss; `normal` survives
 //! a crash of the process but may lose the last commits on power loss.
 //!
-//! This file is the store: opening its connections (writer, reader,
-//! checkpointer) with their settings, and the `Store` impl. One concern per
-//! file beside it: `options` (the URL), `migrate` (the schema), `writer`
-//! (group commit: batches, syncing, checkpoints), `tx` (a unit of work's
-//! SQL) and `rows` (row <-> domain mapping, SQLite's errors). It holds no
-//! table's SQL and no batching or syncing of its own.
+//! This file is the store: opening its connections (writer, checkpointer)
+//! with their settings, and the `Store` impl. One concern per file beside
+//! it: `options` (the URL), `migrate` (the schema), `writer` (group commit:
+//! batches, syncing, checkpoints), `readers` (the read-only connections),
+//! `tx` (a unit of work's SQL) and `rows` (row <-> domain mapping,
+//! SQLite's errors). It holds no table's SQL and no batching or syncing of
+//! its own.
 
 mod migrate;
 mod options;
+mod readers;
 mod rows;
 mod tx;
 mod writer;
@@ -27,15 +29,16 @@ use std::sync::{Arc, Mutex};
 
 use super::{GroupCommit, Store, StoreError, Work};
 use migrate::migrate;
+use readers::Readers;
 use rows::unavailable;
 use tx::SqliteTx;
 use writer::{Batch, Durability};
 
 pub struct SqliteStore {
     conn: Mutex<Batch>,
-    /// A connection for `read`: WAL lets it read committed state while the
-    /// writer works, without taking the writer's lock or joining a batch.
-    reader: Mutex<Connection>,
+    /// The connections for `read`: WAL lets them read committed state while
+    /// the writer works, without taking the writer's lock or joining a batch.
+    readers: Readers,
     describe: String,
     durability: Arc<Durability>,
     /// Syncs and checkpoints what batches commit; joined on drop.
@@ -105,14 +108,8 @@ impl SqliteStore {
                 .spawn(move || durability.run_syncer(checkpointer))
                 .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
         };
-        // `query_only`: a read is never a way to write.
-        let reader = Connection::open(&options.path).map_err(unavailable)?;
-        reader
-            .busy_timeout(options.busy_timeout)
-            .and_then(|()| reader.execute_batch("PRAGMA query_only = ON;"))
-            .map_err(unavailable)?;
         Ok(Self {
-            reader: Mutex::new(reader),
+            readers: Readers::open(options)?,
             conn: Mutex::new(Batch::new(conn)),
             durability,
             syncer: Some(syncer),
@@ -163,11 +160,7 @@ impl Store for SqliteStore {
     }
 
     fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        // One snapshot for the whole unit; committing a read writes nothing.
-        let tx = reader.unchecked_transaction().map_err(unavailable)?;
-        work(&mut SqliteTx::new(&tx, &mut None))?;
-        tx.commit().map_err(unavailable)
+        self.readers.read(work)
     }
 
     fn group_commit(&self) -> Option<&dyn GroupCommit> {
