@@ -6,9 +6,14 @@
 //! makes the expiry durable. A blocking store is read on the service's own
 //! reader threads (`ReadPool`), never on an async worker.
 
-use super::*;
-use crate::domain::view::locks_at;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use super::{At, Service, ServiceError};
+use crate::domain::view::locks_at;
+use crate::domain::{EquipmentId, EquipmentLocks, Session, SessionId, Timestamp};
+use crate::storage::{StoreError, Tx};
 
 /// A read's view of the store at one instant.
 pub(super) struct View<'a> {

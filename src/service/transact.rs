@@ -2,8 +2,14 @@
 //! else: one transaction per use case (batched by group commit on stores
 //! that support it), then the events published and the reaper woken.
 
-use super::uow::notification_for;
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Notify;
+
+use super::uow::{Committed, Uow, notification_for};
+use super::{At, ExpiryReport, Service, ServiceError};
+use crate::domain::{Event, EventKind, Timestamp};
+use crate::storage::{EventQuery, StoreError, Tx};
 
 impl Service {
     /// Runs `op` in one transaction at one instant, after expiring what is

@@ -2,7 +2,13 @@
 //! work did (events, deadlines, saved lock states). The use cases in
 //! `service` write their rules against it.
 
-use super::*;
+use std::collections::HashMap;
+
+use super::{ClientInfo, ExpiryReport, Policy, ServiceError};
+use crate::domain::{
+    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp,
+};
+use crate::storage::{Due, StoreError, Tx};
 
 /// How many of an id's newest events an implicit open reads to learn who
 /// used the id before.

@@ -1,7 +1,21 @@
 //! Use cases that wait on live events: acquire with `wait_seconds`, and
 //! the `lock_expiring` warnings.
 
-use super::*;
+use super::{AcquireInput, Acquired, At, Service, ServiceError};
+use crate::domain::{AcquireOutcome, EquipmentId, EquipmentLocks, Event, EventKind, SessionId};
+use crate::live::Warning;
+
+/// Where `session` stands on an equipment: holding, waiting, or neither.
+fn standing(locks: &EquipmentLocks, session: &SessionId) -> Option<AcquireOutcome> {
+    if let Some(grant) = locks.grant_of(session) {
+        return Some(AcquireOutcome::Locked(grant.clone()));
+    }
+    let position = locks.position_of(session)?;
+    Some(AcquireOutcome::Queued {
+        entry: locks.queue[position - 1].clone(),
+        position,
+    })
+}
 
 impl Service {
     /// An equipment's locks through the write path: what is due expires

@@ -1,0 +1,114 @@
+//! The command use case: finding the instrument, checking the action, its
+//! parameters and the lock rules, then driving the instrument.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+use super::{At, CommandInput, Service, ServiceError};
+use crate::domain::{Actor, EquipmentId, SessionId};
+use crate::drivers::{ActionSpec, Instrument};
+
+impl Service {
+    /// Checks the lock rules for a command and renews what authorised it.
+    async fn authorize(
+        &self,
+        actor: &Actor,
+        equipment: &EquipmentId,
+        session: Option<&SessionId>,
+        access: crate::domain::Access,
+        fencing_token: Option<u64>,
+    ) -> Result<(), ServiceError> {
+        let locks_enabled = self.policy.locks_enabled;
+        self.run(|uow| {
+            uow.acting(actor);
+            let live = match session {
+                Some(id) => uow.renew_if_live(id, actor)?,
+                None => None,
+            };
+            let mut locks = uow.load_locks(equipment)?;
+            let check = crate::domain::lock::CommandCheck {
+                session,
+                session_live: live.is_some(),
+                access,
+                fencing_token,
+                locks_enabled,
+            };
+            locks.authorize_command(&check, actor, uow.now)?;
+            if locks_enabled {
+                // The grant that allowed it was renewed.
+                uow.save_locks(&locks)?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub fn instrument(&self, id: &EquipmentId) -> Result<&Arc<Instrument>, ServiceError> {
+        self.instruments
+            .get(id)
+            .ok_or_else(|| ServiceError::EquipmentNotFound(id.clone()))
+    }
+
+    pub(super) fn registered(&self, id: &EquipmentId) -> Result<(), ServiceError> {
+        if self.instruments.contains(id) {
+            Ok(())
+        } else {
+            Err(ServiceError::EquipmentNotFound(id.clone()))
+        }
+    }
+
+    /// Runs one command: known action, valid parameters, lock rules, then
+    /// the instrument, one command at a time per instrument.
+    pub async fn run_command(&self, input: CommandInput) -> Result<At<Value>, ServiceError> {
+        let instrument = self.instrument(&input.equipment_id)?;
+        let action: &ActionSpec = instrument
+            .driver
+            .actions()
+            .iter()
+            .find(|a| a.name == input.action)
+            .ok_or_else(|| ServiceError::UnknownAction {
+                equipment: input.equipment_id.clone(),
+                action: input.action.clone(),
+                valid: instrument
+                    .driver
+                    .actions()
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect(),
+            })?;
+        let params = action.validate(&input.parameters)?;
+        input.actor.may_run(action.access)?;
+        let _turn = instrument.serial.lock().await;
+        self.authorize(
+            &input.actor,
+            &input.equipment_id,
+            input.session_id.as_ref(),
+            action.access,
+            input.fencing_token,
+        )
+        .await?;
+        let value = instrument
+            .driver
+            .execute(action, &params)
+            .await
+            .inspect_err(|e| {
+                // Answered as 502/503/504 without a cause on our side: say
+                // which instrument, for whom and for which command.
+                if e.is_instrument_failure() {
+                    tracing::warn!(
+                        equipment = %input.equipment_id,
+                        session = input.session_id.as_ref().map(|s| s.as_str()).unwrap_or("-"),
+                        command_id = input.command_id.as_deref().unwrap_or("-"),
+                        action = %action.name,
+                        error = %e,
+                        "instrument command failed"
+                    );
+                }
+            })?;
+        Ok(At {
+            value,
+            now: self.clock.now(),
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! The service's one error type: what a use case can fail with, from the
+//! domain, the store, the instruments, or the request itself. Mapped to
+//! HTTP once, in `api::error`.
+
+use crate::domain::{DomainError, EquipmentId, SessionId};
+use crate::drivers::{DriverError, ParamError};
+use crate::storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
+    SessionNotFound(SessionId),
+    #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
+    EquipmentNotFound(EquipmentId),
+    #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]
+    UnknownAction {
+        equipment: EquipmentId,
+        action: String,
+        valid: Vec<String>,
+    },
+    #[error(transparent)]
+    InvalidParameter(#[from] ParamError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error("{0}")]
+    Invalid(String),
+}

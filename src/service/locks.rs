@@ -1,0 +1,158 @@
+//! The lock use cases: acquire, release, renew, look at an equipment's
+//! locks and events, and expire what is due.
+
+use super::inputs::too_many;
+use super::{AcquireInput, Acquired, At, ExpiryReport, Service, ServiceError};
+use crate::domain::lock::Holder;
+use crate::domain::{
+    Actor, EquipmentId, EquipmentLocks, Event, LockRequest, ReleaseOutcome, SessionId, Timestamp,
+};
+
+/// What a session that is not live hears when it releases or renews: that
+/// it lost its lock here, if it did (semantics.md, Locks 8-9), else that it
+/// does not exist.
+fn lost_or_unknown(locks: &EquipmentLocks, session: &SessionId, actor: &Actor) -> ServiceError {
+    locks.lost_lock_told_to(session, actor).map_or_else(
+        || ServiceError::SessionNotFound(session.clone()),
+        ServiceError::from,
+    )
+}
+
+impl Service {
+    pub async fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
+        let instrument = self.instrument(&input.equipment_id)?;
+        input.actor.may_lock(input.mode)?;
+        input
+            .actor
+            .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
+        let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
+        self.run(|uow| {
+            let (session, opened) = match uow.renew_if_live(&input.session_id, &input.actor)? {
+                Some(session) => (session, false),
+                None if self.policy.implicit_sessions => {
+                    let id = &input.session_id;
+                    (uow.implicit_session(id, &input.actor, &input.client)?, true)
+                }
+                None => return Err(ServiceError::SessionNotFound(input.session_id.clone())),
+            };
+            let request = LockRequest {
+                session_id: input.session_id.clone(),
+                mode: input.mode,
+                timeout,
+                queue_if_busy: input.queue_if_busy,
+                holder: Holder {
+                    user: session.user.clone(),
+                    client_name: Some(session.client_name.clone()),
+                },
+            };
+            let mut locks = uow.load_locks(&input.equipment_id)?;
+            let opened_at = uow.events.len();
+            let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
+            // A refused acquire opens no session.
+            if opened {
+                uow.open_implicit(&session, opened_at)?;
+            }
+            uow.save_locks(&locks)?;
+            Ok(Acquired { outcome, locks })
+        })
+        .await
+    }
+
+    pub async fn release(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        force: bool,
+        actor: &Actor,
+    ) -> Result<At<ReleaseOutcome>, ServiceError> {
+        self.registered(equipment)?;
+        self.run(|uow| {
+            // A forced release may name a session that does not exist (the
+            // brief's own example uses "admin_session"); a live one is renewed.
+            let live = uow.renew_if_live(session, actor)?.is_some();
+            let now = uow.now;
+            let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
+                // Only taking others' locks needs an admin: a live session
+                // of the caller's that holds or waits here releases its own
+                // place, `force` or not. A session that is not live proves
+                // no ownership, so forcing in its name stays an admin's.
+                if locks.release_forces(session, force, alive) {
+                    actor.may_force()?;
+                } else if !live && !force {
+                    // Releases never open a session; one whose lock was
+                    // lost still hears so.
+                    return Err(lost_or_unknown(locks, session, actor));
+                }
+                Ok(locks.release(session, force, now, alive, events)?)
+            })?;
+            outcome
+        })
+        .await
+    }
+
+    pub async fn lock_activity(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        actor: &Actor,
+    ) -> Result<At<crate::domain::Grant>, ServiceError> {
+        self.registered(equipment)?;
+        self.run(|uow| {
+            let mut locks = uow.load_locks(equipment)?;
+            if uow.renew_if_live(session, actor)?.is_none() {
+                // The same rule as release: a lost lock is `lock_lost`.
+                return Err(lost_or_unknown(&locks, session, actor));
+            }
+            let grant = locks.renew(session, uow.now)?;
+            uow.save_locks(&locks)?;
+            Ok(grant)
+        })
+        .await
+    }
+
+    pub async fn lock_state(
+        &self,
+        equipment: &EquipmentId,
+    ) -> Result<At<EquipmentLocks>, ServiceError> {
+        self.registered(equipment)?;
+        let equipment = equipment.clone();
+        self.read(move |view| Ok(view.locks(&equipment)?)).await
+    }
+
+    pub async fn busy_equipment(&self) -> Result<At<Vec<EquipmentLocks>>, ServiceError> {
+        self.read(|view| {
+            let mut all = Vec::new();
+            for stored in view.tx.busy_equipment()? {
+                // What expired at `now` may have left it idle.
+                let locks = view.at_now(stored)?;
+                if !locks.is_idle() {
+                    all.push(locks);
+                }
+            }
+            all.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
+            Ok(all)
+        })
+        .await
+    }
+
+    pub async fn equipment_events(
+        &self,
+        equipment: &EquipmentId,
+        limit: usize,
+    ) -> Result<At<Vec<Event>>, ServiceError> {
+        self.registered(equipment)?;
+        let limit = too_many(limit)?;
+        let equipment = equipment.clone();
+        self.read_events(move |tx| Ok(tx.equipment_events(&equipment, limit)?))
+            .await
+    }
+
+    /// Expires what is due and says when the next deadline is. The reaper's
+    /// step, and the manual cleanup endpoint's.
+    pub async fn expire_due(&self) -> Result<At<(ExpiryReport, Option<Timestamp>)>, ServiceError> {
+        let at = self
+            .run(|uow| Ok((uow.expired, uow.tx.next_deadline()?)))
+            .await?;
+        Ok(at)
+    }
+}
