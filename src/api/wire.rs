@@ -24,15 +24,7 @@ impl<L: Listener> Listener for JsonParseErrors<L> {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.0.accept().await;
-        (
-            JsonErrorsIo {
-                inner: io,
-                pending: Vec::new(),
-                at_boundary: true,
-                upgraded: false,
-            },
-            addr,
-        )
+        (JsonErrorsIo::new(io), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -120,6 +112,16 @@ fn with_json_body(head: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl<T> JsonErrorsIo<T> {
+    /// A new connection: nothing written yet, not upgraded.
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            pending: Vec::new(),
+            at_boundary: true,
+            upgraded: false,
+        }
+    }
+
     /// The connection underneath.
     pub fn get_ref(&self) -> &T {
         &self.inner
@@ -266,41 +268,26 @@ mod tests {
         // The rest of a partly written frame that happens to look like a head.
         let mut frame = vec![0x8a, lookalike.len() as u8];
         frame.extend_from_slice(lookalike);
-        let mut io = JsonErrorsIo {
-            inner: Trickle {
-                got: Vec::new(),
-                limit: 2,
-            },
-            pending: Vec::new(),
-            at_boundary: true,
-            upgraded: false,
-        };
+        let mut io = JsonErrorsIo::new(Trickle {
+            got: Vec::new(),
+            limit: 2,
+        });
         io.write_all(&frame).await.unwrap();
         assert_eq!(io.inner.got, frame, "passed through untouched");
         // After a 101, frames are never looked at, whole or not.
-        let mut io = JsonErrorsIo {
-            inner: Trickle {
-                got: Vec::new(),
-                limit: usize::MAX,
-            },
-            pending: Vec::new(),
-            at_boundary: true,
-            upgraded: false,
-        };
+        let mut io = JsonErrorsIo::new(Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+        });
         let upgrade = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
         io.write_all(upgrade).await.unwrap();
         io.write_all(lookalike).await.unwrap();
         assert_eq!(io.inner.got, [&upgrade[..], &lookalike[..]].concat());
         // A bodiless error head at a boundary still gets its JSON body.
-        let mut io = JsonErrorsIo {
-            inner: Trickle {
-                got: Vec::new(),
-                limit: usize::MAX,
-            },
-            pending: Vec::new(),
-            at_boundary: true,
-            upgraded: false,
-        };
+        let mut io = JsonErrorsIo::new(Trickle {
+            got: Vec::new(),
+            limit: usize::MAX,
+        });
         io.write_all(lookalike).await.unwrap();
         io.flush().await.unwrap();
         assert!(String::from_utf8_lossy(&io.inner.got).contains("\"code\":\"bad_request\""));
