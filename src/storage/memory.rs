@@ -30,6 +30,9 @@ struct State {
     equipment_events: HashMap<EquipmentId, VecDeque<Arc<Event>>>,
     session_events: HashMap<SessionId, VecDeque<Arc<Event>>>,
     ended_sessions: VecDeque<SessionId>,
+    /// How many times each id is in `ended_sessions` (an id re-opened and
+    /// ended again is there twice): its history goes with its last entry.
+    ended_entries: HashMap<SessionId, u32>,
     last_seq: u64,
     tokens: Vec<TokenRecord>,
     tokens_version: u64,
@@ -126,17 +129,24 @@ impl State {
     /// Counts `id`'s history among the ended sessions' and forgets the
     /// oldest of those past the bound (unless it is live again).
     fn forget_ended_history(&mut self, id: &SessionId) {
-        // An id re-opened and ended again counts once, from its latest end
-        // (a scan of at most the bound, and only when a session ends).
-        if let Some(earlier) = self.ended_sessions.iter().position(|s| s == id) {
-            self.ended_sessions.remove(earlier);
-        }
+        // An id re-opened and ended again keeps its history until its
+        // latest end is the oldest: counted, not searched for, so a session
+        // end costs the same however many ended histories are kept.
+        *self.ended_entries.entry(id.clone()).or_default() += 1;
         self.ended_sessions.push_back(id.clone());
-        if self.ended_sessions.len() > ENDED_SESSION_HISTORIES_KEPT
-            && let Some(oldest) = self.ended_sessions.pop_front()
-            && !self.sessions.contains_key(&oldest)
-        {
-            self.session_events.remove(&oldest);
+        if self.ended_sessions.len() <= ENDED_SESSION_HISTORIES_KEPT {
+            return;
+        }
+        let Some(oldest) = self.ended_sessions.pop_front() else {
+            return;
+        };
+        let entries = self.ended_entries.entry(oldest.clone()).or_default();
+        *entries -= 1;
+        if *entries == 0 {
+            self.ended_entries.remove(&oldest);
+            if !self.sessions.contains_key(&oldest) {
+                self.session_events.remove(&oldest);
+            }
         }
     }
 }
@@ -498,6 +508,14 @@ mod tests {
         forced(id(1));
         let mut state = store.state.lock().unwrap();
         state.forget_ended_history(&id(0)); // it was re-opened and ended again
-        assert_eq!(Vec::from(state.ended_sessions.clone()), vec![id(1), id(0)]);
+        // Ended histories past the bound are forgotten from the oldest end:
+        // id 1's goes, id 0's stays (its latest end is newer).
+        for i in 2..=ENDED_SESSION_HISTORIES_KEPT {
+            state.session_events.insert(id(i), VecDeque::new());
+            state.forget_ended_history(&id(i));
+        }
+        assert!(state.session_events.contains_key(&id(0)));
+        assert!(!state.session_events.contains_key(&id(1)));
+        assert_eq!(state.ended_sessions.len(), ENDED_SESSION_HISTORIES_KEPT);
     }
 }
