@@ -237,11 +237,11 @@ impl EquipmentLocks {
     }
 
     pub fn loss_of(&self, session: &SessionId) -> Option<EndReason> {
-        self.lost
-            .iter()
-            .rev()
-            .find(|l| &l.session_id == session)
-            .map(|l| l.reason)
+        self.loss_record(session).map(|l| l.reason)
+    }
+
+    fn loss_record(&self, session: &SessionId) -> Option<&LostLock> {
+        self.lost.iter().rev().find(|l| &l.session_id == session)
     }
 
     fn remember_loss(&mut self, grant: &Grant, reason: EndReason) {
@@ -579,11 +579,9 @@ impl EquipmentLocks {
     /// How `session` lost its lock here, if it did and `actor` may know:
     /// with authentication on, only the user whose lock it was.
     pub fn loss_told_to(&self, session: &SessionId, actor: &Actor) -> Option<EndReason> {
-        let loss = self.lost.iter().rev().find(|l| &l.session_id == session)?;
-        if actor.authenticated() && loss.user != actor.user {
-            return None;
-        }
-        Some(loss.reason)
+        self.loss_record(session)
+            .filter(|loss| !actor.authenticated() || loss.user == actor.user)
+            .map(|loss| loss.reason)
     }
 
     fn lost_error(&self, session: &SessionId, reason: EndReason) -> DomainError {
