@@ -38,10 +38,10 @@ fn psu(id: &str) -> EquipmentConfig {
 /// `instruments` busy instruments, each held by one session with
 /// `WAITERS` more queued (10 sessions per instrument), written straight
 /// into the store in one transaction; plus an idle `bench` instrument.
-fn populate(store: &dyn Store, instruments: usize) {
-    let mut out = Ok(());
+async fn populate(store: &dyn Store, instruments: usize) {
     store
-        .transaction(&mut |tx| {
+        .write(move |tx| {
+            let mut out = Ok(());
             for i in 0..instruments {
                 let mut locks =
                     EquipmentLocks::new(EquipmentId::parse(&format!("psu{i}")).unwrap());
@@ -70,10 +70,11 @@ fn populate(store: &dyn Store, instruments: usize) {
                 }
                 tx.save_equipment_locks(&locks)?;
             }
-            Ok(())
+            Ok(out)
         })
+        .await
+        .unwrap()
         .unwrap();
-    out.unwrap();
 }
 
 fn service(store: Arc<dyn Store>, instruments: usize) -> Service {
@@ -105,7 +106,7 @@ fn scale(c: &mut Criterion) {
     for (size, instruments) in [("10", 1), ("100k", 10_000)] {
         let dir = tempfile::tempdir().unwrap();
         for (name, store) in stores(dir.path()) {
-            populate(store.as_ref(), instruments);
+            runtime.block_on(populate(store.as_ref(), instruments));
             let service = service(store, instruments);
             let session = runtime
                 .block_on(service.create_session(lablink::service::NewSession {
@@ -197,13 +198,26 @@ fn tokens(c: &mut Criterion) {
         )
         .unwrap(),
     );
-    let (token, _) = auth::create_token(store.as_ref(), "alice", Role::Operator, START).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let (token, _) = runtime
+        .block_on(auth::create_token(
+            store.as_ref(),
+            "alice",
+            Role::Operator,
+            START,
+        ))
+        .unwrap();
     let auth = Auth::new(AuthMode::Required, store);
     let header = format!("Bearer {token}");
-    auth.verify(Credentials::Header(&header)).unwrap();
+    runtime
+        .block_on(auth.verify(Credentials::Header(&header)))
+        .unwrap();
     c.bench_function("auth/verify a cached token", |b| {
         b.iter(|| {
-            auth.verify(black_box(Credentials::Header(&header)))
+            runtime
+                .block_on(auth.verify(black_box(Credentials::Header(&header))))
                 .unwrap()
         })
     });

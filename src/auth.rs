@@ -90,42 +90,15 @@ fn token_shaped(token: &str) -> bool {
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Runs one token operation: in its own transaction if it writes, else as
-/// a read (see the module's doc).
-fn run<R: Send>(
+fn with_read<R: Send + 'static>(
     store: &dyn Store,
-    writes: bool,
-    mut f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
-) -> Result<R, StoreError> {
-    let mut out = None;
-    let mut work = |tx: &mut dyn crate::storage::Tx| {
-        out = Some(f(tx)?);
-        Ok(())
-    };
-    if writes {
-        store.transaction(&mut work)?;
-    } else {
-        store.read(&mut work)?;
-    }
-    Ok(out.expect("the work ran"))
-}
-
-fn with_read<R: Send>(
-    store: &dyn Store,
-    f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
-) -> Result<R, StoreError> {
-    run(store, false, f)
-}
-
-fn with_tx<R: Send>(
-    store: &dyn Store,
-    f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send,
-) -> Result<R, StoreError> {
-    run(store, true, f)
+    f: impl FnMut(&mut dyn crate::storage::Tx) -> Result<R, StoreError> + Send + 'static,
+) -> impl Future<Output = Result<R, StoreError>> + Send + '_ {
+    store.query(f)
 }
 
 /// Makes a new token for `user`; returns it (shown once) and its record.
-pub fn create_token(
+pub async fn create_token(
     store: &dyn Store,
     user: &str,
     role: Role,
@@ -156,16 +129,18 @@ pub fn create_token(
         created_at: now,
         revoked_at: None,
     };
-    with_tx(store, |tx| tx.save_token(&record))?;
+    let saved = record.clone();
+    store.write(move |tx| tx.save_token(&saved)).await?;
     Ok((token, record))
 }
 
-pub fn list_tokens(store: &dyn Store) -> Result<Vec<TokenRecord>, TokenError> {
-    Ok(with_tx(store, |tx| tx.tokens())?)
+pub async fn list_tokens(store: &dyn Store) -> Result<Vec<TokenRecord>, TokenError> {
+    Ok(with_read(store, |tx| tx.tokens()).await?)
 }
 
-pub fn revoke_token(store: &dyn Store, id: &str, now: Timestamp) -> Result<(), TokenError> {
-    if with_tx(store, |tx| tx.revoke_token(id, now))? {
+pub async fn revoke_token(store: &dyn Store, id: &str, now: Timestamp) -> Result<(), TokenError> {
+    let token = id.to_owned();
+    if store.write(move |tx| tx.revoke_token(&token, now)).await? {
         Ok(())
     } else {
         Err(TokenError::NoSuchToken(id.into()))
@@ -254,11 +229,15 @@ impl Auth {
     }
 
     /// Who sent `credentials`.
-    pub fn verify(&self, credentials: Credentials<'_>) -> Result<Verified, AuthError> {
-        self.verify_at(credentials, Instant::now())
+    pub async fn verify(&self, credentials: Credentials<'_>) -> Result<Verified, AuthError> {
+        self.verify_at(credentials, Instant::now()).await
     }
 
-    fn verify_at(&self, credentials: Credentials<'_>, now: Instant) -> Result<Verified, AuthError> {
+    async fn verify_at(
+        &self,
+        credentials: Credentials<'_>,
+        now: Instant,
+    ) -> Result<Verified, AuthError> {
         if self.mode == AuthMode::Off {
             return Ok(Verified {
                 actor: Actor::anyone(),
@@ -275,7 +254,7 @@ impl Auth {
             return Err(AuthError::Invalid);
         }
         let credential = Credential(hash(token));
-        let actor = self.check_at(&credential, now)?;
+        let actor = self.check_at(&credential, now).await?;
         Ok(Verified {
             actor,
             credential: Some(credential),
@@ -283,11 +262,11 @@ impl Auth {
     }
 
     /// Who `credential` belongs to, if it is still valid.
-    pub fn check(&self, credential: &Credential) -> Result<Actor, AuthError> {
-        self.check_at(credential, Instant::now())
+    pub async fn check(&self, credential: &Credential) -> Result<Actor, AuthError> {
+        self.check_at(credential, Instant::now()).await
     }
 
-    fn check_at(&self, credential: &Credential, now: Instant) -> Result<Actor, AuthError> {
+    async fn check_at(&self, credential: &Credential, now: Instant) -> Result<Actor, AuthError> {
         let key = &credential.0;
         let generation = {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
@@ -299,7 +278,8 @@ impl Auth {
             }
             cache.generation
         };
-        let record = with_read(self.store.as_ref(), |tx| tx.token_by_hash(key))?;
+        let hashed = key.clone();
+        let record = with_read(self.store.as_ref(), move |tx| tx.token_by_hash(&hashed)).await?;
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let remember = cache.generation == generation;
         match record {
@@ -320,8 +300,8 @@ impl Auth {
     }
 
     /// Drops the cache if tokens changed in the store since last time.
-    pub fn refresh(&self) -> Result<(), StoreError> {
-        let version = with_read(self.store.as_ref(), |tx| tx.tokens_version())?;
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let version = with_read(self.store.as_ref(), |tx| tx.tokens_version()).await?;
         if self.version.swap(version, Ordering::SeqCst) != version {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
             let generation = cache.generation + 1;
@@ -343,7 +323,7 @@ impl Auth {
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            match self.check(credential) {
+            match self.check(credential).await {
                 Err(AuthError::Invalid) => return,
                 Err(e) => tracing::warn!(error = %e, "cannot re-check a connection's token"),
                 Ok(_) => {}
@@ -398,20 +378,24 @@ mod tests {
         Credentials::Header(token)
     }
 
-    fn actor(auth: &Auth, credentials: Credentials<'_>) -> Result<Actor, AuthError> {
-        auth.verify(credentials).map(|v| v.actor)
+    async fn actor(auth: &Auth, credentials: Credentials<'_>) -> Result<Actor, AuthError> {
+        auth.verify(credentials).await.map(|v| v.actor)
     }
 
-    #[test]
-    fn tokens_are_random_hashed_and_revocable() {
+    #[tokio::test]
+    async fn tokens_are_random_hashed_and_revocable() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
         let now = Timestamp::from_millis(0);
-        let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
-        let (other, _) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
+        let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now)
+            .await
+            .unwrap();
+        let (other, _) = create_token(store.as_ref(), "alice", Role::Operator, now)
+            .await
+            .unwrap();
         assert_ne!(token, other);
         assert_eq!(token.len(), 4 + 64, "256 bits, hex");
-        let listed = list_tokens(store.as_ref()).unwrap();
+        let listed = list_tokens(store.as_ref()).await.unwrap();
         assert!(
             listed
                 .iter()
@@ -420,64 +404,74 @@ mod tests {
         );
 
         let auth = Auth::new(AuthMode::Required, store.clone());
-        auth.refresh().unwrap();
+        auth.refresh().await.unwrap();
         let bearer = format!("Bearer {token}");
         assert_eq!(
-            actor(&auth, header(&bearer)).unwrap(),
+            actor(&auth, header(&bearer)).await.unwrap(),
             Actor::user("alice", Role::Operator)
         );
         assert!(matches!(
-            actor(&auth, Credentials::None),
+            actor(&auth, Credentials::None).await,
             Err(AuthError::Missing)
         ));
         assert!(matches!(
-            actor(&auth, header("Bearer llk_00")),
+            actor(&auth, header("Bearer llk_00")).await,
             Err(AuthError::Invalid)
         ));
 
-        revoke_token(store.as_ref(), &record.id, now).unwrap();
+        revoke_token(store.as_ref(), &record.id, now).await.unwrap();
         assert!(
-            actor(&auth, header(&bearer)).is_ok(),
+            actor(&auth, header(&bearer)).await.is_ok(),
             "cached until refreshed"
         );
-        auth.refresh().unwrap();
+        auth.refresh().await.unwrap();
         assert!(matches!(
-            actor(&auth, header(&bearer)),
+            actor(&auth, header(&bearer)).await,
             Err(AuthError::Invalid)
         ));
-        assert!(actor(&auth, header(&format!("Bearer {other}"))).is_ok());
+        assert!(
+            actor(&auth, header(&format!("Bearer {other}")))
+                .await
+                .is_ok()
+        );
         assert!(matches!(
-            revoke_token(store.as_ref(), &record.id, now),
+            revoke_token(store.as_ref(), &record.id, now).await,
             Err(TokenError::NoSuchToken(_))
         ));
         assert!(matches!(
-            create_token(store.as_ref(), "bad user", Role::Admin, now),
+            create_token(store.as_ref(), "bad user", Role::Admin, now).await,
             Err(TokenError::BadUser(_))
         ));
         let memory = crate::storage::memory::MemoryStore::new();
         assert!(matches!(
-            create_token(&memory, "a", Role::Admin, now),
+            create_token(&memory, "a", Role::Admin, now).await,
             Err(TokenError::NotDurable(_))
         ));
         assert_eq!(
-            actor(&Auth::new(AuthMode::Off, store), Credentials::None).unwrap(),
+            actor(&Auth::new(AuthMode::Off, store), Credentials::None)
+                .await
+                .unwrap(),
             Actor::anyone()
         );
     }
 
-    #[test]
-    fn the_scheme_is_bearer_in_any_case_and_others_are_told_to_use_it() {
+    #[tokio::test]
+    async fn the_scheme_is_bearer_in_any_case_and_others_are_told_to_use_it() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
         let now = Timestamp::from_millis(0);
-        let (token, _) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
+        let (token, _) = create_token(store.as_ref(), "alice", Role::Operator, now)
+            .await
+            .unwrap();
         let auth = Auth::new(AuthMode::Required, store);
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let value = format!("{scheme}  {token} ");
-            assert!(actor(&auth, header(&value)).is_ok(), "{value}");
+            assert!(actor(&auth, header(&value)).await.is_ok(), "{value}");
         }
-        assert!(actor(&auth, Credentials::QueryToken(&token)).is_ok());
-        let basic = actor(&auth, header("Basic YWxpY2U6c2VjcmV0")).unwrap_err();
+        assert!(actor(&auth, Credentials::QueryToken(&token)).await.is_ok());
+        let basic = actor(&auth, header("Basic YWxpY2U6c2VjcmV0"))
+            .await
+            .unwrap_err();
         assert!(matches!(basic, AuthError::NotBearer(_)));
         assert!(matches!(bearer("Bearer "), Err(AuthError::Missing)));
         assert!(matches!(bearer("bearer"), Err(AuthError::Missing)));
@@ -487,39 +481,44 @@ mod tests {
             "{basic}"
         );
         // A bare token is refused without being repeated back.
-        let bare = actor(&auth, header(&token)).unwrap_err();
+        let bare = actor(&auth, header(&token)).await.unwrap_err();
         assert!(matches!(bare, AuthError::NotBearer(_)));
         assert!(!bare.to_string().contains(&token[4..]), "{bare}");
-        let misplaced = actor(&auth, Credentials::MisplacedQueryToken).unwrap_err();
+        let misplaced = actor(&auth, Credentials::MisplacedQueryToken)
+            .await
+            .unwrap_err();
         assert!(
             misplaced.to_string().contains("/api/ws only"),
             "{misplaced}"
         );
     }
 
-    #[test]
-    fn verifying_and_refreshing_never_write_and_refusals_are_cached_within_bounds() {
+    #[tokio::test]
+    async fn verifying_and_refreshing_never_write_and_refusals_are_cached_within_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Counting::new(Box::new(sqlite(dir.path()))));
         let now = Timestamp::from_millis(0);
-        let (token, record) = create_token(&*store.inner, "alice", Role::Operator, now).unwrap();
+        let (token, record) = create_token(&*store.inner, "alice", Role::Operator, now)
+            .await
+            .unwrap();
         let auth = Auth::new(AuthMode::Required, store.clone());
         let unknown = format!("Bearer llk_{}", "0".repeat(64));
         let start = Instant::now();
-        auth.refresh().unwrap();
+        auth.refresh().await.unwrap();
         for credentials in [
             header(&unknown),
             header("Bearer not-a-token"),
             header("Basic YWxpY2U6"),
             Credentials::None,
         ] {
-            assert!(auth.verify_at(credentials, start).is_err());
+            assert!(auth.verify_at(credentials, start).await.is_err());
         }
         assert!(
             auth.verify_at(header(&format!("Bearer {token}")), start)
+                .await
                 .is_ok()
         );
-        auth.refresh().unwrap();
+        auth.refresh().await.unwrap();
         assert_eq!(
             store.transactions.load(Ordering::SeqCst),
             0,
@@ -528,10 +527,11 @@ mod tests {
         let reads = store.reads.load(Ordering::SeqCst);
 
         // A refused token is remembered for a while, then looked up again.
-        assert!(auth.verify_at(header(&unknown), start).is_err());
+        assert!(auth.verify_at(header(&unknown), start).await.is_err());
         assert_eq!(store.reads.load(Ordering::SeqCst), reads, "cached");
         assert!(
             auth.verify_at(header(&unknown), start + REFUSED_FOR)
+                .await
                 .is_err()
         );
         assert_eq!(store.reads.load(Ordering::SeqCst), reads + 1, "expired");
@@ -539,51 +539,59 @@ mod tests {
         // However many different tokens are sent, the cache stays bounded.
         for n in 0..REFUSED_MAX + 100 {
             let token = format!("Bearer llk_{n:064x}");
-            assert!(auth.verify_at(header(&token), start).is_err());
+            assert!(auth.verify_at(header(&token), start).await.is_err());
         }
-        let cache = auth.cache.read().unwrap();
-        assert!(cache.refused.len() <= REFUSED_MAX && cache.refused_order.len() <= REFUSED_MAX);
-        drop(cache);
+        {
+            let cache = auth.cache.read().unwrap();
+            assert!(cache.refused.len() <= REFUSED_MAX && cache.refused_order.len() <= REFUSED_MAX);
+        }
         assert_eq!(store.transactions.load(Ordering::SeqCst), 0);
 
         // A read cannot write, even by mistake.
+        let id = record.id.clone();
         let revoke = store
             .inner
-            .read(&mut |tx| tx.revoke_token(&record.id, now).map(drop));
+            .read(Box::new(move |tx| tx.revoke_token(&id, now).map(drop)))
+            .await;
         assert!(
             matches!(revoke, Err(StoreError::Unavailable(_))),
             "{revoke:?}"
         );
-        assert!(list_tokens(&*store.inner).unwrap()[0].revoked_at.is_none());
+        assert!(
+            list_tokens(&*store.inner).await.unwrap()[0]
+                .revoked_at
+                .is_none()
+        );
     }
 
-    #[test]
-    fn a_revocation_is_noticed_by_those_watching_the_token() {
+    #[tokio::test]
+    async fn a_revocation_is_noticed_by_those_watching_the_token() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(sqlite(dir.path()));
         let now = Timestamp::from_millis(0);
-        let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now).unwrap();
-        let (other, _) = create_token(store.as_ref(), "bob", Role::Operator, now).unwrap();
+        let (token, record) = create_token(store.as_ref(), "alice", Role::Operator, now)
+            .await
+            .unwrap();
+        let (other, _) = create_token(store.as_ref(), "bob", Role::Operator, now)
+            .await
+            .unwrap();
         let auth = Auth::new(AuthMode::Required, store.clone());
-        auth.refresh().unwrap();
-        let credential = |t: &str| {
+        auth.refresh().await.unwrap();
+        let credential = async |t: &str| {
             auth.verify(header(&format!("Bearer {t}")))
+                .await
                 .unwrap()
                 .credential
                 .unwrap()
         };
-        let (alice, bob) = (credential(&token), credential(&other));
+        let (alice, bob) = (credential(&token).await, credential(&other).await);
         let mut changes = auth.changes();
-        revoke_token(store.as_ref(), &record.id, now).unwrap();
-        auth.refresh().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        runtime.block_on(auth.revoked(&alice, &mut changes));
+        revoke_token(store.as_ref(), &record.id, now).await.unwrap();
+        auth.refresh().await.unwrap();
+        auth.revoked(&alice, &mut changes).await;
         let changes = auth.changes();
-        auth.refresh().unwrap(); // nothing changed: nothing to notice
+        auth.refresh().await.unwrap(); // nothing changed: nothing to notice
         assert!(!changes.has_changed().unwrap());
-        assert!(auth.check(&bob).is_ok());
+        assert!(auth.check(&bob).await.is_ok());
     }
 }

@@ -109,11 +109,11 @@ pub async fn main(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Sim(args) => sim(args).await,
-        Command::Token(args) => token(args),
+        Command::Token(args) => token(args).await,
     }
 }
 
-fn token(args: TokenArgs) -> i32 {
+async fn token(args: TokenArgs) -> i32 {
     let flags = Flags {
         bind: None,
         config: args.config,
@@ -143,18 +143,20 @@ fn token(args: TokenArgs) -> i32 {
     let now = SystemClock.now();
     let done = match args.command {
         TokenCommand::Create { user, role } => {
-            auth::create_token(store.as_ref(), &user, role.into(), now).map(|(token, record)| {
-                eprintln!(
-                    "created {} for {} ({}) in {}; this is the only time the token is shown:",
-                    record.id,
-                    record.user,
-                    record.role,
-                    store.describe()
-                );
-                println!("{token}");
-            })
+            auth::create_token(store.as_ref(), &user, role.into(), now)
+                .await
+                .map(|(token, record)| {
+                    eprintln!(
+                        "created {} for {} ({}) in {}; this is the only time the token is shown:",
+                        record.id,
+                        record.user,
+                        record.role,
+                        store.describe()
+                    );
+                    println!("{token}");
+                })
         }
-        TokenCommand::List => auth::list_tokens(store.as_ref()).map(|tokens| {
+        TokenCommand::List => auth::list_tokens(store.as_ref()).await.map(|tokens| {
             println!(
                 "{:<18} {:<24} {:<9} {:<25} revoked",
                 "id", "user", "role", "created"
@@ -173,9 +175,13 @@ fn token(args: TokenArgs) -> i32 {
                 );
             }
         }),
-        TokenCommand::Revoke { id } => auth::revoke_token(store.as_ref(), &id, now).map(|()| {
-            println!("revoked {id}; running servers stop accepting it within a second");
-        }),
+        TokenCommand::Revoke { id } => {
+            auth::revoke_token(store.as_ref(), &id, now)
+                .await
+                .map(|()| {
+                    println!("revoked {id}; running servers stop accepting it within a second");
+                })
+        }
     };
     match done {
         Ok(()) => 0,

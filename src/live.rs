@@ -47,6 +47,18 @@ impl Hub {
         let _ = self.sender.send(Arc::new(event));
     }
 
+    /// What the store calls with each commit's recorded events, in `seq`
+    /// order (`Store::listen`): they go out as they come.
+    pub fn feed(&self) -> crate::storage::CommitListener {
+        let sender = self.sender.clone();
+        Box::new(move |events| {
+            for event in events {
+                // No subscribers is fine: nobody is listening.
+                let _ = sender.send(Arc::new(event));
+            }
+        })
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.sender.subscribe()
     }

@@ -91,15 +91,13 @@ mod tests {
 
     /// Reads the store directly: going through the service would expire
     /// what is due itself and hide whether the reaper did it.
-    fn peek(store: &MemoryStore, id: &EquipmentId) -> EquipmentLocks {
-        let mut out = None;
+    async fn peek(store: &MemoryStore, id: &EquipmentId) -> EquipmentLocks {
+        let id = id.clone();
+        let store: &dyn Store = store;
         store
-            .transaction(&mut |tx| {
-                out = Some(tx.equipment_locks(id)?);
-                Ok(())
-            })
-            .unwrap();
-        out.unwrap()
+            .query(move |tx| tx.equipment_locks(&id))
+            .await
+            .unwrap()
     }
 
     async fn session(service: &Service) -> SessionId {
@@ -147,10 +145,10 @@ mod tests {
         }
         clock.advance(Duration::from_millis(4_999));
         tokio::task::yield_now().await;
-        assert_eq!(peek(&store, &psu).holder(), Some(&a));
+        assert_eq!(peek(&store, &psu).await.holder(), Some(&a));
         clock.advance(Duration::from_millis(1));
         tokio::time::timeout(Duration::from_secs(10), async {
-            while peek(&store, &psu).holder() != Some(&b) {
+            while peek(&store, &psu).await.holder() != Some(&b) {
                 tokio::task::yield_now().await;
             }
         })

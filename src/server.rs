@@ -79,8 +79,6 @@ pub struct Server {
     listener: TcpListener,
     service: Arc<Service>,
     settings: Settings,
-    /// Live publishing starts after this `seq` (the history's end at start).
-    published: u64,
 }
 
 impl Server {
@@ -114,12 +112,6 @@ impl Server {
         tracing::info!(auth = ?auth, "authentication");
         let renewed = service
             .recover_after_restart()
-            .map_err(|e| StartError::Store {
-                url: settings.store.clone(),
-                message: e.to_string(),
-            })?;
-        let published = service
-            .last_event_seq()
             .await
             .map_err(|e| StartError::Store {
                 url: settings.store.clone(),
@@ -143,7 +135,6 @@ impl Server {
             listener,
             service,
             settings,
-            published,
         })
     }
 
@@ -171,11 +162,6 @@ impl Server {
             self.settings.cleanup_interval,
             reaper_stopped,
         );
-        let publisher = tokio::spawn(publish_history(
-            self.service.clone(),
-            self.published,
-            stop_reaper.subscribe(),
-        ));
         let refresher = tokio::spawn(refresh_tokens(
             self.service.clone(),
             stop_reaper.subscribe(),
@@ -220,7 +206,6 @@ impl Server {
             let _ = pruner.await;
             let _ = warner.await;
             let _ = refresher.await;
-            let _ = publisher.await;
         };
         if tokio::time::timeout(Duration::from_secs(1), background)
             .await
@@ -269,27 +254,6 @@ async fn auth_mode(settings: &Settings) -> Result<AuthMode, StartError> {
     Ok(mode)
 }
 
-/// Sends recorded events to live subscribers in `seq` order as the history
-/// grows.
-async fn publish_history(
-    service: Arc<Service>,
-    mut last: u64,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = service.history_grew().notified() => {}
-            _ = shutdown.changed() => return,
-        }
-        match service.publish_history(last).await {
-            Ok(published) => last = published,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish live events; retrying at the next change")
-            }
-        }
-    }
-}
-
 /// Notices token changes made by other processes (`lablink token revoke`).
 async fn refresh_tokens(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
     if service.auth().mode() == AuthMode::Off {
@@ -299,7 +263,7 @@ async fn refresh_tokens(service: Arc<Service>, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = every.tick() => {
-                if let Err(e) = service.auth().refresh() {
+                if let Err(e) = service.auth().refresh().await {
                     tracing::warn!(error = %e, "cannot check for token changes");
                 }
             }

@@ -49,7 +49,7 @@ pub async fn authenticate(
         (None, None) => Credentials::None,
     };
     let method = request.method().clone();
-    match app.auth().verify(credentials) {
+    match app.auth().verify(credentials).await {
         Ok(verified) => {
             let user = verified.actor.user.clone();
             request.extensions_mut().insert(verified.actor);

@@ -19,7 +19,9 @@ impl Service {
         fencing_token: Option<u64>,
     ) -> Result<(), ServiceError> {
         let locks_enabled = self.policy.locks_enabled;
-        self.run(|uow| {
+        let (actor, equipment, session) = (actor.clone(), equipment.clone(), session.cloned());
+        self.run(move |uow| {
+            let (actor, equipment, session) = (&actor, &equipment, session.as_ref());
             uow.acting(actor);
             let live = match session {
                 Some(id) => uow.renew_if_live(id, actor)?,

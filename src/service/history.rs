@@ -30,12 +30,6 @@ impl Service {
         }
         let before =
             Timestamp::from_millis(self.clock.now().as_millis() - i64::from(days) * 86_400_000);
-        let mut pruned = 0;
-        self.in_store_gated(&mut |tx| {
-            pruned = tx.prune_events(before)?;
-            Ok(())
-        })
-        .await?;
-        Ok(pruned)
+        Ok(self.store.write(move |tx| tx.prune_events(before)).await?)
     }
 }

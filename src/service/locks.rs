@@ -26,10 +26,10 @@ impl Service {
             .actor
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
         let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
-        self.run(|uow| {
+        self.run(move |uow| {
             let (session, opened) = match uow.renew_if_live(&input.session_id, &input.actor)? {
                 Some(session) => (session, false),
-                None if self.policy.implicit_sessions => {
+                None if uow.policy.implicit_sessions => {
                     let id = &input.session_id;
                     (uow.implicit_session(id, &input.actor, &input.client)?, true)
                 }
@@ -47,7 +47,7 @@ impl Service {
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();
-            let outcome = locks.acquire(&request, uow.now, self.policy.lock, &mut uow.events)?;
+            let outcome = locks.acquire(&request, uow.now, uow.policy.lock, &mut uow.events)?;
             // A refused acquire opens no session.
             if opened {
                 uow.open_implicit(&session, opened_at)?;
@@ -66,7 +66,9 @@ impl Service {
         actor: &Actor,
     ) -> Result<At<ReleaseOutcome>, ServiceError> {
         self.registered(equipment)?;
-        self.run(|uow| {
+        let (equipment, session, actor) = (equipment.clone(), session.clone(), actor.clone());
+        self.run(move |uow| {
+            let (equipment, session, actor) = (&equipment, &session, &actor);
             // A forced release may name a session that does not exist (the
             // brief's own example uses "admin_session"); a live one is renewed.
             let live = uow.renew_if_live(session, actor)?.is_some();
@@ -97,7 +99,9 @@ impl Service {
         actor: &Actor,
     ) -> Result<At<crate::domain::Grant>, ServiceError> {
         self.registered(equipment)?;
-        self.run(|uow| {
+        let (equipment, session, actor) = (equipment.clone(), session.clone(), actor.clone());
+        self.run(move |uow| {
+            let (equipment, session, actor) = (&equipment, &session, &actor);
             let mut locks = uow.load_locks(equipment)?;
             if uow.renew_if_live(session, actor)?.is_none() {
                 // The same rule as release: a lost lock is `lock_lost`.

@@ -14,12 +14,16 @@
 //! - the use cases, one file per subject: `sessions`, `locks` (with
 //!   expiry), `commands`, `history`, `waiting` (acquire with a wait, the
 //!   expiry warnings), `recovery` (start-up);
-//! - how they run: `transact` (a write's transaction, batching, then
-//!   publishing), `uow` (a write's unit of work), `read` (a read's view,
-//!   off the write path).
+//! - how they run: `transact` (a write's transaction, then what it
+//!   implies published), `uow` (a write's unit of work), `read` (a read's
+//!   view, off the write path).
+//!
+//! It holds no batching, turn or sync state: the store schedules its own
+//! work. Recorded events reach the live hub straight from the store once
+//! durable (`Store::listen`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::Notify;
 
 use crate::auth::{Auth, AuthMode};
@@ -85,21 +89,13 @@ pub struct Service {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     instruments: Arc<Instruments>,
-    policy: Policy,
+    /// Shared with the units of work, which run wherever the store runs
+    /// them.
+    policy: Arc<Policy>,
     deadlines: Arc<DeadlineSignal>,
-    /// Serialises access to a blocking store (see `in_store_gated`).
-    store_turn: tokio::sync::Mutex<()>,
-    /// Requests waiting for `store_turn` with work to add to a batch.
-    store_waiting: AtomicUsize,
-    /// Wakes the history publisher.
-    history_grew: Notify,
-    /// The highest `seq` this process has recorded.
-    recorded_upto: AtomicU64,
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
-    /// Runs the reads of a blocking store (started on the first).
-    readers: std::sync::OnceLock<read::ReadPool>,
 }
 
 impl Service {
@@ -109,20 +105,17 @@ impl Service {
         instruments: Arc<Instruments>,
         policy: Policy,
     ) -> Self {
+        let hub = Hub::new(policy.live_buffer);
+        store.listen(hub.feed());
         Self {
             auth: Auth::new(AuthMode::Off, store.clone()),
-            hub: Hub::new(policy.live_buffer),
+            hub,
             warnings: Arc::new(ExpiryWarnings::new(policy.expiry_warning_ms)),
             store,
             clock,
             instruments,
-            policy,
+            policy: Arc::new(policy),
             deadlines: Arc::new(DeadlineSignal::default()),
-            store_turn: tokio::sync::Mutex::new(()),
-            store_waiting: AtomicUsize::new(0),
-            history_grew: Notify::new(),
-            recorded_upto: AtomicU64::new(0),
-            readers: std::sync::OnceLock::new(),
         }
     }
 

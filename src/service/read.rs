@@ -3,12 +3,10 @@
 //! committed state and shows it as the rules leave it at `now`
 //! (`domain::view`), so nothing past its deadline is shown as live or held
 //! (semantics.md, "Expiry is exact") while the reaper, or the next write,
-//! makes the expiry durable. A blocking store is read on the service's own
-//! reader threads (`ReadPool`), never on an async worker.
+//! makes the expiry durable. Where a read runs (SQLite: its reader threads)
+//! is the store's business.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 
 use super::{At, Service, ServiceError};
 use crate::domain::view::locks_at;
@@ -61,11 +59,10 @@ impl Service {
         mut op: impl FnMut(&mut View<'_>) -> Result<R, ServiceError> + Send + 'static,
     ) -> Result<At<R>, ServiceError> {
         let now = self.clock.now();
-        let store = self.store.clone();
         let release_locks = self.policy.auto_release_on_disconnect;
-        let mut read = move || {
-            let mut outcome = None;
-            store.read(&mut |tx| {
+        let outcome = self
+            .store
+            .query(move |tx| {
                 let mut view = View {
                     tx,
                     now,
@@ -73,27 +70,11 @@ impl Service {
                 };
                 match op(&mut view) {
                     Err(ServiceError::Store(e)) => Err(e),
-                    other => {
-                        outcome = Some(other);
-                        Ok(())
-                    }
+                    other => Ok(other),
                 }
-            })?;
-            outcome.expect("the read ran the operation")
-        };
-        let value = if self.store.blocks() {
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            self.readers
-                .get_or_init(ReadPool::start)
-                .run(Box::new(move || {
-                    let _gone = answer.send(read());
-                }))?;
-            answered.await.map_err(|_| {
-                ServiceError::Store(StoreError::Unavailable("the read stopped".into()))
-            })??
-        } else {
-            read()?
-        };
+            })
+            .await?;
+        let value = outcome?;
         Ok(At { value, now })
     }
 
@@ -124,56 +105,5 @@ impl Service {
         }
         self.expire_due().await?;
         self.read(move |view| op(&mut *view.tx)).await
-    }
-}
-
-/// A read handed to the pool.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The threads that run reads of a blocking store, one per core (at least
-/// two, as many as SQLite's read connections): never a tokio worker, and
-/// measured faster for status than `spawn_blocking`, whose threads pile up
-/// on the few connections under load (docs/benchmarks.md). They end when
-/// the service is dropped.
-pub(super) struct ReadPool {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-impl ReadPool {
-    fn start() -> Self {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(std::sync::Mutex::new(queue));
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        for i in 0..threads {
-            let queue = queue.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("lablink-read-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held only while waiting for a job.
-                        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            // A read that panics loses its answer (its
-                            // caller hears the read stopped), not the thread.
-                            Ok(job) => {
-                                let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start a reader thread");
-            }
-        }
-        Self { jobs }
-    }
-
-    fn run(&self, job: Job) -> Result<(), ServiceError> {
-        self.jobs.send(job).map_err(|_| {
-            ServiceError::Store(StoreError::Unavailable(
-                "no reader thread is running".into(),
-            ))
-        })
     }
 }

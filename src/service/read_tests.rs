@@ -156,15 +156,8 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
         let shown = s.lock_state(&psu()).await.unwrap().value;
         s.expire_due().await.unwrap();
         assert!(lab.store.writes() > writes);
-        let mut stored = None;
-        lab.store
-            .inner
-            .read(&mut |tx| {
-                stored = Some(tx.equipment_locks(&psu())?);
-                Ok(())
-            })
-            .unwrap();
-        let stored = stored.unwrap();
+        let inner: &dyn Store = &*lab.store.inner;
+        let stored = inner.query(|tx| tx.equipment_locks(&psu())).await.unwrap();
         assert_eq!(
             (&stored.exclusive, &stored.queue),
             (&shown.exclusive, &shown.queue)

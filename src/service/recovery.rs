@@ -10,33 +10,35 @@ impl Service {
     /// Like `expire_due`, a bounded batch per transaction, however much
     /// lapsed; a batch that changes nothing (a store whose deadline index
     /// disagrees with its rows) ends it.
-    pub fn recover_after_restart(&self) -> Result<usize, ServiceError> {
+    pub async fn recover_after_restart(&self) -> Result<usize, ServiceError> {
         const BATCH: usize = 256;
         let start = self.clock.now();
         let mut renewed = 0;
         let mut last_round = Vec::new();
         loop {
-            let mut round = Vec::new();
-            self.store.transaction(&mut |tx| {
-                round = tx.due(start, BATCH)?;
-                for item in round.iter().cloned() {
-                    match item {
-                        Due::Session(id) => match tx.session(&id)? {
-                            Some(mut session) => {
-                                session.renew_after_restart(start);
-                                tx.save_session(&session)?;
+            let round = self
+                .store
+                .write(move |tx| {
+                    let round = tx.due(start, BATCH)?;
+                    for item in round.iter().cloned() {
+                        match item {
+                            Due::Session(id) => match tx.session(&id)? {
+                                Some(mut session) => {
+                                    session.renew_after_restart(start);
+                                    tx.save_session(&session)?;
+                                }
+                                None => tx.delete_session(&id)?,
+                            },
+                            Due::Equipment(id) => {
+                                let mut locks = tx.equipment_locks(&id)?;
+                                locks.renew_after_restart(start);
+                                tx.save_equipment_locks(&locks)?;
                             }
-                            None => tx.delete_session(&id)?,
-                        },
-                        Due::Equipment(id) => {
-                            let mut locks = tx.equipment_locks(&id)?;
-                            locks.renew_after_restart(start);
-                            tx.save_equipment_locks(&locks)?;
                         }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(round)
+                })
+                .await?;
             if round.is_empty() {
                 return Ok(renewed);
             }

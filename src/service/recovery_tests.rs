@@ -8,7 +8,7 @@ use crate::clock::ManualClock;
 use crate::domain::{Session, SessionId, Timeout, Timestamp};
 use crate::drivers::Instruments;
 use crate::storage::memory::MemoryStore;
-use crate::storage::{Store, StoreError, Work};
+use crate::storage::{CommitListener, Store, StoreError, Work};
 
 /// The memory store, noting after each transaction how many sessions are
 /// live at `start` (so how many each transaction renewed).
@@ -19,45 +19,40 @@ struct Watched {
 }
 
 impl Watched {
-    fn live(&self) -> usize {
-        let mut live = 0;
-        self.inner
-            .transaction(&mut |tx| {
-                live = tx
-                    .sessions()?
-                    .iter()
-                    .filter(|s| s.is_live(self.start))
-                    .count();
-                Ok(())
-            })
-            .unwrap();
-        live
+    async fn live(&self) -> usize {
+        let start = self.start;
+        let inner: &dyn Store = &self.inner;
+        inner
+            .query(move |tx| Ok(tx.sessions()?.iter().filter(|s| s.is_live(start)).count()))
+            .await
+            .unwrap()
     }
 }
 
+#[async_trait::async_trait]
 impl Store for Watched {
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        self.inner.transaction(work)?;
-        let live = self.live();
+    async fn transaction(&self, work: Work) -> Result<(), StoreError> {
+        self.inner.transaction(work).await?;
+        let live = self.live().await;
         self.live_after_each.lock().unwrap().push(live);
         Ok(())
     }
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        self.inner.read(work)
+    async fn read(&self, work: Work) -> Result<(), StoreError> {
+        self.inner.read(work).await
+    }
+    fn listen(&self, listener: CommitListener) {
+        self.inner.listen(listener);
     }
     fn describe(&self) -> String {
         "watched memory".into()
-    }
-    fn blocks(&self) -> bool {
-        false
     }
     fn durable(&self) -> bool {
         false
     }
 }
 
-#[test]
-fn everything_that_lapsed_is_renewed_a_bounded_batch_per_transaction() {
+#[tokio::test]
+async fn everything_that_lapsed_is_renewed_a_bounded_batch_per_transaction() {
     const LAPSED: usize = 1_000;
     let start = Timestamp::from_millis(10_000);
     let store = Arc::new(Watched {
@@ -65,9 +60,9 @@ fn everything_that_lapsed_is_renewed_a_bounded_batch_per_transaction() {
         start,
         live_after_each: Mutex::new(Vec::new()),
     });
-    store
-        .inner
-        .transaction(&mut |tx| {
+    let inner: &dyn Store = &store.inner;
+    inner
+        .write(|tx| {
             for i in 0..LAPSED {
                 tx.save_session(&Session {
                     id: SessionId::parse(&format!("s{i}")).unwrap(),
@@ -82,6 +77,7 @@ fn everything_that_lapsed_is_renewed_a_bounded_batch_per_transaction() {
             }
             Ok(())
         })
+        .await
         .unwrap();
     let instruments =
         Instruments::from_configs(&Instruments::demo_configs(), std::path::Path::new(".")).unwrap();
@@ -91,8 +87,12 @@ fn everything_that_lapsed_is_renewed_a_bounded_batch_per_transaction() {
         Arc::new(instruments),
         Policy::default(),
     );
-    assert_eq!(service.recover_after_restart().unwrap(), LAPSED);
-    assert_eq!(store.live(), LAPSED, "every lapsed session got its period");
+    assert_eq!(service.recover_after_restart().await.unwrap(), LAPSED);
+    assert_eq!(
+        store.live().await,
+        LAPSED,
+        "every lapsed session got its period"
+    );
     let live = store.live_after_each.lock().unwrap().clone();
     let per_transaction: Vec<usize> = std::iter::once(0)
         .chain(live.iter().copied())

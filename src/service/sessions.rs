@@ -10,7 +10,7 @@ impl Service {
         let id = SessionId::parse(&uuid::Uuid::new_v4().to_string())?;
         let timeout = new.timeout.unwrap_or(self.policy.default_session_timeout);
         Session::check_metadata(&new.metadata, self.policy.max_metadata_bytes)?;
-        self.run(|uow| {
+        self.run(move |uow| {
             let session = Session {
                 id: id.clone(),
                 client_name: new
@@ -40,7 +40,9 @@ impl Service {
         id: &SessionId,
         actor: &Actor,
     ) -> Result<At<SessionEnd>, ServiceError> {
-        self.run(|uow| {
+        let (id, actor) = (id.clone(), actor.clone());
+        self.run(move |uow| {
+            let (id, actor) = (&id, &actor);
             uow.acting(actor);
             let session = uow
                 .live_session(id)?
@@ -92,7 +94,8 @@ impl Service {
         id: &SessionId,
         actor: &Actor,
     ) -> Result<At<Session>, ServiceError> {
-        self.run(|uow| uow.renew_session(id, actor)).await
+        let (id, actor) = (id.clone(), actor.clone());
+        self.run(move |uow| uow.renew_session(&id, &actor)).await
     }
 
     pub async fn session_holdings(

@@ -17,6 +17,15 @@ fn standing(locks: &EquipmentLocks, session: &SessionId) -> Option<AcquireOutcom
     })
 }
 
+/// Whether `event` tells `session` it was granted a lock: published only
+/// once the grant is durable.
+fn grants(event: &Event, session: &SessionId) -> bool {
+    matches!(
+        event.event,
+        EventKind::QueueProcessed | EventKind::LockGranted
+    ) && event.session_id.as_ref() == Some(session)
+}
+
 impl Service {
     /// An equipment's locks through the write path: what is due expires
     /// (and is committed) first, so a waiter answered `locked` holds a
@@ -25,28 +34,32 @@ impl Service {
         &self,
         equipment: &EquipmentId,
     ) -> Result<At<EquipmentLocks>, ServiceError> {
-        self.run(|uow| Ok(uow.tx.equipment_locks(equipment)?)).await
+        let equipment = equipment.clone();
+        self.run(move |uow| Ok(uow.tx.equipment_locks(&equipment)?))
+            .await
+    }
+
+    /// An equipment's locks as committed: a read, no commit to wait for.
+    async fn stored(&self, equipment: &EquipmentId) -> Result<At<EquipmentLocks>, ServiceError> {
+        let equipment = equipment.clone();
+        self.read(move |view| Ok(view.tx.equipment_locks(&equipment)?))
+            .await
     }
 
     /// Sends `lock_expiring` for a scheduled warning if its lease is still
-    /// the one it was scheduled for (not renewed, released or expired).
+    /// the one it was scheduled for (not renewed, released or expired), as
+    /// committed: a warning needs no write.
     pub async fn warn_expiring(&self, warning: Warning) -> Result<bool, ServiceError> {
-        let at = self
-            .run(|uow| {
-                let locks = uow.tx.equipment_locks(&warning.equipment_id)?;
-                let grant = locks
-                    .exclusive
-                    .iter()
-                    .chain(&locks.observers)
-                    .find(|g| {
-                        g.lock_id == warning.lock_id && g.deadline() == Some(warning.deadline)
-                    })
-                    .filter(|g| g.is_live(uow.now))
-                    .cloned();
-                Ok(grant)
-            })
-            .await?;
-        let Some(grant) = at.value else {
+        let at = self.stored(&warning.equipment_id).await?;
+        let grant = at
+            .value
+            .exclusive
+            .iter()
+            .chain(&at.value.observers)
+            .find(|g| g.lock_id == warning.lock_id && g.deadline() == Some(warning.deadline))
+            .filter(|g| g.is_live(at.now))
+            .cloned();
+        let Some(grant) = grant else {
             return Ok(false);
         };
         let mut e = Event::new(EventKind::LockExpiring, at.now);
@@ -66,6 +79,11 @@ impl Service {
     /// standing at that moment (semantics of issue 5: `wait_seconds`). A
     /// caller that goes away keeps its place: nothing here undoes the queue
     /// entry.
+    ///
+    /// Each event on the equipment is a reason to look again, by a read (no
+    /// commit or fsync waited for). A grant is answered once its event has
+    /// been seen, as events go live only once durable: a read alone may
+    /// show a commit whose sync is still running.
     pub async fn acquire_waiting(
         &self,
         input: AcquireInput,
@@ -73,9 +91,6 @@ impl Service {
     ) -> Result<At<Acquired>, ServiceError> {
         let (equipment, session) = (input.equipment_id.clone(), input.session_id.clone());
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
-            // No waiting: no listening either. (A subscriber makes every
-            // commit's events go live through the history: see
-            // `publish_history`.)
             return self.acquire(input).await;
         };
         // Listen before asking, so a grant right after cannot be missed.
@@ -89,31 +104,34 @@ impl Service {
         // its place for when the server is back.
         let closed = self.hub.closed();
         tokio::pin!(closed);
+        let mut granted = false;
         loop {
             tokio::select! {
                 _ = &mut closed => break,
                 received = live.recv() => match received {
                     Ok(event) if event.equipment_id.as_ref() != Some(&equipment) => continue,
+                    Ok(event) => granted |= grants(&event, &session),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    // Anything on this equipment (or a lag) may change our
-                    // standing: look.
-                    _ => {}
+                    // A lag may have lost the grant's event: the write
+                    // path's answer is durable.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let now = self.standing_now(&equipment).await?;
+                        match answer(now, &session)? {
+                            Some(answered) => return Ok(answered),
+                            None => continue,
+                        }
+                    }
                 },
                 _ = self.clock.sleep_until(until) => break,
             }
-            let now = self.standing_now(&equipment).await?;
-            match standing(&now.value, &session) {
-                Some(AcquireOutcome::Queued { .. }) => continue,
-                Some(outcome) => {
-                    return Ok(At {
-                        value: Acquired {
-                            outcome,
-                            locks: now.value,
-                        },
-                        now: now.now,
-                    });
-                }
-                None => return Err(ServiceError::SessionNotFound(session)),
+            let now = self.stored(&equipment).await?;
+            let holds = now.value.grant_of(&session).is_some();
+            if holds && !granted {
+                // Committed, its event not yet out: it comes once durable.
+                continue;
+            }
+            if let Some(answered) = answer(now, &session)? {
+                return Ok(answered);
             }
         }
         let now = self.standing_now(&equipment).await?;
@@ -126,5 +144,23 @@ impl Service {
             },
             now: now.now,
         })
+    }
+}
+
+/// The answer to a waiter, unless it is still queued.
+fn answer(
+    now: At<EquipmentLocks>,
+    session: &SessionId,
+) -> Result<Option<At<Acquired>>, ServiceError> {
+    match standing(&now.value, session) {
+        Some(AcquireOutcome::Queued { .. }) => Ok(None),
+        Some(outcome) => Ok(Some(At {
+            value: Acquired {
+                outcome,
+                locks: now.value,
+            },
+            now: now.now,
+        })),
+        None => Err(ServiceError::SessionNotFound(session.clone())),
     }
 }

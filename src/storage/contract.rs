@@ -3,7 +3,7 @@
 
 use super::memory::MemoryStore;
 use super::sqlite::{SqliteOptions, SqliteStore};
-use super::{Due, EventQuery, Store, StoreError, Tx};
+use super::{Due, EventQuery, Store, StoreError, Tx, Work};
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, LockMode, LockPolicy, LockRequest, Session,
     SessionId, Timeout, Timestamp,
@@ -63,29 +63,58 @@ fn event(kind: EventKind, at: i64, equipment: Option<&str>, session: Option<&str
     e
 }
 
+/// Waits for `future` on a runtime of its own (the contract is checked from
+/// plain tests; stores run their work wherever they like).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 /// Runs `f` in one transaction and returns its value.
-fn with<R: Send>(
+fn with<R: Send + 'static>(
     store: &dyn Store,
-    mut f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send,
+    f: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
 ) -> R {
-    let mut out = None;
-    store
-        .transaction(&mut |tx| {
-            out = Some(f(tx)?);
-            Ok(())
-        })
-        .unwrap();
-    out.unwrap()
+    block_on(store.write(f)).unwrap()
+}
+
+fn save_session(store: &dyn Store, session: &Session) {
+    let session = session.clone();
+    with(store, move |tx| tx.save_session(&session));
+}
+
+fn save_locks(store: &dyn Store, locks: &EquipmentLocks) {
+    let locks = locks.clone();
+    with(store, move |tx| tx.save_equipment_locks(&locks));
+}
+
+/// Records `events`; returns them numbered.
+fn record(store: &dyn Store, events: Vec<Event>) -> Vec<Event> {
+    with(store, move |tx| {
+        let mut events = events.clone();
+        tx.record_events(&mut events)?;
+        Ok(events)
+    })
+}
+
+/// Runs `f` as a transaction that may fail.
+fn try_with(
+    store: &dyn Store,
+    f: impl FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send + 'static,
+) -> Result<(), StoreError> {
+    block_on(store.transaction(Box::new(f)))
 }
 
 fn sessions_round_trip(store: &dyn Store) {
     let s = session("s1", 1_000);
-    with(store, |tx| tx.save_session(&s));
+    save_session(store, &s);
     assert_eq!(with(store, |tx| tx.session(&sid("s1"))), Some(s.clone()));
     assert_eq!(with(store, |tx| tx.session(&sid("nope"))), None);
     let mut renewed = s.clone();
     renewed.touch(t(500));
-    with(store, |tx| tx.save_session(&renewed));
+    save_session(store, &renewed);
     assert_eq!(with(store, |tx| tx.sessions()), vec![renewed]);
     with(store, |tx| tx.delete_session(&sid("s1")));
     assert!(with(store, |tx| tx.sessions()).is_empty());
@@ -97,7 +126,7 @@ fn sessions_page_in_id_order(store: &dyn Store) {
     }
     let page = |after: Option<&str>, limit: usize| -> Vec<String> {
         let after = after.map(sid);
-        with(store, |tx| tx.sessions_page(after.as_ref(), limit))
+        with(store, move |tx| tx.sessions_page(after.as_ref(), limit))
             .into_iter()
             .map(|s| s.id.to_string())
             .collect()
@@ -116,14 +145,14 @@ fn equipment_round_trip_and_participants(store: &dyn Store) {
         EquipmentLocks::new(eid("psu"))
     );
     let locks = locked("psu", "a", 1_000, &["b", "c"]);
-    with(store, |tx| tx.save_equipment_locks(&locks));
+    save_locks(store, &locks);
     assert_eq!(with(store, |tx| tx.equipment_locks(&eid("psu"))), locks);
     assert_eq!(
         with(store, |tx| tx.equipment_of_session(&sid("b"))),
         vec![eid("psu")]
     );
     let other = locked("scope", "b", 0, &[]);
-    with(store, |tx| tx.save_equipment_locks(&other));
+    save_locks(store, &other);
     assert_eq!(
         with(store, |tx| tx.equipment_of_session(&sid("b"))),
         vec![eid("psu"), eid("scope")]
@@ -133,7 +162,7 @@ fn equipment_round_trip_and_participants(store: &dyn Store) {
     let mut freed = locks.clone();
     freed.exclusive = None;
     freed.queue.clear();
-    with(store, |tx| tx.save_equipment_locks(&freed));
+    save_locks(store, &freed);
     assert!(with(store, |tx| tx.equipment_of_session(&sid("a"))).is_empty());
     assert_eq!(
         with(store, |tx| tx.equipment_of_session(&sid("b"))),
@@ -176,11 +205,9 @@ fn events_per_equipment_and_session(store: &dyn Store) {
         forced,
         event(EventKind::LockAcquired, 4, Some("scope"), Some("b")),
     ];
-    with(store, |tx| tx.record_events(&mut events.clone()));
-    with(store, |tx| {
-        events.iter_mut().for_each(|e| e.seq = None);
-        tx.record_events(&mut events[..1])
-    });
+    record(store, events.clone());
+    events.iter_mut().for_each(|e| e.seq = None);
+    record(store, events[..1].to_vec());
     let all = with(store, |tx| {
         tx.query_events(&EventQuery {
             limit: 100,
@@ -208,7 +235,7 @@ fn events_per_equipment_and_session(store: &dyn Store) {
 }
 
 fn history_filters_and_cursor(store: &dyn Store) {
-    let mut events: Vec<Event> = (0..10)
+    let events: Vec<Event> = (0..10)
         .map(|i| {
             let equipment = if i % 2 == 0 { "psu" } else { "scope" };
             let kind = if i % 3 == 0 {
@@ -219,8 +246,8 @@ fn history_filters_and_cursor(store: &dyn Store) {
             event(kind, i * 1_000, Some(equipment), Some(&format!("s{i}")))
         })
         .collect();
-    with(store, |tx| tx.record_events(&mut events));
-    let query = |q: EventQuery| with(store, |tx| tx.query_events(&q));
+    record(store, events);
+    let query = |q: EventQuery| with(store, move |tx| tx.query_events(&q));
     let base = EventQuery {
         limit: 100,
         ..EventQuery::default()
@@ -272,7 +299,7 @@ fn history_filters_and_cursor(store: &dyn Store) {
 
 fn a_failed_transaction_changes_nothing(store: &dyn Store) {
     with(store, |tx| tx.save_session(&session("kept", 1_000)));
-    let result = store.transaction(&mut |tx| {
+    let result = try_with(store, |tx| {
         tx.save_session(&session("new", 1_000))?;
         tx.delete_session(&sid("kept"))?;
         tx.save_equipment_locks(&locked("psu", "new", 1_000, &[]))?;
@@ -294,10 +321,10 @@ fn a_failed_transaction_changes_nothing(store: &dyn Store) {
 }
 
 fn pruning_forgets_old_events(store: &dyn Store) {
-    let mut events: Vec<Event> = (0..5)
+    let events: Vec<Event> = (0..5)
         .map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a")))
         .collect();
-    with(store, |tx| tx.record_events(&mut events));
+    record(store, events);
     assert_eq!(with(store, |tx| tx.prune_events(t(20))), 2);
     let left = with(store, |tx| tx.equipment_events(&eid("psu"), 100));
     assert_eq!(
@@ -311,7 +338,7 @@ fn pruning_forgets_old_events(store: &dyn Store) {
 
 fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
     with(store, |tx| tx.save_session(&session("s", 1_000)));
-    let result = store.transaction(&mut |tx| {
+    let result = try_with(store, |tx| {
         let mut later = session("s", 1_000);
         later.last_activity = t(5_000);
         tx.save_session(&later)?;
@@ -328,19 +355,19 @@ fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
 }
 
 fn event_numbers_are_never_reused(store: &dyn Store) {
-    let mut first: Vec<Event> = (0..3)
+    let first: Vec<Event> = (0..3)
         .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
         .collect();
-    with(store, |tx| tx.record_events(&mut first));
+    let first = record(store, first.to_vec());
     assert_eq!(with(store, |tx| tx.prune_events(t(100))), 3);
-    let mut later = [event(EventKind::LockReleased, 200, Some("psu"), Some("a"))];
-    with(store, |tx| tx.record_events(&mut later));
+    let later = [event(EventKind::LockReleased, 200, Some("psu"), Some("a"))];
+    let later = record(store, later.to_vec());
     assert!(later[0].seq > first[2].seq, "{later:?} after {first:?}");
 }
 
 fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Store) {
     let page = |after: Option<u64>| {
-        with(store, |tx| {
+        with(store, move |tx| {
             tx.event_page(&EventQuery {
                 after,
                 limit: 100,
@@ -350,10 +377,10 @@ fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Stor
     };
     assert_eq!(page(None), super::EventPage::default(), "nothing recorded");
     assert_eq!(page(Some(5)).next_cursor, Some(0));
-    let mut events: Vec<Event> = (0..3)
+    let events: Vec<Event> = (0..3)
         .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
         .collect();
-    with(store, |tx| tx.record_events(&mut events));
+    let events = record(store, events.to_vec());
     let newest = events[2].seq.unwrap();
     let all = page(None);
     assert_eq!((all.events.len(), all.next_cursor), (3, Some(newest)));
@@ -378,10 +405,11 @@ fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Stor
         );
     }
     // A filter that matches nothing new keeps the cursor given.
-    let filtered = with(store, |tx| {
+    let after = events[0].seq;
+    let filtered = with(store, move |tx| {
         tx.event_page(&EventQuery {
             equipment_id: Some(eid("scope")),
-            after: events[0].seq,
+            after,
             limit: 100,
             ..EventQuery::default()
         })
@@ -390,8 +418,8 @@ fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Stor
         (filtered.events.len(), filtered.next_cursor),
         (0, events[0].seq)
     );
-    let mut later = [event(EventKind::LockReleased, 9, Some("psu"), Some("a"))];
-    with(store, |tx| tx.record_events(&mut later));
+    let later = [event(EventKind::LockReleased, 9, Some("psu"), Some("a"))];
+    let later = record(store, later.to_vec());
     assert_eq!(page(Some(newest)).events, later);
 }
 
@@ -439,6 +467,7 @@ every_backend!(
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
     a_cursor_past_the_newest_event_pages_nothing_and_points_back,
+    the_listener_hears_every_commit_in_seq_order,
 );
 
 #[test]
@@ -448,9 +477,10 @@ fn sqlite_keeps_everything_across_reopening() {
     let locks = locked("psu", "a", 1_000, &["b"]);
     {
         let store = SqliteStore::open(&options).unwrap();
-        with(&store, |tx| {
+        let saved = locks.clone();
+        with(&store, move |tx| {
             tx.save_session(&session("a", 1_000))?;
-            tx.save_equipment_locks(&locks)?;
+            tx.save_equipment_locks(&saved)?;
             tx.record_events(&mut [event(EventKind::LockAcquired, 1, Some("psu"), Some("a"))])
         });
     }
@@ -466,66 +496,65 @@ fn sqlite_keeps_everything_across_reopening() {
     );
 }
 
-#[tokio::test]
-async fn sqlite_group_commit_keeps_each_unit_apart_and_acknowledges_on_commit() {
+fn sqlite_at(name: &str, dir: &tempfile::TempDir) -> SqliteStore {
+    let options = SqliteOptions::from_url(&format!("sqlite://{name}"), dir.path()).unwrap();
+    SqliteStore::open(&options).unwrap()
+}
+
+/// Units sent together: they share batches as the writer finds them.
+fn together(store: &dyn Store, units: Vec<Work>) -> Vec<Result<(), StoreError>> {
+    block_on(async {
+        let pending: Vec<_> = units.into_iter().map(|w| store.transaction(w)).collect();
+        let mut outcomes = Vec::new();
+        for p in pending {
+            outcomes.push(p.await);
+        }
+        outcomes
+    })
+}
+
+#[test]
+fn sqlite_a_failed_unit_among_others_is_undone_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://batch.db", dir.path()).unwrap();
-    let store = SqliteStore::open(&options).unwrap();
-    let group = store.group_commit().expect("SQLite batches commits");
-    let mut first = group
-        .run_in_batch(&mut |tx| tx.save_session(&session("kept", 0)))
-        .unwrap();
-    let failed = group.run_in_batch(&mut |tx| {
-        tx.save_session(&session("undone", 0))?;
-        Err(StoreError::Unavailable("simulated failure".into()))
-    });
-    assert!(failed.is_err());
-    let second = group
-        .run_in_batch(&mut |tx| tx.save_session(&session("also", 0)))
-        .unwrap();
+    let store = sqlite_at("batch.db", &dir);
+    let outcomes = together(
+        &store,
+        vec![
+            Box::new(|tx| tx.save_session(&session("kept", 0))),
+            Box::new(|tx| {
+                tx.save_session(&session("undone", 0))?;
+                Err(StoreError::Unavailable("simulated failure".into()))
+            }),
+            Box::new(|tx| tx.save_session(&session("also", 0))),
+        ],
+    );
     assert_eq!(
-        (first.number(), second.number(), group.batch_len()),
-        (1, 1, 3),
-        "one batch"
+        outcomes.iter().map(Result::is_ok).collect::<Vec<_>>(),
+        [true, false, true]
     );
-    assert!(
-        first.outcome().is_none(),
-        "not acknowledged before the commit"
-    );
-    assert!(group.is_open(1));
-    group.commit_batch().unwrap();
-    assert!(!group.is_open(1));
-    first.settled().await.unwrap();
-    assert!(matches!(second.outcome(), Some(Ok(()))));
-    let reopened = SqliteStore::open(&options).unwrap();
+    drop(store);
+    let reopened = sqlite_at("batch.db", &dir);
     let mut ids: Vec<String> = with(&reopened, |tx| tx.sessions())
         .into_iter()
         .map(|s| s.id.to_string())
         .collect();
     ids.sort();
     assert_eq!(ids, ["also", "kept"], "the failed unit alone was undone");
-    // A plain transaction finishes an open batch first.
-    let mut third = group
-        .run_in_batch(&mut |tx| tx.delete_session(&sid("also")))
-        .unwrap();
-    with(&store, |tx| tx.save_session(&session("plain", 0)));
-    assert!(!group.is_open(third.number()));
-    third.settled().await.unwrap();
 }
 
-#[tokio::test]
-async fn sqlite_batched_units_number_their_events_in_order() {
+#[test]
+fn sqlite_units_number_their_events_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://events.db", dir.path()).unwrap();
-    let store = SqliteStore::open(&options).unwrap();
+    let store = sqlite_at("events.db", &dir);
     // An earlier, pruned history: its numbers are not handed out again.
-    let mut old = [event(EventKind::LockAcquired, 0, Some("psu"), Some("a"))];
-    with(&store, |tx| tx.record_events(&mut old));
+    let old = with(&store, |tx| {
+        let mut old = [event(EventKind::LockAcquired, 0, Some("psu"), Some("a"))];
+        tx.record_events(&mut old)?;
+        Ok(old[0].seq.unwrap())
+    });
     with(&store, |tx| tx.prune_events(t(1)));
-    let group = store.group_commit().unwrap();
-    let mut seqs = Vec::new();
-    let mut record = |at: i64, fail: bool| {
-        group.run_in_batch(&mut |tx| {
+    let record = |at: i64, fail: bool| -> Work {
+        Box::new(move |tx| {
             let mut events = [
                 event(EventKind::LockAcquired, at, Some("psu"), Some("a")),
                 event(EventKind::LockReleased, at, Some("psu"), Some("a")),
@@ -534,97 +563,143 @@ async fn sqlite_batched_units_number_their_events_in_order() {
             if fail {
                 return Err(StoreError::Unavailable("simulated failure".into()));
             }
-            seqs.extend(events.iter().map(|e| e.seq.unwrap()));
             Ok(())
         })
     };
-    let mut batch = record(10, false).unwrap();
-    assert!(record(20, true).is_err());
-    record(30, false).unwrap();
-    group.commit_batch().unwrap();
-    batch.settled().await.unwrap();
-    let old_seq = old[0].seq.unwrap();
-    assert_eq!(seqs, (old_seq + 1..=old_seq + 4).collect::<Vec<_>>());
+    let outcomes = together(
+        &store,
+        vec![record(10, false), record(20, true), record(30, false)],
+    );
+    assert_eq!(
+        outcomes.iter().map(Result::is_ok).collect::<Vec<_>>(),
+        [true, false, true]
+    );
     let stored = with(&store, |tx| tx.equipment_events(&eid("psu"), 10));
     assert_eq!(
         stored
             .iter()
             .map(|e| (e.seq.unwrap(), e.timestamp.as_millis()))
             .collect::<Vec<_>>(),
-        [(seqs[0], 10), (seqs[1], 10), (seqs[2], 30), (seqs[3], 30)],
+        [(old + 1, 10), (old + 2, 10), (old + 3, 30), (old + 4, 30)],
         "the failed unit's events are gone and the numbers stay in order"
     );
 }
 
 #[test]
-fn sqlite_a_failed_unit_in_a_batch_puts_earlier_deadlines_back() {
+fn sqlite_a_failed_unit_puts_earlier_deadlines_back() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://floor.db", dir.path()).unwrap();
-    let store = SqliteStore::open(&options).unwrap();
+    let store = sqlite_at("floor.db", &dir);
     with(&store, |tx| tx.save_session(&session("s", 1_000)));
-    let group = store.group_commit().unwrap();
-    let failed = group.run_in_batch(&mut |tx| {
-        let mut later = session("s", 1_000);
-        later.last_activity = t(5_000);
-        tx.save_session(&later)?;
-        assert!(tx.due(t(500), 10)?.is_empty());
-        Err(StoreError::Unavailable("simulated failure".into()))
-    });
-    assert!(failed.is_err());
-    let mut due = Vec::new();
-    group
-        .run_in_batch(&mut |tx| {
-            due = tx.due(t(1_000), 10)?;
-            Ok(())
-        })
-        .unwrap();
-    assert_eq!(due, vec![Due::Session(sid("s"))]);
+    let outcomes = together(
+        &store,
+        vec![
+            Box::new(|tx| {
+                let mut later = session("s", 1_000);
+                later.last_activity = t(5_000);
+                tx.save_session(&later)?;
+                assert!(tx.due(t(500), 10)?.is_empty());
+                Err(StoreError::Unavailable("simulated failure".into()))
+            }),
+            Box::new(|tx| {
+                assert_eq!(tx.due(t(1_000), 10)?, vec![Due::Session(sid("s"))]);
+                Ok(())
+            }),
+        ],
+    );
+    assert!(outcomes[0].is_err());
+    outcomes[1].as_ref().unwrap();
 }
 
-#[tokio::test]
-async fn sqlite_a_batch_hears_its_own_failure_however_many_fail_after_it() {
+#[test]
+fn sqlite_a_unit_panicking_is_undone_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://sick.db", dir.path()).unwrap();
-    let store = SqliteStore::open(&options).unwrap();
-    let group = store.group_commit().unwrap();
+    let store = sqlite_at("panic.db", &dir);
+    let outcome = try_with(&store, |tx| {
+        tx.save_session(&session("undone", 0))?;
+        panic!("a bug in a unit of work");
+    });
+    assert!(outcome.is_err());
+    with(&store, |tx| tx.save_session(&session("next", 0)));
+    let ids: Vec<String> = with(&store, |tx| tx.sessions())
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(ids, ["next"]);
+}
+
+#[test]
+fn sqlite_nothing_is_acknowledged_that_could_not_be_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_at("sick.db", &dir);
+    with(&store, |tx| tx.save_session(&session("before", 0)));
     // The disk goes bad: the write-ahead log can no longer be synced (its
     // name now leads to a directory, which cannot be opened for writing,
     // even by root; SQLite keeps writing through the file it has open).
     let wal = dir.path().join("sick.db-wal");
     std::fs::rename(&wal, dir.path().join("elsewhere")).unwrap();
     std::fs::create_dir(&wal).unwrap();
-    let first = group
-        .run_in_batch(&mut |tx| tx.save_session(&session("first", 0)))
-        .unwrap();
-    group.commit_batch().unwrap();
-    for i in 0..100 {
-        let mut later = group
-            .run_in_batch(&mut |tx| tx.save_session(&session(&format!("s{i}"), 0)))
-            .unwrap();
-        group.commit_batch().unwrap();
-        assert!(later.settled().await.is_err(), "batch {}", later.number());
+    for i in 0..20 {
+        let outcome = try_with(&store, move |tx| {
+            tx.save_session(&session(&format!("s{i}"), 0))
+        });
+        assert!(
+            matches!(&outcome, Err(StoreError::Unavailable(why)) if why.contains("write-ahead log")),
+            "unit {i}: {outcome:?}"
+        );
     }
-    // Only now does the first request look at how its batch ended.
-    assert!(
-        matches!(first.outcome(), Some(Err(StoreError::Unavailable(why))) if why.contains("write-ahead log")),
-        "a slow waiter is told its batch failed, however many failed since: {:?}",
-        first.outcome()
+}
+
+#[test]
+fn sqlite_units_sent_before_the_store_closes_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(sqlite_at("closing.db", &dir));
+    let sent = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            (0..50)
+                .map(|i| {
+                    try_with(&*store, move |tx| {
+                        tx.save_session(&session(&format!("s{i:02}"), 0))
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let acknowledged: Vec<_> = sent.join().unwrap();
+    drop(store);
+    let reopened = sqlite_at("closing.db", &dir);
+    let kept = with(&reopened, |tx| tx.sessions()).len();
+    assert_eq!(
+        kept,
+        acknowledged.iter().filter(|o| o.is_ok()).count(),
+        "every acknowledged unit is kept"
     );
 }
 
-#[tokio::test]
-async fn sqlite_a_batch_left_open_when_the_store_closes_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::from_url("sqlite://closing.db", dir.path()).unwrap();
-    let store = SqliteStore::open(&options).unwrap();
-    let mut fate = store
-        .group_commit()
-        .unwrap()
-        .run_in_batch(&mut |tx| tx.save_session(&session("never", 0)))
-        .unwrap();
-    assert!(fate.outcome().is_none());
-    drop(store);
-    assert!(fate.settled().await.is_err(), "never committed, never Ok");
-    let reopened = SqliteStore::open(&options).unwrap();
-    assert!(with(&reopened, |tx| tx.sessions()).is_empty());
+fn the_listener_hears_every_commit_in_seq_order(store: &dyn Store) {
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ear = heard.clone();
+    store.listen(Box::new(move |events| {
+        ear.lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.seq.unwrap()));
+    }));
+    let units = (0..30)
+        .map(|i| -> Work {
+            Box::new(move |tx| {
+                let mut events = [event(EventKind::LockAcquired, i, Some("psu"), Some("a"))];
+                tx.record_events(&mut events)?;
+                if i % 7 == 3 {
+                    return Err(StoreError::Unavailable("simulated failure".into()));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let outcomes = together(store, units);
+    let kept = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+    // Every unit was answered, so every durable batch was heard.
+    let heard = heard.lock().unwrap().clone();
+    let first = heard.first().copied().unwrap();
+    assert_eq!(heard, (first..first + kept).collect::<Vec<_>>());
 }

@@ -1,10 +1,9 @@
 //! A store wrapper for tests that counts what goes through it: write
-//! transactions and reads. It offers no group commit, so every write is one
-//! counted transaction.
+//! transactions and reads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Store, StoreError, Work};
+use super::{CommitListener, Store, StoreError, Work};
 
 pub(crate) struct Counting<S: ?Sized> {
     pub(crate) inner: Box<S>,
@@ -27,20 +26,21 @@ impl<S: Store + ?Sized> Counting<S> {
     }
 }
 
+#[async_trait::async_trait]
 impl<S: Store + ?Sized> Store for Counting<S> {
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+    async fn transaction(&self, work: Work) -> Result<(), StoreError> {
         self.transactions.fetch_add(1, Ordering::SeqCst);
-        self.inner.transaction(work)
+        self.inner.transaction(work).await
     }
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+    async fn read(&self, work: Work) -> Result<(), StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.read(work)
+        self.inner.read(work).await
+    }
+    fn listen(&self, listener: CommitListener) {
+        self.inner.listen(listener);
     }
     fn describe(&self) -> String {
         self.inner.describe()
-    }
-    fn blocks(&self) -> bool {
-        self.inner.blocks()
     }
     fn durable(&self) -> bool {
         self.inner.durable()

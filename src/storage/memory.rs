@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::{Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
+use super::{CommitListener, Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
 
 /// Events kept per equipment and per session.
@@ -164,6 +164,9 @@ fn newest(events: Option<&VecDeque<Arc<Event>>>, limit: usize) -> Vec<Event> {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Hears each commit's events, called under the state's lock so that
+    /// commits reach it in `seq` order.
+    listener: std::sync::OnceLock<CommitListener>,
 }
 
 impl MemoryStore {
@@ -172,8 +175,13 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+impl MemoryStore {
+    /// Runs `work` at once on the calling thread: nothing here waits for a
+    /// disk, so it needs no thread of its own.
+    fn run(
+        &self,
+        work: &mut (dyn FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send),
+    ) -> Result<(), StoreError> {
         // The state is consistent whenever the lock is free (a failed
         // transaction is undone below), so a poisoned lock is safe to reuse.
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,6 +203,9 @@ impl Store for MemoryStore {
                 } = tx;
                 for id in ended {
                     state.forget_ended_history(&id);
+                }
+                if let Some(listener) = self.listener.get().filter(|_| !events.is_empty()) {
+                    listener(events.clone());
                 }
                 for event in events {
                     state.append_event(event);
@@ -226,19 +237,26 @@ impl Store for MemoryStore {
             }
         }
     }
+}
 
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn transaction(&self, mut work: Work) -> Result<(), StoreError> {
+        self.run(&mut *work)
+    }
+
+    async fn read(&self, mut work: Work) -> Result<(), StoreError> {
         // Nothing here touches a disk: a read is a transaction that writes
         // nothing.
-        self.transaction(work)
+        self.run(&mut *work)
+    }
+
+    fn listen(&self, listener: CommitListener) {
+        let _first = self.listener.set(listener);
     }
 
     fn describe(&self) -> String {
         "memory".into()
-    }
-
-    fn blocks(&self) -> bool {
-        false
     }
 
     fn durable(&self) -> bool {
@@ -474,13 +492,13 @@ mod tests {
             let mut e = Event::new(EventKind::LockForceReleased, Timestamp::from_millis(0));
             e.forced_by = Some(forced_by(i));
             store
-                .transaction(&mut |tx| tx.record_events(&mut [e.clone()]))
+                .run(&mut |tx| tx.record_events(&mut [e.clone()]))
                 .unwrap();
         }
         let newest = |id: SessionId| {
             let mut events = Vec::new();
             store
-                .transaction(&mut |tx| {
+                .run(&mut |tx| {
                     events = tx.session_events(&id, 10)?;
                     Ok(())
                 })
@@ -501,7 +519,7 @@ mod tests {
             let mut e = Event::new(EventKind::LockForceReleased, Timestamp::from_millis(0));
             e.forced_by = Some(who);
             store
-                .transaction(&mut |tx| tx.record_events(&mut [e.clone()]))
+                .run(&mut |tx| tx.record_events(&mut [e.clone()]))
                 .unwrap();
         };
         forced(id(0));

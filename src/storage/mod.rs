@@ -160,144 +160,92 @@ impl EventQuery {
     }
 }
 
-pub type Work<'a> = dyn FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send + 'a;
+/// A unit of work: reads and writes through a `Tx`. It may run more than
+/// once (a backend may retry it); only its last run's writes are kept. It
+/// owns what it needs, so a backend may run it on a thread of its own.
+pub type Work = Box<dyn FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send>;
 
+/// Told the recorded events of every commit, in `seq` order, once they are
+/// durable (see `Store::listen`).
+pub type CommitListener = Box<dyn Fn(Vec<Event>) + Send + Sync>;
+
+/// The boundary between the use cases and a backend. The service asks for
+/// a unit of work and awaits it; how units are scheduled, batched, made
+/// durable and run off the async workers is the backend's business.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Runs `work` as one atomic unit: all its writes are kept or none are.
-    /// May run `work` again if the backend asks for a retry.
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
+    /// Completes once they are durable (as the backend promises: see
+    /// `durable`), never before.
+    async fn transaction(&self, work: Work) -> Result<(), StoreError>;
 
     /// Runs `work` against the committed state as a read: no write
     /// transaction, no batch to join, no commit or fsync to wait for. For
-    /// checks that anyone can trigger (verifying a bearer token), which
-    /// must not be a way to load the disk. `work` must only read; SQLite
-    /// refuses a write here.
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError>;
+    /// views and for checks that anyone can trigger (verifying a bearer
+    /// token), which must not be a way to load the disk. `work` must only
+    /// read; SQLite refuses a write here.
+    async fn read(&self, work: Work) -> Result<(), StoreError>;
+
+    /// Hands every commit's recorded events, in `seq` order and without
+    /// gaps, to `listener` once they are durable (the live feed). Set once,
+    /// before the first transaction; a second call is ignored.
+    fn listen(&self, listener: CommitListener);
 
     /// How the store names itself in logs (never includes secrets).
     fn describe(&self) -> String;
 
-    /// Whether a transaction may block the thread on I/O (the service then
-    /// takes turns on it).
-    fn blocks(&self) -> bool;
-
     /// Whether what it stores outlives the process (tokens need that).
     fn durable(&self) -> bool;
+}
 
-    /// Group commit, for stores whose commits are costly (an fsync each).
-    fn group_commit(&self) -> Option<&dyn GroupCommit> {
-        None
+impl dyn Store {
+    /// Runs `op` as one transaction (see `Store::transaction`) and returns
+    /// what its last run returned.
+    pub async fn write<R: Send + 'static>(
+        &self,
+        op: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (work, result) = returning(op);
+        self.transaction(work).await?;
+        result.take()
+    }
+
+    /// Runs `op` as a read (see `Store::read`) and returns what it returned.
+    pub async fn query<R: Send + 'static>(
+        &self,
+        op: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (work, result) = returning(op);
+        self.read(work).await?;
+        result.take()
     }
 }
 
-/// Group commit: several units of work share one transaction and one
-/// commit. Each unit runs in its own savepoint, so a failing one is undone
-/// alone. Nothing is acknowledged until the batch that holds it commits:
-/// each unit gets its batch's `BatchFate`, which the store settles once the
-/// batch is durable or has failed. The service decides when a batch ends
-/// (when nobody else is waiting to add to it).
-pub trait GroupCommit: Send + Sync {
-    /// Runs `work` in the open batch (opening one if none); returns that
-    /// batch's fate.
-    fn run_in_batch(&self, work: &mut Work<'_>) -> Result<BatchFate, StoreError>;
-    /// How many units the open batch holds.
-    fn batch_len(&self) -> usize;
-    /// Whether `batch` is the open batch (not yet committed).
-    fn is_open(&self, batch: u64) -> bool;
-    /// Whether a committed batch is still being made durable. A batch
-    /// committed meanwhile would only wait for the next sync: better to
-    /// keep it open and let more work join it.
-    fn syncing(&self) -> bool {
-        false
-    }
-    /// Commits the open batch, if any. Its units hear through their
-    /// `BatchFate` once it is durable, which may be later (the store syncs
-    /// it without holding up the next batch).
-    fn commit_batch(&self) -> Result<(), StoreError>;
-    /// Changes whenever committed batches have been made durable (its
-    /// value: the last such batch's number): wakes whoever waits for a sync
-    /// to end before committing the open batch. Never a batch's outcome:
-    /// that is its `BatchFate`'s alone.
-    fn finished(&self) -> tokio::sync::watch::Receiver<u64>;
-}
+/// Where a unit of work leaves what it returned, for its caller to take
+/// once the store says it ran.
+pub struct Returned<R>(std::sync::Arc<std::sync::Mutex<Option<R>>>);
 
-/// How one group-commit batch ended, as each unit of work in it holds it.
-/// The store settles it exactly once (`BatchSettler`), so every unit learns
-/// its own batch's fate whatever happens to other batches; a batch the
-/// store drops unsettled (it closed first) failed.
-#[derive(Clone, Debug)]
-pub struct BatchFate {
-    number: u64,
-    settled: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
-}
-
-impl BatchFate {
-    /// The batch's number (batches are numbered in the order they open).
-    pub fn number(&self) -> u64 {
-        self.number
-    }
-
-    /// How the batch ended; `None` while it is open or being made durable.
-    pub fn outcome(&self) -> Option<Result<(), StoreError>> {
-        // Looked at first: a settler sets the value before it goes, so once
-        // it is gone the value is final (looked at after the value, it might
-        // have been settled and gone in between).
-        let gone = self.settled.has_changed().is_err();
-        match &*self.settled.borrow() {
-            Some(Ok(())) => Some(Ok(())),
-            Some(Err(why)) => Some(Err(StoreError::Unavailable(format!(
-                "the commit failed: {why}"
-            )))),
-            None => gone.then(|| {
-                Err(StoreError::Unavailable(
-                    "the store closed before the batch was committed".into(),
-                ))
-            }),
-        }
-    }
-
-    /// Waits until the batch has ended; returns how.
-    pub async fn settled(&mut self) -> Result<(), StoreError> {
-        // An error here means the settler is gone: `outcome` says so.
-        let _ = self.settled.wait_for(Option::is_some).await;
-        self.outcome().unwrap_or_else(|| {
-            Err(StoreError::Unavailable(
-                "the store closed before the batch was committed".into(),
-            ))
-        })
+impl<R> Returned<R> {
+    /// The value of the unit's last run.
+    pub fn take(&self) -> Result<R, StoreError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| StoreError::Unavailable("the store did not run the work".into()))
     }
 }
 
-/// The store's side of a batch's fate: settles it once, for every unit in
-/// the batch. Dropped unsettled, the batch counts as failed.
-#[derive(Debug)]
-pub struct BatchSettler {
-    number: u64,
-    sender: tokio::sync::watch::Sender<Option<Result<(), String>>>,
-}
-
-impl BatchSettler {
-    pub fn new(number: u64) -> Self {
-        Self {
-            number,
-            sender: tokio::sync::watch::channel(None).0,
-        }
-    }
-
-    pub fn number(&self) -> u64 {
-        self.number
-    }
-
-    /// A handle on the batch's fate, for a unit of work that joins it.
-    pub fn fate(&self) -> BatchFate {
-        BatchFate {
-            number: self.number,
-            settled: self.sender.subscribe(),
-        }
-    }
-
-    /// Ends the batch: tells every unit in it how.
-    pub fn settle(self, outcome: Result<(), String>) {
-        let _previous = self.sender.send_replace(Some(outcome));
-    }
+/// `op` as a `Work`, and where its value will be.
+pub fn returning<R: Send + 'static>(
+    mut op: impl FnMut(&mut dyn Tx) -> Result<R, StoreError> + Send + 'static,
+) -> (Work, Returned<R>) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let out = slot.clone();
+    let work: Work = Box::new(move |tx| {
+        let value = op(tx)?;
+        *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
+    });
+    (work, Returned(slot))
 }

@@ -9,11 +9,12 @@
 //!
 //! This file is the store: opening its connections (writer, checkpointer)
 //! with their settings, and the `Store` impl. One concern per file beside
-//! it: `options` (the URL), `migrate` (the schema), `writer` (group commit:
-//! batches, syncing, checkpoints), `readers` (the read-only connections),
-//! `tx` (a unit of work's SQL) and `rows` (row <-> domain mapping,
-//! SQLite's errors). It holds no table's SQL and no batching or syncing of
-//! its own.
+//! it: `options` (the URL), `migrate` (the schema), `writer` (the writer
+//! thread: group commit, syncing, checkpoints), `readers` (the read-only
+//! connections and their threads), `tx` (a unit of work's SQL) and `rows`
+//! (row <-> domain mapping, SQLite's errors). It holds no table's SQL and
+//! no batching or syncing of its own. No SQLite call runs on an async
+//! worker: writes run on the writer thread, reads on the reader threads.
 
 mod migrate;
 mod options;
@@ -24,25 +25,23 @@ mod writer;
 
 pub use options::SqliteOptions;
 
-use rusqlite::{Connection, TransactionBehavior};
-use std::sync::{Arc, Mutex};
+use rusqlite::Connection;
+use std::sync::{Arc, OnceLock};
 
-use super::{GroupCommit, Store, StoreError, Work};
+use super::{CommitListener, Store, StoreError, Work};
 use migrate::migrate;
 use readers::Readers;
 use rows::unavailable;
-use tx::SqliteTx;
-use writer::{Batch, Durability};
+use writer::{Writer, WriterSetup};
 
 pub struct SqliteStore {
-    conn: Mutex<Batch>,
+    /// Runs every write; on drop, commits what is open and stops.
+    writer: Writer,
     /// The connections for `read`: WAL lets them read committed state while
-    /// the writer works, without taking the writer's lock or joining a batch.
+    /// the writer works, without joining a batch.
     readers: Readers,
+    listener: Arc<OnceLock<CommitListener>>,
     describe: String,
-    durability: Arc<Durability>,
-    /// Syncs and checkpoints what batches commit; joined on drop.
-    syncer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SqliteStore {
@@ -94,25 +93,24 @@ impl SqliteStore {
         migrate(&mut conn)?;
         let mut wal = options.path.clone().into_os_string();
         wal.push("-wal");
-        let durability = Arc::new(Durability::new(
-            options.synchronous_full.then(|| wal.into()),
-        ));
         let checkpointer = Connection::open(&options.path).map_err(unavailable)?;
         checkpointer
             .busy_timeout(options.busy_timeout)
             .map_err(unavailable)?;
-        let syncer = {
-            let durability = durability.clone();
-            std::thread::Builder::new()
-                .name("lablink-wal-sync".into())
-                .spawn(move || durability.run_syncer(checkpointer))
-                .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?
-        };
+        let listener = Arc::new(OnceLock::new());
+        let readers = Readers::open(options)?;
+        let writer = Writer::start(
+            conn,
+            WriterSetup {
+                checkpointer,
+                wal: options.synchronous_full.then(|| wal.into()),
+                listener: listener.clone(),
+            },
+        )?;
         Ok(Self {
-            readers: Readers::open(options)?,
-            conn: Mutex::new(Batch::new(conn)),
-            durability,
-            syncer: Some(syncer),
+            writer,
+            readers,
+            listener,
             describe: format!(
                 "sqlite {} (synchronous={})",
                 options.path.display(),
@@ -126,53 +124,22 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
+#[async_trait::async_trait]
 impl Store for SqliteStore {
-    fn transaction(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        let mut guard = self.lock();
-        // A batch left open by group commit is finished first, so this
-        // transaction stands alone and is committed when it returns.
-        self.finish(&mut guard)?;
-        let batch = &mut *guard;
-        let tx = batch
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        if let Err(e) = work(&mut SqliteTx::new(&tx, &mut batch.deadline_floor)) {
-            // Undone writes may have put earlier deadlines back.
-            batch.deadline_floor = None;
-            return Err(e);
-        }
-        if let Err(e) = tx.commit() {
-            batch.deadline_floor = None;
-            return Err(unavailable(e));
-        }
-        // On any error above the transaction is dropped, which rolls it back.
-        drop(guard);
-        self.durability
-            .sync_wal()
-            .map_err(|why| StoreError::Unavailable(format!("the commit failed: {why}")))
+    async fn transaction(&self, work: Work) -> Result<(), StoreError> {
+        self.writer.run(work).await
     }
 
-    fn read(&self, work: &mut Work<'_>) -> Result<(), StoreError> {
-        self.readers.read(work)
+    async fn read(&self, work: Work) -> Result<(), StoreError> {
+        self.readers.read(work).await
     }
 
-    fn group_commit(&self) -> Option<&dyn GroupCommit> {
-        Some(self)
+    fn listen(&self, listener: CommitListener) {
+        let _first = self.listener.set(listener);
     }
 
     fn describe(&self) -> String {
         self.describe.clone()
-    }
-
-    fn blocks(&self) -> bool {
-        true
     }
 
     fn durable(&self) -> bool {

@@ -26,7 +26,7 @@ pub(super) struct SqliteTx<'a> {
     pub(super) tx: &'a Connection,
     deadline_floor: &'a mut Option<DeadlineFloor>,
     /// Where a batched unit's events wait for its savepoint's release;
-    /// `None`: a plain transaction, which inserts them at once.
+    /// `None`: inserted at once (a read, which SQLite refuses to write).
     pub(super) events: Option<&'a mut EventBuffer>,
     /// Sessions this unit read or wrote (a lock change checks the same
     /// sessions' liveness more than once).
@@ -289,6 +289,7 @@ impl Tx for SqliteTx<'_> {
         for event in events {
             buffer.rows.push(EventRow::new(event, Some(next))?);
             event.seq = Some(next as u64);
+            buffer.recorded.push(event.clone());
             next += 1;
         }
         buffer.next_seq = Some(next);
