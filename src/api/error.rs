@@ -109,6 +109,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         NoLock { lost: Some(_), .. } => (StatusCode::NOT_FOUND, "lock_lost"),
         NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
+        SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
         StaleFencingToken { .. } | UnissuedFencingToken { .. } => {
             (StatusCode::CONFLICT, "stale_fencing_token")
         }
@@ -156,7 +157,6 @@ impl From<ServiceError> for ApiError {
                     "internal error",
                 );
             }
-            ServiceError::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             ServiceError::EquipmentNotFound(_) => (StatusCode::NOT_FOUND, "equipment_not_found"),
             ServiceError::UnknownAction { .. } => (StatusCode::BAD_REQUEST, "unknown_action"),
             ServiceError::InvalidParameter(_) => {

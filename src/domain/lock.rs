@@ -440,6 +440,37 @@ impl EquipmentLocks {
         force && (!live(session) || !self.participants().any(|s| s == session))
     }
 
+    /// Whether `actor` may release here in `session`'s name (semantics.md,
+    /// Locks 8-9). Taking others' locks (`release_forces`) needs an admin; a
+    /// live session of the caller's releases its own place, `force` or not.
+    /// Without `force`, a session that is not live (it may never have
+    /// existed: the brief's own example forces as "admin_session") proves
+    /// no ownership and hears `departed`; a release never opens a session.
+    pub fn may_release(
+        &self,
+        session: &SessionId,
+        force: bool,
+        session_live: bool,
+        actor: &Actor,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+    ) -> Result<(), DomainError> {
+        if self.release_forces(session, force, live) {
+            actor.may_force()
+        } else if !session_live && !force {
+            Err(self.departed(session, actor))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// What a session that is not live hears when it releases or renews
+    /// here: that it lost its lock here, if it did and `actor` may know,
+    /// else that it does not exist.
+    pub fn departed(&self, session: &SessionId, actor: &Actor) -> DomainError {
+        self.lost_lock_told_to(session, actor)
+            .unwrap_or_else(|| DomainError::SessionNotFound(session.clone()))
+    }
+
     /// Release by `session` (semantics.md, Locks 8). A session that holds or
     /// waits here releases its own lock or place, with or without `force`.
     /// With `force`, a session that does neither, or is not live, releases

@@ -61,6 +61,8 @@ pub enum DomainError {
         session: SessionId,
         lost: Option<EndReason>,
     },
+    #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
+    SessionNotFound(SessionId),
     #[error("equipment {equipment} is not locked: nothing to force-release")]
     NotLocked { equipment: EquipmentId },
     #[error(

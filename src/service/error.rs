@@ -2,7 +2,7 @@
 //! domain, the store, the instruments, or the request itself. Mapped to
 //! HTTP once, in `api::error`.
 
-use crate::domain::{DomainError, EquipmentId, SessionId};
+use crate::domain::{DomainError, EquipmentId};
 use crate::drivers::{DriverError, ParamError};
 use crate::storage::StoreError;
 
@@ -12,8 +12,6 @@ pub enum ServiceError {
     Domain(#[from] DomainError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
-    SessionNotFound(SessionId),
     #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
     EquipmentNotFound(EquipmentId),
     #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]

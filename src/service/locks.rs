@@ -3,20 +3,11 @@
 
 use super::inputs::too_many;
 use super::{AcquireInput, Acquired, At, ExpiryReport, Service, ServiceError};
+use crate::domain::DomainError;
 use crate::domain::lock::Holder;
 use crate::domain::{
     Actor, EquipmentId, EquipmentLocks, Event, LockRequest, ReleaseOutcome, SessionId, Timestamp,
 };
-
-/// What a session that is not live hears when it releases or renews: that
-/// it lost its lock here, if it did (semantics.md, Locks 8-9), else that it
-/// does not exist.
-fn lost_or_unknown(locks: &EquipmentLocks, session: &SessionId, actor: &Actor) -> ServiceError {
-    locks.lost_lock_told_to(session, actor).map_or_else(
-        || ServiceError::SessionNotFound(session.clone()),
-        ServiceError::from,
-    )
-}
 
 impl Service {
     pub async fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
@@ -33,7 +24,7 @@ impl Service {
                     let id = &input.session_id;
                     (uow.implicit_session(id, &input.actor, &input.client)?, true)
                 }
-                None => return Err(ServiceError::SessionNotFound(input.session_id.clone())),
+                None => return Err(DomainError::SessionNotFound(input.session_id.clone()).into()),
             };
             let request = LockRequest {
                 session_id: input.session_id.clone(),
@@ -74,20 +65,10 @@ impl Service {
             let live = uow.renew_if_live(session, actor)?.is_some();
             let now = uow.now;
             let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
-                // Only taking others' locks needs an admin: a live session
-                // of the caller's that holds or waits here releases its own
-                // place, `force` or not. A session that is not live proves
-                // no ownership, so forcing in its name stays an admin's.
-                if locks.release_forces(session, force, alive) {
-                    actor.may_force()?;
-                } else if !live && !force {
-                    // Releases never open a session; one whose lock was
-                    // lost still hears so.
-                    return Err(lost_or_unknown(locks, session, actor));
-                }
-                Ok(locks.release(session, force, now, alive, events)?)
+                locks.may_release(session, force, live, actor, alive)?;
+                locks.release(session, force, now, alive, events)
             })?;
-            outcome
+            Ok(outcome?)
         })
         .await
     }
@@ -105,7 +86,7 @@ impl Service {
             let mut locks = uow.load_locks(equipment)?;
             if uow.renew_if_live(session, actor)?.is_none() {
                 // The same rule as release: a lost lock is `lock_lost`.
-                return Err(lost_or_unknown(&locks, session, actor));
+                return Err(locks.departed(session, actor).into());
             }
             let grant = locks.renew(session, uow.now)?;
             uow.save_locks(&locks)?;

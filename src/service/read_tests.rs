@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{AcquireInput, ClientInfo, NewSession, Policy, Service, ServiceError};
 use crate::clock::ManualClock;
+use crate::domain::DomainError;
 use crate::domain::{AcquireOutcome, Actor, EquipmentId, LockMode, SessionId, Timeout, Timestamp};
 use crate::drivers::Instruments;
 use crate::storage::counting::Counting;
@@ -146,7 +147,7 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
         lab.clock.advance(Duration::from_millis(5_000));
         assert!(matches!(
             s.session(&a).await,
-            Err(ServiceError::SessionNotFound(_))
+            Err(ServiceError::Domain(DomainError::SessionNotFound(_)))
         ));
         let listed = s.sessions(None, 10).await.unwrap().value.sessions;
         assert_eq!(listed.iter().map(|s| &s.id).collect::<Vec<_>>(), [&b]);

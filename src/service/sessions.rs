@@ -3,6 +3,7 @@
 
 use super::inputs::too_many;
 use super::{At, NewSession, Service, ServiceError, SessionEnd, SessionHoldings, SessionPage};
+use crate::domain::DomainError;
 use crate::domain::{Actor, EndReason, Event, EventKind, Session, SessionId};
 
 impl Service {
@@ -46,7 +47,7 @@ impl Service {
             uow.acting(actor);
             let session = uow
                 .live_session(id)?
-                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+                .ok_or_else(|| DomainError::SessionNotFound(id.clone()))?;
             actor.may_use(&session)?;
             let locks_released = uow.end_session(&session, EndReason::SessionEnded)?;
             Ok(SessionEnd { locks_released })
@@ -58,7 +59,7 @@ impl Service {
         let id = id.clone();
         self.read(move |view| {
             view.live_session(&id)?
-                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
+                .ok_or_else(|| DomainError::SessionNotFound(id.clone()).into())
         })
         .await
     }
@@ -106,7 +107,7 @@ impl Service {
         self.read(move |view| {
             let id = &id;
             view.live_session(id)?
-                .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))?;
+                .ok_or_else(|| DomainError::SessionNotFound(id.clone()))?;
             let mut holdings = SessionHoldings {
                 locks: Vec::new(),
                 queued: Vec::new(),
@@ -136,7 +137,7 @@ impl Service {
         self.read_events(move |tx| {
             let events = tx.session_events(&id, limit)?;
             if events.is_empty() && tx.session(&id)?.is_none() {
-                return Err(ServiceError::SessionNotFound(id.clone()));
+                return Err(DomainError::SessionNotFound(id.clone()).into());
             }
             Ok(events)
         })

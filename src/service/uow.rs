@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::{ClientInfo, ExpiryReport, Policy, ServiceError};
+use crate::domain::DomainError;
 use crate::domain::{
     Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp,
 };
@@ -143,7 +144,7 @@ impl Uow<'_> {
         actor: &Actor,
     ) -> Result<Session, ServiceError> {
         self.renew_if_live(id, actor)?
-            .ok_or_else(|| ServiceError::SessionNotFound(id.clone()))
+            .ok_or_else(|| DomainError::SessionNotFound(id.clone()).into())
     }
 
     /// The session an acquire that named `id` while it was not live opens

@@ -2,6 +2,7 @@
 //! the `lock_expiring` warnings.
 
 use super::{AcquireInput, Acquired, At, Service, ServiceError};
+use crate::domain::DomainError;
 use crate::domain::{AcquireOutcome, EquipmentId, EquipmentLocks, Event, EventKind, SessionId};
 use crate::live::Warning;
 
@@ -136,7 +137,7 @@ impl Service {
         }
         let now = self.standing_now(&equipment).await?;
         let outcome =
-            standing(&now.value, &session).ok_or(ServiceError::SessionNotFound(session))?;
+            standing(&now.value, &session).ok_or(DomainError::SessionNotFound(session))?;
         Ok(At {
             value: Acquired {
                 outcome,
@@ -161,6 +162,6 @@ fn answer(
             },
             now: now.now,
         })),
-        None => Err(ServiceError::SessionNotFound(session.clone())),
+        None => Err(DomainError::SessionNotFound(session.clone()).into()),
     }
 }

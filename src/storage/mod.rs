@@ -1,7 +1,11 @@
 //! Storage: the one authority for sessions, locks, queues, fencing counters
 //! and the event history. A `Store` runs a unit of work atomically against a
-//! `Tx`; the service does the reading, deciding (through the domain) and
-//! writing inside it. Backends are chosen by URL scheme in `server.rs`.
+//! `Tx`, and the service awaits it; the service does the reading, deciding
+//! (through the domain) and writing inside it. How units are scheduled,
+//! batched and made durable, and on which threads, is each backend's own
+//! business behind the async boundary. Once durable, each commit's recorded
+//! events go to the store's listener in `seq` order (the live feed).
+//! Backends are chosen by URL scheme in `server.rs`.
 //!
 //! Stores keep two indexes that the service relies on so that no request
 //! scans every lock: sessions and equipment by deadline (`due`), and the
