@@ -18,6 +18,7 @@ use crate::drivers::registry::RegistryError;
 use crate::service::Service;
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
+use crate::storage::postgres::{PostgresOptions, PostgresStore};
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
 use crate::{api, reaper};
 use std::path::Path;
@@ -61,11 +62,13 @@ pub fn open_store(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StartErr
             let store = SqliteStore::open(&options).map_err(|e| failed(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        "postgres" | "postgresql" => Err(failed(
-            "the PostgreSQL store is not built yet; use sqlite://PATH or memory".into(),
-        )),
+        "postgres" | "postgresql" => {
+            let options = PostgresOptions::from_url(url).map_err(failed)?;
+            let store = PostgresStore::open(&options).map_err(|e| failed(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
         _ => Err(failed(
-            "unknown store; expected memory or sqlite://PATH".into(),
+            "unknown store; expected memory, sqlite://PATH or postgres://USER@HOST/DATABASE".into(),
         )),
     }
 }
@@ -100,6 +103,9 @@ impl Server {
                 store: store.describe(),
             });
         }
+        // Servers sharing a store take their time from it, so they agree
+        // on when a lease ends (`clock` is for a store of one's own).
+        let clock = store.clock().unwrap_or(clock);
         let service = Arc::new(
             Service::new(
                 store.clone(),
