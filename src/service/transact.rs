@@ -63,6 +63,7 @@ impl Service {
                     event = e.event.as_str(),
                     equipment_id = e.equipment_id.as_ref().map(|id| id.as_str()),
                     session_id = e.session_id.as_ref().map(|id| id.as_str()),
+                    user = e.user.as_deref(),
                     "lock event"
                 );
             }

@@ -44,7 +44,7 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
 /// A server on `settings` whose time is `clock` (share it across restarts).
 pub async fn spawn_with_clock(mut settings: Settings, clock: ManualClock) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        lablink::telemetry::init();
+        lablink::telemetry::init(lablink::telemetry::LogFormat::Text);
     }
     settings.bind = "127.0.0.1:0".into();
     let server = Server::build(settings, Arc::new(clock.clone()))

@@ -15,6 +15,7 @@
 //! SQLite's errors). It holds no table's SQL and no batching or syncing of
 //! its own.
 
+pub mod backup;
 mod migrate;
 mod options;
 mod readers;
