@@ -280,7 +280,11 @@ impl Server {
             dashboard = %format!("{url}/"),
             data = %data,
             store = %self.service.describe_store(),
-            instruments = %format!("{} [{}]", instruments.len(), instruments.join(",")),
+            instruments = %if instruments.is_empty() {
+                "none".into()
+            } else {
+                instruments.join(",")
+            },
             auth,
             "LabLink started"
         );
