@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestApp, lablink, spawn_app};
+use crate::helpers::{TestApp, lablink, run_lablink, spawn_app, spawn_serve};
 
 /// A `lablink serve` child whose stderr lines are kept as they come.
 struct Running {
@@ -24,15 +24,7 @@ impl Running {
     /// Starts `lablink serve --bind 127.0.0.1:0 ARGS` in `dir` and waits
     /// until it listens.
     async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = lablink()
-            .envs(env.iter().copied())
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(args)
-            .current_dir(dir)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_serve(dir, &[&["--bind", "127.0.0.1:0"], args].concat(), env);
         let lines = Arc::new(Mutex::new(Vec::new()));
         let reader = BufReader::new(child.stderr.take().unwrap());
         let kept = lines.clone();
@@ -427,17 +419,7 @@ async fn cors_is_off_by_default_and_star_allows_any_page() {
 // ---- backup -----------------------------------------------------------------
 
 fn backup(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = lablink()
-        .arg("backup")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_lablink(dir, &[&["backup"], args].concat())
 }
 
 /// A change the server acknowledged, and when its answer arrived.
