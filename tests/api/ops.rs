@@ -201,7 +201,11 @@ async fn each_request_gets_an_access_log_line_with_its_user_and_session() {
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server.app().get("/api/locks/status/ps_abc123").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    // Each line is written before its answer is sent.
+    // Each line is written before its answer is sent; the last one read
+    // means every earlier one was.
+    server
+        .wait_for(|l| is_access_line(l) && l.contains("status=401"))
+        .await;
     let logged: Vec<_> = server
         .lines()
         .into_iter()
@@ -287,6 +291,9 @@ async fn json_logs_are_one_object_a_line_with_the_same_fields() {
     let app = server.app();
     let session = app.session(0.0).await;
     app.acquire("scope_123", &session, json!({})).await;
+    server
+        .wait_for(|l| l.contains(r#""route":"/api/locks/acquire""#))
+        .await;
     let parsed: Vec<Value> = server
         .lines()
         .iter()
