@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The deployment files in deploy/: the systemd units are checked with
 # `systemd-analyze verify` (against the binary just built, since the units
-# name its installed path), and the Containerfile is built when a container
-# engine is running. Either is skipped, saying why, where its tool is missing.
+# name its installed path) and the sysusers file with a dry run, and the
+# Containerfile is built when a container engine is running. Either is skipped, saying why, where its tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,9 @@ if command -v systemd-analyze >/dev/null; then
         exit 1
     fi
     echo "deploy: systemd units verified"
+    # What the user file would create, without creating it.
+    systemd-sysusers --dry-run "$PWD/deploy/lablink.sysusers" >/dev/null
+    echo "deploy: sysusers file checked"
 else
     echo "deploy: systemd units SKIPPED: systemd-analyze is not installed"
 fi
