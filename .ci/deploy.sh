@@ -24,7 +24,10 @@ if command -v systemd-analyze >/dev/null; then
     fi
     echo "deploy: systemd units verified"
     # What the user file would create, without creating it.
-    systemd-sysusers --dry-run "$PWD/deploy/lablink.sysusers" >/dev/null
+    if ! out=$(systemd-sysusers --dry-run "$PWD/deploy/lablink.sysusers" 2>&1); then
+        echo "$out"
+        exit 1
+    fi
     echo "deploy: sysusers file checked"
 else
     echo "deploy: systemd units SKIPPED: systemd-analyze is not installed"
