@@ -10,6 +10,7 @@ mod examples;
 mod helpers;
 mod live;
 mod locks;
+mod ops;
 mod races;
 mod scpi;
 mod sessions;
