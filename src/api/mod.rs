@@ -3,6 +3,7 @@
 //! to status codes. The API describes itself at `/openapi.json` and `/docs`.
 
 pub mod caller;
+pub mod dashboard;
 pub mod equipment;
 pub mod error;
 pub mod extract;
@@ -44,7 +45,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
-        ws::upgrade,
+        ws::upgrade, dashboard::whoami,
     ),
     components(schemas(Id, locks::HistoryEventKind)),
     modifiers(&Conventions),
@@ -56,6 +57,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         (name = "locks", description = "Locks, queues and history"),
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
+        (name = "auth", description = "Who the caller is"),
     )
 )]
 pub struct ApiDoc;
@@ -466,6 +468,7 @@ pub fn router(service: AppState) -> Router {
             equipment::command_errors,
         ))
         .with_state(service.clone());
+    let dashboard = dashboard::router(service.clone());
     let api = Router::new()
         .route("/api/locks/sessions/create", post(sessions::create))
         .route("/api/locks/sessions", get(sessions::list))
@@ -506,6 +509,7 @@ pub fn router(service: AppState) -> Router {
         .merge(commands);
     Router::new()
         .merge(api)
+        .merge(dashboard)
         .merge(
             SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi())
