@@ -18,7 +18,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
+
+# Waits for what a page shows, not for speed: room for a loaded CI machine
+# (the assertions about speed give their own timeout).
+expect.set_options(timeout=15_000)
 
 REPO = Path(__file__).resolve().parents[2]
 LABLINK = os.environ.get("LABLINK_BIN", str(REPO / "target" / "debug" / "lablink"))
