@@ -120,6 +120,10 @@ def test_an_action_submitted_from_the_page_reaches_the_instrument(server, open_p
     form.get_by_role("button", name="Run").click()
     expect(form.locator(".error")).to_contain_text("voltage")
     assert server.ok("GET", f"/api/equipment/{PSU}/status")["state"]["channels"][0]["voltage_set"] == 12.5
+    # Losing the lock is told on the page, and the forms go.
+    server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": "admin", "force": True})
+    expect(page.locator("#alerts")).to_contain_text(f"Your lock on {PSU} was lost (forced)")
+    expect(page.locator('form.action[data-action="set_voltage"]')).to_have_count(0)
 
 
 def test_a_forced_release_from_the_admin_view_reaches_the_holder(server, open_page):
@@ -252,3 +256,36 @@ def test_screenshots(server, open_page):
     expect(page.locator("table.history tbody tr")).to_have_count(2)
     page.get_by_role("button", name="Read again").click()
     page.screenshot(path=str(SCREENSHOTS / "instrument.png"), full_page=True)
+
+
+def test_the_sessions_page_shows_what_each_session_holds_and_waits_for(server, open_page):
+    holder = server.session("Lab PC #3")
+    waiter = server.session("Night run")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": waiter, "queue_if_busy": True})
+    page = open_page(server.url + "/#/sessions").page
+    wait_live(page)
+    rows = page.locator("table.sessions tbody tr")
+    expect(rows).to_have_count(2)
+    held = page.locator(f'tr[data-session="{holder}"]')
+    expect(held.locator("td").nth(5)).to_have_text(PSU)
+    expect(held.locator("td").nth(6)).to_have_text("—")
+    waiting = page.locator(f'tr[data-session="{waiter}"]')
+    expect(waiting.locator("td").nth(6)).to_have_text(f"{PSU} (#1)")
+    # Live: a new session appears without reload.
+    server.session("Late comer")
+    expect(rows).to_have_count(3)
+
+
+def test_the_overview_is_usable_from_the_keyboard(server, open_page):
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip")).to_be_focused()
+    page.get_by_label("Filter").focus()
+    page.keyboard.type("load")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.getAttribute('href')")
+    assert focused == "#/equipment/load_1"
+    page.keyboard.press("Enter")
+    expect(page.locator("#instrument-title")).to_have_text("Demo electronic load")
