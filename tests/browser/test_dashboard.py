@@ -289,3 +289,42 @@ def test_the_overview_is_usable_from_the_keyboard(server, open_page):
     assert focused == "#/equipment/load_1"
     page.keyboard.press("Enter")
     expect(page.locator("#instrument-title")).to_have_text("Demo electronic load")
+
+
+def test_the_history_filters_and_pages(server, open_page):
+    cycler = server.session("Cycler")
+    other = server.session("Other")
+    for _ in range(30):
+        server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": cycler})
+        server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": cycler})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": other})
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    rows = page.locator("table.history tbody tr")
+    # The newest 50, newest first.
+    expect(rows).to_have_count(50)
+    expect(rows.first.locator("td").nth(1)).to_have_text("lock_acquired")
+    expect(rows.first.locator("td").nth(2)).to_have_text(other[:8] + "…")
+    history = page.locator("form.filters")
+    history.get_by_label("Event").select_option("lock_released")
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 1.")
+    expect(rows).to_have_count(25)
+    page.get_by_role("button", name="Later →").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 2.")
+    expect(rows).to_have_count(5)
+    expect(page.get_by_role("button", name="Later →")).to_be_disabled()
+    page.get_by_role("button", name="← Earlier").click()
+    expect(rows).to_have_count(25)
+    kinds = rows.locator("td:nth-child(2)").all_inner_texts()
+    assert kinds == ["lock_released"] * 25
+    # By session.
+    history.get_by_label("Event").select_option("")
+    history.get_by_label("Session", exact=True).fill(other)
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 1.")
+    expect(rows).to_have_count(1)
+    # A bad filter gets the server's detail.
+    history.get_by_label("Session", exact=True).fill("not valid")
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("section[aria-labelledby=history-title] .error")).to_contain_text("session_id")
