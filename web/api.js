@@ -67,6 +67,16 @@ export async function api(method, path, body) {
   return data;
 }
 
+/**
+ * A fresh command id. crypto.randomUUID() exists only in secure contexts
+ * (HTTPS or loopback); a lab server reached over plain HTTP on its LAN
+ * address is not one, and getRandomValues works everywhere.
+ */
+export function commandId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `cmd_${Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
 /** Path segment escaping for ids. */
 export const seg = encodeURIComponent;
 

@@ -48,6 +48,12 @@ function setLiveState(state, detail) {
   }[state] ?? state;
   box.querySelector('.text').textContent = text;
   box.title = detail ?? (state === 'live' ? 'Updates arrive as they happen' : '');
+  if (state === 'refused') {
+    // The token was revoked: nothing can be read with it any more.
+    showError({ detail: `${detail}. Sign in again.` });
+    setToken(null);
+    signIn().then(() => location.reload());
+  }
 }
 
 function setSession(session) {

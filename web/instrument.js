@@ -4,7 +4,7 @@
 // a release), a form per action generated from the driver's action catalog
 // for the holder's own session, and the history with filters and paging.
 
-import { api, ApiError, query, seg } from './api.js';
+import { api, ApiError, commandId, query, seg } from './api.js';
 import {
   busy, clearError, confirmWithReason, duration, h, localTime, notify, showError, shortId, who,
 } from './ui.js';
@@ -259,7 +259,7 @@ export function instrumentPage(ctx, main, id) {
       busy(form.querySelector('button'), async () => {
         const status = model.status.get(id);
         const body = {
-          command_id: crypto.randomUUID(),
+          command_id: commandId(),
           equipment_id: id,
           action: action.name,
           parameters,

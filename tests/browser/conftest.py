@@ -8,6 +8,7 @@ Env: LABLINK_BIN (default target/debug/lablink), CHROMIUM (default
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,7 @@ class Server:
         self.env = dict(os.environ, RUST_LOG="warn", **(env or {}))
         self.process = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token_ids = {}
 
     def start(self):
         log = open(self.workdir / "server.log", "ab")
@@ -108,7 +110,15 @@ class Server:
             [LABLINK, "token", "create", "--user", user, "--role", role, *self.args],
             cwd=self.workdir, env=self.env, check=True, capture_output=True, text=True,
         )
-        return out.stdout.strip().splitlines()[0].strip()
+        token = out.stdout.strip().splitlines()[0].strip()
+        self.token_ids[token] = re.search(r"created (tok_[0-9a-f]+)", out.stderr).group(1)
+        return token
+
+    def revoke(self, token):
+        subprocess.run(
+            [LABLINK, "token", "revoke", self.token_ids[token], *self.args],
+            cwd=self.workdir, env=self.env, check=True, capture_output=True,
+        )
 
 
 @pytest.fixture

@@ -201,6 +201,12 @@ def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page
     assert modes == ["observer"]
     expect(viewer.get_by_role("button", name="Force release…")).to_have_count(0)
 
+    # A revoked token: the server closes the live connection and the page
+    # asks for a token again.
+    server.revoke(admin)
+    expect(page.locator("#signin-dialog")).to_be_visible()
+    expect(page.locator("#alerts")).to_contain_text("the API token was revoked")
+
 
 def test_the_page_recovers_after_a_server_restart(make_server, open_page):
     server = make_server(args=["--store", "sqlite://lablink.db?synchronous=normal"]).start()
