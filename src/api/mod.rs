@@ -3,6 +3,7 @@
 //! to status codes. The API describes itself at `/openapi.json` and `/docs`.
 
 pub mod caller;
+pub mod dashboard;
 pub mod edge;
 pub mod equipment;
 pub mod error;
@@ -45,7 +46,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
-        ws::upgrade,
+        ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version,
     ),
     components(schemas(Id, locks::HistoryEventKind)),
@@ -59,6 +60,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
         (name = "operations", description = "Health, readiness and version, for operators' tools (no token needed)"),
+        (name = "auth", description = "Who the caller is"),
     )
 )]
 pub struct ApiDoc;
@@ -449,6 +451,7 @@ pub fn router(service: AppState) -> Router {
             equipment::command_errors,
         ))
         .with_state(service.clone());
+    let dashboard = dashboard::router(service.clone());
     let api = Router::new()
         .route("/api/locks/sessions/create", post(sessions::create))
         .route("/api/locks/sessions", get(sessions::list))
@@ -489,6 +492,7 @@ pub fn router(service: AppState) -> Router {
         .merge(commands);
     Router::new()
         .merge(api)
+        .merge(dashboard)
         .merge(
             SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi())

@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod dashboard;
 mod durability;
 mod equipment;
 mod errors;
