@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import lablink._aio
 from lablink import AsyncLab, EquipmentLocked, LockLost, LockWaitTimeout
 from lablink.errors import SessionNotFound
 
@@ -93,9 +94,9 @@ async def test_a_cancelled_or_timed_out_wait_leaves_nothing_behind(server):
 async def test_renewal_across_leases_and_loss_when_the_session_is_ended_elsewhere(server):
     async with AsyncLab(server.url) as lab:
         lost: list[LockLost] = []
-        async with lab.session("long run", timeout=2) as s:
-            async with s.lock(EQ, timeout=1.2, on_lost=lost.append) as lk:
-                await asyncio.sleep(4)  # over three lock leases
+        async with lab.session("long run", timeout=3) as s:
+            async with s.lock(EQ, timeout=2, on_lost=lost.append) as lk:
+                await asyncio.sleep(4.5)  # over two lock leases
                 await lk.command("get_status")
                 assert (await lab.status(EQ))["lock_id"] == lk.lock_id
                 assert lk.renewals >= 3
@@ -107,6 +108,18 @@ async def test_renewal_across_leases_and_loss_when_the_session_is_ended_elsewher
                 assert caught.value.reason == "session_ended"
         names = [e["event"] for e in await history(lab, session=s.id)]
         assert "lock_expired" not in names and "session_expired" not in names
+
+
+async def test_the_expiry_warning_alone_keeps_a_lock(server, monkeypatch):
+    # The timer would renew only after 50 leases: `lock_expiring` (sent
+    # halfway through a lease this short) is what renews it here.
+    monkeypatch.setattr(lablink._aio, "RENEW_AFTER", 50)
+    async with AsyncLab(server.url) as lab, lab.session("warned", timeout=0) as s:
+        async with s.lock(EQ, timeout=2) as lk:
+            await asyncio.sleep(4.5)  # over two leases
+            await lk.command("get_status")
+            assert lk.renewals >= 2
+        assert "lock_expired" not in [e["event"] for e in await history(lab, session=s.id)]
 
 
 async def test_an_expired_lock_is_lost(server):

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 
-import lablink
 from lablink import Lab, LabLinkError, ServerUnreachable, StaleFencingToken
 from lablink.errors import (
     BY_CODE,
@@ -43,13 +42,6 @@ def test_there_is_one_class_per_code_of_the_readme_table():
     assert sorted(BY_CODE) == sorted(codes)
     for code, cls in BY_CODE.items():
         assert issubclass(cls, LabLinkError) and cls.code == code
-
-
-def test_the_version_is_the_servers():
-    cargo = (REPO / "Cargo.toml").read_text()
-    version = re.search(r'^version = "([^"]+)"', cargo, re.M)
-    assert version is not None
-    assert lablink.__version__ == version.group(1)
 
 
 def test_an_unknown_code_or_a_foreign_body_still_raises_a_lablink_error():

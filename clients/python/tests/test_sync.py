@@ -116,16 +116,16 @@ def test_a_wait_that_runs_out_raises_and_leaves_the_queue(server):
 
 def test_the_lock_and_session_are_renewed_across_several_leases(server):
     with Lab(server.url) as lab:
-        with lab.session("long run", timeout=2) as s:
-            with s.lock(EQ, timeout=1.5) as lk:
+        with lab.session("long run", timeout=3) as s:
+            with s.lock(EQ, timeout=2) as lk:
                 token, lock_id = lk.fencing_token, lk.lock_id
-                time.sleep(5)  # over three lock leases and two session leases
+                time.sleep(5)  # two and a half lock leases, over one and a half session leases
                 lk.command("set_voltage", voltage=3.0)
                 assert lab.status(EQ)["lock_id"] == lock_id
                 assert lk.fencing_token == token
                 assert lk.renewals >= 3
             sent = count_requests(lab)
-            time.sleep(1)  # lock renewal stopped with its block; the session's goes on
+            time.sleep(1.5)  # lock renewal stopped with its block; the session's goes on
             assert sent and all(r.endswith(f"/sessions/{s.id}/activity") for r in sent)
             sent.clear()
         time.sleep(1)  # and stopped with the session's block

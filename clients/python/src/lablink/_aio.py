@@ -44,6 +44,9 @@ MAX_WAIT_PER_REQUEST = 3600.0
 #: The largest cursor the history takes: a page past the newest event whose
 #: ``next_cursor`` is the newest ``seq``.
 _NEWEST_CURSOR = 2**63 - 1
+#: The timer renews a lock (and a session) this far into each lease; the
+#: server's `lock_expiring` warning renews a lock at once besides.
+RENEW_AFTER = 1 / 3
 #: While waiting or renewing, how soon to try again after the server could
 #: not be reached (it may be restarting).
 RETRY_DELAY = 0.25
@@ -448,14 +451,14 @@ class AsyncSession:
         await self.lab.request("POST", f"/api/locks/sessions/{self.id}/activity")
 
     async def _keep_alive(self, lease: float) -> None:
-        interval = lease / 3
+        interval = lease * RENEW_AFTER
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.renew()
-                interval = lease / 3
+                interval = lease * RENEW_AFTER
             except ServerUnreachable:
-                interval = min(RETRY_DELAY, lease / 3)
+                interval = min(RETRY_DELAY, lease * RENEW_AFTER)
             except SessionNotFound as e:
                 for lk in list(self._locks.values()):
                     lk._lost_with(LockLost(f"session {self.id} ended: {e.detail}", reason="session_expired"))
@@ -724,7 +727,7 @@ class AsyncLock:
     async def _renew(self, lease: float) -> None:
         # Renew a third of the way into each lease, so one failed attempt
         # still leaves time for another, and at once on `lock_expiring`.
-        interval = lease / 3 if lease > 0 else None
+        interval = lease * RENEW_AFTER if lease > 0 else None
         wait = interval
         while self._lost is None:
             try:
