@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -220,3 +223,27 @@ def test_events_reads_the_history_and_follows_live(server):
         assert [e["event"] for e in seen] == ["lock_acquired", "lock_released"]
         assert all(e["equipment_id"] == EQ for e in seen)
         assert seen[0]["seq"] < seen[1]["seq"]
+
+
+def test_ctrl_c_while_waiting_leaves_the_queue_and_ends_the_session(server):
+    script = f"""
+import sys
+from lablink import Lab
+lab = Lab({server.url!r})
+with lab.session("interrupted") as s:
+    print(s.id, flush=True)
+    with s.lock({EQ!r}, wait=None, on_position=lambda n: print("position", n, flush=True)):
+        pass
+"""
+    with Lab(server.url) as lab, lab.session("holder") as holder, holder.lock(EQ):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        session_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "position 1"
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=20)
+        assert "KeyboardInterrupt" in stderr
+        assert lab.queue(EQ) == []
+        with pytest.raises(SessionNotFound):
+            lab.request("GET", f"/api/locks/sessions/{session_id}")
+        assert event_names(lab, session=session_id) == ["session_created", "queued", "dequeued", "session_ended"]

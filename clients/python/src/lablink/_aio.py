@@ -375,6 +375,7 @@ class AsyncSession:
         self._feed: LiveFeed | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._locks: dict[str, AsyncLock] = {}
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._ended = False
 
     async def __aenter__(self) -> AsyncSession:
@@ -482,6 +483,8 @@ class AsyncSession:
             self._keepalive.cancel()
         if self._feed is not None:
             await self._feed.close()
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
         if self.id:
             try:
                 await self.lab.request("DELETE", f"/api/locks/sessions/{self.id}")
@@ -661,8 +664,12 @@ class AsyncLock:
                     )
         except BaseException:
             # Timed out, cancelled or failed: leave nothing behind (if the
-            # lock came through meanwhile, this releases it).
-            await asyncio.shield(self._leave_queue())
+            # lock came through meanwhile, this releases it). The session
+            # waits for this before it ends, so the history reads in order.
+            leaving = asyncio.ensure_future(self._leave_queue())
+            self.session._cleanups.add(leaving)
+            leaving.add_done_callback(self.session._cleanups.discard)
+            await asyncio.shield(leaving)
             raise
 
     async def _leave_queue(self) -> None:

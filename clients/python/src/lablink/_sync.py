@@ -16,7 +16,7 @@ import asyncio
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._aio import (
     DEFAULT_URL,
@@ -107,7 +107,7 @@ class Lab:
         if self._runner.loop.is_closed():
             return
         for stream in list(self._streams):
-            self._runner.run(stream.aclose())
+            self._runner.run(_call(stream.aclose()))
         self._runner.run(self._lab.aclose())
         self._runner.stop()
 
@@ -194,18 +194,22 @@ class Lab:
         finally:
             self._streams.discard(stream)
             if not self._runner.loop.is_closed():
-                self._runner.run(stream.aclose())
+                self._runner.run(_call(stream.aclose()))
 
 
-class Session:
-    """A session for a ``with`` block; see :class:`~lablink.AsyncSession`."""
+Inner = TypeVar("Inner", AsyncSession, AsyncLock)
+Block = TypeVar("Block", bound="_Block[Any]")
 
-    def __init__(self, runner: _LoopThread, session: AsyncSession) -> None:
+
+class _Block(Generic[Inner]):
+    """A ``with`` block that runs an asyncio ``async with`` block on the loop."""
+
+    def __init__(self, runner: _LoopThread, inner: Inner) -> None:
         self._runner = runner
-        self._session = session
+        self._inner: Inner = inner
 
-    def __enter__(self) -> Session:
-        self._runner.run(self._session.__aenter__())
+    def __enter__(self: Block) -> Block:
+        self._runner.run(self._inner.__aenter__())
         return self
 
     def __exit__(
@@ -214,7 +218,15 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._runner.run(self._session.__aexit__(exc_type, exc, tb))
+        self._runner.run(self._inner.__aexit__(exc_type, exc, tb))
+
+
+class Session(_Block[AsyncSession]):
+    """A session for a ``with`` block; see :class:`~lablink.AsyncSession`."""
+
+    @property
+    def _session(self) -> AsyncSession:
+        return self._inner
 
     @property
     def id(self) -> str:
@@ -254,24 +266,12 @@ class Session:
         )
 
 
-class Lock:
+class Lock(_Block[AsyncLock]):
     """A held lock; see :class:`~lablink.AsyncLock`."""
 
-    def __init__(self, runner: _LoopThread, lock: AsyncLock) -> None:
-        self._runner = runner
-        self._lock = lock
-
-    def __enter__(self) -> Lock:
-        self._runner.run(self._lock.__aenter__())
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._runner.run(self._lock.__aexit__(exc_type, exc, tb))
+    @property
+    def _lock(self) -> AsyncLock:
+        return self._inner
 
     @property
     def equipment_id(self) -> str:
