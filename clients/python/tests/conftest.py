@@ -89,3 +89,5 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+        # Shown by pytest only when the test failed.
+        print("server log:\n" + "".join(srv.log[-40:]))

@@ -236,7 +236,15 @@ with lab.session("interrupted") as s:
         pass
 """
     with Lab(server.url) as lab, lab.session("holder") as holder, holder.lock(EQ):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A shell's background job ignores SIGINT, and so would the
+            # child: give it the default, as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         assert child.stdout is not None
         session_id = child.stdout.readline().strip()
         assert child.stdout.readline().strip() == "position 1"
