@@ -9,6 +9,7 @@ saying why.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -44,9 +45,27 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def clean_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LABLINK_")}
         env.update({"RUST_LOG": "info", "NO_COLOR": "1", **self.env})
+        return env
+
+    def create_token(self, user: str, role: str) -> str:
+        """A new API token, made by `lablink token create` on this store."""
+        made = subprocess.run(
+            [str(BINARY), "token", "create", "--user", user, "--role", role, "--store", self.store],
+            cwd=self.data_dir,
+            env=self.clean_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found = re.search(r"llk_[0-9a-f]{64}", made.stdout)
+        assert found is not None, made.stdout + made.stderr
+        return found.group(0)
+
+    def start(self) -> None:
+        env = self.clean_env()
         self.process = subprocess.Popen(
             [str(BINARY), "serve", "--bind", f"127.0.0.1:{self.port}", "--store", self.store],
             cwd=self.data_dir,
@@ -80,14 +99,24 @@ class Server:
         self.start()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def serve(data_dir: Path, **settings: str) -> Iterator[Server]:
     if not BINARY.exists():
         pytest.skip(f"the lablink binary is not built ({BINARY}); run `cargo build` first")
-    srv = Server(tmp_path, dict(TEST_SETTINGS))
+    srv = Server(data_dir, {**TEST_SETTINGS, **settings})
     try:
         yield srv
     finally:
         srv.stop()
         # Shown by pytest only when the test failed.
         print("server log:\n" + "".join(srv.log[-40:]))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    yield from serve(tmp_path)
+
+
+@pytest.fixture
+def auth_server(tmp_path: Path) -> Iterator[Server]:
+    """A server with authentication required (tokens from `auth_server.create_token`)."""
+    yield from serve(tmp_path, LABLINK_AUTH="required")

@@ -142,16 +142,15 @@ async def test_a_stream_resumes_across_a_server_restart_without_gaps_or_repeats(
     async with AsyncLab(server.url) as lab:
         seen: list[dict[str, Any]] = []
 
-        async def follow() -> None:
-            async for ev in lab.events(equipment=EQ, follow=True):
+        async def follow(after: int) -> None:
+            async for ev in lab.events(equipment=EQ, after=after, follow=True):
                 seen.append(ev)
 
         async def lock_cycle(name: str) -> None:
             async with lab.session(name) as s, s.lock(EQ):
                 pass
 
-        follower = asyncio.create_task(follow())
-        await asyncio.sleep(0.3)  # subscribed (it starts from now)
+        follower = asyncio.create_task(follow(await lab.newest_seq()))
         await lock_cycle("before")
         await until(lambda: len(seen) == 2, "the events before the restart")
         server.restart()
@@ -166,6 +165,26 @@ async def test_a_stream_resumes_across_a_server_restart_without_gaps_or_repeats(
         recorded = await history(lab, equipment=EQ)
         assert [e["seq"] for e in seen] == [e["seq"] for e in recorded]
         assert [e["event"] for e in seen] == ["lock_acquired", "lock_released"] * 3
+
+
+async def test_following_without_a_start_begins_now(server):
+    async with AsyncLab(server.url) as lab:
+        async with lab.session("earlier") as s, s.lock(EQ):
+            pass
+        earlier = await lab.newest_seq()
+        seen: list[dict[str, Any]] = []
+
+        async def follow() -> None:
+            async for ev in lab.events(equipment=EQ, follow=True):
+                seen.append(ev)
+
+        follower = asyncio.create_task(follow())
+        while not seen:  # until the follower has subscribed and hears one
+            async with lab.session("later") as s, s.lock(EQ):
+                pass
+        follower.cancel()
+        # Nothing from before it started (it may join in mid-cycle).
+        assert seen[0]["seq"] > earlier
 
 
 async def test_a_held_lock_survives_a_server_restart(server):

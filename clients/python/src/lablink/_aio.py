@@ -177,7 +177,7 @@ class AsyncLab:
     async def equipment(self) -> list[dict[str, Any]]:
         """The instruments the server has (``GET /api/equipment/list``)."""
         answer = await self.request("GET", "/api/equipment/list")
-        return list(answer) if isinstance(answer, list) else list(answer.get("equipment", answer))
+        return list(answer["equipment"])
 
     async def status(self, equipment_id: str) -> dict[str, Any]:
         """An instrument's lock status: holder, time left, fencing token, queue length."""
