@@ -15,8 +15,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from ._aio import AsyncLab, AsyncLock, AsyncSession, Event
 from ._sync import Lab, Lock, Session
 from .errors import (

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypedDict
 import httpx
 
 from ._live import LiveFeed
+from ._version import __version__
 from .errors import (
     EquipmentLocked,
     LabLinkError,
@@ -113,8 +114,6 @@ class AsyncLab:
         http_timeout: float = 30.0,
         user_agent: str | None = None,
     ) -> None:
-        from . import __version__
-
         self.url = url.rstrip("/")
         self._headers: dict[str, str] = {"user-agent": user_agent or f"lablink-client/{__version__}"}
         if token:

@@ -142,6 +142,11 @@ class LiveFeed:
                 log.info("live events: reconnected, resuming after seq %s", self.last_seq)
             except (OSError, InvalidHandshake, ConnectionClosed, asyncio.TimeoutError) as e:
                 log.debug("live events: reconnect failed (%s); retrying", e)
+            except LabLinkError as e:
+                # The server refused the subscription it took before (it
+                # changed underneath): retrying would not help.
+                log.error("live events: the server refused to resubscribe: %s", e)
+                return
 
     def _deliver(self, message: dict[str, Any]) -> bool:
         """Passes one message on; ``False`` when the connection must be renewed."""
