@@ -123,6 +123,27 @@ async def test_the_expiry_warning_alone_keeps_a_lock(server, monkeypatch):
         assert "lock_expired" not in [e["event"] for e in await history(lab, session=s.id)]
 
 
+async def test_a_wait_stops_when_the_session_is_ended_elsewhere(server):
+    async with AsyncLab(server.url) as lab, lab.session("holder") as holder, holder.lock(EQ):
+        positions: list[int] = []
+        async with lab.session("waiter") as s:
+
+            async def wait() -> None:
+                async with s.lock(EQ, wait=60, on_position=positions.append):
+                    pass
+
+            waiter = asyncio.create_task(wait())
+            await until(lambda: positions == [1], "the waiter to queue")
+            await lab.request("DELETE", f"/api/locks/sessions/{s.id}")
+            with pytest.raises(SessionNotFound):
+                await waiter
+            assert s.ended_by_server == "session_ended"
+        # It did not come back as an implicit session, nor stay in the queue.
+        assert await lab.queue(EQ) == []
+        with pytest.raises(SessionNotFound):
+            await lab.request("GET", f"/api/locks/sessions/{s.id}")
+
+
 async def test_an_expired_lock_is_lost(server):
     async with AsyncLab(server.url) as lab, lab.session("stalled") as s:
         lost: list[LockLost] = []

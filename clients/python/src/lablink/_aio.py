@@ -376,6 +376,9 @@ class AsyncSession:
         self._locks: dict[str, AsyncLock] = {}
         self._cleanups: set[asyncio.Future[None]] = set()
         self._ended = False
+        #: Why the session ended without this client ending it (``session_expired``,
+        #: ``session_ended``), or ``None``.
+        self.ended_by_server: str | None = None
 
     async def __aenter__(self) -> AsyncSession:
         body: dict[str, Any] = {"client_name": self.name}
@@ -460,8 +463,7 @@ class AsyncSession:
             except ServerUnreachable:
                 interval = min(RETRY_DELAY, lease * RENEW_AFTER)
             except SessionNotFound as e:
-                for lk in list(self._locks.values()):
-                    lk._lost_with(LockLost(f"session {self.id} ended: {e.detail}", reason="session_expired"))
+                self._gone("session_expired", e.detail)
                 return
             except LabLinkError:
                 log.warning("renewing session %s failed", self.id, exc_info=True)
@@ -471,8 +473,17 @@ class AsyncSession:
         if isinstance(equipment, str) and equipment in self._locks:
             self._locks[equipment]._on_live(message)
         elif message.get("event") in ("session_expired", "session_ended") and message.get("session_id") == self.id:
-            for lk in list(self._locks.values()):
-                lk._lost_with(LockLost(f"session {self.id}: {message['event']}", reason=str(message["event"])))
+            self._gone(str(message["event"]), f"the server recorded {message['event']}")
+
+    def _gone(self, reason: str, detail: str) -> None:
+        """The session ended without this client ending it: its held locks
+        are lost, and a waiting lock stops waiting."""
+        if self.ended_by_server is not None:
+            return
+        self.ended_by_server = reason
+        for lk in list(self._locks.values()):
+            if lk._held:
+                lk._lost_with(LockLost(f"session {self.id} ended ({reason}): {detail}", reason=reason))
 
     async def _end(self) -> None:
         if self._ended:
@@ -635,6 +646,13 @@ class AsyncLock:
         body["queue_if_busy"] = True
         try:
             while True:
+                if self.session.ended_by_server is not None:
+                    # Asking again would open a new session of the same id
+                    # (implicit sessions): stop instead.
+                    raise SessionNotFound(
+                        f"session {self.session.id} ended while waiting for {self.equipment_id} "
+                        f"({self.session.ended_by_server})"
+                    )
                 left = MAX_WAIT_PER_REQUEST if deadline is None else deadline - time.monotonic()
                 chunk = max(0.0, min(left, MAX_WAIT_PER_REQUEST))
                 body["wait_seconds"] = round(chunk, 3)
