@@ -307,7 +307,6 @@ async fn client_command(
     server: ServerArgs,
     act: impl AsyncFnOnce(&Api) -> Result<(), ClientError>,
 ) -> i32 {
-    client::install_tls_provider();
     let done = match Api::new(&server.connection()) {
         Ok(api) => act(&api).await,
         Err(e) => Err(e),
@@ -319,7 +318,6 @@ async fn client_command(
 }
 
 async fn run(args: RunArgs) -> i32 {
-    client::install_tls_provider();
     let options = client::run::RunOptions {
         locks: args.locks,
         observer: args.observer,

@@ -98,11 +98,3 @@ pub fn fail(name: &str, err: &ClientError) -> i32 {
     eprintln!("lablink {name}: {err}");
     err.exit_status()
 }
-
-/// TLS for `https://` and `wss://` URLs (servers behind a TLS proxy): ring
-/// as rustls's provider, chosen once per process (reqwest and
-/// tokio-tungstenite both use the process default).
-pub fn install_tls_provider() {
-    // Err only when one is installed already, which is just as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -199,10 +199,19 @@ impl<'a> Keeper<'a> {
         let session = self.session.clone();
         for eq in equipment {
             self.asked.push(eq.clone());
+            // The first answer says why it waits; live events then tell
+            // each change of place.
+            let mut told_busy = false;
             let mut shown: Option<usize> = None;
             loop {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                let poll = left.unwrap_or(MAX_POLL).min(MAX_POLL);
+                // The first ask answers at once (who holds it, our place);
+                // the next ones wait for the turn.
+                let poll = if told_busy {
+                    left.unwrap_or(MAX_POLL).min(MAX_POLL)
+                } else {
+                    Duration::ZERO
+                };
                 let acquire =
                     api.acquire(eq, &session, options.observer, options.lease, queue, poll);
                 tokio::pin!(acquire);
@@ -211,12 +220,15 @@ impl<'a> Keeper<'a> {
                         answer = &mut acquire => break answer,
                         message = next_live(&mut self.live) => match self.heard(message) {
                             Heard::Position { equipment, position } if &equipment == eq => {
-                                show_position(eq, position, None, &mut shown);
+                                show_position(eq, position, &mut shown);
                             }
                             other => self.act_on(other).await?,
                         },
                         _ = self.renew.tick() => self.renew_all().await?,
                         name = signals.next() => return Err(Stop::Interrupted(name)),
+                        // The time is up whether or not the server has
+                        // answered yet (the clean-up leaves the queue).
+                        () = until(deadline.filter(|_| queue)) => return Err(wait_ran_out(eq, options, shown)),
                     }
                 };
                 match answer {
@@ -231,15 +243,16 @@ impl<'a> Keeper<'a> {
                         break;
                     }
                     Ok(Acquired::Queued { position, message }) => {
-                        show_position(eq, position, Some(&message), &mut shown);
+                        if !told_busy {
+                            told_busy = true;
+                            shown = Some(position);
+                            eprintln!(
+                                "lablink run: {eq} is busy ({message}); waiting at position {position} in the queue"
+                            );
+                        }
+                        show_position(eq, position, &mut shown);
                         if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(Stop::WaitRanOut {
-                                equipment: eq.clone(),
-                                why: format!(
-                                    "--wait {} ran out at position {position} in the queue ({message})",
-                                    duration(options.wait.unwrap_or_default().as_secs_f64())
-                                ),
-                            });
+                            return Err(wait_ran_out(eq, options, shown));
                         }
                     }
                     Err(e) if !queue && e.code() == Some("equipment_locked") => {
@@ -429,19 +442,30 @@ async fn next_live(live: &mut Option<LiveEvents>) -> Option<Result<Value, Client
     }
 }
 
-fn show_position(eq: &str, position: usize, message: Option<&str>, shown: &mut Option<usize>) {
-    if *shown == Some(position) {
-        return;
+fn show_position(eq: &str, position: usize, shown: &mut Option<usize>) {
+    if *shown != Some(position) {
+        eprintln!("lablink run: {eq}: position {position} in the queue");
+        *shown = Some(position);
     }
-    match (shown.is_none(), message) {
-        (true, Some(message)) if !message.is_empty() => {
-            eprintln!(
-                "lablink run: {eq} is busy ({message}); waiting at position {position} in the queue"
-            )
-        }
-        _ => eprintln!("lablink run: {eq}: position {position} in the queue"),
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
-    *shown = Some(position);
+}
+
+fn wait_ran_out(eq: &str, options: &RunOptions, position: Option<usize>) -> Stop {
+    let waited = duration(options.wait.unwrap_or_default().as_secs_f64());
+    Stop::WaitRanOut {
+        equipment: eq.to_owned(),
+        why: match position {
+            Some(p) => format!("--wait {waited} ran out at position {p} in the queue"),
+            None => format!("--wait {waited} ran out"),
+        },
+    }
 }
 
 /// A `lock_lost` notification's reason, in words.
