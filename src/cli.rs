@@ -65,7 +65,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         value_name = "URL",
-        env = "LABLINK_URL",
+        env = client::vars::URL,
         default_value = "http://127.0.0.1:8000"
     )]
     pub url: String,
@@ -73,7 +73,7 @@ pub struct ServerArgs {
     #[arg(
         long,
         value_name = "TOKEN",
-        env = "LABLINK_TOKEN",
+        env = client::vars::TOKEN,
         hide_env_values = true
     )]
     pub token: Option<String>,
@@ -155,7 +155,7 @@ pub struct ReleaseArgs {
     #[arg(long)]
     pub force: bool,
     /// The session whose lock or queue place to release; with --force, who forces it [default with --force: lablink-cli]
-    #[arg(long, value_name = "SESSION", env = "LABLINK_SESSION_ID")]
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
     pub session: Option<String>,
     #[command(flatten)]
     pub read: ReadArgs,
@@ -164,13 +164,13 @@ pub struct ReleaseArgs {
 #[derive(Debug, clap::Args)]
 pub struct ActionArgs {
     pub equipment: String,
-    /// The action (`lablink status EQ --json` is not needed: a wrong name lists the valid ones)
+    /// The action's name (a wrong one is answered with the list of valid ones)
     pub action: String,
     /// Parameters as key=value, typed from the action catalog (voltage=12 is a number)
     #[arg(value_name = "KEY=VALUE")]
     pub parameters: Vec<String>,
     /// The session holding the lock (inside `lablink run`: its own)
-    #[arg(long, value_name = "SESSION", env = "LABLINK_SESSION_ID")]
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
     pub session: Option<String>,
     /// The lock's fencing token [default inside `lablink run`: its lock's]
     #[arg(long, value_name = "N")]

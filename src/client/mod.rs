@@ -19,6 +19,14 @@ pub mod output;
 pub mod reads;
 pub mod run;
 
+/// The environment variables the client commands read (`run` also sets
+/// them for its command). The server reads none of them.
+pub mod vars {
+    pub const URL: &str = "LABLINK_URL";
+    pub const TOKEN: &str = "LABLINK_TOKEN";
+    pub const SESSION_ID: &str = "LABLINK_SESSION_ID";
+}
+
 /// Where the server is and who is asking (`--url`/`LABLINK_URL`,
 /// `--token`/`LABLINK_TOKEN`).
 #[derive(Clone, Debug)]

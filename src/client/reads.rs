@@ -315,7 +315,7 @@ pub async fn command(
 /// `LABLINK_FENCING_TOKEN` (space-separated in step: ids hold no spaces).
 pub fn fencing_token_from_env(equipment: &str, session: Option<&str>) -> Option<u64> {
     let var = |name: &str| std::env::var(name).ok();
-    if session.is_none() || session != var("LABLINK_SESSION_ID").as_deref() {
+    if session.is_none() || session != var(super::vars::SESSION_ID).as_deref() {
         return None;
     }
     let ids = var("LABLINK_EQUIPMENT_ID")?;

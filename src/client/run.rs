@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::http::{Acquired, Api, Lock};
 use super::live::{LiveEvents, Subscription};
 use super::output::duration;
-use super::{ClientError, Connection, exit, fail};
+use super::{ClientError, Connection, exit, fail, vars};
 use crate::server::Signals;
 
 pub struct RunOptions {
@@ -280,18 +280,19 @@ impl<'a> Keeper<'a> {
         let mut command = tokio::process::Command::new(&options.command[0]);
         command
             .args(&options.command[1..])
-            .env("LABLINK_URL", &conn.url)
-            .env("LABLINK_SESSION_ID", &self.session)
+            .env(vars::URL, &conn.url)
+            .env(vars::SESSION_ID, &self.session)
             .env("LABLINK_EQUIPMENT_ID", list(|l| l.equipment_id.clone()))
             .env("LABLINK_LOCK_ID", list(|l| l.lock_id.clone()))
             .env(
                 "LABLINK_FENCING_TOKEN",
                 list(|l| l.fencing_token.to_string()),
             )
-            // Should `run` itself die, the program does not run on unlocked.
+            // Should `run` stop before waiting on it (a panic), the
+            // program does not go on unlocked.
             .kill_on_drop(true);
         if let Some(token) = &conn.token {
-            command.env("LABLINK_TOKEN", token);
+            command.env(vars::TOKEN, token);
         }
         let mut child = command.spawn().map_err(Stop::CannotStart)?;
         let stop = loop {

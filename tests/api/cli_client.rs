@@ -711,3 +711,89 @@ async fn run_renews_short_leases_and_a_lease_that_runs_out_stops_the_command() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[tokio::test]
+async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [root, alice, ..]) = crate::auth::secured(dir.path()).await;
+    let out = cli(&app.base, &["status"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("lablink status: "), "{}", out.stderr);
+    assert!(out.stderr.contains("Bearer"), "the server's detail: {}", out.stderr);
+
+    // `run` as alice: her session, her lock; the live events need the
+    // token too. An admin's forced release from the command line stops it.
+    let marks = dir.path().join("marks");
+    let mut cmd = client(&app.base);
+    cmd.env("LABLINK_TOKEN", &alice)
+        .args(["run", "--lock", PSU, "--", "sh", "-c", TRAPPING_CHILD])
+        .env("F", &marks)
+        .stderr(Stdio::piped());
+    let mut run = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap()).lines();
+    until_file_has(&marks, "started").await;
+    let status = json_of(&ok(&app.base, &["status", PSU, "--json", "--token", &alice]).await);
+    assert_eq!(status["user"], "alice");
+
+    let out = cli(&app.base, &["release", PSU, "--force", "--token", &alice]).await;
+    assert_eq!(out.code, 1, "only admins force: {}", out.stderr);
+    ok(&app.base, &["release", PSU, "--force", "--token", &root]).await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    let said = until_line(&mut stderr, "the command was stopped").await;
+    assert!(
+        said.last().unwrap().contains("it was force-released by root"),
+        "{said:?}"
+    );
+}
+
+/// `events --follow` across a server restart: it reconnects and resumes
+/// after the last `seq` it printed, so every event shows exactly once.
+#[tokio::test]
+async fn events_follow_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let serve = || start_binary(dir.path(), &["--bind", &bind], &[]);
+    let (server, addr, _) = serve();
+    let base = format!("http://{addr}");
+    let app = TestApp::at(&base);
+    let session = app.session(600.0).await;
+    app.acquire(PSU, &session, json!({})).await;
+
+    let mut follower = client(&base)
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut seqs = Vec::new();
+    let mut next_seq = async || {
+        let line = out.next_line().await.unwrap().unwrap();
+        json_of(&line)["seq"].as_u64().unwrap()
+    };
+    for _ in 0..2 {
+        seqs.push(next_seq().await);
+    }
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let mut server = server;
+    server.wait().unwrap();
+
+    // Events recorded while the follower is away, then after it is back.
+    let (mut server, _, _) = serve();
+    app.release(PSU, &session, false).await;
+    app.acquire(PSU, &session, json!({})).await;
+    for _ in 0..2 {
+        seqs.push(next_seq().await);
+    }
+    app.release(PSU, &session, false).await;
+    seqs.push(next_seq().await);
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "each event once, in order");
+    follower.kill().await.unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
