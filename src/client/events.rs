@@ -63,18 +63,22 @@ async fn follow_live(
     mut subscription: Subscription,
     json: bool,
 ) -> Result<(), ClientError> {
-    let mut first = true;
+    let mut told = false;
     loop {
         let mut live = match LiveEvents::connect(api, &subscription).await {
             Ok(live) => live,
-            // The first connection must work; later ones are retried.
-            Err(e) if first => return Err(e),
-            Err(_) => {
+            // A server gone for a moment (a restart) is waited for; one
+            // that refuses (a bad token, a proxy without WebSockets) is not.
+            Err(e @ ClientError::Unreachable { .. }) => {
+                if !std::mem::replace(&mut told, true) {
+                    eprintln!("lablink events: {e}; retrying every second");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            Err(e) => return Err(e),
         };
-        first = false;
+        told = false;
         while let Some(message) = live.next().await {
             let message = message?;
             match message["type"].as_str() {
@@ -90,9 +94,6 @@ async fn follow_live(
                 subscription.resume_from = Some(seq);
             }
             print_event(&message, json);
-        }
-        if !json {
-            eprintln!("lablink events: the live connection closed; reconnecting");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

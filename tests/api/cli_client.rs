@@ -719,7 +719,11 @@ async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment
     let out = cli(&app.base, &["status"]).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.starts_with("lablink status: "), "{}", out.stderr);
-    assert!(out.stderr.contains("Bearer"), "the server's detail: {}", out.stderr);
+    assert!(
+        out.stderr.contains("Bearer"),
+        "the server's detail: {}",
+        out.stderr
+    );
 
     // `run` as alice: her session, her lock; the live events need the
     // token too. An admin's forced release from the command line stops it.
@@ -741,7 +745,9 @@ async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment
     assert_eq!(run.wait().await.unwrap().code(), Some(69));
     let said = until_line(&mut stderr, "the command was stopped").await;
     assert!(
-        said.last().unwrap().contains("it was force-released by root"),
+        said.last()
+            .unwrap()
+            .contains("it was force-released by root"),
         "{said:?}"
     );
 }
@@ -767,14 +773,20 @@ async fn events_follow_resumes_across_a_server_restart() {
     let mut follower = client(&base)
         .args(["events", "--follow", "--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
     let mut seqs = Vec::new();
-    let mut next_seq = async || {
-        let line = out.next_line().await.unwrap().unwrap();
-        json_of(&line)["seq"].as_u64().unwrap()
+    // The next history event's seq (notifications have none).
+    let mut next_seq = async || loop {
+        let line = out
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the follower runs on");
+        if let Some(seq) = json_of(&line)["seq"].as_u64() {
+            return seq;
+        }
     };
     for _ in 0..2 {
         seqs.push(next_seq().await);
@@ -785,6 +797,7 @@ async fn events_follow_resumes_across_a_server_restart() {
 
     // Events recorded while the follower is away, then after it is back.
     let (mut server, _, _) = serve();
+    let app = TestApp::at(&base); // no pooled connection to the old server
     app.release(PSU, &session, false).await;
     app.acquire(PSU, &session, json!({})).await;
     for _ in 0..2 {
