@@ -203,6 +203,7 @@ impl<'a> Keeper<'a> {
             // each change of place.
             let mut told_busy = false;
             let mut shown: Option<usize> = None;
+            let mut retry_in = Duration::ZERO;
             loop {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 // The first ask answers at once (who holds it, our place);
@@ -212,8 +213,13 @@ impl<'a> Keeper<'a> {
                 } else {
                     Duration::ZERO
                 };
-                let acquire =
-                    api.acquire(eq, &session, options.observer, options.lease, queue, poll);
+                let delay = std::mem::take(&mut retry_in);
+                let session = &session;
+                let acquire = async move {
+                    tokio::time::sleep(delay).await;
+                    api.acquire(eq, session, options.observer, options.lease, queue, poll)
+                        .await
+                };
                 tokio::pin!(acquire);
                 let answer = loop {
                     tokio::select! {
@@ -261,6 +267,9 @@ impl<'a> Keeper<'a> {
                             why: format!("it is busy and --wait is 0 ({e})"),
                         });
                     }
+                    // A server restarting: its queue survives, so ask again
+                    // (`renew_all` gives up once a whole lease has gone by).
+                    Err(ClientError::Unreachable { .. }) => retry_in = Duration::from_secs(1),
                     Err(e) => return Err(Stop::Failed(e)),
                 }
             }
@@ -315,14 +324,17 @@ impl<'a> Keeper<'a> {
                 name = signals.next() => break Stop::Interrupted(name),
             }
         };
-        // Passed on as it came (Ctrl-C as SIGINT); a lost lock is SIGTERM.
+        // Passed on as it came, except a Ctrl-C at the terminal, which the
+        // command got itself (a second SIGINT would break into its own
+        // clean-up, e.g. Python's `finally`); a lost lock is SIGTERM.
         let signal = match &stop {
-            Stop::Interrupted(name) => Signal::from_str(name).unwrap_or(Signal::SIGTERM),
-            _ => Signal::SIGTERM,
+            Stop::Interrupted("SIGINT") if terminal_sent_sigint() => None,
+            Stop::Interrupted(name) => Some(Signal::from_str(name).unwrap_or(Signal::SIGTERM)),
+            _ => Some(Signal::SIGTERM),
         };
         if let Stop::LockLost { equipment, reason } = &stop {
             eprintln!(
-                "lablink run: lost the lock on {equipment} ({reason}): sending {signal} to the command (SIGKILL in {})",
+                "lablink run: lost the lock on {equipment} ({reason}): sending SIGTERM to the command (SIGKILL in {})",
                 duration(options.grace.as_secs_f64())
             );
         }
@@ -486,10 +498,20 @@ fn lost_reason(note: &Value) -> String {
     }
 }
 
-/// Sends `signal` to the program, then SIGKILL if it is still running
-/// after `grace`.
-async fn terminate(child: &mut tokio::process::Child, signal: Signal, grace: Duration) {
-    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+/// Whether a SIGINT came from Ctrl-C at a terminal, and so reached the
+/// command too: `run` is in the terminal's foreground process group, which
+/// the command shares. Without a terminal (scripts, `kill -INT`), it did not.
+fn terminal_sent_sigint() -> bool {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    nix::unistd::tcgetpgrp(&tty).is_ok_and(|fg| fg == nix::unistd::getpgrp())
+}
+
+/// Sends `signal` (if any) to the program, then SIGKILL if it is still
+/// running after `grace`.
+async fn terminate(child: &mut tokio::process::Child, signal: Option<Signal>, grace: Duration) {
+    if let (Some(signal), Some(pid)) = (signal, child.id().and_then(|id| i32::try_from(id).ok())) {
         let _ = kill(Pid::from_raw(pid), signal);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {

@@ -501,13 +501,10 @@ async fn run_shows_its_queue_position_as_it_changes_and_runs_when_its_turn_comes
     let app = spawn_app().await;
     let (holder, waiter) = busy_psu(&app).await;
     let (mut run, mut stderr) = start_run(&app.base, &["--lock", PSU, "--", "true"], &[]);
-    let first = until_line(&mut stderr, "position 2").await;
-    assert!(
-        first.last().unwrap().contains(&format!(
-            "ps_abc123 is busy (Equipment locked by session {holder})"
-        )),
-        "{first:?}"
+    let busy = format!(
+        "ps_abc123 is busy (Equipment locked by session {holder}); waiting at position 2 in the queue"
     );
+    until_line(&mut stderr, &busy).await;
     app.release(PSU, &waiter, false).await; // leaves the queue: the run moves up
     until_line(&mut stderr, "ps_abc123: position 1 in the queue").await;
     app.release(PSU, &holder, false).await;
@@ -757,12 +754,7 @@ async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment
 #[tokio::test]
 async fn events_follow_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bind = format!("127.0.0.1:{port}");
+    let bind = free_address();
     let serve = || start_binary(dir.path(), &["--bind", &bind], &[]);
     let (server, addr, _) = serve();
     let base = format!("http://{addr}");
@@ -791,9 +783,7 @@ async fn events_follow_resumes_across_a_server_restart() {
     for _ in 0..2 {
         seqs.push(next_seq().await);
     }
-    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
-    let mut server = server;
-    server.wait().unwrap();
+    stop_server(server);
 
     // Events recorded while the follower is away, then after it is back.
     let (mut server, _, _) = serve();
@@ -807,6 +797,50 @@ async fn events_follow_resumes_across_a_server_restart() {
     seqs.push(next_seq().await);
     assert_eq!(seqs, [1, 2, 3, 4, 5], "each event once, in order");
     follower.kill().await.unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// An address to restart a server on (port 0 would change).
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Stops the server binary as an operator would (SIGTERM), and waits.
+fn stop_server(mut server: std::process::Child) {
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    server.wait().unwrap();
+}
+
+/// A `run` waiting in a queue keeps its place across a server restart and
+/// runs its command when its turn comes.
+#[tokio::test]
+async fn run_waits_in_the_queue_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bind = free_address();
+    let serve = || start_binary(dir.path(), &["--bind", &bind], &[]);
+    let (server, addr, _) = serve();
+    let base = format!("http://{addr}");
+    let holder = TestApp::at(&base).session(600.0).await;
+    TestApp::at(&base).acquire(PSU, &holder, json!({})).await;
+    let (mut run, mut stderr) = start_run(&base, &["--lock", PSU, "--", "true"], &[]);
+    until_line(&mut stderr, "waiting at position 1").await;
+
+    stop_server(server);
+    let (mut server, _, _) = serve();
+    let app = TestApp::at(&base);
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(
+        queue["queue"].as_array().unwrap().len(),
+        1,
+        "its place is kept"
+    );
+    app.release(PSU, &holder, false).await;
+    until_line(&mut stderr, "ps_abc123 is ours").await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(0));
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
     server.kill().unwrap();
     server.wait().unwrap();
 }
