@@ -89,16 +89,17 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
         Err(e) => return fail("run", &e),
     };
     let mut keeper = Keeper::new(&api, session, &options).await;
-    let outcome = match keeper.acquire_all(&equipment, &options, &mut signals).await {
-        Ok(()) => keeper.supervise(conn, &options, &mut signals).await,
-        Err(stop) => Err(stop),
+    let (outcome, started) = match keeper.acquire_all(&equipment, &options, &mut signals).await {
+        Ok(()) => (keeper.supervise(conn, &options, &mut signals).await, true),
+        Err(stop) => (Err(stop), false),
     };
+    let command_was = if started { "stopped" } else { "not started" };
     keeper.clean_up().await;
     match outcome {
         Ok(status) => exit_status(status),
         Err(Stop::LockLost { equipment, reason }) => {
             eprintln!(
-                "lablink run: lost the lock on {equipment}: {reason}; the command was stopped"
+                "lablink run: lost the lock on {equipment}: {reason}; the command was {command_was}"
             );
             exit::LOCK_LOST
         }
@@ -109,7 +110,7 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
             exit::WAIT_RAN_OUT
         }
         Err(Stop::Interrupted(name)) => {
-            eprintln!("lablink run: {name}: stopped the command and released the locks");
+            eprintln!("lablink run: {name}: the command was {command_was}; the locks are released");
             Signal::from_str(name).map_or(exit::ERROR, |s| exit::signalled(s as i32))
         }
         Err(Stop::Failed(e)) => fail("run", &e),
