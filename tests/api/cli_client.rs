@@ -604,42 +604,28 @@ async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() 
     let holder = app.session(600.0).await;
     app.acquire(PSU, &holder, json!({})).await;
     let touch = format!("touch {}", ran.display());
+    // `run --wait WAIT` gives up (75) saying `why`, with nothing left behind.
+    let gives_up = async |wait: &str, why: &str| {
+        let args = [
+            "run", "--lock", PSU, "--wait", wait, "--", "sh", "-c", &touch,
+        ];
+        let out = cli(&app.base, &args).await;
+        assert_eq!(out.code, 75, "{}", out.stderr);
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+        assert_eq!(queue["queue"], json!([]));
+        assert_eq!(live_sessions(&app).await, std::slice::from_ref(&holder));
+    };
 
-    let out = cli(
-        &app.base,
-        &[
-            "run", "--lock", PSU, "--wait", "1s", "--", "sh", "-c", &touch,
-        ],
+    gives_up(
+        "1s",
+        "gave up waiting for ps_abc123: --wait 1s ran out at position 1",
     )
     .await;
-    assert_eq!(out.code, 75, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("gave up waiting for ps_abc123: --wait 1s ran out at position 1"),
-        "{}",
-        out.stderr
-    );
-    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
-    assert_eq!(queue["queue"], json!([]));
-    assert_eq!(live_sessions(&app).await, std::slice::from_ref(&holder));
-
     // --wait 0 does not even queue.
     let before = app.events(PSU).await;
-    let out = cli(
-        &app.base,
-        &[
-            "run", "--lock", PSU, "--wait", "0", "--", "sh", "-c", &touch,
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 75, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("it is busy and --wait is 0"),
-        "{}",
-        out.stderr
-    );
+    gives_up("0", "it is busy and --wait is 0").await;
     assert_eq!(app.events(PSU).await, before);
-    assert_eq!(live_sessions(&app).await, [holder]);
     assert!(!ran.exists(), "the command never ran");
 }
 
