@@ -417,8 +417,8 @@ fn signal(child: &Child, signal: Signal) {
 }
 
 /// A child that says it started, notes the signals it gets, and runs
-/// until one comes.
-const TRAPPING_CHILD: &str = r#"trap 'echo TERM >> "$F"; exit 0' TERM; trap 'echo INT >> "$F"; exit 0' INT; echo started >> "$F"; while :; do sleep 0.05; done"#;
+/// until one comes (for a minute at most, should a failing test leave it).
+const TRAPPING_CHILD: &str = r#"trap 'echo TERM >> "$F"; exit 0' TERM; trap 'echo INT >> "$F"; exit 0' INT; echo started >> "$F"; for _ in $(seq 1200); do sleep 0.05; done"#;
 
 #[tokio::test]
 async fn run_gives_the_command_its_lock_and_exits_with_its_status() {
@@ -552,7 +552,7 @@ async fn a_force_released_lock_stops_the_command_with_sigterm_and_a_distinct_sta
             "--",
             "sh",
             "-c",
-            r#"trap '' TERM; echo started >> "$F"; while :; do sleep 0.05; done"#,
+            r#"trap '' TERM; echo started >> "$F"; for _ in $(seq 1200); do sleep 0.05; done"#,
         ],
         &[("F", &dir.path().join("stubborn"))],
     );
@@ -634,11 +634,12 @@ async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() 
 #[tokio::test]
 async fn run_renews_short_leases_and_a_lease_that_runs_out_stops_the_command() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr, _) = start_binary(
+    let (server, addr, _) = start_binary(
         dir.path(),
         &["--bind", "127.0.0.1:0", "--store", "memory"],
         &[("LABLINK_EXPIRY_WARNING_SEC", "0")],
     );
+    let _server = Running(server);
     let base = format!("http://{addr}");
     let app = TestApp::at(&base);
     let out = cli(
@@ -691,8 +692,6 @@ async fn run_renews_short_leases_and_a_lease_that_runs_out_stops_the_command() {
         said.last().unwrap().contains("lost the lock on ps_abc123"),
         "{said:?}"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 #[tokio::test]
@@ -741,8 +740,11 @@ async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment
 async fn events_follow_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let bind = free_address();
-    let serve = || start_binary(dir.path(), &["--bind", &bind], &[]);
-    let (server, addr, _) = serve();
+    let serve = || {
+        let (server, addr, _) = start_binary(dir.path(), &["--bind", &bind], &[]);
+        (Running(server), addr)
+    };
+    let (server, addr) = serve();
     let base = format!("http://{addr}");
     let app = TestApp::at(&base);
     let session = app.session(600.0).await;
@@ -772,7 +774,7 @@ async fn events_follow_resumes_across_a_server_restart() {
     stop_server(server);
 
     // Events recorded while the follower is away, then after it is back.
-    let (mut server, _, _) = serve();
+    let (_server, _) = serve();
     let app = TestApp::at(&base); // no pooled connection to the old server
     app.release(PSU, &session, false).await;
     app.acquire(PSU, &session, json!({})).await;
@@ -783,8 +785,6 @@ async fn events_follow_resumes_across_a_server_restart() {
     seqs.push(next_seq().await);
     assert_eq!(seqs, [1, 2, 3, 4, 5], "each event once, in order");
     follower.kill().await.unwrap();
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 /// An address to restart a server on (port 0 would change).
@@ -793,10 +793,20 @@ fn free_address() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
+/// A server binary, killed when the test ends, passing or failing.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Stops the server binary as an operator would (SIGTERM), and waits.
-fn stop_server(mut server: std::process::Child) {
-    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
-    server.wait().unwrap();
+fn stop_server(mut server: Running) {
+    kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
+    server.0.wait().unwrap();
 }
 
 /// A `run` waiting in a queue keeps its place across a server restart and
@@ -805,8 +815,11 @@ fn stop_server(mut server: std::process::Child) {
 async fn run_waits_in_the_queue_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let bind = free_address();
-    let serve = || start_binary(dir.path(), &["--bind", &bind], &[]);
-    let (server, addr, _) = serve();
+    let serve = || {
+        let (server, addr, _) = start_binary(dir.path(), &["--bind", &bind], &[]);
+        (Running(server), addr)
+    };
+    let (server, addr) = serve();
     let base = format!("http://{addr}");
     let holder = TestApp::at(&base).session(600.0).await;
     TestApp::at(&base).acquire(PSU, &holder, json!({})).await;
@@ -814,7 +827,7 @@ async fn run_waits_in_the_queue_across_a_server_restart() {
     until_line(&mut stderr, "waiting at position 1").await;
 
     stop_server(server);
-    let (mut server, _, _) = serve();
+    let (_server, _) = serve();
     let app = TestApp::at(&base);
     let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
     assert_eq!(
@@ -827,6 +840,4 @@ async fn run_waits_in_the_queue_across_a_server_restart() {
     assert_eq!(run.wait().await.unwrap().code(), Some(0));
     let (_, status) = app.get("/api/locks/status/ps_abc123").await;
     assert_eq!(status["locked"], false);
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
