@@ -739,13 +739,8 @@ async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment
 #[tokio::test]
 async fn events_follow_resumes_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let bind = free_address();
-    let serve = || {
-        let (server, addr, _) = start_binary(dir.path(), &["--bind", &bind], &[]);
-        (Running(server), addr)
-    };
-    let (server, addr) = serve();
-    let base = format!("http://{addr}");
+    let serve = restartable(dir.path());
+    let (server, base) = serve();
     let app = TestApp::at(&base);
     let session = app.session(600.0).await;
     app.acquire(PSU, &session, json!({})).await;
@@ -787,10 +782,16 @@ async fn events_follow_resumes_across_a_server_restart() {
     follower.kill().await.unwrap();
 }
 
-/// An address to restart a server on (port 0 would change).
-fn free_address() -> String {
+/// Starts the server binary on a SQLite store in `dir`, at the same
+/// address each time (port 0 would change across a restart); its URL.
+fn restartable(dir: &Path) -> impl Fn() -> (Running, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    let bind = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    move || {
+        let (server, addr, _) = start_binary(dir, &["--bind", &bind], &[]);
+        (Running(server), format!("http://{addr}"))
+    }
 }
 
 /// A server binary, killed when the test ends, passing or failing.
@@ -814,13 +815,8 @@ fn stop_server(mut server: Running) {
 #[tokio::test]
 async fn run_waits_in_the_queue_across_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let bind = free_address();
-    let serve = || {
-        let (server, addr, _) = start_binary(dir.path(), &["--bind", &bind], &[]);
-        (Running(server), addr)
-    };
-    let (server, addr) = serve();
-    let base = format!("http://{addr}");
+    let serve = restartable(dir.path());
+    let (server, base) = serve();
     let holder = TestApp::at(&base).session(600.0).await;
     TestApp::at(&base).acquire(PSU, &holder, json!({})).await;
     let (mut run, mut stderr) = start_run(&base, &["--lock", PSU, "--", "true"], &[]);
