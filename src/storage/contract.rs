@@ -737,7 +737,7 @@ fn units_sent_together_stand_or_fall_alone(store: &dyn Store) {
                     Some("also"),
                 )])
             }),
-            Box::new(|tx| -> Result<(), StoreError> { panic!("a bug in a unit of work") }),
+            Box::new(|_| -> Result<(), StoreError> { panic!("a bug in a unit of work") }),
         ],
     );
     assert_eq!(
