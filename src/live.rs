@@ -51,7 +51,7 @@ impl Hub {
     /// order (`Store::listen`): they go out as they come.
     pub fn feed(&self) -> crate::storage::CommitListener {
         let sender = self.sender.clone();
-        Box::new(move |events| {
+        Box::new(move |events, _origin| {
             for event in events {
                 // No subscribers is fine: nobody is listening.
                 let _ = sender.send(Arc::new(event));

@@ -192,6 +192,10 @@ impl Server {
             stop_reaper.subscribe(),
         ));
         let warner = tokio::spawn(reaper::warn(self.service.clone(), stop_reaper.subscribe()));
+        let elsewhere = {
+            let (service, stop) = (self.service.clone(), stop_reaper.subscribe());
+            tokio::spawn(async move { service.announce_changes_made_elsewhere(stop).await })
+        };
         let pruner = tokio::spawn(prune_history(
             self.service.clone(),
             self.settings.event_retention_days,
@@ -231,6 +235,7 @@ impl Server {
             let _ = reaper.await;
             let _ = pruner.await;
             let _ = warner.await;
+            let _ = elsewhere.await;
             let _ = refresher.await;
         };
         if tokio::time::timeout(Duration::from_secs(1), background)

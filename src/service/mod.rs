@@ -16,7 +16,8 @@
 //!   expiry warnings), `recovery` (start-up);
 //! - how they run: `transact` (a write's transaction, then what it
 //!   implies published), `uow` (a write's unit of work), `read` (a read's
-//!   view, off the write path).
+//!   view, off the write path), `elsewhere` (what other servers' commits
+//!   mean here).
 //!
 //! It holds no batching, turn or sync state: the store schedules its own
 //! work. Recorded events reach the live hub straight from the store once
@@ -35,6 +36,7 @@ use crate::storage::Store;
 
 mod answers;
 mod commands;
+mod elsewhere;
 mod error;
 mod history;
 mod inputs;
@@ -85,26 +87,6 @@ impl DeadlineSignal {
     }
 }
 
-/// The store's feed into the hub, also telling the reaper of the leases
-/// that commits started: those made by other servers sharing the store
-/// reach this one's reaper only this way, so they end on time even if the
-/// server that granted them is gone. (Renewals only move deadlines later:
-/// a reaper that wakes early finds nothing due and looks again.)
-fn feed_with_deadlines(
-    hub: crate::storage::CommitListener,
-    deadlines: Arc<DeadlineSignal>,
-) -> crate::storage::CommitListener {
-    Box::new(move |events| {
-        for event in &events {
-            let lease = event.timeout_seconds.filter(|t| *t > 0.0);
-            if let Some(seconds) = lease {
-                deadlines.saw(event.timestamp.plus_millis((seconds * 1000.0) as u64));
-            }
-        }
-        hub(events);
-    })
-}
-
 pub struct Service {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -116,6 +98,8 @@ pub struct Service {
     hub: Hub,
     warnings: Arc<ExpiryWarnings>,
     auth: Auth,
+    /// What other servers' commits mean here.
+    elsewhere: elsewhere::Elsewhere,
 }
 
 impl Service {
@@ -127,7 +111,12 @@ impl Service {
     ) -> Self {
         let hub = Hub::new(policy.live_buffer);
         let deadlines = Arc::new(DeadlineSignal::default());
-        store.listen(feed_with_deadlines(hub.feed(), deadlines.clone()));
+        let elsewhere = elsewhere::Elsewhere::new();
+        store.listen(elsewhere::Elsewhere::feed(
+            elsewhere.sender(),
+            hub.feed(),
+            deadlines.clone(),
+        ));
         Self {
             auth: Auth::new(AuthMode::Off, store.clone()),
             hub,
@@ -137,6 +126,7 @@ impl Service {
             instruments,
             policy: Arc::new(policy),
             deadlines,
+            elsewhere,
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::uow::{Committed, Uow, notification_for};
 use super::{At, ExpiryReport, Service, ServiceError};
+use crate::domain::{EquipmentLocks, SessionId};
 use crate::domain::{Event, EventKind, Timestamp};
 
 /// What one run of a write's unit of work leaves for its caller.
@@ -84,6 +85,45 @@ impl Service {
         Ok(At { value, now })
     }
 
+    /// Runs what other servers sharing the store committed past this one's
+    /// live subscribers: each equipment whose queue they may have changed
+    /// is read, and whoever's place differs from what this server last
+    /// announced hears its new one. Until shutdown.
+    pub async fn announce_changes_made_elsewhere(
+        &self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(mut changed) = self.elsewhere.take_receiver() else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                first = changed.recv() => first,
+                _ = shutdown.changed() => return,
+            };
+            let Some(first) = first else { return };
+            let mut equipment = std::collections::BTreeSet::from([first]);
+            while let Ok(more) = changed.try_recv() {
+                equipment.insert(more);
+            }
+            if self.hub.subscribers() == 0 {
+                // Nobody listening: nothing to tell, nothing to read.
+                self.elsewhere.forget_all();
+                continue;
+            }
+            for id in equipment {
+                let Ok(at) = self.stored(&id).await else {
+                    continue;
+                };
+                let before = self.elsewhere.queue_of(&id);
+                for note in position_notes(&at.value, before.as_deref(), at.now) {
+                    self.hub.publish(note);
+                }
+                self.elsewhere.remember(&at.value);
+            }
+        }
+    }
+
     /// Sends what committed events imply for particular sessions to live
     /// subscribers: a grant from the queue, a lost lock, a new place in a
     /// queue; and the events not recorded (lock-event logging off), which
@@ -96,21 +136,9 @@ impl Service {
             .filter_map(notification_for)
             .collect();
         for (id, locks) in &committed.saved {
-            let before = committed.queues_before.get(id);
-            for (i, entry) in locks.queue.iter().enumerate() {
-                let was = before
-                    .and_then(|b| b.iter().position(|s| s == &entry.session_id))
-                    .map(|p| p + 1);
-                if was != Some(i + 1) {
-                    let mut e = Event::new(EventKind::QueuePosition, now);
-                    e.equipment_id = Some(id.clone());
-                    e.session_id = Some(entry.session_id.clone());
-                    e.lock_mode = Some(entry.mode);
-                    e.queue_id = Some(entry.queue_id.clone());
-                    e.position = Some(i + 1);
-                    notes.push(e);
-                }
-            }
+            let before = committed.queues_before.get(id).map(Vec::as_slice);
+            notes.extend(position_notes(locks, before, now));
+            self.elsewhere.remember(locks);
             self.warnings.reschedule(locks);
         }
         let unrecorded = committed.events.into_iter().filter(|e| e.seq.is_none());
@@ -118,4 +146,29 @@ impl Service {
             self.hub.publish(event);
         }
     }
+}
+
+/// A `queue_position` notification for each waiter in `locks` whose place
+/// differs from `before` (the queue as last known, if known).
+pub(super) fn position_notes(
+    locks: &EquipmentLocks,
+    before: Option<&[SessionId]>,
+    now: Timestamp,
+) -> Vec<Event> {
+    let mut notes = Vec::new();
+    for (i, entry) in locks.queue.iter().enumerate() {
+        let was = before
+            .and_then(|b| b.iter().position(|s| s == &entry.session_id))
+            .map(|p| p + 1);
+        if was != Some(i + 1) {
+            let mut e = Event::new(EventKind::QueuePosition, now);
+            e.equipment_id = Some(locks.equipment_id.clone());
+            e.session_id = Some(entry.session_id.clone());
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id.clone());
+            e.position = Some(i + 1);
+            notes.push(e);
+        }
+    }
+    notes
 }

@@ -41,7 +41,10 @@ impl Service {
     }
 
     /// An equipment's locks as committed: a read, no commit to wait for.
-    async fn stored(&self, equipment: &EquipmentId) -> Result<At<EquipmentLocks>, ServiceError> {
+    pub(super) async fn stored(
+        &self,
+        equipment: &EquipmentId,
+    ) -> Result<At<EquipmentLocks>, ServiceError> {
         let equipment = equipment.clone();
         self.read(move |view| Ok(view.tx.equipment_locks(&equipment)?))
             .await

@@ -774,7 +774,7 @@ fn units_sent_together_stand_or_fall_alone(store: &dyn Store) {
 fn the_listener_hears_every_commit_in_seq_order(store: &dyn Store) {
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let ear = heard.clone();
-    store.listen(Box::new(move |events| {
+    store.listen(Box::new(move |events, _| {
         ear.lock()
             .unwrap()
             .extend(events.iter().map(|e| e.seq.unwrap()));

@@ -208,7 +208,7 @@ impl MemoryStore {
                     state.forget_ended_history(&id);
                 }
                 if let Some(listener) = self.listener.get().filter(|_| !events.is_empty()) {
-                    listener(events.clone());
+                    listener(events.clone(), super::Origin::Here);
                 }
                 for event in events {
                     state.append_event(event);

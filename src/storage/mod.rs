@@ -171,8 +171,19 @@ impl EventQuery {
 pub type Work = Box<dyn FnMut(&mut dyn Tx) -> Result<(), StoreError> + Send>;
 
 /// Told the recorded events of every commit, in `seq` order, once they are
-/// durable (see `Store::listen`).
-pub type CommitListener = Box<dyn Fn(Vec<Event>) + Send + Sync>;
+/// durable (see `Store::listen`), and whose commit they were.
+pub type CommitListener = Box<dyn Fn(Vec<Event>, Origin) + Send + Sync>;
+
+/// Who committed events a listener hears of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// This server: it also told its own live subscribers what the commit
+    /// meant for them (grants, lost locks, queue places).
+    Here,
+    /// Another server sharing the store: nobody here knows more than the
+    /// events say.
+    Elsewhere,
+}
 
 /// The boundary between the use cases and a backend. The service asks for
 /// a unit of work and awaits it; how units are scheduled, batched, made

@@ -13,7 +13,13 @@ use crate::storage::StoreError;
 pub(super) struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,
+    /// When the connection last did something.
+    used: std::time::Instant,
 }
+
+/// A connection idle longer than this is checked before use: a PostgreSQL
+/// restart meanwhile leaves it broken without anyone noticing until then.
+const CHECK_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Conn {
     pub(super) fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
@@ -21,7 +27,23 @@ impl Conn {
         Ok(Self {
             client,
             prepared: HashMap::new(),
+            used: std::time::Instant::now(),
         })
+    }
+
+    /// Whether the connection can be used: not closed, and if it sat idle
+    /// for a while, it answers (a round trip; never on a busy connection).
+    pub(super) fn usable(&mut self) -> bool {
+        if self.client.is_closed() {
+            return false;
+        }
+        if self.used.elapsed() < CHECK_AFTER_IDLE {
+            return true;
+        }
+        self.used = std::time::Instant::now();
+        self.client
+            .is_valid(std::time::Duration::from_secs(2))
+            .is_ok()
     }
 
     /// Whether the connection is gone (PostgreSQL restarted, the network
@@ -31,6 +53,7 @@ impl Conn {
     }
 
     fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        self.used = std::time::Instant::now();
         if let Some(statement) = self.prepared.get(sql) {
             return Ok(statement.clone());
         }
@@ -81,12 +104,14 @@ impl Conn {
 
     /// Runs statements without parameters, in one round trip.
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.used = std::time::Instant::now();
         self.client.batch_execute(sql).map_err(unavailable)
     }
 
     /// Runs statements without parameters in one round trip; returns the
     /// rows of two-column results as text (`key`, `value`).
     pub(super) fn simple(&mut self, sql: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.used = std::time::Instant::now();
         let messages = self.client.simple_query(sql).map_err(unavailable)?;
         Ok(messages
             .into_iter()

@@ -8,13 +8,18 @@
 //! `writer`), so what the history shows up to a `seq` is complete.
 //!
 //! The tail thread listens for `NOTIFY lablink_events` (sent by every
-//! replica's commits) and then reads the history after what was handed
-//! last; every second it looks anyway, in case a notification was lost
-//! with a connection. It also keeps `DbClock` set: every replica takes its
+//! replica once its commits are durable, with the last `seq` made so) and
+//! then reads the history after what was handed last, up to what was
+//! announced: a commit is visible before it is flushed (see `writer`), and
+//! nobody hears of an event that might not survive. When nothing is heard
+//! for a second it looks anyway: what it found unannounced a second
+//! earlier has been flushed by PostgreSQL's WAL writer since (a replica
+//! may have died before announcing). It also keeps `DbClock` set: every replica takes its
 //! time from the database's clock, so a lease never ends early because one
 //! server's clock runs ahead of another's (within half a round trip).
 
 use postgres::fallible_iterator::FallibleIterator;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,7 +29,7 @@ use super::conn::Conn;
 use super::tx::PgTx;
 use crate::clock::{Clock, SleepFuture, SystemClock};
 use crate::domain::{Event, Timestamp};
-use crate::storage::{CommitListener, EventQuery, StoreError, Tx};
+use crate::storage::{CommitListener, EventQuery, Origin, StoreError, Tx};
 
 /// How often the tail reads the history without being told to.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -32,21 +37,22 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 const CLOCK_EVERY: Duration = Duration::from_secs(5);
 
 pub(super) struct Sequencer {
-    /// The last `seq` handed to the listener.
-    handed: Mutex<u64>,
+    /// The last `seq` handed to the listener, and the `seq`s of this
+    /// server's own events that had to wait for a gap to be filled.
+    handed: Mutex<(u64, BTreeSet<u64>)>,
     pub(super) listener: OnceLock<CommitListener>,
 }
 
 impl Sequencer {
     pub(super) fn new(handed: u64) -> Self {
         Self {
-            handed: Mutex::new(handed),
+            handed: Mutex::new((handed, BTreeSet::new())),
             listener: OnceLock::new(),
         }
     }
 
     fn handed(&self) -> u64 {
-        *self.handed.lock().unwrap_or_else(|p| p.into_inner())
+        self.handed.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
     /// Hands on the part of `events` (in `seq` order) that follows on from
@@ -63,7 +69,8 @@ impl Sequencer {
     }
 
     fn hand_on(&self, events: Vec<Event>, complete: bool) -> bool {
-        let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let (handed, own_waiting) = &mut *guard;
         let new: Vec<Event> = events
             .into_iter()
             .filter(|e| e.seq.is_some_and(|s| s > *handed))
@@ -72,12 +79,39 @@ impl Sequencer {
             return true;
         };
         if first != *handed + 1 && !complete {
+            // This server's own: the tail hands them on with the gap, as
+            // this server's.
+            own_waiting.extend(new.iter().filter_map(|e| e.seq));
             return false;
         }
         *handed = new.last().and_then(|e| e.seq).unwrap_or(*handed);
-        if let Some(listener) = self.listener.get() {
-            listener(new);
+        let Some(listener) = self.listener.get() else {
+            own_waiting.clear();
+            return true;
+        };
+        if !complete {
+            listener(new, Origin::Here);
+            return true;
         }
+        // From the history: split into runs by whose they are, in order.
+        let mut run: Vec<Event> = Vec::new();
+        let mut run_origin = Origin::Elsewhere;
+        for event in new {
+            let origin = match event.seq {
+                Some(seq) if own_waiting.remove(&seq) => Origin::Here,
+                _ => Origin::Elsewhere,
+            };
+            if origin != run_origin && !run.is_empty() {
+                listener(std::mem::take(&mut run), run_origin);
+            }
+            run_origin = origin;
+            run.push(event);
+        }
+        if !run.is_empty() {
+            listener(run, run_origin);
+        }
+        let upto = *handed;
+        own_waiting.retain(|s| *s > upto);
         true
     }
 }
@@ -160,6 +194,11 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
     let mut conn: Option<Conn> = None;
     let mut measured: Option<Instant> = None;
     let mut failing = false;
+    // Events up to here are known to be durable (announced by the replica
+    // that made them so); later ones may still be in flight.
+    let mut announced = sequencer.handed();
+    // The newest `seq` seen unannounced at a quiet moment, and when.
+    let mut unannounced: Option<(u64, Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
         if conn.as_ref().is_none_or(Conn::is_closed) {
             conn = Conn::open(options)
@@ -183,7 +222,7 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
             }
             measured = Some(Instant::now());
         }
-        if let Err(e) = catch_up(c, sequencer) {
+        if let Err(e) = catch_up(c, sequencer, announced) {
             if !failing {
                 tracing::warn!(error = %e, "cannot read the history for live events; reconnecting");
             }
@@ -198,23 +237,59 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
         // Wait for a notification (or look anyway after a while); several
         // arriving together mean one read.
         let mut notifications = c.client().notifications();
-        let _ = notifications.timeout_iter(LOOK_EVERY).next();
-        let _ = notifications.iter().count();
+        let mut heard = Vec::new();
+        if let Ok(Some(first)) = notifications.timeout_iter(LOOK_EVERY).next() {
+            heard.push(first);
+        }
+        while let Ok(Some(more)) = notifications.iter().next() {
+            heard.push(more);
+        }
+        drop(notifications);
+        for note in &heard {
+            if let Ok(seq) = note.payload().parse::<u64>() {
+                announced = announced.max(seq);
+            }
+        }
+        if heard.is_empty() {
+            // Quiet: a replica that died between its commit and its flush
+            // never announces. PostgreSQL's WAL writer flushes every commit
+            // within three `wal_writer_delay`s (200 ms by default), so what
+            // was already there a second ago is durable now.
+            if let Some((seq, at)) = unannounced.take() {
+                if at.elapsed() >= LOOK_EVERY {
+                    announced = announced.max(seq);
+                } else {
+                    unannounced = Some((seq, at));
+                }
+            }
+            if unannounced.is_none() {
+                let newest = PgTx::new(c, None).last_event_seq().unwrap_or(0);
+                if newest > announced {
+                    unannounced = Some((newest, Instant::now()));
+                }
+            }
+        }
     }
 }
 
-/// Hands on everything recorded after what was handed last.
-fn catch_up(conn: &mut Conn, sequencer: &Sequencer) -> Result<(), StoreError> {
+/// Hands on everything recorded after what was handed last, up to
+/// `durable`.
+fn catch_up(conn: &mut Conn, sequencer: &Sequencer, durable: u64) -> Result<(), StoreError> {
     loop {
         let after = sequencer.handed();
-        let page = PgTx::new(conn, None).query_events(&EventQuery {
+        if after >= durable {
+            return Ok(());
+        }
+        let mut page = PgTx::new(conn, None).query_events(&EventQuery {
             after: Some(after),
             limit: 1000,
             ..EventQuery::default()
         })?;
         let full = page.len() == 1000;
+        page.retain(|e| e.seq.is_some_and(|s| s <= durable));
+        let last = page.last().and_then(|e| e.seq);
         sequencer.offer_from_history(page);
-        if !full {
+        if !full || last.is_none_or(|l| l >= durable) {
             return Ok(());
         }
     }

@@ -54,20 +54,30 @@ fn serve(options: &PostgresOptions, queue: &Mutex<Receiver<Job>>) {
         let Ok((mut work, answer)) = job else {
             return;
         };
-        if conn.as_ref().is_none_or(Conn::is_closed) {
-            conn = match Conn::open(options) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let _ = answer.send(Err(e));
-                    continue;
-                }
-            };
+        // A read may run twice: once more on a new connection if the
+        // connection it ran on turned out closed (PostgreSQL restarted).
+        let mut outcome = Err(StoreError::Unavailable("the read did not run".into()));
+        for _ in 0..2 {
+            if conn.as_mut().is_none_or(|c| !c.usable()) {
+                conn = match Conn::open(options) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                };
+            }
+            let c = conn.as_mut().expect("connected above");
+            outcome = std::panic::catch_unwind(AssertUnwindSafe(|| read_once(c, &mut work)))
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the read panicked".into())));
+            if outcome.is_ok() || !c.is_closed() {
+                break;
+            }
         }
-        let c = conn.as_mut().expect("connected above");
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| read_once(c, &mut work)))
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the read panicked".into())));
-        if outcome.is_err() && !c.is_closed() {
-            let _ = c.batch("ROLLBACK");
+        if let Some(c) = conn.as_mut().filter(|c| !c.is_closed()) {
+            if outcome.is_err() {
+                let _ = c.batch("ROLLBACK");
+            }
         }
         let _ = answer.send(outcome);
     }

@@ -14,6 +14,18 @@
 //! commit returns (durable with `synchronous_commit` on). The batch's
 //! events go to the store's feed (`Sequencer`) before anyone is answered.
 //!
+//! Commits are asynchronous (`synchronous_commit` off for the batch): the
+//! batch's locks are released as soon as its commit is written, so the
+//! next batch (this server's or another's) runs while it is flushed. The
+//! syncer thread then runs a tiny transaction with `synchronous_commit` on
+//! on a connection of its own: its commit returns once the log is flushed
+//! past it, so past every batch committed before it. Only then are the
+//! units answered and the events published (and announced to the other
+//! replicas by the notification that transaction carries). A later batch
+//! may build on one not yet flushed; the log is flushed in order, so the
+//! later one is never durable without it, and nothing is acknowledged
+//! before it is durable.
+//!
 //! A lost connection (PostgreSQL restarted) fails the batch under way with
 //! `store_unavailable`; the next batch connects again.
 
@@ -53,11 +65,22 @@ impl Writer {
         sequencer: Arc<Sequencer>,
     ) -> Result<Self, StoreError> {
         let (inbox, messages) = std::sync::mpsc::channel();
+        let (to_syncer, committed) = std::sync::mpsc::channel();
+        let syncer = Syncer {
+            options: options.clone(),
+            conn: None,
+            sequencer,
+        };
+        let syncer = std::thread::Builder::new()
+            .name("lablink-pg-sync".into())
+            .spawn(move || syncer.serve(&committed))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
         let state = WriterThread {
             options,
             conn: Some(conn),
             cache: Cache::default(),
-            sequencer,
+            to_syncer: Some(to_syncer),
+            syncer: Some(syncer),
         };
         let thread = std::thread::Builder::new()
             .name("lablink-pg-writer".into())
@@ -95,7 +118,9 @@ struct WriterThread {
     conn: Option<Conn>,
     /// Rows kept between batches (see `cache`).
     cache: Cache,
-    sequencer: Arc<Sequencer>,
+    /// Committed batches on their way to being made durable.
+    to_syncer: Option<Sender<Committed>>,
+    syncer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WriterThread {
@@ -103,7 +128,7 @@ impl WriterThread {
         let mut closing = false;
         while !closing {
             let Ok(Message::Unit(work, answer)) = messages.recv() else {
-                return;
+                break;
             };
             // The rest of the batch is taken once it holds the lock: what
             // arrived while another replica's batch held it joins too.
@@ -120,11 +145,20 @@ impl WriterThread {
             };
             self.run_batch(vec![(work, answer)], &mut more);
         }
+        self.stop();
+    }
+
+    /// Lets the syncer make what was committed durable, and waits for it.
+    fn stop(&mut self) {
+        drop(self.to_syncer.take());
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
     }
 
     /// The connection, opened again if it was lost.
     fn connection(&mut self) -> Result<&mut Conn, StoreError> {
-        if self.conn.as_ref().is_none_or(Conn::is_closed) {
+        if self.conn.as_mut().is_none_or(|c| !c.usable()) {
             self.conn = None;
             self.conn = Some(Conn::open(&self.options)?);
         }
@@ -136,7 +170,6 @@ impl WriterThread {
         units: Vec<(Work, Answer)>,
         more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
     ) {
-        let sequencer = self.sequencer.clone();
         let mut cache = std::mem::take(&mut self.cache);
         let outcome = match self.connection() {
             Ok(conn) => run_in_transaction(conn, &mut cache, units, more),
@@ -154,9 +187,12 @@ impl WriterThread {
         self.cache = cache;
         match outcome {
             Ok((answers, events)) => {
-                sequencer.offer(events);
-                for answer in answers {
-                    let _ = answer.send(Ok(()));
+                let committed = Committed { answers, events };
+                if let Some(Err(returned)) = self.to_syncer.as_ref().map(|s| s.send(committed)) {
+                    let why = StoreError::Unavailable("the store is closing".into());
+                    for answer in returned.0.answers {
+                        let _ = answer.send(Err(why.clone()));
+                    }
                 }
             }
             Err((answers, why)) => {
@@ -169,6 +205,77 @@ impl WriterThread {
                 }
             }
         }
+    }
+}
+
+/// A batch committed but maybe not yet durable, and who waits for it.
+struct Committed {
+    answers: Vec<Answer>,
+    events: Vec<Event>,
+}
+
+/// The syncer thread: makes committed batches durable, then tells.
+struct Syncer {
+    options: PostgresOptions,
+    conn: Option<Conn>,
+    sequencer: Arc<Sequencer>,
+}
+
+impl Syncer {
+    fn serve(mut self, committed: &Receiver<Committed>) {
+        while let Ok(first) = committed.recv() {
+            // One flush covers every batch committed before it began.
+            let mut batches = vec![first];
+            batches.extend(committed.try_iter());
+            let announced = batches
+                .iter()
+                .flat_map(|b| b.events.last())
+                .filter_map(|e| e.seq)
+                .max();
+            match self.flush(announced) {
+                Ok(()) => {
+                    let (mut events, mut answers) = (Vec::new(), Vec::new());
+                    for batch in batches {
+                        events.extend(batch.events);
+                        answers.extend(batch.answers);
+                    }
+                    self.sequencer.offer(events);
+                    for answer in answers {
+                        let _ = answer.send(Ok(()));
+                    }
+                }
+                Err(why) => {
+                    // Committed, but not known to be durable: not
+                    // acknowledged. (If it survived, the tail reader
+                    // publishes its events.)
+                    tracing::error!(error = %why, "cannot confirm a commit is durable");
+                    let why = StoreError::Unavailable(format!(
+                        "the commit could not be confirmed durable: {why}"
+                    ));
+                    for answer in batches.into_iter().flat_map(|b| b.answers) {
+                        let _ = answer.send(Err(why.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A transaction of its own with `synchronous_commit` on: its commit
+    /// returns once the log is flushed past it, so past every commit before
+    /// it. It carries the notification, so other replicas hear of events
+    /// only once they are durable (the payload: the last `seq` made so).
+    fn flush(&mut self, announced: Option<u64>) -> Result<(), StoreError> {
+        if self.conn.as_mut().is_none_or(|c| !c.usable()) {
+            self.conn = None;
+            self.conn = Some(Conn::open(&self.options)?);
+        }
+        let conn = self.conn.as_mut().expect("just opened");
+        let notify = announced
+            .map(|seq| format!(", pg_notify('lablink_events', '{seq}')"))
+            .unwrap_or_default();
+        // txid_current() gives the transaction an id, so it commits (and
+        // flushes) even if it writes nothing else.
+        conn.batch(&format!("SELECT txid_current(){notify}"))
     }
 }
 
@@ -222,7 +329,8 @@ fn run_in_transaction(
     // Both rows, in one order on every replica (no deadlock between them).
     // One round trip for both.
     let begun = conn.simple(
-        "BEGIN; SELECT key, value FROM meta WHERE key IN ('event_seq', 'writes') ORDER BY key FOR UPDATE",
+        "BEGIN; SET LOCAL synchronous_commit TO OFF;
+         SELECT key, value FROM meta WHERE key IN ('event_seq', 'writes') ORDER BY key FOR UPDATE",
     );
     let (mut last_seq, mut writes) = (None, None);
     match begun {
@@ -268,8 +376,9 @@ fn run_in_transaction(
             }
         }
     }
-    // The counters, the notification (delivered to every listening replica
-    // at commit, in commit order) and the commit: one round trip.
+    // The counters and the commit: one round trip. The commit returns
+    // before it is flushed (see the module's doc): the syncer makes it
+    // durable, and only then is anyone answered or told.
     let finished = batch.flush(conn, cache, writes + 1).and_then(|()| {
         let events = &batch.events;
         let prune = if (writes + 1) % JOURNAL_PRUNE_EVERY == 0 {
@@ -283,13 +392,8 @@ fn run_in_transaction(
         conn.batch(&format!(
             "UPDATE meta SET value = CASE key WHEN 'writes' THEN value + 1 ELSE {} END
              WHERE key IN ('event_seq', 'writes');
-             {prune}{}COMMIT",
+             {prune}COMMIT",
             events.last_seq,
-            if events.events.is_empty() {
-                ""
-            } else {
-                "NOTIFY lablink_events; "
-            }
         ))
     });
     match finished {

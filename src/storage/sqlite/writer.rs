@@ -378,7 +378,7 @@ fn settle(
         answers.extend(batch.answers);
     }
     if let Some(listener) = listener.get().filter(|_| !events.is_empty()) {
-        listener(events);
+        listener(events, crate::storage::Origin::Here);
     }
     for answer in answers {
         let told = outcome
