@@ -1,0 +1,242 @@
+//! PostgreSQL for the black-box tests: a fresh database per test on the
+//! cluster `.ci/postgres.sh` starts (`LABLINK_TEST_POSTGRES`), several real
+//! `lablink serve` processes on it, the cluster's stop/start control
+//! (`LABLINK_TEST_POSTGRES_CTL`), and readers of the whole history.
+//!
+//! Without `LABLINK_TEST_POSTGRES` every test here says it was skipped and
+//! why, so `cargo test` passes on a machine without PostgreSQL.
+
+use reqwest::{StatusCode, Url};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Child;
+use std::time::Duration;
+
+use crate::helpers::{TestApp, start_binary};
+use crate::live::{Ws, next};
+
+/// A database made for one test, dropped when the test ends.
+pub struct TestDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+/// A fresh, empty database for one test; `None` (having said why) when no
+/// test cluster is configured.
+pub async fn test_database() -> Option<TestDatabase> {
+    let Ok(admin) = std::env::var("LABLINK_TEST_POSTGRES") else {
+        println!("skipped: LABLINK_TEST_POSTGRES is not set (.ci/postgres.sh sets it)");
+        return None;
+    };
+    let name = format!("lablink_test_{}", uuid::Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("LABLINK_TEST_POSTGRES={admin}: cannot connect: {e}"));
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    drop(client);
+    let _ = connection.await;
+    let mut url = Url::parse(&admin).expect("LABLINK_TEST_POSTGRES is a postgres:// URL");
+    url.set_path(&format!("/{name}"));
+    Some(TestDatabase {
+        admin,
+        name,
+        url: url.into(),
+    })
+}
+
+impl TestDatabase {
+    /// The database's URL, for `--store`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // On a thread of its own: this may run inside the test's runtime.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = client.batch_execute(&sql).await;
+            });
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// Runs the cluster's control script: `stop immediate`, `start`, ...
+pub fn postgres_ctl(args: &[&str]) {
+    let ctl = std::env::var("LABLINK_TEST_POSTGRES_CTL")
+        .expect("LABLINK_TEST_POSTGRES_CTL names the cluster's control script (.ci/postgres.sh)");
+    let out = std::process::Command::new(&ctl)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{ctl} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One `lablink serve` process; killed when dropped.
+pub struct Replica {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Replica {
+    /// Starts the real binary on `store` in `dir`, listening on a free port.
+    pub fn start(dir: &Path, store: &str, env: &[(&str, &str)]) -> Replica {
+        let (child, addr, _) = start_binary(dir, &["--bind", "127.0.0.1:0", "--store", store], env);
+        Replica {
+            child: Some(child),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub fn app(&self) -> TestApp {
+        TestApp::at(&self.base)
+    }
+
+    /// `kill -9`: no shutdown code runs.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// `n` replicas on one database, started one after the other, in a
+/// temporary working directory (no config file: the demo instruments).
+pub struct Replicas {
+    pub nodes: Vec<Replica>,
+    _dir: tempfile::TempDir,
+}
+
+impl Replicas {
+    pub fn start(store: &str, n: usize, env: &[(&str, &str)]) -> Replicas {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = (0..n)
+            .map(|_| Replica::start(dir.path(), store, env))
+            .collect();
+        Replicas { nodes, _dir: dir }
+    }
+
+    pub fn apps(&self) -> Vec<TestApp> {
+        self.nodes.iter().map(Replica::app).collect()
+    }
+}
+
+/// Every event in the history, oldest first, paged through `next_cursor`.
+pub async fn whole_history(app: &TestApp, filter: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let cursor_param = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (status, page) = app
+            .get(&format!(
+                "/api/locks/events?limit=1000{filter}{cursor_param}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return events;
+        }
+        cursor = page["next_cursor"].as_u64();
+        events.extend(batch);
+    }
+}
+
+/// The `seq` numbers of `events`, in order.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+/// The grants of exclusive locks in a history (direct and from the queue),
+/// as `(equipment, fencing token, session)` in `seq` order.
+pub fn exclusive_grants(events: &[Value]) -> Vec<(String, u64, String)> {
+    events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["event"].as_str(),
+                Some("lock_acquired" | "queue_processed")
+            ) && e["lock_mode"] == "exclusive"
+        })
+        .map(|e| {
+            (
+                e["equipment_id"].as_str().unwrap().to_owned(),
+                e["fencing_token"].as_u64().unwrap(),
+                e["session_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that on every equipment the grants' fencing tokens grow strictly
+/// in `seq` order: no token given twice, none going back.
+#[track_caller]
+pub fn assert_tokens_strictly_grow(grants: &[(String, u64, String)]) {
+    let mut last: std::collections::HashMap<&str, u64> = Default::default();
+    for (equipment, token, session) in grants {
+        if let Some(previous) = last.insert(equipment, *token) {
+            assert!(
+                *token > previous,
+                "{equipment}: token {token} (to {session}) after {previous}: {grants:?}"
+            );
+        }
+    }
+}
+
+/// The next history event (one with a `seq`) on `ws`, skipping
+/// notifications; fails if none comes within `within`.
+pub async fn next_recorded(ws: &mut Ws, within: Duration) -> Value {
+    tokio::time::timeout(within, async {
+        loop {
+            let m = next(ws).await;
+            if m["seq"].is_u64() {
+                return m;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no recorded event within {within:?}"))
+}
+
+/// A session without a timeout, made through `app`.
+pub async fn session(app: &TestApp, name: &str) -> String {
+    let (status, body) = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"client_name": name, "timeout_seconds": 0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["session_id"].as_str().unwrap().to_owned()
+}
