@@ -24,8 +24,9 @@
 #                              only to the outage test, run on its own)
 #   LABLINK_TEST_NGINX         the nginx binary, when there is one
 #
-# Usage: .ci/postgres.sh [COMMAND...]: with a command, runs it (with the
-# variables above, the control script included) instead of the tests.
+# Usage: .ci/postgres.sh [COMMAND...]: with a command, runs it with the
+# variables above instead of the tests (the control script only for a
+# command naming the outage test, `postgres_outage`).
 # Env: POSTGRES_TEST_FILTER (default `postgres`) picks the tests;
 # POSTGRES_KEEP_LOG=1 prints the server log even when everything passed.
 set -euo pipefail
@@ -188,8 +189,13 @@ echo "postgres.sh: $("$pg_bin/postgres" --version) on 127.0.0.1:$port (owner $ow
 # running beside it.
 # With arguments, runs them instead (one test by hand, against a cluster
 # that is gone afterwards): .ci/postgres.sh cargo test --test api NAME
+# The control script only when the command names the outage test, which
+# stops the cluster under whatever runs beside it.
 if [ "$#" -gt 0 ]; then
-    LABLINK_TEST_POSTGRES_CTL=$ctl "$@"
+    case "$*" in
+        *postgres_outage*) LABLINK_TEST_POSTGRES_CTL=$ctl "$@" ;;
+        *) "$@" ;;
+    esac
     exit
 fi
 # Each runs even when one before failed; any failure fails the script.

@@ -113,7 +113,7 @@ async fn clients_racing_through_three_replicas_get_exactly_one_winner() {
         assert_eq!(status, StatusCode::OK, "{body}");
         winners.push(winner);
     }
-    let history = whole_history(&apps[0], "&equipment_id=ps_abc123").await;
+    let history = whole_history(&apps[0], "&equipment_id=ps_abc123", None).await;
     let grants = exclusive_grants(&history);
     let expected: Vec<_> = winners
         .iter()
@@ -229,7 +229,7 @@ async fn a_queue_is_shared_and_handed_off_across_replicas_in_fifo_order() {
         tokens.windows(2).all(|w| w[1] > w[0]),
         "fencing tokens grow strictly across replicas: {tokens:?}"
     );
-    let grants = exclusive_grants(&whole_history(&apps[2], "&equipment_id=ps_abc123").await);
+    let grants = exclusive_grants(&whole_history(&apps[2], "&equipment_id=ps_abc123", None).await);
     let granted_to: Vec<&str> = grants.iter().map(|g| g.2.as_str()).collect();
     assert_eq!(
         granted_to, sessions,
@@ -268,7 +268,7 @@ async fn changes_through_some_replicas_reach_subscribers_on_another_in_seq_order
 
     // A and C write at once: B still sends every event once, in seq order.
     concurrent_changes(&a, &s1, &c, &s2, 10).await;
-    let history = whole_history(&c, "").await;
+    let history = whole_history(&c, "", None).await;
     while received.len() < history.len() {
         received.push(next_recorded(&mut on_b, Duration::from_secs(2)).await);
     }
@@ -283,7 +283,7 @@ async fn changes_through_some_replicas_reach_subscribers_on_another_in_seq_order
     let last_seen = *seqs(&received).last().unwrap();
     drop(on_b);
     concurrent_changes(&a, &s1, &c, &s2, 10).await;
-    let later = whole_history(&a, &format!("&cursor={last_seen}")).await;
+    let later = whole_history(&a, "", Some(last_seen)).await;
     assert!(!later.is_empty());
     let mut resumed = connect(
         &b,
@@ -371,7 +371,7 @@ async fn a_lease_granted_by_a_killed_replica_ends_on_time_and_goes_to_the_waiter
         "handed on about when the 1 s lease ended: {:?} after the grant",
         answered - acknowledged
     );
-    let history = whole_history(&c, "&equipment_id=ps_abc123").await;
+    let history = whole_history(&c, "&equipment_id=ps_abc123", None).await;
     let at = |kind: &str| {
         let e = history
             .iter()
@@ -578,7 +578,7 @@ async fn send(
 /// Every acknowledged acquire is a grant in the history, and every
 /// equipment's fencing tokens grow strictly through it.
 async fn assert_nothing_acknowledged_lost(app: &TestApp, tally: &Tally) {
-    let grants = exclusive_grants(&whole_history(app, "").await);
+    let grants = exclusive_grants(&whole_history(app, "", None).await);
     assert_tokens_strictly_grow(&grants);
     let recorded: BTreeSet<_> = grants.iter().collect();
     let lost: Vec<_> = tally

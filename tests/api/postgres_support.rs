@@ -152,10 +152,11 @@ impl Replicas {
     }
 }
 
-/// Every event in the history, oldest first, paged through `next_cursor`.
-pub async fn whole_history(app: &TestApp, filter: &str) -> Vec<Value> {
+/// Every event in the history (`filter`ed, e.g. `&equipment_id=psu`) after
+/// the event numbered `after`, oldest first, paged through `next_cursor`.
+pub async fn whole_history(app: &TestApp, filter: &str, after: Option<u64>) -> Vec<Value> {
     let mut events = Vec::new();
-    let mut cursor: Option<u64> = None;
+    let mut cursor = after;
     loop {
         let cursor_param = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
         let (status, page) = app
