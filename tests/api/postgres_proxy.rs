@@ -138,6 +138,19 @@ impl Drop for Nginx {
     }
 }
 
+/// Recorded events until one named `kind` (the subscription may start with
+/// the waiter's `session_created`, recorded through another replica just
+/// before it subscribed).
+async fn recorded_until(ws: &mut crate::live::Ws, kind: &str) {
+    loop {
+        let event = next_recorded(ws, Duration::from_secs(5)).await;
+        if event["event"] == kind {
+            return;
+        }
+        assert_eq!(event["event"], "session_created", "{event}");
+    }
+}
+
 #[test]
 fn the_shipped_config_has_what_the_test_replaces() {
     let config = config_for(
@@ -191,8 +204,7 @@ async fn nginx_with_the_shipped_config_serves_locks_waits_and_live_events() {
         "equipment_id": "ps_abc123", "session_id": waiter, "queue_if_busy": true, "wait_seconds": 30,
     }));
     let pending = tokio::spawn(async move { request.send().await.unwrap() });
-    let queued = next_recorded(&mut ws, Duration::from_secs(5)).await;
-    assert_eq!(queued["event"], "queued", "{queued}");
+    recorded_until(&mut ws, "queued").await;
     let (status, _) = proxy.release("ps_abc123", &holder, false).await;
     assert_eq!(status, StatusCode::OK);
     let granted = next_recorded(&mut ws, Duration::from_secs(5)).await;

@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::helpers::{TestApp, assert_error, lablink};
 use crate::live::connect;
 use crate::postgres_support::{
-    Replica, Replicas, assert_tokens_strictly_grow, exclusive_grants, next_recorded, postgres_ctl,
-    seqs, session, test_database, whole_history,
+    Replica, Replicas, assert_one_holder_at_a_time, assert_tokens_strictly_grow, exclusive_grants,
+    next_recorded, postgres_ctl, seqs, session, test_database, whole_history,
 };
 
 const EQUIPMENT: [&str; 3] = ["ps_abc123", "scope_123", "load_1"];
@@ -114,6 +114,7 @@ async fn clients_racing_through_three_replicas_get_exactly_one_winner() {
         winners.push(winner);
     }
     let history = whole_history(&apps[0], "&equipment_id=ps_abc123", None).await;
+    assert_one_holder_at_a_time(&history);
     let grants = exclusive_grants(&history);
     let expected: Vec<_> = winners
         .iter()
@@ -394,6 +395,9 @@ struct Tally {
     /// Every acquire answered `locked` or `refreshed`: (equipment, fencing
     /// token, session).
     acknowledged: Vec<(String, u64, String)>,
+    /// Every release answered 200 after an acknowledged acquire: (equipment,
+    /// fencing token, session).
+    released: Vec<(String, u64, String)>,
     /// 503 `store_unavailable` answers.
     unavailable: usize,
     /// Requests that got no answer, by server.
@@ -493,7 +497,8 @@ async fn cycle(
             )
         };
         let answer = send(&client, &acquire_at, "/api/locks/acquire", &body).await;
-        let outcome = match &answer {
+        // The token of the lock this client now knows it holds, if any.
+        let (outcome, holding) = match &answer {
             // `refreshed`: it held the lock already (an earlier answer lost).
             Ok((StatusCode::OK, reply))
                 if matches!(reply["status"].as_str(), Some("locked" | "refreshed")) =>
@@ -503,12 +508,13 @@ async fn cycle(
                 tally
                     .acknowledged
                     .push((equipment.into(), token, session.clone()));
-                Outcome::Fine
+                (Outcome::Fine, Some(token))
             }
             Ok((StatusCode::CONFLICT, reply)) if reply["code"] == "equipment_locked" => {
-                Outcome::Fine
+                (Outcome::Fine, None)
             }
-            _ => classify(&tally, &acquire_at, "acquire", answer),
+            // Maybe applied, maybe not: which lock it holds is unknown.
+            _ => (classify(&tally, &acquire_at, "acquire", answer), None),
         };
         if outcome == Outcome::Retry {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -516,7 +522,15 @@ async fn cycle(
         }
         let answer = send(&client, &release_at, "/api/locks/release", &body).await;
         let fine = match &answer {
-            Ok((StatusCode::OK, _)) => true,
+            Ok((StatusCode::OK, _)) => {
+                if let Some(token) = holding {
+                    let mut tally = tally.lock().unwrap();
+                    tally
+                        .released
+                        .push((equipment.into(), token, session.clone()));
+                }
+                true
+            }
             // Not the holder: the acquire was refused, or its answer lost.
             Ok((StatusCode::FORBIDDEN, reply)) => reply["code"] == "not_lock_holder",
             Ok((StatusCode::NOT_FOUND, reply)) => {
@@ -575,10 +589,12 @@ async fn send(
     Ok((status, response.json().await?))
 }
 
-/// Every acknowledged acquire is a grant in the history, and every
-/// equipment's fencing tokens grow strictly through it.
+/// Every acknowledged acquire and release is in the history; every
+/// equipment had one holder at a time, with fencing tokens growing strictly.
 async fn assert_nothing_acknowledged_lost(app: &TestApp, tally: &Tally) {
-    let grants = exclusive_grants(&whole_history(app, "", None).await);
+    let history = whole_history(app, "", None).await;
+    assert_one_holder_at_a_time(&history);
+    let grants = exclusive_grants(&history);
     assert_tokens_strictly_grow(&grants);
     let recorded: BTreeSet<_> = grants.iter().collect();
     let lost: Vec<_> = tally
@@ -589,6 +605,26 @@ async fn assert_nothing_acknowledged_lost(app: &TestApp, tally: &Tally) {
     assert!(
         lost.is_empty(),
         "acknowledged acquires missing from the history: {lost:?}"
+    );
+    let releases: BTreeSet<_> = history
+        .iter()
+        .filter(|e| e["event"] == "lock_released")
+        .map(|e| {
+            (
+                e["equipment_id"].as_str().unwrap().to_owned(),
+                e["fencing_token"].as_u64().unwrap(),
+                e["session_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let lost: Vec<_> = tally
+        .released
+        .iter()
+        .filter(|r| !releases.contains(r))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged releases missing from the history: {lost:?}"
     );
 }
 
@@ -687,7 +723,12 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
     );
     load.until_acknowledged(50, Duration::from_secs(60)).await;
     let tally = load.finish().await;
-    println!("after PostgreSQL came back, all replicas served within {recovery:?}: {tally:?}");
+    println!(
+        "all replicas served again {recovery:?} after PostgreSQL was back; {} acquires and {} releases acknowledged, {} answered 503",
+        tally.acknowledged.len(),
+        tally.released.len(),
+        tally.unavailable
+    );
     assert!(tally.unexpected.is_empty(), "{:?}", tally.unexpected);
     assert!(tally.unreachable.is_empty(), "{:?}", tally.unreachable);
     assert_nothing_acknowledged_lost(&apps[2], &tally).await;

@@ -200,6 +200,31 @@ pub fn exclusive_grants(events: &[Value]) -> Vec<(String, u64, String)> {
         .collect()
 }
 
+/// Asserts that no equipment ever had two exclusive holders: in `seq`
+/// order, each grant comes after the previous holder's lock ended.
+#[track_caller]
+pub fn assert_one_holder_at_a_time(events: &[Value]) {
+    let mut holding: std::collections::HashMap<&str, u64> = Default::default();
+    for e in events.iter().filter(|e| e["lock_mode"] == "exclusive") {
+        let (Some(equipment), Some(token)) =
+            (e["equipment_id"].as_str(), e["fencing_token"].as_u64())
+        else {
+            continue;
+        };
+        match e["event"].as_str().unwrap() {
+            "lock_acquired" | "queue_processed" => {
+                if let Some(held) = holding.insert(equipment, token) {
+                    panic!("{equipment}: granted {token} while {held} was held: {e}");
+                }
+            }
+            "lock_released" | "lock_expired" | "lock_force_released" => {
+                assert_eq!(holding.remove(equipment), Some(token), "{e}");
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Asserts that on every equipment the grants' fencing tokens grow strictly
 /// in `seq` order: no token given twice, none going back.
 #[track_caller]
