@@ -2,8 +2,8 @@
 //! behaving as one server: one winner of a race, one FIFO queue, live events
 //! and `resume_from` across replicas, leases that end on time when the
 //! replica that granted them is gone, `kill -9` of a replica and a restart
-//! of PostgreSQL under load losing nothing acknowledged, token revocation
-//! seen by every replica.
+//! of PostgreSQL under load losing nothing acknowledged (and subscribers
+//! that resume missing no event), token revocation seen by every replica.
 //!
 //! Each test skips (saying why) without `LABLINK_TEST_POSTGRES`; the restart
 //! test also needs `LABLINK_TEST_POSTGRES_CTL` and runs alone, since it stops
@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::helpers::{TestApp, assert_error, lablink};
 use crate::live::connect;
 use crate::postgres_support::{
-    Replica, Replicas, assert_one_holder_at_a_time, assert_tokens_strictly_grow, exclusive_grants,
-    next_recorded, postgres_ctl, seqs, session, test_database, whole_history,
+    Follower, Replica, Replicas, assert_one_holder_at_a_time, assert_tokens_strictly_grow,
+    exclusive_grants, next_recorded, postgres_ctl, seqs, session, test_database, whole_history,
 };
 
 const EQUIPMENT: [&str; 3] = ["ps_abc123", "scope_123", "load_1"];
@@ -636,6 +636,7 @@ async fn kill_9_of_one_replica_under_load_loses_nothing_acknowledged() {
     let store = database.url();
     let mut replicas = Replicas::start(store, 3, &[]);
     let apps = replicas.apps();
+    let followers = [Follower::start(&apps[1]), Follower::start(&apps[2])];
     let load = Load::start(&apps, 9).await;
     load.until_acknowledged(50, Duration::from_secs(60)).await;
 
@@ -653,11 +654,29 @@ async fn kill_9_of_one_replica_under_load_loses_nothing_acknowledged() {
     );
     assert_eq!(tally.unavailable, 0, "no store failures: {tally:?}");
     assert_nothing_acknowledged_lost(&apps[1], &tally).await;
+    assert_followers_got_the_history(&apps[2], followers).await;
     let s = session(&apps[2], "after").await;
     let (status, body) = apps[1]
         .acquire("ps_abc123", &s, json!({"queue_if_busy": true}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Every follower was sent the whole history, each event once, in `seq`
+/// order, across its reconnections.
+async fn assert_followers_got_the_history(
+    app: &TestApp,
+    followers: impl IntoIterator<Item = Follower>,
+) {
+    let history = seqs(&whole_history(app, "", None).await);
+    let last = *history.last().unwrap();
+    for follower in followers {
+        let received = follower.until(last).await;
+        assert_eq!(
+            received, history,
+            "a subscriber got the history without gaps or repeats"
+        );
+    }
 }
 
 /// A request bounded in time: a store outage must be answered, not hang.
@@ -681,6 +700,7 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
     }
     let replicas = Replicas::start(store, 3, &[]);
     let apps = replicas.apps();
+    let followers: Vec<Follower> = apps.iter().map(Follower::start).collect();
     let load = Load::start(&apps, 9).await;
     load.until_acknowledged(50, Duration::from_secs(60)).await;
 
@@ -732,6 +752,7 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
     assert!(tally.unexpected.is_empty(), "{:?}", tally.unexpected);
     assert!(tally.unreachable.is_empty(), "{:?}", tally.unreachable);
     assert_nothing_acknowledged_lost(&apps[2], &tally).await;
+    assert_followers_got_the_history(&apps[0], followers).await;
 
     // Live events flow between replicas again (their listeners reconnected).
     for (i, app) in apps.iter().enumerate() {

@@ -6,11 +6,15 @@
 //! Without `LABLINK_TEST_POSTGRES` every test here says it was skipped and
 //! why, so `cargo test` passes on a machine without PostgreSQL.
 
+use futures_util::{SinkExt, StreamExt};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{TestApp, start_binary};
 use crate::live::{Ws, next};
@@ -265,4 +269,72 @@ pub async fn session(app: &TestApp, name: &str) -> String {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["session_id"].as_str().unwrap().to_owned()
+}
+
+/// A live subscriber to everything on one replica, as a careful client
+/// runs it: from the start of the history (`resume_from: 0`), reconnecting
+/// with `resume_from` its last `seq` whenever the socket closes, lags or
+/// cannot replay. Collects every `seq` it is sent.
+pub struct Follower {
+    seqs: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    pub fn start(app: &TestApp) -> Follower {
+        let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
+        let seqs = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(follow(url, seqs.clone(), stop.clone()));
+        Follower { seqs, stop, task }
+    }
+
+    /// Waits (bounded) until it has been sent `last`, then stops; returns
+    /// every `seq` it was sent, in order.
+    pub async fn until(self, last: u64) -> Vec<u64> {
+        let caught_up = tokio::time::timeout(Duration::from_secs(15), async {
+            while self.seqs.lock().unwrap().last().is_none_or(|s| *s < last) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.abort();
+        let seqs = self.seqs.lock().unwrap().clone();
+        assert!(
+            caught_up.is_ok(),
+            "a subscriber never got seq {last}; it got up to {:?}",
+            seqs.last()
+        );
+        seqs
+    }
+}
+
+async fn follow(url: String, seqs: Arc<Mutex<Vec<u64>>>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let last = seqs.lock().unwrap().last().copied().unwrap_or(0);
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+            let subscription = json!({"type": "subscribe", "all": true, "resume_from": last});
+            if ws
+                .send(Message::text(subscription.to_string()))
+                .await
+                .is_ok()
+            {
+                // Until the socket ends, lags, or reports an error.
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
+                    let m: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(seq) = m["seq"].as_u64() {
+                        seqs.lock().unwrap().push(seq);
+                    } else if m["type"] == "lagged" || m["type"] == "error" {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
