@@ -1,4 +1,5 @@
-//! The `lablink` command line (clap): `lablink serve` and its flags.
+//! The `lablink` command line (clap): `lablink serve` and its flags, and
+//! the operator's commands beside it (`token`, `backup`, `sim`).
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -6,10 +7,12 @@ use std::sync::Arc;
 
 use crate::auth;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{self, Flags};
+use crate::config::{self, Flags, Settings};
 use crate::domain::Role;
 use crate::drivers::scpi::sim::SimKind;
 use crate::server::{self, Server};
+use crate::storage::sqlite::backup as sqlite_backup;
+use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +33,22 @@ pub enum Command {
     Sim(SimArgs),
     /// Manage API tokens in the configured store (server running or not).
     Token(TokenArgs),
+    /// Copy the configured SQLite store to a new file, consistently, while
+    /// the server runs (restore: start a server on the copy).
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The new file to write (never overwritten)
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Store URL [env: LABLINK_STORE] [default: sqlite://lablink-data/lablink.db]
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The server's config file, to find its store [env: LABLINK_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,25 +125,85 @@ pub struct ServeArgs {
 
 /// Runs the command line; returns the process exit code.
 pub async fn main(cli: Cli) -> i32 {
+    // `serve` sets up its logs once it has read its settings (the format
+    // is one); the others log little, as text.
+    if !matches!(cli.command, Command::Serve(_)) {
+        telemetry::init(LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Token(args) => token(args).await,
+        Command::Backup(args) => backup(args),
+    }
+}
+
+/// The settings a command beside `serve` finds its store with: the same
+/// flags, environment, `.env` and config file as `serve`.
+fn store_settings(store: Option<String>, config: Option<PathBuf>) -> Result<Settings, String> {
+    let flags = Flags {
+        bind: None,
+        config,
+        store,
+    };
+    let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    config::load(flags, &dir).map_err(|e| e.to_string())
+}
+
+fn backup(args: BackupArgs) -> i32 {
+    let settings = match store_settings(args.store, args.config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("lablink backup: {e}");
+            return 2;
+        }
+    };
+    let options = match server::sqlite_options(&settings.store, &settings.data_dir) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("lablink backup: {e}");
+            return 2;
+        }
+    };
+    let Some(options) = options else {
+        eprintln!(
+            "lablink backup: the store is {:?}, not SQLite: {}",
+            settings.store,
+            if settings.store.starts_with("memory") {
+                "the memory store keeps nothing on disk, so there is nothing to back up"
+            } else {
+                "back it up with its own tools (pg_dump for PostgreSQL)"
+            }
+        );
+        return 2;
+    };
+    match sqlite_backup::backup(&options, &args.path) {
+        Ok(copied) => {
+            println!(
+                "backed up {} to {} ({} bytes, schema version {}, events up to #{}); restore: start a server on the copy (lablink serve --store sqlite://{})",
+                options.path.display(),
+                copied.to.display(),
+                copied.bytes,
+                copied.schema_version,
+                copied.last_event_seq,
+                std::path::absolute(&copied.to)
+                    .unwrap_or(copied.to.clone())
+                    .display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("lablink backup: {e}");
+            1
+        }
     }
 }
 
 async fn token(args: TokenArgs) -> i32 {
-    let flags = Flags {
-        bind: None,
-        config: args.config,
-        store: args.store,
-    };
-    let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     // Only `create` may bring a store into being: listing or revoking in a
     // store that does not exist means the settings point somewhere else.
     let creates = matches!(args.command, TokenCommand::Create { .. });
-    let store = config::load(flags, &dir)
-        .map_err(|e| e.to_string())
+    let store = store_settings(args.store, args.config)
         .and_then(|s| match server::store_file(&s.store, &s.data_dir) {
             Some(file) if !creates && !file.exists() => Err(format!(
                 "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
@@ -239,6 +318,7 @@ async fn serve(args: ServeArgs) -> i32 {
     };
     let started = async {
         let settings = config::load(flags, &dir)?;
+        telemetry::init(settings.log_format);
         Server::build(settings, Arc::new(SystemClock)).await
     };
     // A fatal error is printed once, plainly, whatever the log filter.

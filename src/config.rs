@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::api::edge::{CorsOrigins, Edge};
 use crate::auth::AuthMode;
 use crate::domain::Timeout;
 use crate::drivers::{EquipmentConfig, Instruments};
 use crate::service::Policy;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -138,6 +140,24 @@ const MAX_METADATA: Key = Key {
     default: "16384",
     help: "largest session metadata, in bytes of compact JSON",
 };
+const ACCESS_LOG: Key = Key {
+    env: "LABLINK_ACCESS_LOG",
+    file: "access_log",
+    default: "true",
+    help: "false: no access-log line per request",
+};
+const LOG_FORMAT: Key = Key {
+    env: "LABLINK_LOG_FORMAT",
+    file: "log_format",
+    default: "text",
+    help: "text, or json (one JSON object a line, for log shippers)",
+};
+const CORS_ORIGINS: Key = Key {
+    env: "LABLINK_CORS_ORIGINS",
+    file: "cors_origins",
+    default: "none (no cross-origin browser access)",
+    help: "browser origins allowed to call the API: a comma list (https://lab.example.org) or *",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -157,6 +177,9 @@ const SERVER_KEYS: &[&Key] = &[
     &ALLOW_INSECURE,
     &IMPLICIT_SESSIONS,
     &MAX_METADATA,
+    &ACCESS_LOG,
+    &LOG_FORMAT,
+    &CORS_ORIGINS,
 ];
 /// Every `LABLINK_*` variable the server reads.
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -272,6 +295,9 @@ pub struct Settings {
     pub auth: Option<AuthMode>,
     /// Allow a non-loopback address without authentication.
     pub allow_insecure: bool,
+    /// The access log and cross-origin access.
+    pub edge: Edge,
+    pub log_format: LogFormat,
 }
 
 impl Default for Settings {
@@ -287,6 +313,8 @@ impl Default for Settings {
             config_dir: PathBuf::from("."),
             auth: None,
             allow_insecure: false,
+            edge: Edge::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -389,6 +417,30 @@ impl Resolver<'_> {
         }
     }
 
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        let Some((value, source)) = self.raw(&LOG_FORMAT, None) else {
+            return Ok(LogFormat::Text);
+        };
+        LogFormat::parse(&value).ok_or(ConfigError::BadValue {
+            name: LOG_FORMAT.env,
+            value,
+            origin: source,
+            expected: "expected text or json",
+        })
+    }
+
+    fn cors_origins(&self) -> Result<Option<CorsOrigins>, ConfigError> {
+        let Some((value, source)) = self.raw(&CORS_ORIGINS, None) else {
+            return Ok(None);
+        };
+        CorsOrigins::parse(&value).map_err(|expected| ConfigError::BadValue {
+            name: CORS_ORIGINS.env,
+            value,
+            origin: source,
+            expected,
+        })
+    }
+
     fn days(&self, key: &Key, default: u32) -> Result<u32, ConfigError> {
         self.whole(
             key,
@@ -484,6 +536,11 @@ pub fn resolve(
         config_dir,
         auth: r.auth()?,
         allow_insecure: r.boolean(&ALLOW_INSECURE, false)?,
+        edge: Edge {
+            access_log: r.boolean(&ACCESS_LOG, true)?,
+            cors: r.cors_origins()?,
+        },
+        log_format: r.log_format()?,
     })
 }
 
@@ -544,6 +601,12 @@ mod tests {
         assert_eq!(s.policy.default_session_timeout.as_seconds(), 600.0);
         assert_eq!(s.cleanup_interval, Duration::from_secs(10));
         assert!(s.equipment.is_none());
+        assert!(
+            s.edge.access_log,
+            "an access-log line per request by default"
+        );
+        assert_eq!(s.edge.cors, None, "no cross-origin access by default");
+        assert_eq!(s.log_format, LogFormat::Text);
     }
 
     #[test]
@@ -615,6 +678,12 @@ mod tests {
             ("LABLINK_ALLOW_INSECURE", "true"),
             ("LABLINK_IMPLICIT_SESSIONS", "false"),
             ("LABLINK_MAX_METADATA_BYTES", "1024"),
+            ("LABLINK_ACCESS_LOG", "false"),
+            ("LABLINK_LOG_FORMAT", "JSON"),
+            (
+                "LABLINK_CORS_ORIGINS",
+                "https://a.example, http://b.example:8080",
+            ),
         ]);
         let s = resolve(
             &Sources {
@@ -634,6 +703,15 @@ mod tests {
         assert_eq!((p.implicit_sessions, p.max_metadata_bytes), (false, 1024));
         assert_eq!((s.auth, s.allow_insecure), (Some(AuthMode::Required), true));
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
+        assert!(!s.edge.access_log);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            s.edge.cors,
+            Some(CorsOrigins::Only(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ]))
+        );
         assert_eq!(
             (
                 s.store.as_str(),
@@ -657,6 +735,11 @@ mod tests {
             ("LABLINK_CLEANUP_INTERVAL_SEC", "0"),
             ("LABLINK_EVENT_RETENTION_DAYS", "-1"),
             ("LABLINK_AUTH", "maybe"),
+            ("LABLINK_ACCESS_LOG", "quiet"),
+            ("LABLINK_LOG_FORMAT", "xml"),
+            ("LABLINK_CORS_ORIGINS", "lab.example.org"),
+            ("LABLINK_CORS_ORIGINS", "https://lab.example.org/app"),
+            ("LABLINK_CORS_ORIGINS", "*,https://lab.example.org"),
         ];
         for (name, value) in cases {
             let sources = Sources {

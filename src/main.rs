@@ -1,4 +1,5 @@
-//! The `lablink` binary: parse the command line, set up logging, run.
+//! The `lablink` binary: parse the command line and run it (each
+//! command sets up its own logging: `serve` from its settings).
 
 use clap::Parser;
 
@@ -11,6 +12,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
     let cli = lablink::cli::Cli::parse();
-    lablink::telemetry::init();
     std::process::exit(lablink::cli::main(cli).await);
 }

@@ -10,6 +10,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::health::StoreFile;
 use crate::auth::AuthMode;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -18,6 +19,7 @@ use crate::drivers::registry::RegistryError;
 use crate::service::Service;
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
+use crate::storage::postgres::{PostgresOptions, PostgresStore};
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
 use crate::{api, reaper};
 use std::path::Path;
@@ -61,13 +63,28 @@ pub fn open_store(url: &str, data_dir: &Path) -> Result<Arc<dyn Store>, StartErr
             let store = SqliteStore::open(&options).map_err(|e| failed(e.to_string()))?;
             Ok(Arc::new(store))
         }
-        "postgres" | "postgresql" => Err(failed(
-            "the PostgreSQL store is not built yet; use sqlite://PATH or memory".into(),
-        )),
+        "postgres" | "postgresql" => {
+            let options = PostgresOptions::from_url(url).map_err(failed)?;
+            let store = PostgresStore::open(&options).map_err(|e| failed(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
         _ => Err(failed(
-            "unknown store; expected memory or sqlite://PATH".into(),
+            "unknown store; expected memory, sqlite://PATH or postgres://USER@HOST/DATABASE".into(),
         )),
     }
+}
+
+/// The options of a `sqlite://` store URL; `None` for another kind of store.
+pub fn sqlite_options(url: &str, data_dir: &Path) -> Result<Option<SqliteOptions>, StartError> {
+    if !url.starts_with("sqlite://") {
+        return Ok(None);
+    }
+    SqliteOptions::from_url(url, data_dir)
+        .map(Some)
+        .map_err(|message| StartError::Store {
+            url: url.into(),
+            message,
+        })
 }
 
 /// The file a store URL keeps its state in, if it is kept in a file.
@@ -79,6 +96,8 @@ pub struct Server {
     listener: TcpListener,
     service: Arc<Service>,
     settings: Settings,
+    /// The database file of a file store, as opened (for `/readyz`).
+    store_file: Option<StoreFile>,
 }
 
 impl Server {
@@ -100,6 +119,9 @@ impl Server {
                 store: store.describe(),
             });
         }
+        // Servers sharing a store take their time from it, so they agree
+        // on when a lease ends (`clock` is for a store of one's own).
+        let clock = store.clock().unwrap_or(clock);
         let service = Arc::new(
             Service::new(
                 store.clone(),
@@ -131,10 +153,13 @@ impl Server {
                     source,
                 })?;
         tracing::info!(store = %store.describe(), "store opened");
+        let store_file = store_file(&settings.store, &settings.data_dir)
+            .map(|path| StoreFile::at(std::path::absolute(&path).unwrap_or(path)));
         Ok(Self {
             listener,
             service,
             settings,
+            store_file,
         })
     }
 
@@ -172,9 +197,10 @@ impl Server {
             self.settings.event_retention_days,
             stop_reaper.subscribe(),
         ));
+        self.banner();
         tracing::info!(addr = %self.local_addr(), "LabLink listening");
-        let app =
-            api::router(self.service.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::app(self.service.clone(), &self.settings.edge, self.store_file)
+            .into_make_service_with_connect_info::<SocketAddr>();
         // Answers go out at once rather than waiting to be coalesced
         // (Nagle): lock requests are small and latency matters.
         let listener = api::wire::JsonParseErrors(self.listener).tap_io(|tcp| {
@@ -215,6 +241,44 @@ impl Server {
         }
         tracing::info!("LabLink stopped");
         served
+    }
+}
+
+impl Server {
+    /// What an operator needs at start-up, in one line: where to point a
+    /// browser, where the data is, what is served and whether tokens are
+    /// asked for.
+    fn banner(&self) {
+        let url = format!("http://{}", self.local_addr());
+        let data = match &self.store_file {
+            Some(file) => file.path().display().to_string(),
+            None => "none (the memory store keeps nothing on disk)".into(),
+        };
+        let instruments: Vec<&str> = self
+            .service
+            .instruments()
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        let auth = match self.service.auth().mode() {
+            AuthMode::Required => "required (API tokens)",
+            AuthMode::Off => "off (anyone who can connect may act)",
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            url = %url,
+            docs = %format!("{url}/docs"),
+            dashboard = %format!("{url}/"),
+            data = %data,
+            store = %self.service.describe_store(),
+            instruments = %if instruments.is_empty() {
+                "none".into()
+            } else {
+                instruments.join(",")
+            },
+            auth,
+            "LabLink started"
+        );
     }
 }
 

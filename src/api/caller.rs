@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::edge::AccessNote;
 use super::error::{ApiError, Denied};
 use crate::auth::Credentials;
 use crate::domain::Actor;
@@ -52,6 +53,9 @@ pub async fn authenticate(
     match app.auth().verify(credentials).await {
         Ok(verified) => {
             let user = verified.actor.user.clone();
+            if let Some(note) = request.extensions().get::<AccessNote>() {
+                note.user(user.as_deref());
+            }
             request.extensions_mut().insert(verified.actor);
             if let Some(credential) = verified.credential {
                 request.extensions_mut().insert(credential);

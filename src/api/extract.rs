@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
+use super::edge::AccessNote;
 use super::error::{ApiError, quoted};
 
 /// A JSON body. The content type is not checked (old clients omit it), and
@@ -29,6 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let note = req.extensions().get::<AccessNote>().cloned();
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e: BytesRejection| {
@@ -46,6 +48,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     )
                 }
             })?;
+        if let Some(note) = note {
+            note.session_in_body(&bytes);
+        }
         let raw: &[u8] = if bytes.iter().all(is_json_whitespace) {
             b"{}"
         } else {

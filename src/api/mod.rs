@@ -3,9 +3,12 @@
 //! to status codes. The API describes itself at `/openapi.json` and `/docs`.
 
 pub mod caller;
+pub mod dashboard;
+pub mod edge;
 pub mod equipment;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod locks;
 pub mod schema;
 pub mod sessions;
@@ -14,10 +17,9 @@ pub mod wire;
 pub mod ws;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::{get, post};
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -44,7 +46,8 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
-        ws::upgrade,
+        ws::upgrade, dashboard::whoami,
+        health::healthz, health::readyz, health::version,
     ),
     components(schemas(Id, locks::HistoryEventKind)),
     modifiers(&Conventions),
@@ -56,6 +59,8 @@ pub const BODY_LIMIT: usize = 1 << 20;
         (name = "locks", description = "Locks, queues and history"),
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
+        (name = "operations", description = "Health, readiness and version, for operators' tools (no token needed)"),
+        (name = "auth", description = "Who the caller is"),
     )
 )]
 pub struct ApiDoc;
@@ -330,7 +335,12 @@ fn declare_layer_errors(path: &str, op: &mut utoipa::openapi::path::Operation) {
     };
     let (has_path, has_query) = (has(ParameterIn::Path), has(ParameterIn::Query));
     let has_body = op.request_body.is_some();
-    let touches_store = !matches!(path, "/api/equipment/list" | "/api/ws");
+    let touches_store = !matches!(
+        path,
+        "/api/equipment/list" | "/api/ws" | "/healthz" | "/api/version"
+    );
+    // The probes take no token (`health`).
+    let authenticated = !matches!(path, "/healthz" | "/readyz" | "/api/version");
     let layer_errors = [
         (
             "400",
@@ -339,7 +349,7 @@ fn declare_layer_errors(path: &str, op: &mut utoipa::openapi::path::Operation) {
         ),
         (
             "401",
-            true,
+            authenticated,
             "Authentication is on and the request has no valid token (unauthenticated, invalid_token)",
         ),
         (
@@ -425,31 +435,6 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Logs each request with its route template (not the raw path, which
-/// would make every session id its own log key).
-async fn log_request(request: Request, next: Next) -> Response {
-    // Only pay for the route and the clock when the line will be written.
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return next.run(request).await;
-    }
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "<unmatched>".into());
-    let started = std::time::Instant::now();
-    let response = next.run(request).await;
-    tracing::debug!(
-        %method,
-        route,
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
-}
-
 pub fn router(service: AppState) -> Router {
     let authenticate = middleware::from_fn_with_state(service.clone(), caller::authenticate);
     // Commands answer every error with the CommandResponse fields, those of
@@ -466,6 +451,7 @@ pub fn router(service: AppState) -> Router {
             equipment::command_errors,
         ))
         .with_state(service.clone());
+    let dashboard = dashboard::router(service.clone());
     let api = Router::new()
         .route("/api/locks/sessions/create", post(sessions::create))
         .route("/api/locks/sessions", get(sessions::list))
@@ -506,6 +492,7 @@ pub fn router(service: AppState) -> Router {
         .merge(commands);
     Router::new()
         .merge(api)
+        .merge(dashboard)
         .merge(
             SwaggerUi::new("/docs")
                 .url("/openapi.json", openapi())
@@ -515,5 +502,10 @@ pub fn router(service: AppState) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(log_request))
+}
+
+/// Everything the server serves: the API, the probes (`store_file`: the
+/// database file of a file store) and the edge layers around them.
+pub fn app(service: AppState, edge: &edge::Edge, store_file: Option<health::StoreFile>) -> Router {
+    edge.wrap(router(service.clone()).merge(health::routes(service, store_file)))
 }

@@ -85,6 +85,26 @@ impl DeadlineSignal {
     }
 }
 
+/// The store's feed into the hub, also telling the reaper of the leases
+/// that commits started: those made by other servers sharing the store
+/// reach this one's reaper only this way, so they end on time even if the
+/// server that granted them is gone. (Renewals only move deadlines later:
+/// a reaper that wakes early finds nothing due and looks again.)
+fn feed_with_deadlines(
+    hub: crate::storage::CommitListener,
+    deadlines: Arc<DeadlineSignal>,
+) -> crate::storage::CommitListener {
+    Box::new(move |events| {
+        for event in &events {
+            let lease = event.timeout_seconds.filter(|t| *t > 0.0);
+            if let Some(seconds) = lease {
+                deadlines.saw(event.timestamp.plus_millis((seconds * 1000.0) as u64));
+            }
+        }
+        hub(events);
+    })
+}
+
 pub struct Service {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -106,7 +126,8 @@ impl Service {
         policy: Policy,
     ) -> Self {
         let hub = Hub::new(policy.live_buffer);
-        store.listen(hub.feed());
+        let deadlines = Arc::new(DeadlineSignal::default());
+        store.listen(feed_with_deadlines(hub.feed(), deadlines.clone()));
         Self {
             auth: Auth::new(AuthMode::Off, store.clone()),
             hub,
@@ -115,7 +136,7 @@ impl Service {
             clock,
             instruments,
             policy: Arc::new(policy),
-            deadlines: Arc::new(DeadlineSignal::default()),
+            deadlines,
         }
     }
 

@@ -78,6 +78,17 @@ impl Service {
         Ok(At { value, now })
     }
 
+    /// Whether the store answers a cheap read (the readiness probe).
+    pub async fn check_store(&self) -> Result<(), ServiceError> {
+        self.read(|view| Ok(view.tx.last_event_seq()?)).await?;
+        Ok(())
+    }
+
+    /// How the store names itself (never includes secrets).
+    pub fn describe_store(&self) -> String {
+        self.store.describe()
+    }
+
     /// A read of the history: from committed state, after making what is
     /// overdue at `now` durable if anything is. The history is a record,
     /// not a view: the expiry events it must then show exist only once

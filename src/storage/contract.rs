@@ -423,15 +423,29 @@ fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Stor
     assert_eq!(page(Some(newest)).events, later);
 }
 
-fn memory() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
-    (Box::new(MemoryStore::new()), None)
+/// What a backend's test needs kept until it ends (a directory, a
+/// database), dropped after the store.
+type Keep = Box<dyn std::any::Any>;
+
+fn memory() -> Option<(Box<dyn Store>, Keep)> {
+    Some((Box::new(MemoryStore::new()), Box::new(())))
 }
 
-fn sqlite() -> (Box<dyn Store>, Option<tempfile::TempDir>) {
+fn sqlite() -> Option<(Box<dyn Store>, Keep)> {
     let dir = tempfile::tempdir().unwrap();
     let options =
         SqliteOptions::from_url("sqlite://contract.db?synchronous=normal", dir.path()).unwrap();
-    (Box::new(SqliteStore::open(&options).unwrap()), Some(dir))
+    Some((
+        Box::new(SqliteStore::open(&options).unwrap()),
+        Box::new(dir),
+    ))
+}
+
+fn postgres() -> Option<(Box<dyn Store>, Keep)> {
+    let database = super::postgres::test_database::fresh()?;
+    let options = super::postgres::PostgresOptions::from_url(database.url()).unwrap();
+    let store = super::postgres::PostgresStore::open(&options).unwrap();
+    Some((Box::new(store), Box::new(database)))
 }
 
 macro_rules! contract {
@@ -440,8 +454,10 @@ macro_rules! contract {
             $(
                 #[test]
                 fn $test() {
-                    let (store, _dir) = super::$backend();
+                    let Some((store, keep)) = super::$backend() else { return };
                     super::$test(store.as_ref());
+                    drop(store);
+                    drop(keep);
                 }
             )*
         }
@@ -452,6 +468,7 @@ macro_rules! every_backend {
     ($($test:ident),* $(,)?) => {
         contract!(memory: $($test),*);
         contract!(sqlite: $($test),*);
+        contract!(postgres: $($test),*);
     };
 }
 

@@ -12,6 +12,7 @@
 //! equipment each session holds or waits for (`equipment_of_session`).
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -23,7 +24,7 @@ use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, Role, Session, SessionId, Timestamp,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot serve requests right now (disk full, read-only,
     /// locked too long, connection lost). Nothing was changed.
@@ -200,6 +201,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether what it stores outlives the process (tokens need that).
     fn durable(&self) -> bool;
+
+    /// The clock every server sharing this store must use, if the store
+    /// has one (PostgreSQL: the database's), so that replicas agree on
+    /// when a lease ends.
+    fn clock(&self) -> Option<std::sync::Arc<dyn crate::clock::Clock>> {
+        None
+    }
 }
 
 impl dyn Store {

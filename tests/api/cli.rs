@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::helpers::{lablink, start_binary};
+use crate::helpers::{lablink, run_lablink, start_binary};
 
 const PSU_PROFILE: &str = include_str!("../../src/drivers/scpi/profiles/psu.toml");
 
@@ -21,17 +21,7 @@ fn lab_beside_config(dir: &Path) {
 }
 
 fn token(cwd: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = lablink()
-        .arg("token")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_lablink(cwd, &[&["token"], args].concat())
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
 /// A server on `settings` whose time is `clock` (share it across restarts).
 pub async fn spawn_with_clock(mut settings: Settings, clock: ManualClock) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        lablink::telemetry::init();
+        lablink::telemetry::init(lablink::telemetry::LogFormat::Text);
     }
     settings.bind = "127.0.0.1:0".into();
     let server = Server::build(settings, Arc::new(clock.clone()))
@@ -267,13 +267,13 @@ pub fn lablink() -> Command {
     cmd
 }
 
-/// Starts the binary in `dir`, returns it and the address it listens on.
-pub fn start_binary(
+/// `lablink serve ARGS` started in `dir`, its stderr piped.
+pub fn spawn_serve(
     dir: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
-) -> (std::process::Child, String, Vec<String>) {
-    let mut child = lablink()
+) -> std::process::Child {
+    lablink()
         .envs(env.iter().copied())
         .arg("serve")
         .args(args)
@@ -281,7 +281,26 @@ pub fn start_binary(
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `lablink ARGS` in `dir`: whether it succeeded, its stdout, its stderr.
+pub fn run_lablink(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = lablink().args(args).current_dir(dir).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts the binary in `dir`, returns it and the address it listens on.
+pub fn start_binary(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Vec<String>) {
+    let mut child = spawn_serve(dir, args, env);
     let mut lines = Vec::new();
     let mut reader = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {

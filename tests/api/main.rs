@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod dashboard;
 mod durability;
 mod equipment;
 mod errors;
@@ -10,6 +11,7 @@ mod examples;
 mod helpers;
 mod live;
 mod locks;
+mod ops;
 mod postgres_proxy;
 mod postgres_replicas;
 mod postgres_support;

@@ -16,6 +16,7 @@
 //! no batching or syncing of its own. No SQLite call runs on an async
 //! worker: writes run on the writer thread, reads on the reader threads.
 
+pub mod backup;
 mod migrate;
 mod options;
 mod readers;

@@ -1,0 +1,45 @@
+"""LabLink's Python client: share lab instruments from scripts.
+
+>>> from lablink import Lab
+>>> lab = Lab("http://127.0.0.1:8000", token=None)
+>>> with lab.session("battery test", timeout=600) as s:
+...     with s.lock("ps_abc123", wait=3600, on_position=print) as lk:
+...         lk.command("set_voltage", voltage=12.0)
+...         print(lk.command("get_readings"))
+
+:class:`Lab` is the synchronous client, :class:`AsyncLab` its asyncio twin
+(``async with`` and ``await``). Errors are the classes of
+:mod:`lablink.errors`, one per server error code, all subclasses of
+:class:`LabLinkError`.
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from ._aio import AsyncLab, AsyncLock, AsyncSession, Event
+from ._sync import Lab, Lock, Session
+from .errors import (
+    EquipmentLocked,
+    LabLinkError,
+    LockLost,
+    LockWaitTimeout,
+    ServerUnreachable,
+    StaleFencingToken,
+)
+
+__all__ = [
+    "AsyncLab",
+    "AsyncLock",
+    "AsyncSession",
+    "EquipmentLocked",
+    "Event",
+    "Lab",
+    "LabLinkError",
+    "Lock",
+    "LockLost",
+    "LockWaitTimeout",
+    "ServerUnreachable",
+    "Session",
+    "StaleFencingToken",
+    "__version__",
+]

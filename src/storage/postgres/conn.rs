@@ -1,0 +1,109 @@
+//! One connection to PostgreSQL: connecting with the store's settings, the
+//! statements it has prepared (each prepared once per connection, as
+//! SQLite's statement cache does), and PostgreSQL's failures turned into
+//! `StoreError`s an operator can act on. It decides nothing.
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+use std::collections::HashMap;
+
+use super::PostgresOptions;
+use crate::storage::StoreError;
+
+pub(super) struct Conn {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    pub(super) fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let client = options.config.connect(NoTls).map_err(unavailable)?;
+        Ok(Self {
+            client,
+            prepared: HashMap::new(),
+        })
+    }
+
+    /// Whether the connection is gone (PostgreSQL restarted, the network
+    /// dropped): it must be opened again.
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(unavailable)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub(super) fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params).map_err(unavailable)
+    }
+
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let statement = self.statement(sql)?;
+        self.client
+            .query_opt(&statement, params)
+            .map_err(unavailable)
+    }
+
+    pub(super) fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        let statement = self.statement(sql)?;
+        self.client
+            .query_one(&statement, params)
+            .map_err(unavailable)
+    }
+
+    pub(super) fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params).map_err(unavailable)
+    }
+
+    /// Runs statements without parameters, in one round trip.
+    pub(super) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        self.client.batch_execute(sql).map_err(unavailable)
+    }
+
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// Turns a PostgreSQL failure into what an operator can act on.
+pub(super) fn unavailable(e: postgres::Error) -> StoreError {
+    if e.is_closed() {
+        return StoreError::Unavailable(format!("the connection to PostgreSQL is closed ({e})"));
+    }
+    match e.as_db_error() {
+        Some(db) => StoreError::Unavailable(format!(
+            "PostgreSQL refused: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::Unavailable(format!("cannot reach PostgreSQL ({e})")),
+    }
+}
+
+pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}

@@ -1,0 +1,389 @@
+//! A unit of work's view of a PostgreSQL connection: the `Tx` impl, with
+//! the SQL of every read and write and the per-unit caches (sessions read,
+//! participants loaded). It runs inside a transaction or savepoint that the
+//! store opened, and never begins or commits one itself. Recorded events
+//! are numbered here from the batch's counter and inserted by the writer
+//! when the batch ends (one statement for the whole batch).
+
+use postgres::Row;
+use std::collections::{BTreeSet, HashMap};
+
+use super::conn::{Conn, corrupt};
+use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
+use crate::storage::{Due, EventQuery, StoreError, TokenRecord, Tx};
+
+/// A batch's recorded events, numbered, waiting to be inserted.
+#[derive(Default)]
+pub(super) struct EventBuffer {
+    /// The last `seq` handed out (the batch read it under its lock).
+    pub(super) last_seq: i64,
+    pub(super) events: Vec<Event>,
+}
+
+pub(super) struct PgTx<'a> {
+    pub(super) conn: &'a mut Conn,
+    /// Where a write's events go; `None` in a read, which records nothing.
+    pub(super) events: Option<&'a mut EventBuffer>,
+    sessions: HashMap<String, Option<Session>>,
+    /// The participants of each equipment as this unit loaded it, so saving
+    /// can update the participant index without reading it back.
+    loaded: HashMap<String, BTreeSet<String>>,
+}
+
+impl<'a> PgTx<'a> {
+    pub(super) fn new(conn: &'a mut Conn, events: Option<&'a mut EventBuffer>) -> Self {
+        Self {
+            conn,
+            events,
+            sessions: HashMap::new(),
+            loaded: HashMap::new(),
+        }
+    }
+}
+
+fn millis(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::as_millis)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T, StoreError> {
+    serde_json::from_str(row.get::<_, &str>(0)).map_err(corrupt)
+}
+
+fn events_of(rows: Vec<Row>) -> Result<Vec<Event>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let mut event: Event = serde_json::from_str(row.get::<_, &str>(1)).map_err(corrupt)?;
+            event.seq = Some(row.get::<_, i64>(0) as u64);
+            Ok(event)
+        })
+        .collect()
+}
+
+fn token_of(row: &Row) -> Result<TokenRecord, StoreError> {
+    let role: &str = row.get(2);
+    Ok(TokenRecord {
+        id: row.get(0),
+        user: row.get(1),
+        role: Role::parse(role)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown role {role:?}")))?,
+        hash: row.get(3),
+        created_at: Timestamp::from_millis(row.get(4)),
+        revoked_at: row.get::<_, Option<i64>>(5).map(Timestamp::from_millis),
+    })
+}
+
+fn bad_id(e: crate::domain::DomainError) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl Tx for PgTx<'_> {
+    fn session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        if let Some(known) = self.sessions.get(id.as_str()) {
+            return Ok(known.clone());
+        }
+        let found: Option<Session> = self
+            .conn
+            .query_opt("SELECT data FROM sessions WHERE id = $1", &[&id.as_str()])?
+            .map(|row| decode(&row))
+            .transpose()?;
+        self.sessions.insert(id.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn sessions(&mut self) -> Result<Vec<Session>, StoreError> {
+        let rows = self.conn.query("SELECT data FROM sessions", &[])?;
+        rows.iter().map(decode).collect()
+    }
+
+    fn sessions_page(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = self.conn.query(
+            // The key is COLLATE "C": ids compare byte by byte, as on
+            // SQLite, whatever the database's locale.
+            "SELECT data FROM sessions WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after.map_or("", |a| a.as_str()), &(limit as i64)],
+        )?;
+        rows.iter().map(decode).collect()
+    }
+
+    fn save_session(&mut self, session: &Session) -> Result<(), StoreError> {
+        let data = serde_json::to_string(session).map_err(corrupt)?;
+        self.conn.execute(
+            "INSERT INTO sessions (id, deadline, data) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET deadline = excluded.deadline, data = excluded.data",
+            &[&session.id.as_str(), &millis(session.deadline()), &data],
+        )?;
+        self.sessions
+            .insert(session.id.to_string(), Some(session.clone()));
+        Ok(())
+    }
+
+    fn delete_session(&mut self, id: &SessionId) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM sessions WHERE id = $1", &[&id.as_str()])?;
+        self.sessions.insert(id.to_string(), None);
+        Ok(())
+    }
+
+    fn equipment_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
+        let found: Option<EquipmentLocks> = self
+            .conn
+            .query_opt(
+                "SELECT data FROM equipment_locks WHERE equipment_id = $1",
+                &[&id.as_str()],
+            )?
+            .map(|row| decode(&row))
+            .transpose()?;
+        let locks = found.unwrap_or_else(|| EquipmentLocks::new(id.clone()));
+        let participants = locks.participants().map(|s| s.to_string()).collect();
+        self.loaded.insert(id.to_string(), participants);
+        Ok(locks)
+    }
+
+    fn save_equipment_locks(&mut self, locks: &EquipmentLocks) -> Result<(), StoreError> {
+        let id = locks.equipment_id.as_str();
+        let data = serde_json::to_string(locks).map_err(corrupt)?;
+        self.conn.execute(
+            "INSERT INTO equipment_locks (equipment_id, deadline, busy, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (equipment_id) DO UPDATE
+             SET deadline = excluded.deadline, busy = excluded.busy, data = excluded.data",
+            &[&id, &millis(locks.next_deadline()), &!locks.is_idle(), &data],
+        )?;
+        // Keep the participant index in step with the new state: only the
+        // sessions that came or went are written.
+        let after: BTreeSet<String> = locks.participants().map(|s| s.to_string()).collect();
+        let before = match self.loaded.insert(id.to_string(), after.clone()) {
+            Some(loaded) => loaded,
+            None => self
+                .conn
+                .query(
+                    "SELECT session_id FROM participants WHERE equipment_id = $1",
+                    &[&id],
+                )?
+                .iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect(),
+        };
+        let gone: Vec<&str> = before.difference(&after).map(String::as_str).collect();
+        if !gone.is_empty() {
+            self.conn.execute(
+                "DELETE FROM participants WHERE equipment_id = $1 AND session_id = ANY($2)",
+                &[&id, &gone],
+            )?;
+        }
+        let new: Vec<&str> = after.difference(&before).map(String::as_str).collect();
+        if !new.is_empty() {
+            self.conn.execute(
+                "INSERT INTO participants (session_id, equipment_id)
+                 SELECT s, $1 FROM unnest($2::text[]) AS s ON CONFLICT DO NOTHING",
+                &[&id, &new],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn busy_equipment(&mut self) -> Result<Vec<EquipmentLocks>, StoreError> {
+        let rows = self
+            .conn
+            .query("SELECT data FROM equipment_locks WHERE busy", &[])?;
+        rows.iter().map(decode).collect()
+    }
+
+    fn equipment_of_session(&mut self, id: &SessionId) -> Result<Vec<EquipmentId>, StoreError> {
+        self.conn
+            .query(
+                "SELECT equipment_id FROM participants WHERE session_id = $1 ORDER BY equipment_id",
+                &[&id.as_str()],
+            )?
+            .iter()
+            .map(|row| EquipmentId::parse(row.get(0)).map_err(bad_id))
+            .collect()
+    }
+
+    fn due(&mut self, now: Timestamp, max: usize) -> Result<Vec<Due>, StoreError> {
+        self.conn
+            .query(
+                "SELECT kind, id FROM (
+                    (SELECT 0 AS kind, id, deadline FROM sessions
+                     WHERE deadline IS NOT NULL AND deadline <= $1 ORDER BY deadline LIMIT $2)
+                    UNION ALL
+                    (SELECT 1, equipment_id, deadline FROM equipment_locks
+                     WHERE deadline IS NOT NULL AND deadline <= $1 ORDER BY deadline LIMIT $2)
+                 ) AS due ORDER BY deadline, kind, id LIMIT $2",
+                &[&now.as_millis(), &(max as i64)],
+            )?
+            .iter()
+            .map(|row| {
+                let id: &str = row.get(1);
+                Ok(if row.get::<_, i32>(0) == 0 {
+                    Due::Session(SessionId::parse(id).map_err(bad_id)?)
+                } else {
+                    Due::Equipment(EquipmentId::parse(id).map_err(bad_id)?)
+                })
+            })
+            .collect()
+    }
+
+    fn next_deadline(&mut self) -> Result<Option<Timestamp>, StoreError> {
+        let next: Option<i64> = self
+            .conn
+            .query_one(
+                "SELECT LEAST(
+                    (SELECT MIN(deadline) FROM sessions WHERE deadline IS NOT NULL),
+                    (SELECT MIN(deadline) FROM equipment_locks WHERE deadline IS NOT NULL))",
+                &[],
+            )?
+            .get(0);
+        Ok(next.map(Timestamp::from_millis))
+    }
+
+    fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
+        let Some(buffer) = self.events.as_deref_mut() else {
+            return Err(StoreError::Unavailable(
+                "a read cannot record events".into(),
+            ));
+        };
+        for event in events {
+            buffer.last_seq += 1;
+            event.seq = Some(buffer.last_seq as u64);
+            buffer.events.push(event.clone());
+        }
+        Ok(())
+    }
+
+    fn equipment_events(
+        &mut self,
+        id: &EquipmentId,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = self.conn.query(
+            "SELECT seq, data FROM events WHERE equipment_id = $1 ORDER BY seq DESC LIMIT $2",
+            &[&id.as_str(), &(limit as i64)],
+        )?;
+        let mut events = events_of(rows)?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let rows = self.conn.query(
+            "SELECT seq, data FROM events WHERE seq IN (
+                SELECT seq FROM events WHERE session_id = $1
+                UNION SELECT seq FROM events WHERE forced_by = $1
+             ) ORDER BY seq DESC LIMIT $2",
+            &[&id.as_str(), &(limit as i64)],
+        )?;
+        let mut events = events_of(rows)?;
+        events.reverse();
+        Ok(events)
+    }
+
+    fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // The filters are fixed; absent ones compare with NULL and pass.
+        let rows = self.conn.query(
+            "SELECT seq, data FROM events
+             WHERE ($1::text IS NULL OR equipment_id = $1)
+               AND ($2::text IS NULL OR session_id = $2 OR forced_by = $2)
+               AND ($3::text IS NULL OR event = $3)
+               AND ($4::bigint IS NULL OR at >= $4)
+               AND ($5::bigint IS NULL OR at < $5)
+               AND seq > $6
+             ORDER BY seq LIMIT $7",
+            &[
+                &query.equipment_id.as_ref().map(|e| e.as_str()),
+                &query.session_id.as_ref().map(|s| s.as_str()),
+                &query.kind.map(|k| k.as_str()),
+                &millis(query.since),
+                &millis(query.until),
+                // No `seq` exceeds i64::MAX: a larger cursor is past them all.
+                &i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX),
+                &(query.limit as i64),
+            ],
+        )?;
+        events_of(rows)
+    }
+
+    fn last_event_seq(&mut self) -> Result<u64, StoreError> {
+        let last: i64 = self
+            .conn
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM events", &[])?
+            .get(0);
+        Ok(last as u64)
+    }
+
+    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
+        let pruned = self
+            .conn
+            .execute("DELETE FROM events WHERE at < $1", &[&before.as_millis()])?;
+        Ok(pruned as usize)
+    }
+
+    fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO tokens (id, user_name, role, hash, created_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &token.id,
+                &token.user,
+                &token.role.as_str(),
+                &token.hash,
+                &token.created_at.as_millis(),
+                &millis(token.revoked_at),
+            ],
+        )?;
+        self.bump_tokens_version()
+    }
+
+    fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.conn
+            .query_opt(
+                "SELECT id, user_name, role, hash, created_at, revoked_at FROM tokens WHERE hash = $1",
+                &[&hash],
+            )?
+            .map(|row| token_of(&row))
+            .transpose()
+    }
+
+    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.conn
+            .query(
+                "SELECT id, user_name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at, id",
+                &[],
+            )?
+            .iter()
+            .map(token_of)
+            .collect()
+    }
+
+    fn revoke_token(&mut self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&id, &at.as_millis()],
+        )?;
+        if changed > 0 {
+            self.bump_tokens_version()?;
+        }
+        Ok(changed > 0)
+    }
+
+    fn tokens_version(&mut self) -> Result<u64, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_one("SELECT value FROM meta WHERE key = 'tokens_version'", &[])?
+            .get(0);
+        Ok(version as u64)
+    }
+}
+
+impl PgTx<'_> {
+    fn bump_tokens_version(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'tokens_version'",
+            &[],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+"""The dashboard in headless Chromium against real `lablink serve`
+processes: what a person sees and does on the page, and that it reaches the
+server and the instruments."""
+
+import json
+import re
+import time
+
+from playwright.sync_api import expect
+from websockets.sync.client import connect
+
+from conftest import SCREENSHOTS, Server
+
+PSU = "ps_abc123"
+
+
+def card(page, equipment_id):
+    return page.locator(f'li.card[data-id="{equipment_id}"]')
+
+
+def wait_live(page):
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
+
+
+def test_page_loads_with_no_console_errors_and_no_other_host(server, open_page):
+    watched = open_page(server.url + "/")
+    page = watched.page
+    wait_live(page)
+    ids = page.locator("li.card").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert ids == ["ps_abc123", "scope_123", "load_1"]
+    expect(card(page, PSU)).to_have_attribute("data-state", "free")
+    for path in ["#/sessions", f"#/equipment/{PSU}"]:
+        page.goto(server.url + "/" + path)
+        page.wait_for_load_state("networkidle")
+    expect(page.locator("#instrument-title")).to_have_text("Demo power supply")
+    assert watched.console_errors == []
+    assert watched.hosts == {f"127.0.0.1:{server.port}"}
+
+
+def test_filter_by_name(server, open_page):
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    page.get_by_label("Filter").fill("scope")
+    visible = page.locator("li.card:visible").evaluate_all("cards => cards.map(c => c.dataset.id)")
+    assert visible == ["scope_123"]
+    expect(page.locator("#filter-count")).to_have_text("1 of 3 shown")
+
+
+def test_a_lock_taken_through_the_api_appears_within_a_second(server, open_page):
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    session = server.session("Lab PC #3", user="researcher_1")
+    waiter = server.session("Night run")
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": PSU, "session_id": session, "timeout_seconds": 300})
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": PSU, "session_id": waiter, "queue_if_busy": True})
+    ps = card(page, PSU)
+    # No reload: the live connection brings it.
+    expect(ps).to_have_attribute("data-state", "held", timeout=1000)
+    expect(ps.locator(".holder")).to_have_text("Lab PC #3", timeout=1000)
+    expect(ps.locator(".queue")).to_have_text("1 waiting · next: Night run", timeout=1000)
+    server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": session})
+    expect(ps.locator(".holder")).to_have_text("Night run", timeout=1000)
+    expect(ps.locator(".queue")).to_have_text("nobody waiting", timeout=1000)
+
+
+def seconds(text):
+    """'4:59' or '59 s' as seconds."""
+    if text.endswith(" s"):
+        return int(text[:-2])
+    parts = [int(p) for p in text.split(":")]
+    total = 0
+    for p in parts:
+        total = total * 60 + p
+    return total
+
+
+def test_the_countdown_runs(server, open_page):
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    session = server.session("Countdown")
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": PSU, "session_id": session, "timeout_seconds": 120})
+    left = card(page, PSU).locator(".left")
+    expect(left).to_have_text(re.compile(r"^\d+:\d\d$"))
+    first = seconds(left.inner_text())
+    assert 115 <= first <= 120
+    page.wait_for_timeout(2500)
+    later = seconds(left.inner_text())
+    assert first - 4 <= later < first
+
+
+def open_session_on_page(page, name="Bench page"):
+    page.get_by_role("button", name="Open session").first.click()
+    dialog = page.locator("#session-dialog")
+    dialog.get_by_label("Client name").fill(name)
+    dialog.get_by_role("button", name="Open session").click()
+    expect(page.locator("#me .session")).to_contain_text(name)
+
+
+def test_an_action_submitted_from_the_page_reaches_the_instrument(server, open_page):
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    open_session_on_page(page)
+    page.get_by_role("button", name="Take lock").click()
+    expect(page.locator(".controls")).to_contain_text("You hold the exclusive lock.")
+    form = page.locator('form.action[data-action="set_voltage"]')
+    form.get_by_label(re.compile("^voltage")).fill("12.5")
+    form.get_by_role("button", name="Run").click()
+    expect(form.locator("output")).not_to_be_empty()
+    state = server.ok("GET", f"/api/equipment/{PSU}/status")["state"]
+    assert state["channels"][0]["voltage_set"] == 12.5
+    # The command is in the instrument's history view too (as its lock).
+    events = server.ok("GET", f"/api/locks/events/{PSU}")["events"]
+    assert [e["event"] for e in events] == ["lock_acquired"]
+    # An out-of-range value is refused with the server's own detail.
+    form.get_by_label(re.compile("^voltage")).evaluate("input => { input.min = ''; input.max = ''; }")
+    form.get_by_label(re.compile("^voltage")).fill("99")
+    form.get_by_role("button", name="Run").click()
+    expect(form.locator(".error")).to_contain_text("voltage")
+    assert server.ok("GET", f"/api/equipment/{PSU}/status")["state"]["channels"][0]["voltage_set"] == 12.5
+    # Losing the lock is told on the page, and the forms go.
+    server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": "admin", "force": True})
+    expect(page.locator("#alerts")).to_contain_text(f"Your lock on {PSU} was lost (forced)")
+    expect(page.locator('form.action[data-action="set_voltage"]')).to_have_count(0)
+
+
+def test_a_forced_release_from_the_admin_view_reaches_the_holder(server, open_page):
+    holder = server.session("Long run", user="researcher_1")
+    ws_url = server.url.replace("http", "ws") + "/api/ws"
+    with connect(ws_url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "session_id": holder}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
+        server.ok("POST", "/api/locks/acquire",
+                  {"equipment_id": PSU, "session_id": holder, "timeout_seconds": 600})
+        page = open_page(server.url + f"/#/equipment/{PSU}").page
+        wait_live(page)
+        page.get_by_role("button", name="Force release…").click()
+        dialog = page.locator("#confirm-dialog")
+        expect(dialog).to_be_visible()
+        # Cancelling changes nothing.
+        dialog.get_by_role("button", name="Cancel").click()
+        assert server.ok("GET", f"/api/locks/status/{PSU}")["locked"] is True
+        page.get_by_role("button", name="Force release…").click()
+        dialog.get_by_label(re.compile("Reason")).fill("bench needed for calibration")
+        dialog.get_by_role("button", name="Force release").click()
+        lost = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and lost is None:
+            message = json.loads(ws.recv(timeout=5))
+            if message.get("event") == "lock_lost":
+                lost = message
+        assert lost is not None, "the holder heard no lock_lost"
+        assert lost["equipment_id"] == PSU and lost["session_id"] == holder
+    expect(card_or_badge(page)).to_have_text("Free", timeout=1000)
+
+
+def card_or_badge(page):
+    return page.locator(".instrument .badge")
+
+
+def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page):
+    server = make_server(args=["--store", "sqlite://lablink.db?synchronous=normal"],
+                         env={"LABLINK_AUTH": "required"})
+    admin = server.token("alice", "admin")
+    observer = server.token("vera", "observer")
+    server.start()
+    page = open_page(server.url + "/").page
+    dialog = page.locator("#signin-dialog")
+    expect(dialog).to_be_visible()
+    dialog.get_by_label("API token").fill("llk_" + "0" * 64)
+    dialog.get_by_role("button", name="Sign in").click()
+    expect(dialog.locator(".error")).to_have_text("the API token is not valid (unknown or revoked)")
+    expect(dialog).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('lablink.token')") is None
+    dialog.get_by_label("API token").fill(admin)
+    dialog.get_by_role("button", name="Sign in").click()
+    expect(dialog).to_be_hidden()
+    wait_live(page)
+    expect(page.locator("#me .user")).to_have_text("alice (admin)")
+    expect(card(page, PSU)).to_have_attribute("data-state", "free")
+    # The token is in this tab's sessionStorage, never in the address.
+    assert page.evaluate("sessionStorage.getItem('lablink.token')") == admin
+    assert admin not in page.url
+    # Live with the token: a lock taken by someone else shows up.
+    session = server.session("Other bench", token=admin)
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": session}, token=admin)
+    expect(card(page, PSU)).to_have_attribute("data-state", "held", timeout=1000)
+    # An admin is offered the forced release.
+    page.goto(server.url + f"/#/equipment/{PSU}")
+    expect(page.get_by_role("button", name="Force release…")).to_be_visible()
+
+    # An observer sees only what an observer may do.
+    viewer = open_page(server.url + f"/#/equipment/{PSU}").page
+    viewer.locator("#signin-dialog").get_by_label("API token").fill(observer)
+    viewer.locator("#signin-dialog").get_by_role("button", name="Sign in").click()
+    expect(viewer.locator("#me .user")).to_have_text("vera (observer)")
+    open_session_on_page(viewer, "Viewer")
+    modes = viewer.locator('form.take select[name="lock_mode"] option').all_inner_texts()
+    assert modes == ["observer"]
+    expect(viewer.get_by_role("button", name="Force release…")).to_have_count(0)
+
+    # A revoked token: the server closes the live connection and the page
+    # asks for a token again.
+    server.revoke(admin)
+    expect(page.locator("#signin-dialog")).to_be_visible()
+    expect(page.locator("#alerts")).to_contain_text("the API token was revoked")
+
+
+def test_the_page_recovers_after_a_server_restart(make_server, open_page):
+    server = make_server(args=["--store", "sqlite://lablink.db?synchronous=normal"]).start()
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    server.stop()
+    expect(page.locator("#live")).to_have_attribute("data-state", "reconnecting", timeout=5000)
+    expect(page.locator("#live")).to_have_text("Reconnecting…")
+    session_id = None
+    server.start()
+    wait_live(page)
+    session_id = server.session("After restart")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": "load_1", "session_id": session_id})
+    expect(card(page, "load_1")).to_have_attribute("data-state", "held", timeout=1000)
+    expect(card(page, "load_1").locator(".holder")).to_have_text("After restart")
+
+
+def test_screenshots(server, open_page):
+    """Pictures for the README: a busy overview and an instrument page."""
+    alice = server.session("Lab PC #3", user="alice")
+    bob = server.session("Night run", user="bob")
+    viewer = server.session("Wall screen")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": alice, "timeout_seconds": 900})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": bob, "queue_if_busy": True})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": "scope_123", "session_id": viewer, "lock_mode": "observer"})
+    server.ok("POST", "/api/equipment/ps_abc123/command", {
+        "command_id": "shot", "equipment_id": PSU, "action": "set_voltage",
+        "parameters": {"voltage": 12.0}, "session_id": alice})
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = open_page(server.url + "/", viewport={"width": 1200, "height": 520}).page
+    wait_live(page)
+    expect(card(page, PSU)).to_have_attribute("data-state", "held")
+    page.screenshot(path=str(SCREENSHOTS / "overview.png"))
+
+    phone = open_page(server.url + "/", viewport={"width": 390, "height": 760}, color_scheme="dark").page
+    wait_live(phone)
+    expect(card(phone, PSU)).to_have_attribute("data-state", "held")
+    phone.screenshot(path=str(SCREENSHOTS / "overview-phone-dark.png"))
+
+    # The instrument page of one this page's session holds, with a waiter.
+    page.goto(server.url + "/#/equipment/load_1")
+    page.set_viewport_size({"width": 1200, "height": 900})
+    wait_live(page)
+    open_session_on_page(page, "Bench 3 laptop")
+    page.get_by_role("button", name="Take lock").click()
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": "load_1", "session_id": bob, "queue_if_busy": True})
+    form = page.locator('form.action[data-action="set_current"]')
+    form.get_by_label(re.compile("^current")).fill("2.5")
+    form.get_by_role("button", name="Run").click()
+    page.locator('form.action[data-action="set_input"]').get_by_label("enabled").check()
+    page.locator('form.action[data-action="set_input"]').get_by_role("button", name="Run").click()
+    expect(page.locator(".queue-list li")).to_have_count(1)
+    expect(page.locator("table.history tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Read again").click()
+    page.screenshot(path=str(SCREENSHOTS / "instrument.png"), full_page=True)
+
+
+def test_the_sessions_page_shows_what_each_session_holds_and_waits_for(server, open_page):
+    holder = server.session("Lab PC #3")
+    waiter = server.session("Night run")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": waiter, "queue_if_busy": True})
+    page = open_page(server.url + "/#/sessions").page
+    wait_live(page)
+    rows = page.locator("table.sessions tbody tr")
+    expect(rows).to_have_count(2)
+    held = page.locator(f'tr[data-session="{holder}"]')
+    expect(held.locator("td").nth(5)).to_have_text(PSU)
+    expect(held.locator("td").nth(6)).to_have_text("—")
+    waiting = page.locator(f'tr[data-session="{waiter}"]')
+    expect(waiting.locator("td").nth(6)).to_have_text(f"{PSU} (#1)")
+    # Live: a new session appears without reload.
+    server.session("Late comer")
+    expect(rows).to_have_count(3)
+
+
+def test_the_overview_is_usable_from_the_keyboard(server, open_page):
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip")).to_be_focused()
+    page.get_by_label("Filter").focus()
+    page.keyboard.type("load")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.getAttribute('href')")
+    assert focused == "#/equipment/load_1"
+    page.keyboard.press("Enter")
+    expect(page.locator("#instrument-title")).to_have_text("Demo electronic load")
+
+
+def test_the_history_filters_and_pages(server, open_page):
+    cycler = server.session("Cycler")
+    other = server.session("Other")
+    for _ in range(30):
+        server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": cycler})
+        server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": cycler})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": other})
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    rows = page.locator("table.history tbody tr")
+    # The newest 50, newest first.
+    expect(rows).to_have_count(50)
+    expect(rows.first.locator("td").nth(1)).to_have_text("lock_acquired")
+    expect(rows.first.locator("td").nth(2)).to_have_text(other[:8] + "…")
+    history = page.locator("form.filters")
+    history.get_by_label("Event").select_option("lock_released")
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 1.")
+    expect(rows).to_have_count(25)
+    page.get_by_role("button", name="Later →").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 2.")
+    expect(rows).to_have_count(5)
+    expect(page.get_by_role("button", name="Later →")).to_be_disabled()
+    page.get_by_role("button", name="← Earlier").click()
+    expect(rows).to_have_count(25)
+    kinds = rows.locator("td:nth-child(2)").all_inner_texts()
+    assert kinds == ["lock_released"] * 25
+    # By session.
+    history.get_by_label("Event").select_option("")
+    history.get_by_label("Session", exact=True).fill(other)
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("table.history caption")).to_have_text("Matching events, oldest first: page 1.")
+    expect(rows).to_have_count(1)
+    # A bad filter gets the server's detail.
+    history.get_by_label("Session", exact=True).fill("not valid")
+    history.get_by_role("button", name="Search").click()
+    expect(page.locator("section[aria-labelledby=history-title] .error")).to_contain_text("session_id")

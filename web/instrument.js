@@ -1,0 +1,477 @@
+// One instrument's page: its state and readings (the driver's status), the
+// lock (holder, time left, observers), the queue with positions, what this
+// tab's session may do (take or queue, renew, release; an admin may force
+// a release), a form per action generated from the driver's action catalog
+// for the holder's own session, and the history with filters and paging.
+
+import { api, ApiError, commandId, query, seg } from './api.js';
+import {
+  busy, clearError, confirmWithReason, duration, h, localTime, notify, showError, shortId, who,
+} from './ui.js';
+import { stateOf } from './overview.js';
+
+const HISTORY_KINDS = [
+  'lock_acquired', 'lock_refreshed', 'lock_released', 'lock_force_released', 'lock_expired',
+  'observer_lock_acquired', 'observer_lock_released', 'observer_revoked', 'queued', 'dequeued',
+  'queue_processed', 'session_created', 'session_ended', 'session_expired',
+];
+const HISTORY_PAGE = 25;
+
+export function instrumentPage(ctx, main, id) {
+  const { model } = ctx;
+  let device = null; // /api/equipment/{id}/status
+  let destroyed = false;
+
+  const title = h('h1', { id: 'instrument-title' }, id);
+  const badge = h('span.badge');
+  const meta = h('p.meta');
+  const lockBox = h('div.lock');
+  const queueBox = h('div.queue');
+  const controls = h('div.controls');
+  const readings = h('div.readings');
+  const actionsBox = h('div.actions');
+  const history = historySection(id);
+
+  main.replaceChildren(
+    h('nav.crumbs', { 'aria-label': 'Breadcrumb' }, h('a', { href: '#/' }, 'Instruments'), ' › ', id),
+    h('article.instrument', { 'aria-labelledby': 'instrument-title' },
+      h('header.page-head', null, title, badge),
+      meta,
+      h('div.columns', null,
+        h('section', { 'aria-labelledby': 'lock-title' },
+          h('h2', { id: 'lock-title' }, 'Lock'), lockBox,
+          h('h3', null, 'Queue'), queueBox,
+          h('h3', null, 'Your session'), controls),
+        h('section', { 'aria-labelledby': 'readings-title' },
+          h('h2', { id: 'readings-title' }, 'State and readings'),
+          readings,
+          h('button', { type: 'button', onclick: (e) => busy(e.target, loadDevice) }, 'Read again'))),
+      h('section', { 'aria-labelledby': 'actions-title' },
+        h('h2', { id: 'actions-title' }, 'Actions'), actionsBox),
+      history.root));
+
+  // ---- lock, queue, controls (from the shared model: updated live) ----
+
+  function mine(status) {
+    const session = ctx.session?.session_id;
+    if (!session || !status) return { holds: false, observes: false, queued: null };
+    return {
+      holds: status.locked && status.session_id === session,
+      observes: (status.observer_sessions ?? []).includes(session),
+      queued: (status.queue ?? []).find((q) => q.session_id === session) ?? null,
+    };
+  }
+
+  const left = h('span.left');
+  function renderLock() {
+    const status = model.status.get(id);
+    const [state, label] = stateOf(status);
+    badge.textContent = label;
+    badge.dataset.state = state;
+    if (!status) {
+      lockBox.replaceChildren(h('p', null, 'Unknown instrument.'));
+      return;
+    }
+    const rows = [];
+    if (status.maintenance) {
+      rows.push(['Maintenance', status.maintenance.reason ?? String(status.maintenance)]);
+    }
+    if (status.locked) {
+      rows.push(['Holder', who(status)]);
+      rows.push(['Session', h('code', { title: status.session_id }, shortId(status.session_id))]);
+      rows.push(['Since', localTime(status.acquired_at)]);
+      rows.push(['Time left', left]);
+      rows.push(['Fencing token', String(status.fencing_token)]);
+    } else {
+      rows.push(['Holder', 'nobody']);
+    }
+    rows.push(['Observers', status.observer_count
+      ? (status.observer_sessions ?? []).map((s) => shortId(s)).join(', ')
+      : 'none']);
+    lockBox.replaceChildren(h('dl', null, rows.flatMap(([k, v]) => [h('dt', null, k), h('dd', null, v)])));
+    tickLeft();
+
+    const queue = status.queue ?? [];
+    queueBox.replaceChildren(queue.length
+      ? h('ol.queue-list', null, queue.map((q) => h('li', { value: q.position },
+        `${who(q)} — ${q.lock_mode}, waiting since `, localTime(q.queued_at),
+        q.session_id === ctx.session?.session_id ? h('strong', null, ' (you)') : '')))
+      : h('p', null, 'Nobody is waiting.'));
+    renderControls(status);
+  }
+
+  function tickLeft() {
+    const status = model.status.get(id);
+    if (!status?.locked) return;
+    left.textContent = status.time_remaining === null ? 'no timeout' : duration(model.timeLeft(id));
+    if (model.timeLeft(id) === 0) model.markStale(id);
+  }
+
+  function renderControls(status) {
+    const error = h('p.error', { role: 'alert', hidden: true });
+    const items = [];
+    const me = mine(status);
+    if (!ctx.session) {
+      items.push(h('p', null, 'Open a session to take or queue for this instrument.'));
+      items.push(h('button', { type: 'button', onclick: () => ctx.openSession() }, 'Open session'));
+    } else if (me.holds || me.observes) {
+      items.push(h('p', null, me.holds ? 'You hold the exclusive lock.' : 'You are observing.'));
+      items.push(h('div.buttons', null,
+        h('button', { type: 'button', class: 'primary', onclick: (e) => act(e.target, 'renew', error) }, 'Renew'),
+        h('button', { type: 'button', onclick: (e) => act(e.target, 'release', error) }, 'Release')));
+    } else if (me.queued) {
+      items.push(h('p', null, `You are number ${me.queued.position} in the queue.`));
+      items.push(h('button', { type: 'button', onclick: (e) => act(e.target, 'release', error) }, 'Leave the queue'));
+    } else {
+      items.push(takeForm(status, error));
+    }
+    if (ctx.can.admin() && (status.locked || status.observer_count) && !me.holds) {
+      items.push(h('button', {
+        type: 'button', class: 'danger', 'data-role': 'force-release',
+        onclick: (e) => forceRelease(e.target, error),
+      }, 'Force release…'));
+    }
+    items.push(error);
+    controls.replaceChildren(...items);
+  }
+
+  function takeForm(status, error) {
+    const exclusive = ctx.can.lock();
+    const busyNow = status.locked || (status.queue ?? []).length > 0;
+    const form = h('form.take', { 'aria-label': 'Take the lock' },
+      h('label', null, 'Mode ',
+        h('select', { name: 'lock_mode' },
+          exclusive ? h('option', { value: 'exclusive' }, 'exclusive') : null,
+          h('option', { value: 'observer' }, 'observer'))),
+      h('label', null, 'Timeout (s) ',
+        h('input', { name: 'timeout_seconds', type: 'number', min: 0, step: 'any', value: 300, required: true })),
+      h('label.check', null,
+        h('input', { name: 'queue_if_busy', type: 'checkbox', checked: true }), ' Queue if busy'),
+      h('button', { type: 'submit', class: 'primary' }, busyNow ? 'Queue for it' : 'Take lock'));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const button = form.querySelector('button[type=submit]');
+      busy(button, async () => {
+        const answer = await api('POST', '/locks/acquire', {
+          equipment_id: id,
+          session_id: ctx.session.session_id,
+          lock_mode: form.elements.lock_mode.value,
+          timeout_seconds: Number(form.elements.timeout_seconds.value),
+          queue_if_busy: form.elements.queue_if_busy.checked,
+        });
+        if (answer.status === 'queued') notify(`Queued for ${id} at position ${answer.queue_entry.position}.`);
+        await model.read(id);
+      }, error).catch(() => {});
+    });
+    return form;
+  }
+
+  async function act(button, what, error) {
+    await busy(button, async () => {
+      try {
+        if (what === 'renew') {
+          await api('POST', `/locks/activity/${seg(id)}`, { session_id: ctx.session.session_id });
+        } else {
+          await api('POST', '/locks/release', { equipment_id: id, session_id: ctx.session.session_id });
+        }
+      } catch (e) {
+        ctx.checkSessionError(e);
+        throw e;
+      }
+      await model.read(id);
+    }, error);
+  }
+
+  async function forceRelease(button, error) {
+    const status = model.status.get(id);
+    const holder = status?.locked ? who(status) : 'every observer';
+    const reason = await confirmWithReason(
+      `Force release ${id}?`,
+      `This takes the lock from ${holder}. They are told their lock was lost.`,
+      'Force release');
+    if (reason === null) return;
+    await busy(button, async () => {
+      // The forced release is recorded with session id "dashboard" as
+      // forced_by (and the admin as user); the reason goes with it.
+      await api('POST', '/locks/release', { equipment_id: id, session_id: 'dashboard', force: true, reason });
+      notify(`Released ${id}: ${reason}`);
+      await model.read(id);
+    }, error);
+  }
+
+  // ---- the driver's status: state, readings, actions ----
+
+  async function loadDevice() {
+    try {
+      device = await api('GET', `/equipment/${seg(id)}/status`);
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'equipment_not_found') {
+        title.textContent = id;
+        readings.replaceChildren(h('p.error', null, e.detail));
+        return;
+      }
+      showError(e);
+      return;
+    }
+    if (destroyed) return;
+    title.textContent = device.name || id;
+    meta.replaceChildren(h('code', null, id), ` · ${device.driver} · ${device.model}`);
+    readings.replaceChildren(renderValue(device.state));
+    renderActions();
+  }
+
+  function renderActions() {
+    if (!device) return;
+    const status = model.status.get(id);
+    const me = mine(status);
+    const allowed = device.actions.filter((a) => (a.access === 'observe'
+      ? (me.holds || me.observes)
+      : me.holds && ctx.can.lock()));
+    const shownKey = allowed.map((a) => a.name).join(',');
+    if (actionsBox.dataset.shown === shownKey && actionsBox.childElementCount) return;
+    actionsBox.dataset.shown = shownKey;
+    if (!allowed.length) {
+      actionsBox.replaceChildren(h('p', null,
+        'Hold the lock with this tab\'s session to run actions (an observer lock allows the observe actions). ',
+        `This instrument has ${device.actions.length}: `,
+        device.actions.map((a) => a.name).join(', '), '.'));
+      return;
+    }
+    actionsBox.replaceChildren(h('div.action-grid', null, allowed.map(actionForm)));
+  }
+
+  function actionForm(action) {
+    const fields = action.params.map((p) => paramField(action.name, p));
+    const output = h('output.result', { for: fields.map((f) => f.input.id).join(' ') });
+    const error = h('p.error', { role: 'alert', hidden: true });
+    const form = h('form.action', { 'data-action': action.name, 'aria-labelledby': `action-${action.name}` },
+      h('h3', { id: `action-${action.name}` }, action.name, h('span.access', null, action.access)),
+      fields.map((f) => f.label),
+      h('button', { type: 'submit' }, 'Run'),
+      error, output);
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const parameters = {};
+      for (const f of fields) {
+        const value = f.read();
+        if (value !== undefined) parameters[f.param.name] = value;
+      }
+      busy(form.querySelector('button'), async () => {
+        const status = model.status.get(id);
+        const body = {
+          command_id: commandId(),
+          equipment_id: id,
+          action: action.name,
+          parameters,
+          session_id: ctx.session.session_id,
+        };
+        if (status?.locked && status.session_id === ctx.session.session_id) body.fencing_token = status.fencing_token;
+        output.textContent = '';
+        try {
+          const answer = await api('POST', `/equipment/${seg(id)}/command`, body);
+          output.textContent = JSON.stringify(answer.data, null, 1);
+        } catch (err) {
+          ctx.checkSessionError(err);
+          throw err;
+        }
+        loadDevice();
+        // A command renews the lock without an event.
+        model.read(id);
+      }, error);
+    });
+    return form;
+  }
+
+  function paramField(actionName, p) {
+    const inputId = `p-${actionName}-${p.name}`;
+    const unit = p.unit ? ` (${p.unit})` : '';
+    const range = p.min !== undefined && p.min !== null ? ` ${p.min} to ${p.max}` : '';
+    let input;
+    let read;
+    if (p.type === 'boolean') {
+      input = h('input', { type: 'checkbox', id: inputId, checked: p.default === true });
+      read = () => input.checked;
+    } else if (p.type === 'choice') {
+      input = h('select', { id: inputId, required: p.default === null || p.default === undefined },
+        p.values.map((v) => h('option', { value: v, selected: v === p.default }, v)));
+      read = () => input.value;
+    } else if (p.type === 'number' || p.type === 'integer') {
+      input = h('input', {
+        type: 'number', id: inputId, min: p.min, max: p.max,
+        step: p.type === 'integer' ? 1 : 'any', value: p.default ?? '',
+        required: p.default === null || p.default === undefined,
+        inputmode: p.type === 'integer' ? 'numeric' : 'decimal',
+      });
+      read = () => (input.value === '' ? undefined : Number(input.value));
+    } else {
+      input = h('input', { type: 'text', id: inputId, maxlength: p.max_len, value: p.default ?? '' });
+      read = () => (input.value === '' && p.default !== undefined ? undefined : input.value);
+    }
+    const label = h('label', { for: inputId }, `${p.name}${unit}`,
+      h('span.hint', null, `${p.type}${range}${p.default !== null && p.default !== undefined ? `, default ${p.default}` : ''}`),
+      input);
+    return { param: p, input, label, read };
+  }
+
+  // ---- live ----
+
+  const unsubscribe = model.subscribe((kind, changed) => {
+    if (kind === 'snapshot' || changed === id) {
+      renderLock();
+      renderActions();
+    }
+  });
+  const onSession = () => { renderLock(); renderActions(); };
+  ctx.onSessionChange.add(onSession);
+
+  renderLock();
+  loadDevice();
+  history.load();
+  // Fresh details (the snapshot may be older than this page).
+  model.markStale(id);
+
+  return {
+    name: '',
+    tick: tickLeft,
+    onEvent(event) {
+      if (event.equipment_id === id && 'seq' in event) history.live(event);
+    },
+    onReconnected() {
+      loadDevice();
+      history.load();
+    },
+    destroy() {
+      destroyed = true;
+      unsubscribe();
+      ctx.onSessionChange.delete(onSession);
+    },
+  };
+}
+
+/** A driver's state as nested lists and tables. */
+function renderValue(value) {
+  if (Array.isArray(value)) {
+    if (value.length && value.every((v) => v && typeof v === 'object' && !Array.isArray(v))) {
+      const keys = [...new Set(value.flatMap((v) => Object.keys(v)))];
+      return h('div.table-wrap', null, h('table', null,
+        h('thead', null, h('tr', null, keys.map((k) => h('th', { scope: 'col' }, k)))),
+        h('tbody', null, value.map((row) => h('tr', null, keys.map((k) => h('td', null, scalar(row[k]))))))));
+    }
+    return h('span', null, value.map(scalar).join(', '));
+  }
+  if (value && typeof value === 'object') {
+    return h('dl.state', null, Object.entries(value).flatMap(([k, v]) => [
+      h('dt', null, k), h('dd', null, v && typeof v === 'object' ? renderValue(v) : scalar(v))]));
+  }
+  return scalar(value);
+}
+
+function scalar(v) {
+  if (v === null || v === undefined) return '—';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(6)));
+  if (typeof v === 'object') return JSON.stringify(v);
+  return String(v);
+}
+
+/**
+ * History: by default the newest events (newest first, new ones added
+ * live); with filters, the matching events oldest first, a page at a time.
+ */
+function historySection(id) {
+  const tbody = h('tbody');
+  const caption = h('caption');
+  const error = h('p.error', { role: 'alert', hidden: true });
+  const pager = h('div.pager');
+  const form = h('form.filters', { 'aria-label': 'Filter the history' },
+    h('label', null, 'Event ',
+      h('select', { name: 'event' }, h('option', { value: '' }, 'any'),
+        HISTORY_KINDS.map((k) => h('option', { value: k }, k)))),
+    h('label', null, 'Session ', h('input', { name: 'session_id', size: 14, spellcheck: 'false' })),
+    h('label', null, 'From ', h('input', { name: 'since', type: 'datetime-local', step: 1 })),
+    h('label', null, 'Until ', h('input', { name: 'until', type: 'datetime-local', step: 1 })),
+    h('button', { type: 'submit' }, 'Search'),
+    h('button', { type: 'reset' }, 'Latest'));
+  const root = h('section', { 'aria-labelledby': 'history-title' },
+    h('h2', { id: 'history-title' }, 'History'),
+    form, error,
+    h('div.table-wrap', null, h('table.history', null, caption,
+      h('thead', null, h('tr', null,
+        ['Time', 'Event', 'Session', 'Details'].map((c) => h('th', { scope: 'col' }, c)))),
+      tbody)),
+    pager);
+
+  let mode = 'latest';
+  let filters = {};
+  /** cursors[i] is where page i starts (the page before it ended there). */
+  let cursors = [0];
+  let pageIndex = 0;
+
+  function row(event) {
+    const { seq, event: kind, timestamp, session_id: session, equipment_id: _eq, ...rest } = event;
+    const details = Object.entries(rest)
+      .filter(([, v]) => v !== null && v !== undefined)
+      .map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' · ');
+    return h('tr', { dataset: { seq } },
+      h('td', null, localTime(timestamp)),
+      h('td', null, h('span.event', { dataset: { kind } }, kind)),
+      h('td', null, session ? h('code', { title: session }, shortId(session)) : '—'),
+      h('td.details', null, details));
+  }
+
+  async function load() {
+    clearError(error);
+    try {
+      if (mode === 'latest') {
+        const page = await api('GET', `/locks/events/${seg(id)}?limit=50`);
+        tbody.replaceChildren(...page.events.slice().reverse().map(row));
+        caption.textContent = 'The newest events, newest first; new ones appear as they happen.';
+        pager.replaceChildren();
+      } else {
+        const page = await api('GET', `/locks/events${query({
+          equipment_id: id, limit: HISTORY_PAGE, cursor: cursors[pageIndex] || undefined, ...filters,
+        })}`);
+        tbody.replaceChildren(...page.events.map(row));
+        caption.textContent = `Matching events, oldest first: page ${pageIndex + 1}.`;
+        cursors[pageIndex + 1] = page.next_cursor;
+        pager.replaceChildren(
+          h('button', { type: 'button', disabled: pageIndex === 0, onclick: () => { pageIndex -= 1; load(); } }, '← Earlier'),
+          h('button', { type: 'button', disabled: !page.has_more, onclick: () => { pageIndex += 1; load(); } }, 'Later →'));
+      }
+      if (!tbody.childElementCount) {
+        tbody.replaceChildren(h('tr', null, h('td', { colspan: 4 }, 'No events.')));
+      }
+    } catch (e) {
+      showError(e, error);
+    }
+  }
+
+  const utc = (local) => (local ? new Date(local).toISOString() : undefined);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const f = form.elements;
+    filters = {
+      event: f.event.value, session_id: f.session_id.value.trim(),
+      since: utc(f.since.value), until: utc(f.until.value),
+    };
+    mode = 'search';
+    cursors = [0];
+    pageIndex = 0;
+    load();
+  });
+  form.addEventListener('reset', () => {
+    mode = 'latest';
+    setTimeout(load);
+  });
+
+  return {
+    root,
+    load,
+    live(event) {
+      if (mode !== 'latest') return;
+      if (tbody.querySelector(`tr[data-seq="${event.seq}"]`)) return;
+      if (!tbody.querySelector('tr[data-seq]')) tbody.replaceChildren();
+      tbody.prepend(row(event));
+      while (tbody.childElementCount > 50) tbody.lastElementChild.remove();
+    },
+  };
+}
