@@ -5,8 +5,8 @@
 # multi-replica and proxy black-box tests in tests/api) against it, and
 # removes the cluster at the end, passed or failed.
 #
-# Installs Debian's `postgresql` (and `nginx`, for the proxy test) when
-# missing; that needs root, as in CI. Runs by hand too, as root or as a
+# Installs Debian's `postgresql` (and `nginx` for the proxy test,
+# `libfaketime` for the clock-skew test) when missing; that needs root, as in CI. Runs by hand too, as root or as a
 # normal user: PostgreSQL refuses to run as root, so as root the cluster
 # belongs to a system user `lablink-ci` (created if missing).
 #
@@ -23,6 +23,7 @@
 #                              `restart`, run as the cluster's owner (given
 #                              only to the outage test, run on its own)
 #   LABLINK_TEST_NGINX         the nginx binary, when there is one
+#   LABLINK_TEST_FAKETIME      libfaketime, when there is one
 #
 # Usage: .ci/postgres.sh [COMMAND...]: with a command, runs it with the
 # variables above instead of the tests (the control script only for a
@@ -89,6 +90,15 @@ if [ -z "$nginx_bin" ] && [ "$(id -u)" -eq 0 ]; then
     apt_install nginx
     nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 fi
+
+# libfaketime, for the test of replicas whose clocks differ; that test says
+# it is skipped without it.
+faketime_lib=/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
+if [ ! -f "$faketime_lib" ] && [ "$(id -u)" -eq 0 ]; then
+    echo "postgres.sh: installing libfaketime (for the clock-skew test)" >&2
+    apt_install libfaketime
+fi
+faketime_lib=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 2>/dev/null | head -n 1 || true)
 
 # Who owns and runs the cluster: ourselves, or as root an unprivileged user.
 if [ "$(id -u)" -eq 0 ]; then
@@ -179,6 +189,9 @@ chmod 0755 "$ctl"
 export LABLINK_TEST_POSTGRES="postgres://lablink@127.0.0.1:$port/postgres"
 if [ -n "$nginx_bin" ] && [ -x "$nginx_bin" ]; then
     export LABLINK_TEST_NGINX=$nginx_bin
+fi
+if [ -n "$faketime_lib" ]; then
+    export LABLINK_TEST_FAKETIME=$faketime_lib
 fi
 echo "postgres.sh: $("$pg_bin/postgres" --version) on 127.0.0.1:$port (owner $owner, data $data)"
 

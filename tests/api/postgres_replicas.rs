@@ -387,6 +387,90 @@ async fn a_lease_granted_by_a_killed_replica_ends_on_time_and_goes_to_the_waiter
     );
 }
 
+/// libfaketime, which shifts a process's wall clock (`LABLINK_TEST_FAKETIME`,
+/// else Debian's `libfaketime` path).
+fn faketime() -> Option<String> {
+    let lib = std::env::var("LABLINK_TEST_FAKETIME")
+        .unwrap_or_else(|_| "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".into());
+    std::path::Path::new(&lib).is_file().then_some(lib)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ends_on_time_whatever_the_replicas_clocks_say() {
+    let Some(database) = test_database().await else {
+        return;
+    };
+    let Some(lib) = faketime() else {
+        println!(
+            "skipped: libfaketime is not installed (.ci/postgres.sh installs Debian's libfaketime)"
+        );
+        return;
+    };
+    // A's clock runs 20 s ahead, B's 20 s behind, C's is right. Monotonic
+    // time (timers, sleeps) is left alone.
+    let dir = tempfile::tempdir().unwrap();
+    let replica = |offset: &str| {
+        let env = [
+            ("LD_PRELOAD", lib.as_str()),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ];
+        Replica::start(dir.path(), database.url(), &env)
+    };
+    let nodes = [replica("+20s"), replica("-20s"), replica("+0s")];
+    let [a, b, c] = nodes.each_ref().map(Replica::app);
+    let holder = session(&a, "holder").await;
+    let waiter = session(&b, "waiter").await;
+    let asked = Instant::now();
+    let (status, body) = a
+        .acquire("ps_abc123", &holder, json!({"timeout_seconds": 3}))
+        .await;
+    let granted = Instant::now();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("locked")),
+        "{body}"
+    );
+    let pending = waiting_acquire(&b, &waiter, 30.0);
+
+    // Halfway through, every replica shows the holder with its time left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for app in [&a, &b, &c] {
+        let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+        let left = status["time_remaining"].as_f64().unwrap_or(0.0);
+        assert!(
+            status["session_id"] == holder.as_str() && (0.5..=2.0).contains(&left),
+            "{} (clock off by 20 s or not) shows the 3 s lease at 1.5 s: {status}",
+            app.base
+        );
+    }
+    // The waiter on B (behind) gets it when the lease ends, not 20 s late.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the waiter is answered")
+        .unwrap();
+    let handed_on = granted.elapsed();
+    assert_eq!(
+        (status, body["lock"]["session_id"].as_str()),
+        (StatusCode::OK, Some(waiter.as_str())),
+        "{body}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3) && handed_on <= Duration::from_millis(4500),
+        "handed on {handed_on:?} after a 3 s lease was granted"
+    );
+    let history = whole_history(&c, "&equipment_id=ps_abc123", None).await;
+    let at = |kind: &str| {
+        let e = history.iter().find(|e| e["event"] == kind).unwrap();
+        Timestamp::parse_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
+    };
+    let lease = at("lock_expired").seconds_since(at("lock_acquired"));
+    assert!(
+        (3.0..3.5).contains(&lease),
+        "the recorded lease lasted {lease} s, for a 3 s timeout: {history:?}"
+    );
+}
+
 // ---- under load -----------------------------------------------------------
 
 /// What the load's clients were told.
