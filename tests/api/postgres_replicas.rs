@@ -387,6 +387,78 @@ async fn a_lease_granted_by_a_killed_replica_ends_on_time_and_goes_to_the_waiter
     );
 }
 
+/// The `event` names of everything `ws` is sent for `period`.
+async fn kinds_for(ws: &mut crate::live::Ws, period: Duration) -> Vec<String> {
+    let mut kinds = Vec::new();
+    let _ = tokio::time::timeout(period, async {
+        loop {
+            let m = crate::live::next(ws).await;
+            kinds.push(m["event"].as_str().unwrap_or("?").to_owned());
+        }
+    })
+    .await;
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_hears_its_notifications_on_whichever_replica_it_listens() {
+    let Some(database) = test_database().await else {
+        return;
+    };
+    let replicas = Replicas::start(database.url(), 3, &[("LABLINK_EXPIRY_WARNING_SEC", "1")]);
+    let [a, b, c]: [TestApp; 3] = replicas.apps().try_into().ok().unwrap();
+    let holder = session(&a, "holder").await;
+    let waiter = session(&b, "waiter").await;
+    // The holder listens on C, the waiter on B; the lock is taken through A
+    // and the waiter queues through C.
+    let mut holder_ws = connect(&c, json!({"type": "subscribe", "session_id": holder})).await;
+    let mut waiter_ws = connect(&b, json!({"type": "subscribe", "session_id": waiter})).await;
+    let (status, _) = a
+        .acquire("ps_abc123", &holder, json!({"timeout_seconds": 3}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = c
+        .acquire("ps_abc123", &waiter, json!({"queue_if_busy": true}))
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("queued")),
+        "{body}"
+    );
+
+    // Until a little after the 3 s lease ends (and is handed on).
+    let (mut holder_heard, mut waiter_heard) = tokio::join!(
+        kinds_for(&mut holder_ws, Duration::from_secs(5)),
+        kinds_for(&mut waiter_ws, Duration::from_secs(5)),
+    );
+    holder_heard.sort();
+    waiter_heard.sort();
+    // As one server tells them (tests/api/live.rs): notifications beside
+    // the recorded events, whichever replica caused them.
+    assert_eq!(
+        (holder_heard, waiter_heard),
+        (
+            [
+                "lock_acquired",
+                "lock_expired",
+                "lock_expiring",
+                "lock_lost"
+            ]
+            .map(String::from)
+            .to_vec(),
+            [
+                "lock_granted",
+                "queue_position",
+                "queue_processed",
+                "queued"
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        "(the holder, on C; the waiter, on B)"
+    );
+}
+
 /// libfaketime, which shifts a process's wall clock (`LABLINK_TEST_FAKETIME`,
 /// else Debian's `libfaketime` path).
 fn faketime() -> Option<String> {
