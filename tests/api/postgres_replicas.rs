@@ -871,6 +871,9 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
         assert_error(&write, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
         let read = bounded(app.get("/api/locks/status/ps_abc123")).await;
         assert_error(&read, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+        // What needs no store is still served.
+        let (status, _) = bounded(app.get("/openapi.json")).await;
+        assert_eq!(status, StatusCode::OK);
     }
     postgres_ctl(&["start"]);
     let back = Instant::now();
