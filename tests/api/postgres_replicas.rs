@@ -1,9 +1,11 @@
 //! Several real `lablink serve` processes on one PostgreSQL database,
 //! behaving as one server: one winner of a race, one FIFO queue, live events
-//! and `resume_from` across replicas, leases that end on time when the
-//! replica that granted them is gone, `kill -9` of a replica and a restart
-//! of PostgreSQL under load losing nothing acknowledged (and subscribers
-//! that resume missing no event), token revocation seen by every replica.
+//! and `resume_from` across replicas, notifications heard on whichever
+//! replica a session listens, leases that end on time when the replica that
+//! granted them is gone or the replicas' clocks disagree, `kill -9` of a
+//! replica and a restart of PostgreSQL under load losing nothing
+//! acknowledged (and subscribers that resume missing no event), token
+//! revocation seen by every replica.
 //!
 //! Each test skips (saying why) without `LABLINK_TEST_POSTGRES`; the restart
 //! test also needs `LABLINK_TEST_POSTGRES_CTL` and runs alone, since it stops
