@@ -126,6 +126,69 @@ async fn clients_racing_through_three_replicas_get_exactly_one_winner() {
     assert_eq!(grants, expected, "one grant per round, to its winner");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_queueing_at_once_through_three_replicas_form_one_fifo_queue() {
+    let Some(database) = test_database().await else {
+        return;
+    };
+    let replicas = Replicas::start(database.url(), 3, &[]);
+    let apps = replicas.apps();
+    let mut sessions = Vec::new();
+    for i in 0..24 {
+        sessions.push(session(&apps[i % 3], &format!("pc{i}")).await);
+    }
+    let answers = join_all(
+        sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| apps[i % 3].acquire("ps_abc123", s, json!({"queue_if_busy": true}))),
+    )
+    .await;
+    let mut holder = None;
+    let mut positions = Vec::new();
+    for ((status, body), s) in answers.into_iter().zip(&sessions) {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        match body["status"].as_str() {
+            Some("locked") => assert!(holder.replace(s.clone()).is_none(), "two holders"),
+            Some("queued") => {
+                positions.push((body["queue_entry"]["position"].as_u64().unwrap(), s.clone()))
+            }
+            other => panic!("{other:?}: {body}"),
+        }
+    }
+    let holder = holder.expect("one holder");
+    positions.sort();
+    assert_eq!(
+        positions.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (1..=23).collect::<Vec<_>>(),
+        "each waiter told a different place, 1 to 23"
+    );
+    let in_line: Vec<String> = positions.into_iter().map(|p| p.1).collect();
+    for app in &apps {
+        assert_eq!(
+            queue(app).await,
+            in_line,
+            "every replica shows the queue in that order"
+        );
+    }
+    // Released through the replicas in turn, the lock goes down the line.
+    let mut current = holder;
+    for (i, next) in in_line.iter().enumerate() {
+        let (status, body) = apps[i % 3].release("ps_abc123", &current, false).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, status) = apps[(i + 1) % 3].get("/api/locks/status/ps_abc123").await;
+        assert_eq!(status["session_id"], next.as_str(), "{status}");
+        current = next.clone();
+    }
+    let history = whole_history(&apps[0], "&equipment_id=ps_abc123", None).await;
+    assert_one_holder_at_a_time(&history);
+    let granted: Vec<String> = exclusive_grants(&history)
+        .into_iter()
+        .map(|g| g.2)
+        .collect();
+    assert_eq!(granted[1..], in_line[..], "granted in queue order");
+}
+
 /// A `wait_seconds` acquire through `app`, answered when it is granted.
 fn waiting_acquire(
     app: &TestApp,
