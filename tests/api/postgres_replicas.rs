@@ -210,7 +210,11 @@ fn waiting_acquire(
 
 /// The sessions in the queue of `ps_abc123`, in order, as `app` shows them.
 async fn queue(app: &TestApp) -> Vec<String> {
-    let (_, q) = app.get("/api/locks/queue/ps_abc123").await;
+    queue_of(app, "ps_abc123").await
+}
+
+async fn queue_of(app: &TestApp, equipment: &str) -> Vec<String> {
+    let (_, q) = app.get(&format!("/api/locks/queue/{equipment}")).await;
     q["queue"]
         .as_array()
         .unwrap()
@@ -627,8 +631,11 @@ struct Tally {
     unexpected: Vec<String>,
 }
 
-/// Clients cycling acquire and release through the replicas in turn, three
-/// per demo instrument, until stopped (at most 5,000 cycles each).
+/// The instruments the load cycles on (`load_1` stays free for other checks).
+const LOADED: [&str; 2] = ["ps_abc123", "scope_123"];
+
+/// Clients cycling acquire and release through the replicas in turn, spread
+/// over `LOADED`, until stopped (at most 5,000 cycles each).
 struct Load {
     tally: Arc<Mutex<Tally>>,
     targets: Arc<Mutex<Vec<String>>>,
@@ -703,7 +710,7 @@ async fn cycle(
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
-    let equipment = EQUIPMENT[i % EQUIPMENT.len()];
+    let equipment = LOADED[i % LOADED.len()];
     let body = json!({"equipment_id": equipment, "session_id": session, "queue_if_busy": false, "timeout_seconds": 60});
     for round in 0..5_000 {
         if stop.load(Ordering::Relaxed) {
@@ -922,6 +929,26 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
     let replicas = Replicas::start(store, 3, &[]);
     let apps = replicas.apps();
     let followers: Vec<Follower> = apps.iter().map(Follower::start).collect();
+    // A holder (through A) and a waiter with `wait_seconds` (on B) across
+    // the outage.
+    let holder = session(&apps[0], "holder").await;
+    let waiter = session(&apps[1], "waiter").await;
+    let (status, _) = apps[0].acquire("load_1", &holder, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let request = apps[1].client.post(format!("{}/api/locks/acquire", apps[1].base)).json(&json!({
+        "equipment_id": "load_1", "session_id": waiter, "queue_if_busy": true, "wait_seconds": 120,
+    }));
+    let waiting = tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    });
+    let queued = tokio::time::timeout(Duration::from_secs(10), async {
+        while queue_of(&apps[2], "load_1").await != [waiter.clone()] {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(queued.is_ok(), "the waiter is in the queue");
     let load = Load::start(&apps, 9).await;
     load.until_acknowledged(50, Duration::from_secs(60)).await;
 
@@ -965,7 +992,48 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
         recovery <= Duration::from_secs(10),
         "every replica serves again within a few seconds of PostgreSQL: {recovery:?}"
     );
+    // A few seconds on, every replica answers every request: no connection
+    // of it is left broken from before the outage (reads run on several).
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(back.elapsed())).await;
+    for app in &apps {
+        let reads = join_all((0..12).map(|i| {
+            app.get(if i % 2 == 0 {
+                "/api/locks/status/load_1"
+            } else {
+                "/api/locks/events?limit=1"
+            })
+        }))
+        .await;
+        let failed: Vec<_> = reads.iter().filter(|r| r.0 != StatusCode::OK).collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed reads 5 s after PostgreSQL came back: {failed:?}",
+            app.base
+        );
+    }
     load.until_acknowledged(50, Duration::from_secs(60)).await;
+
+    // The waiter kept its place: released through C, load_1 goes to it. If
+    // its request was still waiting, it is answered `locked`; it may have
+    // been answered 503 during the outage instead.
+    let (status, body) = apps[2].release("load_1", &holder, false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting acquire is answered")
+        .unwrap();
+    if status == StatusCode::OK {
+        assert_eq!(body["status"], "locked", "{body}");
+    } else {
+        assert_error(
+            &(status, body),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+        );
+    }
+    let (_, load_1) = apps[0].get("/api/locks/status/load_1").await;
+    assert_eq!(load_1["session_id"], waiter.as_str(), "{load_1}");
+
     let tally = load.finish().await;
     println!(
         "all replicas served again {recovery:?} after PostgreSQL was back; {} acquires and {} releases acknowledged, {} answered 503",
@@ -983,7 +1051,7 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
         let s = session(&apps[(i + 1) % 3], "listener").await;
         let mut ws = connect(app, json!({"type": "subscribe", "session_id": s})).await;
         let (status, _) = apps[(i + 1) % 3]
-            .acquire("load_1", &s, json!({"queue_if_busy": true}))
+            .acquire("ps_abc123", &s, json!({"queue_if_busy": true}))
             .await;
         assert_eq!(status, StatusCode::OK);
         let event = next_recorded(&mut ws, Duration::from_secs(1)).await;
