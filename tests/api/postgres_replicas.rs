@@ -926,8 +926,10 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
         );
         return;
     }
-    let replicas = Replicas::start(store, 3, &[]);
-    let apps = replicas.apps();
+    // Three replicas under load, and a fourth that nobody uses until after.
+    let replicas = Replicas::start(store, 4, &[]);
+    let mut apps = replicas.apps();
+    let idle = apps.pop().unwrap();
     let followers: Vec<Follower> = apps.iter().map(Follower::start).collect();
     // A holder (through A) and a waiter with `wait_seconds` (on B) across
     // the outage.
@@ -993,9 +995,21 @@ async fn postgres_outage_under_load_is_503_then_every_replica_recovers_on_its_ow
         "every replica serves again within a few seconds of PostgreSQL: {recovery:?}"
     );
     // A few seconds on, every replica answers every request: no connection
-    // of it is left broken from before the outage (reads run on several).
+    // of it is left broken from before the outage (reads run on several),
+    // the idle one included.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(back.elapsed())).await;
-    for app in &apps {
+    let (status, body) = idle
+        .post(
+            "/api/locks/sessions/create",
+            json!({"client_name": "idle", "timeout_seconds": 0}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the idle replica writes again: {body}"
+    );
+    for app in apps.iter().chain([&idle]) {
         let reads = join_all((0..12).map(|i| {
             app.get(if i % 2 == 0 {
                 "/api/locks/status/load_1"
