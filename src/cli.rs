@@ -1,11 +1,14 @@
-//! The `lablink` command line (clap): `lablink serve` and its flags, and
-//! the operator's commands beside it (`token`, `backup`, `sim`).
+//! The `lablink` command line (clap): `lablink serve` and its flags, the
+//! operator's commands beside it (`token`, `backup`, `sim`), and the client
+//! commands (`run`, `status`, ...), whose work is in `crate::client`.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth;
+use crate::client::{self, ClientError, Connection, http::Api};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Flags, Settings};
 use crate::domain::Role;
@@ -36,6 +39,23 @@ pub enum Command {
     /// Copy the configured SQLite store to a new file, consistently, while
     /// the server runs (restore: start a server on the copy).
     Backup(BackupArgs),
+    /// Run a command while holding locks: wait for the turn, keep the locks
+    /// alive while it runs, release them after; exits with its status.
+    #[command(after_help = RUN_EXIT_STATUSES)]
+    Run(RunArgs),
+    /// Who holds what: every instrument, or one in detail with its queue.
+    Status(StatusArgs),
+    /// Live sessions, with what each holds or waits for.
+    Sessions(ReadArgs),
+    /// Who waits for an instrument, next in line first.
+    Queue(QueueArgs),
+    /// Release a lock or leave a queue; --force releases whoever holds it (admins).
+    Release(ReleaseArgs),
+    /// Run an instrument action, e.g. `lablink command ps_abc123 set_voltage voltage=12`.
+    #[command(name = "command")]
+    Action(ActionArgs),
+    /// The lock history, oldest first; --follow streams new events live.
+    Events(EventsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +69,150 @@ pub struct BackupArgs {
     /// The server's config file, to find its store [env: LABLINK_CONFIG]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+const RUN_EXIT_STATUSES: &str = "Exit status: the command's own (128+N if killed by signal N); \
+69 if a lock was lost (the command got SIGTERM, SIGKILL after --grace); \
+75 if --wait ran out (nothing left behind); 130/143 if interrupted by SIGINT/SIGTERM; \
+126/127 if the command cannot be executed/found; 1 if the server refused or cannot be reached.";
+
+/// Where the server is and who is asking: every client command takes these.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The LabLink server's URL
+    #[arg(
+        long,
+        value_name = "URL",
+        env = client::vars::URL,
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+    /// API token (when the server requires authentication)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = client::vars::TOKEN,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    fn connection(self) -> Connection {
+        Connection {
+            url: self.url,
+            // An empty LABLINK_TOKEN is no token.
+            token: self.token.filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// A duration: `90s`, `10m`, `1h` or plain seconds.
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    client::output::parse_duration(text)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Equipment to lock (repeat for several; taken in sorted order)
+    #[arg(long = "lock", value_name = "EQ", required = true)]
+    pub locks: Vec<String>,
+    /// Take observer locks instead of exclusive ones
+    #[arg(long)]
+    pub observer: bool,
+    /// Give up after waiting this long (90s, 10m, 1h or seconds; 0: do not queue) [default: as long as it takes]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub wait: Option<Duration>,
+    /// The lease of the session and the locks, renewed while the command runs: how long they outlive a `run` that is killed
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "60s")]
+    pub timeout: Duration,
+    /// How long the command has between SIGTERM and SIGKILL when it must stop
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "10s")]
+    pub grace: Duration,
+    /// The command to run, and its arguments (after `--`)
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// A read command's common flags.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print the server's JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// One instrument in detail (else all of them)
+    pub equipment: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    pub equipment: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    pub equipment: String,
+    /// Release whoever holds it (administrators only, with authentication on)
+    #[arg(long)]
+    pub force: bool,
+    /// The session whose lock or queue place to release; with --force, who forces it [default with --force: lablink-cli]
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ActionArgs {
+    pub equipment: String,
+    /// The action's name (a wrong one is answered with the list of valid ones)
+    pub action: String,
+    /// Parameters as key=value, typed from the action catalog (voltage=12 is a number)
+    #[arg(value_name = "KEY=VALUE")]
+    pub parameters: Vec<String>,
+    /// The session holding the lock (inside `lablink run`: its own)
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
+    pub session: Option<String>,
+    /// The lock's fencing token [default inside `lablink run`: its lock's]
+    #[arg(long, value_name = "N")]
+    pub fencing_token: Option<u64>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// After the history, stream new events live (until Ctrl-C)
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this equipment's events
+    #[arg(long, value_name = "EQ")]
+    pub equipment: Option<String>,
+    /// Only events naming this session
+    #[arg(long, value_name = "SESSION")]
+    pub session: Option<String>,
+    /// Only events at or after this instant: RFC 3339, or a duration ago (10m, 1h)
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,7 +299,116 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Sim(args) => sim(args).await,
         Command::Token(args) => token(args).await,
         Command::Backup(args) => backup(args),
+        Command::Run(args) => run(args).await,
+        Command::Status(StatusArgs { equipment, read }) => {
+            client_command("status", read.server, async |api| match &equipment {
+                Some(eq) => client::reads::status_one(api, eq, read.json).await,
+                None => client::reads::status_all(api, read.json).await,
+            })
+            .await
+        }
+        Command::Sessions(read) => {
+            client_command("sessions", read.server, async |api| {
+                client::reads::sessions(api, read.json).await
+            })
+            .await
+        }
+        Command::Queue(QueueArgs { equipment, read }) => {
+            client_command("queue", read.server, async |api| {
+                client::reads::queue(api, &equipment, read.json).await
+            })
+            .await
+        }
+        Command::Release(args) => release(args).await,
+        Command::Action(args) => action(args).await,
+        Command::Events(args) => events(args).await,
     }
+}
+
+/// Runs a client command against the server; its exit status.
+async fn client_command(
+    name: &str,
+    server: ServerArgs,
+    act: impl AsyncFnOnce(&Api) -> Result<(), ClientError>,
+) -> i32 {
+    let done = match Api::new(&server.connection()) {
+        Ok(api) => act(&api).await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => 0,
+        Err(e) => client::fail(name, &e),
+    }
+}
+
+async fn run(args: RunArgs) -> i32 {
+    let options = client::run::RunOptions {
+        locks: args.locks,
+        observer: args.observer,
+        wait: args.wait,
+        lease: args.timeout,
+        grace: args.grace,
+        command: args.command,
+    };
+    client::run::run(&args.server.connection(), options).await
+}
+
+async fn release(args: ReleaseArgs) -> i32 {
+    let session = match (args.session, args.force) {
+        (Some(session), _) => session,
+        // Recorded as `forced_by`; it need not exist.
+        (None, true) => "lablink-cli".into(),
+        (None, false) => {
+            eprintln!(
+                "lablink release: name the session whose lock to release (--session or LABLINK_SESSION_ID), or --force"
+            );
+            return client::exit::USAGE;
+        }
+    };
+    client_command("release", args.read.server, async |api| {
+        client::reads::release(api, &args.equipment, &session, args.force, args.read.json).await
+    })
+    .await
+}
+
+async fn action(args: ActionArgs) -> i32 {
+    let fencing_token = args.fencing_token.or_else(|| {
+        client::reads::fencing_token_from_env(&args.equipment, args.session.as_deref())
+    });
+    client_command("command", args.read.server, async |api| {
+        client::reads::command(
+            api,
+            &args.equipment,
+            &args.action,
+            &args.parameters,
+            args.session.as_deref(),
+            fencing_token,
+            args.read.json,
+        )
+        .await
+    })
+    .await
+}
+
+async fn events(args: EventsArgs) -> i32 {
+    // A duration means that long ago.
+    let since = args
+        .since
+        .map(|since| match client::output::parse_duration(&since) {
+            Ok(ago) => {
+                (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }
+            Err(_) => since,
+        });
+    let filter = client::events::EventFilter {
+        equipment: args.equipment,
+        session: args.session,
+        since,
+    };
+    client_command("events", args.read.server, async |api| {
+        client::events::events(api, &filter, args.follow, args.read.json).await
+    })
+    .await
 }
 
 /// The settings a command beside `serve` finds its store with: the same

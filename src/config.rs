@@ -48,7 +48,7 @@ const STORE: Key = Key {
     env: "LABLINK_STORE",
     file: "store",
     default: "sqlite://lablink-data/lablink.db",
-    help: "where state lives: sqlite://PATH[?synchronous=full|normal&busy_timeout_ms=N] or memory",
+    help: "where state lives: sqlite://PATH[?synchronous=full|normal&busy_timeout_ms=N], postgres://USER@HOST[:PORT]/DB (several servers as one) or memory",
 };
 const LOCKS: Key = Key {
     env: "LABLINK_ENABLE_EQUIPMENT_LOCKS",

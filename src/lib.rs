@@ -21,6 +21,9 @@
 //!   the OpenAPI schemas.
 //! - `server`, `config`, `cli`, `telemetry`: the composition root; the only
 //!   code that names concrete stores and clocks.
+//! - `client`: the client commands (`lablink run`, `status`, ...); they
+//!   speak HTTP and WebSocket to a server and use nothing above but
+//!   `server::Signals`.
 //!
 //! The load generator is not part of this library: it is the
 //! `lablink-bench` binary of `bench/loadgen`, which speaks HTTP to a server.
@@ -28,6 +31,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -485,6 +485,7 @@ every_backend!(
     event_numbers_are_never_reused,
     a_cursor_past_the_newest_event_pages_nothing_and_points_back,
     the_listener_hears_every_commit_in_seq_order,
+    units_sent_together_stand_or_fall_alone,
 );
 
 #[test]
@@ -693,6 +694,83 @@ fn sqlite_units_sent_before_the_store_closes_are_kept() {
     );
 }
 
+fn units_sent_together_stand_or_fall_alone(store: &dyn Store) {
+    save_session(store, &session("s", 1_000));
+    let outcomes = together(
+        store,
+        vec![
+            Box::new(|tx| {
+                tx.save_session(&session("kept", 0))?;
+                tx.record_events(&mut [event(
+                    EventKind::LockAcquired,
+                    10,
+                    Some("psu"),
+                    Some("kept"),
+                )])
+            }),
+            Box::new(|tx| {
+                tx.save_session(&session("undone", 0))?;
+                let mut later = session("s", 1_000);
+                later.last_activity = t(5_000);
+                tx.save_session(&later)?;
+                tx.save_equipment_locks(&locked("psu", "undone", 0, &[]))?;
+                tx.record_events(&mut [event(
+                    EventKind::LockAcquired,
+                    20,
+                    Some("psu"),
+                    Some("undone"),
+                )])?;
+                // Something only SQL answers, after writes: they must be
+                // undone in the database too.
+                assert_eq!(tx.equipment_of_session(&sid("undone"))?, vec![eid("psu")]);
+                assert!(tx.due(t(1_000), 10)?.is_empty());
+                Err(StoreError::Unavailable("simulated failure".into()))
+            }),
+            Box::new(|tx| {
+                tx.save_session(&session("also", 0))?;
+                assert_eq!(tx.due(t(1_000), 10)?, vec![Due::Session(sid("s"))]);
+                assert!(tx.equipment_of_session(&sid("undone"))?.is_empty());
+                tx.record_events(&mut [event(
+                    EventKind::LockReleased,
+                    30,
+                    Some("psu"),
+                    Some("also"),
+                )])
+            }),
+            Box::new(|_| -> Result<(), StoreError> { panic!("a bug in a unit of work") }),
+        ],
+    );
+    assert_eq!(
+        outcomes.iter().map(Result::is_ok).collect::<Vec<_>>(),
+        [true, false, true, false]
+    );
+    let mut ids: Vec<String> = with(store, |tx| tx.sessions())
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["also", "kept", "s"],
+        "the failed units alone were undone"
+    );
+    assert_eq!(
+        with(store, |tx| tx.equipment_locks(&eid("psu"))),
+        EquipmentLocks::new(eid("psu"))
+    );
+    let events = with(store, |tx| tx.equipment_events(&eid("psu"), 10));
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq.unwrap()).collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.timestamp.as_millis())
+            .collect::<Vec<_>>(),
+        [10, 30]
+    );
+    assert_eq!(seqs[1], seqs[0] + 1, "numbers stay contiguous: {seqs:?}");
+    assert_eq!(with(store, |tx| tx.next_deadline()), Some(t(1_000)));
+}
+
 fn the_listener_hears_every_commit_in_seq_order(store: &dyn Store) {
     let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let ear = heard.clone();
@@ -719,4 +797,55 @@ fn the_listener_hears_every_commit_in_seq_order(store: &dyn Store) {
     let heard = heard.lock().unwrap().clone();
     let first = heard.first().copied().unwrap();
     assert_eq!(heard, (first..first + kept).collect::<Vec<_>>());
+}
+
+#[test]
+fn postgres_two_servers_on_one_database_see_each_others_writes() {
+    let Some(database) = super::postgres::test_database::fresh() else {
+        return;
+    };
+    let options = super::postgres::PostgresOptions::from_url(database.url()).unwrap();
+    let a = super::postgres::PostgresStore::open(&options).unwrap();
+    let b = super::postgres::PostgresStore::open(&options).unwrap();
+    // Each writer caches what it read and wrote; the other's writes in
+    // between must be seen, in a write as in a read.
+    save_session(&a, &session("s", 1_000));
+    save_locks(&a, &locked("psu", "s", 1_000, &[]));
+    assert_eq!(
+        with(&b, |tx| tx.session(&sid("s"))),
+        Some(session("s", 1_000))
+    );
+    let mut renewed = session("s", 1_000);
+    renewed.touch(t(500));
+    save_session(&b, &renewed);
+    save_locks(&b, &locked("psu", "s", 1_000, &["w"]));
+    assert_eq!(with(&a, |tx| tx.session(&sid("s"))), Some(renewed.clone()));
+    assert_eq!(
+        with(&a, |tx| tx.equipment_locks(&eid("psu"))),
+        locked("psu", "s", 1_000, &["w"])
+    );
+    assert_eq!(
+        with(&a, |tx| tx.equipment_of_session(&sid("w"))),
+        vec![eid("psu")]
+    );
+    // An earlier deadline saved by the other is due for this one.
+    save_session(&b, &session("early", 100));
+    assert_eq!(
+        with(&a, |tx| tx.due(t(200), 10)),
+        vec![Due::Session(sid("early"))]
+    );
+    with(&b, |tx| tx.delete_session(&sid("s")));
+    assert_eq!(with(&a, |tx| tx.session(&sid("s"))), None);
+    // Events are numbered in one order across both.
+    let first = record(
+        &a,
+        vec![event(EventKind::LockAcquired, 1, Some("psu"), Some("s"))],
+    );
+    let second = record(
+        &b,
+        vec![event(EventKind::LockReleased, 2, Some("psu"), Some("s"))],
+    );
+    assert_eq!(second[0].seq, first[0].seq.map(|s| s + 1));
+    drop((a, b));
+    drop(database);
 }

@@ -193,7 +193,10 @@ impl MemoryStore {
             ended: Vec::new(),
             events: Vec::new(),
         };
-        match work(&mut tx) {
+        // A unit that panics is undone like one that fails.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut tx)))
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the unit of work panicked".into())));
+        match done {
             Ok(()) => {
                 let MemoryTx {
                     state,

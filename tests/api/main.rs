@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod cli_client;
 mod crash;
 mod dashboard;
 mod durability;

@@ -84,6 +84,22 @@ impl Conn {
         self.client.batch_execute(sql).map_err(unavailable)
     }
 
+    /// Runs statements without parameters in one round trip; returns the
+    /// rows of two-column results as text (`key`, `value`).
+    pub(super) fn simple(&mut self, sql: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let messages = self.client.simple_query(sql).map_err(unavailable)?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => Some((
+                    row.get(0).unwrap_or_default().to_string(),
+                    row.get(1).unwrap_or_default().to_string(),
+                )),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub(super) fn client(&mut self) -> &mut Client {
         &mut self.client
     }

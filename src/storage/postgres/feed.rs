@@ -184,9 +184,17 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
             measured = Some(Instant::now());
         }
         if let Err(e) = catch_up(c, sequencer) {
-            tracing::warn!(error = %e, "cannot read the history for live events");
+            if !failing {
+                tracing::warn!(error = %e, "cannot read the history for live events; reconnecting");
+            }
+            // Start over on a new connection (after a pause: PostgreSQL
+            // may be restarting).
+            conn = None;
+            failing = true;
+            std::thread::sleep(Duration::from_millis(200));
             continue;
         }
+        failing = false;
         // Wait for a notification (or look anyway after a while); several
         // arriving together mean one read.
         let mut notifications = c.client().notifications();

@@ -16,6 +16,7 @@
 //! replicas), `readers` (the reader threads), `tx` (a unit of work's SQL)
 //! and `feed` (events from other replicas, in order; the shared clock).
 
+mod cache;
 mod conn;
 mod feed;
 mod migrate;

@@ -1,8 +1,9 @@
 //! The PostgreSQL store's writer: one thread owns a write connection and
 //! runs this server's units of work in batches, one PostgreSQL transaction
-//! each (group commit: a unit per savepoint, so a failing one is undone
-//! alone). A batch takes everything queued when it starts, so the units
-//! that arrive while one commits form the next.
+//! each (group commit; a failing unit is undone alone: see `cache`, which
+//! also keeps the rows it reads between batches). A batch takes everything
+//! queued when it starts, so the units that arrive while one commits form
+//! the next.
 //!
 //! Every batch first locks the `event_seq` row of `meta` (`FOR UPDATE`):
 //! the writes of all replicas sharing the database run one batch at a time,
@@ -16,16 +17,16 @@
 //! A lost connection (PostgreSQL restarted) fails the batch under way with
 //! `store_unavailable`; the next batch connects again.
 
-use postgres::types::ToSql;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use super::PostgresOptions;
-use super::conn::{Conn, corrupt};
+use super::cache::{BatchState, Cache, UnitTx};
+use super::conn::Conn;
 use super::feed::Sequencer;
-use super::tx::{EventBuffer, PgTx};
+use crate::domain::Event;
 use crate::storage::{StoreError, Work};
 
 /// The most units one batch holds.
@@ -55,6 +56,7 @@ impl Writer {
         let state = WriterThread {
             options,
             conn: Some(conn),
+            cache: Cache::default(),
             sequencer,
         };
         let thread = std::thread::Builder::new()
@@ -91,6 +93,8 @@ struct WriterThread {
     options: PostgresOptions,
     /// `None` after the connection was lost, until the next batch.
     conn: Option<Conn>,
+    /// Rows kept between batches (see `cache`).
+    cache: Cache,
     sequencer: Arc<Sequencer>,
 }
 
@@ -101,18 +105,20 @@ impl WriterThread {
             let Ok(Message::Unit(work, answer)) = messages.recv() else {
                 return;
             };
-            let mut units = vec![(work, answer)];
-            while units.len() < MAX_BATCH {
-                match messages.try_recv() {
-                    Ok(Message::Unit(work, answer)) => units.push((work, answer)),
-                    Ok(Message::Close) => {
-                        closing = true;
-                        break;
+            // The rest of the batch is taken once it holds the lock: what
+            // arrived while another replica's batch held it joins too.
+            let mut more = |room: usize| {
+                let mut units = Vec::new();
+                while units.len() < room && !closing {
+                    match messages.try_recv() {
+                        Ok(Message::Unit(work, answer)) => units.push((work, answer)),
+                        Ok(Message::Close) => closing = true,
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
-            }
-            self.run_batch(units);
+                units
+            };
+            self.run_batch(vec![(work, answer)], &mut more);
         }
     }
 
@@ -125,12 +131,27 @@ impl WriterThread {
         Ok(self.conn.as_mut().expect("just opened"))
     }
 
-    fn run_batch(&mut self, units: Vec<(Work, Answer)>) {
+    fn run_batch(
+        &mut self,
+        units: Vec<(Work, Answer)>,
+        more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
+    ) {
         let sequencer = self.sequencer.clone();
+        let mut cache = std::mem::take(&mut self.cache);
         let outcome = match self.connection() {
-            Ok(conn) => run_in_transaction(conn, units),
-            Err(why) => Err((units.into_iter().map(|(_, answer)| answer).collect(), why)),
+            Ok(conn) => run_in_transaction(conn, &mut cache, units, more),
+            Err(why) => {
+                let mut answers: Vec<Answer> =
+                    units.into_iter().map(|(_, answer)| answer).collect();
+                answers.extend(more(MAX_BATCH).into_iter().map(|(_, answer)| answer));
+                Err((answers, why))
+            }
         };
+        if outcome.is_err() {
+            // What the cache holds may never have been committed.
+            cache.clear();
+        }
+        self.cache = cache;
         match outcome {
             Ok((answers, events)) => {
                 sequencer.offer(events);
@@ -151,111 +172,131 @@ impl WriterThread {
     }
 }
 
+/// How many write-journal entries are kept (other replicas' batches a
+/// writer can catch up on without dropping its whole cache), and how often
+/// older ones are pruned.
+const JOURNAL_KEPT: i64 = 4096;
+const JOURNAL_PRUNE_EVERY: i64 = 1024;
+
+/// Brings the cache up to `writes` (the batches committed so far): with
+/// other replicas' batches since this writer's last, it forgets the rows
+/// they changed (all of them if the journal no longer covers them).
+fn catch_up(conn: &mut Conn, cache: &mut Cache, writes: i64) -> Result<(), StoreError> {
+    let Some(known) = cache.valid_for else {
+        cache.clear();
+        return Ok(());
+    };
+    if known == writes {
+        return Ok(());
+    }
+    let rows = conn.query(
+        "SELECT sessions, equipment FROM write_journal WHERE writes > $1 AND writes <= $2",
+        &[&known, &writes],
+    )?;
+    if rows.len() as i64 != writes - known {
+        cache.clear();
+        return Ok(());
+    }
+    for row in rows {
+        let (sessions, equipment): (Vec<String>, Vec<String>) = (row.get(0), row.get(1));
+        cache.forget(&sessions, &equipment);
+    }
+    cache.valid_for = Some(writes);
+    Ok(())
+}
+
 /// Who is still to be answered, and why the batch failed.
 type Failed = (Vec<Answer>, StoreError);
 
 fn run_in_transaction(
     conn: &mut Conn,
-    units: Vec<(Work, Answer)>,
-) -> Result<(Vec<Answer>, Vec<crate::domain::Event>), Failed> {
-    let mut answers = Vec::with_capacity(units.len());
-    let mut pending = units.into_iter();
-    let fail = |answers: Vec<Answer>, rest: std::vec::IntoIter<(Work, Answer)>, why: StoreError| {
-        let mut all = answers;
-        all.extend(rest.map(|(_, answer)| answer));
-        (all, why)
+    cache: &mut Cache,
+    mut units: Vec<(Work, Answer)>,
+    more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
+) -> Result<(Vec<Answer>, Vec<Event>), Failed> {
+    let mut answers = Vec::with_capacity(MAX_BATCH);
+    let fail = |mut answers: Vec<Answer>, rest: std::vec::IntoIter<(Work, Answer)>, why| {
+        answers.extend(rest.map(|(_, answer)| answer));
+        (answers, why)
     };
-    let begun = conn.batch("BEGIN").and_then(|()| {
-        conn.query_one(
-            "SELECT value FROM meta WHERE key = 'event_seq' FOR UPDATE",
-            &[],
-        )
-    });
-    let last_seq: i64 = match begun {
-        Ok(row) => row.get(0),
-        Err(why) => return Err(fail(answers, pending, why)),
-    };
-    let mut buffer = EventBuffer {
-        last_seq,
-        events: Vec::new(),
-    };
-    while let Some((mut work, answer)) = pending.next() {
-        if let Err(why) = conn.batch("SAVEPOINT work") {
-            answers.push(answer);
-            return Err(fail(answers, pending, why));
+    // Both rows, in one order on every replica (no deadlock between them).
+    // One round trip for both.
+    let begun = conn.simple(
+        "BEGIN; SELECT key, value FROM meta WHERE key IN ('event_seq', 'writes') ORDER BY key FOR UPDATE",
+    );
+    let (mut last_seq, mut writes) = (None, None);
+    match begun {
+        Ok(rows) => {
+            for (key, value) in rows {
+                match key.as_str() {
+                    "event_seq" => last_seq = value.parse::<i64>().ok(),
+                    _ => writes = value.parse::<i64>().ok(),
+                }
+            }
         }
-        let (seq_mark, events_mark) = (buffer.last_seq, buffer.events.len());
-        let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            work(&mut PgTx::new(conn, Some(&mut buffer)))
-        }))
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the unit of work panicked".into())));
-        let kept = done.and_then(|()| conn.batch("RELEASE SAVEPOINT work"));
-        match kept {
-            Ok(()) => answers.push(answer),
-            Err(e) => {
-                if conn.is_closed() {
-                    answers.push(answer);
-                    return Err(fail(answers, pending, e));
-                }
-                // Undo this unit only; the rest of the batch stands.
-                if let Err(why) = conn.batch("ROLLBACK TO SAVEPOINT work; RELEASE SAVEPOINT work") {
-                    answers.push(answer);
-                    return Err(fail(answers, pending, why));
-                }
-                buffer.last_seq = seq_mark;
-                buffer.events.truncate(events_mark);
+        Err(why) => {
+            units.extend(more(MAX_BATCH - units.len()));
+            return Err(fail(answers, units.into_iter(), why));
+        }
+    }
+    units.extend(more(MAX_BATCH - units.len()));
+    let mut pending = units.into_iter();
+    let (Some(last_seq), Some(writes)) = (last_seq, writes) else {
+        let why = StoreError::Corrupt("the meta table lacks event_seq or writes".into());
+        return Err(fail(answers, pending, why));
+    };
+    if let Err(why) = catch_up(conn, cache, writes) {
+        return Err(fail(answers, pending, why));
+    }
+    let mut batch = BatchState::new(last_seq);
+    while let Some((mut work, answer)) = pending.next() {
+        let mut unit = UnitTx::new(conn, cache, &mut batch);
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| work(&mut unit)))
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the unit of work panicked".into())));
+        let settled = match done {
+            Ok(()) => unit.keep().map(|()| Ok(())),
+            Err(e) => unit.undo().map(|()| Err(e)),
+        };
+        match settled {
+            Ok(Ok(())) => answers.push(answer),
+            Ok(Err(e)) if !conn.is_closed() => {
                 let _ = answer.send(Err(e));
             }
+            Ok(Err(why)) | Err(why) => {
+                answers.push(answer);
+                return Err(fail(answers, pending, why));
+            }
         }
     }
-    let EventBuffer { last_seq, events } = buffer;
-    let finished = insert_events(conn, &events)
-        .and_then(|()| {
-            if events.is_empty() {
-                return Ok(());
+    // The counters, the notification (delivered to every listening replica
+    // at commit, in commit order) and the commit: one round trip.
+    let finished = batch.flush(conn, cache, writes + 1).and_then(|()| {
+        let events = &batch.events;
+        let prune = if (writes + 1) % JOURNAL_PRUNE_EVERY == 0 {
+            format!(
+                "DELETE FROM write_journal WHERE writes <= {};",
+                writes + 1 - JOURNAL_KEPT
+            )
+        } else {
+            String::new()
+        };
+        conn.batch(&format!(
+            "UPDATE meta SET value = CASE key WHEN 'writes' THEN value + 1 ELSE {} END
+             WHERE key IN ('event_seq', 'writes');
+             {prune}{}COMMIT",
+            events.last_seq,
+            if events.events.is_empty() {
+                ""
+            } else {
+                "NOTIFY lablink_events; "
             }
-            conn.execute(
-                "UPDATE meta SET value = $1 WHERE key = 'event_seq'",
-                &[&last_seq],
-            )?;
-            // Delivered to every listening replica at commit, in commit order.
-            conn.batch("NOTIFY lablink_events")
-        })
-        .and_then(|()| conn.batch("COMMIT"));
+        ))
+    });
     match finished {
-        Ok(()) => Ok((answers, events)),
+        Ok(()) => {
+            cache.valid_for = Some(writes + 1);
+            Ok((answers, batch.events.events))
+        }
         Err(why) => Err((answers, why)),
     }
-}
-
-/// Inserts a batch's events in one statement.
-fn insert_events(conn: &mut Conn, events: &[crate::domain::Event]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut seq = Vec::with_capacity(events.len());
-    let mut at = Vec::with_capacity(events.len());
-    let mut kind = Vec::with_capacity(events.len());
-    let mut equipment = Vec::with_capacity(events.len());
-    let mut session = Vec::with_capacity(events.len());
-    let mut forced_by = Vec::with_capacity(events.len());
-    let mut data = Vec::with_capacity(events.len());
-    for event in events {
-        let mut stored = event.clone();
-        seq.push(stored.seq.take().map_or(0, |s| s as i64));
-        at.push(stored.timestamp.as_millis());
-        kind.push(stored.event.as_str());
-        equipment.push(stored.equipment_id.as_ref().map(|e| e.to_string()));
-        session.push(stored.session_id.as_ref().map(|s| s.to_string()));
-        forced_by.push(stored.forced_by.as_ref().map(|s| s.to_string()));
-        data.push(serde_json::to_string(&stored).map_err(corrupt)?);
-    }
-    let params: [&(dyn ToSql + Sync); 7] =
-        [&seq, &at, &kind, &equipment, &session, &forced_by, &data];
-    conn.execute(
-        "INSERT INTO events (seq, at, event, equipment_id, session_id, forced_by, data)
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])",
-        &params,
-    )?;
-    Ok(())
 }

@@ -52,10 +52,21 @@ CREATE TABLE tokens (
     revoked_at BIGINT
 );
 
+-- Which rows each write batch changed (numbered by `meta.writes`): a
+-- writer that finds other replicas wrote since its own last batch forgets
+-- only those rows from its cache. Old entries are pruned.
+CREATE TABLE write_journal (
+    writes    BIGINT PRIMARY KEY,
+    sessions  TEXT[] NOT NULL,
+    equipment TEXT[] NOT NULL
+);
+
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BIGINT NOT NULL
 );
 -- event_seq: the last `seq` handed out (never reused, even after pruning).
+-- writes: counts committed write batches; a writer whose own last batch
+-- is the last one knows its cached rows are still what is stored.
 -- tokens_version: changes with every token change.
-INSERT INTO meta (key, value) VALUES ('event_seq', 0), ('tokens_version', 0);
+INSERT INTO meta (key, value) VALUES ('event_seq', 0), ('writes', 0), ('tokens_version', 0);

@@ -1,0 +1,311 @@
+//! A thin typed client for the server's HTTP API (reqwest). Reads answer
+//! the server's JSON as it is (`--json` prints it untouched); the calls
+//! `run` builds on answer small typed structs. Every failure becomes one
+//! `ClientError`: the server's `code` and `detail`, or why it could not be
+//! reached.
+
+use reqwest::{Method, RequestBuilder, Url};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use super::{ClientError, Connection};
+
+/// How long an ordinary request may take, connecting included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take (a host that drops packets).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Api {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<String>,
+}
+
+/// A granted lock, as `run` needs it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Lock {
+    pub equipment_id: String,
+    pub lock_id: String,
+    pub fencing_token: u64,
+}
+
+/// What an acquire came to.
+#[derive(Debug)]
+pub enum Acquired {
+    Locked(Lock),
+    Queued { position: usize, message: String },
+}
+
+impl Api {
+    pub fn new(conn: &Connection) -> Result<Self, ClientError> {
+        let base = Url::parse(conn.url.trim_end_matches('/'))
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                ClientError::Input(format!(
+                    "--url must be an http:// or https:// URL such as http://127.0.0.1:8000, got {:?}",
+                    conn.url
+                ))
+            })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("lablink-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unexpected(format!("cannot set up HTTP: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            token: conn.token.clone(),
+        })
+    }
+
+    /// The server's URL, as given (without a trailing slash).
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The API token requests are sent with.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The URL of `segments` under the base; each segment is escaped, so an
+    /// id holding `/` or `?` stays one segment.
+    pub fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let request = self
+            .http
+            .request(method, self.url(segments))
+            .timeout(REQUEST_TIMEOUT);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends `request`; the answer's JSON, or the error it stands for.
+    async fn send(&self, request: RequestBuilder) -> Result<Value, ClientError> {
+        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| self.transport(e))?;
+        let body: Option<Value> = serde_json::from_str(&text).ok();
+        if status.is_success() {
+            return body.ok_or_else(|| {
+                ClientError::Unexpected(format!(
+                    "the server's answer is not JSON ({status}): {}",
+                    excerpt(&text)
+                ))
+            });
+        }
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|b| b.get(name))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        Err(ClientError::Server {
+            status: status.as_u16(),
+            code: field("code").unwrap_or_else(|| "http_error".into()),
+            detail: field("detail").unwrap_or_else(|| format!("HTTP {status}: {}", excerpt(&text))),
+        })
+    }
+
+    /// A failure below HTTP, in one line: the innermost cause says it best
+    /// ("Connection refused (os error 111)").
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        let reason = if e.is_timeout() {
+            "no answer in time".to_owned()
+        } else {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            cause.to_string()
+        };
+        ClientError::Unreachable {
+            url: self.base.to_string().trim_end_matches('/').to_owned(),
+            reason,
+        }
+    }
+
+    pub async fn get(&self, segments: &[&str]) -> Result<Value, ClientError> {
+        self.send(self.request(Method::GET, segments)).await
+    }
+
+    pub async fn get_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, ClientError> {
+        self.send(self.request(Method::GET, segments).query(query))
+            .await
+    }
+
+    pub async fn post(&self, segments: &[&str], body: &Value) -> Result<Value, ClientError> {
+        self.send(self.request(Method::POST, segments).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, segments: &[&str]) -> Result<Value, ClientError> {
+        self.send(self.request(Method::DELETE, segments)).await
+    }
+
+    // ---- what `run` builds on ----------------------------------------------
+
+    /// Opens a session; its id.
+    pub async fn create_session(
+        &self,
+        client_name: &str,
+        timeout: Duration,
+        metadata: Value,
+    ) -> Result<String, ClientError> {
+        let body = json!({
+            "client_name": client_name,
+            "timeout_seconds": timeout.as_secs_f64(),
+            "metadata": metadata,
+        });
+        let answer = self
+            .post(&["api", "locks", "sessions", "create"], &body)
+            .await?;
+        answer["session_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| unexpected("a new session", &answer))
+    }
+
+    /// Asks for `equipment`; queued if busy when `queue`, and then waits up
+    /// to `wait` for the turn (the server holds the request open).
+    pub async fn acquire(
+        &self,
+        equipment: &str,
+        session: &str,
+        observer: bool,
+        lease: Duration,
+        queue: bool,
+        wait: Duration,
+    ) -> Result<Acquired, ClientError> {
+        let body = json!({
+            "equipment_id": equipment,
+            "session_id": session,
+            "lock_mode": if observer { "observer" } else { "exclusive" },
+            "timeout_seconds": lease.as_secs_f64(),
+            "queue_if_busy": queue,
+            "wait_seconds": wait.as_secs_f64(),
+        });
+        let request = self
+            .request(Method::POST, &["api", "locks", "acquire"])
+            .timeout(wait + REQUEST_TIMEOUT)
+            .json(&body);
+        let answer = self.send(request).await?;
+        if let Some(lock) = answer.get("lock").filter(|l| !l.is_null()) {
+            return serde_json::from_value(lock.clone())
+                .map(Acquired::Locked)
+                .map_err(|_| unexpected("a lock", &answer));
+        }
+        match answer["queue_entry"]["position"].as_u64() {
+            Some(position) => Ok(Acquired::Queued {
+                position: position as usize,
+                message: answer["message"].as_str().unwrap_or_default().to_owned(),
+            }),
+            None => Err(unexpected("a lock or a queue place", &answer)),
+        }
+    }
+
+    /// Renews `session`'s lock on `equipment` (and the session).
+    pub async fn renew_lock(&self, equipment: &str, session: &str) -> Result<(), ClientError> {
+        let body = json!({"session_id": session});
+        self.post(&["api", "locks", "activity", equipment], &body)
+            .await
+            .map(drop)
+    }
+
+    pub async fn renew_session(&self, session: &str) -> Result<(), ClientError> {
+        self.post(
+            &["api", "locks", "sessions", session, "activity"],
+            &json!({}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Releases `session`'s lock or queue place on `equipment`; `force`
+    /// releases whoever holds it.
+    pub async fn release(
+        &self,
+        equipment: &str,
+        session: &str,
+        force: bool,
+    ) -> Result<Value, ClientError> {
+        let body = json!({"equipment_id": equipment, "session_id": session, "force": force});
+        self.post(&["api", "locks", "release"], &body).await
+    }
+
+    pub async fn end_session(&self, session: &str) -> Result<(), ClientError> {
+        self.delete(&["api", "locks", "sessions", session])
+            .await
+            .map(drop)
+    }
+}
+
+fn unexpected(what: &str, answer: &Value) -> ClientError {
+    ClientError::Unexpected(format!(
+        "expected {what} from the server, got {}",
+        excerpt(&answer.to_string())
+    ))
+}
+
+/// At most 200 characters of `text`, for messages.
+fn excerpt(text: &str) -> String {
+    let mut short: String = text.chars().take(200).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(url: &str) -> Result<Api, ClientError> {
+        Api::new(&Connection {
+            url: url.into(),
+            token: None,
+        })
+    }
+
+    #[test]
+    fn ids_stay_one_path_segment_under_any_base_path() {
+        let api = api("https://lab.example/lablink/").unwrap();
+        assert_eq!(
+            api.url(&["api", "locks", "status", "a/b?c"]).as_str(),
+            "https://lab.example/lablink/api/locks/status/a%2Fb%3Fc"
+        );
+        let api = api_ok("http://127.0.0.1:8000");
+        assert_eq!(
+            api.url(&["api", "ws"]).as_str(),
+            "http://127.0.0.1:8000/api/ws"
+        );
+    }
+
+    fn api_ok(url: &str) -> Api {
+        api(url).unwrap()
+    }
+
+    #[test]
+    fn a_url_that_is_not_http_is_refused_with_an_example() {
+        for bad in ["127.0.0.1:8000", "ftp://x", "not a url", ""] {
+            let err = api(bad).err().expect(bad);
+            assert!(err.to_string().contains("http://127.0.0.1:8000"), "{err}");
+            assert_eq!(err.exit_status(), super::super::exit::USAGE);
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! `lablink run --lock EQ -- CMD ARGS...`: runs a program while holding
+//! locks, as `flock` or `consul lock` do. It opens a session, waits its
+//! turn for each lock (a long-polled acquire; the queue position comes from
+//! live events, shown on stderr as it changes), keeps the session and the
+//! locks alive in the background while the program runs (before each
+//! deadline, and at once on `lock_expiring`), then releases and ends the
+//! session and exits with the program's status.
+//!
+//! A lost lock (`lock_lost`, or a renewal the server refuses) stops the
+//! program: SIGTERM, then SIGKILL after the grace period. Ctrl-C or SIGTERM
+//! to `run` is passed on to the program the same way. However it ends, the
+//! locks are released, the queue places left and the session ended.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use std::process::ExitStatus;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::http::{Acquired, Api, Lock};
+use super::live::{LiveEvents, Subscription};
+use super::output::duration;
+use super::{ClientError, Connection, exit, fail, vars};
+use crate::server::Signals;
+
+pub struct RunOptions {
+    /// Equipment to lock (taken in sorted order, so two `run`s asking for
+    /// the same set never hold one each while waiting for the other).
+    pub locks: Vec<String>,
+    pub observer: bool,
+    /// How long to wait for the locks; `None`: as long as it takes.
+    pub wait: Option<Duration>,
+    /// The session's and the locks' lease: how long they outlive a `run`
+    /// that dies without cleaning up. Renewed well before it ends.
+    pub lease: Duration,
+    /// Between SIGTERM and SIGKILL when the program must stop.
+    pub grace: Duration,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+}
+
+/// The longest single long-poll (the server allows 3600 s); a shorter one
+/// only means another request now and then.
+const MAX_POLL: Duration = Duration::from_secs(300);
+
+/// Why `run` stopped before the program exited on its own.
+enum Stop {
+    LockLost { equipment: String, reason: String },
+    WaitRanOut { equipment: String, why: String },
+    Interrupted(&'static str),
+    Failed(ClientError),
+    CannotStart(std::io::Error),
+}
+
+/// What a live message asks of `run`.
+enum Heard {
+    Nothing,
+    Position { equipment: String, position: usize },
+    RenewNow,
+    Lost(Stop),
+    Reconnect,
+}
+
+pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
+    let mut signals = match Signals::listen() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("lablink run: cannot listen for signals: {e}");
+            return exit::ERROR;
+        }
+    };
+    let api = match Api::new(conn) {
+        Ok(api) => api,
+        Err(e) => return fail("run", &e),
+    };
+    let mut equipment = options.locks.clone();
+    equipment.sort();
+    equipment.dedup();
+    let program = options.command.join(" ");
+    let metadata = json!({"command": program.chars().take(1000).collect::<String>()});
+    let client_name = format!("lablink run {}", options.command[0]);
+    let session = match api
+        .create_session(&client_name, options.lease, metadata)
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => return fail("run", &e),
+    };
+    let mut keeper = Keeper::new(&api, session, &options).await;
+    let (outcome, started) = match keeper.acquire_all(&equipment, &options, &mut signals).await {
+        Ok(()) => (keeper.supervise(conn, &options, &mut signals).await, true),
+        Err(stop) => (Err(stop), false),
+    };
+    let command_was = if started { "stopped" } else { "not started" };
+    keeper.clean_up().await;
+    match outcome {
+        Ok(status) => exit_status(status),
+        Err(Stop::LockLost { equipment, reason }) => {
+            eprintln!(
+                "lablink run: lost the lock on {equipment}: {reason}; the command was {command_was}"
+            );
+            exit::LOCK_LOST
+        }
+        Err(Stop::WaitRanOut { equipment, why }) => {
+            eprintln!(
+                "lablink run: gave up waiting for {equipment}: {why}; nothing was left behind"
+            );
+            exit::WAIT_RAN_OUT
+        }
+        Err(Stop::Interrupted(name)) => {
+            eprintln!("lablink run: {name}: the command was {command_was}; the locks are released");
+            Signal::from_str(name).map_or(exit::ERROR, |s| exit::signalled(s as i32))
+        }
+        Err(Stop::Failed(e)) => fail("run", &e),
+        Err(Stop::CannotStart(e)) => {
+            eprintln!("lablink run: cannot run {:?}: {e}", options.command[0]);
+            match e.kind() {
+                std::io::ErrorKind::NotFound => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            }
+        }
+    }
+}
+
+/// The program's status as a shell reports it: its code, or 128 + the
+/// signal that killed it.
+fn exit_status(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(exit::signalled))
+        .unwrap_or(exit::ERROR)
+}
+
+/// The session, the locks it holds, and what keeps them alive.
+struct Keeper<'a> {
+    api: &'a Api,
+    session: String,
+    lease: Duration,
+    held: Vec<Lock>,
+    /// Equipment asked for (held or queued), to release at the end.
+    asked: Vec<String>,
+    /// The last renewal the server accepted.
+    renewed_at: Instant,
+    renew: tokio::time::Interval,
+    live: Option<LiveEvents>,
+}
+
+impl<'a> Keeper<'a> {
+    async fn new(api: &'a Api, session: String, options: &RunOptions) -> Self {
+        // Three renewals per lease: one lost request still leaves two.
+        let period = if options.lease.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            (options.lease / 3).max(Duration::from_millis(50))
+        };
+        let mut renew = tokio::time::interval_at(Instant::now() + period, period);
+        renew.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut keeper = Self {
+            api,
+            session,
+            lease: options.lease,
+            held: Vec::new(),
+            asked: Vec::new(),
+            renewed_at: Instant::now(),
+            renew,
+            live: None,
+        };
+        // Subscribed before the first acquire, so no position is missed.
+        if let Err(e) = keeper.connect_live().await {
+            eprintln!(
+                "lablink run: live events unavailable ({e}); queue positions will not be shown, and a lost lock is noticed at the next renewal"
+            );
+        }
+        keeper
+    }
+
+    async fn connect_live(&mut self) -> Result<(), ClientError> {
+        let subscription = Subscription {
+            session_id: Some(self.session.clone()),
+            ..Subscription::default()
+        };
+        self.live = Some(LiveEvents::connect(self.api, &subscription).await?);
+        Ok(())
+    }
+
+    /// Takes each lock in turn, waiting in its queue, within `--wait`.
+    async fn acquire_all(
+        &mut self,
+        equipment: &[String],
+        options: &RunOptions,
+        signals: &mut Signals,
+    ) -> Result<(), Stop> {
+        let deadline = options.wait.map(|w| Instant::now() + w);
+        // `--wait 0`: never queue, so a busy instrument leaves no trace.
+        let queue = options.wait != Some(Duration::ZERO);
+        let api = self.api;
+        let session = self.session.clone();
+        for eq in equipment {
+            self.asked.push(eq.clone());
+            // The first answer says why it waits; live events then tell
+            // each change of place.
+            let mut told_busy = false;
+            let mut shown: Option<usize> = None;
+            let mut retry_in = Duration::ZERO;
+            loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                // The first ask answers at once (who holds it, our place);
+                // the next ones wait for the turn.
+                let poll = if told_busy {
+                    left.unwrap_or(MAX_POLL).min(MAX_POLL)
+                } else {
+                    Duration::ZERO
+                };
+                let delay = std::mem::take(&mut retry_in);
+                let session = &session;
+                let acquire = async move {
+                    tokio::time::sleep(delay).await;
+                    api.acquire(eq, session, options.observer, options.lease, queue, poll)
+                        .await
+                };
+                tokio::pin!(acquire);
+                let answer = loop {
+                    tokio::select! {
+                        answer = &mut acquire => break answer,
+                        message = next_live(&mut self.live) => match self.heard(message) {
+                            Heard::Position { equipment, position } if &equipment == eq => {
+                                show_position(eq, position, &mut shown);
+                            }
+                            other => self.act_on(other).await?,
+                        },
+                        _ = self.renew.tick() => self.renew_all().await?,
+                        name = signals.next() => return Err(Stop::Interrupted(name)),
+                        // The time is up whether or not the server has
+                        // answered yet (the clean-up leaves the queue).
+                        () = until(deadline.filter(|_| queue)) => return Err(wait_ran_out(eq, options, shown)),
+                    }
+                };
+                match answer {
+                    Ok(Acquired::Locked(lock)) => {
+                        if shown.is_some() {
+                            eprintln!(
+                                "lablink run: {eq} is ours (lock {}, fencing token {})",
+                                lock.lock_id, lock.fencing_token
+                            );
+                        }
+                        self.held.push(lock);
+                        break;
+                    }
+                    Ok(Acquired::Queued { position, message }) => {
+                        if !told_busy {
+                            told_busy = true;
+                            shown = Some(position);
+                            eprintln!(
+                                "lablink run: {eq} is busy ({message}); waiting at position {position} in the queue"
+                            );
+                        }
+                        show_position(eq, position, &mut shown);
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Err(wait_ran_out(eq, options, shown));
+                        }
+                    }
+                    Err(e) if !queue && e.code() == Some("equipment_locked") => {
+                        return Err(Stop::WaitRanOut {
+                            equipment: eq.clone(),
+                            why: format!("it is busy and --wait is 0 ({e})"),
+                        });
+                    }
+                    // A server restarting: its queue survives, so ask again
+                    // (`renew_all` gives up once a whole lease has gone by).
+                    Err(ClientError::Unreachable { .. }) => retry_in = Duration::from_secs(1),
+                    Err(e) => return Err(Stop::Failed(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the program with the locks, keeping them alive until it exits;
+    /// stops it if a lock is lost or `run` is interrupted.
+    async fn supervise(
+        &mut self,
+        conn: &Connection,
+        options: &RunOptions,
+        signals: &mut Signals,
+    ) -> Result<ExitStatus, Stop> {
+        let list = |f: fn(&Lock) -> String| self.held.iter().map(f).collect::<Vec<_>>().join(" ");
+        let mut command = tokio::process::Command::new(&options.command[0]);
+        command
+            .args(&options.command[1..])
+            .env(vars::URL, &conn.url)
+            .env(vars::SESSION_ID, &self.session)
+            .env("LABLINK_EQUIPMENT_ID", list(|l| l.equipment_id.clone()))
+            .env("LABLINK_LOCK_ID", list(|l| l.lock_id.clone()))
+            .env(
+                "LABLINK_FENCING_TOKEN",
+                list(|l| l.fencing_token.to_string()),
+            )
+            // Should `run` stop before waiting on it (a panic), the
+            // program does not go on unlocked.
+            .kill_on_drop(true);
+        if let Some(token) = &conn.token {
+            command.env(vars::TOKEN, token);
+        }
+        let mut child = command.spawn().map_err(Stop::CannotStart)?;
+        let stop = loop {
+            tokio::select! {
+                status = child.wait() => {
+                    return status.map_err(|e| Stop::Failed(ClientError::Unexpected(
+                        format!("cannot wait for the command: {e}"))));
+                }
+                message = next_live(&mut self.live) => {
+                    let heard = self.heard(message);
+                    if let Err(stop) = self.act_on(heard).await {
+                        break stop;
+                    }
+                }
+                _ = self.renew.tick() => {
+                    if let Err(stop) = self.renew_all().await {
+                        break stop;
+                    }
+                }
+                name = signals.next() => break Stop::Interrupted(name),
+            }
+        };
+        // Passed on as it came, except a Ctrl-C at the terminal, which the
+        // command got itself (a second SIGINT would break into its own
+        // clean-up, e.g. Python's `finally`); a lost lock is SIGTERM.
+        let signal = match &stop {
+            Stop::Interrupted("SIGINT") if terminal_sent_sigint() => None,
+            Stop::Interrupted(name) => Some(Signal::from_str(name).unwrap_or(Signal::SIGTERM)),
+            _ => Some(Signal::SIGTERM),
+        };
+        if let Stop::LockLost { equipment, reason } = &stop {
+            eprintln!(
+                "lablink run: lost the lock on {equipment} ({reason}): sending SIGTERM to the command (SIGKILL in {})",
+                duration(options.grace.as_secs_f64())
+            );
+        }
+        terminate(&mut child, signal, options.grace).await;
+        Err(stop)
+    }
+
+    /// What a live message means for this session.
+    fn heard(&self, message: Option<Result<Value, ClientError>>) -> Heard {
+        let Some(Ok(message)) = message else {
+            return Heard::Reconnect;
+        };
+        if message["type"] == "lagged" {
+            return Heard::Reconnect;
+        }
+        if message["session_id"] != self.session.as_str() {
+            return Heard::Nothing;
+        }
+        let equipment = message["equipment_id"].as_str().unwrap_or_default();
+        let ours = self.held.iter().any(|l| l.equipment_id == equipment);
+        match message["event"].as_str() {
+            Some("queue_position") => Heard::Position {
+                equipment: equipment.to_owned(),
+                position: message["position"].as_u64().unwrap_or(0) as usize,
+            },
+            Some("lock_expiring") if ours => Heard::RenewNow,
+            Some("lock_lost") if ours => Heard::Lost(Stop::LockLost {
+                equipment: equipment.to_owned(),
+                reason: lost_reason(&message),
+            }),
+            _ => Heard::Nothing,
+        }
+    }
+
+    async fn act_on(&mut self, heard: Heard) -> Result<(), Stop> {
+        match heard {
+            Heard::Nothing | Heard::Position { .. } => Ok(()),
+            Heard::RenewNow => self.renew_all().await,
+            Heard::Lost(stop) => Err(stop),
+            Heard::Reconnect => {
+                // Renewals go on without it; the next tick tries again.
+                self.live = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Renews every held lock (which renews the session), or the session
+    /// alone while none is held yet. A renewal the server refuses means the
+    /// lock is gone; a server out of reach for a whole lease means it may be.
+    async fn renew_all(&mut self) -> Result<(), Stop> {
+        if self.live.is_none() {
+            let _ = self.connect_live().await;
+        }
+        let mut unreachable = None;
+        if self.held.is_empty() {
+            match self.api.renew_session(&self.session).await {
+                Ok(()) => self.renewed_at = Instant::now(),
+                Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
+                Err(e) => return Err(Stop::Failed(e)),
+            }
+        }
+        for lock in &self.held {
+            match self.api.renew_lock(&lock.equipment_id, &self.session).await {
+                Ok(()) => self.renewed_at = Instant::now(),
+                Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
+                Err(e) => {
+                    return Err(Stop::LockLost {
+                        equipment: lock.equipment_id.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        match unreachable {
+            Some(e) if !self.lease.is_zero() && self.renewed_at.elapsed() >= self.lease => {
+                Err(match self.held.first() {
+                    Some(lock) => Stop::LockLost {
+                        equipment: lock.equipment_id.clone(),
+                        reason: format!(
+                            "no renewal reached the server for a whole lease ({}), so the lock may have expired: {e}",
+                            duration(self.lease.as_secs_f64())
+                        ),
+                    },
+                    None => Stop::Failed(e),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Releases what was asked for (locks and queue places) and ends the
+    /// session; what cannot be done is said, and ends with its lease.
+    async fn clean_up(&mut self) {
+        self.live = None;
+        for eq in &self.asked {
+            if let Err(e @ ClientError::Unreachable { .. }) =
+                self.api.release(eq, &self.session, false).await
+            {
+                eprintln!(
+                    "lablink run: could not release {eq} ({e}); it is freed when its lease of {} ends",
+                    duration(self.lease.as_secs_f64())
+                );
+            }
+        }
+        if let Err(e @ ClientError::Unreachable { .. }) = self.api.end_session(&self.session).await
+        {
+            eprintln!("lablink run: could not end session {}: {e}", self.session);
+        }
+    }
+}
+
+/// The next live message, or never while there is no connection.
+async fn next_live(live: &mut Option<LiveEvents>) -> Option<Result<Value, ClientError>> {
+    match live {
+        Some(live) => live.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn show_position(eq: &str, position: usize, shown: &mut Option<usize>) {
+    if *shown != Some(position) {
+        eprintln!("lablink run: {eq}: position {position} in the queue");
+        *shown = Some(position);
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn wait_ran_out(eq: &str, options: &RunOptions, position: Option<usize>) -> Stop {
+    let waited = duration(options.wait.unwrap_or_default().as_secs_f64());
+    Stop::WaitRanOut {
+        equipment: eq.to_owned(),
+        why: match position {
+            Some(p) => format!("--wait {waited} ran out at position {p} in the queue"),
+            None => format!("--wait {waited} ran out"),
+        },
+    }
+}
+
+/// A `lock_lost` notification's reason, in words.
+fn lost_reason(note: &Value) -> String {
+    let by = note["user"]
+        .as_str()
+        .or(note["forced_by"].as_str())
+        .map(|who| format!(" by {who}"))
+        .unwrap_or_default();
+    match note["reason"].as_str() {
+        Some("forced") => format!("it was force-released{by}"),
+        Some("timeout") => "its lease ran out before a renewal reached the server".into(),
+        Some("exclusive_granted") => "an exclusive lock was granted to another session".into(),
+        Some("session_expired") => "the session expired".into(),
+        Some(other) => other.replace('_', " "),
+        None => "the server ended it".into(),
+    }
+}
+
+/// Whether a SIGINT came from Ctrl-C at a terminal, and so reached the
+/// command too: `run` is in the terminal's foreground process group, which
+/// the command shares. Without a terminal (scripts, `kill -INT`), it did not.
+fn terminal_sent_sigint() -> bool {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false;
+    };
+    nix::unistd::tcgetpgrp(&tty).is_ok_and(|fg| fg == nix::unistd::getpgrp())
+}
+
+/// Sends `signal` (if any) to the program, then SIGKILL if it is still
+/// running after `grace`.
+async fn terminate(child: &mut tokio::process::Child, signal: Option<Signal>, grace: Duration) {
+    if let (Some(signal), Some(pid)) = (signal, child.id().and_then(|id| i32::try_from(id).ok())) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        eprintln!(
+            "lablink run: the command did not stop within {}: SIGKILL",
+            duration(grace.as_secs_f64())
+        );
+        let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lock_says_why_in_words() {
+        let forced = json!({"event": "lock_lost", "reason": "forced", "forced_by": "admin"});
+        assert_eq!(lost_reason(&forced), "it was force-released by admin");
+        let by_user = json!({"reason": "forced", "forced_by": "x", "user": "root"});
+        assert_eq!(lost_reason(&by_user), "it was force-released by root");
+        assert!(lost_reason(&json!({"reason": "timeout"})).contains("lease ran out"));
+        assert_eq!(
+            lost_reason(&json!({"reason": "session_ended"})),
+            "session ended"
+        );
+    }
+}

@@ -1,0 +1,839 @@
+//! The client commands through the real binary against a real server:
+//! `status`, `sessions`, `queue`, `events` (tables and `--json`),
+//! `command` (typed parameters), `release --force`, and `run` with real
+//! child processes (exit status, environment, lock loss, signals, `--wait`).
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::helpers::{TestApp, event_kinds, lablink, spawn_app, start_binary};
+
+const PSU: &str = "ps_abc123";
+
+/// The binary as a client of `base`.
+fn client(base: &str) -> Command {
+    let mut cmd = Command::from(lablink());
+    cmd.env("LABLINK_URL", base).kill_on_drop(true);
+    cmd
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(base: &str, args: &[&str]) -> Out {
+    let out = client(base).args(args).output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `cli` that must succeed; its stdout.
+async fn ok(base: &str, args: &[&str]) -> String {
+    let out = cli(base, args).await;
+    assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The table's rows (after the header), split on runs of 2+ spaces.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            line.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// A holder of the PSU and a session queued behind it.
+async fn busy_psu(app: &TestApp) -> (String, String) {
+    let holder = app.session(600.0).await;
+    let waiter = app.session(600.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let (_, queued) = app
+        .acquire(PSU, &waiter, json!({"queue_if_busy": true}))
+        .await;
+    assert_eq!(queued["status"], "queued");
+    (holder, waiter)
+}
+
+async fn live_sessions(app: &TestApp) -> Vec<String> {
+    let (_, body) = app.get("/api/locks/sessions").await;
+    body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn status_sessions_and_queue_show_who_holds_what_as_tables_and_as_the_servers_json() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+
+    let table = ok(&app.base, &["status"]).await;
+    assert_eq!(
+        table.lines().next().unwrap(),
+        "EQUIPMENT  NAME                  STATE   HOLDER  TIME LEFT  QUEUE  OBSERVERS"
+    );
+    assert_eq!(
+        rows(&table),
+        vec![
+            vec![
+                "ps_abc123",
+                "Demo power supply",
+                "locked",
+                "test",
+                "5m 00s",
+                "1",
+                "0"
+            ],
+            vec!["scope_123", "Demo oscilloscope", "free", "-", "-", "0", "0"],
+            vec!["load_1", "Demo electronic load", "free", "-", "-", "0", "0"],
+        ]
+    );
+    let statuses = json_of(&ok(&app.base, &["status", "--json"]).await);
+    let (_, psu) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(statuses[0], psu, "the server's own lock status object");
+    assert_eq!(statuses[0]["session_id"], holder.as_str());
+    assert_eq!(statuses.as_array().unwrap().len(), 3);
+
+    let detail = ok(&app.base, &["status", PSU]).await;
+    assert!(
+        detail.contains(&format!("session:    {holder}")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("lock:       lock_ps_abc123_1, fencing token 1"),
+        "{detail}"
+    );
+    let queue_rows: Vec<_> = rows(detail.split("\n\n").nth(1).unwrap());
+    assert_eq!(queue_rows.len(), 1, "{detail}");
+    assert_eq!(
+        queue_rows[0][..4],
+        ["1", waiter.as_str(), "test", "exclusive"]
+    );
+    assert_eq!(
+        json_of(&ok(&app.base, &["status", PSU, "--json"]).await),
+        psu
+    );
+
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(
+        json_of(&ok(&app.base, &["queue", PSU, "--json"]).await),
+        queue
+    );
+    let table = ok(&app.base, &["queue", PSU]).await;
+    assert_eq!(rows(&table)[0][..2], ["1", waiter.as_str()]);
+    assert_eq!(
+        ok(&app.base, &["queue", "load_1"]).await,
+        "nobody is waiting for load_1\n"
+    );
+
+    let table = ok(&app.base, &["sessions"]).await;
+    let mut listed: Vec<(String, String)> = rows(&table)
+        .into_iter()
+        .map(|r| (r[0].clone(), r[3].clone()))
+        .collect();
+    listed.sort();
+    let mut expected = vec![
+        (holder.clone(), "ps_abc123".to_owned()),
+        (waiter.clone(), "ps_abc123 (queued 1)".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected, "{table}");
+    let sessions = json_of(&ok(&app.base, &["sessions", "--json"]).await);
+    let (_, server) = app.get("/api/locks/sessions").await;
+    assert_eq!(sessions["sessions"], server["sessions"]);
+    assert_eq!(sessions["count"], 2);
+}
+
+#[tokio::test]
+async fn a_server_error_prints_its_detail_and_an_unreachable_server_is_one_line() {
+    let app = spawn_app().await;
+    let out = cli(&app.base, &["status", "no_such_psu"]).await;
+    let (_, body) = app.get("/api/locks/status/no_such_psu").await;
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        format!("lablink status: {}\n", body["detail"].as_str().unwrap())
+    );
+
+    let out = cli("http://127.0.0.1:1", &["sessions"]).await;
+    assert_eq!(out.code, 1);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "lablink sessions: cannot reach the LabLink server at http://127.0.0.1:1:"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&app.base, &["status", "--url", "localhost:8000"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn events_print_the_history_filtered_and_follow_streams_what_comes_next() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+
+    let lines = ok(&app.base, &["events", "--equipment", PSU, "--json"]).await;
+    let events: Vec<Value> = lines.lines().map(json_of).collect();
+    let (_, history) = app
+        .get("/api/locks/events?equipment_id=ps_abc123&limit=1000")
+        .await;
+    assert_eq!(
+        Value::Array(events),
+        history["events"],
+        "the server's events, one per line"
+    );
+
+    let human = ok(&app.base, &["events", "--session", &waiter]).await;
+    let kinds: Vec<&str> = human
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(kinds, ["session_created", "queued"], "{human}");
+    assert!(human.lines().all(|l| l.contains(&waiter)), "{human}");
+    let later = ok(&app.base, &["events", "--since", "2030-01-01T00:00:00Z"]).await;
+    assert_eq!(later, "");
+    let out = cli(&app.base, &["events", "--since", "yesterday-ish"]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("`since` must be an RFC 3339 timestamp"),
+        "{}",
+        out.stderr
+    );
+
+    // --follow: the history, then what happens next, without a repeat.
+    let mut follower = client(&app.base)
+        .args(["events", "--follow", "--equipment", PSU, "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let count = history["events"].as_array().unwrap().len();
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        seen.push(json_of(&out.next_line().await.unwrap().unwrap()));
+    }
+    assert_eq!(Value::Array(seen), history["events"]);
+    app.release(PSU, &holder, false).await;
+    let mut next = Vec::new();
+    while next.len() < 2 {
+        let line = out.next_line().await.unwrap().unwrap();
+        let event = json_of(&line);
+        if event.get("seq").is_some() {
+            next.push(event["event"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(next, ["lock_released", "queue_processed"]);
+    follower.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn command_types_parameters_from_the_action_catalog() {
+    let app = spawn_app().await;
+    let session = app.session(600.0).await;
+    app.acquire(PSU, &session, json!({})).await;
+
+    let out = ok(
+        &app.base,
+        &[
+            "command",
+            PSU,
+            "set_voltage",
+            "voltage=12",
+            "channel=2",
+            "--session",
+            &session,
+        ],
+    )
+    .await;
+    assert_eq!(json_of(&out), json!({"channel": 2, "voltage_set": 12.0}));
+    let (_, status) = app.get("/api/equipment/ps_abc123/status").await;
+    assert_eq!(status["state"]["channels"][1]["voltage_set"], 12.0);
+    let out = ok(
+        &app.base,
+        &[
+            "command",
+            PSU,
+            "set_output",
+            "enabled=on",
+            "channel=2",
+            "--session",
+            &session,
+            "--json",
+        ],
+    )
+    .await;
+    let answer = json_of(&out);
+    assert_eq!(answer["success"], true, "the whole CommandResponse");
+    assert!(answer["command_id"].as_str().unwrap().starts_with("cli-"));
+
+    // Typed before anything is sent.
+    let out = cli(
+        &app.base,
+        &[
+            "command",
+            PSU,
+            "set_voltage",
+            "voltage=twelve",
+            "--session",
+            &session,
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2);
+    assert_eq!(
+        out.stderr,
+        "lablink command: `voltage` must be a number, got \"twelve\"\n"
+    );
+    // The server's own refusals, with their detail.
+    let out = cli(&app.base, &["command", PSU, "set_voltage", "voltage=12"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("needs a session_id"), "{}", out.stderr);
+    let out = cli(&app.base, &["command", PSU, "fly", "--session", &session]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("set_voltage"),
+        "lists the valid ones: {}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn release_takes_a_session_or_force() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+
+    let out = cli(&app.base, &["release", PSU]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("--session or LABLINK_SESSION_ID"),
+        "{}",
+        out.stderr
+    );
+
+    assert_eq!(
+        ok(&app.base, &["release", PSU, "--session", &waiter]).await,
+        "left the queue for ps_abc123\n"
+    );
+    let stranger = app.session(600.0).await;
+    let out = cli(&app.base, &["release", PSU, "--session", &stranger]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&holder),
+        "names the holder: {}",
+        out.stderr
+    );
+
+    let answer = json_of(&ok(&app.base, &["release", PSU, "--force", "--json"]).await);
+    assert_eq!(
+        answer,
+        json!({"success": true, "status": "released", "was_forced": true, "equipment_id": PSU})
+    );
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+    let (_, history) = app
+        .get("/api/locks/events?equipment_id=ps_abc123&event=lock_force_released")
+        .await;
+    assert_eq!(history["events"][0]["forced_by"], "lablink-cli");
+    assert_eq!(history["events"][0]["session_id"], holder.as_str());
+}
+
+// ---- run -----------------------------------------------------------------
+
+/// `lablink run ARGS` in the background, its stderr readable line by line.
+fn start_run(
+    base: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut cmd = client(base);
+    cmd.arg("run")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, stderr)
+}
+
+/// Waits (without a time limit of its own: the test's is enough) until
+/// `file` holds `text`.
+async fn until_file_has(file: &Path, text: &str) {
+    loop {
+        if std::fs::read_to_string(file).is_ok_and(|t| t.contains(text)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads stderr until a line containing `text`; the lines read.
+async fn until_line(stderr: &mut Lines<BufReader<ChildStderr>>, text: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = stderr
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no {text:?} in {seen:?}"));
+        seen.push(line.clone());
+        if line.contains(text) {
+            return seen;
+        }
+    }
+}
+
+fn signal(child: &Child, signal: Signal) {
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    kill(pid, signal).unwrap();
+}
+
+/// A child that says it started, notes the signals it gets, and runs
+/// until one comes (for a minute at most, should a failing test leave it).
+const TRAPPING_CHILD: &str = r#"trap 'echo TERM >> "$F"; exit 0' TERM; trap 'echo INT >> "$F"; exit 0' INT; echo started >> "$F"; for _ in $(seq 1200); do sleep 0.05; done"#;
+
+#[tokio::test]
+async fn run_gives_the_command_its_lock_and_exits_with_its_status() {
+    let app = spawn_app().await;
+    let bin = env!("CARGO_BIN_EXE_lablink");
+    let script = format!(
+        r#"echo "$LABLINK_URL|$LABLINK_SESSION_ID|$LABLINK_EQUIPMENT_ID|$LABLINK_LOCK_ID|$LABLINK_FENCING_TOKEN"; "{bin}" status ps_abc123 --json; exit 3"#
+    );
+    let out = client(&app.base)
+        .args(["run", "--lock", PSU, "--", "sh", "-c", &script])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (first, status) = stdout.split_once('\n').unwrap();
+    let env: Vec<&str> = first.split('|').collect();
+    let session = env[1];
+    assert_eq!(
+        env,
+        [app.base.as_str(), session, PSU, "lock_ps_abc123_1", "1"]
+    );
+    let status = json_of(status);
+    assert_eq!(status["session_id"], session, "held while the command ran");
+    assert_eq!(status["lock_id"], "lock_ps_abc123_1");
+
+    // Released and ended after.
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+    assert_eq!(live_sessions(&app).await, Vec::<String>::new());
+    let (_, history) = app
+        .get(&format!("/api/locks/sessions/{session}/events?limit=100"))
+        .await;
+    assert_eq!(
+        event_kinds(&history),
+        [
+            "session_created",
+            "lock_acquired",
+            "lock_released",
+            "session_ended"
+        ]
+    );
+
+    // Several locks: in sorted order, each variable a list in step.
+    let out = client(&app.base)
+        .args([
+            "run",
+            "--lock",
+            "scope_123",
+            "--lock",
+            PSU,
+            "--observer",
+            "--",
+            "sh",
+            "-c",
+            r#"echo "$LABLINK_EQUIPMENT_ID|$LABLINK_LOCK_ID|$LABLINK_FENCING_TOKEN""#,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ps_abc123 scope_123|lock_ps_abc123_2 lock_scope_123_1|2 1\n"
+    );
+
+    // A command that cannot be found: 127, and nothing left behind.
+    let out = cli(&app.base, &["run", "--lock", PSU, "--", "/no/such/program"]).await;
+    assert_eq!(out.code, 127, "{}", out.stderr);
+    assert_eq!(live_sessions(&app).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn run_shows_its_queue_position_as_it_changes_and_runs_when_its_turn_comes() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+    let (mut run, mut stderr) = start_run(&app.base, &["--lock", PSU, "--", "true"], &[]);
+    let busy = format!(
+        "ps_abc123 is busy (Equipment locked by session {holder}); waiting at position 2 in the queue"
+    );
+    until_line(&mut stderr, &busy).await;
+    app.release(PSU, &waiter, false).await; // leaves the queue: the run moves up
+    until_line(&mut stderr, "ps_abc123: position 1 in the queue").await;
+    app.release(PSU, &holder, false).await;
+    until_line(
+        &mut stderr,
+        "ps_abc123 is ours (lock lock_ps_abc123_2, fencing token 2)",
+    )
+    .await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(0));
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+}
+
+#[tokio::test]
+async fn a_force_released_lock_stops_the_command_with_sigterm_and_a_distinct_status() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &["--lock", PSU, "--", "sh", "-c", TRAPPING_CHILD],
+        &[("F", &marks)],
+    );
+    until_file_has(&marks, "started").await;
+    app.release(PSU, "admin", true).await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "started\nTERM\n");
+    let said = until_line(&mut stderr, "the command was stopped").await;
+    assert!(
+        said.last()
+            .unwrap()
+            .contains("lost the lock on ps_abc123: it was force-released by admin"),
+        "{said:?}"
+    );
+    assert_eq!(live_sessions(&app).await, Vec::<String>::new());
+
+    // A command that ignores SIGTERM is killed after the grace period.
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &[
+            "--lock",
+            PSU,
+            "--grace",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            r#"trap '' TERM; echo started >> "$F"; for _ in $(seq 1200); do sleep 0.05; done"#,
+        ],
+        &[("F", &dir.path().join("stubborn"))],
+    );
+    until_file_has(&dir.path().join("stubborn"), "started").await;
+    app.release(PSU, "admin", true).await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    until_line(&mut stderr, "did not stop within 1s: SIGKILL").await;
+}
+
+#[tokio::test]
+async fn ctrl_c_or_sigterm_to_run_stops_the_command_and_releases_everything() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let (mut run, _stderr) = start_run(
+        &app.base,
+        &["--lock", PSU, "--", "sh", "-c", TRAPPING_CHILD],
+        &[("F", &marks)],
+    );
+    until_file_has(&marks, "started").await;
+    signal(&run, Signal::SIGINT);
+    assert_eq!(run.wait().await.unwrap().code(), Some(130));
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "started\nINT\n",
+        "passed on as it came"
+    );
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+    assert_eq!(live_sessions(&app).await, Vec::<String>::new());
+
+    // While waiting in the queue: it leaves the queue.
+    let holder = app.session(600.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let (mut run, mut stderr) = start_run(&app.base, &["--lock", PSU, "--", "true"], &[]);
+    until_line(&mut stderr, "position 1").await;
+    signal(&run, Signal::SIGTERM);
+    assert_eq!(run.wait().await.unwrap().code(), Some(143));
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(queue["queue"], json!([]));
+    assert_eq!(live_sessions(&app).await, [holder]);
+}
+
+#[tokio::test]
+async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let holder = app.session(600.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let touch = format!("touch {}", ran.display());
+    // `run --wait WAIT` gives up (75) saying `why`, with nothing left behind.
+    let gives_up = async |wait: &str, why: &str| {
+        let args = [
+            "run", "--lock", PSU, "--wait", wait, "--", "sh", "-c", &touch,
+        ];
+        let out = cli(&app.base, &args).await;
+        assert_eq!(out.code, 75, "{}", out.stderr);
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+        assert_eq!(queue["queue"], json!([]));
+        assert_eq!(live_sessions(&app).await, std::slice::from_ref(&holder));
+    };
+
+    gives_up(
+        "1s",
+        "gave up waiting for ps_abc123: --wait 1s ran out at position 1",
+    )
+    .await;
+    // --wait 0 does not even queue.
+    let before = app.events(PSU).await;
+    gives_up("0", "it is busy and --wait is 0").await;
+    assert_eq!(app.events(PSU).await, before);
+    assert!(!ran.exists(), "the command never ran");
+}
+
+/// On a server with a real clock: renewals keep a 1 s lease alive for
+/// several seconds, and a `run` that cannot renew (stopped) loses it.
+#[tokio::test]
+async fn run_renews_short_leases_and_a_lease_that_runs_out_stops_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr, _) = start_binary(
+        dir.path(),
+        &["--bind", "127.0.0.1:0", "--store", "memory"],
+        &[("LABLINK_EXPIRY_WARNING_SEC", "0")],
+    );
+    let _server = Running(server);
+    let base = format!("http://{addr}");
+    let app = TestApp::at(&base);
+    let out = cli(
+        &base,
+        &[
+            "run",
+            "--lock",
+            PSU,
+            "--timeout",
+            "1s",
+            "--",
+            "sleep",
+            "3.5",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let kinds = app.events(PSU).await;
+    assert_eq!(kinds, ["lock_acquired", "lock_released"]);
+
+    let marks = dir.path().join("marks");
+    let (mut run, mut stderr) = start_run(
+        &base,
+        &[
+            "--lock",
+            PSU,
+            "--timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            TRAPPING_CHILD,
+        ],
+        &[("F", &marks)],
+    );
+    until_file_has(&marks, "started").await;
+    signal(&run, Signal::SIGSTOP);
+    loop {
+        let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+        if status["locked"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&run, Signal::SIGCONT);
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "started\nTERM\n");
+    let said = until_line(&mut stderr, "the command was stopped").await;
+    assert!(
+        said.last().unwrap().contains("lost the lock on ps_abc123"),
+        "{said:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_authentication_on_the_token_comes_from_the_flag_or_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, [root, alice, ..]) = crate::auth::secured(dir.path()).await;
+    let out = cli(&app.base, &["status"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("lablink status: "), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Bearer"),
+        "the server's detail: {}",
+        out.stderr
+    );
+
+    // `run` as alice: her session, her lock; the live events need the
+    // token too. An admin's forced release from the command line stops it.
+    let marks = dir.path().join("marks");
+    let mut cmd = client(&app.base);
+    cmd.env("LABLINK_TOKEN", &alice)
+        .args(["run", "--lock", PSU, "--", "sh", "-c", TRAPPING_CHILD])
+        .env("F", &marks)
+        .stderr(Stdio::piped());
+    let mut run = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap()).lines();
+    until_file_has(&marks, "started").await;
+    let status = json_of(&ok(&app.base, &["status", PSU, "--json", "--token", &alice]).await);
+    assert_eq!(status["user"], "alice");
+
+    let out = cli(&app.base, &["release", PSU, "--force", "--token", &alice]).await;
+    assert_eq!(out.code, 1, "only admins force: {}", out.stderr);
+    ok(&app.base, &["release", PSU, "--force", "--token", &root]).await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    let said = until_line(&mut stderr, "the command was stopped").await;
+    assert!(
+        said.last()
+            .unwrap()
+            .contains("it was force-released by root"),
+        "{said:?}"
+    );
+}
+
+/// `events --follow` across a server restart: it reconnects and resumes
+/// after the last `seq` it printed, so every event shows exactly once.
+#[tokio::test]
+async fn events_follow_resumes_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = restartable(dir.path());
+    let (server, base) = serve();
+    let app = TestApp::at(&base);
+    let session = app.session(600.0).await;
+    app.acquire(PSU, &session, json!({})).await;
+
+    let mut follower = client(&base)
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let mut seqs = Vec::new();
+    // The next history event's seq (notifications have none).
+    let mut next_seq = async || loop {
+        let line = out
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the follower runs on");
+        if let Some(seq) = json_of(&line)["seq"].as_u64() {
+            return seq;
+        }
+    };
+    for _ in 0..2 {
+        seqs.push(next_seq().await);
+    }
+    stop_server(server);
+
+    // Events recorded while the follower is away, then after it is back.
+    let (_server, _) = serve();
+    let app = TestApp::at(&base); // no pooled connection to the old server
+    app.release(PSU, &session, false).await;
+    app.acquire(PSU, &session, json!({})).await;
+    for _ in 0..2 {
+        seqs.push(next_seq().await);
+    }
+    app.release(PSU, &session, false).await;
+    seqs.push(next_seq().await);
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "each event once, in order");
+    follower.kill().await.unwrap();
+}
+
+/// Starts the server binary on a SQLite store in `dir`, at the same
+/// address each time (port 0 would change across a restart); its URL.
+fn restartable(dir: &Path) -> impl Fn() -> (Running, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    move || {
+        let (server, addr, _) = start_binary(dir, &["--bind", &bind], &[]);
+        (Running(server), format!("http://{addr}"))
+    }
+}
+
+/// A server binary, killed when the test ends, passing or failing.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops the server binary as an operator would (SIGTERM), and waits.
+fn stop_server(mut server: Running) {
+    kill(Pid::from_raw(server.0.id() as i32), Signal::SIGTERM).unwrap();
+    server.0.wait().unwrap();
+}
+
+/// A `run` waiting in a queue keeps its place across a server restart and
+/// runs its command when its turn comes.
+#[tokio::test]
+async fn run_waits_in_the_queue_across_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = restartable(dir.path());
+    let (server, base) = serve();
+    let holder = TestApp::at(&base).session(600.0).await;
+    TestApp::at(&base).acquire(PSU, &holder, json!({})).await;
+    let (mut run, mut stderr) = start_run(&base, &["--lock", PSU, "--", "true"], &[]);
+    until_line(&mut stderr, "waiting at position 1").await;
+
+    stop_server(server);
+    let (_server, _) = serve();
+    let app = TestApp::at(&base);
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(
+        queue["queue"].as_array().unwrap().len(),
+        1,
+        "its place is kept"
+    );
+    app.release(PSU, &holder, false).await;
+    until_line(&mut stderr, "ps_abc123 is ours").await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(0));
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false);
+}
