@@ -74,10 +74,8 @@ fn serve(options: &PostgresOptions, queue: &Mutex<Receiver<Job>>) {
                 break;
             }
         }
-        if let Some(c) = conn.as_mut().filter(|c| !c.is_closed()) {
-            if outcome.is_err() {
-                let _ = c.batch("ROLLBACK");
-            }
+        if let Some(c) = conn.as_mut().filter(|c| outcome.is_err() && !c.is_closed()) {
+            let _ = c.batch("ROLLBACK");
         }
         let _ = answer.send(outcome);
     }
