@@ -210,6 +210,9 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
                 })
                 .ok();
             failing = conn.is_none();
+            // What was seen unannounced before may have been lost with the
+            // connection (PostgreSQL restarted): look afresh.
+            unannounced = None;
             if failing {
                 std::thread::sleep(Duration::from_millis(200));
                 continue;

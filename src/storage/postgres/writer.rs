@@ -32,6 +32,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::PostgresOptions;
@@ -66,9 +67,11 @@ impl Writer {
     ) -> Result<Self, StoreError> {
         let (inbox, messages) = std::sync::mpsc::channel();
         let (to_syncer, committed) = std::sync::mpsc::channel();
+        // Opened before any batch: a batch is confirmed durable only on a
+        // connection older than it (see `Syncer::flush`).
         let syncer = Syncer {
+            conn: Some(Conn::open(&options)?),
             options: options.clone(),
-            conn: None,
             sequencer,
         };
         let syncer = std::thread::Builder::new()
@@ -156,10 +159,14 @@ impl WriterThread {
         }
     }
 
-    /// The connection, opened again if it was lost.
+    /// The connection, opened again if it was lost. A new connection
+    /// drops the cache: PostgreSQL may have restarted, losing commits that
+    /// were never confirmed durable (nobody was told of them, but the cache
+    /// holds their rows).
     fn connection(&mut self) -> Result<&mut Conn, StoreError> {
         if self.conn.as_mut().is_none_or(|c| !c.usable()) {
             self.conn = None;
+            self.cache.clear();
             self.conn = Some(Conn::open(&self.options)?);
         }
         Ok(self.conn.as_mut().expect("just opened"))
@@ -170,9 +177,19 @@ impl WriterThread {
         units: Vec<(Work, Answer)>,
         more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
     ) {
-        let mut cache = std::mem::take(&mut self.cache);
+        let started = Instant::now();
         let outcome = match self.connection() {
-            Ok(conn) => run_in_transaction(conn, &mut cache, units, more),
+            Ok(_) => {
+                let mut cache = std::mem::take(&mut self.cache);
+                let conn = self.conn.as_mut().expect("connected above");
+                let outcome = run_in_transaction(conn, &mut cache, units, more);
+                if outcome.is_err() {
+                    // What the cache holds may never have been committed.
+                    cache.clear();
+                }
+                self.cache = cache;
+                outcome
+            }
             Err(why) => {
                 let mut answers: Vec<Answer> =
                     units.into_iter().map(|(_, answer)| answer).collect();
@@ -180,14 +197,13 @@ impl WriterThread {
                 Err((answers, why))
             }
         };
-        if outcome.is_err() {
-            // What the cache holds may never have been committed.
-            cache.clear();
-        }
-        self.cache = cache;
         match outcome {
             Ok((answers, events)) => {
-                let committed = Committed { answers, events };
+                let committed = Committed {
+                    answers,
+                    events,
+                    started,
+                };
                 if let Some(Err(returned)) = self.to_syncer.as_ref().map(|s| s.send(committed)) {
                     let why = StoreError::Unavailable("the store is closing".into());
                     for answer in returned.0.answers {
@@ -212,6 +228,8 @@ impl WriterThread {
 struct Committed {
     answers: Vec<Answer>,
     events: Vec<Event>,
+    /// Before its transaction began (so before its commit).
+    started: Instant,
 }
 
 /// The syncer thread: makes committed batches durable, then tells.
@@ -232,7 +250,8 @@ impl Syncer {
                 .flat_map(|b| b.events.last())
                 .filter_map(|e| e.seq)
                 .max();
-            match self.flush(announced) {
+            let oldest = batches.iter().map(|b| b.started).min();
+            match self.flush(announced, oldest) {
                 Ok(()) => {
                     let (mut events, mut answers) = (Vec::new(), Vec::new());
                     for batch in batches {
@@ -264,12 +283,23 @@ impl Syncer {
     /// returns once the log is flushed past it, so past every commit before
     /// it. It carries the notification, so other replicas hear of events
     /// only once they are durable (the payload: the last `seq` made so).
-    fn flush(&mut self, announced: Option<u64>) -> Result<(), StoreError> {
+    ///
+    /// The flush proves only what this PostgreSQL has kept since the
+    /// connection opened: a commit made before a restart that lost it is
+    /// not covered by a flush after. So a batch is confirmed only on a
+    /// connection opened before the batch began; if the connection had to
+    /// be opened again since, the batches are not confirmed (503).
+    fn flush(&mut self, announced: Option<u64>, oldest: Option<Instant>) -> Result<(), StoreError> {
         if self.conn.as_mut().is_none_or(|c| !c.usable()) {
             self.conn = None;
             self.conn = Some(Conn::open(&self.options)?);
         }
         let conn = self.conn.as_mut().expect("just opened");
+        if oldest.is_some_and(|started| started < conn.opened) {
+            return Err(StoreError::Unavailable(
+                "the connection to PostgreSQL was lost since the commit".into(),
+            ));
+        }
         let notify = announced
             .map(|seq| format!(", pg_notify('lablink_events', '{seq}')"))
             .unwrap_or_default();
