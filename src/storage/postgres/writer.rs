@@ -303,9 +303,13 @@ impl Syncer {
         let notify = announced
             .map(|seq| format!(", pg_notify('lablink_events', '{seq}')"))
             .unwrap_or_default();
-        // txid_current() gives the transaction an id, so it commits (and
-        // flushes) even if it writes nothing else.
-        conn.batch(&format!("SELECT txid_current(){notify}"))
+        // A commit waits for the flush only if its transaction wrote to
+        // the log (an id alone is not enough): a transactional logical
+        // message writes a record, whatever `wal_level`, and changes no
+        // table, so syncers of several replicas never wait on each other.
+        conn.batch(&format!(
+            "SELECT pg_logical_emit_message(true, 'lablink', 'flush'){notify}"
+        ))
     }
 }
 
