@@ -257,6 +257,9 @@ impl Server {
         let url = format!("http://{}", self.local_addr());
         let data = match &self.store_file {
             Some(file) => file.path().display().to_string(),
+            None if self.service.describe_store().starts_with("postgres") => {
+                "in PostgreSQL (see store)".into()
+            }
             None => "none (the memory store keeps nothing on disk)".into(),
         };
         let instruments: Vec<&str> = self
