@@ -15,8 +15,6 @@ pub(super) struct Conn {
     prepared: HashMap<&'static str, Statement>,
     /// When the connection last did something.
     used: std::time::Instant,
-    /// When it was opened.
-    pub(super) opened: std::time::Instant,
 }
 
 /// A connection idle longer than this is checked before use: a PostgreSQL
@@ -30,7 +28,6 @@ impl Conn {
             client,
             prepared: HashMap::new(),
             used: std::time::Instant::now(),
-            opened: std::time::Instant::now(),
         })
     }
 

@@ -7,14 +7,12 @@
 //! history). Writes of all replicas are numbered in commit order (see
 //! `writer`), so what the history shows up to a `seq` is complete.
 //!
-//! The tail thread listens for `NOTIFY lablink_events` (sent by every
-//! replica once its commits are durable, with the last `seq` made so) and
-//! then reads the history after what was handed last, up to what was
-//! announced: a commit is visible before it is flushed (see `writer`), and
-//! nobody hears of an event that might not survive. When nothing is heard
-//! for a second it looks anyway: what it found unannounced a second
-//! earlier has been flushed by PostgreSQL's WAL writer since (a replica
-//! may have died before announcing). It also keeps `DbClock` set: every replica takes its
+//! The tail thread listens for `NOTIFY lablink_events` (sent with every
+//! replica's commits, carrying the last `seq` committed) and then reads the
+//! history after what was handed last, up to what was announced. When
+//! nothing is heard for a second it looks anyway (a notification may have
+//! been lost with a connection), taking what it found a second earlier:
+//! by then it is durable, whatever committed it. It also keeps `DbClock` set: every replica takes its
 //! time from the database's clock, so a lease never ends early because one
 //! server's clock runs ahead of another's (within half a round trip).
 
@@ -62,6 +60,23 @@ impl Sequencer {
         self.hand_on(events, false)
     }
 
+    /// Marks `seqs` as this server's own before their commit: the tail may
+    /// hear of them (the commit notifies this server too) before the
+    /// writer offers them.
+    pub(super) fn expect_own(&self, seqs: &[u64]) {
+        let mut guard = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.extend(seqs.iter().copied());
+    }
+
+    /// The commit of `seqs` failed: if they appear after all, they are not
+    /// known here to be this server's.
+    pub(super) fn not_own(&self, seqs: &[u64]) {
+        let mut guard = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        for seq in seqs {
+            guard.1.remove(seq);
+        }
+    }
+
     /// `offer` for a page read from the history, which is complete: a gap
     /// before it was pruned, so it is skipped rather than waited for.
     fn offer_from_history(&self, events: Vec<Event>) {
@@ -79,9 +94,8 @@ impl Sequencer {
             return true;
         };
         if first != *handed + 1 && !complete {
-            // This server's own: the tail hands them on with the gap, as
-            // this server's.
-            own_waiting.extend(new.iter().filter_map(|e| e.seq));
+            // This server's own (marked by `expect_own`): the tail hands
+            // them on with the gap, as this server's.
             return false;
         }
         *handed = new.last().and_then(|e| e.seq).unwrap_or(*handed);
@@ -90,6 +104,9 @@ impl Sequencer {
             return true;
         };
         if !complete {
+            for event in &new {
+                own_waiting.remove(&event.seq.unwrap_or_default());
+            }
             listener(new, Origin::Here);
             return true;
         }
@@ -254,10 +271,10 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
             }
         }
         if heard.is_empty() {
-            // Quiet: a replica that died between its commit and its flush
-            // never announces. PostgreSQL's WAL writer flushes every commit
-            // within three `wal_writer_delay`s (200 ms by default), so what
-            // was already there a second ago is durable now.
+            // Quiet: a notification may have been lost with a connection.
+            // What was already there a second ago has long been flushed
+            // (commits wait for their flush; PostgreSQL's WAL writer
+            // flushes any other within three `wal_writer_delay`s).
             if let Some((seq, at)) = unannounced.take() {
                 if at.elapsed() >= LOOK_EVERY {
                     announced = announced.max(seq);

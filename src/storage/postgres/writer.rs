@@ -14,17 +14,11 @@
 //! commit returns (durable with `synchronous_commit` on). The batch's
 //! events go to the store's feed (`Sequencer`) before anyone is answered.
 //!
-//! Commits are asynchronous (`synchronous_commit` off for the batch): the
-//! batch's locks are released as soon as its commit is written, so the
-//! next batch (this server's or another's) runs while it is flushed. The
-//! syncer thread then runs a tiny transaction with `synchronous_commit` on
-//! on a connection of its own: its commit returns once the log is flushed
-//! past it, so past every batch committed before it. Only then are the
-//! units answered and the events published (and announced to the other
-//! replicas by the notification that transaction carries). A later batch
-//! may build on one not yet flushed; the log is flushed in order, so the
-//! later one is never durable without it, and nothing is acknowledged
-//! before it is durable.
+//! The commit carries the notification that tells every replica's tail
+//! reader (this one's too) that the history grew up to the batch's last
+//! `seq`; this server's events are marked as its own before the commit, so
+//! whichever of the writer and the tail hands them on, they count as this
+//! server's (which told its own subscribers what they mean).
 //!
 //! A lost connection (PostgreSQL restarted) fails the batch under way with
 //! `store_unavailable`; the next batch connects again.
@@ -32,7 +26,6 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::PostgresOptions;
@@ -66,24 +59,11 @@ impl Writer {
         sequencer: Arc<Sequencer>,
     ) -> Result<Self, StoreError> {
         let (inbox, messages) = std::sync::mpsc::channel();
-        let (to_syncer, committed) = std::sync::mpsc::channel();
-        // Opened before any batch: a batch is confirmed durable only on a
-        // connection older than it (see `Syncer::flush`).
-        let syncer = Syncer {
-            conn: Some(Conn::open(&options)?),
-            options: options.clone(),
-            sequencer,
-        };
-        let syncer = std::thread::Builder::new()
-            .name("lablink-pg-sync".into())
-            .spawn(move || syncer.serve(&committed))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the syncer: {e}")))?;
         let state = WriterThread {
             options,
             conn: Some(conn),
             cache: Cache::default(),
-            to_syncer: Some(to_syncer),
-            syncer: Some(syncer),
+            sequencer,
         };
         let thread = std::thread::Builder::new()
             .name("lablink-pg-writer".into())
@@ -121,9 +101,7 @@ struct WriterThread {
     conn: Option<Conn>,
     /// Rows kept between batches (see `cache`).
     cache: Cache,
-    /// Committed batches on their way to being made durable.
-    to_syncer: Option<Sender<Committed>>,
-    syncer: Option<std::thread::JoinHandle<()>>,
+    sequencer: Arc<Sequencer>,
 }
 
 impl WriterThread {
@@ -148,15 +126,6 @@ impl WriterThread {
             };
             self.run_batch(vec![(work, answer)], &mut more);
         }
-        self.stop();
-    }
-
-    /// Lets the syncer make what was committed durable, and waits for it.
-    fn stop(&mut self) {
-        drop(self.to_syncer.take());
-        if let Some(syncer) = self.syncer.take() {
-            let _ = syncer.join();
-        }
     }
 
     /// The connection, opened again if it was lost. A new connection
@@ -177,12 +146,12 @@ impl WriterThread {
         units: Vec<(Work, Answer)>,
         more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
     ) {
-        let started = Instant::now();
+        let sequencer = self.sequencer.clone();
         let outcome = match self.connection() {
             Ok(_) => {
                 let mut cache = std::mem::take(&mut self.cache);
                 let conn = self.conn.as_mut().expect("connected above");
-                let outcome = run_in_transaction(conn, &mut cache, units, more);
+                let outcome = run_in_transaction(conn, &mut cache, &sequencer, units, more);
                 if outcome.is_err() {
                     // What the cache holds may never have been committed.
                     cache.clear();
@@ -199,16 +168,9 @@ impl WriterThread {
         };
         match outcome {
             Ok((answers, events)) => {
-                let committed = Committed {
-                    answers,
-                    events,
-                    started,
-                };
-                if let Some(Err(returned)) = self.to_syncer.as_ref().map(|s| s.send(committed)) {
-                    let why = StoreError::Unavailable("the store is closing".into());
-                    for answer in returned.0.answers {
-                        let _ = answer.send(Err(why.clone()));
-                    }
+                sequencer.offer(events);
+                for answer in answers {
+                    let _ = answer.send(Ok(()));
                 }
             }
             Err((answers, why)) => {
@@ -221,95 +183,6 @@ impl WriterThread {
                 }
             }
         }
-    }
-}
-
-/// A batch committed but maybe not yet durable, and who waits for it.
-struct Committed {
-    answers: Vec<Answer>,
-    events: Vec<Event>,
-    /// Before its transaction began (so before its commit).
-    started: Instant,
-}
-
-/// The syncer thread: makes committed batches durable, then tells.
-struct Syncer {
-    options: PostgresOptions,
-    conn: Option<Conn>,
-    sequencer: Arc<Sequencer>,
-}
-
-impl Syncer {
-    fn serve(mut self, committed: &Receiver<Committed>) {
-        while let Ok(first) = committed.recv() {
-            // One flush covers every batch committed before it began.
-            let mut batches = vec![first];
-            batches.extend(committed.try_iter());
-            let announced = batches
-                .iter()
-                .flat_map(|b| b.events.last())
-                .filter_map(|e| e.seq)
-                .max();
-            let oldest = batches.iter().map(|b| b.started).min();
-            match self.flush(announced, oldest) {
-                Ok(()) => {
-                    let (mut events, mut answers) = (Vec::new(), Vec::new());
-                    for batch in batches {
-                        events.extend(batch.events);
-                        answers.extend(batch.answers);
-                    }
-                    self.sequencer.offer(events);
-                    for answer in answers {
-                        let _ = answer.send(Ok(()));
-                    }
-                }
-                Err(why) => {
-                    // Committed, but not known to be durable: not
-                    // acknowledged. (If it survived, the tail reader
-                    // publishes its events.)
-                    tracing::error!(error = %why, "cannot confirm a commit is durable");
-                    let why = StoreError::Unavailable(format!(
-                        "the commit could not be confirmed durable: {why}"
-                    ));
-                    for answer in batches.into_iter().flat_map(|b| b.answers) {
-                        let _ = answer.send(Err(why.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// A transaction of its own with `synchronous_commit` on: its commit
-    /// returns once the log is flushed past it, so past every commit before
-    /// it. It carries the notification, so other replicas hear of events
-    /// only once they are durable (the payload: the last `seq` made so).
-    ///
-    /// The flush proves only what this PostgreSQL has kept since the
-    /// connection opened: a commit made before a restart that lost it is
-    /// not covered by a flush after. So a batch is confirmed only on a
-    /// connection opened before the batch began; if the connection had to
-    /// be opened again since, the batches are not confirmed (503).
-    fn flush(&mut self, announced: Option<u64>, oldest: Option<Instant>) -> Result<(), StoreError> {
-        if self.conn.as_mut().is_none_or(|c| !c.usable()) {
-            self.conn = None;
-            self.conn = Some(Conn::open(&self.options)?);
-        }
-        let conn = self.conn.as_mut().expect("just opened");
-        if oldest.is_some_and(|started| started < conn.opened) {
-            return Err(StoreError::Unavailable(
-                "the connection to PostgreSQL was lost since the commit".into(),
-            ));
-        }
-        let notify = announced
-            .map(|seq| format!(", pg_notify('lablink_events', '{seq}')"))
-            .unwrap_or_default();
-        // A commit waits for the flush only if its transaction wrote to
-        // the log (an id alone is not enough): a transactional logical
-        // message writes a record, whatever `wal_level`, and changes no
-        // table, so syncers of several replicas never wait on each other.
-        conn.batch(&format!(
-            "SELECT pg_logical_emit_message(true, 'lablink', 'flush'){notify}"
-        ))
     }
 }
 
@@ -352,6 +225,7 @@ type Failed = (Vec<Answer>, StoreError);
 fn run_in_transaction(
     conn: &mut Conn,
     cache: &mut Cache,
+    sequencer: &Sequencer,
     mut units: Vec<(Work, Answer)>,
     more: &mut dyn FnMut(usize) -> Vec<(Work, Answer)>,
 ) -> Result<(Vec<Answer>, Vec<Event>), Failed> {
@@ -363,8 +237,7 @@ fn run_in_transaction(
     // Both rows, in one order on every replica (no deadlock between them).
     // One round trip for both.
     let begun = conn.simple(
-        "BEGIN; SET LOCAL synchronous_commit TO OFF;
-         SELECT key, value FROM meta WHERE key IN ('event_seq', 'writes') ORDER BY key FOR UPDATE",
+        "BEGIN; SELECT key, value FROM meta WHERE key IN ('event_seq', 'writes') ORDER BY key FOR UPDATE",
     );
     let (mut last_seq, mut writes) = (None, None);
     match begun {
@@ -410,9 +283,10 @@ fn run_in_transaction(
             }
         }
     }
-    // The counters and the commit: one round trip. The commit returns
-    // before it is flushed (see the module's doc): the syncer makes it
-    // durable, and only then is anyone answered or told.
+    // The counters, the notification (delivered at commit to every
+    // listening replica, in commit order) and the commit: one round trip.
+    let own: Vec<u64> = batch.events.events.iter().filter_map(|e| e.seq).collect();
+    sequencer.expect_own(&own);
     let finished = batch.flush(conn, cache, writes + 1).and_then(|()| {
         let events = &batch.events;
         let prune = if (writes + 1) % JOURNAL_PRUNE_EVERY == 0 {
@@ -423,10 +297,15 @@ fn run_in_transaction(
         } else {
             String::new()
         };
+        let notify = if events.events.is_empty() {
+            String::new()
+        } else {
+            format!("SELECT pg_notify('lablink_events', '{}');", events.last_seq)
+        };
         conn.batch(&format!(
             "UPDATE meta SET value = CASE key WHEN 'writes' THEN value + 1 ELSE {} END
              WHERE key IN ('event_seq', 'writes');
-             {prune}COMMIT",
+             {prune}{notify}COMMIT",
             events.last_seq,
         ))
     });
@@ -435,6 +314,9 @@ fn run_in_transaction(
             cache.valid_for = Some(writes + 1);
             Ok((answers, batch.events.events))
         }
-        Err(why) => Err((answers, why)),
+        Err(why) => {
+            sequencer.not_own(&own);
+            Err((answers, why))
+        }
     }
 }
