@@ -8,13 +8,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::uow::{Committed, Uow, notification_for};
+use super::uow::{Committed, Uow, Wait, notification_for};
 use super::{At, ExpiryReport, Service, ServiceError};
 use crate::domain::{Event, EventKind, Timestamp};
 
 /// What one run of a write's unit of work leaves for its caller.
 struct Done<R> {
     outcome: Result<(R, ExpiryReport), ServiceError>,
+    /// Grants from a queue, and how long each waited (for the metrics).
+    waits: Vec<Wait>,
+    /// How long after the deadline of the lease whose expiry freed it each
+    /// lock was handed on (for the metrics).
+    late_hand_offs: Vec<std::time::Duration>,
     committed: Committed,
     earliest: Option<Timestamp>,
 }
@@ -29,6 +34,7 @@ impl Service {
     ) -> Result<At<R>, ServiceError> {
         let now = self.clock.now();
         let policy = Arc::clone(&self.policy);
+        let started = std::time::Instant::now();
         let done = self
             .store
             .write(move |tx| {
@@ -40,6 +46,8 @@ impl Service {
                     earliest_deadline: None,
                     expired: ExpiryReport::default(),
                     queues_before: HashMap::new(),
+                    queued_at: HashMap::new(),
+                    late_hand_offs: Vec::new(),
                     saved: HashMap::new(),
                     actor: None,
                 };
@@ -54,7 +62,10 @@ impl Service {
                     event.user = actor.clone();
                 }
                 uow.record_events()?;
+                let waits = uow.waits();
                 Ok(Done {
+                    waits,
+                    late_hand_offs: std::mem::take(&mut uow.late_hand_offs),
                     committed: Committed {
                         events: std::mem::take(&mut uow.events),
                         queues_before: std::mem::take(&mut uow.queues_before),
@@ -64,7 +75,15 @@ impl Service {
                     outcome: result.map(|value| (value, uow.expired)),
                 })
             })
-            .await?;
+            .await;
+        crate::measure::store_transaction(crate::measure::StoreWork::Write, started.elapsed());
+        let done = done?;
+        for wait in &done.waits {
+            crate::measure::lock_wait(wait.equipment_id.as_str(), wait.mode.as_str(), wait.waited);
+        }
+        for late in &done.late_hand_offs {
+            crate::measure::handoff_lateness(*late);
+        }
         if self.policy.log_lock_events {
             for e in &done.committed.events {
                 tracing::info!(

@@ -3,11 +3,13 @@
 //! `service` write their rules against it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{ClientInfo, ExpiryReport, Policy, ServiceError};
 use crate::domain::DomainError;
 use crate::domain::{
-    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp,
+    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, LockMode, Session, SessionId,
+    Timestamp,
 };
 use crate::storage::{Due, StoreError, Tx};
 
@@ -26,6 +28,12 @@ pub(super) struct Uow<'a> {
     /// Each loaded equipment's queue as it was before this unit of work,
     /// to tell waiters whose place changed.
     pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    /// When each queue entry of a loaded equipment joined (by queue id),
+    /// to tell how long a waiter granted here waited.
+    pub(super) queued_at: HashMap<String, Timestamp>,
+    /// How long after the deadline of the lease whose expiry freed it each
+    /// lock was handed on.
+    pub(super) late_hand_offs: Vec<Duration>,
     /// The last saved state of each equipment this unit of work changed.
     pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
     /// The user whose request this is, stamped on the events it causes.
@@ -37,6 +45,18 @@ pub(super) struct Committed {
     pub(super) events: Vec<Event>,
     pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
     pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
+}
+
+/// A lock granted from a queue, and how long its waiter waited.
+pub(super) struct Wait {
+    pub(super) equipment_id: EquipmentId,
+    pub(super) mode: LockMode,
+    pub(super) waited: Duration,
+}
+
+/// The time from `from` to `to`; zero if `to` is not later.
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::from_millis(u64::try_from(to.as_millis() - from.as_millis()).unwrap_or(0))
 }
 
 /// Asks the store whether `session` is live at `now`, remembering the first
@@ -106,6 +126,11 @@ impl Uow<'_> {
         self.queues_before
             .entry(id.clone())
             .or_insert_with(|| locks.queue.iter().map(|e| e.session_id.clone()).collect());
+        for entry in &locks.queue {
+            self.queued_at
+                .entry(entry.queue_id.clone())
+                .or_insert(entry.queued_at);
+        }
         Ok(locks)
     }
 
@@ -284,16 +309,38 @@ impl Uow<'_> {
                     Due::Equipment(id) => {
                         let now = self.now;
                         let before = self.events.len();
-                        let (_, n) = self.change_locks(&id, |locks, live, events| {
-                            locks.expire(now, live, events)
+                        let (_, (n, lapsed)) = self.change_locks(&id, |locks, live, events| {
+                            let lapsed = locks.lapsed_deadline(now);
+                            (locks.expire(now, live, events), lapsed)
                         })?;
                         self.expired.expired_locks += n;
-                        self.expired.queue_processed += count_hand_offs(&self.events[before..]);
+                        let hand_offs = count_hand_offs(&self.events[before..]);
+                        self.expired.queue_processed += hand_offs;
+                        if let Some(deadline) = lapsed.filter(|_| hand_offs > 0) {
+                            self.late_hand_offs.push(elapsed(deadline, now));
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The grants from a queue among this unit's events, with how long
+    /// each waiter waited since it joined the queue.
+    pub(super) fn waits(&self) -> Vec<Wait> {
+        self.events
+            .iter()
+            .filter(|e| e.event == EventKind::QueueProcessed)
+            .filter_map(|e| {
+                let joined = self.queued_at.get(e.queue_id.as_deref()?)?;
+                Some(Wait {
+                    equipment_id: e.equipment_id.clone()?,
+                    mode: e.lock_mode?,
+                    waited: elapsed(*joined, e.timestamp),
+                })
+            })
+            .collect()
     }
 
     /// Stores the events worth keeping (lock events only when logging them

@@ -154,6 +154,7 @@ impl WriterThread {
         self.cache = cache;
         match outcome {
             Ok((answers, events)) => {
+                crate::measure::store_batch(answers.len());
                 sequencer.offer(events);
                 for answer in answers {
                     let _ = answer.send(Ok(()));
