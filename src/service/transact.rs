@@ -46,7 +46,6 @@ impl Service {
                     earliest_deadline: None,
                     expired: ExpiryReport::default(),
                     queues_before: HashMap::new(),
-                    queued_at: HashMap::new(),
                     late_hand_offs: Vec::new(),
                     saved: HashMap::new(),
                     actor: None,
@@ -118,7 +117,7 @@ impl Service {
             let before = committed.queues_before.get(id);
             for (i, entry) in locks.queue.iter().enumerate() {
                 let was = before
-                    .and_then(|b| b.iter().position(|s| s == &entry.session_id))
+                    .and_then(|b| b.iter().position(|(s, _)| s == &entry.session_id))
                     .map(|p| p + 1);
                 if was != Some(i + 1) {
                     let mut e = Event::new(EventKind::QueuePosition, now);

@@ -25,12 +25,10 @@ pub(super) struct Uow<'a> {
     pub(super) events: Vec<Event>,
     pub(super) earliest_deadline: Option<Timestamp>,
     pub(super) expired: ExpiryReport,
-    /// Each loaded equipment's queue as it was before this unit of work,
-    /// to tell waiters whose place changed.
-    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
-    /// When each queue entry of a loaded equipment joined (by queue id),
-    /// to tell how long a waiter granted here waited.
-    pub(super) queued_at: HashMap<String, Timestamp>,
+    /// Each loaded equipment's queue as it was before this unit of work
+    /// (each waiter and when it joined), to tell waiters whose place
+    /// changed and how long one granted here waited.
+    pub(super) queues_before: HashMap<EquipmentId, Vec<(SessionId, Timestamp)>>,
     /// How long after the deadline of the lease whose expiry freed it each
     /// lock was handed on.
     pub(super) late_hand_offs: Vec<Duration>,
@@ -43,7 +41,7 @@ pub(super) struct Uow<'a> {
 /// What a committed unit of work leaves for live subscribers.
 pub(super) struct Committed {
     pub(super) events: Vec<Event>,
-    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    pub(super) queues_before: HashMap<EquipmentId, Vec<(SessionId, Timestamp)>>,
     pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
 }
 
@@ -123,14 +121,10 @@ impl Uow<'_> {
     /// Loads an equipment's locks, remembering its queue as first seen.
     pub(super) fn load_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
         let locks = self.tx.equipment_locks(id)?;
-        self.queues_before
-            .entry(id.clone())
-            .or_insert_with(|| locks.queue.iter().map(|e| e.session_id.clone()).collect());
-        for entry in &locks.queue {
-            self.queued_at
-                .entry(entry.queue_id.clone())
-                .or_insert(entry.queued_at);
-        }
+        self.queues_before.entry(id.clone()).or_insert_with(|| {
+            let queue = locks.queue.iter();
+            queue.map(|e| (e.session_id.clone(), e.queued_at)).collect()
+        });
         Ok(locks)
     }
 
@@ -333,9 +327,11 @@ impl Uow<'_> {
             .iter()
             .filter(|e| e.event == EventKind::QueueProcessed)
             .filter_map(|e| {
-                let joined = self.queued_at.get(e.queue_id.as_deref()?)?;
+                let (equipment, session) = (e.equipment_id.as_ref()?, e.session_id.as_ref()?);
+                let before = self.queues_before.get(equipment)?;
+                let (_, joined) = before.iter().find(|(s, _)| s == session)?;
                 Some(Wait {
-                    equipment_id: e.equipment_id.clone()?,
+                    equipment_id: equipment.clone(),
                     mode: e.lock_mode?,
                     waited: elapsed(*joined, e.timestamp),
                 })
