@@ -158,6 +158,12 @@ const CORS_ORIGINS: Key = Key {
     default: "none (no cross-origin browser access)",
     help: "browser origins allowed to call the API: a comma list (https://lab.example.org) or *",
 };
+const METRICS_PUBLIC: Key = Key {
+    env: "LABLINK_METRICS_PUBLIC",
+    file: "metrics_public",
+    default: "true on a loopback bind, false otherwise",
+    help: "true: GET /metrics answers without a token even with authentication on; false: it needs a token (any role) when authentication is on",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -180,6 +186,7 @@ const SERVER_KEYS: &[&Key] = &[
     &ACCESS_LOG,
     &LOG_FORMAT,
     &CORS_ORIGINS,
+    &METRICS_PUBLIC,
 ];
 /// Every `LABLINK_*` variable the server reads.
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -298,6 +305,9 @@ pub struct Settings {
     /// The access log and cross-origin access.
     pub edge: Edge,
     pub log_format: LogFormat,
+    /// Whether `/metrics` answers without a token with authentication on;
+    /// `None`: only on a loopback bind.
+    pub metrics_public: Option<bool>,
 }
 
 impl Default for Settings {
@@ -315,6 +325,7 @@ impl Default for Settings {
             allow_insecure: false,
             edge: Edge::default(),
             log_format: LogFormat::Text,
+            metrics_public: None,
         }
     }
 }
@@ -541,6 +552,10 @@ pub fn resolve(
             cors: r.cors_origins()?,
         },
         log_format: r.log_format()?,
+        metrics_public: r
+            .raw(&METRICS_PUBLIC, None)
+            .map(|_| r.boolean(&METRICS_PUBLIC, false))
+            .transpose()?,
     })
 }
 
@@ -607,6 +622,7 @@ mod tests {
         );
         assert_eq!(s.edge.cors, None, "no cross-origin access by default");
         assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.metrics_public, None, "decided by the bind");
     }
 
     #[test]
@@ -684,6 +700,7 @@ mod tests {
                 "LABLINK_CORS_ORIGINS",
                 "https://a.example, http://b.example:8080",
             ),
+            ("LABLINK_METRICS_PUBLIC", "false"),
         ]);
         let s = resolve(
             &Sources {
@@ -705,6 +722,7 @@ mod tests {
         assert_eq!(s.cleanup_interval, Duration::from_secs(2));
         assert!(!s.edge.access_log);
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.metrics_public, Some(false));
         assert_eq!(
             s.edge.cors,
             Some(CorsOrigins::Only(vec![
@@ -740,6 +758,7 @@ mod tests {
             ("LABLINK_CORS_ORIGINS", "lab.example.org"),
             ("LABLINK_CORS_ORIGINS", "https://lab.example.org/app"),
             ("LABLINK_CORS_ORIGINS", "*,https://lab.example.org"),
+            ("LABLINK_METRICS_PUBLIC", "loopback"),
         ];
         for (name, value) in cases {
             let sources = Sources {

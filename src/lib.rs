@@ -6,6 +6,9 @@
 //!
 //! - `domain`: the rules, pure functions of state and `now`. No I/O, no
 //!   framework (no HTTP, OpenAPI or CLI types).
+//! - `measure`: the Prometheus metrics' names, labels and buckets, recorded
+//!   through the `metrics` facade; a leaf that any layer may record with
+//!   (the storage writers too), knowing nothing of HTTP.
 //! - `clock`: the only wall-clock read (`SystemClock`), and `ManualClock`.
 //! - `storage` <- `domain`: the `Store` trait, its backends (memory, SQLite)
 //!   and their contract tests.
@@ -37,6 +40,7 @@ pub mod config;
 pub mod domain;
 pub mod drivers;
 pub mod live;
+pub mod measure;
 pub mod reaper;
 pub mod server;
 pub mod service;

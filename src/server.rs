@@ -98,6 +98,8 @@ pub struct Server {
     settings: Settings,
     /// The database file of a file store, as opened (for `/readyz`).
     store_file: Option<StoreFile>,
+    /// `/metrics` answers without a token with authentication on.
+    metrics_public: bool,
 }
 
 impl Server {
@@ -111,8 +113,12 @@ impl Server {
         } else if instruments.is_empty() {
             tracing::warn!("the config file lists no [[equipment]]: no instruments to serve");
         }
+        // Installed before anything is recorded (the store's batches).
+        crate::measure::recorder();
         let store = open_store(&settings.store, &settings.data_dir)?;
-        let auth = auth_mode(&settings).await?;
+        let loopback = is_loopback(&settings.bind).await?;
+        let auth = auth_mode(&settings, loopback)?;
+        let metrics_public = settings.metrics_public.unwrap_or(loopback);
         // Tokens cannot be made in a store that forgets them at exit.
         if auth == AuthMode::Required && !store.durable() {
             return Err(StartError::AuthWithoutTokens {
@@ -160,6 +166,7 @@ impl Server {
             service,
             settings,
             store_file,
+            metrics_public,
         })
     }
 
@@ -203,8 +210,13 @@ impl Server {
         ));
         self.banner();
         tracing::info!(addr = %self.local_addr(), "LabLink listening");
-        let app = api::app(self.service.clone(), &self.settings.edge, self.store_file)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = api::app(
+            self.service.clone(),
+            &self.settings.edge,
+            self.store_file,
+            self.metrics_public,
+        )
+        .into_make_service_with_connect_info::<SocketAddr>();
         // Answers go out at once rather than waiting to be coalesced
         // (Nagle): lock requests are small and latency matters.
         let listener = api::wire::JsonParseErrors(self.listener).tap_io(|tcp| {
@@ -311,8 +323,7 @@ async fn is_loopback(bind: &str) -> Result<bool, StartError> {
 
 /// Authentication is required off loopback unless said otherwise; off
 /// loopback without it, start-up is refused unless explicitly allowed.
-async fn auth_mode(settings: &Settings) -> Result<AuthMode, StartError> {
-    let loopback = is_loopback(&settings.bind).await?;
+fn auth_mode(settings: &Settings, loopback: bool) -> Result<AuthMode, StartError> {
     let mode = settings.auth.unwrap_or(if loopback {
         AuthMode::Off
     } else {

@@ -1,4 +1,5 @@
-//! What wraps every route at the HTTP edge, as the operator sets it: one
+//! What wraps every route at the HTTP edge: the request metrics (always),
+//! and as the operator sets it: one
 //! access-log line per request (`LABLINK_ACCESS_LOG`) and cross-origin
 //! access for browser clients served from elsewhere
 //! (`LABLINK_CORS_ORIGINS`, through tower-http's CORS layer, which answers
@@ -101,12 +102,14 @@ impl CorsOrigins {
 }
 
 impl Edge {
-    /// `app` with the access log and CORS around every route (the fallback
-    /// included).
+    /// `app` with the request metrics, the access log and CORS around
+    /// every route (the fallback included).
     pub fn wrap(&self, mut app: Router) -> Router {
         if let Some(cors) = &self.cors {
             app = app.layer(cors.layer());
         }
+        // Outside CORS, so preflights are counted too.
+        app = app.layer(middleware::from_fn(measure_request));
         if self.access_log {
             // Outermost, so preflights and refusals are logged too.
             app = app.layer(middleware::from_fn(access_log));
@@ -167,6 +170,25 @@ fn session_in_path<'a>(route: &str, path: &'a str) -> Option<&'a str> {
     path.split('/').nth(at)
 }
 
+/// Counts each request and times it, by method, route template (the
+/// fallback's requests as `<unmatched>`: never the raw path) and status.
+async fn measure_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    crate::measure::http_request(
+        method.as_str(),
+        route.as_ref().map_or(UNMATCHED, |r| r.as_str()),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The route of a request no route matched, in logs and metrics.
+const UNMATCHED: &str = "<unmatched>";
+
 /// Logs each request once it is answered: method, route template (not the
 /// raw path, so every session id is not its own key), status, latency,
 /// user and session when known.
@@ -195,7 +217,7 @@ async fn access_log(mut request: Request, next: Next) -> Response {
     tracing::info!(
         target: ACCESS_TARGET,
         method = %method,
-        route = route.as_deref().unwrap_or("<unmatched>"),
+        route = route.as_deref().unwrap_or(UNMATCHED),
         status = response.status().as_u16(),
         latency_ms,
         user = noted.user.as_deref().unwrap_or("-"),

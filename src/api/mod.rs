@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod locks;
+pub mod metrics;
 pub mod schema;
 pub mod sessions;
 pub mod views;
@@ -47,7 +48,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::all, locks::events, locks::history, locks::cleanup,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
-        health::healthz, health::readyz, health::version,
+        health::healthz, health::readyz, health::version, metrics::scrape,
     ),
     components(schemas(Id, locks::HistoryEventKind)),
     modifiers(&Conventions),
@@ -59,7 +60,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         (name = "locks", description = "Locks, queues and history"),
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
-        (name = "operations", description = "Health, readiness and version, for operators' tools (no token needed)"),
+        (name = "operations", description = "Health, readiness, version and metrics, for operators' tools (no token needed; /metrics needs one with authentication on unless LABLINK_METRICS_PUBLIC, which is the default on loopback)"),
         (name = "auth", description = "Who the caller is"),
     )
 )]
@@ -337,7 +338,7 @@ fn declare_layer_errors(path: &str, op: &mut utoipa::openapi::path::Operation) {
     let has_body = op.request_body.is_some();
     let touches_store = !matches!(
         path,
-        "/api/equipment/list" | "/api/ws" | "/healthz" | "/api/version"
+        "/api/equipment/list" | "/api/ws" | "/healthz" | "/api/version" | "/metrics"
     );
     // The probes take no token (`health`).
     let authenticated = !matches!(path, "/healthz" | "/readyz" | "/api/version");
@@ -505,7 +506,17 @@ pub fn router(service: AppState) -> Router {
 }
 
 /// Everything the server serves: the API, the probes (`store_file`: the
-/// database file of a file store) and the edge layers around them.
-pub fn app(service: AppState, edge: &edge::Edge, store_file: Option<health::StoreFile>) -> Router {
-    edge.wrap(router(service.clone()).merge(health::routes(service, store_file)))
+/// database file of a file store), the metrics (`metrics_public`: scraped
+/// without a token with authentication on) and the edge layers around them.
+pub fn app(
+    service: AppState,
+    edge: &edge::Edge,
+    store_file: Option<health::StoreFile>,
+    metrics_public: bool,
+) -> Router {
+    edge.wrap(
+        router(service.clone())
+            .merge(health::routes(service.clone(), store_file))
+            .merge(metrics::routes(service, metrics_public)),
+    )
 }

@@ -210,6 +210,7 @@ async fn replay<S: Socket>(
 
 /// Runs one live connection until the client leaves or lags.
 pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
+    let _counted = crate::measure::Subscriber::open();
     let mut live = app.hub().subscribe();
     let mut filter = Subscription::default();
     let mut last_seq = 0;
@@ -273,6 +274,7 @@ pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {
+                    crate::measure::websocket_lagged();
                     let lagged: Value = json!({
                         "type": "lagged",
                         "missed": missed,

@@ -236,6 +236,17 @@ impl EquipmentLocks {
             .min()
     }
 
+    /// The latest deadline among the leases that have run out at `now`:
+    /// the earliest instant an expiry at `now` could have freed the lock.
+    pub fn lapsed_deadline(&self, now: Timestamp) -> Option<Timestamp> {
+        self.exclusive
+            .iter()
+            .chain(&self.observers)
+            .filter(|g| !g.is_live(now))
+            .filter_map(Grant::deadline)
+            .max()
+    }
+
     pub fn loss_of(&self, session: &SessionId) -> Option<EndReason> {
         self.loss_record(session).map(|l| l.reason)
     }

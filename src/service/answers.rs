@@ -40,3 +40,21 @@ pub struct SessionHoldings {
     /// Each queue place with its 1-based position.
     pub queued: Vec<(EquipmentId, crate::domain::QueueEntry, usize)>,
 }
+
+/// How busy the server is, as its state gauges show it: the live sessions,
+/// and each configured instrument's locks and queue as they stand now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub sessions_live: usize,
+    /// In the configured instruments' order; idle ones included.
+    pub instruments: Vec<InstrumentOccupancy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstrumentOccupancy {
+    pub equipment_id: EquipmentId,
+    /// 0 or 1.
+    pub exclusive: usize,
+    pub observers: usize,
+    pub queued: usize,
+}

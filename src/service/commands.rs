@@ -5,8 +5,9 @@ use serde_json::Value;
 use std::sync::Arc;
 
 use super::{At, CommandInput, Service, ServiceError};
+use crate::domain::Access;
 use crate::domain::{Actor, EquipmentId, SessionId};
-use crate::drivers::{ActionSpec, Instrument};
+use crate::drivers::{ActionSpec, DriverError, Instrument};
 
 impl Service {
     /// Checks the lock rules for a command and renews what authorised it.
@@ -61,9 +62,33 @@ impl Service {
     }
 
     /// Runs one command: known action, valid parameters, lock rules, then
-    /// the instrument, one command at a time per instrument.
+    /// the instrument, one command at a time per instrument. Measured by
+    /// instrument, action class and outcome (a command for an instrument
+    /// that is not configured is not: its id would be any text sent).
     pub async fn run_command(&self, input: CommandInput) -> Result<At<Value>, ServiceError> {
         let instrument = self.instrument(&input.equipment_id)?;
+        let started = std::time::Instant::now();
+        let class = instrument
+            .driver
+            .actions()
+            .iter()
+            .find(|a| a.name == input.action)
+            .map_or("unknown", |a| access_class(a.access));
+        let result = self.drive(instrument, input).await;
+        crate::measure::command(
+            instrument.id.as_str(),
+            class,
+            command_outcome(&result),
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn drive(
+        &self,
+        instrument: &Arc<Instrument>,
+        input: CommandInput,
+    ) -> Result<At<Value>, ServiceError> {
         let action: &ActionSpec = instrument
             .driver
             .actions()
@@ -112,5 +137,33 @@ impl Service {
             value,
             now: self.clock.now(),
         })
+    }
+}
+
+/// An action's class as a metric label.
+fn access_class(access: Access) -> &'static str {
+    match access {
+        Access::Control => "control",
+        Access::Observe => "observe",
+    }
+}
+
+/// A command's outcome as a metric label: a few classes, never the detail.
+fn command_outcome<T>(result: &Result<T, ServiceError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(
+            ServiceError::UnknownAction { .. }
+            | ServiceError::InvalidParameter(_)
+            | ServiceError::Invalid(_)
+            | ServiceError::EquipmentNotFound(_)
+            | ServiceError::Driver(DriverError::InvalidParameter(_)),
+        ) => "invalid",
+        Err(ServiceError::Domain(_)) => "refused",
+        Err(ServiceError::Driver(DriverError::Rejected(_))) => "rejected",
+        Err(ServiceError::Driver(DriverError::Instrument(_))) => "instrument_error",
+        Err(ServiceError::Driver(DriverError::Timeout(_))) => "timeout",
+        Err(ServiceError::Driver(DriverError::Unavailable(_))) => "unavailable",
+        Err(ServiceError::Store(_)) => "store_unavailable",
     }
 }

@@ -41,6 +41,8 @@ mod error;
 mod history;
 mod inputs;
 mod locks;
+#[cfg(test)]
+mod measure_tests;
 mod read;
 #[cfg(test)]
 mod read_tests;
@@ -52,7 +54,10 @@ mod transact;
 mod uow;
 mod waiting;
 
-pub use answers::{Acquired, At, ExpiryReport, SessionEnd, SessionHoldings, SessionPage};
+pub use answers::{
+    Acquired, At, ExpiryReport, InstrumentOccupancy, Occupancy, SessionEnd, SessionHoldings,
+    SessionPage,
+};
 pub use error::ServiceError;
 pub use inputs::{
     AcquireInput, ClientInfo, CommandInput, DEFAULT_SESSION_PAGE, NewSession, Policy,

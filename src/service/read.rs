@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{At, Service, ServiceError};
+use super::{At, InstrumentOccupancy, Occupancy, Service, ServiceError};
 use crate::domain::view::locks_at;
 use crate::domain::{EquipmentId, EquipmentLocks, Session, SessionId, Timestamp};
 use crate::storage::{StoreError, Tx};
@@ -60,6 +60,7 @@ impl Service {
     ) -> Result<At<R>, ServiceError> {
         let now = self.clock.now();
         let release_locks = self.policy.auto_release_on_disconnect;
+        let started = std::time::Instant::now();
         let outcome = self
             .store
             .query(move |tx| {
@@ -73,8 +74,9 @@ impl Service {
                     other => Ok(other),
                 }
             })
-            .await?;
-        let value = outcome?;
+            .await;
+        crate::measure::store_transaction(crate::measure::StoreWork::Read, started.elapsed());
+        let value = outcome??;
         Ok(At { value, now })
     }
 
@@ -82,6 +84,45 @@ impl Service {
     pub async fn check_store(&self) -> Result<(), ServiceError> {
         self.read(|view| Ok(view.tx.last_event_seq()?)).await?;
         Ok(())
+    }
+
+    /// How busy the server is now (the metrics' state gauges), in one read:
+    /// every session is looked at, and the equipment someone holds or
+    /// waits for; instruments no longer configured are left out, so the
+    /// gauges' labels stay those of the configuration.
+    pub async fn occupancy(&self) -> Result<At<Occupancy>, ServiceError> {
+        let configured: Vec<EquipmentId> = self.instruments.iter().map(|i| i.id.clone()).collect();
+        self.read(move |view| {
+            let now = view.now;
+            let sessions_live = view
+                .tx
+                .sessions()?
+                .iter()
+                .filter(|s| s.is_live(now))
+                .count();
+            let mut busy = HashMap::new();
+            for stored in view.tx.busy_equipment()? {
+                let locks = view.at_now(stored)?;
+                busy.insert(locks.equipment_id.clone(), locks);
+            }
+            let instruments = configured
+                .iter()
+                .map(|id| {
+                    let locks = busy.get(id);
+                    InstrumentOccupancy {
+                        equipment_id: id.clone(),
+                        exclusive: locks.map_or(0, |l| usize::from(l.exclusive.is_some())),
+                        observers: locks.map_or(0, |l| l.observers.len()),
+                        queued: locks.map_or(0, |l| l.queue.len()),
+                    }
+                })
+                .collect();
+            Ok(Occupancy {
+                sessions_live,
+                instruments,
+            })
+        })
+        .await
     }
 
     /// How the store names itself (never includes secrets).

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::uow::{Committed, Uow, notification_for};
+use super::uow::{Committed, Uow, Wait, notification_for};
 use super::{At, ExpiryReport, Service, ServiceError};
 use crate::domain::{EquipmentLocks, SessionId};
 use crate::domain::{Event, EventKind, Timestamp};
@@ -16,6 +16,11 @@ use crate::domain::{Event, EventKind, Timestamp};
 /// What one run of a write's unit of work leaves for its caller.
 struct Done<R> {
     outcome: Result<(R, ExpiryReport), ServiceError>,
+    /// Grants from a queue, and how long each waited (for the metrics).
+    waits: Vec<Wait>,
+    /// How long after the deadline of the lease whose expiry freed it each
+    /// lock was handed on (for the metrics).
+    late_hand_offs: Vec<std::time::Duration>,
     committed: Committed,
     earliest: Option<Timestamp>,
 }
@@ -30,6 +35,7 @@ impl Service {
     ) -> Result<At<R>, ServiceError> {
         let now = self.clock.now();
         let policy = Arc::clone(&self.policy);
+        let started = std::time::Instant::now();
         let done = self
             .store
             .write(move |tx| {
@@ -41,6 +47,7 @@ impl Service {
                     earliest_deadline: None,
                     expired: ExpiryReport::default(),
                     queues_before: HashMap::new(),
+                    late_hand_offs: Vec::new(),
                     saved: HashMap::new(),
                     actor: None,
                 };
@@ -55,7 +62,10 @@ impl Service {
                     event.user = actor.clone();
                 }
                 uow.record_events()?;
+                let waits = uow.waits();
                 Ok(Done {
+                    waits,
+                    late_hand_offs: std::mem::take(&mut uow.late_hand_offs),
                     committed: Committed {
                         events: std::mem::take(&mut uow.events),
                         queues_before: std::mem::take(&mut uow.queues_before),
@@ -65,7 +75,15 @@ impl Service {
                     outcome: result.map(|value| (value, uow.expired)),
                 })
             })
-            .await?;
+            .await;
+        crate::measure::store_transaction(crate::measure::StoreWork::Write, started.elapsed());
+        let done = done?;
+        for wait in &done.waits {
+            crate::measure::lock_wait(wait.equipment_id.as_str(), wait.mode.as_str(), wait.waited);
+        }
+        for late in &done.late_hand_offs {
+            crate::measure::handoff_lateness(*late);
+        }
         if self.policy.log_lock_events {
             for e in &done.committed.events {
                 tracing::info!(
@@ -136,8 +154,11 @@ impl Service {
             .filter_map(notification_for)
             .collect();
         for (id, locks) in &committed.saved {
-            let before = committed.queues_before.get(id).map(Vec::as_slice);
-            notes.extend(position_notes(locks, before, now));
+            let before: Option<Vec<SessionId>> = committed
+                .queues_before
+                .get(id)
+                .map(|b| b.iter().map(|(s, _)| s.clone()).collect());
+            notes.extend(position_notes(locks, before.as_deref(), now));
             self.elsewhere.remember(locks);
             self.warnings.reschedule(locks);
         }

@@ -3,11 +3,13 @@
 //! `service` write their rules against it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{ClientInfo, ExpiryReport, Policy, ServiceError};
 use crate::domain::DomainError;
 use crate::domain::{
-    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, Session, SessionId, Timestamp,
+    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, LockMode, Session, SessionId,
+    Timestamp,
 };
 use crate::storage::{Due, StoreError, Tx};
 
@@ -23,9 +25,13 @@ pub(super) struct Uow<'a> {
     pub(super) events: Vec<Event>,
     pub(super) earliest_deadline: Option<Timestamp>,
     pub(super) expired: ExpiryReport,
-    /// Each loaded equipment's queue as it was before this unit of work,
-    /// to tell waiters whose place changed.
-    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    /// Each loaded equipment's queue as it was before this unit of work
+    /// (each waiter and when it joined), to tell waiters whose place
+    /// changed and how long one granted here waited.
+    pub(super) queues_before: HashMap<EquipmentId, Vec<(SessionId, Timestamp)>>,
+    /// How long after the deadline of the lease whose expiry freed it each
+    /// lock was handed on.
+    pub(super) late_hand_offs: Vec<Duration>,
     /// The last saved state of each equipment this unit of work changed.
     pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
     /// The user whose request this is, stamped on the events it causes.
@@ -35,8 +41,20 @@ pub(super) struct Uow<'a> {
 /// What a committed unit of work leaves for live subscribers.
 pub(super) struct Committed {
     pub(super) events: Vec<Event>,
-    pub(super) queues_before: HashMap<EquipmentId, Vec<SessionId>>,
+    pub(super) queues_before: HashMap<EquipmentId, Vec<(SessionId, Timestamp)>>,
     pub(super) saved: HashMap<EquipmentId, EquipmentLocks>,
+}
+
+/// A lock granted from a queue, and how long its waiter waited.
+pub(super) struct Wait {
+    pub(super) equipment_id: EquipmentId,
+    pub(super) mode: LockMode,
+    pub(super) waited: Duration,
+}
+
+/// The time from `from` to `to`; zero if `to` is not later.
+fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::from_millis(u64::try_from(to.as_millis() - from.as_millis()).unwrap_or(0))
 }
 
 /// Asks the store whether `session` is live at `now`, remembering the first
@@ -103,9 +121,10 @@ impl Uow<'_> {
     /// Loads an equipment's locks, remembering its queue as first seen.
     pub(super) fn load_locks(&mut self, id: &EquipmentId) -> Result<EquipmentLocks, StoreError> {
         let locks = self.tx.equipment_locks(id)?;
-        self.queues_before
-            .entry(id.clone())
-            .or_insert_with(|| locks.queue.iter().map(|e| e.session_id.clone()).collect());
+        self.queues_before.entry(id.clone()).or_insert_with(|| {
+            let queue = locks.queue.iter();
+            queue.map(|e| (e.session_id.clone(), e.queued_at)).collect()
+        });
         Ok(locks)
     }
 
@@ -284,16 +303,40 @@ impl Uow<'_> {
                     Due::Equipment(id) => {
                         let now = self.now;
                         let before = self.events.len();
-                        let (_, n) = self.change_locks(&id, |locks, live, events| {
-                            locks.expire(now, live, events)
+                        let (_, (n, lapsed)) = self.change_locks(&id, |locks, live, events| {
+                            let lapsed = locks.lapsed_deadline(now);
+                            (locks.expire(now, live, events), lapsed)
                         })?;
                         self.expired.expired_locks += n;
-                        self.expired.queue_processed += count_hand_offs(&self.events[before..]);
+                        let hand_offs = count_hand_offs(&self.events[before..]);
+                        self.expired.queue_processed += hand_offs;
+                        if let Some(deadline) = lapsed.filter(|_| hand_offs > 0) {
+                            self.late_hand_offs.push(elapsed(deadline, now));
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// The grants from a queue among this unit's events, with how long
+    /// each waiter waited since it joined the queue.
+    pub(super) fn waits(&self) -> Vec<Wait> {
+        self.events
+            .iter()
+            .filter(|e| e.event == EventKind::QueueProcessed)
+            .filter_map(|e| {
+                let (equipment, session) = (e.equipment_id.as_ref()?, e.session_id.as_ref()?);
+                let before = self.queues_before.get(equipment)?;
+                let (_, joined) = before.iter().find(|(s, _)| s == session)?;
+                Some(Wait {
+                    equipment_id: equipment.clone(),
+                    mode: e.lock_mode?,
+                    waited: elapsed(*joined, e.timestamp),
+                })
+            })
+            .collect()
     }
 
     /// Stores the events worth keeping (lock events only when logging them

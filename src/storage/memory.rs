@@ -245,7 +245,12 @@ impl MemoryStore {
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn transaction(&self, mut work: Work) -> Result<(), StoreError> {
-        self.run(&mut *work)
+        // Every unit commits alone here: a batch of one.
+        let done = self.run(&mut *work);
+        if done.is_ok() {
+            crate::measure::store_batch(1);
+        }
+        done
     }
 
     async fn read(&self, mut work: Work) -> Result<(), StoreError> {

@@ -12,6 +12,7 @@ mod examples;
 mod helpers;
 mod live;
 mod locks;
+mod metrics;
 mod ops;
 mod postgres_proxy;
 mod postgres_replicas;

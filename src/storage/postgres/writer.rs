@@ -168,6 +168,7 @@ impl WriterThread {
         };
         match outcome {
             Ok((answers, events)) => {
+                crate::measure::store_batch(answers.len());
                 sequencer.offer(events);
                 for answer in answers {
                     let _ = answer.send(Ok(()));

@@ -329,6 +329,7 @@ impl WriterThread {
             return self.roll_back(&why);
         }
         self.committed_upto.store(batch.number, Ordering::Release);
+        crate::measure::store_batch(batch.answers.len());
         let committed = Committed {
             number: batch.number,
             answers: batch.answers,
