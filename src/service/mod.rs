@@ -37,6 +37,7 @@ mod answers;
 mod commands;
 mod error;
 mod history;
+pub use history::{PRUNE_STEP, Retention};
 mod inputs;
 mod locks;
 mod read;
