@@ -19,8 +19,11 @@ use super::tx::SqliteTx;
 use crate::domain::Event;
 use crate::storage::{EventQuery, StoreError};
 
-/// How many `seq`s a stream reads at a time from its index.
-const CHUNK: i64 = 256;
+/// How many `seq`s a source reads at a time from its index: few after a
+/// jump (a dense source seeking past a rare one's next match would read
+/// many it never uses), more while it is read in order.
+const FIRST_CHUNK: i64 = 8;
+const MAX_CHUNK: i64 = 256;
 
 pub(super) fn query_events(
     tx: &mut SqliteTx<'_>,
@@ -69,11 +72,15 @@ pub(super) fn query_events(
     let mut found = Vec::new();
     let mut x = from;
     'search: while x < to && found.len() < query.limit {
-        for stream in &mut streams {
-            match stream.seek(conn, x, to)? {
+        for i in 0..streams.len() {
+            match streams[i].seek(conn, x, to)? {
                 None => break 'search,
                 Some(y) if y > x => {
                     x = y;
+                    // The stream that jumped is the sparse one: it goes
+                    // first next round, so the dense ones seek only to
+                    // its candidates.
+                    streams[..=i].rotate_right(1);
                     continue 'search;
                 }
                 Some(_) => {}
@@ -99,7 +106,9 @@ pub(super) fn query_events(
 
 /// The first and last `seq` recorded, if any.
 fn bounds(conn: &Connection) -> Result<Option<(i64, i64)>, StoreError> {
-    conn.prepare_cached("SELECT MIN(seq), MAX(seq) FROM events")
+    // Two subqueries: SQLite answers a lone MIN or MAX from the end of
+    // the table, but scans it for both in one SELECT.
+    conn.prepare_cached("SELECT (SELECT MIN(seq) FROM events), (SELECT MAX(seq) FROM events)")
         .and_then(|mut s| {
             s.query_row([], |r| {
                 Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
@@ -177,6 +186,8 @@ struct Source {
     buffer: Vec<i64>,
     start: i64,
     covered: i64,
+    /// How many to read next time.
+    chunk: i64,
 }
 
 impl Source {
@@ -187,20 +198,27 @@ impl Source {
             buffer: Vec::new(),
             start: 0,
             covered: 0,
+            chunk: FIRST_CHUNK,
         }
     }
 
     /// The first `seq` of this key at or after `x` and before `to`.
     fn seek(&mut self, conn: &Connection, x: i64, to: i64) -> Result<Option<i64>, StoreError> {
         if !(self.start <= x && x < self.covered) {
+            // Read on from where the last chunk ended: in order, read more.
+            self.chunk = if x == self.covered {
+                (self.chunk * 4).min(MAX_CHUNK)
+            } else {
+                FIRST_CHUNK
+            };
             let mut stmt = conn.prepare_cached(self.index.sql()).map_err(unavailable)?;
             let rows = stmt
-                .query_map(rusqlite::params![self.key, x, to, CHUNK], |r| r.get(0))
+                .query_map(rusqlite::params![self.key, x, to, self.chunk], |r| r.get(0))
                 .map_err(unavailable)?;
             self.buffer = rows.collect::<Result<_, _>>().map_err(unavailable)?;
             self.start = x;
             self.covered = match self.buffer.last() {
-                Some(&last) if self.buffer.len() as i64 == CHUNK => last + 1,
+                Some(&last) if self.buffer.len() as i64 == self.chunk => last + 1,
                 _ => to,
             };
         }
