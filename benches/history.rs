@@ -87,14 +87,32 @@ impl Gen {
         let equipment = instrument(&mut self.rng);
         let eq = Some(equipment.as_str());
         if !observer && self.rng.chance(300) {
+            let queue_id = Some(format!("queue_{equipment}_{}", self.fencing));
             let mut q = self.event(EventKind::Queued, eq, session, user);
             q.position = Some(1 + self.rng.below(3) as usize);
+            q.queue_id = queue_id.clone();
             out.push(q);
+            let mut d = self.event(EventKind::Dequeued, eq, session, user);
+            d.queue_id = queue_id;
             if self.rng.chance(1_500) {
-                out.push(self.event(EventKind::Dequeued, eq, session, user));
+                out.push(d);
                 return;
             }
-            out.push(self.event(EventKind::QueueProcessed, eq, session, user));
+            // Granted from the queue: recorded as `queue_processed`.
+            self.fencing += 1;
+            let mut p = d;
+            p.event = EventKind::QueueProcessed;
+            p.lock_mode = Some(LockMode::Exclusive);
+            p.lock_id = Some(format!("lock_{equipment}_{}", self.fencing));
+            p.fencing_token = Some(self.fencing);
+            p.holder_user = Some(user.to_string());
+            out.push(p);
+            let mut r = self.event(EventKind::LockReleased, eq, session, user);
+            r.lock_mode = Some(LockMode::Exclusive);
+            r.lock_id = Some(format!("lock_{equipment}_{}", self.fencing));
+            r.holder_user = Some(user.to_string());
+            out.push(r);
+            return;
         }
         self.fencing += 1;
         let (got, released) = if observer {
@@ -105,16 +123,24 @@ impl Gen {
         } else {
             (EventKind::LockAcquired, EventKind::LockReleased)
         };
-        let mut a = self.event(got, eq, session, user);
-        a.lock_mode = Some(if observer {
+        // Every lock event names its grant, as the server's do.
+        let mode = if observer {
             LockMode::Observer
         } else {
             LockMode::Exclusive
-        });
-        a.lock_id = Some(format!("lock_{equipment}_{}", self.fencing));
-        a.fencing_token = Some(self.fencing);
-        a.timeout_seconds = Some(300.0);
-        out.push(a);
+        };
+        let lock_id = format!("lock_{equipment}_{}", self.fencing);
+        let fencing = self.fencing;
+        let grant = |mut e: Event| {
+            e.lock_mode = Some(mode);
+            e.lock_id = Some(lock_id.clone());
+            e.fencing_token = Some(fencing);
+            e.timeout_seconds = Some(300.0);
+            e.holder_user = Some(user.to_string());
+            e
+        };
+        let a = self.event(got, eq, session, user);
+        out.push(grant(a));
         let end = if self.rng.chance(5) {
             let mut f = self.event(EventKind::LockForceReleased, eq, session, "admin");
             f.forced_by = Some(SessionId::parse("admin_session").unwrap());
@@ -128,7 +154,7 @@ impl Gen {
         } else {
             self.event(released, eq, session, user)
         };
-        out.push(end);
+        out.push(grant(end));
     }
 
     /// A short interactive session: created, a few cycles, ended.
