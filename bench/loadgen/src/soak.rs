@@ -114,7 +114,7 @@ pub async fn run(config: SoakConfig) -> Result<Vec<Slice>, String> {
     let until = started + config.duration;
     let mut tasks = Vec::new();
     for i in 0..config.subscribers {
-        let subscription = if i % 10 == 0 {
+        let subscription = if i.is_multiple_of(10) {
             json!({"type": "subscribe", "all": true})
         } else {
             json!({"type": "subscribe", "equipment_ids": [equipment[i % equipment.len()]]})
@@ -260,19 +260,19 @@ async fn mixed(
         client.get(&format!("/locks/status/{own}")).await;
         let release = json!({"equipment_id": own, "session_id": session});
         client.post("/locks/release", release).await;
-        if round % 25 == 0 {
+        if round.is_multiple_of(25) {
             // A short lease left to run out (or refreshed, if still held).
             let lease = json!({"equipment_id": spare, "session_id": session, "timeout_seconds": 0.2, "queue_if_busy": true});
             client.post("/locks/acquire", lease).await;
         }
-        if round % 50 == 0 {
+        if round.is_multiple_of(50) {
             client.delete(&format!("/locks/sessions/{session}")).await;
             match client.new_session().await {
                 Ok(new) => session = new,
                 Err(_) => break,
             }
         }
-        if round % 100 == 0 {
+        if round.is_multiple_of(100) {
             // A client that vanishes: its session and lock end on their own.
             let created = client
                 .post(
