@@ -42,14 +42,16 @@ impl Service {
         let now = self.clock.now();
         let until = input.until.unwrap_or(now);
         let since = input.since.unwrap_or(Timestamp::from_millis(
-            until.as_millis() - DEFAULT_ANALYTICS_DAYS * DAY_MS,
+            until
+                .as_millis()
+                .saturating_sub(DEFAULT_ANALYTICS_DAYS * DAY_MS),
         ));
         if since >= until {
             return Err(ServiceError::Invalid(format!(
                 "`since` ({since}) must be before `until` ({until})"
             )));
         }
-        if until.as_millis() - since.as_millis() > MAX_ANALYTICS_DAYS * DAY_MS {
+        if until.as_millis().saturating_sub(since.as_millis()) > MAX_ANALYTICS_DAYS * DAY_MS {
             return Err(ServiceError::Invalid(format!(
                 "the window from `since` to `until` may be at most {MAX_ANALYTICS_DAYS} days: ask for several"
             )));

@@ -167,6 +167,16 @@ async fn analytics_refuse_what_they_cannot_answer() {
             StatusCode::NOT_FOUND,
             "equipment_not_found",
         ),
+        (
+            "equipment_id=ps_abc123,,load_1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_id",
+        ),
+        (
+            "user=",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        ),
     ] {
         let response = app.get(&format!("/api/locks/analytics?{query}")).await;
         assert_error(&response, status, code);
