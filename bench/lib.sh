@@ -9,7 +9,10 @@ server=""
 start_server() {
   cargo build --release --quiet
   port=$((20000 + RANDOM % 20000))
-  RUST_LOG=warn "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$1" &
+  # BENCH_RUST_LOG: the server's log filter (default warn; `info` adds a
+  # line per request and per lock event); BENCH_SERVER_LOG: a file for the
+  # server's log (default: this terminal).
+  RUST_LOG=${BENCH_RUST_LOG:-warn} "$bin" serve --bind "127.0.0.1:$port" --config bench/lab.toml --store "$1" 2>"${BENCH_SERVER_LOG:-/dev/stderr}" &
   server=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/api/equipment/list" >/dev/null && return 0

@@ -128,6 +128,12 @@ const RETENTION: Key = Key {
     default: "90",
     help: "days of history to keep; 0 = forever",
 };
+const RETENTION_EVENTS: Key = Key {
+    env: "LABLINK_EVENT_RETENTION_MAX_EVENTS",
+    file: "event_retention_max_events",
+    default: "0",
+    help: "keep only the newest this many events; 0 = no limit",
+};
 const IMPLICIT_SESSIONS: Key = Key {
     env: "LABLINK_IMPLICIT_SESSIONS",
     file: "implicit_sessions",
@@ -178,6 +184,7 @@ const SERVER_KEYS: &[&Key] = &[
     &CLEANUP,
     &DATA_DIR,
     &RETENTION,
+    &RETENTION_EVENTS,
     &EXPIRY_WARNING,
     &AUTH,
     &ALLOW_INSECURE,
@@ -292,6 +299,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Events older than this many days are pruned; 0 keeps them forever.
     pub event_retention_days: u32,
+    /// Only the newest this many events are kept; 0: no limit.
+    pub event_retention_max_events: u64,
     pub policy: Policy,
     pub cleanup_interval: Duration,
     /// `None`: no config file, serve the demo instruments.
@@ -317,6 +326,7 @@ impl Default for Settings {
             store: DEFAULT_STORE.into(),
             data_dir: PathBuf::from("."),
             event_retention_days: 90,
+            event_retention_max_events: 0,
             policy: Policy::default(),
             cleanup_interval: Duration::from_secs(10),
             equipment: None,
@@ -523,6 +533,11 @@ pub fn resolve(
         store: r.text(&STORE, sources.flags.store.as_deref(), &defaults.store),
         data_dir: r.directory(&DATA_DIR, cwd, &config_dir, &config_dir),
         event_retention_days: r.days(&RETENTION, 90)?,
+        event_retention_max_events: r.whole(
+            &RETENTION_EVENTS,
+            0,
+            "expected a whole number of events >= 0 (0 = no limit)",
+        )?,
         policy: Policy {
             locks_enabled: r.boolean(&LOCKS, true)?,
             lock: crate::domain::LockPolicy {

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::drivers::Instruments;
 use crate::drivers::registry::RegistryError;
-use crate::service::Service;
+use crate::service::{Retention, Service};
 use crate::storage::Store;
 use crate::storage::memory::MemoryStore;
 use crate::storage::postgres::{PostgresOptions, PostgresStore};
@@ -205,7 +205,10 @@ impl Server {
         };
         let pruner = tokio::spawn(prune_history(
             self.service.clone(),
-            self.settings.event_retention_days,
+            Retention {
+                max_age_days: Some(self.settings.event_retention_days),
+                max_events: Some(self.settings.event_retention_max_events),
+            },
             stop_reaper.subscribe(),
         ));
         self.banner();
@@ -355,18 +358,29 @@ async fn refresh_tokens(service: Arc<Service>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// How often old events are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the history is pruned: often enough that, under sustained
+/// load, each round deletes a few steps' worth rather than a backlog.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-/// Prunes the history at start and then hourly, until shut down.
-async fn prune_history(service: Arc<Service>, days: u32, mut shutdown: watch::Receiver<bool>) {
-    if days == 0 {
+/// Prunes the history at start and then every `PRUNE_EVERY`, until shut
+/// down.
+async fn prune_history(
+    service: Arc<Service>,
+    retention: Retention,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !retention.limits() {
         return;
     }
     loop {
-        match service.prune_history(days).await {
+        match service.prune_history(retention).await {
             Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, days, "pruned old events"),
+            Ok(pruned) => tracing::info!(
+                pruned,
+                days = retention.max_age_days,
+                max_events = retention.max_events,
+                "pruned old events"
+            ),
             Err(e) => tracing::error!(error = %e, "pruning old events failed"),
         }
         let next = service

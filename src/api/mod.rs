@@ -2,6 +2,7 @@
 //! shape the answer. Errors go through `error::ApiError`, the only mapping
 //! to status codes. The API describes itself at `/openapi.json` and `/docs`.
 
+pub mod analytics;
 pub mod caller;
 pub mod dashboard;
 pub mod edge;
@@ -45,7 +46,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         sessions::create, sessions::end, sessions::get, sessions::list, sessions::activity,
         sessions::locks, sessions::events,
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
-        locks::all, locks::events, locks::history, locks::cleanup,
+        locks::all, locks::events, locks::history, locks::cleanup, analytics::analytics,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version, metrics::scrape,
@@ -479,6 +480,7 @@ pub fn router(service: AppState) -> Router {
         .route("/api/locks/queue/{equipment_id}", get(locks::queue))
         .route("/api/locks/all", get(locks::all))
         .route("/api/locks/events", get(locks::history))
+        .route("/api/locks/analytics", get(analytics::analytics))
         .route("/api/locks/events/{equipment_id}", get(locks::events))
         .route("/api/locks/cleanup", post(locks::cleanup))
         .route("/api/ws", get(ws::upgrade))

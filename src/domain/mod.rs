@@ -5,6 +5,7 @@
 //! that describe the change, or a `DomainError` with the state untouched.
 
 pub mod access;
+pub mod analytics;
 pub mod event;
 pub mod ids;
 pub mod lock;

@@ -4,7 +4,7 @@
 use super::inputs::too_many;
 use super::{At, Service, ServiceError};
 use crate::domain::Timestamp;
-use crate::storage::{EventPage, EventQuery};
+use crate::storage::{EventPage, EventQuery, Prune};
 
 impl Service {
     /// The whole history, filtered, oldest first, a page at a time.
@@ -23,13 +23,50 @@ impl Service {
         Ok(page.await?.value)
     }
 
-    /// Forgets events older than `days` days (0 keeps everything).
-    pub async fn prune_history(&self, days: u32) -> Result<usize, ServiceError> {
-        if days == 0 {
-            return Ok(0);
+    /// Forgets what `retention` no longer keeps, a step of at most
+    /// `PRUNE_STEP` events per transaction, so that requests joining the
+    /// same commits wait for one small delete, never for the whole job.
+    /// Returns how many events went.
+    pub async fn prune_history(&self, retention: Retention) -> Result<u64, ServiceError> {
+        let mut total = 0;
+        loop {
+            let before = retention.max_age_days.filter(|&d| d > 0).map(|days| {
+                Timestamp::from_millis(self.clock.now().as_millis() - i64::from(days) * 86_400_000)
+            });
+            let prune = Prune {
+                before,
+                keep: retention.max_events.filter(|&n| n > 0),
+                max: PRUNE_STEP,
+            };
+            if prune.before.is_none() && prune.keep.is_none() {
+                return Ok(total);
+            }
+            let pruned = self.store.write(move |tx| tx.prune_events(&prune)).await?;
+            total += pruned as u64;
+            if pruned < PRUNE_STEP {
+                return Ok(total);
+            }
+            // Let the requests waiting behind this step go first.
+            tokio::task::yield_now().await;
         }
-        let before =
-            Timestamp::from_millis(self.clock.now().as_millis() - i64::from(days) * 86_400_000);
-        Ok(self.store.write(move |tx| tx.prune_events(before)).await?)
+    }
+}
+
+/// The most events one pruning transaction deletes.
+pub const PRUNE_STEP: usize = 1_000;
+
+/// How much history to keep (settings); `None` or 0: no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Retention {
+    /// Events older than this many days go.
+    pub max_age_days: Option<u32>,
+    /// Only the newest this many events stay.
+    pub max_events: Option<u64>,
+}
+
+impl Retention {
+    /// Whether anything is ever pruned.
+    pub fn limits(&self) -> bool {
+        self.max_age_days.is_some_and(|d| d > 0) || self.max_events.is_some_and(|n| n > 0)
     }
 }

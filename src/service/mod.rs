@@ -34,11 +34,14 @@ use crate::drivers::Instruments;
 use crate::live::{ExpiryWarnings, Hub};
 use crate::storage::Store;
 
+mod analytics;
 mod answers;
 mod commands;
 mod elsewhere;
 mod error;
 mod history;
+pub use analytics::{AnalyticsInput, MAX_ANALYTICS_DAYS};
+pub use history::{PRUNE_STEP, Retention};
 mod inputs;
 mod locks;
 #[cfg(test)]

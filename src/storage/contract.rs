@@ -3,7 +3,7 @@
 
 use super::memory::MemoryStore;
 use super::sqlite::{SqliteOptions, SqliteStore};
-use super::{Due, EventQuery, Store, StoreError, Tx, Work};
+use super::{Due, EventQuery, Prune, Store, StoreError, Tx, Work};
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, LockMode, LockPolicy, LockRequest, Session,
     SessionId, Timeout, Timestamp,
@@ -325,7 +325,7 @@ fn pruning_forgets_old_events(store: &dyn Store) {
         .map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a")))
         .collect();
     record(store, events);
-    assert_eq!(with(store, |tx| tx.prune_events(t(20))), 2);
+    assert_eq!(with(store, |tx| tx.prune_events(&older_than(20))), 2);
     let left = with(store, |tx| tx.equipment_events(&eid("psu"), 100));
     assert_eq!(
         left.iter()
@@ -334,6 +334,128 @@ fn pruning_forgets_old_events(store: &dyn Store) {
         [20, 30, 40]
     );
     assert_eq!(with(store, |tx| tx.session_events(&sid("a"), 100)).len(), 3);
+}
+
+/// Retention by age alone, with no limit on the step.
+fn older_than(ms: i64) -> Prune {
+    Prune {
+        before: Some(t(ms)),
+        keep: None,
+        max: usize::MAX / 2,
+    }
+}
+
+fn pruning_keeps_the_newest_events_a_step_at_a_time(store: &dyn Store) {
+    let events: Vec<Event> = (0..10)
+        .map(|i| event(EventKind::LockAcquired, i * 10, Some("psu"), Some("a")))
+        .collect();
+    let events = record(store, events);
+    let keep_four = Prune {
+        before: None,
+        keep: Some(4),
+        max: 4,
+    };
+    // Six must go: four in the first step, the last two in the next.
+    assert_eq!(with(store, move |tx| tx.prune_events(&keep_four)), 4);
+    assert_eq!(with(store, move |tx| tx.prune_events(&keep_four)), 2);
+    assert_eq!(with(store, move |tx| tx.prune_events(&keep_four)), 0);
+    let left = with(store, |tx| {
+        tx.query_events(&EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+    });
+    assert_eq!(left, events[6..].to_vec());
+    assert_eq!(
+        with(store, |tx| tx.equipment_events(&eid("psu"), 100)),
+        events[6..].to_vec()
+    );
+    assert_eq!(
+        with(store, |tx| tx.session_events(&sid("a"), 100)),
+        events[6..].to_vec()
+    );
+    // Age and count together: whichever lets go of more.
+    let both = Prune {
+        before: Some(t(80)),
+        keep: Some(3),
+        max: 100,
+    };
+    assert_eq!(with(store, move |tx| tx.prune_events(&both)), 2);
+    let left = with(store, |tx| tx.equipment_events(&eid("psu"), 100));
+    assert_eq!(left, events[8..].to_vec());
+}
+
+/// Every combination of filters, cursors and time bounds gives exactly the
+/// events that `EventQuery::matches` picks, in `seq` order, however the
+/// backend searches (SQLite leapfrogs across its indexes). The clock goes
+/// back once in the middle, so time order and `seq` order differ there.
+fn every_filter_combination_finds_what_matches(store: &dyn Store) {
+    let equipment = ["psu", "scope", "load"];
+    let sessions = ["a", "b", "c", "d"];
+    let kinds = [
+        EventKind::LockAcquired,
+        EventKind::LockReleased,
+        EventKind::LockForceReleased,
+        EventKind::SessionCreated,
+    ];
+    let mut all = Vec::new();
+    // A small deterministic mix: some kinds rare, some sessions rare.
+    let mut x: u64 = 7;
+    for i in 0..400i64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = (x >> 33) as usize;
+        let kind = kinds[if r.is_multiple_of(17) {
+            2
+        } else if r.is_multiple_of(5) {
+            3
+        } else {
+            r % 2
+        }];
+        // The clock is set back 50 ms at event 200.
+        let at = if i < 200 { i * 10 } else { i * 10 - 50 };
+        let mut e = event(
+            kind,
+            at,
+            (kind != EventKind::SessionCreated).then_some(equipment[(r / 7) % 3]),
+            Some(sessions[if r.is_multiple_of(13) { 3 } else { (r / 3) % 3 }]),
+        );
+        if kind == EventKind::LockForceReleased {
+            e.forced_by = Some(sid(sessions[(r / 11) % 4]));
+        }
+        all.push(e);
+    }
+    let all = record(store, all);
+    let mut checked = 0;
+    for mask in 0..32 {
+        for variant in 0..3usize {
+            let query = EventQuery {
+                equipment_id: (mask & 1 != 0).then(|| eid(equipment[variant])),
+                session_id: (mask & 2 != 0).then(|| sid(sessions[variant + 1])),
+                kind: (mask & 4 != 0).then_some(kinds[variant + 1]),
+                since: (mask & 8 != 0).then(|| t([0, 1_000, 1_960][variant])),
+                until: (mask & 16 != 0).then(|| t([1_990, 2_500, 4_000][variant])),
+                after: [
+                    None,
+                    Some(all[50].seq.unwrap()),
+                    Some(all[390].seq.unwrap()),
+                ][variant],
+                limit: [1_000, 7, 3][variant],
+            };
+            let want: Vec<Event> = all
+                .iter()
+                .filter(|e| query.matches(e))
+                .take(query.limit)
+                .cloned()
+                .collect();
+            let q = query.clone();
+            let got = with(store, move |tx| tx.query_events(&q));
+            assert_eq!(got, want, "{query:?}");
+            checked += want.len();
+        }
+    }
+    assert!(checked > 500, "the queries found something ({checked})");
 }
 
 fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
@@ -359,7 +481,7 @@ fn event_numbers_are_never_reused(store: &dyn Store) {
         .map(|i| event(EventKind::LockAcquired, i, Some("psu"), Some("a")))
         .collect();
     let first = record(store, first.to_vec());
-    assert_eq!(with(store, |tx| tx.prune_events(t(100))), 3);
+    assert_eq!(with(store, |tx| tx.prune_events(&older_than(100))), 3);
     let later = [event(EventKind::LockReleased, 200, Some("psu"), Some("a"))];
     let later = record(store, later.to_vec());
     assert!(later[0].seq > first[2].seq, "{later:?} after {first:?}");
@@ -481,6 +603,8 @@ every_backend!(
     history_filters_and_cursor,
     a_failed_transaction_changes_nothing,
     pruning_forgets_old_events,
+    pruning_keeps_the_newest_events_a_step_at_a_time,
+    every_filter_combination_finds_what_matches,
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
     a_cursor_past_the_newest_event_pages_nothing_and_points_back,
@@ -570,7 +694,7 @@ fn sqlite_units_number_their_events_in_order() {
         tx.record_events(&mut old)?;
         Ok(old[0].seq.unwrap())
     });
-    with(&store, |tx| tx.prune_events(t(1)));
+    with(&store, |tx| tx.prune_events(&older_than(1)));
     let record = |at: i64, fail: bool| -> Work {
         Box::new(move |tx| {
             let mut events = [

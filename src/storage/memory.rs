@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::{CommitListener, Due, EventQuery, Store, StoreError, TokenRecord, Tx, Work};
+use super::{CommitListener, Due, EventQuery, Prune, Store, StoreError, TokenRecord, Tx, Work};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
 
 /// Events kept per equipment and per session.
@@ -434,20 +434,29 @@ impl Tx for MemoryTx<'_> {
             .collect())
     }
 
-    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
-        let old = |e: &Arc<Event>| e.timestamp < before;
+    fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError> {
+        let last = self.last_event_seq()?;
+        let mut upto = None;
         let mut pruned = 0;
-        while self.state.all_events.front().is_some_and(old) {
+        while pruned < prune.max
+            && let Some(e) = self.state.all_events.front()
+            && prune.drops(e.seq.unwrap_or(0), e.timestamp, last)
+        {
+            upto = e.seq;
             self.state.all_events.pop_front();
             pruned += 1;
         }
+        let Some(upto) = upto else {
+            return Ok(0);
+        };
+        let gone = |e: &Arc<Event>| e.seq.is_some_and(|s| s <= upto);
         for events in self
             .state
             .equipment_events
             .values_mut()
             .chain(self.state.session_events.values_mut())
         {
-            while events.front().is_some_and(old) {
+            while events.front().is_some_and(gone) {
                 events.pop_front();
             }
         }

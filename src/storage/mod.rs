@@ -96,8 +96,11 @@ pub trait Tx {
     }
     /// The `seq` of the newest recorded event (0 if none).
     fn last_event_seq(&mut self) -> Result<u64, StoreError>;
-    /// Forgets events older than `before`; returns how many.
-    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError>;
+    /// Forgets up to `prune.max` of the oldest events that `prune` no
+    /// longer keeps, oldest first (a prefix of the history: an event
+    /// recorded out of time order, after the clock was set back, goes with
+    /// the events recorded around it); returns how many.
+    fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError>;
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
     /// The token whose SHA-256 (hex) is `hash`, revoked or not.
@@ -120,6 +123,25 @@ pub struct TokenRecord {
     pub hash: String,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+}
+
+/// What the history keeps (retention), as one step of pruning: the
+/// events that are older than `before`, or not among the newest `keep`
+/// (by `seq`), go, at most `max` of them in this step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prune {
+    pub before: Option<Timestamp>,
+    pub keep: Option<u64>,
+    pub max: usize,
+}
+
+impl Prune {
+    /// Whether the event numbered `seq`, recorded at `at`, goes, when the
+    /// newest event is numbered `last`.
+    pub fn drops(&self, seq: u64, at: Timestamp, last: u64) -> bool {
+        self.before.is_some_and(|b| at < b)
+            || self.keep.is_some_and(|k| seq <= last.saturating_sub(k))
+    }
 }
 
 /// One page of the history.

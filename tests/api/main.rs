@@ -10,6 +10,7 @@ mod equipment;
 mod errors;
 mod examples;
 mod helpers;
+mod history;
 mod live;
 mod locks;
 mod metrics;

@@ -32,6 +32,9 @@ pub enum Scenario {
     /// `wait_seconds`); measures how long after the deadline the waiter has
     /// the lock. Reported percentiles are lateness, not request latency.
     Expiry,
+    /// Mixed traffic for a long time, reported a slice at a time (see
+    /// `soak.rs`).
+    Soak,
 }
 
 #[derive(Clone, Debug)]
@@ -81,22 +84,22 @@ impl std::fmt::Display for Report {
 
 /// One client's tally: latencies in microseconds and errors.
 #[derive(Default)]
-struct Tally {
-    micros: Vec<u32>,
-    errors: u64,
+pub(crate) struct Tally {
+    pub(crate) micros: Vec<u32>,
+    pub(crate) errors: u64,
 }
 
 /// One keep-alive HTTP/1.1 connection (hyper's client connection: no pool,
 /// no URL parsing per request), so the load tool spends as little of the
 /// shared CPU as it can.
-struct Client {
+pub(crate) struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
-    tally: Tally,
+    pub(crate) tally: Tally,
 }
 
 impl Client {
-    async fn connect(addr: &str) -> Result<Self, String> {
+    pub(crate) async fn connect(addr: &str) -> Result<Self, String> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -158,21 +161,21 @@ impl Client {
         }
     }
 
-    async fn post(&mut self, path: &str, body: Value) -> Option<Bytes> {
+    pub(crate) async fn post(&mut self, path: &str, body: Value) -> Option<Bytes> {
         self.send(Method::POST, &format!("/api{path}"), Some(&body))
             .await
     }
 
-    async fn get(&mut self, path: &str) -> Option<Bytes> {
+    pub(crate) async fn get(&mut self, path: &str) -> Option<Bytes> {
         self.send(Method::GET, &format!("/api{path}"), None).await
     }
 
-    async fn delete(&mut self, path: &str) -> Option<Bytes> {
+    pub(crate) async fn delete(&mut self, path: &str) -> Option<Bytes> {
         self.send(Method::DELETE, &format!("/api{path}"), None)
             .await
     }
 
-    async fn new_session(&mut self) -> Result<String, String> {
+    pub(crate) async fn new_session(&mut self) -> Result<String, String> {
         let created = self
             .post(
                 "/locks/sessions/create",
@@ -188,7 +191,7 @@ impl Client {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -291,6 +294,8 @@ async fn run_client(
                     client.delete(&path).await;
                 }
             }
+            // Run by `soak::run`, never here.
+            Scenario::Soak => break,
             Scenario::Commands => {
                 volts = if volts >= 20.0 { 0.0 } else { volts + 1.0 };
                 let command = json!({"command_id": "bench", "action": "set_voltage", "parameters": {"voltage": volts}, "session_id": session});

@@ -4,6 +4,7 @@
 //! JSON to it, so it needs none of the server's code or dependencies.
 
 mod load;
+mod soak;
 
 use clap::Parser;
 use load::{BenchConfig, Scenario};
@@ -31,6 +32,18 @@ struct Args {
     /// once on different instruments).
     #[arg(long, default_value_t = 0)]
     offset: usize,
+    /// Soak: WebSocket subscribers beside the clients.
+    #[arg(long, default_value_t = 200)]
+    subscribers: usize,
+    /// Soak: seconds per report line.
+    #[arg(long, default_value_t = 30.0)]
+    interval: f64,
+    /// Soak: the server's process id, to report its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Soak: the server's SQLite file, to report its size and its WAL's.
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
 }
 
 // One thread for the whole load: no hand-offs between threads per request,
@@ -48,6 +61,35 @@ async fn run(args: Args) -> i32 {
     {
         eprintln!("lablink-bench: --seconds must be in (0, 86400] and --clients in 1..=10000");
         return 2;
+    }
+    if args.scenario == Scenario::Soak {
+        if !(args.interval > 0.0 && args.interval <= args.seconds) {
+            eprintln!("lablink-bench: --interval must be in (0, --seconds]");
+            return 2;
+        }
+        let config = soak::SoakConfig {
+            url: args.url,
+            clients: args.clients,
+            subscribers: args.subscribers,
+            duration: std::time::Duration::from_secs_f64(args.seconds),
+            interval: std::time::Duration::from_secs_f64(args.interval),
+            server_pid: args.server_pid,
+            db: args.db,
+        };
+        return match soak::run(config).await {
+            Ok(slices) => {
+                let errors: u64 = slices.iter().map(|s| s.errors).sum();
+                if args.json {
+                    println!("{}", serde_json::to_string(&slices).unwrap_or_default());
+                }
+                println!("soak: {} slices, {errors} errors", slices.len());
+                0
+            }
+            Err(e) => {
+                eprintln!("lablink-bench: {e}");
+                1
+            }
+        };
     }
     let config = BenchConfig {
         url: args.url,

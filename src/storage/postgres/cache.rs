@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::conn::{Conn, corrupt};
 use super::tx::{EventBuffer, PgTx};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, StoreError, TokenRecord, Tx};
+use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
 
 /// The writer's rows, as of `valid_for`.
 #[derive(Default)]
@@ -392,8 +392,8 @@ impl Tx for UnitTx<'_> {
         self.sql()?.last_event_seq()
     }
 
-    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
-        self.sql()?.prune_events(before)
+    fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError> {
+        self.sql()?.prune_events(prune)
     }
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {

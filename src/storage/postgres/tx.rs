@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{Conn, corrupt};
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, StoreError, TokenRecord, Tx};
+use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
 
 /// A batch's recorded events, numbered, waiting to be inserted.
 #[derive(Default)]
@@ -282,27 +282,36 @@ impl Tx for PgTx<'_> {
     }
 
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        // The filters are fixed; absent ones compare with NULL and pass.
-        let rows = self.conn.query(
-            "SELECT seq, data FROM events
-             WHERE ($1::text IS NULL OR equipment_id = $1)
-               AND ($2::text IS NULL OR session_id = $2 OR forced_by = $2)
-               AND ($3::text IS NULL OR event = $3)
-               AND ($4::bigint IS NULL OR at >= $4)
-               AND ($5::bigint IS NULL OR at < $5)
-               AND seq > $6
-             ORDER BY seq LIMIT $7",
-            &[
-                &query.equipment_id.as_ref().map(|e| e.as_str()),
-                &query.session_id.as_ref().map(|s| s.as_str()),
-                &query.kind.map(|k| k.as_str()),
-                &millis(query.since),
-                &millis(query.until),
-                // No `seq` exceeds i64::MAX: a larger cursor is past them all.
-                &i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX),
-                &(query.limit as i64),
-            ],
-        )?;
+        // Only the filters given are in the statement, so that the planner
+        // picks the index that fits them (one statement per combination).
+        let equipment = query.equipment_id.as_ref().map(|e| e.as_str());
+        let session = query.session_id.as_ref().map(|s| s.as_str());
+        let kind = query.kind.map(|k| k.as_str());
+        let since = millis(query.since);
+        let until = millis(query.until);
+        // No `seq` exceeds i64::MAX: a larger cursor is past them all.
+        let after = i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let limit = query.limit as i64;
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&after, &limit];
+        let mut mask = 0;
+        for (bit, value) in [
+            (
+                1,
+                equipment
+                    .as_ref()
+                    .map(|v| v as &(dyn postgres::types::ToSql + Sync)),
+            ),
+            (2, session.as_ref().map(|v| v as _)),
+            (4, kind.as_ref().map(|v| v as _)),
+            (8, since.as_ref().map(|v| v as _)),
+            (16, until.as_ref().map(|v| v as _)),
+        ] {
+            if let Some(value) = value {
+                mask |= bit;
+                params.push(value);
+            }
+        }
+        let rows = self.conn.query(event_query_sql(mask), &params)?;
         events_of(rows)
     }
 
@@ -314,10 +323,17 @@ impl Tx for PgTx<'_> {
         Ok(last as u64)
     }
 
-    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
-        let pruned = self
-            .conn
-            .execute("DELETE FROM events WHERE at < $1", &[&before.as_millis()])?;
+    fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError> {
+        let last = self.last_event_seq()?;
+        // Nothing to cut is a bound no event passes.
+        let cut = prune.keep.map_or(0, |k| last.saturating_sub(k)) as i64;
+        let before = prune.before.map_or(i64::MIN, |b| b.as_millis());
+        let pruned = self.conn.execute(
+            "DELETE FROM events WHERE seq IN (
+                SELECT seq FROM events WHERE seq <= $1 OR at < $2 ORDER BY seq LIMIT $3
+             )",
+            &[&cut, &before, &(prune.max as i64)],
+        )?;
         Ok(pruned as usize)
     }
 
@@ -386,4 +402,35 @@ impl PgTx<'_> {
         )?;
         Ok(())
     }
+}
+
+/// The history query for one combination of filters (`mask`: bit 1
+/// equipment, 2 session, 4 kind, 8 since, 16 until), its parameters
+/// numbered in that order after the cursor ($1) and the limit ($2). Made
+/// once each: the statement cache keys on `&'static str`.
+fn event_query_sql(mask: usize) -> &'static str {
+    static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        (0..32)
+            .map(|mask| {
+                let mut sql = String::from("SELECT seq, data FROM events WHERE seq > $1");
+                let mut n = 2;
+                for (bit, filter) in [
+                    (1, "equipment_id = $"),
+                    (2, "(session_id = $ OR forced_by = $)"),
+                    (4, "event = $"),
+                    (8, "at >= $"),
+                    (16, "at < $"),
+                ] {
+                    if mask & bit != 0 {
+                        n += 1;
+                        sql.push_str(" AND ");
+                        sql.push_str(&filter.replace('$', &format!("${n}")));
+                    }
+                }
+                sql.push_str(" ORDER BY seq LIMIT $2");
+                &*Box::leak(sql.into_boxed_str())
+            })
+            .collect()
+    })[mask]
 }

@@ -21,6 +21,7 @@ mod migrate;
 mod options;
 mod readers;
 mod rows;
+mod search;
 mod tx;
 mod writer;
 

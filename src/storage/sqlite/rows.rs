@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::de::DeserializeOwned;
 
 use super::tx::SqliteTx;
-use crate::domain::{Event, Role, Timestamp};
+use crate::domain::{Event, EventKind, Role, Timestamp};
 use crate::storage::{StoreError, TokenRecord};
 
 /// Turns a SQLite failure into what an operator can act on.
@@ -30,41 +30,117 @@ pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
+/// An event as the history table stores it (schema v3): the filtered
+/// fields in columns (the kind as a small number), the time as an order key
+/// that never decreases with `seq` plus how far the event's own time lies
+/// behind it, and only the remaining fields in the JSON `data`.
 pub(super) struct EventRow {
     /// `None`: the database numbers it.
     seq: Option<i64>,
-    at: i64,
-    kind: &'static str,
+    /// The largest timestamp recorded up to this event (ms).
+    pub(super) t: i64,
+    /// `t` minus this event's own timestamp: 0 unless the clock went back.
+    pub(super) t_lag: i64,
+    kind: i64,
     equipment_id: Option<String>,
     session_id: Option<String>,
     forced_by: Option<String>,
     data: String,
 }
 
+/// The kinds' numbers in the `kind` column. Stored: never renumber
+/// (migration 0003 writes the same numbers).
+const KIND_CODES: [(EventKind, i64); 14] = [
+    (EventKind::LockAcquired, 1),
+    (EventKind::LockRefreshed, 2),
+    (EventKind::LockReleased, 3),
+    (EventKind::LockForceReleased, 4),
+    (EventKind::LockExpired, 5),
+    (EventKind::ObserverLockAcquired, 6),
+    (EventKind::ObserverLockReleased, 7),
+    (EventKind::ObserverRevoked, 8),
+    (EventKind::Queued, 9),
+    (EventKind::Dequeued, 10),
+    (EventKind::QueueProcessed, 11),
+    (EventKind::SessionCreated, 12),
+    (EventKind::SessionEnded, 13),
+    (EventKind::SessionExpired, 14),
+];
+
+pub(super) fn kind_code(kind: EventKind) -> i64 {
+    KIND_CODES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(0, |(_, code)| *code)
+}
+
+fn kind_of(code: i64) -> Result<EventKind, StoreError> {
+    KIND_CODES
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(k, _)| *k)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind number {code}")))
+}
+
+/// The start of an event's JSON up to its timestamp: serde writes `event`
+/// and `timestamp` first, so `data` is what follows.
+fn json_head(kind: EventKind, at: i64) -> Result<String, StoreError> {
+    Ok(format!(
+        "{{\"event\":{},\"timestamp\":{}",
+        serde_json::to_string(&kind).map_err(corrupt)?,
+        serde_json::to_string(&Timestamp::from_millis(at)).map_err(corrupt)?
+    ))
+}
+
 impl EventRow {
-    pub(super) fn new(event: &mut Event, seq: Option<i64>) -> Result<Self, StoreError> {
+    /// The row of `event`, recorded after events up to time `t_before`.
+    pub(super) fn new(
+        event: &mut Event,
+        seq: Option<i64>,
+        t_before: i64,
+    ) -> Result<Self, StoreError> {
         event.seq = None;
+        let at = event.timestamp.as_millis();
+        let t = t_before.max(at);
+        let rest = Event {
+            equipment_id: None,
+            session_id: None,
+            forced_by: None,
+            ..event.clone()
+        };
+        let whole = serde_json::to_string(&rest).map_err(corrupt)?;
+        let head = json_head(event.event, at)?;
+        let data = match whole.strip_prefix(&head) {
+            Some(tail) => format!("{{{}", tail.strip_prefix(',').unwrap_or(tail)),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "an event's JSON does not start with its kind and time: {whole}"
+                )));
+            }
+        };
         Ok(Self {
             seq,
-            at: event.timestamp.as_millis(),
-            kind: event.event.as_str(),
+            t,
+            t_lag: t - at,
+            kind: kind_code(event.event),
             equipment_id: event.equipment_id.as_ref().map(|e| e.to_string()),
             session_id: event.session_id.as_ref().map(|s| s.to_string()),
             forced_by: event.forced_by.as_ref().map(|s| s.to_string()),
-            data: serde_json::to_string(event).map_err(corrupt)?,
+            data,
         })
     }
 
     /// Inserts the row; returns its `seq`.
     pub(super) fn insert(&self, conn: &Connection) -> Result<i64, StoreError> {
         conn.prepare_cached(
-            "INSERT INTO events (seq, at, event, equipment_id, session_id, forced_by, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO events (seq, t, t_lag, kind, equipment_id, session_id, forced_by, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
                 self.seq,
-                self.at,
+                self.t,
+                self.t_lag,
                 self.kind,
                 self.equipment_id,
                 self.session_id,
@@ -73,16 +149,60 @@ impl EventRow {
             ])
         })
         .map_err(unavailable)?;
+        if self.t_lag > 0 {
+            // The largest lag bounds how far behind the order key an
+            // event's own time can be (the `until` filter relies on it).
+            conn.prepare_cached(
+                "UPDATE meta SET value = max(value, ?1) WHERE key = 'event_time_lag'",
+            )
+            .and_then(|mut s| s.execute([self.t_lag]))
+            .map_err(unavailable)?;
+        }
         Ok(conn.last_insert_rowid())
     }
 }
+
+/// The columns `read_event` decodes, in its order.
+pub(super) const EVENT_COLUMNS: &str =
+    "seq, t - t_lag, kind, equipment_id, session_id, forced_by, data";
 
 pub(super) fn millis(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::as_millis)
 }
 
-fn read_event(seq: i64, data: &str) -> Result<Event, StoreError> {
-    let mut event: Event = serde_json::from_str(data).map_err(corrupt)?;
+/// An event from its row (`EVENT_COLUMNS`).
+pub(super) fn read_event(r: &rusqlite::Row) -> Result<Event, StoreError> {
+    let text = |i| r.get::<_, Option<String>>(i).map_err(unavailable);
+    let seq: i64 = r.get(0).map_err(unavailable)?;
+    let at: i64 = r.get(1).map_err(unavailable)?;
+    let kind = kind_of(r.get(2).map_err(unavailable)?)?;
+    let data: String = r.get(6).map_err(unavailable)?;
+    let mut json = json_head(kind, at)?;
+    for (name, value) in [
+        ("equipment_id", text(3)?),
+        ("session_id", text(4)?),
+        ("forced_by", text(5)?),
+    ] {
+        if let Some(value) = value {
+            json.push_str(&format!(
+                ",\"{name}\":{}",
+                serde_json::to_string(&value).map_err(corrupt)?
+            ));
+        }
+    }
+    match data.strip_prefix('{') {
+        Some("}") => json.push('}'),
+        Some(tail) => {
+            json.push(',');
+            json.push_str(tail);
+        }
+        None => {
+            return Err(StoreError::Corrupt(format!(
+                "event data is not an object: {data}"
+            )));
+        }
+    }
+    let mut event: Event = serde_json::from_str(&json).map_err(corrupt)?;
     event.seq = Some(seq as u64);
     Ok(event)
 }
@@ -113,21 +233,17 @@ impl SqliteTx<'_> {
             .collect()
     }
 
+    /// The events that `sql` selects (`EVENT_COLUMNS`), decoded.
     pub(super) fn events(
         &self,
         sql: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Event>, StoreError> {
         let mut stmt = self.tx.prepare_cached(sql).map_err(unavailable)?;
-        let rows = stmt
-            .query_map(params, |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(unavailable)?;
+        let mut rows = stmt.query(params).map_err(unavailable)?;
         let mut events = Vec::new();
-        for row in rows {
-            let (seq, data) = row.map_err(unavailable)?;
-            events.push(read_event(seq, &data)?);
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            events.push(read_event(row)?);
         }
         Ok(events)
     }

@@ -4,13 +4,13 @@
 //! inside a transaction or savepoint that the store opened, and never
 //! begins, commits or syncs one itself.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeSet;
 
-use super::rows::{EventRow, corrupt, millis, unavailable};
+use super::rows::{EVENT_COLUMNS, EventRow, corrupt, millis, unavailable};
 use super::writer::EventBuffer;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, StoreError, TokenRecord, Tx};
+use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
 
 /// The earliest deadline stored, as far as the store knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -268,7 +268,8 @@ impl Tx for SqliteTx<'_> {
     fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
         let Some(buffer) = self.events.as_deref_mut() else {
             for event in events {
-                let seq = EventRow::new(event, None)?.insert(self.tx)?;
+                let t = last_t(self.tx)?;
+                let seq = EventRow::new(event, None, t)?.insert(self.tx)?;
                 event.seq = Some(seq as u64);
             }
             return Ok(());
@@ -286,13 +287,20 @@ impl Tx for SqliteTx<'_> {
                     + 1
             }
         };
+        let mut t = match buffer.last_t {
+            Some(t) => t,
+            None => last_t(self.tx)?,
+        };
         for event in events {
-            buffer.rows.push(EventRow::new(event, Some(next))?);
+            let row = EventRow::new(event, Some(next), t)?;
+            t = row.t;
+            buffer.rows.push(row);
             event.seq = Some(next as u64);
             buffer.recorded.push(event.clone());
             next += 1;
         }
         buffer.next_seq = Some(next);
+        buffer.last_t = Some(t);
         Ok(())
     }
 
@@ -302,7 +310,9 @@ impl Tx for SqliteTx<'_> {
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
         let mut events = self.events(
-            "SELECT seq, data FROM events WHERE equipment_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE equipment_id = ?1 ORDER BY seq DESC LIMIT ?2"
+            ),
             &[&id.as_str(), &(limit as i64)],
         )?;
         events.reverse();
@@ -311,10 +321,12 @@ impl Tx for SqliteTx<'_> {
 
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError> {
         let mut events = self.events(
-            "SELECT seq, data FROM events WHERE seq IN (
-                SELECT seq FROM events WHERE session_id = ?1
-                UNION SELECT seq FROM events WHERE forced_by = ?1
-             ) ORDER BY seq DESC LIMIT ?2",
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq IN (
+                    SELECT seq FROM events WHERE session_id = ?1
+                    UNION SELECT seq FROM events WHERE forced_by = ?1
+                 ) ORDER BY seq DESC LIMIT ?2"
+            ),
             &[&id.as_str(), &(limit as i64)],
         )?;
         events.reverse();
@@ -330,34 +342,38 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        // The filters are fixed; absent ones compare with NULL and pass.
-        self.events(
-            "SELECT seq, data FROM events
-             WHERE (?1 IS NULL OR equipment_id = ?1)
-               AND (?2 IS NULL OR session_id = ?2 OR forced_by = ?2)
-               AND (?3 IS NULL OR event = ?3)
-               AND (?4 IS NULL OR at >= ?4)
-               AND (?5 IS NULL OR at < ?5)
-               AND seq > ?6
-             ORDER BY seq LIMIT ?7",
-            &[
-                &query.equipment_id.as_ref().map(|e| e.as_str()),
-                &query.session_id.as_ref().map(|s| s.as_str()),
-                &query.kind.map(|k| k.as_str()),
-                &millis(query.since),
-                &millis(query.until),
-                // No `seq` exceeds i64::MAX: a larger cursor is past them all
-                // (cast, it would wrap and start the history again).
-                &i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX),
-                &(query.limit as i64),
-            ],
-        )
+        super::search::query_events(self, query)
     }
 
-    fn prune_events(&mut self, before: Timestamp) -> Result<usize, StoreError> {
+    fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError> {
+        let last = self.last_event_seq()?;
+        // The oldest events, in order: those that go are a prefix of them
+        // (`t` never decreases, so an event past the first kept one is
+        // not older than `before` unless the clock went back).
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT seq, t FROM events ORDER BY seq LIMIT ?1")
+            .map_err(unavailable)?;
+        let oldest = stmt
+            .query_map([prune.max as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(unavailable)?;
+        let mut upto = None;
+        for row in oldest {
+            let (seq, t) = row.map_err(unavailable)?;
+            if !prune.drops(seq as u64, Timestamp::from_millis(t), last) {
+                break;
+            }
+            upto = Some(seq);
+        }
+        drop(stmt);
+        let Some(upto) = upto else {
+            return Ok(0);
+        };
         self.tx
-            .prepare_cached("DELETE FROM events WHERE at < ?1")
-            .and_then(|mut s| s.execute([before.as_millis()]))
+            .prepare_cached("DELETE FROM events WHERE seq <= ?1")
+            .and_then(|mut s| s.execute([upto]))
             .map_err(unavailable)
     }
 
@@ -425,4 +441,13 @@ impl SqliteTx<'_> {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// The history's time order key so far: that of the newest event (the
+/// smallest time there is when nothing is recorded).
+fn last_t(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT t FROM events ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)).optional())
+        .map(|t| t.unwrap_or(i64::MIN))
+        .map_err(unavailable)
 }

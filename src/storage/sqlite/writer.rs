@@ -161,6 +161,9 @@ struct Committed {
 pub(super) struct EventBuffer {
     /// The `seq` the next event gets; `None`: read it from the database.
     pub(super) next_seq: Option<i64>,
+    /// The history's time order key so far (see `EventRow::t`); `None`:
+    /// read it from the database.
+    pub(super) last_t: Option<i64>,
     pub(super) rows: Vec<EventRow>,
     /// The same events, numbered, for the listener.
     pub(super) recorded: Vec<Event>,
@@ -175,10 +178,11 @@ impl EventBuffer {
     }
 
     /// Forgets the current unit's events (it was undone).
-    fn discard(&mut self, next_seq: Option<i64>) {
+    fn discard(&mut self, (next_seq, last_t): (Option<i64>, Option<i64>)) {
         self.rows.clear();
         self.recorded.clear();
         self.next_seq = next_seq;
+        self.last_t = last_t;
     }
 }
 
@@ -267,6 +271,7 @@ impl WriterThread {
             });
             // Another connection may have recorded events since.
             self.events.next_seq = None;
+            self.events.last_t = None;
         }
         let conn = &self.conn;
         // Cached statements: these run for every unit of work.
@@ -275,7 +280,7 @@ impl WriterThread {
             let _ = answer.send(Err(unavailable(e)));
             return;
         }
-        let next_seq = self.events.next_seq;
+        let next_seq = (self.events.next_seq, self.events.last_t);
         let mut unit = SqliteTx::new(conn, &mut self.deadline_floor);
         unit.events = Some(&mut self.events);
         // A unit that panics is undone like one that fails, and the thread

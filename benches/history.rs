@@ -1,0 +1,395 @@
+//! The history at scale: makes a SQLite database of N events (default 10
+//! million) through the real store, shaped like a busy facility's, then
+//! times every combination of the history filters (`GET /api/locks/events`)
+//! against it, each with a common and a rare value, on the first page and
+//! deep in the history. Run with
+//! `cargo bench --bench history -- [--events N] [--db PATH]`; the database
+//! is kept (default `target/history-bench/events-N.db`) and reused.
+//!
+//! The shape: 40 instruments, the first ones far busier (weights 1/(i+1));
+//! 32 long-running scripts cycling acquire/release (a third of the events)
+//! and short interactive sessions (a few cycles each, some queueing, some
+//! observing); about 1% of locks expire and 0.05% are force-released; one
+//! event every 0.8 s on average, so 10 million span about 90 days.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use lablink::domain::{EndReason, EquipmentId, Event, EventKind, LockMode, SessionId, Timestamp};
+use lablink::storage::sqlite::{SqliteOptions, SqliteStore};
+use lablink::storage::{EventQuery, Store};
+
+const START: i64 = 1_790_000_000_000;
+const INSTRUMENTS: usize = 40;
+const SCRIPTS: usize = 32;
+
+/// A small deterministic generator (the same database every time).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, per_10k: u64) -> bool {
+        self.below(10_000) < per_10k
+    }
+}
+
+fn instrument(rng: &mut Rng) -> String {
+    // Weights 1/(i+1): instrument 0 is about 23% of the traffic.
+    let total: f64 = (1..=INSTRUMENTS).map(|i| 1.0 / i as f64).sum();
+    let mut x = (rng.below(1_000_000) as f64 / 1_000_000.0) * total;
+    for i in 0..INSTRUMENTS {
+        x -= 1.0 / (i + 1) as f64;
+        if x <= 0.0 {
+            return format!("instrument_{i:02}");
+        }
+    }
+    format!("instrument_{:02}", INSTRUMENTS - 1)
+}
+
+fn script(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+struct Gen {
+    rng: Rng,
+    at: i64,
+    next_session: u64,
+    fencing: u64,
+}
+
+impl Gen {
+    fn event(
+        &mut self,
+        kind: EventKind,
+        equipment: Option<&str>,
+        session: &str,
+        user: &str,
+    ) -> Event {
+        self.at += 1 + self.rng.below(1_600) as i64;
+        let mut e = Event::new(kind, Timestamp::from_millis(self.at));
+        e.equipment_id = equipment.map(|id| EquipmentId::parse(id).unwrap());
+        e.session_id = Some(SessionId::parse(session).unwrap());
+        e.user = Some(user.to_string());
+        e
+    }
+
+    /// One lock held and let go: acquired, then released, expired or forced.
+    fn cycle(&mut self, out: &mut Vec<Event>, session: &str, user: &str, observer: bool) {
+        let equipment = instrument(&mut self.rng);
+        let eq = Some(equipment.as_str());
+        if !observer && self.rng.chance(300) {
+            let queue_id = Some(format!("queue_{equipment}_{}", self.fencing));
+            let mut q = self.event(EventKind::Queued, eq, session, user);
+            q.position = Some(1 + self.rng.below(3) as usize);
+            q.queue_id = queue_id.clone();
+            out.push(q);
+            let mut d = self.event(EventKind::Dequeued, eq, session, user);
+            d.queue_id = queue_id;
+            if self.rng.chance(1_500) {
+                out.push(d);
+                return;
+            }
+            // Granted from the queue: recorded as `queue_processed`.
+            self.fencing += 1;
+            let mut p = d;
+            p.event = EventKind::QueueProcessed;
+            p.lock_mode = Some(LockMode::Exclusive);
+            p.lock_id = Some(format!("lock_{equipment}_{}", self.fencing));
+            p.fencing_token = Some(self.fencing);
+            p.holder_user = Some(user.to_string());
+            out.push(p);
+            let mut r = self.event(EventKind::LockReleased, eq, session, user);
+            r.lock_mode = Some(LockMode::Exclusive);
+            r.lock_id = Some(format!("lock_{equipment}_{}", self.fencing));
+            r.holder_user = Some(user.to_string());
+            out.push(r);
+            return;
+        }
+        self.fencing += 1;
+        let (got, released) = if observer {
+            (
+                EventKind::ObserverLockAcquired,
+                EventKind::ObserverLockReleased,
+            )
+        } else {
+            (EventKind::LockAcquired, EventKind::LockReleased)
+        };
+        // Every lock event names its grant, as the server's do.
+        let mode = if observer {
+            LockMode::Observer
+        } else {
+            LockMode::Exclusive
+        };
+        let lock_id = format!("lock_{equipment}_{}", self.fencing);
+        let fencing = self.fencing;
+        let grant = |mut e: Event| {
+            e.lock_mode = Some(mode);
+            e.lock_id = Some(lock_id.clone());
+            e.fencing_token = Some(fencing);
+            e.timeout_seconds = Some(300.0);
+            e.holder_user = Some(user.to_string());
+            e
+        };
+        let a = self.event(got, eq, session, user);
+        out.push(grant(a));
+        let end = if self.rng.chance(5) {
+            let mut f = self.event(EventKind::LockForceReleased, eq, session, "admin");
+            f.forced_by = Some(SessionId::parse("admin_session").unwrap());
+            f.holder_user = Some(user.to_string());
+            f
+        } else if self.rng.chance(100) {
+            let mut x = self.event(EventKind::LockExpired, eq, session, user);
+            x.user = None;
+            x.reason = Some(EndReason::Timeout);
+            x
+        } else {
+            self.event(released, eq, session, user)
+        };
+        out.push(grant(end));
+    }
+
+    /// A short interactive session: created, a few cycles, ended.
+    fn short_session(&mut self, out: &mut Vec<Event>) {
+        self.next_session += 1;
+        let session = format!(
+            "{:08x}-1111-4000-8000-{:012x}",
+            self.next_session,
+            self.rng.next()
+        );
+        let user = format!("user_{:02}", self.rng.below(30));
+        out.push(self.event(EventKind::SessionCreated, None, &session, &user));
+        for _ in 0..1 + self.rng.below(8) {
+            let observer = self.rng.chance(1_000);
+            self.cycle(out, &session, &user, observer);
+        }
+        let (kind, user) = if self.rng.chance(1_000) {
+            (EventKind::SessionExpired, None)
+        } else {
+            (EventKind::SessionEnded, Some(user.as_str()))
+        };
+        let mut end = self.event(kind, None, &session, user.unwrap_or("-"));
+        end.user = user.map(str::to_string);
+        end.locks_released = Some(0);
+        out.push(end);
+    }
+
+    /// About `n` events in seq order.
+    fn batch(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::with_capacity(n + 40);
+        while out.len() < n {
+            if self.rng.below(3) == 0 {
+                let s = self.rng.below(SCRIPTS as u64) as usize;
+                self.cycle(&mut out, &script(s), &format!("ci_{s:02}"), false);
+            } else {
+                self.short_session(&mut out);
+            }
+        }
+        out
+    }
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let events: u64 = arg("--events").map_or(10_000_000, |n| n.parse().expect("--events N"));
+    let db = arg("--db").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("target/history-bench/events-{events}.db"))
+        },
+        PathBuf::from,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(events, db));
+}
+
+async fn run(events: u64, db: PathBuf) {
+    let url = format!("sqlite://{}?synchronous=normal", db.display());
+    let options = SqliteOptions::from_url(&url, std::path::Path::new(".")).unwrap();
+    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
+    let have = store.query(|tx| tx.last_event_seq()).await.unwrap();
+    if have < events {
+        let started = Instant::now();
+        let mut generator = Gen {
+            rng: Rng(have + 1),
+            at: START + have as i64 * 800,
+            next_session: have,
+            fencing: have,
+        };
+        let mut written = have;
+        while written < events {
+            let batch = generator.batch(20_000.min((events - written) as usize));
+            written += batch.len() as u64;
+            store
+                .write(move |tx| tx.record_events(&mut batch.clone()))
+                .await
+                .unwrap();
+            if written % 1_000_000 < 20_100 {
+                eprintln!("{written} events ({:.0?})", started.elapsed());
+            }
+        }
+        eprintln!("made {written} events in {:.0?}", started.elapsed());
+    }
+    drop(store);
+    sizes(&db);
+    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
+    measure(store.as_ref()).await;
+}
+
+/// The file's size and what each table and index takes (dbstat).
+fn sizes(db: &std::path::Path) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let file = std::fs::metadata(db).unwrap().len();
+    println!(
+        "{count} events, file {:.0} MB, {:.0} bytes an event",
+        file as f64 / 1e6,
+        file as f64 / count as f64
+    );
+    let parts: Result<Vec<(String, i64)>, _> = conn
+        .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
+    match parts {
+        Ok(parts) => {
+            println!("| table or index | MB | bytes an event |\n|---|---|---|");
+            for (name, bytes) in parts.into_iter().filter(|(_, b)| *b > 1_000_000) {
+                println!(
+                    "| {name} | {:.0} | {:.1} |",
+                    bytes as f64 / 1e6,
+                    bytes as f64 / count as f64
+                );
+            }
+        }
+        Err(e) => println!("(no dbstat: {e})"),
+    }
+}
+
+/// Times every filter combination (equipment, session, event, since,
+/// until), each with its values common and rare, on the first page and
+/// from a cursor in the middle; prints the slowest of each combination.
+async fn measure(store: &dyn Store) {
+    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
+    let newest = store
+        .query(move |tx| {
+            tx.query_events(&EventQuery {
+                after: Some(last - 1),
+                limit: 1,
+                ..EventQuery::default()
+            })
+        })
+        .await
+        .unwrap()[0]
+        .timestamp
+        .as_millis();
+    let day = 86_400_000;
+    let equipment = [("busiest", "instrument_00"), ("quiet", "instrument_39")];
+    let sessions = [
+        ("script", script(7)),
+        ("admin", "admin_session".to_string()),
+    ];
+    let kinds = [
+        ("lock_acquired", EventKind::LockAcquired),
+        ("lock_force_released", EventKind::LockForceReleased),
+    ];
+    let sinces = [
+        ("last 7 days", newest - 7 * day),
+        ("last hour", newest - 3_600_000),
+    ];
+    let untils = [
+        ("before the last 30 days", newest - 30 * day),
+        ("before 1 h after start", START + 3_600_000),
+    ];
+    let cursors = [("first page", None), ("from the middle", Some(last / 2))];
+    println!("\n| filters | slowest variant | ms (median of 5) | events |\n|---|---|---|---|");
+    let mut worst_overall = 0.0f64;
+    for mask in 0..32u32 {
+        let mut worst = (0.0f64, String::new(), 0usize);
+        for variant in 0..32u32 {
+            // Each filter present takes its value by one bit of `variant`.
+            let bit = |n: u32| (variant >> n & 1) as usize;
+            if (0..5).any(|n| mask & (1 << n) == 0 && bit(n) == 1) {
+                continue;
+            }
+            for (cursor_name, after) in cursors {
+                let query = EventQuery {
+                    equipment_id: (mask & 1 != 0)
+                        .then(|| EquipmentId::parse(equipment[bit(0)].1).unwrap()),
+                    session_id: (mask & 2 != 0)
+                        .then(|| SessionId::parse(&sessions[bit(1)].1).unwrap()),
+                    kind: (mask & 4 != 0).then_some(kinds[bit(2)].1),
+                    since: (mask & 8 != 0).then(|| Timestamp::from_millis(sinces[bit(3)].1)),
+                    until: (mask & 16 != 0).then(|| Timestamp::from_millis(untils[bit(4)].1)),
+                    after,
+                    limit: 100,
+                };
+                let mut times = Vec::new();
+                let mut found = 0;
+                for _ in 0..5 {
+                    let q = query.clone();
+                    let started = Instant::now();
+                    found = store
+                        .query(move |tx| tx.query_events(&q))
+                        .await
+                        .unwrap()
+                        .len();
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                times.sort_by(f64::total_cmp);
+                let median = times[2];
+                if median >= worst.0 {
+                    let mut name = Vec::new();
+                    for (n, values) in [
+                        equipment.map(|v| v.0),
+                        sessions.each_ref().map(|v| v.0),
+                        kinds.map(|v| v.0),
+                        sinces.map(|v| v.0),
+                        untils.map(|v| v.0),
+                    ]
+                    .iter()
+                    .enumerate()
+                    {
+                        if mask & (1 << n) != 0 {
+                            name.push(values[bit(n as u32)]);
+                        }
+                    }
+                    name.push(cursor_name);
+                    worst = (median, name.join(", "), found);
+                }
+            }
+        }
+        let filters: Vec<&str> = ["equipment_id", "session_id", "event", "since", "until"]
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| mask & (1 << n) != 0)
+            .map(|(_, f)| *f)
+            .collect();
+        let filters = if filters.is_empty() {
+            "(none)".to_string()
+        } else {
+            filters.join(" + ")
+        };
+        println!("| {filters} | {} | {:.2} | {} |", worst.1, worst.0, worst.2);
+        worst_overall = worst_overall.max(worst.0);
+    }
+    println!("\nslowest of all: {worst_overall:.2} ms");
+}
