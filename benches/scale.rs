@@ -62,6 +62,7 @@ async fn populate(store: &dyn Store, instruments: usize) {
                         mode: LockMode::Exclusive,
                         timeout: Timeout::from_millis(3_600_000),
                         queue_if_busy: true,
+                        priority: 0,
                         holder: Default::default(),
                     };
                     out = locks
@@ -130,6 +131,7 @@ fn scale(c: &mut Criterion) {
                             mode: LockMode::Exclusive,
                             timeout: None,
                             queue_if_busy: false,
+                            priority: 0,
                             client: Default::default(),
                         };
                         service.acquire(input).await.unwrap();
@@ -165,6 +167,7 @@ fn domain(c: &mut Criterion) {
             mode: LockMode::Exclusive,
             timeout: Timeout::NONE,
             queue_if_busy: true,
+            priority: 0,
             holder: Default::default(),
         };
         locks
@@ -177,6 +180,7 @@ fn domain(c: &mut Criterion) {
             mode: LockMode::Exclusive,
             timeout: Timeout::from_millis(1000),
             queue_if_busy: true,
+            priority: 0,
             holder: Default::default(),
         };
         b.iter(|| {

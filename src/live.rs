@@ -217,6 +217,7 @@ mod tests {
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: false,
             holder: Default::default(),
+            priority: 0,
         };
         locks
             .acquire(

@@ -138,6 +138,7 @@ mod tests {
                     mode: LockMode::Exclusive,
                     timeout: Some(Timeout::from_millis(5_000)),
                     queue_if_busy: queue,
+                    priority: 0,
                     client: Default::default(),
                 })
                 .await

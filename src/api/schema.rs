@@ -132,6 +132,9 @@ pub struct Event {
     expires_at: Option<String>,
     /// Seconds left on the lease (for `lock_expiring`).
     time_remaining: Option<f64>,
+    /// The priority a waiter asked for (on `queued`, when not 0).
+    #[schema(minimum = -10, maximum = 10)]
+    priority: Option<i8>,
     /// `true` on a `session_created` opened by an acquire naming a session
     /// that was not live (semantics.md, Sessions 6).
     implicit: Option<bool>,
@@ -261,6 +264,7 @@ mod tests {
             holder_user: Some("h".into()),
             expires_at: Some(at),
             time_remaining: Some(1.0),
+            priority: Some(1),
             implicit: Some(true),
         };
         let keys = |v: Value| -> Vec<String> {

@@ -98,6 +98,10 @@ pub struct QueueEntryView {
     pub timeout_seconds: f64,
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// The priority it asked for (-10..=10; 0 by default). The queue is
+    /// in the order it is served: priority plus one step per
+    /// LABLINK_PRIORITY_AGING_SEC waited, then arrival.
+    pub priority: i8,
 }
 
 impl QueueEntryView {
@@ -112,6 +116,7 @@ impl QueueEntryView {
             timeout_seconds: e.timeout.as_seconds(),
             user: e.holder.user.clone(),
             client_name: e.holder.client_name.clone(),
+            priority: e.priority,
         }
     }
 

@@ -162,6 +162,9 @@ pub struct Event {
     /// Seconds left on the lease (for `lock_expiring`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_remaining: Option<f64>,
+    /// The priority a waiter asked for (on `queued`, when not 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i8>,
     /// `true` on a `session_created` opened by an acquire naming a session
     /// that was not live (semantics.md, Sessions 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +192,7 @@ impl Event {
             holder_user: None,
             expires_at: None,
             time_remaining: None,
+            priority: None,
             implicit: None,
         }
     }

@@ -13,6 +13,7 @@ use super::DomainError;
 use super::access::Actor;
 use super::event::{EndReason, Event, EventKind};
 use super::ids::{EquipmentId, SessionId};
+use super::priority;
 use super::time::{Timeout, Timestamp, is_live};
 
 /// How many involuntary lock losses an equipment remembers, so that a
@@ -93,6 +94,17 @@ pub struct QueueEntry {
     pub queued_at: Timestamp,
     #[serde(default)]
     pub holder: Holder,
+    /// -10..=10, higher served first (see `priority`); 0 for entries
+    /// stored before priorities existed.
+    #[serde(default)]
+    pub priority: i8,
+}
+
+impl QueueEntry {
+    /// Where this entry goes in the queue (see `priority::service_key`).
+    fn service_key(&self, aging_ms: u64) -> (i64, i64) {
+        priority::service_key(self.priority, self.queued_at, aging_ms)
+    }
 }
 
 /// What a command asks of an equipment's locks.
@@ -122,13 +134,19 @@ pub struct LostLock {
 pub struct LockPolicy {
     pub queue_enabled: bool,
     pub observer_enabled: bool,
+    /// How long a wait adds one step of priority (`0`: no aging).
+    pub aging_ms: u64,
 }
+
+/// The default of `LockPolicy::aging_ms`: one step a minute.
+pub const DEFAULT_AGING_MS: u64 = 60_000;
 
 impl Default for LockPolicy {
     fn default() -> Self {
         Self {
             queue_enabled: true,
             observer_enabled: true,
+            aging_ms: DEFAULT_AGING_MS,
         }
     }
 }
@@ -141,6 +159,8 @@ pub struct LockRequest {
     pub timeout: Timeout,
     pub queue_if_busy: bool,
     pub holder: Holder,
+    /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
+    pub priority: i8,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -349,6 +369,26 @@ impl EquipmentLocks {
             let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
+        // Where it would wait: behind everyone served before it (equal
+        // keys keep arrival order).
+        let key = priority::service_key(req.priority, now, policy.aging_ms);
+        let place = self
+            .queue
+            .iter()
+            .position(|e| key < e.service_key(policy.aging_ms))
+            .unwrap_or(self.queue.len());
+        // Served before every waiter and nothing blocks it (no exclusive
+        // holder; observers only block an exclusive request, unless the
+        // only one is its own): it is not busy for this request. Never the
+        // case at priority 0 with nobody below 0 waiting.
+        if place == 0
+            && self.exclusive.is_none()
+            && (req.mode == LockMode::Observer
+                || self.observers.iter().all(|g| &g.session_id == session))
+        {
+            let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
+            return Ok(AcquireOutcome::Locked(grant));
+        }
 
         if !req.queue_if_busy {
             return Err(DomainError::Busy {
@@ -369,15 +409,17 @@ impl EquipmentLocks {
             timeout: req.timeout,
             queued_at: now,
             holder: req.holder.clone(),
+            priority: req.priority,
         };
-        self.queue.push_back(entry.clone());
-        let position = self.queue.len();
+        self.queue.insert(place, entry.clone());
+        let position = place + 1;
         let mut e = self.event(EventKind::Queued, session, now);
         e.lock_mode = Some(req.mode);
         e.queue_id = Some(entry.queue_id.clone());
         e.position = Some(position);
         e.holder_user = req.holder.user.clone();
         e.timeout_seconds = Some(req.timeout.as_seconds());
+        e.priority = (req.priority != 0).then_some(req.priority);
         events.push(e);
         Ok(AcquireOutcome::Queued { entry, position })
     }

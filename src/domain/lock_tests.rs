@@ -40,12 +40,24 @@ impl World {
         timeout_ms: u64,
         queue: bool,
     ) -> Result<AcquireOutcome, DomainError> {
+        self.prioritized(who, mode, timeout_ms, queue, 0)
+    }
+
+    fn prioritized(
+        &mut self,
+        who: &str,
+        mode: LockMode,
+        timeout_ms: u64,
+        queue: bool,
+        priority: i8,
+    ) -> Result<AcquireOutcome, DomainError> {
         let req = LockRequest {
             session_id: sid(who),
             mode,
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
             holder: Default::default(),
+            priority,
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)
@@ -354,6 +366,76 @@ fn entries_of_sessions_that_are_gone_are_dropped_not_granted() {
 }
 
 #[test]
+fn higher_priority_is_served_first_equal_ones_in_arrival_order_and_nobody_is_preempted() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    for (who, priority) in [("b", 0), ("c", 5), ("d", 0), ("e", 5), ("f", -2)] {
+        w.prioritized(who, LockMode::Exclusive, 10_000, true, priority)
+            .unwrap();
+    }
+    assert_eq!(w.holder(), Some("a"), "no preemption");
+    assert_eq!(w.queue(), ["c", "e", "b", "d", "f"]);
+    // The answer's position is the real one.
+    let again = w.prioritized("e", LockMode::Exclusive, 10_000, true, 5);
+    assert_eq!(status(&again.unwrap()), ("queued", Some(2)));
+    let queued = w.events.iter().rfind(|e| e.event == EventKind::Queued);
+    assert_eq!(queued.and_then(|e| e.priority), Some(-2));
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("c"));
+    assert_eq!(w.queue(), ["e", "b", "d", "f"]);
+}
+
+#[test]
+fn waiting_ages_a_request_so_a_later_more_important_one_overtakes_only_recent_waiters() {
+    // One step a minute (the default): a priority-5 request goes ahead of
+    // a priority-0 waiter that has waited under five minutes only.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.ex("old", true).unwrap();
+    w.now = t(300_001);
+    w.ex("young", true).unwrap();
+    w.prioritized("vip", LockMode::Exclusive, 10_000, true, 5)
+        .unwrap();
+    assert_eq!(w.queue(), ["old", "vip", "young"]);
+    // Without aging, priority alone decides.
+    let mut w = World::new();
+    w.policy.aging_ms = 0;
+    w.ex("a", false).unwrap();
+    w.ex("old", true).unwrap();
+    w.now = t(100_000_000);
+    w.prioritized("vip", LockMode::Exclusive, 10_000, true, 1)
+        .unwrap();
+    assert_eq!(w.queue(), ["vip", "old"]);
+}
+
+#[test]
+fn a_request_served_before_every_waiter_that_nothing_blocks_is_granted_at_once() {
+    // Observers hold; an exclusive waiter waits for them. An observer of
+    // higher priority would be first in line and observers do not block
+    // it: granted. At priority 0 it waits behind the exclusive request.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.obs("o1", true).unwrap();
+    w.ex("x", true).unwrap();
+    w.release("a", false).unwrap();
+    assert_eq!(status(&w.obs("o2", true).unwrap()), ("queued", Some(2)));
+    let granted = w
+        .prioritized("o3", LockMode::Observer, 10_000, false, 1)
+        .unwrap();
+    assert_eq!(status(&granted), ("locked", None));
+    assert_eq!(w.observers(), ["o1", "o3"]);
+    assert_eq!(w.queue(), ["x", "o2"]);
+    // An exclusive one of higher priority is still blocked by observers:
+    // first in line, not granted, and 409 without queue_if_busy.
+    assert!(matches!(
+        w.prioritized("y", LockMode::Exclusive, 10_000, false, 3),
+        Err(DomainError::Busy { .. })
+    ));
+    let queued = w.prioritized("y", LockMode::Exclusive, 10_000, true, 3);
+    assert_eq!(status(&queued.unwrap()), ("queued", Some(1)));
+}
+
+#[test]
 fn release_table() {
     let mut w = World::new();
     w.ex("a", false).unwrap();
@@ -591,6 +673,7 @@ fn switches_refuse_queueing_and_observers() {
     w.policy = LockPolicy {
         queue_enabled: false,
         observer_enabled: false,
+        ..LockPolicy::default()
     };
     assert_eq!(w.obs("a", false), Err(DomainError::ObserverModeDisabled));
     assert!(
@@ -612,6 +695,7 @@ enum Op {
         observer: bool,
         timeout_ms: u64,
         queue: bool,
+        priority: i8,
     },
     Release {
         who: u8,
@@ -639,8 +723,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let who = 0u8..5;
     prop_oneof![
-        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>())
-            .prop_map(|(who, observer, timeout_ms, queue)| Op::Acquire { who, observer, timeout_ms, queue }),
+        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>(), prop_oneof![3 => Just(0i8), 1 => -10i8..=10])
+            .prop_map(|(who, observer, timeout_ms, queue, priority)| Op::Acquire { who, observer, timeout_ms, queue, priority }),
         2 => (who.clone(), prop::bool::weighted(0.2)).prop_map(|(who, force)| Op::Release { who, force }),
         1 => who.clone().prop_map(|who| Op::Renew { who }),
         1 => (who.clone(), any::<bool>()).prop_map(|(who, control)| Op::Authorize { who, control }),
@@ -721,17 +805,21 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn invariants_hold_over_random_histories(ops in prop::collection::vec(op(), 1..60)) {
+    fn invariants_hold_over_random_histories(
+        ops in prop::collection::vec(op(), 1..60),
+        aging_ms in prop_oneof![Just(0u64), Just(1_000u64), Just(60_000u64)],
+    ) {
         let mut w = World::new();
+        w.policy.aging_ms = aging_ms;
         let name = |who: u8| format!("s{who}");
         let mut counter = 0;
         for op in ops {
             let before = w.locks.clone();
             let result: Result<(), DomainError> = match &op {
-                Op::Acquire { who, observer, timeout_ms, queue } => {
+                Op::Acquire { who, observer, timeout_ms, queue, priority } => {
                     let mode = if *observer { LockMode::Observer } else { LockMode::Exclusive };
                     if w.dead.contains(&sid(&name(*who))) { Ok(()) } else {
-                        w.request(&name(*who), mode, *timeout_ms, *queue).map(|_| ())
+                        w.prioritized(&name(*who), mode, *timeout_ms, *queue, *priority).map(|_| ())
                     }
                 }
                 Op::Release { who, force } => w.release(&name(*who), *force).map(|_| ()),
@@ -759,6 +847,8 @@ proptest! {
             let now = w.now;
             w.advance_to(now.as_millis());
             check_invariants(&w.locks, w.now)?;
+            let keys: Vec<(i64, i64)> = w.locks.queue.iter().map(|e| e.service_key(aging_ms)).collect();
+            prop_assert!(keys.is_sorted(), "the queue is in its service order: {:?}", keys);
         }
     }
 }
@@ -775,6 +865,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
             user: Some("alice".into()),
             client_name: None,
         },
+        priority: 0,
     };
     w.locks
         .acquire(&alices, w.now, w.policy, &mut w.events)

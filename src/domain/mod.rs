@@ -8,11 +8,12 @@ pub mod access;
 pub mod event;
 pub mod ids;
 pub mod lock;
+pub mod priority;
 pub mod session;
 pub mod time;
 pub mod view;
 
-pub use access::{Actor, Role};
+pub use access::{Actor, PriorityCaps, Role};
 pub use event::{EndReason, Event, EventKind};
 pub use ids::{EquipmentId, SessionId};
 pub use lock::{

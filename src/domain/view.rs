@@ -89,6 +89,7 @@ mod tests {
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: true,
             holder: Default::default(),
+            priority: 0,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut Vec::new())

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::ServiceError;
-use crate::domain::{Actor, EquipmentId, LockMode, LockPolicy, SessionId, Timeout};
+use crate::domain::{Actor, EquipmentId, LockMode, LockPolicy, PriorityCaps, SessionId, Timeout};
 
 /// The brief's switches and defaults, as the service applies them.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,8 @@ pub struct Policy {
     pub implicit_sessions: bool,
     /// The largest session `metadata` accepted, as compact JSON bytes.
     pub max_metadata_bytes: usize,
+    /// The highest acquire priority each role may ask for.
+    pub priority_caps: PriorityCaps,
 }
 
 impl Default for Policy {
@@ -40,6 +42,7 @@ impl Default for Policy {
             live_buffer: crate::live::DEFAULT_BUFFER,
             implicit_sessions: true,
             max_metadata_bytes: 16 * 1024,
+            priority_caps: PriorityCaps::default(),
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct AcquireInput {
     pub mode: LockMode,
     pub timeout: Option<Timeout>,
     pub queue_if_busy: bool,
+    /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
+    pub priority: i8,
     /// Who the client says it is, for a session this acquire opens.
     pub client: ClientInfo,
 }

@@ -69,6 +69,7 @@ impl Lab {
             mode: LockMode::Exclusive,
             timeout: Some(Timeout::from_millis(timeout_ms)),
             queue_if_busy: true,
+            priority: 0,
             client: ClientInfo::default(),
         };
         self.service.acquire(input).await.unwrap();
@@ -172,6 +173,7 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
                     mode: LockMode::Exclusive,
                     timeout: None,
                     queue_if_busy: false,
+                    priority: 0,
                     client: ClientInfo::default(),
                 },
                 None

@@ -48,6 +48,7 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
             holder: Default::default(),
+            priority: 0,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

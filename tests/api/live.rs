@@ -8,10 +8,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{TestApp, spawn_app, spawn_with, sqlite_in};
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp, subscribe: Value) -> Ws {
+pub async fn connect(app: &TestApp, subscribe: Value) -> Ws {
     let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.send(Message::text(subscribe.to_string())).await.unwrap();
@@ -21,7 +21,7 @@ async fn connect(app: &TestApp, subscribe: Value) -> Ws {
 }
 
 /// The next message (bounded, so a missing event fails instead of hanging).
-async fn next(ws: &mut Ws) -> Value {
+pub async fn next(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -35,7 +35,7 @@ async fn next(ws: &mut Ws) -> Value {
 }
 
 /// Messages until one whose `event` is `kind`; returns it.
-async fn until(ws: &mut Ws, kind: &str) -> Value {
+pub async fn until(ws: &mut Ws, kind: &str) -> Value {
     loop {
         let m = next(ws).await;
         if m["event"] == kind {

@@ -13,6 +13,7 @@ mod helpers;
 mod live;
 mod locks;
 mod ops;
+mod queueing;
 mod races;
 mod scpi;
 mod sessions;

@@ -1,0 +1,348 @@
+//! Advanced queueing through the API: priorities and aging, on every
+//! store and across restarts.
+
+use lablink::auth::AuthMode;
+use lablink::config::Settings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::auth::create_token;
+use crate::helpers::{
+    TestApp, assert_error, memory, spawn_with, spawn_with_clock, sqlite_in, start_binary,
+};
+use crate::live::{connect, until};
+
+const PSU: &str = "ps_abc123";
+
+/// A fresh database on the PostgreSQL server of `LABLINK_TEST_POSTGRES`,
+/// dropped at the end; `None` (the test says it skipped) without one.
+pub struct Postgres {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl Postgres {
+    pub fn fresh() -> Option<Self> {
+        let Ok(admin) = std::env::var("LABLINK_TEST_POSTGRES") else {
+            eprintln!("skipped PostgreSQL: LABLINK_TEST_POSTGRES is not set");
+            return None;
+        };
+        let name = format!("lablink_queueing_{}", uuid::Uuid::new_v4().simple());
+        // The synchronous client runs its own runtime: off the test's.
+        run_sql(&admin, format!("CREATE DATABASE {name}")).expect("a test database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Some(Self { admin, name, url })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = run_sql(&self.admin, drop);
+    }
+}
+
+/// Runs `sql` on the server at `url`, on a thread of its own.
+fn run_sql(url: &str, sql: String) -> Result<(), postgres::Error> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&sql)
+    })
+    .join()
+    .expect("the SQL thread")
+}
+
+/// Runs `scenario` on a fresh server of each store: memory, SQLite, and
+/// PostgreSQL when one is given.
+pub async fn on_every_store<F, Fut>(scenario: F)
+where
+    F: Fn(TestApp, &'static str) -> Fut,
+    Fut: std::future::Future<Output = TestApp>,
+{
+    scenario(spawn_with(memory()).await, "memory")
+        .await
+        .stop()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = spawn_with(sqlite_in(dir.path(), "?synchronous=normal")).await;
+    scenario(sqlite, "sqlite").await.stop().await;
+    if let Some(pg) = Postgres::fresh() {
+        let settings = Settings {
+            store: pg.url.clone(),
+            ..Settings::default()
+        };
+        scenario(spawn_with(settings).await, "postgres")
+            .await
+            .stop()
+            .await;
+    }
+}
+
+/// The session ids of an equipment's queue, next in line first, with the
+/// positions it reports checked to be 1..n.
+pub async fn queue_of(app: &TestApp, equipment: &str) -> Vec<String> {
+    let (status, body) = app.get(&format!("/api/locks/queue/{equipment}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let queue = body["queue"].as_array().unwrap();
+    for (i, e) in queue.iter().enumerate() {
+        assert_eq!(e["position"], i + 1, "{body}");
+    }
+    queue
+        .iter()
+        .map(|e| e["session_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `n` sessions with no timeout.
+async fn sessions(app: &TestApp, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(app.session(0.0).await);
+    }
+    out
+}
+
+async fn queue_with(app: &TestApp, session: &str, extra: Value) -> Value {
+    let mut body = json!({"queue_if_busy": true, "timeout_seconds": 0});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let (status, answer) = app.acquire(PSU, session, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn higher_priority_is_served_first_equal_ones_fifo_and_the_holder_keeps_its_lock() {
+    on_every_store(|app, store| async move {
+        let s = sessions(&app, 5).await;
+        let (holder, b, c, d, e) = (&s[0], &s[1], &s[2], &s[3], &s[4]);
+        assert_eq!(
+            queue_with(&app, holder, json!({"priority": 10})).await["status"],
+            "locked"
+        );
+        assert_eq!(
+            queue_with(&app, b, json!({})).await["queue_entry"]["position"],
+            1
+        );
+        let vip = queue_with(&app, c, json!({"priority": 5})).await;
+        assert_eq!(
+            (
+                &vip["status"],
+                &vip["queue_entry"]["position"],
+                &vip["queue_entry"]["priority"]
+            ),
+            (&json!("queued"), &json!(1), &json!(5)),
+            "{store}"
+        );
+        queue_with(&app, d, json!({"priority": 0})).await;
+        assert_eq!(
+            queue_with(&app, e, json!({"priority": -3})).await["queue_entry"]["position"],
+            4
+        );
+        // No preemption: a priority-10 request never takes a held lock.
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(status["session_id"], holder.as_str());
+        assert_eq!(
+            queue_of(&app, PSU).await,
+            [c.as_str(), b.as_str(), d.as_str(), e.as_str()],
+            "{store}"
+        );
+        // Asking again answers the real position.
+        let again = queue_with(&app, b, json!({})).await;
+        assert_eq!(again["queue_entry"]["position"], 2);
+        // Served in that order.
+        let mut served = Vec::new();
+        let mut current = holder.clone();
+        for _ in 0..4 {
+            app.release(PSU, &current, false).await;
+            let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+            current = status["session_id"].as_str().unwrap().to_owned();
+            served.push(current.clone());
+        }
+        assert_eq!(
+            served,
+            [c.as_str(), b.as_str(), d.as_str(), e.as_str()],
+            "{store}"
+        );
+        let (_, history) = app
+            .get(&format!(
+                "/api/locks/events?equipment_id={PSU}&event=queued"
+            ))
+            .await;
+        let priorities: Vec<&Value> = history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["priority"])
+            .collect();
+        assert_eq!(
+            priorities,
+            [&Value::Null, &json!(5), &Value::Null, &json!(-3)]
+        );
+        app
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_ages_a_request_so_it_cannot_be_overtaken_forever() {
+    // The default: one step a minute. A priority-3 request goes ahead of a
+    // priority-0 waiter that has waited two minutes, not of one that has
+    // waited four.
+    let app = spawn_with(memory()).await;
+    let s = sessions(&app, 5).await;
+    queue_with(&app, &s[0], json!({})).await;
+    queue_with(&app, &s[1], json!({})).await;
+    app.advance(120.0);
+    queue_with(&app, &s[2], json!({})).await;
+    app.advance(120.0);
+    // s1 has waited 240 s (4 steps), s2 120 s (2 steps).
+    let vip = queue_with(&app, &s[3], json!({"priority": 3})).await;
+    assert_eq!(vip["queue_entry"]["position"], 2);
+    assert_eq!(
+        queue_of(&app, PSU).await,
+        [s[1].as_str(), s[3].as_str(), s[2].as_str()]
+    );
+
+    // LABLINK_PRIORITY_AGING_SEC=0: strict priority.
+    let mut settings = memory();
+    settings.policy.lock.aging_ms = 0;
+    let app = spawn_with(settings).await;
+    let s = sessions(&app, 3).await;
+    queue_with(&app, &s[0], json!({})).await;
+    queue_with(&app, &s[1], json!({})).await;
+    app.advance(100_000.0);
+    queue_with(&app, &s[2], json!({"priority": 1})).await;
+    assert_eq!(queue_of(&app, PSU).await, [s[2].as_str(), s[1].as_str()]);
+}
+
+#[tokio::test]
+async fn waiters_pushed_back_hear_their_new_position() {
+    let app = spawn_with(memory()).await;
+    let s = sessions(&app, 3).await;
+    queue_with(&app, &s[0], json!({})).await;
+    queue_with(&app, &s[1], json!({})).await;
+    let mut ws = connect(&app, json!({"type": "subscribe", "session_id": s[1]})).await;
+    queue_with(&app, &s[2], json!({"priority": 2})).await;
+    let note = until(&mut ws, "queue_position").await;
+    assert_eq!(
+        (&note["session_id"], &note["position"]),
+        (&json!(s[1]), &json!(2))
+    );
+}
+
+#[tokio::test]
+async fn a_priority_outside_minus_10_to_10_or_not_whole_is_refused_and_changes_nothing() {
+    let app = spawn_with(memory()).await;
+    let s = sessions(&app, 2).await;
+    queue_with(&app, &s[0], json!({})).await;
+    for bad in [json!(11), json!(-11), json!(1000)] {
+        let answer = app
+            .acquire(PSU, &s[1], json!({"queue_if_busy": true, "priority": bad}))
+            .await;
+        assert_error(
+            &answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        );
+        assert!(answer.1["detail"].as_str().unwrap().contains("priority"));
+    }
+    for bad in [json!(1.5), json!("high")] {
+        let answer = app
+            .acquire(PSU, &s[1], json!({"queue_if_busy": true, "priority": bad}))
+            .await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    }
+    assert!(queue_of(&app, PSU).await.is_empty());
+}
+
+#[tokio::test]
+async fn with_authentication_a_priority_above_0_needs_an_admin_or_the_roles_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = create_token(dir.path(), "root", "admin");
+    let alice = create_token(dir.path(), "alice", "operator");
+    let vera = create_token(dir.path(), "vera", "observer");
+    let mut settings = Settings {
+        auth: Some(AuthMode::Required),
+        ..sqlite_in(dir.path(), "?synchronous=normal")
+    };
+    settings.policy.priority_caps.operator = 3;
+    let app = spawn_with(settings).await;
+    let (root, alice, vera) = (app.as_user(&root), app.as_user(&alice), app.as_user(&vera));
+    let holder = root.session(0.0).await;
+    root.acquire(PSU, &holder, json!({})).await;
+
+    let a = alice.session(0.0).await;
+    let refused = alice
+        .acquire(PSU, &a, json!({"queue_if_busy": true, "priority": 4}))
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
+    assert!(refused.1["detail"].as_str().unwrap().contains("at most 3"));
+    let ok = alice
+        .acquire(PSU, &a, json!({"queue_if_busy": true, "priority": 3}))
+        .await;
+    assert_eq!(ok.1["queue_entry"]["priority"], 3, "{}", ok.1);
+
+    let v = vera.session(0.0).await;
+    let observer = json!({"queue_if_busy": true, "lock_mode": "observer", "priority": 1});
+    assert_error(
+        &vera.acquire(PSU, &v, observer).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    // Letting others go first is open to all.
+    let polite = json!({"queue_if_busy": true, "lock_mode": "observer", "priority": -5});
+    assert_eq!(vera.acquire(PSU, &v, polite).await.0, StatusCode::OK);
+
+    let r = root.session(0.0).await;
+    let top = root
+        .acquire(PSU, &r, json!({"queue_if_busy": true, "priority": 10}))
+        .await;
+    assert_eq!(top.1["queue_entry"]["position"], 1, "{}", top.1);
+    assert_eq!(
+        queue_of(&root, PSU).await,
+        [r.as_str(), a.as_str(), v.as_str()]
+    );
+}
+
+#[tokio::test]
+async fn the_order_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "")).await;
+    let s = sessions(&app, 4).await;
+    queue_with(&app, &s[0], json!({})).await;
+    queue_with(&app, &s[1], json!({})).await;
+    queue_with(&app, &s[2], json!({"priority": 4})).await;
+    let clock = app.stop().await;
+    let app = spawn_with_clock(sqlite_in(dir.path(), ""), clock).await;
+    queue_with(&app, &s[3], json!({"priority": 2})).await;
+    assert_eq!(
+        queue_of(&app, PSU).await,
+        [s[2].as_str(), s[3].as_str(), s[1].as_str()]
+    );
+    let (_, queue) = app.get(&format!("/api/locks/queue/{PSU}")).await;
+    assert_eq!(queue["queue"][0]["priority"], 4);
+}
+
+#[tokio::test]
+async fn the_real_binary_reads_the_aging_setting() {
+    // Strict priority (aging off) from the environment: a priority-1
+    // request goes ahead of a waiter of any age.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, _) = start_binary(
+        dir.path(),
+        &["--store", "memory"],
+        &[("LABLINK_PRIORITY_AGING_SEC", "0")],
+    );
+    let app = TestApp::at(&format!("http://{addr}"));
+    let s = sessions(&app, 3).await;
+    queue_with(&app, &s[0], json!({})).await;
+    queue_with(&app, &s[1], json!({})).await;
+    queue_with(&app, &s[2], json!({"priority": 1})).await;
+    assert_eq!(queue_of(&app, PSU).await, [s[2].as_str(), s[1].as_str()]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
