@@ -63,6 +63,7 @@ async fn populate(store: &dyn Store, instruments: usize) {
                         timeout: Timeout::from_millis(3_600_000),
                         queue_if_busy: true,
                         priority: 0,
+                        max_wait: lablink::domain::Timeout::NONE,
                         holder: Default::default(),
                     };
                     out = locks
@@ -132,6 +133,7 @@ fn scale(c: &mut Criterion) {
                             timeout: None,
                             queue_if_busy: false,
                             priority: 0,
+                            max_wait: lablink::domain::Timeout::NONE,
                             client: Default::default(),
                         };
                         service.acquire(input).await.unwrap();
@@ -168,6 +170,7 @@ fn domain(c: &mut Criterion) {
             timeout: Timeout::NONE,
             queue_if_busy: true,
             priority: 0,
+            max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
         };
         locks
@@ -181,6 +184,7 @@ fn domain(c: &mut Criterion) {
             timeout: Timeout::from_millis(1000),
             queue_if_busy: true,
             priority: 0,
+            max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
         };
         b.iter(|| {

@@ -218,6 +218,7 @@ mod tests {
             queue_if_busy: false,
             holder: Default::default(),
             priority: 0,
+            max_wait: Timeout::NONE,
         };
         locks
             .acquire(

@@ -139,6 +139,7 @@ mod tests {
                     timeout: Some(Timeout::from_millis(5_000)),
                     queue_if_busy: queue,
                     priority: 0,
+                    max_wait: crate::domain::Timeout::NONE,
                     client: Default::default(),
                 })
                 .await

@@ -103,6 +103,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
         Busy { .. } => (StatusCode::CONFLICT, "equipment_locked"),
         QueueDisabled { .. } => (StatusCode::CONFLICT, "queue_disabled"),
+        WaitTimedOut { .. } => (StatusCode::CONFLICT, "queue_timeout"),
         ObserverModeDisabled => (StatusCode::FORBIDDEN, "observer_mode_disabled"),
         NotHolder { .. } => (StatusCode::FORBIDDEN, "not_lock_holder"),
         LockLost { .. } => (StatusCode::FORBIDDEN, "lock_lost"),

@@ -54,6 +54,11 @@ pub struct AcquireBody {
     #[serde(default)]
     #[schema(minimum = -10, maximum = 10)]
     pub priority: Option<i64>,
+    /// If queued, leave the queue after this many seconds without a grant
+    /// (a `queue_timeout` event); 0 or absent: wait as long as it takes.
+    #[serde(default)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
+    pub max_wait_seconds: Option<f64>,
 }
 
 /// The longest an acquire may wait for its turn.
@@ -115,6 +120,17 @@ pub async fn acquire(
                     "invalid_parameter",
                     format!(
                         "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {raw}"
+                    ),
+                )
+            })?,
+        },
+        max_wait: match body.max_wait_seconds {
+            None => Timeout::NONE,
+            Some(raw) => Timeout::from_seconds(raw).map_err(|_| {
+                ApiError::unprocessable(
+                    "invalid_timeout",
+                    format!(
+                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {raw}"
                     ),
                 )
             })?,

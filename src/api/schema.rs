@@ -77,10 +77,12 @@ pub enum EventKind {
     SessionCreated,
     SessionEnded,
     SessionExpired,
+    QueueTimeout,
     QueuePosition,
     LockGranted,
     LockExpiring,
     LockLost,
+    QueuePlaceLost,
 }
 
 /// Why a lock or queue place ended, when it was not the holder's own request.
@@ -95,6 +97,7 @@ pub enum EndReason {
     ExclusiveGranted,
     Forced,
     Upgraded,
+    WaitTimeout,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -128,7 +131,8 @@ pub struct Event {
     /// The user whose lock or place this is (for a forced release: the one
     /// whose lock was taken).
     holder_user: Option<String>,
-    /// When the lock's lease ends (for `lock_expiring`).
+    /// When the lock's lease ends (for `lock_expiring`); on `queued`, when
+    /// the place is dropped unless granted first (`max_wait_seconds`).
     expires_at: Option<String>,
     /// Seconds left on the lease (for `lock_expiring`).
     time_remaining: Option<f64>,
@@ -205,10 +209,12 @@ mod tests {
                 D::SessionCreated => Self::SessionCreated,
                 D::SessionEnded => Self::SessionEnded,
                 D::SessionExpired => Self::SessionExpired,
+                D::QueueTimeout => Self::QueueTimeout,
                 D::QueuePosition => Self::QueuePosition,
                 D::LockGranted => Self::LockGranted,
                 D::LockExpiring => Self::LockExpiring,
                 D::LockLost => Self::LockLost,
+                D::QueuePlaceLost => Self::QueuePlaceLost,
             }
         }
     }
@@ -225,6 +231,7 @@ mod tests {
                 D::ExclusiveGranted => Self::ExclusiveGranted,
                 D::Forced => Self::Forced,
                 D::Upgraded => Self::Upgraded,
+                D::WaitTimeout => Self::WaitTimeout,
             }
         }
     }

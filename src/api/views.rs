@@ -102,6 +102,9 @@ pub struct QueueEntryView {
     /// in the order it is served: priority plus one step per
     /// LABLINK_PRIORITY_AGING_SEC waited, then arrival.
     pub priority: i8,
+    /// When the place is dropped unless granted first (`max_wait_seconds`);
+    /// null: it waits as long as it takes.
+    pub wait_expires_at: Option<String>,
 }
 
 impl QueueEntryView {
@@ -117,6 +120,7 @@ impl QueueEntryView {
             user: e.holder.user.clone(),
             client_name: e.holder.client_name.clone(),
             priority: e.priority,
+            wait_expires_at: e.wait_deadline.map(|at| at.to_rfc3339()),
         }
     }
 

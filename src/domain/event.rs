@@ -25,6 +25,8 @@ pub enum EventKind {
     SessionCreated,
     SessionEnded,
     SessionExpired,
+    /// A waiter's place was dropped: it waited its `max_wait_seconds`.
+    QueueTimeout,
     // Live notifications: sent to subscribers, never stored in the history.
     /// A waiting session's place in the queue changed.
     QueuePosition,
@@ -34,10 +36,12 @@ pub enum EventKind {
     LockExpiring,
     /// A holder's lock was force-released, revoked, or expired.
     LockLost,
+    /// A waiter's place in a queue was dropped without its asking.
+    QueuePlaceLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         Self::LockAcquired,
         Self::LockRefreshed,
         Self::LockReleased,
@@ -52,13 +56,18 @@ impl EventKind {
         Self::SessionCreated,
         Self::SessionEnded,
         Self::SessionExpired,
+        Self::QueueTimeout,
     ];
 
     /// Whether this is a live notification rather than a history event.
     pub fn is_notification(self) -> bool {
         matches!(
             self,
-            Self::QueuePosition | Self::LockGranted | Self::LockExpiring | Self::LockLost
+            Self::QueuePosition
+                | Self::LockGranted
+                | Self::LockExpiring
+                | Self::LockLost
+                | Self::QueuePlaceLost
         )
     }
 
@@ -91,10 +100,12 @@ impl EventKind {
             Self::SessionCreated => "session_created",
             Self::SessionEnded => "session_ended",
             Self::SessionExpired => "session_expired",
+            Self::QueueTimeout => "queue_timeout",
             Self::QueuePosition => "queue_position",
             Self::LockGranted => "lock_granted",
             Self::LockExpiring => "lock_expiring",
             Self::LockLost => "lock_lost",
+            Self::QueuePlaceLost => "queue_place_lost",
         }
     }
 }
@@ -111,6 +122,8 @@ pub enum EndReason {
     ExclusiveGranted,
     Forced,
     Upgraded,
+    /// A waiter's `max_wait_seconds` passed.
+    WaitTimeout,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -156,7 +169,8 @@ pub struct Event {
     /// whose lock was taken).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_user: Option<String>,
-    /// When the lock's lease ends (for `lock_expiring`).
+    /// When the lock's lease ends (for `lock_expiring`); on `queued`, when
+    /// the place is dropped unless granted first (`max_wait_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     /// Seconds left on the lease (for `lock_expiring`).

@@ -98,9 +98,18 @@ pub struct QueueEntry {
     /// stored before priorities existed.
     #[serde(default)]
     pub priority: i8,
+    /// When the place is dropped unless granted first (`max_wait_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<Timestamp>,
 }
 
 impl QueueEntry {
+    /// Whether the waiter still waits at `now` (its `max_wait_seconds`
+    /// has not passed; the deadline instant itself is past).
+    pub fn is_waiting(&self, now: Timestamp) -> bool {
+        is_live(self.wait_deadline, now)
+    }
+
     /// Where this entry goes in the queue (see `priority::service_key`).
     fn service_key(&self, aging_ms: u64) -> (i64, i64) {
         priority::service_key(self.priority, self.queued_at, aging_ms)
@@ -161,6 +170,9 @@ pub struct LockRequest {
     pub holder: Holder,
     /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
     pub priority: i8,
+    /// How long it may wait in the queue (`max_wait_seconds`); none: as
+    /// long as it takes.
+    pub max_wait: Timeout,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -247,13 +259,16 @@ impl EquipmentLocks {
             .map(|i| i + 1)
     }
 
-    /// The earliest time at which a lock here runs out.
+    /// The earliest time at which a lock here runs out or a waiter's
+    /// `max_wait_seconds` passes.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.exclusive
+        let leases = self
+            .exclusive
             .iter()
             .chain(&self.observers)
-            .filter_map(Grant::deadline)
-            .min()
+            .filter_map(Grant::deadline);
+        let waits = self.queue.iter().filter_map(|e| e.wait_deadline);
+        leases.chain(waits).min()
     }
 
     pub fn loss_of(&self, session: &SessionId) -> Option<EndReason> {
@@ -410,6 +425,7 @@ impl EquipmentLocks {
             queued_at: now,
             holder: req.holder.clone(),
             priority: req.priority,
+            wait_deadline: req.max_wait.deadline_after(now),
         };
         self.queue.insert(place, entry.clone());
         let position = place + 1;
@@ -420,6 +436,7 @@ impl EquipmentLocks {
         e.holder_user = req.holder.user.clone();
         e.timeout_seconds = Some(req.timeout.as_seconds());
         e.priority = (req.priority != 0).then_some(req.priority);
+        e.expires_at = entry.wait_deadline;
         events.push(e);
         Ok(AcquireOutcome::Queued { entry, position })
     }
@@ -878,6 +895,29 @@ impl EquipmentLocks {
         released.len()
     }
 
+    /// Drops every waiter whose `max_wait_seconds` has passed at `now`,
+    /// each with a `queue_timeout` event, so nobody behind it waits for a
+    /// ghost.
+    fn drop_overdue_waiters(&mut self, now: Timestamp, events: &mut Vec<Event>) {
+        if self.queue.iter().all(|e| e.is_waiting(now)) {
+            return;
+        }
+        let (waiting, overdue): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =
+            std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|e| e.is_waiting(now));
+        self.queue = waiting;
+        for entry in overdue {
+            let mut e = self.event(EventKind::QueueTimeout, &entry.session_id, now);
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.holder_user = entry.holder.user;
+            e.reason = Some(EndReason::WaitTimeout);
+            e.expires_at = entry.wait_deadline;
+            events.push(e);
+        }
+    }
+
     /// Grants the head of the queue whatever it can now have (semantics.md,
     /// Locks 7). Entries of sessions that are no longer live are dropped.
     /// An exclusive head waits for every other observer to leave: observers
@@ -888,6 +928,7 @@ impl EquipmentLocks {
         live: &mut dyn FnMut(&SessionId) -> bool,
         events: &mut Vec<Event>,
     ) {
+        self.drop_overdue_waiters(now, events);
         while self.exclusive.is_none() {
             let Some(head) = self.queue.front() else {
                 break;

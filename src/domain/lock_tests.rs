@@ -20,6 +20,8 @@ struct World {
     policy: LockPolicy,
     now: Timestamp,
     events: Vec<Event>,
+    /// The `max_wait` of the next requests.
+    max_wait: Timeout,
 }
 
 impl World {
@@ -30,6 +32,7 @@ impl World {
             policy: LockPolicy::default(),
             now: t(0),
             events: Vec::new(),
+            max_wait: Timeout::NONE,
         }
     }
 
@@ -58,6 +61,7 @@ impl World {
             queue_if_busy: queue,
             holder: Default::default(),
             priority,
+            max_wait: self.max_wait,
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)
@@ -436,6 +440,29 @@ fn a_request_served_before_every_waiter_that_nothing_blocks_is_granted_at_once()
 }
 
 #[test]
+fn a_waiter_past_its_max_wait_is_dropped_and_the_next_moves_up() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.max_wait = Timeout::from_millis(3_000);
+    w.ex("b", true).unwrap();
+    w.max_wait = Timeout::NONE;
+    w.ex("c", true).unwrap();
+    assert_eq!(w.locks.queue[0].wait_deadline, Some(t(3_000)));
+    // The deadline is the equipment's next one (a's lock runs 10 s).
+    assert_eq!(w.locks.next_deadline(), Some(t(3_000)));
+    w.advance_to(2_999);
+    assert_eq!(w.queue(), ["b", "c"]);
+    w.events.clear();
+    w.advance_to(3_000);
+    assert_eq!(w.queue(), ["c"], "over at its deadline");
+    assert_eq!(w.kinds(), [EventKind::QueueTimeout]);
+    assert_eq!(w.events[0].reason, Some(EndReason::WaitTimeout));
+    assert_eq!(w.locks.next_deadline(), Some(t(10_000)));
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("c"), "nobody waits for a ghost");
+}
+
+#[test]
 fn release_table() {
     let mut w = World::new();
     w.ex("a", false).unwrap();
@@ -696,6 +723,7 @@ enum Op {
         timeout_ms: u64,
         queue: bool,
         priority: i8,
+        max_wait_ms: u64,
     },
     Release {
         who: u8,
@@ -723,8 +751,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let who = 0u8..5;
     prop_oneof![
-        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>(), prop_oneof![3 => Just(0i8), 1 => -10i8..=10])
-            .prop_map(|(who, observer, timeout_ms, queue, priority)| Op::Acquire { who, observer, timeout_ms, queue, priority }),
+        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>(), prop_oneof![3 => Just(0i8), 1 => -10i8..=10], prop_oneof![Just(0u64), 1u64..3_000])
+            .prop_map(|(who, observer, timeout_ms, queue, priority, max_wait_ms)| Op::Acquire { who, observer, timeout_ms, queue, priority, max_wait_ms }),
         2 => (who.clone(), prop::bool::weighted(0.2)).prop_map(|(who, force)| Op::Release { who, force }),
         1 => who.clone().prop_map(|who| Op::Renew { who }),
         1 => (who.clone(), any::<bool>()).prop_map(|(who, control)| Op::Authorize { who, control }),
@@ -780,6 +808,15 @@ fn check_invariants(locks: &EquipmentLocks, now: Timestamp) -> Result<(), TestCa
             "the head waits only when blocked"
         );
     }
+    for e in &locks.queue {
+        prop_assert!(e.is_waiting(now), "nobody waits past its max_wait");
+        if let Some(deadline) = e.wait_deadline {
+            prop_assert!(
+                locks.next_deadline().is_some_and(|d| d <= deadline),
+                "the reaper sees every waiter's deadline"
+            );
+        }
+    }
     for g in locks.exclusive.iter().chain(&locks.observers) {
         prop_assert!(
             g.is_live(now),
@@ -816,8 +853,9 @@ proptest! {
         for op in ops {
             let before = w.locks.clone();
             let result: Result<(), DomainError> = match &op {
-                Op::Acquire { who, observer, timeout_ms, queue, priority } => {
+                Op::Acquire { who, observer, timeout_ms, queue, priority, max_wait_ms } => {
                     let mode = if *observer { LockMode::Observer } else { LockMode::Exclusive };
+                    w.max_wait = Timeout::from_millis(*max_wait_ms);
                     if w.dead.contains(&sid(&name(*who))) { Ok(()) } else {
                         w.prioritized(&name(*who), mode, *timeout_ms, *queue, *priority).map(|_| ())
                     }
@@ -866,6 +904,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
             client_name: None,
         },
         priority: 0,
+        max_wait: Timeout::NONE,
     };
     w.locks
         .acquire(&alices, w.now, w.policy, &mut w.events)

@@ -41,6 +41,13 @@ pub enum DomainError {
     },
     #[error("equipment {equipment} is busy and the lock queue is disabled: try again later")]
     QueueDisabled { equipment: EquipmentId },
+    #[error(
+        "session {session} waited its max_wait_seconds in the queue of {equipment}: its place was dropped; acquire again to queue anew"
+    )]
+    WaitTimedOut {
+        equipment: EquipmentId,
+        session: SessionId,
+    },
     #[error("observer mode is disabled")]
     ObserverModeDisabled,
     #[error("session {session} does not hold the {needed} lock on {equipment}: {}", holder_detail(holder.as_ref()))]
@@ -115,5 +122,6 @@ fn reason_text(reason: EndReason) -> &'static str {
         EndReason::ExclusiveGranted => "revoked for an exclusive lock",
         EndReason::Forced => "force-released by another session",
         EndReason::Upgraded => "upgraded to exclusive",
+        EndReason::WaitTimeout => "its max_wait_seconds passed",
     }
 }

@@ -90,6 +90,7 @@ mod tests {
             queue_if_busy: true,
             holder: Default::default(),
             priority: 0,
+            max_wait: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut Vec::new())

@@ -64,6 +64,9 @@ pub struct AcquireInput {
     pub queue_if_busy: bool,
     /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
     pub priority: i8,
+    /// How long it may wait if queued (`max_wait_seconds`; none: as long
+    /// as it takes).
+    pub max_wait: Timeout,
     /// Who the client says it is, for a session this acquire opens.
     pub client: ClientInfo,
 }

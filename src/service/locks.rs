@@ -39,6 +39,7 @@ impl Service {
                     client_name: Some(session.client_name.clone()),
                 },
                 priority: input.priority,
+                max_wait: input.max_wait,
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{Auth, AuthMode};
 use crate::clock::Clock;
-use crate::domain::Timestamp;
+use crate::domain::{EventKind, Timestamp};
 use crate::drivers::Instruments;
 use crate::live::{ExpiryWarnings, Hub};
 use crate::storage::Store;
@@ -99,6 +99,10 @@ fn feed_with_deadlines(
             let lease = event.timeout_seconds.filter(|t| *t > 0.0);
             if let Some(seconds) = lease {
                 deadlines.saw(event.timestamp.plus_millis((seconds * 1000.0) as u64));
+            }
+            // A waiter's `max_wait_seconds`.
+            if let (EventKind::Queued, Some(at)) = (event.event, event.expires_at) {
+                deadlines.saw(at);
             }
         }
         hub(events);

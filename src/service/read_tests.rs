@@ -70,6 +70,7 @@ impl Lab {
             timeout: Some(Timeout::from_millis(timeout_ms)),
             queue_if_busy: true,
             priority: 0,
+            max_wait: crate::domain::Timeout::NONE,
             client: ClientInfo::default(),
         };
         self.service.acquire(input).await.unwrap();
@@ -174,6 +175,7 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
                     timeout: None,
                     queue_if_busy: false,
                     priority: 0,
+                    max_wait: crate::domain::Timeout::NONE,
                     client: ClientInfo::default(),
                 },
                 None

@@ -59,6 +59,7 @@ pub(super) fn live_check<'t>(
 pub(super) fn notification_for(event: &Event) -> Option<Event> {
     let kind = match (event.event, event.reason) {
         (EventKind::QueueProcessed, _) => EventKind::LockGranted,
+        (EventKind::QueueTimeout, _) => EventKind::QueuePlaceLost,
         (EventKind::LockForceReleased | EventKind::ObserverRevoked | EventKind::LockExpired, _) => {
             EventKind::LockLost
         }

@@ -49,6 +49,7 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             queue_if_busy: queue,
             holder: Default::default(),
             priority: 0,
+            max_wait: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

@@ -346,3 +346,139 @@ async fn the_real_binary_reads_the_aging_setting() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+// ---- max_wait_seconds -----------------------------------------------------
+
+#[tokio::test]
+async fn a_waiter_past_its_max_wait_is_dropped_by_the_reaper_and_told() {
+    on_every_store(|app, store| async move {
+        let s = sessions(&app, 3).await;
+        let (holder, patient, next) = (&s[0], &s[1], &s[2]);
+        // PostgreSQL servers take their time from the database, not the
+        // test's clock: there the wait is one real second.
+        let manual = store != "postgres";
+        let max_wait = if manual { 30.0 } else { 1.0 };
+        queue_with(&app, holder, json!({})).await;
+        let queued = queue_with(&app, patient, json!({"max_wait_seconds": max_wait})).await;
+        let at = |field: &str| {
+            let raw = queued["queue_entry"][field].as_str().unwrap();
+            chrono::DateTime::parse_from_rfc3339(raw).unwrap()
+        };
+        assert_eq!(
+            (at("wait_expires_at") - at("queued_at")).num_milliseconds(),
+            (max_wait * 1000.0) as i64,
+            "{store}"
+        );
+        queue_with(&app, next, json!({})).await;
+        let mut mine = connect(&app, json!({"type": "subscribe", "session_id": patient})).await;
+        let mut theirs = connect(&app, json!({"type": "subscribe", "session_id": next})).await;
+        if manual {
+            app.advance(29.9);
+            assert_eq!(queue_of(&app, PSU).await.len(), 2, "{store}");
+            // The reaper drops it at its deadline, with no request made.
+            app.advance(0.1);
+        }
+        let timeout = until(&mut mine, "queue_timeout").await;
+        assert_eq!(
+            (
+                &timeout["equipment_id"],
+                &timeout["reason"],
+                &timeout["seq"].is_u64()
+            ),
+            (&json!(PSU), &json!("wait_timeout"), &true),
+            "{store}: {timeout}"
+        );
+        let note = until(&mut mine, "queue_place_lost").await;
+        assert_eq!(note["reason"], "wait_timeout");
+        let moved = until(&mut theirs, "queue_position").await;
+        assert_eq!(moved["position"], 1, "{store}");
+        assert_eq!(queue_of(&app, PSU).await, [next.as_str()], "{store}");
+        // Nobody waits for a ghost: the next in line gets the lock.
+        app.release(PSU, holder, false).await;
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(status["session_id"], next.as_str(), "{store}");
+        let kinds = app.events(PSU).await;
+        assert!(kinds.contains(&"queue_timeout".to_owned()), "{kinds:?}");
+        // Its own release now: it holds nothing and waits nowhere.
+        let gone = app.release(PSU, patient, false).await;
+        assert_eq!(gone.0, StatusCode::FORBIDDEN, "{}", gone.1);
+        app
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_long_polled_acquire_whose_max_wait_passes_is_answered_409_queue_timeout() {
+    let app = spawn_with(memory()).await;
+    let s = sessions(&app, 2).await;
+    queue_with(&app, &s[0], json!({})).await;
+    let request = app
+        .client
+        .post(format!("{}/api/locks/acquire", app.base))
+        .json(&json!({
+            "equipment_id": PSU, "session_id": s[1], "queue_if_busy": true,
+            "wait_seconds": 600, "max_wait_seconds": 10,
+        }));
+    let waiting = tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while queue_of(&app, PSU).await.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    app.advance(10.0);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_error(&answer, StatusCode::CONFLICT, "queue_timeout");
+    assert!(queue_of(&app, PSU).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_max_wait_is_refused_and_the_deadline_outlives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "")).await;
+    let s = sessions(&app, 3).await;
+    queue_with(&app, &s[0], json!({})).await;
+    for bad in [json!(-1), json!(0.0001), json!(2e9)] {
+        let answer = app
+            .acquire(
+                PSU,
+                &s[1],
+                json!({"queue_if_busy": true, "max_wait_seconds": bad}),
+            )
+            .await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout");
+        assert!(
+            answer.1["detail"]
+                .as_str()
+                .unwrap()
+                .contains("max_wait_seconds")
+        );
+    }
+    assert!(queue_of(&app, PSU).await.is_empty());
+    queue_with(&app, &s[1], json!({"max_wait_seconds": 60})).await;
+    queue_with(&app, &s[2], json!({"max_wait_seconds": 0})).await;
+    let clock = app.stop().await;
+    // Down for 20 s: the place is kept, its deadline unchanged (a
+    // waiter's patience is its own, not a lease it had to renew).
+    clock.advance(std::time::Duration::from_secs(20));
+    let app = spawn_with_clock(sqlite_in(dir.path(), ""), clock).await;
+    assert_eq!(queue_of(&app, PSU).await, [s[1].as_str(), s[2].as_str()]);
+    app.advance(40.0);
+    let mut ws = connect(&app, json!({"type": "subscribe", "equipment_ids": [PSU]})).await;
+    let _ = &mut ws;
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while queue_of(&app, PSU).await.len() != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the reaper of the restarted server drops it");
+    assert_eq!(queue_of(&app, PSU).await, [s[2].as_str()]);
+}
