@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod locks;
+pub mod manage;
 pub mod schema;
 pub mod sessions;
 pub mod views;
@@ -45,6 +46,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         sessions::locks, sessions::events,
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
+        manage::remove_queue_entry, manage::force_end_session,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version,
@@ -57,6 +59,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
     tags(
         (name = "sessions", description = "Client sessions"),
         (name = "locks", description = "Locks, queues and history"),
+        (name = "manage", description = "The lab manager's controls (admins once authentication is on)"),
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
         (name = "operations", description = "Health, readiness and version, for operators' tools (no token needed)"),
@@ -470,6 +473,14 @@ pub fn router(service: AppState) -> Router {
         .route(
             "/api/locks/sessions/{session_id}/events",
             get(sessions::events),
+        )
+        .route(
+            "/api/locks/sessions/{session_id}/end",
+            post(manage::force_end_session),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/{session_id}/remove",
+            post(manage::remove_queue_entry),
         )
         .route("/api/locks/acquire", post(locks::acquire))
         .route("/api/locks/release", post(locks::release))

@@ -98,6 +98,7 @@ pub enum EndReason {
     Forced,
     Upgraded,
     WaitTimeout,
+    Removed,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -136,6 +137,9 @@ pub struct Event {
     expires_at: Option<String>,
     /// Seconds left on the lease (for `lock_expiring`).
     time_remaining: Option<f64>,
+    /// What an admin said when acting on someone else's lock, place or
+    /// session (a queue removal, a forced session end).
+    message: Option<String>,
     /// The priority a waiter asked for (on `queued`, when not 0).
     #[schema(minimum = -10, maximum = 10)]
     priority: Option<i8>,
@@ -232,6 +236,7 @@ mod tests {
                 D::Forced => Self::Forced,
                 D::Upgraded => Self::Upgraded,
                 D::WaitTimeout => Self::WaitTimeout,
+                D::Removed => Self::Removed,
             }
         }
     }
@@ -271,6 +276,7 @@ mod tests {
             holder_user: Some("h".into()),
             expires_at: Some(at),
             time_remaining: Some(1.0),
+            message: Some("m".into()),
             priority: Some(1),
             implicit: Some(true),
         };

@@ -124,6 +124,8 @@ pub enum EndReason {
     Upgraded,
     /// A waiter's `max_wait_seconds` passed.
     WaitTimeout,
+    /// An admin removed a waiter's queue entry.
+    Removed,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -176,6 +178,10 @@ pub struct Event {
     /// Seconds left on the lease (for `lock_expiring`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_remaining: Option<f64>,
+    /// What an admin said when acting on someone else's lock, place or
+    /// session (a queue removal, a forced session end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// The priority a waiter asked for (on `queued`, when not 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i8>,
@@ -206,6 +212,7 @@ impl Event {
             holder_user: None,
             expires_at: None,
             time_remaining: None,
+            message: None,
             priority: None,
             implicit: None,
         }

@@ -633,6 +633,39 @@ impl EquipmentLocks {
         }
     }
 
+    /// An admin takes `session`'s place in the queue (`forced_by` names
+    /// who, as in a forced release). The waiter hears `queue_place_lost`;
+    /// those behind move up, and the head leaving may let others in.
+    pub fn remove_waiter(
+        &mut self,
+        session: &SessionId,
+        forced_by: &SessionId,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(QueueEntry, usize), DomainError> {
+        let Some(position) = self.position_of(session) else {
+            return Err(DomainError::NotQueued {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+            });
+        };
+        let entry = self
+            .queue
+            .remove(position - 1)
+            .expect("position is in range");
+        let mut e = self.event(EventKind::Dequeued, session, now);
+        e.lock_mode = Some(entry.mode);
+        e.queue_id = Some(entry.queue_id.clone());
+        e.reason = Some(EndReason::Removed);
+        e.forced_by = Some(forced_by.clone());
+        e.holder_user = entry.holder.user.clone();
+        e.position = Some(position);
+        events.push(e);
+        self.advance_queue(now, live, events);
+        Ok((entry, position))
+    }
+
     /// The users of `session`'s locks and queue places here.
     pub fn users_of(&self, session: &SessionId) -> impl Iterator<Item = Option<&str>> {
         let grants = self.exclusive.iter().chain(&self.observers);
@@ -875,7 +908,7 @@ impl EquipmentLocks {
                 LockMode::Observer => EventKind::ObserverLockReleased,
             };
             events.push(self.ended_event(kind, grant, reason, now));
-            if reason == EndReason::SessionExpired {
+            if matches!(reason, EndReason::SessionExpired | EndReason::Forced) {
                 self.remember_loss(grant, reason);
             }
         }

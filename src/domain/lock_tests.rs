@@ -463,6 +463,47 @@ fn a_waiter_past_its_max_wait_is_dropped_and_the_next_moves_up() {
 }
 
 #[test]
+fn an_admin_removes_a_waiter_and_the_head_leaving_lets_the_next_in() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.obs("o1", true).unwrap();
+    w.ex("x", true).unwrap();
+    w.obs("o2", true).unwrap();
+    w.release("a", false).unwrap();
+    assert_eq!((w.observers(), w.queue()), (vec!["o1"], vec!["x", "o2"]));
+    let before = w.locks.clone();
+    let missing = w.locks.remove_waiter(
+        &sid("nobody"),
+        &sid("admin"),
+        w.now,
+        &mut |_| true,
+        &mut w.events,
+    );
+    assert!(matches!(missing, Err(DomainError::NotQueued { .. })));
+    assert_eq!(w.locks, before, "a refused removal changes nothing");
+    w.events.clear();
+    let (entry, position) = w
+        .locks
+        .remove_waiter(
+            &sid("x"),
+            &sid("admin"),
+            w.now,
+            &mut |_| true,
+            &mut w.events,
+        )
+        .unwrap();
+    assert_eq!((entry.session_id, position), (sid("x"), 1));
+    assert_eq!(w.kinds(), [EventKind::Dequeued, EventKind::QueueProcessed]);
+    assert_eq!(w.events[0].reason, Some(EndReason::Removed));
+    assert_eq!(w.events[0].forced_by, Some(sid("admin")));
+    assert_eq!(
+        w.observers(),
+        ["o1", "o2"],
+        "the observer behind x is let in"
+    );
+}
+
+#[test]
 fn release_table() {
     let mut w = World::new();
     w.ex("a", false).unwrap();
@@ -743,6 +784,9 @@ enum Op {
     Kill {
         who: u8,
     },
+    RemoveWaiter {
+        who: u8,
+    },
     Advance {
         ms: u16,
     },
@@ -758,6 +802,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (who.clone(), any::<bool>()).prop_map(|(who, control)| Op::Authorize { who, control }),
         1 => (who.clone(), any::<bool>()).prop_map(|(who, auto_release)| Op::EndSession { who, auto_release }),
         1 => who.clone().prop_map(|who| Op::Kill { who }),
+        1 => who.clone().prop_map(|who| Op::RemoveWaiter { who }),
         3 => (0u16..2_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -874,6 +919,10 @@ proptest! {
                     Ok(())
                 }
                 Op::Kill { who } => { w.dead.insert(sid(&name(*who))); Ok(()) }
+                Op::RemoveWaiter { who } => {
+                    let dead = w.dead.clone();
+                    w.locks.remove_waiter(&sid(&name(*who)), &sid("admin"), w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
+                }
                 Op::Advance { ms } => { w.advance_to(w.now.as_millis() + i64::from(*ms)); Ok(()) }
             };
             if result.is_err() {

@@ -69,6 +69,11 @@ pub enum DomainError {
         session: SessionId,
         lost: Option<EndReason>,
     },
+    #[error("session {session} is not in the queue of {equipment}")]
+    NotQueued {
+        equipment: EquipmentId,
+        session: SessionId,
+    },
     #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
     SessionNotFound(SessionId),
     #[error("equipment {equipment} is not locked: nothing to force-release")]
@@ -123,5 +128,6 @@ fn reason_text(reason: EndReason) -> &'static str {
         EndReason::Forced => "force-released by another session",
         EndReason::Upgraded => "upgraded to exclusive",
         EndReason::WaitTimeout => "its max_wait_seconds passed",
+        EndReason::Removed => "removed by an admin",
     }
 }

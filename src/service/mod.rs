@@ -13,7 +13,8 @@
 //!   inputs; `answers`: what they answer with (`At`, ...);
 //! - the use cases, one file per subject: `sessions`, `locks` (with
 //!   expiry), `commands`, `history`, `waiting` (acquire with a wait, the
-//!   expiry warnings), `recovery` (start-up);
+//!   expiry warnings), `manage` (the lab manager's controls), `recovery`
+//!   (start-up);
 //! - how they run: `transact` (a write's transaction, then what it
 //!   implies published), `uow` (a write's unit of work), `read` (a read's
 //!   view, off the write path).
@@ -39,6 +40,7 @@ mod error;
 mod history;
 mod inputs;
 mod locks;
+mod manage;
 mod read;
 #[cfg(test)]
 mod read_tests;
@@ -55,6 +57,7 @@ pub use error::ServiceError;
 pub use inputs::{
     AcquireInput, ClientInfo, CommandInput, DEFAULT_SESSION_PAGE, NewSession, Policy,
 };
+pub use manage::Intervention;
 
 /// Wakes the reaper when a deadline sooner than the one it sleeps towards
 /// is saved.

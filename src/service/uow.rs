@@ -65,8 +65,11 @@ pub(super) fn notification_for(event: &Event) -> Option<Event> {
         }
         (
             EventKind::LockReleased | EventKind::ObserverLockReleased,
-            Some(EndReason::SessionExpired),
+            Some(EndReason::SessionExpired | EndReason::Forced),
         ) => EventKind::LockLost,
+        (EventKind::Dequeued, Some(EndReason::Removed | EndReason::Forced)) => {
+            EventKind::QueuePlaceLost
+        }
         _ => return None,
     };
     let mut note = event.clone();
@@ -240,6 +243,17 @@ impl Uow<'_> {
         reason: EndReason,
     ) -> Result<usize, StoreError> {
         let release = self.policy.auto_release_on_disconnect;
+        self.end_session_releasing(session, reason, release)
+    }
+
+    /// `end_session`, releasing its locks or not as told (an admin's
+    /// forced end always releases them).
+    pub(super) fn end_session_releasing(
+        &mut self,
+        session: &Session,
+        reason: EndReason,
+        release: bool,
+    ) -> Result<usize, StoreError> {
         let now = self.now;
         let mut released = 0;
         for equipment in self.tx.equipment_of_session(&session.id)? {

@@ -482,3 +482,194 @@ async fn a_bad_max_wait_is_refused_and_the_deadline_outlives_a_restart() {
     .expect("the reaper of the restarted server drops it");
     assert_eq!(queue_of(&app, PSU).await, [s[2].as_str()]);
 }
+
+// ---- the lab manager's controls ---------------------------------------------
+
+#[tokio::test]
+async fn a_manager_removes_a_stuck_queue_entry_and_everyone_is_told() {
+    on_every_store(|app, store| async move {
+        let s = sessions(&app, 3).await;
+        let (holder, stuck, next) = (&s[0], &s[1], &s[2]);
+        queue_with(&app, holder, json!({})).await;
+        queue_with(&app, stuck, json!({})).await;
+        queue_with(&app, next, json!({})).await;
+        let mut theirs = connect(&app, json!({"type": "subscribe", "session_id": stuck})).await;
+        let mut behind = connect(&app, json!({"type": "subscribe", "session_id": next})).await;
+        let path = format!("/api/locks/queue/{PSU}/{stuck}/remove");
+        let body = json!({"forced_by": "lab-manager", "message": "left for lunch"});
+        let (status, removed) = app.post(&path, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{store}: {removed}");
+        assert_eq!(
+            (
+                &removed["status"],
+                &removed["queue_entry"]["session_id"],
+                &removed["queue_entry"]["position"]
+            ),
+            (&json!("removed"), &json!(stuck), &json!(1))
+        );
+        let lost = until(&mut theirs, "queue_place_lost").await;
+        assert_eq!(
+            (&lost["reason"], &lost["forced_by"], &lost["message"]),
+            (
+                &json!("removed"),
+                &json!("lab-manager"),
+                &json!("left for lunch")
+            ),
+            "{store}"
+        );
+        assert_eq!(until(&mut behind, "queue_position").await["position"], 1);
+        assert_eq!(queue_of(&app, PSU).await, [next.as_str()], "{store}");
+        let (_, history) = app
+            .get(&format!(
+                "/api/locks/events?session_id={stuck}&event=dequeued"
+            ))
+            .await;
+        let dequeued = &history["events"][0];
+        assert_eq!(
+            (
+                &dequeued["reason"],
+                &dequeued["forced_by"],
+                &dequeued["message"]
+            ),
+            (
+                &json!("removed"),
+                &json!("lab-manager"),
+                &json!("left for lunch")
+            )
+        );
+        // Not (or no longer) in the queue: 404, nothing changes.
+        assert_error(
+            &app.post(&path, body).await,
+            StatusCode::NOT_FOUND,
+            "not_queued",
+        );
+        let unknown = app
+            .post("/api/locks/queue/nope/x/remove", json!({"forced_by": "m"}))
+            .await;
+        assert_error(&unknown, StatusCode::NOT_FOUND, "equipment_not_found");
+        assert_error(
+            &app.post(&format!("/api/locks/queue/{PSU}/{next}/remove"), json!({}))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        );
+        assert_eq!(queue_of(&app, PSU).await, [next.as_str()]);
+        app
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_manager_ends_someone_elses_session_its_locks_go_and_the_history_says_who() {
+    // Auto-release off: the manager's end releases the locks anyway.
+    let mut settings = memory();
+    settings.policy.auto_release_on_disconnect = false;
+    let app = spawn_with(settings).await;
+    let s = sessions(&app, 3).await;
+    let (gone, next, other) = (&s[0], &s[1], &s[2]);
+    queue_with(&app, gone, json!({})).await;
+    queue_with(&app, next, json!({})).await;
+    app.acquire("scope_123", other, json!({})).await;
+    app.acquire("scope_123", gone, json!({"queue_if_busy": true}))
+        .await;
+    let mut ws = connect(&app, json!({"type": "subscribe", "session_id": gone})).await;
+    let (status, ended) = app
+        .post(
+            &format!("/api/locks/sessions/{gone}/end"),
+            json!({"forced_by": "lab-manager", "message": "instrument needed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!(ended["locks_released"], 1);
+    // Notifications and history events may interleave either way.
+    let mut heard = std::collections::HashMap::new();
+    while heard.len() < 3 {
+        let m = crate::live::next(&mut ws).await;
+        let kind = m["event"].as_str().unwrap_or("").to_owned();
+        if ["lock_lost", "queue_place_lost", "session_ended"].contains(&kind.as_str()) {
+            heard.insert(kind, m);
+        }
+    }
+    let lost = &heard["lock_lost"];
+    assert_eq!(
+        (&lost["reason"], &lost["forced_by"]),
+        (&json!("forced"), &json!("lab-manager"))
+    );
+    assert_eq!(heard["queue_place_lost"]["equipment_id"], "scope_123");
+    let end = &heard["session_ended"];
+    assert_eq!(
+        (&end["reason"], &end["forced_by"], &end["message"]),
+        (
+            &json!("forced"),
+            &json!("lab-manager"),
+            &json!("instrument needed")
+        )
+    );
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(status["session_id"], next.as_str(), "handed to the next");
+    assert!(queue_of(&app, "scope_123").await.is_empty());
+    assert_eq!(
+        app.get(&format!("/api/locks/sessions/{gone}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Its client hears why it must stop.
+    let command = app
+        .command(PSU, Some(gone), "set_voltage", json!({"voltage": 1.0}))
+        .await;
+    assert_error(&command, StatusCode::FORBIDDEN, "lock_lost");
+    assert_error(
+        &app.post(
+            &format!("/api/locks/sessions/{gone}/end"),
+            json!({"forced_by": "m"}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+}
+
+#[tokio::test]
+async fn with_authentication_only_admins_manage_and_the_events_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = create_token(dir.path(), "root", "admin");
+    let alice = create_token(dir.path(), "alice", "operator");
+    let bob = create_token(dir.path(), "bob", "operator");
+    let app = spawn_with(Settings {
+        auth: Some(AuthMode::Required),
+        ..sqlite_in(dir.path(), "?synchronous=normal")
+    })
+    .await;
+    let (root, alice, bob) = (app.as_user(&root), app.as_user(&alice), app.as_user(&bob));
+    let a = alice.session(0.0).await;
+    let b = bob.session(0.0).await;
+    alice.acquire(PSU, &a, json!({})).await;
+    bob.acquire(PSU, &b, json!({"queue_if_busy": true})).await;
+    let remove = format!("/api/locks/queue/{PSU}/{b}/remove");
+    let end = format!("/api/locks/sessions/{a}/end");
+    let by = json!({"forced_by": "alice-pc"});
+    assert_error(
+        &alice.post(&remove, by.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_error(
+        &bob.post(&end, by.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(queue_of(&root, PSU).await, [b.as_str()]);
+    let by = json!({"forced_by": "lab-manager"});
+    assert_eq!(root.post(&end, by).await.0, StatusCode::OK);
+    let (_, history) = root
+        .get(&format!(
+            "/api/locks/events?session_id={a}&event=session_ended"
+        ))
+        .await;
+    let ended = &history["events"][0];
+    assert_eq!(
+        (&ended["user"], &ended["holder_user"], &ended["forced_by"]),
+        (&json!("root"), &json!("alice"), &json!("lab-manager"))
+    );
+    let (_, status) = root.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(status["session_id"], b.as_str());
+}

@@ -1,0 +1,82 @@
+//! The lab manager's controls: take someone else's queue place, end
+//! someone else's session. Admins only once authentication is on (with it
+//! off, anyone, as with a forced release). Each records who did it as
+//! `forced_by`, the admin as `user`, and the admin's `message`.
+
+use super::{At, Service, ServiceError, SessionEnd};
+use crate::domain::{Actor, DomainError, EndReason, EquipmentId, EventKind, QueueEntry, SessionId};
+
+/// Who acts on someone else's place or session, and what they say.
+#[derive(Clone, Debug)]
+pub struct Intervention {
+    pub actor: Actor,
+    /// Recorded as `forced_by` (need not be a session, as in a forced
+    /// release: `"lab-manager"`, `"dashboard"`).
+    pub forced_by: SessionId,
+    pub message: Option<String>,
+}
+
+impl Service {
+    /// Removes `session`'s entry from `equipment`'s queue; answers it
+    /// with the position it had.
+    pub async fn remove_from_queue(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        by: Intervention,
+    ) -> Result<At<(QueueEntry, usize)>, ServiceError> {
+        self.registered(equipment)?;
+        by.actor.may_force()?;
+        let (equipment, session) = (equipment.clone(), session.clone());
+        self.run(move |uow| {
+            uow.acting(&by.actor);
+            let now = uow.now;
+            let before = uow.events.len();
+            let (_, removed) = uow.change_locks(&equipment, |locks, live, events| {
+                locks.remove_waiter(&session, &by.forced_by, now, live, events)
+            })?;
+            for e in &mut uow.events[before..] {
+                if e.forced_by.is_some() {
+                    e.message = by.message.clone();
+                }
+            }
+            Ok(removed?)
+        })
+        .await
+    }
+
+    /// Ends `session`, whoever's it is: its locks released (whatever the
+    /// auto-release setting: the manager asked for it), its queue places
+    /// gone, each freed equipment handed on.
+    pub async fn end_session_forced(
+        &self,
+        session: &SessionId,
+        by: Intervention,
+    ) -> Result<At<SessionEnd>, ServiceError> {
+        by.actor.may_force()?;
+        let session = session.clone();
+        self.run(move |uow| {
+            uow.acting(&by.actor);
+            let ended = uow
+                .live_session(&session)?
+                .ok_or_else(|| DomainError::SessionNotFound(session.clone()))?;
+            let before = uow.events.len();
+            let locks_released = uow.end_session_releasing(&ended, EndReason::Forced, true)?;
+            // Only the ended session's own events name who ended it; a
+            // hand-off to the next in line is that one's ordinary grant.
+            for e in &mut uow.events[before..] {
+                if e.session_id.as_ref() != Some(&session) {
+                    continue;
+                }
+                e.forced_by = Some(by.forced_by.clone());
+                e.message = by.message.clone();
+                e.holder_user = ended.user.clone();
+                if e.event == EventKind::SessionEnded {
+                    e.reason = Some(EndReason::Forced);
+                }
+            }
+            Ok(SessionEnd { locks_released })
+        })
+        .await
+    }
+}
