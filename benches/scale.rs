@@ -65,6 +65,7 @@ async fn populate(store: &dyn Store, instruments: usize) {
                         priority: 0,
                         max_wait: lablink::domain::Timeout::NONE,
                         holder: Default::default(),
+                        maintenance_exempt: false,
                     };
                     out = locks
                         .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -172,6 +173,7 @@ fn domain(c: &mut Criterion) {
             priority: 0,
             max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
+            maintenance_exempt: false,
         };
         locks
             .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -186,6 +188,7 @@ fn domain(c: &mut Criterion) {
             priority: 0,
             max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
+            maintenance_exempt: false,
         };
         b.iter(|| {
             let mut locks = locks.clone();

@@ -219,6 +219,7 @@ mod tests {
             holder: Default::default(),
             priority: 0,
             max_wait: Timeout::NONE,
+            maintenance_exempt: false,
         };
         locks
             .acquire(

@@ -104,6 +104,8 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         Busy { .. } => (StatusCode::CONFLICT, "equipment_locked"),
         QueueDisabled { .. } => (StatusCode::CONFLICT, "queue_disabled"),
         WaitTimedOut { .. } => (StatusCode::CONFLICT, "queue_timeout"),
+        InMaintenance { .. } => (StatusCode::CONFLICT, "in_maintenance"),
+        NotInMaintenance { .. } => (StatusCode::NOT_FOUND, "not_in_maintenance"),
         ObserverModeDisabled => (StatusCode::FORBIDDEN, "observer_mode_disabled"),
         NotHolder { .. } => (StatusCode::FORBIDDEN, "not_lock_holder"),
         LockLost { .. } => (StatusCode::FORBIDDEN, "lock_lost"),

@@ -1,5 +1,5 @@
 //! The lab manager's endpoints: remove someone's queue entry, end
-//! someone's session. Admins only once authentication is on.
+//! someone's session, maintenance. Admins only once authentication is on.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,9 +10,9 @@ use super::caller::Caller;
 use super::error::{ApiResult, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::sessions::{SessionEnded, short_text};
-use super::views::QueueEntryView;
+use super::views::{MaintenanceView, QueueEntryView};
 use super::{AppState, Id, equipment_in_path, session_in_path};
-use crate::domain::{Actor, SessionId};
+use crate::domain::{Actor, SessionId, Timestamp};
 use crate::service::Intervention;
 
 /// Who intervenes and why.
@@ -93,5 +93,80 @@ pub async fn force_end_session(
         message: "Session ended by an admin".into(),
         session_id: session.to_string(),
         locks_released: at.value.locks_released,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MaintenanceBody {
+    /// Why it is out of service (1 to 256 characters), shown in its status.
+    #[schema(min_length = 1, max_length = 256, example = "calibration")]
+    pub reason: String,
+    /// When service resumes by itself (RFC 3339, in the future); absent:
+    /// when an admin ends it.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaintenanceResponse {
+    pub success: bool,
+    pub equipment_id: String,
+    /// The maintenance started, or the one that ended.
+    pub maintenance: MaintenanceView,
+}
+
+#[utoipa::path(post, path = "/api/equipment/{equipment_id}/maintenance", tag = "manage", operation_id = "start_maintenance",
+    request_body = MaintenanceBody,
+    responses(
+        (status = 200, body = MaintenanceResponse, description = "Out of service; the holder keeps its lock and is warned"),
+        (status = 403, body = ErrorBody, description = "Not an admin (forbidden)"),
+        (status = 404, body = ErrorBody, description = "No such equipment (equipment_not_found)"),
+        (status = 422, body = ErrorBody, description = "A bad reason or until (invalid_body, invalid_timestamp)")))]
+pub async fn start_maintenance(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    ApiPath(equipment): ApiPath<String>,
+    ApiJson(body): ApiJson<MaintenanceBody>,
+) -> ApiResult<MaintenanceResponse> {
+    let equipment = equipment_in_path(&equipment)?;
+    let reason = short_text("reason", Some(body.reason))?.unwrap_or_default();
+    if reason.trim().is_empty() {
+        return Err(super::error::ApiError::unprocessable(
+            "invalid_body",
+            "`reason` must say why the equipment is out of service",
+        ));
+    }
+    let until = body
+        .until
+        .as_deref()
+        .map(Timestamp::parse_rfc3339)
+        .transpose()?;
+    let at = app
+        .start_maintenance(&equipment, reason, until, &actor)
+        .await?;
+    Ok(Json(MaintenanceResponse {
+        success: true,
+        equipment_id: equipment.to_string(),
+        maintenance: MaintenanceView::new(&at.value),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/equipment/{equipment_id}/maintenance", tag = "manage", operation_id = "end_maintenance",
+    responses(
+        (status = 200, body = MaintenanceResponse, description = "Back in service; its queue is served"),
+        (status = 403, body = ErrorBody, description = "Not an admin (forbidden)"),
+        (status = 404, body = ErrorBody, description = "No such equipment, or not in maintenance (equipment_not_found, not_in_maintenance)")))]
+pub async fn end_maintenance(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    ApiPath(equipment): ApiPath<String>,
+) -> ApiResult<MaintenanceResponse> {
+    let equipment = equipment_in_path(&equipment)?;
+    let at = app.end_maintenance(&equipment, &actor).await?;
+    Ok(Json(MaintenanceResponse {
+        success: true,
+        equipment_id: equipment.to_string(),
+        maintenance: MaintenanceView::new(&at.value),
     }))
 }

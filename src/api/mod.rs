@@ -47,6 +47,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup,
         manage::remove_queue_entry, manage::force_end_session,
+        manage::start_maintenance, manage::end_maintenance,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version,
@@ -481,6 +482,10 @@ pub fn router(service: AppState) -> Router {
         .route(
             "/api/locks/queue/{equipment_id}/{session_id}/remove",
             post(manage::remove_queue_entry),
+        )
+        .route(
+            "/api/equipment/{equipment_id}/maintenance",
+            post(manage::start_maintenance).delete(manage::end_maintenance),
         )
         .route("/api/locks/acquire", post(locks::acquire))
         .route("/api/locks/release", post(locks::release))

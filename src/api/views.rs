@@ -154,6 +154,33 @@ pub struct LockStatusView {
     /// The exclusive holder's user (with authentication on) and client name.
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// Set while the equipment is out of service: new requests get 409
+    /// `in_maintenance` or wait in the queue until it ends. Absent in
+    /// service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceView>,
+}
+
+/// An equipment out of service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaintenanceView {
+    pub reason: String,
+    pub since: String,
+    /// When service resumes by itself; null: when an admin ends it.
+    pub until: Option<String>,
+    /// The admin who started it (with authentication on).
+    pub user: Option<String>,
+}
+
+impl MaintenanceView {
+    pub fn new(m: &crate::domain::Maintenance) -> Self {
+        Self {
+            reason: m.reason.clone(),
+            since: m.since.to_rfc3339(),
+            until: m.until.map(Timestamp::to_rfc3339),
+            user: m.user.clone(),
+        }
+    }
 }
 
 impl LockStatusView {
@@ -184,6 +211,7 @@ impl LockStatusView {
                 .collect(),
             user: holder.and_then(|g| g.holder.user.clone()),
             client_name: holder.and_then(|g| g.holder.client_name.clone()),
+            maintenance: locks.maintenance_at(now).map(MaintenanceView::new),
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum EventKind {
     SessionExpired,
     /// A waiter's place was dropped: it waited its `max_wait_seconds`.
     QueueTimeout,
+    /// The equipment was taken out of service.
+    MaintenanceStarted,
+    /// The equipment is back in service.
+    MaintenanceEnded,
     // Live notifications: sent to subscribers, never stored in the history.
     /// A waiting session's place in the queue changed.
     QueuePosition,
@@ -41,7 +45,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         Self::LockAcquired,
         Self::LockRefreshed,
         Self::LockReleased,
@@ -57,6 +61,8 @@ impl EventKind {
         Self::SessionEnded,
         Self::SessionExpired,
         Self::QueueTimeout,
+        Self::MaintenanceStarted,
+        Self::MaintenanceEnded,
     ];
 
     /// Whether this is a live notification rather than a history event.
@@ -101,6 +107,8 @@ impl EventKind {
             Self::SessionEnded => "session_ended",
             Self::SessionExpired => "session_expired",
             Self::QueueTimeout => "queue_timeout",
+            Self::MaintenanceStarted => "maintenance_started",
+            Self::MaintenanceEnded => "maintenance_ended",
             Self::QueuePosition => "queue_position",
             Self::LockGranted => "lock_granted",
             Self::LockExpiring => "lock_expiring",

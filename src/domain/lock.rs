@@ -116,6 +116,20 @@ impl QueueEntry {
     }
 }
 
+/// An instrument out of service: new requests wait or are refused until
+/// it ends (at `until`, or when an admin ends it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub reason: String,
+    pub since: Timestamp,
+    /// When service resumes by itself; `None`: when an admin ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// The admin who started it (with authentication on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
 /// What a command asks of an equipment's locks.
 #[derive(Clone, Debug)]
 pub struct CommandCheck<'a> {
@@ -173,6 +187,9 @@ pub struct LockRequest {
     /// How long it may wait in the queue (`max_wait_seconds`); none: as
     /// long as it takes.
     pub max_wait: Timeout,
+    /// Whether it may be granted while the equipment is in maintenance
+    /// (an authenticated admin's request).
+    pub maintenance_exempt: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +227,9 @@ pub struct EquipmentLocks {
     /// Numbers queue entries, so queue ids are unique without randomness.
     pub queue_counter: u64,
     pub lost: VecDeque<LostLock>,
+    /// Out of service, if it is (see `start_maintenance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 
 impl EquipmentLocks {
@@ -222,12 +242,21 @@ impl EquipmentLocks {
             fencing_counter: 0,
             queue_counter: 0,
             lost: VecDeque::new(),
+            maintenance: None,
         }
     }
 
-    /// Nobody holds or waits.
+    /// Nobody holds or waits, and it is in service.
     pub fn is_idle(&self) -> bool {
-        self.exclusive.is_none() && self.observers.is_empty() && self.queue.is_empty()
+        self.exclusive.is_none()
+            && self.observers.is_empty()
+            && self.queue.is_empty()
+            && self.maintenance.is_none()
+    }
+
+    /// The maintenance in force at `now`, if any (it is over at `until`).
+    pub fn maintenance_at(&self, now: Timestamp) -> Option<&Maintenance> {
+        self.maintenance.as_ref().filter(|m| is_live(m.until, now))
     }
 
     pub fn holder(&self) -> Option<&SessionId> {
@@ -268,7 +297,8 @@ impl EquipmentLocks {
             .chain(&self.observers)
             .filter_map(Grant::deadline);
         let waits = self.queue.iter().filter_map(|e| e.wait_deadline);
-        leases.chain(waits).min()
+        let service = self.maintenance.as_ref().and_then(|m| m.until);
+        leases.chain(waits).chain(service).min()
     }
 
     pub fn loss_of(&self, session: &SessionId) -> Option<EndReason> {
@@ -378,9 +408,16 @@ impl EquipmentLocks {
             return Ok(AcquireOutcome::Queued { entry, position });
         }
 
+        // In maintenance, new requests wait for service to resume (or are
+        // refused), whether or not it is free.
+        let in_maintenance = self.maintenance_at(now).is_some();
+        let out_of_service = !req.maintenance_exempt && in_maintenance;
+        // The waiters of a maintenance wait for service to resume, not for
+        // the admin doing it.
+        let servicing = req.maintenance_exempt && in_maintenance;
         // Free: nobody holds it exclusively and nobody waits. Observers do
         // not make it busy for an exclusive request; they are revoked.
-        if self.exclusive.is_none() && self.queue.is_empty() {
+        if !out_of_service && self.exclusive.is_none() && (self.queue.is_empty() || servicing) {
             let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
@@ -397,6 +434,7 @@ impl EquipmentLocks {
         // only one is its own): it is not busy for this request. Never the
         // case at priority 0 with nobody below 0 waiting.
         if place == 0
+            && !out_of_service
             && self.exclusive.is_none()
             && (req.mode == LockMode::Observer
                 || self.observers.iter().all(|g| &g.session_id == session))
@@ -405,6 +443,16 @@ impl EquipmentLocks {
             return Ok(AcquireOutcome::Locked(grant));
         }
 
+        if let Some(m) = self
+            .maintenance_at(now)
+            .filter(|_| out_of_service && !req.queue_if_busy)
+        {
+            return Err(DomainError::InMaintenance {
+                equipment: self.equipment_id.clone(),
+                reason: m.reason.clone(),
+                until: m.until,
+            });
+        }
         if !req.queue_if_busy {
             return Err(DomainError::Busy {
                 equipment: self.equipment_id.clone(),
@@ -666,6 +714,60 @@ impl EquipmentLocks {
         Ok((entry, position))
     }
 
+    /// Takes the equipment out of service (or changes the reason and end
+    /// of a maintenance in force). Nobody loses a lock: the holder is
+    /// warned (the `maintenance_started` event names its session) and
+    /// keeps it; the queue waits until service resumes.
+    pub fn start_maintenance(
+        &mut self,
+        maintenance: Maintenance,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) {
+        let mut e = Event::new(EventKind::MaintenanceStarted, now);
+        e.equipment_id = Some(self.equipment_id.clone());
+        if let Some(holder) = &self.exclusive {
+            e.session_id = Some(holder.session_id.clone());
+            e.holder_user = holder.holder.user.clone();
+        }
+        e.message = Some(maintenance.reason.clone());
+        e.expires_at = maintenance.until;
+        events.push(e);
+        self.maintenance = Some(maintenance);
+    }
+
+    /// Puts the equipment back in service at once and serves its queue.
+    pub fn end_maintenance(
+        &mut self,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> Result<Maintenance, DomainError> {
+        if self.maintenance_at(now).is_none() {
+            return Err(DomainError::NotInMaintenance {
+                equipment: self.equipment_id.clone(),
+            });
+        }
+        let ended = self.close_maintenance(EndReason::Released, now, events);
+        self.advance_queue(now, live, events);
+        Ok(ended.expect("checked above"))
+    }
+
+    fn close_maintenance(
+        &mut self,
+        reason: EndReason,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Option<Maintenance> {
+        let ended = self.maintenance.take()?;
+        let mut e = Event::new(EventKind::MaintenanceEnded, now);
+        e.equipment_id = Some(self.equipment_id.clone());
+        e.reason = Some(reason);
+        e.message = Some(ended.reason.clone());
+        events.push(e);
+        Some(ended)
+    }
+
     /// The users of `session`'s locks and queue places here.
     pub fn users_of(&self, session: &SessionId) -> impl Iterator<Item = Option<&str>> {
         let grants = self.exclusive.iter().chain(&self.observers);
@@ -863,6 +965,9 @@ impl EquipmentLocks {
             events.push(self.ended_event(EventKind::LockExpired, grant, EndReason::Timeout, now));
             self.remember_loss(grant, EndReason::Timeout);
         }
+        if self.maintenance.is_some() && self.maintenance_at(now).is_none() {
+            self.close_maintenance(EndReason::Timeout, now, events);
+        }
         self.advance_queue(now, live, events);
         expired.len()
     }
@@ -962,7 +1067,8 @@ impl EquipmentLocks {
         events: &mut Vec<Event>,
     ) {
         self.drop_overdue_waiters(now, events);
-        while self.exclusive.is_none() {
+        // In maintenance the queue waits for service to resume.
+        while self.exclusive.is_none() && self.maintenance_at(now).is_none() {
             let Some(head) = self.queue.front() else {
                 break;
             };

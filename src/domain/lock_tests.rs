@@ -62,9 +62,14 @@ impl World {
             holder: Default::default(),
             priority,
             max_wait: self.max_wait,
+            maintenance_exempt: false,
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)
+    }
+
+    fn refresh_a(&mut self) -> Result<AcquireOutcome, DomainError> {
+        self.ex("a", false)
     }
 
     fn ex(&mut self, who: &str, queue: bool) -> Result<AcquireOutcome, DomainError> {
@@ -503,6 +508,87 @@ fn an_admin_removes_a_waiter_and_the_head_leaving_lets_the_next_in() {
     );
 }
 
+fn service(reason: &str, until: Option<i64>) -> Maintenance {
+    Maintenance {
+        reason: reason.into(),
+        since: t(0),
+        until: until.map(t),
+        user: None,
+    }
+}
+
+#[test]
+fn maintenance_refuses_or_queues_new_requests_keeps_the_holder_and_ends_on_time() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.events.clear();
+    w.locks
+        .start_maintenance(service("calibration", Some(5_000)), w.now, &mut w.events);
+    assert_eq!(w.kinds(), [EventKind::MaintenanceStarted]);
+    assert_eq!(
+        w.events[0].session_id,
+        Some(sid("a")),
+        "the holder is warned"
+    );
+    assert_eq!(w.holder(), Some("a"), "and keeps its lock");
+    assert!(matches!(w.refresh_a(), Ok(AcquireOutcome::Refreshed(_))));
+    assert!(matches!(
+        w.ex("b", false),
+        Err(DomainError::InMaintenance { until: Some(u), .. }) if u == t(5_000)
+    ));
+    assert_eq!(status(&w.ex("b", true).unwrap()), ("queued", Some(1)));
+    // Released during maintenance: the queue waits for service.
+    w.release("a", false).unwrap();
+    assert_eq!((w.holder(), w.queue()), (None, vec!["b"]));
+    // Free, yet new requests still wait (or are refused).
+    assert_eq!(status(&w.obs("c", true).unwrap()), ("queued", Some(2)));
+    assert_eq!(w.locks.next_deadline(), Some(t(5_000)));
+    w.events.clear();
+    w.advance_to(5_000);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::MaintenanceEnded, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.events[0].reason, Some(EndReason::Timeout));
+    assert_eq!((w.holder(), w.queue()), (Some("b"), vec!["c"]));
+    assert!(w.locks.maintenance.is_none());
+}
+
+#[test]
+fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
+    let mut w = World::new();
+    w.locks
+        .start_maintenance(service("repair", None), w.now, &mut w.events);
+    assert_eq!(status(&w.ex("b", true).unwrap()), ("queued", Some(1)));
+    let admin = LockRequest {
+        session_id: sid("admin"),
+        mode: LockMode::Observer,
+        timeout: Timeout::from_millis(10_000),
+        queue_if_busy: false,
+        holder: Default::default(),
+        priority: 0,
+        max_wait: Timeout::NONE,
+        maintenance_exempt: true,
+    };
+    let granted = w.locks.acquire(&admin, w.now, w.policy, &mut w.events);
+    assert_eq!(status(&granted.unwrap()), ("locked", None));
+    w.release("admin", false).unwrap();
+    assert_eq!(w.holder(), None, "still in maintenance");
+    w.events.clear();
+    w.locks
+        .end_maintenance(w.now, &mut |_| true, &mut w.events)
+        .unwrap();
+    assert_eq!(
+        w.kinds(),
+        [EventKind::MaintenanceEnded, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.holder(), Some("b"));
+    assert!(matches!(
+        w.locks.end_maintenance(w.now, &mut |_| true, &mut w.events),
+        Err(DomainError::NotInMaintenance { .. })
+    ));
+}
+
 #[test]
 fn release_table() {
     let mut w = World::new();
@@ -787,6 +873,10 @@ enum Op {
     RemoveWaiter {
         who: u8,
     },
+    Maintenance {
+        until_ms: Option<u16>,
+    },
+    EndMaintenance,
     Advance {
         ms: u16,
     },
@@ -803,6 +893,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (who.clone(), any::<bool>()).prop_map(|(who, auto_release)| Op::EndSession { who, auto_release }),
         1 => who.clone().prop_map(|who| Op::Kill { who }),
         1 => who.clone().prop_map(|who| Op::RemoveWaiter { who }),
+        1 => prop::option::of(1u16..3_000).prop_map(|until_ms| Op::Maintenance { until_ms }),
+        1 => Just(Op::EndMaintenance),
         3 => (0u16..2_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -837,7 +929,14 @@ fn check_invariants(locks: &EquipmentLocks, now: Timestamp) -> Result<(), TestCa
             "positions are 1..n"
         );
     }
+    if locks.maintenance.is_some() {
+        prop_assert!(
+            locks.maintenance_at(now).is_some(),
+            "a maintenance past its end is over after expire"
+        );
+    }
     if locks.exclusive.is_none()
+        && locks.maintenance_at(now).is_none()
         && let Some(head) = locks.queue.front()
     {
         prop_assert_eq!(
@@ -919,6 +1018,16 @@ proptest! {
                     Ok(())
                 }
                 Op::Kill { who } => { w.dead.insert(sid(&name(*who))); Ok(()) }
+                Op::Maintenance { until_ms } => {
+                    let until = until_ms.map(|ms| t(w.now.as_millis() + i64::from(ms)));
+                    let m = Maintenance { reason: "r".into(), since: w.now, until, user: None };
+                    w.locks.start_maintenance(m, w.now, &mut w.events);
+                    Ok(())
+                }
+                Op::EndMaintenance => {
+                    let dead = w.dead.clone();
+                    w.locks.end_maintenance(w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
+                }
                 Op::RemoveWaiter { who } => {
                     let dead = w.dead.clone();
                     w.locks.remove_waiter(&sid(&name(*who)), &sid("admin"), w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
@@ -954,6 +1063,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
         },
         priority: 0,
         max_wait: Timeout::NONE,
+        maintenance_exempt: false,
     };
     w.locks
         .acquire(&alices, w.now, w.policy, &mut w.events)

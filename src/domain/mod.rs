@@ -17,8 +17,8 @@ pub use access::{Actor, PriorityCaps, Role};
 pub use event::{EndReason, Event, EventKind};
 pub use ids::{EquipmentId, SessionId};
 pub use lock::{
-    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, QueueEntry,
-    ReleaseOutcome,
+    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, Maintenance,
+    QueueEntry, ReleaseOutcome,
 };
 pub use session::Session;
 pub use time::{Timeout, Timestamp};
@@ -48,6 +48,14 @@ pub enum DomainError {
         equipment: EquipmentId,
         session: SessionId,
     },
+    #[error("equipment {equipment} is in maintenance ({reason}){}: set queue_if_busy to wait until service resumes", until.map(|u| format!(" until {u}")).unwrap_or_default())]
+    InMaintenance {
+        equipment: EquipmentId,
+        reason: String,
+        until: Option<Timestamp>,
+    },
+    #[error("equipment {equipment} is not in maintenance")]
+    NotInMaintenance { equipment: EquipmentId },
     #[error("observer mode is disabled")]
     ObserverModeDisabled,
     #[error("session {session} does not hold the {needed} lock on {equipment}: {}", holder_detail(holder.as_ref()))]

@@ -91,6 +91,7 @@ mod tests {
             holder: Default::default(),
             priority: 0,
             max_wait: Timeout::NONE,
+            maintenance_exempt: false,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut Vec::new())

@@ -40,6 +40,10 @@ impl Service {
                 },
                 priority: input.priority,
                 max_wait: input.max_wait,
+                // Admins do the maintenance; with authentication off nobody
+                // is exempt (everyone could start or end it anyway).
+                maintenance_exempt: input.actor.authenticated()
+                    && input.actor.role == crate::domain::Role::Admin,
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();

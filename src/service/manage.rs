@@ -1,10 +1,13 @@
 //! The lab manager's controls: take someone else's queue place, end
-//! someone else's session. Admins only once authentication is on (with it
+//! someone else's session, take an instrument out of service and back. Admins only once authentication is on (with it
 //! off, anyone, as with a forced release). Each records who did it as
 //! `forced_by`, the admin as `user`, and the admin's `message`.
 
 use super::{At, Service, ServiceError, SessionEnd};
-use crate::domain::{Actor, DomainError, EndReason, EquipmentId, EventKind, QueueEntry, SessionId};
+use crate::domain::{
+    Actor, DomainError, EndReason, EquipmentId, EventKind, Maintenance, QueueEntry, SessionId,
+    Timestamp,
+};
 
 /// Who acts on someone else's place or session, and what they say.
 #[derive(Clone, Debug)]
@@ -76,6 +79,63 @@ impl Service {
                 }
             }
             Ok(SessionEnd { locks_released })
+        })
+        .await
+    }
+
+    /// Takes `equipment` out of service for `reason` until `until` (or
+    /// until an admin ends it); a maintenance in force gets the new reason
+    /// and end.
+    pub async fn start_maintenance(
+        &self,
+        equipment: &EquipmentId,
+        reason: String,
+        until: Option<Timestamp>,
+        actor: &Actor,
+    ) -> Result<At<Maintenance>, ServiceError> {
+        self.registered(equipment)?;
+        actor.may_force()?;
+        let (equipment, actor) = (equipment.clone(), actor.clone());
+        self.run(move |uow| {
+            uow.acting(&actor);
+            let now = uow.now;
+            if let Some(until) = until.filter(|u| *u <= now) {
+                return Err(DomainError::InvalidTimestamp(format!(
+                    "`until` must be in the future, got {until} (now is {now})"
+                ))
+                .into());
+            }
+            let maintenance = Maintenance {
+                reason: reason.clone(),
+                since: now,
+                until,
+                user: actor.user.clone(),
+            };
+            let started = maintenance.clone();
+            uow.change_locks(&equipment, move |locks, _, events| {
+                locks.start_maintenance(started, now, events)
+            })?;
+            Ok(maintenance)
+        })
+        .await
+    }
+
+    /// Puts `equipment` back in service and serves its queue.
+    pub async fn end_maintenance(
+        &self,
+        equipment: &EquipmentId,
+        actor: &Actor,
+    ) -> Result<At<Maintenance>, ServiceError> {
+        self.registered(equipment)?;
+        actor.may_force()?;
+        let (equipment, actor) = (equipment.clone(), actor.clone());
+        self.run(move |uow| {
+            uow.acting(&actor);
+            let now = uow.now;
+            let (_, ended) = uow.change_locks(&equipment, |locks, live, events| {
+                locks.end_maintenance(now, live, events)
+            })?;
+            Ok(ended?)
         })
         .await
     }

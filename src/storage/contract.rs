@@ -50,6 +50,7 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             holder: Default::default(),
             priority: 0,
             max_wait: Timeout::NONE,
+            maintenance_exempt: false,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

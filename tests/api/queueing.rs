@@ -673,3 +673,166 @@ async fn with_authentication_only_admins_manage_and_the_events_name_them() {
     let (_, status) = root.get(&format!("/api/locks/status/{PSU}")).await;
     assert_eq!(status["session_id"], b.as_str());
 }
+
+// ---- maintenance ------------------------------------------------------------
+
+#[tokio::test]
+async fn maintenance_refuses_new_requests_or_queues_them_and_the_holder_keeps_its_lock() {
+    on_every_store(|app, store| async move {
+        let s = sessions(&app, 3).await;
+        let (holder, refused, waiter) = (&s[0], &s[1], &s[2]);
+        queue_with(&app, holder, json!({})).await;
+        let mut ws = connect(&app, json!({"type": "subscribe", "session_id": holder})).await;
+        let path = format!("/api/equipment/{PSU}/maintenance");
+        let (status, started) = app.post(&path, json!({"reason": "calibration"})).await;
+        assert_eq!(status, StatusCode::OK, "{store}: {started}");
+        assert_eq!(started["maintenance"]["reason"], "calibration");
+        let warned = until(&mut ws, "maintenance_started").await;
+        assert_eq!(
+            (&warned["session_id"], &warned["message"]),
+            (&json!(holder), &json!("calibration")),
+            "{store}"
+        );
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(
+            (
+                &status["session_id"],
+                &status["maintenance"]["reason"],
+                &status["maintenance"]["until"]
+            ),
+            (&json!(holder), &json!("calibration"), &Value::Null),
+            "{store}"
+        );
+        let no = app.acquire(PSU, refused, json!({})).await;
+        assert_error(&no, StatusCode::CONFLICT, "in_maintenance");
+        assert!(no.1["detail"].as_str().unwrap().contains("calibration"));
+        // The holder still works with its instrument.
+        let command = app
+            .command(PSU, Some(holder), "set_voltage", json!({"voltage": 2.0}))
+            .await;
+        assert_eq!(command.0, StatusCode::OK, "{}", command.1);
+        queue_with(&app, waiter, json!({})).await;
+        app.release(PSU, holder, false).await;
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(
+            (&status["locked"], &status["queue_length"]),
+            (&json!(false), &json!(1)),
+            "the queue waits for service: {store}"
+        );
+        let (status, ended) = app.delete(&path).await;
+        assert_eq!(status, StatusCode::OK, "{ended}");
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(
+            (&status["session_id"], &status["maintenance"]),
+            (&json!(waiter), &Value::Null),
+            "{store}"
+        );
+        assert_error(
+            &app.delete(&path).await,
+            StatusCode::NOT_FOUND,
+            "not_in_maintenance",
+        );
+        let kinds = app.events(PSU).await;
+        for kind in ["maintenance_started", "maintenance_ended"] {
+            assert!(kinds.contains(&kind.to_owned()), "{store}: {kinds:?}");
+        }
+        app
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn maintenance_ends_at_its_until_by_the_reaper_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_with(sqlite_in(dir.path(), "")).await;
+    let path = format!("/api/equipment/{PSU}/maintenance");
+    for bad in [
+        json!({"reason": "x", "until": "2026-01-05T08:00:00Z"}),
+        json!({"reason": "x", "until": "tomorrow"}),
+    ] {
+        assert_error(
+            &app.post(&path, bad).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_timestamp",
+        );
+    }
+    assert_error(
+        &app.post(&path, json!({"reason": " "})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    );
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(
+        status["maintenance"],
+        Value::Null,
+        "refused: nothing changed"
+    );
+    let until_at = "2026-01-05T09:01:00.000Z";
+    let (code, _) = app
+        .post(
+            &path,
+            json!({"reason": "firmware update", "until": until_at}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    let s = sessions(&app, 1).await;
+    queue_with(&app, &s[0], json!({})).await;
+    let clock = app.stop().await;
+    let app = spawn_with_clock(sqlite_in(dir.path(), ""), clock).await;
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(
+        (&status["maintenance"]["until"], &status["queue_length"]),
+        (&json!(until_at), &json!(1))
+    );
+    let mut ws = connect(&app, json!({"type": "subscribe", "session_id": s[0]})).await;
+    app.advance(60.0);
+    let granted = until(&mut ws, "lock_granted").await;
+    assert_eq!(granted["equipment_id"], PSU);
+    let kinds = app.events(PSU).await;
+    assert!(kinds.contains(&"maintenance_ended".to_owned()), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn with_authentication_only_admins_set_maintenance_and_may_still_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = create_token(dir.path(), "root", "admin");
+    let alice = create_token(dir.path(), "alice", "operator");
+    let app = spawn_with(Settings {
+        auth: Some(AuthMode::Required),
+        ..sqlite_in(dir.path(), "?synchronous=normal")
+    })
+    .await;
+    let (root, alice) = (app.as_user(&root), app.as_user(&alice));
+    let path = format!("/api/equipment/{PSU}/maintenance");
+    let body = json!({"reason": "repair"});
+    assert_error(
+        &alice.post(&path, body.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(root.post(&path, body).await.0, StatusCode::OK);
+    let a = alice.session(0.0).await;
+    queue_with(&alice, &a, json!({})).await;
+    // The admin doing the work locks it and runs commands.
+    let r = root.session(0.0).await;
+    let (code, locked) = root.acquire(PSU, &r, json!({})).await;
+    assert_eq!(
+        (code, &locked["status"]),
+        (StatusCode::OK, &json!("locked")),
+        "{locked}"
+    );
+    let command = root
+        .command(PSU, Some(&r), "set_voltage", json!({"voltage": 5.0}))
+        .await;
+    assert_eq!(command.0, StatusCode::OK, "{}", command.1);
+    assert_error(
+        &alice.delete(&path).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    root.release(PSU, &r, false).await;
+    let (_, ended) = root.delete(&path).await;
+    assert_eq!(ended["maintenance"]["user"], "root");
+    let (_, status) = root.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(status["session_id"], a.as_str());
+}
