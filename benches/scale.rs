@@ -66,6 +66,7 @@ async fn populate(store: &dyn Store, instruments: usize) {
                         max_wait: lablink::domain::Timeout::NONE,
                         holder: Default::default(),
                         maintenance_exempt: false,
+                        claim_within: lablink::domain::Timeout::NONE,
                     };
                     out = locks
                         .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -135,6 +136,7 @@ fn scale(c: &mut Criterion) {
                             queue_if_busy: false,
                             priority: 0,
                             max_wait: lablink::domain::Timeout::NONE,
+                            claim_within: None,
                             client: Default::default(),
                         };
                         service.acquire(input).await.unwrap();
@@ -174,6 +176,7 @@ fn domain(c: &mut Criterion) {
             max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
             maintenance_exempt: false,
+            claim_within: lablink::domain::Timeout::NONE,
         };
         locks
             .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -189,6 +192,7 @@ fn domain(c: &mut Criterion) {
             max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
             maintenance_exempt: false,
+            claim_within: lablink::domain::Timeout::NONE,
         };
         b.iter(|| {
             let mut locks = locks.clone();

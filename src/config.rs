@@ -176,6 +176,12 @@ const OBSERVER_MAX_PRIORITY: Key = Key {
     default: "0",
     help: "with authentication on, the highest acquire priority (0..10) an observer may ask for",
 };
+const CLAIM_WINDOW: Key = Key {
+    env: "LABLINK_CLAIM_WINDOW_SEC",
+    file: "claim_window_sec",
+    default: "0",
+    help: "seconds a lock handed over from the queue waits to be claimed (renewed, commanded, asked again) before it passes on; 0 = off",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -201,6 +207,7 @@ const SERVER_KEYS: &[&Key] = &[
     &PRIORITY_AGING,
     &OPERATOR_MAX_PRIORITY,
     &OBSERVER_MAX_PRIORITY,
+    &CLAIM_WINDOW,
 ];
 /// Every `LABLINK_*` variable the server reads.
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -565,6 +572,7 @@ pub fn resolve(
                 operator: r.priority_cap(&OPERATOR_MAX_PRIORITY)?,
                 observer: r.priority_cap(&OBSERVER_MAX_PRIORITY)?,
             },
+            claim_window: r.timeout(&CLAIM_WINDOW, 0.0)?,
             max_metadata_bytes: r.whole(
                 &MAX_METADATA,
                 defaults.policy.max_metadata_bytes,

@@ -220,6 +220,7 @@ mod tests {
             priority: 0,
             max_wait: Timeout::NONE,
             maintenance_exempt: false,
+            claim_within: Timeout::NONE,
         };
         locks
             .acquire(

@@ -140,6 +140,7 @@ mod tests {
                     queue_if_busy: queue,
                     priority: 0,
                     max_wait: crate::domain::Timeout::NONE,
+                    claim_within: None,
                     client: Default::default(),
                 })
                 .await

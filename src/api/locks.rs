@@ -59,6 +59,12 @@ pub struct AcquireBody {
     #[serde(default)]
     #[schema(value_type = Option<super::TimeoutSeconds>)]
     pub max_wait_seconds: Option<f64>,
+    /// If granted from the queue, claim it (renew, command, or ask again)
+    /// within this many seconds or it passes to the next (`claim_expired`);
+    /// defaults to LABLINK_CLAIM_WINDOW_SEC; 0 = no claim needed.
+    #[serde(default)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
+    pub claim_within_seconds: Option<f64>,
 }
 
 /// The longest an acquire may wait for its turn.
@@ -135,6 +141,19 @@ pub async fn acquire(
                 )
             })?,
         },
+        claim_within: body
+            .claim_within_seconds
+            .map(|raw| {
+                Timeout::from_seconds(raw).map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid_timeout",
+                        format!(
+                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {raw}"
+                        ),
+                    )
+                })
+            })
+            .transpose()?,
         client,
     };
     let wait = match body.wait_seconds {

@@ -80,6 +80,7 @@ pub enum EventKind {
     QueueTimeout,
     MaintenanceStarted,
     MaintenanceEnded,
+    ClaimExpired,
     QueuePosition,
     LockGranted,
     LockExpiring,
@@ -101,6 +102,7 @@ pub enum EndReason {
     Upgraded,
     WaitTimeout,
     Removed,
+    ClaimExpired,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -218,6 +220,7 @@ mod tests {
                 D::QueueTimeout => Self::QueueTimeout,
                 D::MaintenanceStarted => Self::MaintenanceStarted,
                 D::MaintenanceEnded => Self::MaintenanceEnded,
+                D::ClaimExpired => Self::ClaimExpired,
                 D::QueuePosition => Self::QueuePosition,
                 D::LockGranted => Self::LockGranted,
                 D::LockExpiring => Self::LockExpiring,
@@ -241,6 +244,7 @@ mod tests {
                 D::Upgraded => Self::Upgraded,
                 D::WaitTimeout => Self::WaitTimeout,
                 D::Removed => Self::Removed,
+                D::ClaimExpired => Self::ClaimExpired,
             }
         }
     }

@@ -64,6 +64,11 @@ pub struct LockView {
     /// The holder's user (with authentication on) and client name.
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// A lock handed over from the queue with a claim window: renew it,
+    /// command, or ask again before this or it passes on. Absent once
+    /// claimed (or when no claim is needed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_by: Option<String>,
 }
 
 impl LockView {
@@ -81,6 +86,7 @@ impl LockView {
             fencing_token: g.fencing_token,
             user: g.holder.user.clone(),
             client_name: g.holder.client_name.clone(),
+            claim_by: g.claim_by.map(Timestamp::to_rfc3339),
         }
     }
 }

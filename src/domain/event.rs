@@ -27,6 +27,9 @@ pub enum EventKind {
     SessionExpired,
     /// A waiter's place was dropped: it waited its `max_wait_seconds`.
     QueueTimeout,
+    /// A lock granted from the queue passed on: its holder did not claim
+    /// it in time (`claim_within_seconds`).
+    ClaimExpired,
     /// The equipment was taken out of service.
     MaintenanceStarted,
     /// The equipment is back in service.
@@ -45,7 +48,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         Self::LockAcquired,
         Self::LockRefreshed,
         Self::LockReleased,
@@ -63,6 +66,7 @@ impl EventKind {
         Self::QueueTimeout,
         Self::MaintenanceStarted,
         Self::MaintenanceEnded,
+        Self::ClaimExpired,
     ];
 
     /// Whether this is a live notification rather than a history event.
@@ -109,6 +113,7 @@ impl EventKind {
             Self::QueueTimeout => "queue_timeout",
             Self::MaintenanceStarted => "maintenance_started",
             Self::MaintenanceEnded => "maintenance_ended",
+            Self::ClaimExpired => "claim_expired",
             Self::QueuePosition => "queue_position",
             Self::LockGranted => "lock_granted",
             Self::LockExpiring => "lock_expiring",
@@ -134,6 +139,8 @@ pub enum EndReason {
     WaitTimeout,
     /// An admin removed a waiter's queue entry.
     Removed,
+    /// A lock from the queue was not claimed within its window.
+    ClaimExpired,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the

@@ -60,6 +60,10 @@ pub struct Grant {
     /// looking at who holds what.
     #[serde(default)]
     pub holder: Holder,
+    /// A grant from the queue with a claim window: unless its holder
+    /// renews, commands or asks again before this, it passes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_by: Option<Timestamp>,
 }
 
 /// Who a lock or queue place belongs to, as shown to people.
@@ -70,16 +74,29 @@ pub struct Holder {
 }
 
 impl Grant {
+    /// When it ends unless renewed: its lease, or sooner an unmet claim
+    /// window.
     pub fn deadline(&self) -> Option<Timestamp> {
-        self.timeout.deadline_after(self.last_activity)
+        let lease = self.timeout.deadline_after(self.last_activity);
+        match (lease, self.claim_by) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        }
+    }
+
+    /// Whether it passed on for want of a claim at `now`.
+    fn claim_missed(&self, now: Timestamp) -> bool {
+        !is_live(self.claim_by, now)
     }
 
     pub fn is_live(&self, now: Timestamp) -> bool {
         is_live(self.deadline(), now)
     }
 
+    /// Renews it; any sign of life from the holder is also its claim.
     fn touch(&mut self, now: Timestamp) {
         self.last_activity = self.last_activity.max(now);
+        self.claim_by = None;
     }
 }
 
@@ -101,6 +118,9 @@ pub struct QueueEntry {
     /// When the place is dropped unless granted first (`max_wait_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_deadline: Option<Timestamp>,
+    /// The claim window of its grant, when it comes from the queue.
+    #[serde(default, skip_serializing_if = "Timeout::is_none")]
+    pub claim_within: Timeout,
 }
 
 impl QueueEntry {
@@ -190,6 +210,8 @@ pub struct LockRequest {
     /// Whether it may be granted while the equipment is in maintenance
     /// (an authenticated admin's request).
     pub maintenance_exempt: bool,
+    /// If it is granted from the queue, how soon its holder must claim it.
+    pub claim_within: Timeout,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -340,6 +362,7 @@ impl EquipmentLocks {
             timeout,
             fencing_token: self.fencing_counter,
             holder: holder.clone(),
+            claim_by: None,
         }
     }
 
@@ -474,6 +497,7 @@ impl EquipmentLocks {
             holder: req.holder.clone(),
             priority: req.priority,
             wait_deadline: req.max_wait.deadline_after(now),
+            claim_within: req.claim_within,
         };
         self.queue.insert(place, entry.clone());
         let position = place + 1;
@@ -962,8 +986,13 @@ impl EquipmentLocks {
         self.observers = kept;
         expired.extend(gone);
         for grant in &expired {
-            events.push(self.ended_event(EventKind::LockExpired, grant, EndReason::Timeout, now));
-            self.remember_loss(grant, EndReason::Timeout);
+            let (kind, reason) = if grant.claim_missed(now) {
+                (EventKind::ClaimExpired, EndReason::ClaimExpired)
+            } else {
+                (EventKind::LockExpired, EndReason::Timeout)
+            };
+            events.push(self.ended_event(kind, grant, reason, now));
+            self.remember_loss(grant, reason);
         }
         if self.maintenance.is_some() && self.maintenance_at(now).is_none() {
             self.close_maintenance(EndReason::Timeout, now, events);
@@ -980,6 +1009,8 @@ impl EquipmentLocks {
         for grant in self.exclusive.iter_mut().chain(self.observers.iter_mut()) {
             if !grant.is_live(start) {
                 grant.last_activity = start;
+                // Its holder could not claim it while the server was down.
+                grant.claim_by = None;
                 renewed = true;
             }
         }
@@ -1091,7 +1122,7 @@ impl EquipmentLocks {
             }
             let entry = self.queue.pop_front().expect("head exists");
             let mut granted = Vec::new();
-            let grant = self.grant_now(
+            let mut grant = self.grant_now(
                 &entry.session_id,
                 entry.mode,
                 entry.timeout,
@@ -1099,6 +1130,17 @@ impl EquipmentLocks {
                 now,
                 &mut granted,
             );
+            if let Some(claim_by) = entry.claim_within.deadline_after(now) {
+                grant.claim_by = Some(claim_by);
+                let held = self
+                    .exclusive
+                    .iter_mut()
+                    .chain(self.observers.iter_mut())
+                    .find(|g| g.lock_id == grant.lock_id);
+                if let Some(held) = held {
+                    held.claim_by = Some(claim_by);
+                }
+            }
             // A hand-off is recorded as one `queue_processed` event; the
             // grant's own acquired event is folded into it.
             events.extend(granted.into_iter().filter(|e| {

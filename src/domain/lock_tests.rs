@@ -22,6 +22,8 @@ struct World {
     events: Vec<Event>,
     /// The `max_wait` of the next requests.
     max_wait: Timeout,
+    /// The `claim_within` of the next requests.
+    claim_within: Timeout,
 }
 
 impl World {
@@ -33,6 +35,7 @@ impl World {
             now: t(0),
             events: Vec::new(),
             max_wait: Timeout::NONE,
+            claim_within: Timeout::NONE,
         }
     }
 
@@ -63,6 +66,7 @@ impl World {
             priority,
             max_wait: self.max_wait,
             maintenance_exempt: false,
+            claim_within: self.claim_within,
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)
@@ -569,6 +573,7 @@ fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
         priority: 0,
         max_wait: Timeout::NONE,
         maintenance_exempt: true,
+        claim_within: Timeout::NONE,
     };
     let granted = w.locks.acquire(&admin, w.now, w.policy, &mut w.events);
     assert_eq!(status(&granted.unwrap()), ("locked", None));
@@ -587,6 +592,49 @@ fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
         w.locks.end_maintenance(w.now, &mut |_| true, &mut w.events),
         Err(DomainError::NotInMaintenance { .. })
     ));
+}
+
+#[test]
+fn a_lock_from_the_queue_not_claimed_in_its_window_passes_to_the_next() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.claim_within = Timeout::from_millis(2_000);
+    w.ex("b", true).unwrap();
+    w.claim_within = Timeout::NONE;
+    w.ex("c", true).unwrap();
+    w.now = t(1_000);
+    w.release("a", false).unwrap();
+    let granted = w.locks.exclusive.clone().unwrap();
+    assert_eq!(
+        (granted.claim_by, granted.deadline()),
+        (Some(t(3_000)), Some(t(3_000)))
+    );
+    w.events.clear();
+    w.advance_to(3_000);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::ClaimExpired, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.events[0].reason, Some(EndReason::ClaimExpired));
+    assert_eq!(w.holder(), Some("c"));
+    // c's own request had no window: it keeps its full lease.
+    assert_eq!(w.locks.exclusive.as_ref().unwrap().claim_by, None);
+    assert_lost(&mut w, "b", Access::Control, EndReason::ClaimExpired);
+
+    // A renewal is the claim: the lease runs on.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.claim_within = Timeout::from_millis(2_000);
+    w.ex("b", true).unwrap();
+    w.release("a", false).unwrap();
+    w.now = t(1_999);
+    w.locks.renew(&sid("b"), w.now).unwrap();
+    w.advance_to(5_000);
+    assert_eq!(w.holder(), Some("b"));
+    assert_eq!(
+        w.locks.exclusive.as_ref().unwrap().deadline(),
+        Some(t(11_999))
+    );
 }
 
 #[test]
@@ -1000,6 +1048,7 @@ proptest! {
                 Op::Acquire { who, observer, timeout_ms, queue, priority, max_wait_ms } => {
                     let mode = if *observer { LockMode::Observer } else { LockMode::Exclusive };
                     w.max_wait = Timeout::from_millis(*max_wait_ms);
+                    w.claim_within = Timeout::from_millis(*max_wait_ms / 2);
                     if w.dead.contains(&sid(&name(*who))) { Ok(()) } else {
                         w.prioritized(&name(*who), mode, *timeout_ms, *queue, *priority).map(|_| ())
                     }
@@ -1064,6 +1113,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
         priority: 0,
         max_wait: Timeout::NONE,
         maintenance_exempt: false,
+        claim_within: Timeout::NONE,
     };
     w.locks
         .acquire(&alices, w.now, w.policy, &mut w.events)

@@ -137,5 +137,6 @@ fn reason_text(reason: EndReason) -> &'static str {
         EndReason::Upgraded => "upgraded to exclusive",
         EndReason::WaitTimeout => "its max_wait_seconds passed",
         EndReason::Removed => "removed by an admin",
+        EndReason::ClaimExpired => "not claimed within its claim window",
     }
 }

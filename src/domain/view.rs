@@ -92,6 +92,7 @@ mod tests {
             priority: 0,
             max_wait: Timeout::NONE,
             maintenance_exempt: false,
+            claim_within: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut Vec::new())

@@ -27,6 +27,9 @@ pub struct Policy {
     pub max_metadata_bytes: usize,
     /// The highest acquire priority each role may ask for.
     pub priority_caps: PriorityCaps,
+    /// How soon a lock granted from the queue must be claimed, unless the
+    /// request says (none: no claim needed).
+    pub claim_window: Timeout,
 }
 
 impl Default for Policy {
@@ -43,6 +46,7 @@ impl Default for Policy {
             implicit_sessions: true,
             max_metadata_bytes: 16 * 1024,
             priority_caps: PriorityCaps::default(),
+            claim_window: Timeout::NONE,
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct AcquireInput {
     /// How long it may wait if queued (`max_wait_seconds`; none: as long
     /// as it takes).
     pub max_wait: Timeout,
+    /// `claim_within_seconds`: the claim window if granted from the queue
+    /// (`None`: the server's default).
+    pub claim_within: Option<Timeout>,
     /// Who the client says it is, for a session this acquire opens.
     pub client: ClientInfo,
 }

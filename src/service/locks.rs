@@ -44,6 +44,7 @@ impl Service {
                 // is exempt (everyone could start or end it anyway).
                 maintenance_exempt: input.actor.authenticated()
                     && input.actor.role == crate::domain::Role::Admin,
+                claim_within: input.claim_within.unwrap_or(uow.policy.claim_window),
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();

@@ -71,6 +71,7 @@ impl Lab {
             queue_if_busy: true,
             priority: 0,
             max_wait: crate::domain::Timeout::NONE,
+            claim_within: None,
             client: ClientInfo::default(),
         };
         self.service.acquire(input).await.unwrap();
@@ -176,6 +177,7 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
                     queue_if_busy: false,
                     priority: 0,
                     max_wait: crate::domain::Timeout::NONE,
+                    claim_within: None,
                     client: ClientInfo::default(),
                 },
                 None

@@ -60,9 +60,13 @@ pub(super) fn notification_for(event: &Event) -> Option<Event> {
     let kind = match (event.event, event.reason) {
         (EventKind::QueueProcessed, _) => EventKind::LockGranted,
         (EventKind::QueueTimeout, _) => EventKind::QueuePlaceLost,
-        (EventKind::LockForceReleased | EventKind::ObserverRevoked | EventKind::LockExpired, _) => {
-            EventKind::LockLost
-        }
+        (
+            EventKind::LockForceReleased
+            | EventKind::ObserverRevoked
+            | EventKind::LockExpired
+            | EventKind::ClaimExpired,
+            _,
+        ) => EventKind::LockLost,
         (
             EventKind::LockReleased | EventKind::ObserverLockReleased,
             Some(EndReason::SessionExpired | EndReason::Forced),

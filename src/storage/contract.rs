@@ -51,6 +51,7 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             priority: 0,
             max_wait: Timeout::NONE,
             maintenance_exempt: false,
+            claim_within: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

@@ -836,3 +836,72 @@ async fn with_authentication_only_admins_set_maintenance_and_may_still_lock() {
     let (_, status) = root.get(&format!("/api/locks/status/{PSU}")).await;
     assert_eq!(status["session_id"], a.as_str());
 }
+
+// ---- claim window -------------------------------------------------------------
+
+#[tokio::test]
+async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
+    // The server's default window (LABLINK_CLAIM_WINDOW_SEC) is 20 s here;
+    // one request asks for 5 s, one for none.
+    let mut settings = memory();
+    settings.policy.claim_window = lablink::domain::Timeout::from_millis(20_000);
+    let app = spawn_with(settings).await;
+    let s = sessions(&app, 4).await;
+    let (holder, away, unclaimed, present) = (&s[0], &s[1], &s[2], &s[3]);
+    queue_with(&app, holder, json!({})).await;
+    queue_with(&app, away, json!({"claim_within_seconds": 5})).await;
+    queue_with(&app, unclaimed, json!({"claim_within_seconds": 0})).await;
+    let mut ws = connect(&app, json!({"type": "subscribe", "session_id": away})).await;
+    app.release(PSU, holder, false).await;
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(
+        (&status["session_id"], &status["expires_at"]),
+        (&json!(away), &json!("2026-01-05T09:00:05.000Z")),
+        "its lock ends at the claim deadline unless claimed"
+    );
+    app.advance(5.0);
+    let expired = until(&mut ws, "claim_expired").await;
+    assert_eq!(expired["reason"], "claim_expired");
+    assert_eq!(until(&mut ws, "lock_lost").await["reason"], "claim_expired");
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(status["session_id"], unclaimed.as_str());
+    // Its client hears why.
+    let command = app
+        .command(PSU, Some(away), "set_voltage", json!({"voltage": 1.0}))
+        .await;
+    assert_error(&command, StatusCode::FORBIDDEN, "lock_lost");
+
+    // The default window applies; a command is the claim.
+    queue_with(&app, present, json!({})).await;
+    app.release(PSU, unclaimed, false).await;
+    let (_, holding) = app
+        .get(&format!("/api/locks/sessions/{present}/locks"))
+        .await;
+    assert_eq!(
+        holding["locks"][0]["claim_by"], "2026-01-05T09:00:25.000Z",
+        "{holding}"
+    );
+    app.advance(19.0);
+    let command = app
+        .command(PSU, Some(present), "set_voltage", json!({"voltage": 1.0}))
+        .await;
+    assert_eq!(command.0, StatusCode::OK, "{}", command.1);
+    app.advance(60.0);
+    let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+    assert_eq!(
+        status["session_id"],
+        present.as_str(),
+        "claimed: the lease runs on"
+    );
+    let kinds = app.events(PSU).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "claim_expired").count(), 1);
+
+    let bad = app
+        .acquire(
+            PSU,
+            away,
+            json!({"queue_if_busy": true, "claim_within_seconds": -1}),
+        )
+        .await;
+    assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout");
+}
