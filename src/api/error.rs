@@ -113,6 +113,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
         NotQueued { .. } => (StatusCode::NOT_FOUND, "not_queued"),
+        CannotTrade(_) => (StatusCode::CONFLICT, "cannot_trade"),
         SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
         StaleFencingToken { .. } | UnissuedFencingToken { .. } => {
             (StatusCode::CONFLICT, "stale_fencing_token")

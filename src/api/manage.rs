@@ -170,3 +170,85 @@ pub async fn end_maintenance(
         maintenance: MaintenanceView::new(&at.value),
     }))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TradeBody {
+    /// The waiting session that trades its place (yours).
+    #[schema(value_type = Id)]
+    pub session_id: String,
+    /// For a swap: the waiter to swap with (it must ask for the same).
+    #[serde(default)]
+    #[schema(value_type = Option<Id>)]
+    pub with_session_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TradeResponse {
+    pub success: bool,
+    /// "stepped_back", "swapped", or "offered" (a swap waiting for the
+    /// other waiter to ask too).
+    pub status: &'static str,
+    pub equipment_id: String,
+    /// The session's position now (1-based).
+    pub position: usize,
+}
+
+#[utoipa::path(post, path = "/api/locks/queue/{equipment_id}/step-back", tag = "locks", operation_id = "step_back",
+    request_body = TradeBody,
+    responses(
+        (status = 200, body = TradeResponse, description = "It and the waiter behind it traded places"),
+        (status = 403, body = ErrorBody, description = "Another user's session (forbidden)"),
+        (status = 404, body = ErrorBody, description = "Not in that queue, no such session or equipment (not_queued, session_not_found, equipment_not_found)"),
+        (status = 409, body = ErrorBody, description = "Last in line: nobody to let go first (cannot_trade)"),
+        (status = 422, body = ErrorBody, description = "A malformed id (invalid_id)")))]
+pub async fn step_back(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    ApiPath(equipment): ApiPath<String>,
+    ApiJson(body): ApiJson<TradeBody>,
+) -> ApiResult<TradeResponse> {
+    let equipment = equipment_in_path(&equipment)?;
+    let session = SessionId::parse(&body.session_id)?;
+    let at = app.step_back(&equipment, &session, &actor).await?;
+    Ok(Json(TradeResponse {
+        success: true,
+        status: "stepped_back",
+        equipment_id: equipment.to_string(),
+        position: at.value,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/locks/queue/{equipment_id}/swap", tag = "locks", operation_id = "swap_places",
+    request_body = TradeBody,
+    responses(
+        (status = 200, body = TradeResponse, description = "Swapped (both asked), or offered"),
+        (status = 403, body = ErrorBody, description = "Another user's session (forbidden)"),
+        (status = 404, body = ErrorBody, description = "One of them is not in that queue, or no such session or equipment (not_queued, session_not_found, equipment_not_found)"),
+        (status = 409, body = ErrorBody, description = "Swapping with itself (cannot_trade)"),
+        (status = 422, body = ErrorBody, description = "A malformed or missing id (invalid_id, invalid_body)")))]
+pub async fn swap_places(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    ApiPath(equipment): ApiPath<String>,
+    ApiJson(body): ApiJson<TradeBody>,
+) -> ApiResult<TradeResponse> {
+    let equipment = equipment_in_path(&equipment)?;
+    let session = SessionId::parse(&body.session_id)?;
+    let Some(other) = body.with_session_id.as_deref() else {
+        return Err(super::error::ApiError::unprocessable(
+            "invalid_body",
+            "`with_session_id` names the waiter to swap with",
+        ));
+    };
+    let other = SessionId::parse(other)?;
+    let at = app
+        .swap_places(&equipment, &session, &other, &actor)
+        .await?;
+    let (swapped, position) = at.value;
+    Ok(Json(TradeResponse {
+        success: true,
+        status: if swapped { "swapped" } else { "offered" },
+        equipment_id: equipment.to_string(),
+        position,
+    }))
+}

@@ -48,6 +48,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::all, locks::events, locks::history, locks::cleanup,
         manage::remove_queue_entry, manage::force_end_session,
         manage::start_maintenance, manage::end_maintenance,
+        manage::step_back, manage::swap_places,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version,
@@ -486,6 +487,14 @@ pub fn router(service: AppState) -> Router {
         .route(
             "/api/equipment/{equipment_id}/maintenance",
             post(manage::start_maintenance).delete(manage::end_maintenance),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/step-back",
+            post(manage::step_back),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/swap",
+            post(manage::swap_places),
         )
         .route("/api/locks/acquire", post(locks::acquire))
         .route("/api/locks/release", post(locks::release))

@@ -30,6 +30,11 @@ pub enum EventKind {
     /// A lock granted from the queue passed on: its holder did not claim
     /// it in time (`claim_within_seconds`).
     ClaimExpired,
+    /// A waiter let the one behind it go first (`position`: its new one).
+    QueueSteppedBack,
+    /// Two waiters swapped places, both having asked (`position`: the new
+    /// one; one event each).
+    QueueSwapped,
     /// The equipment was taken out of service.
     MaintenanceStarted,
     /// The equipment is back in service.
@@ -48,7 +53,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         Self::LockAcquired,
         Self::LockRefreshed,
         Self::LockReleased,
@@ -67,6 +72,8 @@ impl EventKind {
         Self::MaintenanceStarted,
         Self::MaintenanceEnded,
         Self::ClaimExpired,
+        Self::QueueSteppedBack,
+        Self::QueueSwapped,
     ];
 
     /// Whether this is a live notification rather than a history event.
@@ -114,6 +121,8 @@ impl EventKind {
             Self::MaintenanceStarted => "maintenance_started",
             Self::MaintenanceEnded => "maintenance_ended",
             Self::ClaimExpired => "claim_expired",
+            Self::QueueSteppedBack => "queue_stepped_back",
+            Self::QueueSwapped => "queue_swapped",
             Self::QueuePosition => "queue_position",
             Self::LockGranted => "lock_granted",
             Self::LockExpiring => "lock_expiring",

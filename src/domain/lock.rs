@@ -121,6 +121,13 @@ pub struct QueueEntry {
     /// The claim window of its grant, when it comes from the queue.
     #[serde(default, skip_serializing_if = "Timeout::is_none")]
     pub claim_within: Timeout,
+    /// Its place in the service order once traded (stepping back, a
+    /// swap): the key of the place it took, which newcomers compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traded_key: Option<(i64, i64)>,
+    /// The waiter it offered to swap places with, until that one agrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_offer: Option<SessionId>,
 }
 
 impl QueueEntry {
@@ -132,7 +139,8 @@ impl QueueEntry {
 
     /// Where this entry goes in the queue (see `priority::service_key`).
     fn service_key(&self, aging_ms: u64) -> (i64, i64) {
-        priority::service_key(self.priority, self.queued_at, aging_ms)
+        self.traded_key
+            .unwrap_or_else(|| priority::service_key(self.priority, self.queued_at, aging_ms))
     }
 }
 
@@ -498,6 +506,8 @@ impl EquipmentLocks {
             priority: req.priority,
             wait_deadline: req.max_wait.deadline_after(now),
             claim_within: req.claim_within,
+            traded_key: None,
+            swap_offer: None,
         };
         self.queue.insert(place, entry.clone());
         let position = place + 1;
@@ -790,6 +800,81 @@ impl EquipmentLocks {
         e.message = Some(ended.reason.clone());
         events.push(e);
         Some(ended)
+    }
+
+    /// `session` lets the waiter right behind it go first: the two trade
+    /// places (and service keys); nobody else moves.
+    pub fn step_back(
+        &mut self,
+        session: &SessionId,
+        policy: LockPolicy,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Result<usize, DomainError> {
+        let position = self.queued_at_place(session)?;
+        if position == self.queue.len() {
+            return Err(DomainError::CannotTrade(format!(
+                "session {session} is last in the queue of {}: nobody to let go first",
+                self.equipment_id
+            )));
+        }
+        self.trade(position - 1, position, policy);
+        let mut e = self.event(EventKind::QueueSteppedBack, session, now);
+        e.position = Some(position + 1);
+        e.queue_id = Some(self.queue[position].queue_id.clone());
+        events.push(e);
+        Ok(position + 1)
+    }
+
+    /// `session` offers to swap places with `other`; when `other` has
+    /// offered the same, they swap (each gets a `queue_swapped` event).
+    /// Answers whether they swapped, and `session`'s position now.
+    pub fn swap(
+        &mut self,
+        session: &SessionId,
+        other: &SessionId,
+        policy: LockPolicy,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Result<(bool, usize), DomainError> {
+        let mine = self.queued_at_place(session)?;
+        let theirs = self.queued_at_place(other)?;
+        if mine == theirs {
+            return Err(DomainError::CannotTrade(
+                "a waiter cannot swap places with itself".into(),
+            ));
+        }
+        if self.queue[theirs - 1].swap_offer.as_ref() != Some(session) {
+            self.queue[mine - 1].swap_offer = Some(other.clone());
+            return Ok((false, mine));
+        }
+        self.trade(mine - 1, theirs - 1, policy);
+        for (who, place) in [(session, theirs), (other, mine)] {
+            self.queue[place - 1].swap_offer = None;
+            let mut e = self.event(EventKind::QueueSwapped, who, now);
+            e.position = Some(place);
+            e.queue_id = Some(self.queue[place - 1].queue_id.clone());
+            events.push(e);
+        }
+        Ok((true, theirs))
+    }
+
+    fn queued_at_place(&self, session: &SessionId) -> Result<usize, DomainError> {
+        self.position_of(session)
+            .ok_or_else(|| DomainError::NotQueued {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+            })
+    }
+
+    /// Swaps the entries at `a` and `b` with their service keys, so the
+    /// queue stays in key order for newcomers.
+    fn trade(&mut self, a: usize, b: usize, policy: LockPolicy) {
+        let key_a = self.queue[a].service_key(policy.aging_ms);
+        let key_b = self.queue[b].service_key(policy.aging_ms);
+        self.queue[a].traded_key = Some(key_b);
+        self.queue[b].traded_key = Some(key_a);
+        self.queue.swap(a, b);
     }
 
     /// The users of `session`'s locks and queue places here.

@@ -638,6 +638,48 @@ fn a_lock_from_the_queue_not_claimed_in_its_window_passes_to_the_next() {
 }
 
 #[test]
+fn waiters_step_back_and_swap_only_when_both_ask_and_nobody_else_moves() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    for who in ["b", "c", "d", "e"] {
+        w.ex(who, true).unwrap();
+    }
+    let p = w.policy;
+    w.events.clear();
+    assert_eq!(w.locks.step_back(&sid("b"), p, w.now, &mut w.events), Ok(2));
+    assert_eq!(w.queue(), ["c", "b", "d", "e"]);
+    assert_eq!(w.kinds(), [EventKind::QueueSteppedBack]);
+    let before = w.locks.clone();
+    assert!(matches!(
+        w.locks.step_back(&sid("e"), p, w.now, &mut w.events),
+        Err(DomainError::CannotTrade(_))
+    ));
+    assert_eq!(w.locks, before, "last in line: nothing changes");
+    // A swap needs both: the first ask is only an offer.
+    w.events.clear();
+    assert_eq!(
+        w.locks.swap(&sid("c"), &sid("e"), p, w.now, &mut w.events),
+        Ok((false, 1))
+    );
+    assert_eq!(w.queue(), ["c", "b", "d", "e"]);
+    assert_eq!(
+        w.locks.swap(&sid("e"), &sid("c"), p, w.now, &mut w.events),
+        Ok((true, 1))
+    );
+    assert_eq!(w.queue(), ["e", "b", "d", "c"]);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::QueueSwapped, EventKind::QueueSwapped]
+    );
+    // A newcomer of higher priority still lands by the traded keys.
+    w.prioritized("f", LockMode::Exclusive, 10_000, true, 1)
+        .unwrap();
+    assert_eq!(w.queue(), ["f", "e", "b", "d", "c"]);
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("f"));
+}
+
+#[test]
 fn release_table() {
     let mut w = World::new();
     w.ex("a", false).unwrap();
@@ -925,6 +967,13 @@ enum Op {
         until_ms: Option<u16>,
     },
     EndMaintenance,
+    StepBack {
+        who: u8,
+    },
+    Swap {
+        who: u8,
+        with: u8,
+    },
     Advance {
         ms: u16,
     },
@@ -943,6 +992,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => who.clone().prop_map(|who| Op::RemoveWaiter { who }),
         1 => prop::option::of(1u16..3_000).prop_map(|until_ms| Op::Maintenance { until_ms }),
         1 => Just(Op::EndMaintenance),
+        1 => who.clone().prop_map(|who| Op::StepBack { who }),
+        1 => (who.clone(), who.clone()).prop_map(|(who, with)| Op::Swap { who, with }),
         3 => (0u16..2_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -1072,6 +1123,24 @@ proptest! {
                     let m = Maintenance { reason: "r".into(), since: w.now, until, user: None };
                     w.locks.start_maintenance(m, w.now, &mut w.events);
                     Ok(())
+                }
+                Op::StepBack { who } => {
+                    let p = w.policy;
+                    w.locks.step_back(&sid(&name(*who)), p, w.now, &mut w.events).map(|_| ())
+                }
+                Op::Swap { who, with } => {
+                    let (p, now) = (w.policy, w.now);
+                    let before: Vec<SessionId> = w.locks.queue.iter().map(|e| e.session_id.clone()).collect();
+                    let result = w.locks.swap(&sid(&name(*who)), &sid(&name(*with)), p, now, &mut w.events);
+                    if let Ok((swapped, _)) = result {
+                        // Nobody else's place changes.
+                        for (i, e) in w.locks.queue.iter().enumerate() {
+                            let other = e.session_id != sid(&name(*who)) && e.session_id != sid(&name(*with));
+                            prop_assert!(!other || before[i] == e.session_id);
+                            prop_assert!(swapped || before[i] == e.session_id);
+                        }
+                    }
+                    result.map(|_| ())
                 }
                 Op::EndMaintenance => {
                     let dead = w.dead.clone();

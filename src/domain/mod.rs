@@ -82,6 +82,8 @@ pub enum DomainError {
         equipment: EquipmentId,
         session: SessionId,
     },
+    #[error("{0}")]
+    CannotTrade(String),
     #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
     SessionNotFound(SessionId),
     #[error("equipment {equipment} is not locked: nothing to force-release")]

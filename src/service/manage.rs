@@ -1,5 +1,6 @@
 //! The lab manager's controls: take someone else's queue place, end
-//! someone else's session, take an instrument out of service and back. Admins only once authentication is on (with it
+//! someone else's session, take an instrument out of service and back;
+//! and the waiters' own trades of places (stepping back, swapping). Admins only once authentication is on (with it
 //! off, anyone, as with a forced release). Each records who did it as
 //! `forced_by`, the admin as `user`, and the admin's `message`.
 
@@ -136,6 +137,55 @@ impl Service {
                 locks.end_maintenance(now, live, events)
             })?;
             Ok(ended?)
+        })
+        .await
+    }
+
+    /// A waiter lets the one right behind it go first. Answers its new
+    /// position.
+    pub async fn step_back(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        actor: &Actor,
+    ) -> Result<At<usize>, ServiceError> {
+        self.registered(equipment)?;
+        let (equipment, session, actor) = (equipment.clone(), session.clone(), actor.clone());
+        self.run(move |uow| {
+            uow.renew_session(&session, &actor)?;
+            let (now, policy) = (uow.now, uow.policy.lock);
+            let (_, moved) = uow.change_locks(&equipment, |locks, _, events| {
+                locks.step_back(&session, policy, now, events)
+            })?;
+            Ok(moved?)
+        })
+        .await
+    }
+
+    /// A waiter offers to swap places with `other` in the same queue; they
+    /// swap once both have asked. Answers whether they swapped and its
+    /// position now.
+    pub async fn swap_places(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+        other: &SessionId,
+        actor: &Actor,
+    ) -> Result<At<(bool, usize)>, ServiceError> {
+        self.registered(equipment)?;
+        let (equipment, session, other, actor) = (
+            equipment.clone(),
+            session.clone(),
+            other.clone(),
+            actor.clone(),
+        );
+        self.run(move |uow| {
+            uow.renew_session(&session, &actor)?;
+            let (now, policy) = (uow.now, uow.policy.lock);
+            let (_, swapped) = uow.change_locks(&equipment, |locks, _, events| {
+                locks.swap(&session, &other, policy, now, events)
+            })?;
+            Ok(swapped?)
         })
         .await
     }

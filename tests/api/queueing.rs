@@ -95,6 +95,14 @@ pub async fn queue_of(app: &TestApp, equipment: &str) -> Vec<String> {
         .collect()
 }
 
+/// A SQLite server in `dir` that requires tokens (make them first).
+fn auth_required(dir: &std::path::Path) -> Settings {
+    Settings {
+        auth: Some(AuthMode::Required),
+        ..sqlite_in(dir, "?synchronous=normal")
+    }
+}
+
 /// `n` sessions with no timeout.
 async fn sessions(app: &TestApp, n: usize) -> Vec<String> {
     let mut out = Vec::new();
@@ -265,10 +273,7 @@ async fn with_authentication_a_priority_above_0_needs_an_admin_or_the_roles_cap(
     let root = create_token(dir.path(), "root", "admin");
     let alice = create_token(dir.path(), "alice", "operator");
     let vera = create_token(dir.path(), "vera", "observer");
-    let mut settings = Settings {
-        auth: Some(AuthMode::Required),
-        ..sqlite_in(dir.path(), "?synchronous=normal")
-    };
+    let mut settings = auth_required(dir.path());
     settings.policy.priority_caps.operator = 3;
     let app = spawn_with(settings).await;
     let (root, alice, vera) = (app.as_user(&root), app.as_user(&alice), app.as_user(&vera));
@@ -634,11 +639,7 @@ async fn with_authentication_only_admins_manage_and_the_events_name_them() {
     let root = create_token(dir.path(), "root", "admin");
     let alice = create_token(dir.path(), "alice", "operator");
     let bob = create_token(dir.path(), "bob", "operator");
-    let app = spawn_with(Settings {
-        auth: Some(AuthMode::Required),
-        ..sqlite_in(dir.path(), "?synchronous=normal")
-    })
-    .await;
+    let app = spawn_with(auth_required(dir.path())).await;
     let (root, alice, bob) = (app.as_user(&root), app.as_user(&alice), app.as_user(&bob));
     let a = alice.session(0.0).await;
     let b = bob.session(0.0).await;
@@ -797,11 +798,7 @@ async fn with_authentication_only_admins_set_maintenance_and_may_still_lock() {
     let dir = tempfile::tempdir().unwrap();
     let root = create_token(dir.path(), "root", "admin");
     let alice = create_token(dir.path(), "alice", "operator");
-    let app = spawn_with(Settings {
-        auth: Some(AuthMode::Required),
-        ..sqlite_in(dir.path(), "?synchronous=normal")
-    })
-    .await;
+    let app = spawn_with(auth_required(dir.path())).await;
     let (root, alice) = (app.as_user(&root), app.as_user(&alice));
     let path = format!("/api/equipment/{PSU}/maintenance");
     let body = json!({"reason": "repair"});
@@ -904,4 +901,106 @@ async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
         )
         .await;
     assert_error(&bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout");
+}
+
+// ---- position trading -------------------------------------------------------
+
+#[tokio::test]
+async fn waiters_step_back_and_swap_when_both_ask_and_nobody_else_moves() {
+    on_every_store(|app, store| async move {
+        let s = sessions(&app, 5).await;
+        let (holder, b, c, d, e) = (&s[0], &s[1], &s[2], &s[3], &s[4]);
+        for who in [holder, b, c, d, e] {
+            queue_with(&app, who, json!({})).await;
+        }
+        let mut ws = connect(&app, json!({"type": "subscribe", "session_id": c})).await;
+        let step = format!("/api/locks/queue/{PSU}/step-back");
+        let (code, answer) = app.post(&step, json!({"session_id": b})).await;
+        assert_eq!(code, StatusCode::OK, "{store}: {answer}");
+        assert_eq!(
+            (&answer["status"], &answer["position"]),
+            (&json!("stepped_back"), &json!(2))
+        );
+        assert_eq!(
+            until(&mut ws, "queue_position").await["position"],
+            1,
+            "{store}"
+        );
+        let order = |v: [&String; 4]| v.map(|s| s.clone()).to_vec();
+        assert_eq!(queue_of(&app, PSU).await, order([c, b, d, e]), "{store}");
+
+        let swap = format!("/api/locks/queue/{PSU}/swap");
+        let (_, offered) = app
+            .post(&swap, json!({"session_id": c, "with_session_id": e}))
+            .await;
+        assert_eq!(
+            (&offered["status"], &offered["position"]),
+            (&json!("offered"), &json!(1))
+        );
+        assert_eq!(
+            queue_of(&app, PSU).await,
+            order([c, b, d, e]),
+            "an offer moves nobody"
+        );
+        let (_, swapped) = app
+            .post(&swap, json!({"session_id": e, "with_session_id": c}))
+            .await;
+        assert_eq!(
+            (&swapped["status"], &swapped["position"]),
+            (&json!("swapped"), &json!(1))
+        );
+        assert_eq!(queue_of(&app, PSU).await, order([e, b, d, c]), "{store}");
+        let kinds = app.events(PSU).await;
+        let trades: Vec<&String> = kinds.iter().filter(|k| k.starts_with("queue_s")).collect();
+        assert_eq!(
+            trades,
+            ["queue_stepped_back", "queue_swapped", "queue_swapped"]
+        );
+
+        let last = app.post(&step, json!({"session_id": c})).await;
+        assert_error(&last, StatusCode::CONFLICT, "cannot_trade");
+        let holding = app.post(&step, json!({"session_id": holder})).await;
+        assert_error(&holding, StatusCode::NOT_FOUND, "not_queued");
+        let alone = app.post(&swap, json!({"session_id": c})).await;
+        assert_error(&alone, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+        assert_eq!(queue_of(&app, PSU).await, order([e, b, d, c]));
+        app.release(PSU, holder, false).await;
+        let (_, status) = app.get(&format!("/api/locks/status/{PSU}")).await;
+        assert_eq!(
+            status["session_id"],
+            e.as_str(),
+            "served in the traded order"
+        );
+        app
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_authentication_only_a_sessions_owner_trades_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = create_token(dir.path(), "alice", "operator");
+    let bob = create_token(dir.path(), "bob", "operator");
+    let app = spawn_with(auth_required(dir.path())).await;
+    let (alice, bob) = (app.as_user(&alice), app.as_user(&bob));
+    let (a, b1, b2) = (
+        alice.session(0.0).await,
+        bob.session(0.0).await,
+        bob.session(0.0).await,
+    );
+    bob.acquire(PSU, &b1, json!({})).await;
+    alice.acquire(PSU, &a, json!({"queue_if_busy": true})).await;
+    bob.acquire(PSU, &b2, json!({"queue_if_busy": true})).await;
+    let step = format!("/api/locks/queue/{PSU}/step-back");
+    assert_error(
+        &bob.post(&step, json!({"session_id": a})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    );
+    assert_eq!(queue_of(&alice, PSU).await, [a.as_str(), b2.as_str()]);
+    assert_eq!(
+        alice.post(&step, json!({"session_id": a})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(queue_of(&alice, PSU).await, [b2.as_str(), a.as_str()]);
 }
