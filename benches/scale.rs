@@ -62,7 +62,11 @@ async fn populate(store: &dyn Store, instruments: usize) {
                         mode: LockMode::Exclusive,
                         timeout: Timeout::from_millis(3_600_000),
                         queue_if_busy: true,
+                        priority: 0,
+                        max_wait: lablink::domain::Timeout::NONE,
                         holder: Default::default(),
+                        maintenance_exempt: false,
+                        claim_within: lablink::domain::Timeout::NONE,
                     };
                     out = locks
                         .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -130,6 +134,9 @@ fn scale(c: &mut Criterion) {
                             mode: LockMode::Exclusive,
                             timeout: None,
                             queue_if_busy: false,
+                            priority: 0,
+                            max_wait: lablink::domain::Timeout::NONE,
+                            claim_within: None,
                             client: Default::default(),
                         };
                         service.acquire(input).await.unwrap();
@@ -165,7 +172,11 @@ fn domain(c: &mut Criterion) {
             mode: LockMode::Exclusive,
             timeout: Timeout::NONE,
             queue_if_busy: true,
+            priority: 0,
+            max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
+            maintenance_exempt: false,
+            claim_within: lablink::domain::Timeout::NONE,
         };
         locks
             .acquire(&request, START, LockPolicy::default(), &mut Vec::new())
@@ -177,7 +188,11 @@ fn domain(c: &mut Criterion) {
             mode: LockMode::Exclusive,
             timeout: Timeout::from_millis(1000),
             queue_if_busy: true,
+            priority: 0,
+            max_wait: lablink::domain::Timeout::NONE,
             holder: Default::default(),
+            maintenance_exempt: false,
+            claim_within: lablink::domain::Timeout::NONE,
         };
         b.iter(|| {
             let mut locks = locks.clone();

@@ -170,6 +170,30 @@ const METRICS_PUBLIC: Key = Key {
     default: "true on a loopback bind, false otherwise",
     help: "true: GET /metrics answers without a token even with authentication on; false: it needs a token (any role) when authentication is on",
 };
+const PRIORITY_AGING: Key = Key {
+    env: "LABLINK_PRIORITY_AGING_SEC",
+    file: "priority_aging_sec",
+    default: "60",
+    help: "seconds of waiting that add one step of queue priority (counted continuously); 0 = no aging",
+};
+const OPERATOR_MAX_PRIORITY: Key = Key {
+    env: "LABLINK_OPERATOR_MAX_PRIORITY",
+    file: "operator_max_priority",
+    default: "0",
+    help: "with authentication on, the highest acquire priority (0..10) an operator may ask for; admins may use 10",
+};
+const OBSERVER_MAX_PRIORITY: Key = Key {
+    env: "LABLINK_OBSERVER_MAX_PRIORITY",
+    file: "observer_max_priority",
+    default: "0",
+    help: "with authentication on, the highest acquire priority (0..10) an observer may ask for",
+};
+const CLAIM_WINDOW: Key = Key {
+    env: "LABLINK_CLAIM_WINDOW_SEC",
+    file: "claim_window_sec",
+    default: "0",
+    help: "seconds a lock handed over from the queue waits to be claimed (renewed, commanded, asked again) before it passes on; 0 = off",
+};
 /// Every setting the config file's `[server]` table may hold.
 const SERVER_KEYS: &[&Key] = &[
     &BIND,
@@ -194,6 +218,10 @@ const SERVER_KEYS: &[&Key] = &[
     &LOG_FORMAT,
     &CORS_ORIGINS,
     &METRICS_PUBLIC,
+    &PRIORITY_AGING,
+    &OPERATOR_MAX_PRIORITY,
+    &OBSERVER_MAX_PRIORITY,
+    &CLAIM_WINDOW,
 ];
 /// Every `LABLINK_*` variable the server reads.
 pub fn setting_names() -> impl Iterator<Item = &'static str> {
@@ -488,6 +516,20 @@ impl Resolver<'_> {
         })
     }
 
+    /// A priority cap: a whole number from 0 to the highest priority.
+    fn priority_cap(&self, key: &Key) -> Result<i8, ConfigError> {
+        let expected = "expected a whole number from 0 to 10";
+        let cap: i64 = self.whole(key, 0, expected)?;
+        crate::domain::priority::checked(cap)
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| ConfigError::BadValue {
+                name: key.env,
+                value: cap.to_string(),
+                origin: "settings",
+                expected,
+            })
+    }
+
     fn timeout(&self, key: &Key, default: f64) -> Result<Timeout, ConfigError> {
         let seconds = self.seconds(key, default)?;
         Ok(Timeout::from_seconds(seconds).expect("checked by seconds()"))
@@ -543,6 +585,7 @@ pub fn resolve(
             lock: crate::domain::LockPolicy {
                 queue_enabled: r.boolean(&QUEUE, true)?,
                 observer_enabled: r.boolean(&OBSERVER, true)?,
+                aging_ms: (r.seconds(&PRIORITY_AGING, 60.0)? * 1000.0).round() as u64,
             },
             auto_release_on_disconnect: r.boolean(&AUTO_RELEASE, true)?,
             log_lock_events: r.boolean(&LOG_EVENTS, true)?,
@@ -551,6 +594,11 @@ pub fn resolve(
             expiry_warning_ms: (r.seconds(&EXPIRY_WARNING, 30.0)? * 1000.0).round() as u64,
             live_buffer: crate::live::DEFAULT_BUFFER,
             implicit_sessions: r.boolean(&IMPLICIT_SESSIONS, true)?,
+            priority_caps: crate::domain::PriorityCaps {
+                operator: r.priority_cap(&OPERATOR_MAX_PRIORITY)?,
+                observer: r.priority_cap(&OBSERVER_MAX_PRIORITY)?,
+            },
+            claim_window: r.timeout(&CLAIM_WINDOW, 0.0)?,
             max_metadata_bytes: r.whole(
                 &MAX_METADATA,
                 defaults.policy.max_metadata_bytes,

@@ -138,6 +138,9 @@ mod tests {
                     mode: LockMode::Exclusive,
                     timeout: Some(Timeout::from_millis(5_000)),
                     queue_if_busy: queue,
+                    priority: 0,
+                    max_wait: crate::domain::Timeout::NONE,
+                    claim_within: None,
                     client: Default::default(),
                 })
                 .await

@@ -13,7 +13,8 @@ import { stateOf } from './overview.js';
 const HISTORY_KINDS = [
   'lock_acquired', 'lock_refreshed', 'lock_released', 'lock_force_released', 'lock_expired',
   'observer_lock_acquired', 'observer_lock_released', 'observer_revoked', 'queued', 'dequeued',
-  'queue_processed', 'session_created', 'session_ended', 'session_expired',
+  'queue_processed', 'session_created', 'session_ended', 'session_expired', 'queue_timeout',
+  'maintenance_started', 'maintenance_ended', 'claim_expired',
 ];
 const HISTORY_PAGE = 25;
 

@@ -103,12 +103,17 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         InvalidTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_timeout"),
         Busy { .. } => (StatusCode::CONFLICT, "equipment_locked"),
         QueueDisabled { .. } => (StatusCode::CONFLICT, "queue_disabled"),
+        WaitTimedOut { .. } => (StatusCode::CONFLICT, "queue_timeout"),
+        InMaintenance { .. } => (StatusCode::CONFLICT, "in_maintenance"),
+        NotInMaintenance { .. } => (StatusCode::NOT_FOUND, "not_in_maintenance"),
         ObserverModeDisabled => (StatusCode::FORBIDDEN, "observer_mode_disabled"),
         NotHolder { .. } => (StatusCode::FORBIDDEN, "not_lock_holder"),
         LockLost { .. } => (StatusCode::FORBIDDEN, "lock_lost"),
         NoLock { lost: Some(_), .. } => (StatusCode::NOT_FOUND, "lock_lost"),
         NoLock { lost: None, .. } => (StatusCode::NOT_FOUND, "no_lock"),
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
+        NotQueued { .. } => (StatusCode::NOT_FOUND, "not_queued"),
+        CannotTrade(_) => (StatusCode::CONFLICT, "cannot_trade"),
         SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
         StaleFencingToken { .. } | UnissuedFencingToken { .. } => {
             (StatusCode::CONFLICT, "stale_fencing_token")

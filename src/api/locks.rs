@@ -16,6 +16,7 @@ use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, Id, equipment_in_path};
+use crate::domain::priority::{MAX_PRIORITY, MIN_PRIORITY, checked as checked_priority};
 use crate::domain::{
     AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
     Timestamp,
@@ -46,6 +47,24 @@ pub struct AcquireBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 3600)]
     pub wait_seconds: Option<f64>,
+    /// -10..=10 (default 0): a higher priority is served first from the
+    /// queue, equal ones in arrival order; waiting raises it by one step
+    /// each LABLINK_PRIORITY_AGING_SEC. Never takes a held lock. Above 0
+    /// needs an admin once authentication is on (or a role's cap).
+    #[serde(default)]
+    #[schema(minimum = -10, maximum = 10)]
+    pub priority: Option<i64>,
+    /// If queued, leave the queue after this many seconds without a grant
+    /// (a `queue_timeout` event); 0 or absent: wait as long as it takes.
+    #[serde(default)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
+    pub max_wait_seconds: Option<f64>,
+    /// If granted from the queue, claim it (renew, command, or ask again)
+    /// within this many seconds or it passes to the next (`claim_expired`);
+    /// defaults to LABLINK_CLAIM_WINDOW_SEC; 0 = no claim needed.
+    #[serde(default)]
+    #[schema(value_type = Option<super::TimeoutSeconds>)]
+    pub claim_within_seconds: Option<f64>,
 }
 
 /// The longest an acquire may wait for its turn.
@@ -100,6 +119,41 @@ pub async fn acquire(
             .map(Timeout::from_seconds)
             .transpose()?,
         queue_if_busy: body.queue_if_busy.unwrap_or(false),
+        priority: match body.priority {
+            None => 0,
+            Some(raw) => checked_priority(raw).ok_or_else(|| {
+                ApiError::unprocessable(
+                    "invalid_parameter",
+                    format!(
+                        "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {raw}"
+                    ),
+                )
+            })?,
+        },
+        max_wait: match body.max_wait_seconds {
+            None => Timeout::NONE,
+            Some(raw) => Timeout::from_seconds(raw).map_err(|_| {
+                ApiError::unprocessable(
+                    "invalid_timeout",
+                    format!(
+                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {raw}"
+                    ),
+                )
+            })?,
+        },
+        claim_within: body
+            .claim_within_seconds
+            .map(|raw| {
+                Timeout::from_seconds(raw).map_err(|_| {
+                    ApiError::unprocessable(
+                        "invalid_timeout",
+                        format!(
+                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {raw}"
+                        ),
+                    )
+                })
+            })
+            .transpose()?,
         client,
     };
     let wait = match body.wait_seconds {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod locks;
+pub mod manage;
 pub mod metrics;
 pub mod schema;
 pub mod sessions;
@@ -47,6 +48,9 @@ pub const BODY_LIMIT: usize = 1 << 20;
         sessions::locks, sessions::events,
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup, analytics::analytics,
+        manage::remove_queue_entry, manage::force_end_session,
+        manage::start_maintenance, manage::end_maintenance,
+        manage::step_back, manage::swap_places,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version, metrics::scrape,
@@ -59,6 +63,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
     tags(
         (name = "sessions", description = "Client sessions"),
         (name = "locks", description = "Locks, queues and history"),
+        (name = "manage", description = "The lab manager's controls (admins once authentication is on)"),
         (name = "equipment", description = "Instruments and their commands"),
         (name = "live", description = "Live events over a WebSocket"),
         (name = "operations", description = "Health, readiness, version and metrics, for operators' tools (no token needed; /metrics needs one with authentication on unless LABLINK_METRICS_PUBLIC, which is the default on loopback)"),
@@ -472,6 +477,26 @@ pub fn router(service: AppState) -> Router {
         .route(
             "/api/locks/sessions/{session_id}/events",
             get(sessions::events),
+        )
+        .route(
+            "/api/locks/sessions/{session_id}/end",
+            post(manage::force_end_session),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/{session_id}/remove",
+            post(manage::remove_queue_entry),
+        )
+        .route(
+            "/api/equipment/{equipment_id}/maintenance",
+            post(manage::start_maintenance).delete(manage::end_maintenance),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/step-back",
+            post(manage::step_back),
+        )
+        .route(
+            "/api/locks/queue/{equipment_id}/swap",
+            post(manage::swap_places),
         )
         .route("/api/locks/acquire", post(locks::acquire))
         .route("/api/locks/release", post(locks::release))

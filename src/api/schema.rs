@@ -77,10 +77,17 @@ pub enum EventKind {
     SessionCreated,
     SessionEnded,
     SessionExpired,
+    QueueTimeout,
+    MaintenanceStarted,
+    MaintenanceEnded,
+    ClaimExpired,
+    QueueSteppedBack,
+    QueueSwapped,
     QueuePosition,
     LockGranted,
     LockExpiring,
     LockLost,
+    QueuePlaceLost,
 }
 
 /// Why a lock or queue place ended, when it was not the holder's own request.
@@ -95,6 +102,9 @@ pub enum EndReason {
     ExclusiveGranted,
     Forced,
     Upgraded,
+    WaitTimeout,
+    Removed,
+    ClaimExpired,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -128,10 +138,17 @@ pub struct Event {
     /// The user whose lock or place this is (for a forced release: the one
     /// whose lock was taken).
     holder_user: Option<String>,
-    /// When the lock's lease ends (for `lock_expiring`).
+    /// When the lock's lease ends (for `lock_expiring`); on `queued`, when
+    /// the place is dropped unless granted first (`max_wait_seconds`).
     expires_at: Option<String>,
     /// Seconds left on the lease (for `lock_expiring`).
     time_remaining: Option<f64>,
+    /// What an admin said when acting on someone else's lock, place or
+    /// session (a queue removal, a forced session end).
+    message: Option<String>,
+    /// The priority a waiter asked for (on `queued`, when not 0).
+    #[schema(minimum = -10, maximum = 10)]
+    priority: Option<i8>,
     /// `true` on a `session_created` opened by an acquire naming a session
     /// that was not live (semantics.md, Sessions 6).
     implicit: Option<bool>,
@@ -202,10 +219,17 @@ mod tests {
                 D::SessionCreated => Self::SessionCreated,
                 D::SessionEnded => Self::SessionEnded,
                 D::SessionExpired => Self::SessionExpired,
+                D::QueueTimeout => Self::QueueTimeout,
+                D::MaintenanceStarted => Self::MaintenanceStarted,
+                D::MaintenanceEnded => Self::MaintenanceEnded,
+                D::ClaimExpired => Self::ClaimExpired,
+                D::QueueSteppedBack => Self::QueueSteppedBack,
+                D::QueueSwapped => Self::QueueSwapped,
                 D::QueuePosition => Self::QueuePosition,
                 D::LockGranted => Self::LockGranted,
                 D::LockExpiring => Self::LockExpiring,
                 D::LockLost => Self::LockLost,
+                D::QueuePlaceLost => Self::QueuePlaceLost,
             }
         }
     }
@@ -222,6 +246,9 @@ mod tests {
                 D::ExclusiveGranted => Self::ExclusiveGranted,
                 D::Forced => Self::Forced,
                 D::Upgraded => Self::Upgraded,
+                D::WaitTimeout => Self::WaitTimeout,
+                D::Removed => Self::Removed,
+                D::ClaimExpired => Self::ClaimExpired,
             }
         }
     }
@@ -261,6 +288,8 @@ mod tests {
             holder_user: Some("h".into()),
             expires_at: Some(at),
             time_remaining: Some(1.0),
+            message: Some("m".into()),
+            priority: Some(1),
             implicit: Some(true),
         };
         let keys = |v: Value| -> Vec<String> {

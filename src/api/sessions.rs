@@ -34,7 +34,7 @@ pub struct CreateSession {
 /// The longest client name or address kept for a session.
 pub const MAX_TEXT: usize = 256;
 
-fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+pub fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
         Some(v) if v.chars().count() > MAX_TEXT => Err(ApiError::unprocessable(
             "invalid_body",

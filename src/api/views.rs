@@ -64,6 +64,11 @@ pub struct LockView {
     /// The holder's user (with authentication on) and client name.
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// A lock handed over from the queue with a claim window: renew it,
+    /// command, or ask again before this or it passes on. Absent once
+    /// claimed (or when no claim is needed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_by: Option<String>,
 }
 
 impl LockView {
@@ -81,6 +86,7 @@ impl LockView {
             fencing_token: g.fencing_token,
             user: g.holder.user.clone(),
             client_name: g.holder.client_name.clone(),
+            claim_by: g.claim_by.map(Timestamp::to_rfc3339),
         }
     }
 }
@@ -98,6 +104,13 @@ pub struct QueueEntryView {
     pub timeout_seconds: f64,
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// The priority it asked for (-10..=10; 0 by default). The queue is
+    /// in the order it is served: priority plus one step per
+    /// LABLINK_PRIORITY_AGING_SEC waited, then arrival.
+    pub priority: i8,
+    /// When the place is dropped unless granted first (`max_wait_seconds`);
+    /// null: it waits as long as it takes.
+    pub wait_expires_at: Option<String>,
 }
 
 impl QueueEntryView {
@@ -112,6 +125,8 @@ impl QueueEntryView {
             timeout_seconds: e.timeout.as_seconds(),
             user: e.holder.user.clone(),
             client_name: e.holder.client_name.clone(),
+            priority: e.priority,
+            wait_expires_at: e.wait_deadline.map(|at| at.to_rfc3339()),
         }
     }
 
@@ -145,6 +160,33 @@ pub struct LockStatusView {
     /// The exclusive holder's user (with authentication on) and client name.
     pub user: Option<String>,
     pub client_name: Option<String>,
+    /// Set while the equipment is out of service: new requests get 409
+    /// `in_maintenance` or wait in the queue until it ends. Absent in
+    /// service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceView>,
+}
+
+/// An equipment out of service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaintenanceView {
+    pub reason: String,
+    pub since: String,
+    /// When service resumes by itself; null: when an admin ends it.
+    pub until: Option<String>,
+    /// The admin who started it (with authentication on).
+    pub user: Option<String>,
+}
+
+impl MaintenanceView {
+    pub fn new(m: &crate::domain::Maintenance) -> Self {
+        Self {
+            reason: m.reason.clone(),
+            since: m.since.to_rfc3339(),
+            until: m.until.map(Timestamp::to_rfc3339),
+            user: m.user.clone(),
+        }
+    }
 }
 
 impl LockStatusView {
@@ -175,6 +217,7 @@ impl LockStatusView {
                 .collect(),
             user: holder.and_then(|g| g.holder.user.clone()),
             client_name: holder.and_then(|g| g.holder.client_name.clone()),
+            maintenance: locks.maintenance_at(now).map(MaintenanceView::new),
         }
     }
 }

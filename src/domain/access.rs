@@ -43,6 +43,15 @@ impl fmt::Display for Role {
     }
 }
 
+/// The highest acquire priority each role may ask for, once
+/// authentication is on (admins: the highest there is). Asking below 0,
+/// to let others go first, is open to everyone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriorityCaps {
+    pub operator: i8,
+    pub observer: i8,
+}
+
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -117,6 +126,24 @@ impl Actor {
         if self.role != Role::Admin {
             return Err(DomainError::Forbidden(format!(
                 "only an admin may force a release; {} is {}",
+                self.name(),
+                self.role
+            )));
+        }
+        Ok(())
+    }
+
+    /// A priority above 0 needs a role allowed it (`caps`); admins, and
+    /// every caller with authentication off, may use the highest.
+    pub fn may_use_priority(&self, priority: i8, caps: PriorityCaps) -> Result<(), DomainError> {
+        let cap = match self.role {
+            Role::Admin => super::priority::MAX_PRIORITY,
+            Role::Operator => caps.operator,
+            Role::Observer => caps.observer,
+        };
+        if priority > 0 && priority > cap {
+            return Err(DomainError::Forbidden(format!(
+                "{} is {} and may ask for a priority of at most {cap}, not {priority}",
                 self.name(),
                 self.role
             )));

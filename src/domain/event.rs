@@ -25,6 +25,20 @@ pub enum EventKind {
     SessionCreated,
     SessionEnded,
     SessionExpired,
+    /// A waiter's place was dropped: it waited its `max_wait_seconds`.
+    QueueTimeout,
+    /// A lock granted from the queue passed on: its holder did not claim
+    /// it in time (`claim_within_seconds`).
+    ClaimExpired,
+    /// A waiter let the one behind it go first (`position`: its new one).
+    QueueSteppedBack,
+    /// Two waiters swapped places, both having asked (`position`: the new
+    /// one; one event each).
+    QueueSwapped,
+    /// The equipment was taken out of service.
+    MaintenanceStarted,
+    /// The equipment is back in service.
+    MaintenanceEnded,
     // Live notifications: sent to subscribers, never stored in the history.
     /// A waiting session's place in the queue changed.
     QueuePosition,
@@ -34,10 +48,12 @@ pub enum EventKind {
     LockExpiring,
     /// A holder's lock was force-released, revoked, or expired.
     LockLost,
+    /// A waiter's place in a queue was dropped without its asking.
+    QueuePlaceLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 20] = [
         Self::LockAcquired,
         Self::LockRefreshed,
         Self::LockReleased,
@@ -52,13 +68,23 @@ impl EventKind {
         Self::SessionCreated,
         Self::SessionEnded,
         Self::SessionExpired,
+        Self::QueueTimeout,
+        Self::MaintenanceStarted,
+        Self::MaintenanceEnded,
+        Self::ClaimExpired,
+        Self::QueueSteppedBack,
+        Self::QueueSwapped,
     ];
 
     /// Whether this is a live notification rather than a history event.
     pub fn is_notification(self) -> bool {
         matches!(
             self,
-            Self::QueuePosition | Self::LockGranted | Self::LockExpiring | Self::LockLost
+            Self::QueuePosition
+                | Self::LockGranted
+                | Self::LockExpiring
+                | Self::LockLost
+                | Self::QueuePlaceLost
         )
     }
 
@@ -91,10 +117,17 @@ impl EventKind {
             Self::SessionCreated => "session_created",
             Self::SessionEnded => "session_ended",
             Self::SessionExpired => "session_expired",
+            Self::QueueTimeout => "queue_timeout",
+            Self::MaintenanceStarted => "maintenance_started",
+            Self::MaintenanceEnded => "maintenance_ended",
+            Self::ClaimExpired => "claim_expired",
+            Self::QueueSteppedBack => "queue_stepped_back",
+            Self::QueueSwapped => "queue_swapped",
             Self::QueuePosition => "queue_position",
             Self::LockGranted => "lock_granted",
             Self::LockExpiring => "lock_expiring",
             Self::LockLost => "lock_lost",
+            Self::QueuePlaceLost => "queue_place_lost",
         }
     }
 }
@@ -111,6 +144,12 @@ pub enum EndReason {
     ExclusiveGranted,
     Forced,
     Upgraded,
+    /// A waiter's `max_wait_seconds` passed.
+    WaitTimeout,
+    /// An admin removed a waiter's queue entry.
+    Removed,
+    /// A lock from the queue was not claimed within its window.
+    ClaimExpired,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -156,12 +195,20 @@ pub struct Event {
     /// whose lock was taken).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_user: Option<String>,
-    /// When the lock's lease ends (for `lock_expiring`).
+    /// When the lock's lease ends (for `lock_expiring`); on `queued`, when
+    /// the place is dropped unless granted first (`max_wait_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     /// Seconds left on the lease (for `lock_expiring`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_remaining: Option<f64>,
+    /// What an admin said when acting on someone else's lock, place or
+    /// session (a queue removal, a forced session end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The priority a waiter asked for (on `queued`, when not 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i8>,
     /// `true` on a `session_created` opened by an acquire naming a session
     /// that was not live (semantics.md, Sessions 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +236,8 @@ impl Event {
             holder_user: None,
             expires_at: None,
             time_remaining: None,
+            message: None,
+            priority: None,
             implicit: None,
         }
     }

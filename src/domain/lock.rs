@@ -13,6 +13,7 @@ use super::DomainError;
 use super::access::Actor;
 use super::event::{EndReason, Event, EventKind};
 use super::ids::{EquipmentId, SessionId};
+use super::priority;
 use super::time::{Timeout, Timestamp, is_live};
 
 /// How many involuntary lock losses an equipment remembers, so that a
@@ -59,6 +60,10 @@ pub struct Grant {
     /// looking at who holds what.
     #[serde(default)]
     pub holder: Holder,
+    /// A grant from the queue with a claim window: unless its holder
+    /// renews, commands or asks again before this, it passes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_by: Option<Timestamp>,
 }
 
 /// Who a lock or queue place belongs to, as shown to people.
@@ -69,16 +74,29 @@ pub struct Holder {
 }
 
 impl Grant {
+    /// When it ends unless renewed: its lease, or sooner an unmet claim
+    /// window.
     pub fn deadline(&self) -> Option<Timestamp> {
-        self.timeout.deadline_after(self.last_activity)
+        let lease = self.timeout.deadline_after(self.last_activity);
+        match (lease, self.claim_by) {
+            (Some(l), Some(c)) => Some(l.min(c)),
+            (l, c) => l.or(c),
+        }
+    }
+
+    /// Whether it passed on for want of a claim at `now`.
+    fn claim_missed(&self, now: Timestamp) -> bool {
+        !is_live(self.claim_by, now)
     }
 
     pub fn is_live(&self, now: Timestamp) -> bool {
         is_live(self.deadline(), now)
     }
 
+    /// Renews it; any sign of life from the holder is also its claim.
     fn touch(&mut self, now: Timestamp) {
         self.last_activity = self.last_activity.max(now);
+        self.claim_by = None;
     }
 }
 
@@ -93,6 +111,51 @@ pub struct QueueEntry {
     pub queued_at: Timestamp,
     #[serde(default)]
     pub holder: Holder,
+    /// -10..=10, higher served first (see `priority`); 0 for entries
+    /// stored before priorities existed.
+    #[serde(default)]
+    pub priority: i8,
+    /// When the place is dropped unless granted first (`max_wait_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<Timestamp>,
+    /// The claim window of its grant, when it comes from the queue.
+    #[serde(default, skip_serializing_if = "Timeout::is_none")]
+    pub claim_within: Timeout,
+    /// Its place in the service order once traded (stepping back, a
+    /// swap): the key of the place it took, which newcomers compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traded_key: Option<(i64, i64)>,
+    /// The waiter it offered to swap places with, until that one agrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_offer: Option<SessionId>,
+}
+
+impl QueueEntry {
+    /// Whether the waiter still waits at `now` (its `max_wait_seconds`
+    /// has not passed; the deadline instant itself is past).
+    pub fn is_waiting(&self, now: Timestamp) -> bool {
+        is_live(self.wait_deadline, now)
+    }
+
+    /// Where this entry goes in the queue (see `priority::service_key`).
+    fn service_key(&self, aging_ms: u64) -> (i64, i64) {
+        self.traded_key
+            .unwrap_or_else(|| priority::service_key(self.priority, self.queued_at, aging_ms))
+    }
+}
+
+/// An instrument out of service: new requests wait or are refused until
+/// it ends (at `until`, or when an admin ends it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub reason: String,
+    pub since: Timestamp,
+    /// When service resumes by itself; `None`: when an admin ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// The admin who started it (with authentication on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// What a command asks of an equipment's locks.
@@ -122,13 +185,19 @@ pub struct LostLock {
 pub struct LockPolicy {
     pub queue_enabled: bool,
     pub observer_enabled: bool,
+    /// How long a wait adds one step of priority (`0`: no aging).
+    pub aging_ms: u64,
 }
+
+/// The default of `LockPolicy::aging_ms`: one step a minute.
+pub const DEFAULT_AGING_MS: u64 = 60_000;
 
 impl Default for LockPolicy {
     fn default() -> Self {
         Self {
             queue_enabled: true,
             observer_enabled: true,
+            aging_ms: DEFAULT_AGING_MS,
         }
     }
 }
@@ -141,6 +210,16 @@ pub struct LockRequest {
     pub timeout: Timeout,
     pub queue_if_busy: bool,
     pub holder: Holder,
+    /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
+    pub priority: i8,
+    /// How long it may wait in the queue (`max_wait_seconds`); none: as
+    /// long as it takes.
+    pub max_wait: Timeout,
+    /// Whether it may be granted while the equipment is in maintenance
+    /// (an authenticated admin's request).
+    pub maintenance_exempt: bool,
+    /// If it is granted from the queue, how soon its holder must claim it.
+    pub claim_within: Timeout,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -178,6 +257,9 @@ pub struct EquipmentLocks {
     /// Numbers queue entries, so queue ids are unique without randomness.
     pub queue_counter: u64,
     pub lost: VecDeque<LostLock>,
+    /// Out of service, if it is (see `start_maintenance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
 }
 
 impl EquipmentLocks {
@@ -190,12 +272,21 @@ impl EquipmentLocks {
             fencing_counter: 0,
             queue_counter: 0,
             lost: VecDeque::new(),
+            maintenance: None,
         }
     }
 
-    /// Nobody holds or waits.
+    /// Nobody holds or waits, and it is in service.
     pub fn is_idle(&self) -> bool {
-        self.exclusive.is_none() && self.observers.is_empty() && self.queue.is_empty()
+        self.exclusive.is_none()
+            && self.observers.is_empty()
+            && self.queue.is_empty()
+            && self.maintenance.is_none()
+    }
+
+    /// The maintenance in force at `now`, if any (it is over at `until`).
+    pub fn maintenance_at(&self, now: Timestamp) -> Option<&Maintenance> {
+        self.maintenance.as_ref().filter(|m| is_live(m.until, now))
     }
 
     pub fn holder(&self) -> Option<&SessionId> {
@@ -227,13 +318,17 @@ impl EquipmentLocks {
             .map(|i| i + 1)
     }
 
-    /// The earliest time at which a lock here runs out.
+    /// The earliest time at which a lock here runs out or a waiter's
+    /// `max_wait_seconds` passes.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.exclusive
+        let leases = self
+            .exclusive
             .iter()
             .chain(&self.observers)
-            .filter_map(Grant::deadline)
-            .min()
+            .filter_map(Grant::deadline);
+        let waits = self.queue.iter().filter_map(|e| e.wait_deadline);
+        let service = self.maintenance.as_ref().and_then(|m| m.until);
+        leases.chain(waits).chain(service).min()
     }
 
     /// The latest deadline among the leases that have run out at `now`:
@@ -286,6 +381,7 @@ impl EquipmentLocks {
             timeout,
             fencing_token: self.fencing_counter,
             holder: holder.clone(),
+            claim_by: None,
         }
     }
 
@@ -354,13 +450,51 @@ impl EquipmentLocks {
             return Ok(AcquireOutcome::Queued { entry, position });
         }
 
+        // In maintenance, new requests wait for service to resume (or are
+        // refused), whether or not it is free.
+        let in_maintenance = self.maintenance_at(now).is_some();
+        let out_of_service = !req.maintenance_exempt && in_maintenance;
+        // The waiters of a maintenance wait for service to resume, not for
+        // the admin doing it.
+        let servicing = req.maintenance_exempt && in_maintenance;
         // Free: nobody holds it exclusively and nobody waits. Observers do
         // not make it busy for an exclusive request; they are revoked.
-        if self.exclusive.is_none() && self.queue.is_empty() {
+        if !out_of_service && self.exclusive.is_none() && (self.queue.is_empty() || servicing) {
+            let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
+            return Ok(AcquireOutcome::Locked(grant));
+        }
+        // Where it would wait: behind everyone served before it (equal
+        // keys keep arrival order).
+        let key = priority::service_key(req.priority, now, policy.aging_ms);
+        let place = self
+            .queue
+            .iter()
+            .position(|e| key < e.service_key(policy.aging_ms))
+            .unwrap_or(self.queue.len());
+        // Served before every waiter and nothing blocks it (no exclusive
+        // holder; observers only block an exclusive request, unless the
+        // only one is its own): it is not busy for this request. Never the
+        // case at priority 0 with nobody below 0 waiting.
+        if place == 0
+            && !out_of_service
+            && self.exclusive.is_none()
+            && (req.mode == LockMode::Observer
+                || self.observers.iter().all(|g| &g.session_id == session))
+        {
             let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
 
+        if let Some(m) = self
+            .maintenance_at(now)
+            .filter(|_| out_of_service && !req.queue_if_busy)
+        {
+            return Err(DomainError::InMaintenance {
+                equipment: self.equipment_id.clone(),
+                reason: m.reason.clone(),
+                until: m.until,
+            });
+        }
         if !req.queue_if_busy {
             return Err(DomainError::Busy {
                 equipment: self.equipment_id.clone(),
@@ -380,15 +514,22 @@ impl EquipmentLocks {
             timeout: req.timeout,
             queued_at: now,
             holder: req.holder.clone(),
+            priority: req.priority,
+            wait_deadline: req.max_wait.deadline_after(now),
+            claim_within: req.claim_within,
+            traded_key: None,
+            swap_offer: None,
         };
-        self.queue.push_back(entry.clone());
-        let position = self.queue.len();
+        self.queue.insert(place, entry.clone());
+        let position = place + 1;
         let mut e = self.event(EventKind::Queued, session, now);
         e.lock_mode = Some(req.mode);
         e.queue_id = Some(entry.queue_id.clone());
         e.position = Some(position);
         e.holder_user = req.holder.user.clone();
         e.timeout_seconds = Some(req.timeout.as_seconds());
+        e.priority = (req.priority != 0).then_some(req.priority);
+        e.expires_at = entry.wait_deadline;
         events.push(e);
         Ok(AcquireOutcome::Queued { entry, position })
     }
@@ -585,6 +726,168 @@ impl EquipmentLocks {
         }
     }
 
+    /// An admin takes `session`'s place in the queue (`forced_by` names
+    /// who, as in a forced release). The waiter hears `queue_place_lost`;
+    /// those behind move up, and the head leaving may let others in.
+    pub fn remove_waiter(
+        &mut self,
+        session: &SessionId,
+        forced_by: &SessionId,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> Result<(QueueEntry, usize), DomainError> {
+        let Some(position) = self.position_of(session) else {
+            return Err(DomainError::NotQueued {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+            });
+        };
+        let entry = self
+            .queue
+            .remove(position - 1)
+            .expect("position is in range");
+        let mut e = self.event(EventKind::Dequeued, session, now);
+        e.lock_mode = Some(entry.mode);
+        e.queue_id = Some(entry.queue_id.clone());
+        e.reason = Some(EndReason::Removed);
+        e.forced_by = Some(forced_by.clone());
+        e.holder_user = entry.holder.user.clone();
+        e.position = Some(position);
+        events.push(e);
+        self.advance_queue(now, live, events);
+        Ok((entry, position))
+    }
+
+    /// Takes the equipment out of service (or changes the reason and end
+    /// of a maintenance in force). Nobody loses a lock: the holder is
+    /// warned (the `maintenance_started` event names its session) and
+    /// keeps it; the queue waits until service resumes.
+    pub fn start_maintenance(
+        &mut self,
+        maintenance: Maintenance,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) {
+        let mut e = Event::new(EventKind::MaintenanceStarted, now);
+        e.equipment_id = Some(self.equipment_id.clone());
+        if let Some(holder) = &self.exclusive {
+            e.session_id = Some(holder.session_id.clone());
+            e.holder_user = holder.holder.user.clone();
+        }
+        e.message = Some(maintenance.reason.clone());
+        e.expires_at = maintenance.until;
+        events.push(e);
+        self.maintenance = Some(maintenance);
+    }
+
+    /// Puts the equipment back in service at once and serves its queue.
+    pub fn end_maintenance(
+        &mut self,
+        now: Timestamp,
+        live: &mut dyn FnMut(&SessionId) -> bool,
+        events: &mut Vec<Event>,
+    ) -> Result<Maintenance, DomainError> {
+        if self.maintenance_at(now).is_none() {
+            return Err(DomainError::NotInMaintenance {
+                equipment: self.equipment_id.clone(),
+            });
+        }
+        let ended = self.close_maintenance(EndReason::Released, now, events);
+        self.advance_queue(now, live, events);
+        Ok(ended.expect("checked above"))
+    }
+
+    fn close_maintenance(
+        &mut self,
+        reason: EndReason,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Option<Maintenance> {
+        let ended = self.maintenance.take()?;
+        let mut e = Event::new(EventKind::MaintenanceEnded, now);
+        e.equipment_id = Some(self.equipment_id.clone());
+        e.reason = Some(reason);
+        e.message = Some(ended.reason.clone());
+        events.push(e);
+        Some(ended)
+    }
+
+    /// `session` lets the waiter right behind it go first: the two trade
+    /// places (and service keys); nobody else moves.
+    pub fn step_back(
+        &mut self,
+        session: &SessionId,
+        policy: LockPolicy,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Result<usize, DomainError> {
+        let position = self.queued_at_place(session)?;
+        if position == self.queue.len() {
+            return Err(DomainError::CannotTrade(format!(
+                "session {session} is last in the queue of {}: nobody to let go first",
+                self.equipment_id
+            )));
+        }
+        self.trade(position - 1, position, policy);
+        let mut e = self.event(EventKind::QueueSteppedBack, session, now);
+        e.position = Some(position + 1);
+        e.queue_id = Some(self.queue[position].queue_id.clone());
+        events.push(e);
+        Ok(position + 1)
+    }
+
+    /// `session` offers to swap places with `other`; when `other` has
+    /// offered the same, they swap (each gets a `queue_swapped` event).
+    /// Answers whether they swapped, and `session`'s position now.
+    pub fn swap(
+        &mut self,
+        session: &SessionId,
+        other: &SessionId,
+        policy: LockPolicy,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Result<(bool, usize), DomainError> {
+        let mine = self.queued_at_place(session)?;
+        let theirs = self.queued_at_place(other)?;
+        if mine == theirs {
+            return Err(DomainError::CannotTrade(
+                "a waiter cannot swap places with itself".into(),
+            ));
+        }
+        if self.queue[theirs - 1].swap_offer.as_ref() != Some(session) {
+            self.queue[mine - 1].swap_offer = Some(other.clone());
+            return Ok((false, mine));
+        }
+        self.trade(mine - 1, theirs - 1, policy);
+        for (who, place) in [(session, theirs), (other, mine)] {
+            self.queue[place - 1].swap_offer = None;
+            let mut e = self.event(EventKind::QueueSwapped, who, now);
+            e.position = Some(place);
+            e.queue_id = Some(self.queue[place - 1].queue_id.clone());
+            events.push(e);
+        }
+        Ok((true, theirs))
+    }
+
+    fn queued_at_place(&self, session: &SessionId) -> Result<usize, DomainError> {
+        self.position_of(session)
+            .ok_or_else(|| DomainError::NotQueued {
+                equipment: self.equipment_id.clone(),
+                session: session.clone(),
+            })
+    }
+
+    /// Swaps the entries at `a` and `b` with their service keys, so the
+    /// queue stays in key order for newcomers.
+    fn trade(&mut self, a: usize, b: usize, policy: LockPolicy) {
+        let key_a = self.queue[a].service_key(policy.aging_ms);
+        let key_b = self.queue[b].service_key(policy.aging_ms);
+        self.queue[a].traded_key = Some(key_b);
+        self.queue[b].traded_key = Some(key_a);
+        self.queue.swap(a, b);
+    }
+
     /// The users of `session`'s locks and queue places here.
     pub fn users_of(&self, session: &SessionId) -> impl Iterator<Item = Option<&str>> {
         let grants = self.exclusive.iter().chain(&self.observers);
@@ -779,8 +1082,16 @@ impl EquipmentLocks {
         self.observers = kept;
         expired.extend(gone);
         for grant in &expired {
-            events.push(self.ended_event(EventKind::LockExpired, grant, EndReason::Timeout, now));
-            self.remember_loss(grant, EndReason::Timeout);
+            let (kind, reason) = if grant.claim_missed(now) {
+                (EventKind::ClaimExpired, EndReason::ClaimExpired)
+            } else {
+                (EventKind::LockExpired, EndReason::Timeout)
+            };
+            events.push(self.ended_event(kind, grant, reason, now));
+            self.remember_loss(grant, reason);
+        }
+        if self.maintenance.is_some() && self.maintenance_at(now).is_none() {
+            self.close_maintenance(EndReason::Timeout, now, events);
         }
         self.advance_queue(now, live, events);
         expired.len()
@@ -794,6 +1105,8 @@ impl EquipmentLocks {
         for grant in self.exclusive.iter_mut().chain(self.observers.iter_mut()) {
             if !grant.is_live(start) {
                 grant.last_activity = start;
+                // Its holder could not claim it while the server was down.
+                grant.claim_by = None;
                 renewed = true;
             }
         }
@@ -827,7 +1140,7 @@ impl EquipmentLocks {
                 LockMode::Observer => EventKind::ObserverLockReleased,
             };
             events.push(self.ended_event(kind, grant, reason, now));
-            if reason == EndReason::SessionExpired {
+            if matches!(reason, EndReason::SessionExpired | EndReason::Forced) {
                 self.remember_loss(grant, reason);
             }
         }
@@ -847,6 +1160,29 @@ impl EquipmentLocks {
         released.len()
     }
 
+    /// Drops every waiter whose `max_wait_seconds` has passed at `now`,
+    /// each with a `queue_timeout` event, so nobody behind it waits for a
+    /// ghost.
+    fn drop_overdue_waiters(&mut self, now: Timestamp, events: &mut Vec<Event>) {
+        if self.queue.iter().all(|e| e.is_waiting(now)) {
+            return;
+        }
+        let (waiting, overdue): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =
+            std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|e| e.is_waiting(now));
+        self.queue = waiting;
+        for entry in overdue {
+            let mut e = self.event(EventKind::QueueTimeout, &entry.session_id, now);
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.holder_user = entry.holder.user;
+            e.reason = Some(EndReason::WaitTimeout);
+            e.expires_at = entry.wait_deadline;
+            events.push(e);
+        }
+    }
+
     /// Grants the head of the queue whatever it can now have (semantics.md,
     /// Locks 7). Entries of sessions that are no longer live are dropped.
     /// An exclusive head waits for every other observer to leave: observers
@@ -857,7 +1193,9 @@ impl EquipmentLocks {
         live: &mut dyn FnMut(&SessionId) -> bool,
         events: &mut Vec<Event>,
     ) {
-        while self.exclusive.is_none() {
+        self.drop_overdue_waiters(now, events);
+        // In maintenance the queue waits for service to resume.
+        while self.exclusive.is_none() && self.maintenance_at(now).is_none() {
             let Some(head) = self.queue.front() else {
                 break;
             };
@@ -880,7 +1218,7 @@ impl EquipmentLocks {
             }
             let entry = self.queue.pop_front().expect("head exists");
             let mut granted = Vec::new();
-            let grant = self.grant_now(
+            let mut grant = self.grant_now(
                 &entry.session_id,
                 entry.mode,
                 entry.timeout,
@@ -888,6 +1226,17 @@ impl EquipmentLocks {
                 now,
                 &mut granted,
             );
+            if let Some(claim_by) = entry.claim_within.deadline_after(now) {
+                grant.claim_by = Some(claim_by);
+                let held = self
+                    .exclusive
+                    .iter_mut()
+                    .chain(self.observers.iter_mut())
+                    .find(|g| g.lock_id == grant.lock_id);
+                if let Some(held) = held {
+                    held.claim_by = Some(claim_by);
+                }
+            }
             // A hand-off is recorded as one `queue_processed` event; the
             // grant's own acquired event is folded into it.
             events.extend(granted.into_iter().filter(|e| {

@@ -20,6 +20,10 @@ struct World {
     policy: LockPolicy,
     now: Timestamp,
     events: Vec<Event>,
+    /// The `max_wait` of the next requests.
+    max_wait: Timeout,
+    /// The `claim_within` of the next requests.
+    claim_within: Timeout,
 }
 
 impl World {
@@ -30,6 +34,8 @@ impl World {
             policy: LockPolicy::default(),
             now: t(0),
             events: Vec::new(),
+            max_wait: Timeout::NONE,
+            claim_within: Timeout::NONE,
         }
     }
 
@@ -40,15 +46,34 @@ impl World {
         timeout_ms: u64,
         queue: bool,
     ) -> Result<AcquireOutcome, DomainError> {
+        self.prioritized(who, mode, timeout_ms, queue, 0)
+    }
+
+    fn prioritized(
+        &mut self,
+        who: &str,
+        mode: LockMode,
+        timeout_ms: u64,
+        queue: bool,
+        priority: i8,
+    ) -> Result<AcquireOutcome, DomainError> {
         let req = LockRequest {
             session_id: sid(who),
             mode,
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
             holder: Default::default(),
+            priority,
+            max_wait: self.max_wait,
+            maintenance_exempt: false,
+            claim_within: self.claim_within,
         };
         self.locks
             .acquire(&req, self.now, self.policy, &mut self.events)
+    }
+
+    fn refresh_a(&mut self) -> Result<AcquireOutcome, DomainError> {
+        self.ex("a", false)
     }
 
     fn ex(&mut self, who: &str, queue: bool) -> Result<AcquireOutcome, DomainError> {
@@ -354,6 +379,307 @@ fn entries_of_sessions_that_are_gone_are_dropped_not_granted() {
 }
 
 #[test]
+fn higher_priority_is_served_first_equal_ones_in_arrival_order_and_nobody_is_preempted() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    for (who, priority) in [("b", 0), ("c", 5), ("d", 0), ("e", 5), ("f", -2)] {
+        w.prioritized(who, LockMode::Exclusive, 10_000, true, priority)
+            .unwrap();
+    }
+    assert_eq!(w.holder(), Some("a"), "no preemption");
+    assert_eq!(w.queue(), ["c", "e", "b", "d", "f"]);
+    // The answer's position is the real one.
+    let again = w.prioritized("e", LockMode::Exclusive, 10_000, true, 5);
+    assert_eq!(status(&again.unwrap()), ("queued", Some(2)));
+    let queued = w.events.iter().rfind(|e| e.event == EventKind::Queued);
+    assert_eq!(queued.and_then(|e| e.priority), Some(-2));
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("c"));
+    assert_eq!(w.queue(), ["e", "b", "d", "f"]);
+}
+
+#[test]
+fn waiting_ages_a_request_so_a_later_more_important_one_overtakes_only_recent_waiters() {
+    // One step a minute (the default): a priority-5 request goes ahead of
+    // a priority-0 waiter that has waited under five minutes only.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.ex("old", true).unwrap();
+    w.now = t(300_001);
+    w.ex("young", true).unwrap();
+    w.prioritized("vip", LockMode::Exclusive, 10_000, true, 5)
+        .unwrap();
+    assert_eq!(w.queue(), ["old", "vip", "young"]);
+    // Without aging, priority alone decides.
+    let mut w = World::new();
+    w.policy.aging_ms = 0;
+    w.ex("a", false).unwrap();
+    w.ex("old", true).unwrap();
+    w.now = t(100_000_000);
+    w.prioritized("vip", LockMode::Exclusive, 10_000, true, 1)
+        .unwrap();
+    assert_eq!(w.queue(), ["vip", "old"]);
+}
+
+#[test]
+fn a_request_served_before_every_waiter_that_nothing_blocks_is_granted_at_once() {
+    // Observers hold; an exclusive waiter waits for them. An observer of
+    // higher priority would be first in line and observers do not block
+    // it: granted. At priority 0 it waits behind the exclusive request.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.obs("o1", true).unwrap();
+    w.ex("x", true).unwrap();
+    w.release("a", false).unwrap();
+    assert_eq!(status(&w.obs("o2", true).unwrap()), ("queued", Some(2)));
+    let granted = w
+        .prioritized("o3", LockMode::Observer, 10_000, false, 1)
+        .unwrap();
+    assert_eq!(status(&granted), ("locked", None));
+    assert_eq!(w.observers(), ["o1", "o3"]);
+    assert_eq!(w.queue(), ["x", "o2"]);
+    // An exclusive one of higher priority is still blocked by observers:
+    // first in line, not granted, and 409 without queue_if_busy.
+    assert!(matches!(
+        w.prioritized("y", LockMode::Exclusive, 10_000, false, 3),
+        Err(DomainError::Busy { .. })
+    ));
+    let queued = w.prioritized("y", LockMode::Exclusive, 10_000, true, 3);
+    assert_eq!(status(&queued.unwrap()), ("queued", Some(1)));
+}
+
+#[test]
+fn a_waiter_past_its_max_wait_is_dropped_and_the_next_moves_up() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.max_wait = Timeout::from_millis(3_000);
+    w.ex("b", true).unwrap();
+    w.max_wait = Timeout::NONE;
+    w.ex("c", true).unwrap();
+    assert_eq!(w.locks.queue[0].wait_deadline, Some(t(3_000)));
+    // The deadline is the equipment's next one (a's lock runs 10 s).
+    assert_eq!(w.locks.next_deadline(), Some(t(3_000)));
+    w.advance_to(2_999);
+    assert_eq!(w.queue(), ["b", "c"]);
+    w.events.clear();
+    w.advance_to(3_000);
+    assert_eq!(w.queue(), ["c"], "over at its deadline");
+    assert_eq!(w.kinds(), [EventKind::QueueTimeout]);
+    assert_eq!(w.events[0].reason, Some(EndReason::WaitTimeout));
+    assert_eq!(w.locks.next_deadline(), Some(t(10_000)));
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("c"), "nobody waits for a ghost");
+}
+
+#[test]
+fn an_admin_removes_a_waiter_and_the_head_leaving_lets_the_next_in() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.obs("o1", true).unwrap();
+    w.ex("x", true).unwrap();
+    w.obs("o2", true).unwrap();
+    w.release("a", false).unwrap();
+    assert_eq!((w.observers(), w.queue()), (vec!["o1"], vec!["x", "o2"]));
+    let before = w.locks.clone();
+    let missing = w.locks.remove_waiter(
+        &sid("nobody"),
+        &sid("admin"),
+        w.now,
+        &mut |_| true,
+        &mut w.events,
+    );
+    assert!(matches!(missing, Err(DomainError::NotQueued { .. })));
+    assert_eq!(w.locks, before, "a refused removal changes nothing");
+    w.events.clear();
+    let (entry, position) = w
+        .locks
+        .remove_waiter(
+            &sid("x"),
+            &sid("admin"),
+            w.now,
+            &mut |_| true,
+            &mut w.events,
+        )
+        .unwrap();
+    assert_eq!((entry.session_id, position), (sid("x"), 1));
+    assert_eq!(w.kinds(), [EventKind::Dequeued, EventKind::QueueProcessed]);
+    assert_eq!(w.events[0].reason, Some(EndReason::Removed));
+    assert_eq!(w.events[0].forced_by, Some(sid("admin")));
+    assert_eq!(
+        w.observers(),
+        ["o1", "o2"],
+        "the observer behind x is let in"
+    );
+}
+
+fn service(reason: &str, until: Option<i64>) -> Maintenance {
+    Maintenance {
+        reason: reason.into(),
+        since: t(0),
+        until: until.map(t),
+        user: None,
+    }
+}
+
+#[test]
+fn maintenance_refuses_or_queues_new_requests_keeps_the_holder_and_ends_on_time() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.events.clear();
+    w.locks
+        .start_maintenance(service("calibration", Some(5_000)), w.now, &mut w.events);
+    assert_eq!(w.kinds(), [EventKind::MaintenanceStarted]);
+    assert_eq!(
+        w.events[0].session_id,
+        Some(sid("a")),
+        "the holder is warned"
+    );
+    assert_eq!(w.holder(), Some("a"), "and keeps its lock");
+    assert!(matches!(w.refresh_a(), Ok(AcquireOutcome::Refreshed(_))));
+    assert!(matches!(
+        w.ex("b", false),
+        Err(DomainError::InMaintenance { until: Some(u), .. }) if u == t(5_000)
+    ));
+    assert_eq!(status(&w.ex("b", true).unwrap()), ("queued", Some(1)));
+    // Released during maintenance: the queue waits for service.
+    w.release("a", false).unwrap();
+    assert_eq!((w.holder(), w.queue()), (None, vec!["b"]));
+    // Free, yet new requests still wait (or are refused).
+    assert_eq!(status(&w.obs("c", true).unwrap()), ("queued", Some(2)));
+    assert_eq!(w.locks.next_deadline(), Some(t(5_000)));
+    w.events.clear();
+    w.advance_to(5_000);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::MaintenanceEnded, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.events[0].reason, Some(EndReason::Timeout));
+    assert_eq!((w.holder(), w.queue()), (Some("b"), vec!["c"]));
+    assert!(w.locks.maintenance.is_none());
+}
+
+#[test]
+fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
+    let mut w = World::new();
+    w.locks
+        .start_maintenance(service("repair", None), w.now, &mut w.events);
+    assert_eq!(status(&w.ex("b", true).unwrap()), ("queued", Some(1)));
+    let admin = LockRequest {
+        session_id: sid("admin"),
+        mode: LockMode::Observer,
+        timeout: Timeout::from_millis(10_000),
+        queue_if_busy: false,
+        holder: Default::default(),
+        priority: 0,
+        max_wait: Timeout::NONE,
+        maintenance_exempt: true,
+        claim_within: Timeout::NONE,
+    };
+    let granted = w.locks.acquire(&admin, w.now, w.policy, &mut w.events);
+    assert_eq!(status(&granted.unwrap()), ("locked", None));
+    w.release("admin", false).unwrap();
+    assert_eq!(w.holder(), None, "still in maintenance");
+    w.events.clear();
+    w.locks
+        .end_maintenance(w.now, &mut |_| true, &mut w.events)
+        .unwrap();
+    assert_eq!(
+        w.kinds(),
+        [EventKind::MaintenanceEnded, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.holder(), Some("b"));
+    assert!(matches!(
+        w.locks.end_maintenance(w.now, &mut |_| true, &mut w.events),
+        Err(DomainError::NotInMaintenance { .. })
+    ));
+}
+
+#[test]
+fn a_lock_from_the_queue_not_claimed_in_its_window_passes_to_the_next() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.claim_within = Timeout::from_millis(2_000);
+    w.ex("b", true).unwrap();
+    w.claim_within = Timeout::NONE;
+    w.ex("c", true).unwrap();
+    w.now = t(1_000);
+    w.release("a", false).unwrap();
+    let granted = w.locks.exclusive.clone().unwrap();
+    assert_eq!(
+        (granted.claim_by, granted.deadline()),
+        (Some(t(3_000)), Some(t(3_000)))
+    );
+    w.events.clear();
+    w.advance_to(3_000);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::ClaimExpired, EventKind::QueueProcessed]
+    );
+    assert_eq!(w.events[0].reason, Some(EndReason::ClaimExpired));
+    assert_eq!(w.holder(), Some("c"));
+    // c's own request had no window: it keeps its full lease.
+    assert_eq!(w.locks.exclusive.as_ref().unwrap().claim_by, None);
+    assert_lost(&mut w, "b", Access::Control, EndReason::ClaimExpired);
+
+    // A renewal is the claim: the lease runs on.
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    w.claim_within = Timeout::from_millis(2_000);
+    w.ex("b", true).unwrap();
+    w.release("a", false).unwrap();
+    w.now = t(1_999);
+    w.locks.renew(&sid("b"), w.now).unwrap();
+    w.advance_to(5_000);
+    assert_eq!(w.holder(), Some("b"));
+    assert_eq!(
+        w.locks.exclusive.as_ref().unwrap().deadline(),
+        Some(t(11_999))
+    );
+}
+
+#[test]
+fn waiters_step_back_and_swap_only_when_both_ask_and_nobody_else_moves() {
+    let mut w = World::new();
+    w.ex("a", false).unwrap();
+    for who in ["b", "c", "d", "e"] {
+        w.ex(who, true).unwrap();
+    }
+    let p = w.policy;
+    w.events.clear();
+    assert_eq!(w.locks.step_back(&sid("b"), p, w.now, &mut w.events), Ok(2));
+    assert_eq!(w.queue(), ["c", "b", "d", "e"]);
+    assert_eq!(w.kinds(), [EventKind::QueueSteppedBack]);
+    let before = w.locks.clone();
+    assert!(matches!(
+        w.locks.step_back(&sid("e"), p, w.now, &mut w.events),
+        Err(DomainError::CannotTrade(_))
+    ));
+    assert_eq!(w.locks, before, "last in line: nothing changes");
+    // A swap needs both: the first ask is only an offer.
+    w.events.clear();
+    assert_eq!(
+        w.locks.swap(&sid("c"), &sid("e"), p, w.now, &mut w.events),
+        Ok((false, 1))
+    );
+    assert_eq!(w.queue(), ["c", "b", "d", "e"]);
+    assert_eq!(
+        w.locks.swap(&sid("e"), &sid("c"), p, w.now, &mut w.events),
+        Ok((true, 1))
+    );
+    assert_eq!(w.queue(), ["e", "b", "d", "c"]);
+    assert_eq!(
+        w.kinds(),
+        [EventKind::QueueSwapped, EventKind::QueueSwapped]
+    );
+    // A newcomer of higher priority still lands by the traded keys.
+    w.prioritized("f", LockMode::Exclusive, 10_000, true, 1)
+        .unwrap();
+    assert_eq!(w.queue(), ["f", "e", "b", "d", "c"]);
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("f"));
+}
+
+#[test]
 fn release_table() {
     let mut w = World::new();
     w.ex("a", false).unwrap();
@@ -591,6 +917,7 @@ fn switches_refuse_queueing_and_observers() {
     w.policy = LockPolicy {
         queue_enabled: false,
         observer_enabled: false,
+        ..LockPolicy::default()
     };
     assert_eq!(w.obs("a", false), Err(DomainError::ObserverModeDisabled));
     assert!(
@@ -612,6 +939,8 @@ enum Op {
         observer: bool,
         timeout_ms: u64,
         queue: bool,
+        priority: i8,
+        max_wait_ms: u64,
     },
     Release {
         who: u8,
@@ -631,6 +960,20 @@ enum Op {
     Kill {
         who: u8,
     },
+    RemoveWaiter {
+        who: u8,
+    },
+    Maintenance {
+        until_ms: Option<u16>,
+    },
+    EndMaintenance,
+    StepBack {
+        who: u8,
+    },
+    Swap {
+        who: u8,
+        with: u8,
+    },
     Advance {
         ms: u16,
     },
@@ -639,13 +982,18 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let who = 0u8..5;
     prop_oneof![
-        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>())
-            .prop_map(|(who, observer, timeout_ms, queue)| Op::Acquire { who, observer, timeout_ms, queue }),
+        4 => (who.clone(), any::<bool>(), prop_oneof![Just(0u64), 1u64..3_000], any::<bool>(), prop_oneof![3 => Just(0i8), 1 => -10i8..=10], prop_oneof![Just(0u64), 1u64..3_000])
+            .prop_map(|(who, observer, timeout_ms, queue, priority, max_wait_ms)| Op::Acquire { who, observer, timeout_ms, queue, priority, max_wait_ms }),
         2 => (who.clone(), prop::bool::weighted(0.2)).prop_map(|(who, force)| Op::Release { who, force }),
         1 => who.clone().prop_map(|who| Op::Renew { who }),
         1 => (who.clone(), any::<bool>()).prop_map(|(who, control)| Op::Authorize { who, control }),
         1 => (who.clone(), any::<bool>()).prop_map(|(who, auto_release)| Op::EndSession { who, auto_release }),
         1 => who.clone().prop_map(|who| Op::Kill { who }),
+        1 => who.clone().prop_map(|who| Op::RemoveWaiter { who }),
+        1 => prop::option::of(1u16..3_000).prop_map(|until_ms| Op::Maintenance { until_ms }),
+        1 => Just(Op::EndMaintenance),
+        1 => who.clone().prop_map(|who| Op::StepBack { who }),
+        1 => (who.clone(), who.clone()).prop_map(|(who, with)| Op::Swap { who, with }),
         3 => (0u16..2_000).prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -680,7 +1028,14 @@ fn check_invariants(locks: &EquipmentLocks, now: Timestamp) -> Result<(), TestCa
             "positions are 1..n"
         );
     }
+    if locks.maintenance.is_some() {
+        prop_assert!(
+            locks.maintenance_at(now).is_some(),
+            "a maintenance past its end is over after expire"
+        );
+    }
     if locks.exclusive.is_none()
+        && locks.maintenance_at(now).is_none()
         && let Some(head) = locks.queue.front()
     {
         prop_assert_eq!(
@@ -695,6 +1050,15 @@ fn check_invariants(locks: &EquipmentLocks, now: Timestamp) -> Result<(), TestCa
                 .any(|g| g.session_id != head.session_id),
             "the head waits only when blocked"
         );
+    }
+    for e in &locks.queue {
+        prop_assert!(e.is_waiting(now), "nobody waits past its max_wait");
+        if let Some(deadline) = e.wait_deadline {
+            prop_assert!(
+                locks.next_deadline().is_some_and(|d| d <= deadline),
+                "the reaper sees every waiter's deadline"
+            );
+        }
     }
     for g in locks.exclusive.iter().chain(&locks.observers) {
         prop_assert!(
@@ -721,17 +1085,23 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn invariants_hold_over_random_histories(ops in prop::collection::vec(op(), 1..60)) {
+    fn invariants_hold_over_random_histories(
+        ops in prop::collection::vec(op(), 1..60),
+        aging_ms in prop_oneof![Just(0u64), Just(1_000u64), Just(60_000u64)],
+    ) {
         let mut w = World::new();
+        w.policy.aging_ms = aging_ms;
         let name = |who: u8| format!("s{who}");
         let mut counter = 0;
         for op in ops {
             let before = w.locks.clone();
             let result: Result<(), DomainError> = match &op {
-                Op::Acquire { who, observer, timeout_ms, queue } => {
+                Op::Acquire { who, observer, timeout_ms, queue, priority, max_wait_ms } => {
                     let mode = if *observer { LockMode::Observer } else { LockMode::Exclusive };
+                    w.max_wait = Timeout::from_millis(*max_wait_ms);
+                    w.claim_within = Timeout::from_millis(*max_wait_ms / 2);
                     if w.dead.contains(&sid(&name(*who))) { Ok(()) } else {
-                        w.request(&name(*who), mode, *timeout_ms, *queue).map(|_| ())
+                        w.prioritized(&name(*who), mode, *timeout_ms, *queue, *priority).map(|_| ())
                     }
                 }
                 Op::Release { who, force } => w.release(&name(*who), *force).map(|_| ()),
@@ -748,6 +1118,38 @@ proptest! {
                     Ok(())
                 }
                 Op::Kill { who } => { w.dead.insert(sid(&name(*who))); Ok(()) }
+                Op::Maintenance { until_ms } => {
+                    let until = until_ms.map(|ms| t(w.now.as_millis() + i64::from(ms)));
+                    let m = Maintenance { reason: "r".into(), since: w.now, until, user: None };
+                    w.locks.start_maintenance(m, w.now, &mut w.events);
+                    Ok(())
+                }
+                Op::StepBack { who } => {
+                    let p = w.policy;
+                    w.locks.step_back(&sid(&name(*who)), p, w.now, &mut w.events).map(|_| ())
+                }
+                Op::Swap { who, with } => {
+                    let (p, now) = (w.policy, w.now);
+                    let before: Vec<SessionId> = w.locks.queue.iter().map(|e| e.session_id.clone()).collect();
+                    let result = w.locks.swap(&sid(&name(*who)), &sid(&name(*with)), p, now, &mut w.events);
+                    if let Ok((swapped, _)) = result {
+                        // Nobody else's place changes.
+                        for (i, e) in w.locks.queue.iter().enumerate() {
+                            let other = e.session_id != sid(&name(*who)) && e.session_id != sid(&name(*with));
+                            prop_assert!(!other || before[i] == e.session_id);
+                            prop_assert!(swapped || before[i] == e.session_id);
+                        }
+                    }
+                    result.map(|_| ())
+                }
+                Op::EndMaintenance => {
+                    let dead = w.dead.clone();
+                    w.locks.end_maintenance(w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
+                }
+                Op::RemoveWaiter { who } => {
+                    let dead = w.dead.clone();
+                    w.locks.remove_waiter(&sid(&name(*who)), &sid("admin"), w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
+                }
                 Op::Advance { ms } => { w.advance_to(w.now.as_millis() + i64::from(*ms)); Ok(()) }
             };
             if result.is_err() {
@@ -759,6 +1161,8 @@ proptest! {
             let now = w.now;
             w.advance_to(now.as_millis());
             check_invariants(&w.locks, w.now)?;
+            let keys: Vec<(i64, i64)> = w.locks.queue.iter().map(|e| e.service_key(aging_ms)).collect();
+            prop_assert!(keys.is_sorted(), "the queue is in its service order: {:?}", keys);
         }
     }
 }
@@ -775,6 +1179,10 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
             user: Some("alice".into()),
             client_name: None,
         },
+        priority: 0,
+        max_wait: Timeout::NONE,
+        maintenance_exempt: false,
+        claim_within: Timeout::NONE,
     };
     w.locks
         .acquire(&alices, w.now, w.policy, &mut w.events)

@@ -9,16 +9,17 @@ pub mod analytics;
 pub mod event;
 pub mod ids;
 pub mod lock;
+pub mod priority;
 pub mod session;
 pub mod time;
 pub mod view;
 
-pub use access::{Actor, Role};
+pub use access::{Actor, PriorityCaps, Role};
 pub use event::{EndReason, Event, EventKind};
 pub use ids::{EquipmentId, SessionId};
 pub use lock::{
-    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, QueueEntry,
-    ReleaseOutcome,
+    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, Maintenance,
+    QueueEntry, ReleaseOutcome,
 };
 pub use session::Session;
 pub use time::{Timeout, Timestamp};
@@ -41,6 +42,21 @@ pub enum DomainError {
     },
     #[error("equipment {equipment} is busy and the lock queue is disabled: try again later")]
     QueueDisabled { equipment: EquipmentId },
+    #[error(
+        "session {session} waited its max_wait_seconds in the queue of {equipment}: its place was dropped; acquire again to queue anew"
+    )]
+    WaitTimedOut {
+        equipment: EquipmentId,
+        session: SessionId,
+    },
+    #[error("equipment {equipment} is in maintenance ({reason}){}: set queue_if_busy to wait until service resumes", until.map(|u| format!(" until {u}")).unwrap_or_default())]
+    InMaintenance {
+        equipment: EquipmentId,
+        reason: String,
+        until: Option<Timestamp>,
+    },
+    #[error("equipment {equipment} is not in maintenance")]
+    NotInMaintenance { equipment: EquipmentId },
     #[error("observer mode is disabled")]
     ObserverModeDisabled,
     #[error("session {session} does not hold the {needed} lock on {equipment}: {}", holder_detail(holder.as_ref()))]
@@ -62,6 +78,13 @@ pub enum DomainError {
         session: SessionId,
         lost: Option<EndReason>,
     },
+    #[error("session {session} is not in the queue of {equipment}")]
+    NotQueued {
+        equipment: EquipmentId,
+        session: SessionId,
+    },
+    #[error("{0}")]
+    CannotTrade(String),
     #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
     SessionNotFound(SessionId),
     #[error("equipment {equipment} is not locked: nothing to force-release")]
@@ -115,5 +138,8 @@ fn reason_text(reason: EndReason) -> &'static str {
         EndReason::ExclusiveGranted => "revoked for an exclusive lock",
         EndReason::Forced => "force-released by another session",
         EndReason::Upgraded => "upgraded to exclusive",
+        EndReason::WaitTimeout => "its max_wait_seconds passed",
+        EndReason::Removed => "removed by an admin",
+        EndReason::ClaimExpired => "not claimed within its claim window",
     }
 }

@@ -114,6 +114,11 @@ impl Timeout {
         self.0
     }
 
+    /// No timeout (`0`).
+    pub const fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// The timeout in seconds as the API shows it: `0.0` for no timeout.
     pub fn as_seconds(self) -> f64 {
         self.0.map_or(0.0, |ms| ms as f64 / 1000.0)

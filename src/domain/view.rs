@@ -89,6 +89,10 @@ mod tests {
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: true,
             holder: Default::default(),
+            priority: 0,
+            max_wait: Timeout::NONE,
+            maintenance_exempt: false,
+            claim_within: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut Vec::new())

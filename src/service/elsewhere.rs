@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::DeadlineSignal;
 use super::uow::notification_for;
-use crate::domain::{EquipmentId, EquipmentLocks, SessionId};
+use crate::domain::{EquipmentId, EquipmentLocks, EventKind, SessionId};
 use crate::storage::{CommitListener, Origin};
 
 pub(super) struct Elsewhere {
@@ -74,6 +74,10 @@ impl Elsewhere {
                 let lease = event.timeout_seconds.filter(|t| *t > 0.0);
                 if let Some(seconds) = lease {
                     deadlines.saw(event.timestamp.plus_millis((seconds * 1000.0) as u64));
+                }
+                // A waiter's `max_wait_seconds`.
+                if let (EventKind::Queued, Some(at)) = (event.event, event.expires_at) {
+                    deadlines.saw(at);
                 }
             }
             if origin == Origin::Here {

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::ServiceError;
-use crate::domain::{Actor, EquipmentId, LockMode, LockPolicy, SessionId, Timeout};
+use crate::domain::{Actor, EquipmentId, LockMode, LockPolicy, PriorityCaps, SessionId, Timeout};
 
 /// The brief's switches and defaults, as the service applies them.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,11 @@ pub struct Policy {
     pub implicit_sessions: bool,
     /// The largest session `metadata` accepted, as compact JSON bytes.
     pub max_metadata_bytes: usize,
+    /// The highest acquire priority each role may ask for.
+    pub priority_caps: PriorityCaps,
+    /// How soon a lock granted from the queue must be claimed, unless the
+    /// request says (none: no claim needed).
+    pub claim_window: Timeout,
 }
 
 impl Default for Policy {
@@ -40,6 +45,8 @@ impl Default for Policy {
             live_buffer: crate::live::DEFAULT_BUFFER,
             implicit_sessions: true,
             max_metadata_bytes: 16 * 1024,
+            priority_caps: PriorityCaps::default(),
+            claim_window: Timeout::NONE,
         }
     }
 }
@@ -59,6 +66,14 @@ pub struct AcquireInput {
     pub mode: LockMode,
     pub timeout: Option<Timeout>,
     pub queue_if_busy: bool,
+    /// -10..=10 (checked by the caller); 0 is the ordinary FIFO.
+    pub priority: i8,
+    /// How long it may wait if queued (`max_wait_seconds`; none: as long
+    /// as it takes).
+    pub max_wait: Timeout,
+    /// `claim_within_seconds`: the claim window if granted from the queue
+    /// (`None`: the server's default).
+    pub claim_within: Option<Timeout>,
     /// Who the client says it is, for a session this acquire opens.
     pub client: ClientInfo,
 }

@@ -15,6 +15,9 @@ impl Service {
         input.actor.may_lock(input.mode)?;
         input
             .actor
+            .may_use_priority(input.priority, self.policy.priority_caps)?;
+        input
+            .actor
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
         let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(move |uow| {
@@ -35,6 +38,13 @@ impl Service {
                     user: session.user.clone(),
                     client_name: Some(session.client_name.clone()),
                 },
+                priority: input.priority,
+                max_wait: input.max_wait,
+                // Admins do the maintenance; with authentication off nobody
+                // is exempt (everyone could start or end it anyway).
+                maintenance_exempt: input.actor.authenticated()
+                    && input.actor.role == crate::domain::Role::Admin,
+                claim_within: input.claim_within.unwrap_or(uow.policy.claim_window),
             };
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();

@@ -13,7 +13,8 @@
 //!   inputs; `answers`: what they answer with (`At`, ...);
 //! - the use cases, one file per subject: `sessions`, `locks` (with
 //!   expiry), `commands`, `history`, `waiting` (acquire with a wait, the
-//!   expiry warnings), `recovery` (start-up);
+//!   expiry warnings), `manage` (the lab manager's controls), `recovery`
+//!   (start-up);
 //! - how they run: `transact` (a write's transaction, then what it
 //!   implies published), `uow` (a write's unit of work), `read` (a read's
 //!   view, off the write path), `elsewhere` (what other servers' commits
@@ -44,6 +45,7 @@ pub use analytics::{AnalyticsInput, MAX_ANALYTICS_DAYS};
 pub use history::{PRUNE_STEP, Retention};
 mod inputs;
 mod locks;
+mod manage;
 #[cfg(test)]
 mod measure_tests;
 mod read;
@@ -65,6 +67,7 @@ pub use error::ServiceError;
 pub use inputs::{
     AcquireInput, ClientInfo, CommandInput, DEFAULT_SESSION_PAGE, NewSession, Policy,
 };
+pub use manage::Intervention;
 
 /// Wakes the reaper when a deadline sooner than the one it sleeps towards
 /// is saved.

@@ -69,6 +69,9 @@ impl Lab {
             mode: LockMode::Exclusive,
             timeout: Some(Timeout::from_millis(timeout_ms)),
             queue_if_busy: true,
+            priority: 0,
+            max_wait: crate::domain::Timeout::NONE,
+            claim_within: None,
             client: ClientInfo::default(),
         };
         self.service.acquire(input).await.unwrap();
@@ -172,6 +175,9 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
                     mode: LockMode::Exclusive,
                     timeout: None,
                     queue_if_busy: false,
+                    priority: 0,
+                    max_wait: crate::domain::Timeout::NONE,
+                    claim_within: None,
                     client: ClientInfo::default(),
                 },
                 None

@@ -77,13 +77,21 @@ pub(super) fn live_check<'t>(
 pub(super) fn notification_for(event: &Event) -> Option<Event> {
     let kind = match (event.event, event.reason) {
         (EventKind::QueueProcessed, _) => EventKind::LockGranted,
-        (EventKind::LockForceReleased | EventKind::ObserverRevoked | EventKind::LockExpired, _) => {
-            EventKind::LockLost
-        }
+        (EventKind::QueueTimeout, _) => EventKind::QueuePlaceLost,
+        (
+            EventKind::LockForceReleased
+            | EventKind::ObserverRevoked
+            | EventKind::LockExpired
+            | EventKind::ClaimExpired,
+            _,
+        ) => EventKind::LockLost,
         (
             EventKind::LockReleased | EventKind::ObserverLockReleased,
-            Some(EndReason::SessionExpired),
+            Some(EndReason::SessionExpired | EndReason::Forced),
         ) => EventKind::LockLost,
+        (EventKind::Dequeued, Some(EndReason::Removed | EndReason::Forced)) => {
+            EventKind::QueuePlaceLost
+        }
         _ => return None,
     };
     let mut note = event.clone();
@@ -258,6 +266,17 @@ impl Uow<'_> {
         reason: EndReason,
     ) -> Result<usize, StoreError> {
         let release = self.policy.auto_release_on_disconnect;
+        self.end_session_releasing(session, reason, release)
+    }
+
+    /// `end_session`, releasing its locks or not as told (an admin's
+    /// forced end always releases them).
+    pub(super) fn end_session_releasing(
+        &mut self,
+        session: &Session,
+        reason: EndReason,
+        release: bool,
+    ) -> Result<usize, StoreError> {
         let now = self.now;
         let mut released = 0;
         for equipment in self.tx.equipment_of_session(&session.id)? {

@@ -40,6 +40,25 @@ impl Service {
             .await
     }
 
+    /// Whether `session`'s latest event on `equipment` is its place
+    /// dropped for waiting too long.
+    async fn dropped_for_waiting(
+        &self,
+        equipment: &EquipmentId,
+        session: &SessionId,
+    ) -> Result<bool, ServiceError> {
+        let (equipment, session) = (equipment.clone(), session.clone());
+        let at = self
+            .read(move |view| Ok(view.tx.session_events(&session, 20)?))
+            .await?;
+        let latest = at
+            .value
+            .iter()
+            .rev()
+            .find(|e| e.equipment_id.as_ref() == Some(&equipment));
+        Ok(latest.is_some_and(|e| e.event == EventKind::QueueTimeout))
+    }
+
     /// An equipment's locks as committed: a read, no commit to wait for.
     pub(super) async fn stored(
         &self,
@@ -109,12 +128,18 @@ impl Service {
         let closed = self.hub.closed();
         tokio::pin!(closed);
         let mut granted = false;
+        // Whether its place was dropped (`max_wait_seconds`) meanwhile.
+        let mut timed_out = false;
         loop {
             tokio::select! {
                 _ = &mut closed => break,
                 received = live.recv() => match received {
                     Ok(event) if event.equipment_id.as_ref() != Some(&equipment) => continue,
-                    Ok(event) => granted |= grants(&event, &session),
+                    Ok(event) => {
+                        granted |= grants(&event, &session);
+                        timed_out |= event.event == EventKind::QueueTimeout
+                            && event.session_id.as_ref() == Some(&session);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     // A lag may have lost the grant's event: the write
                     // path's answer is durable.
@@ -134,13 +159,25 @@ impl Service {
                 // Committed, its event not yet out: it comes once durable.
                 continue;
             }
+            if timed_out && standing(&now.value, &session).is_none() {
+                return Err(DomainError::WaitTimedOut { equipment, session }.into());
+            }
             if let Some(answered) = answer(now, &session)? {
                 return Ok(answered);
             }
         }
         let now = self.standing_now(&equipment).await?;
-        let outcome =
-            standing(&now.value, &session).ok_or(DomainError::SessionNotFound(session))?;
+        let Some(outcome) = standing(&now.value, &session) else {
+            // The place may have been dropped by this very look, as its
+            // `max_wait_seconds` passed with the wait.
+            let dropped = self.dropped_for_waiting(&equipment, &session).await?;
+            return Err(if timed_out || dropped {
+                DomainError::WaitTimedOut { equipment, session }
+            } else {
+                DomainError::SessionNotFound(session)
+            }
+            .into());
+        };
         Ok(At {
             value: Acquired {
                 outcome,

@@ -48,6 +48,10 @@ fn locked(id: &str, holder: &str, timeout_ms: u64, waiters: &[&str]) -> Equipmen
             timeout: Timeout::from_millis(timeout_ms),
             queue_if_busy: queue,
             holder: Default::default(),
+            priority: 0,
+            max_wait: Timeout::NONE,
+            maintenance_exempt: false,
+            claim_within: Timeout::NONE,
         };
         locks
             .acquire(&req, t(0), LockPolicy::default(), &mut events)

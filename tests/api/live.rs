@@ -35,7 +35,7 @@ pub async fn next(ws: &mut Ws) -> Value {
 }
 
 /// Messages until one whose `event` is `kind`; returns it.
-async fn until(ws: &mut Ws, kind: &str) -> Value {
+pub async fn until(ws: &mut Ws, kind: &str) -> Value {
     loop {
         let m = next(ws).await;
         if m["event"] == kind {

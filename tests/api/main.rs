@@ -18,6 +18,7 @@ mod ops;
 mod postgres_proxy;
 mod postgres_replicas;
 mod postgres_support;
+mod queueing;
 mod races;
 mod scpi;
 mod sessions;
