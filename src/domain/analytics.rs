@@ -328,6 +328,10 @@ mod tests {
                     user: Some(format!("user_{who}")),
                     client_name: None,
                 },
+                priority: 0,
+                max_wait: Timeout::NONE,
+                maintenance_exempt: false,
+                claim_within: Timeout::NONE,
             };
             let _ = self
                 .locks

@@ -37,6 +37,9 @@ async fn queue_for(service: &Service, equipment: &EquipmentId, session: &Session
             timeout: Some(Timeout::from_millis(5_000)),
             queue_if_busy: true,
             client: Default::default(),
+            priority: 0,
+            max_wait: Timeout::NONE,
+            claim_within: None,
         })
         .await
         .unwrap();
