@@ -49,36 +49,43 @@ pub(super) struct EventRow {
 }
 
 /// The kinds' numbers in the `kind` column. Stored: never renumber
-/// (migration 0003 writes the same numbers).
-const KIND_CODES: [(EventKind, i64); 14] = [
-    (EventKind::LockAcquired, 1),
-    (EventKind::LockRefreshed, 2),
-    (EventKind::LockReleased, 3),
-    (EventKind::LockForceReleased, 4),
-    (EventKind::LockExpired, 5),
-    (EventKind::ObserverLockAcquired, 6),
-    (EventKind::ObserverLockReleased, 7),
-    (EventKind::ObserverRevoked, 8),
-    (EventKind::Queued, 9),
-    (EventKind::Dequeued, 10),
-    (EventKind::QueueProcessed, 11),
-    (EventKind::SessionCreated, 12),
-    (EventKind::SessionEnded, 13),
-    (EventKind::SessionExpired, 14),
-];
-
+/// (migration 0003 writes the same numbers). A `match`, so a new kind
+/// cannot be added without its number.
 pub(super) fn kind_code(kind: EventKind) -> i64 {
-    KIND_CODES
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map_or(0, |(_, code)| *code)
+    match kind {
+        EventKind::LockAcquired => 1,
+        EventKind::LockRefreshed => 2,
+        EventKind::LockReleased => 3,
+        EventKind::LockForceReleased => 4,
+        EventKind::LockExpired => 5,
+        EventKind::ObserverLockAcquired => 6,
+        EventKind::ObserverLockReleased => 7,
+        EventKind::ObserverRevoked => 8,
+        EventKind::Queued => 9,
+        EventKind::Dequeued => 10,
+        EventKind::QueueProcessed => 11,
+        EventKind::SessionCreated => 12,
+        EventKind::SessionEnded => 13,
+        EventKind::SessionExpired => 14,
+        EventKind::QueueTimeout => 15,
+        EventKind::MaintenanceStarted => 16,
+        EventKind::MaintenanceEnded => 17,
+        EventKind::ClaimExpired => 18,
+        EventKind::QueueSteppedBack => 19,
+        EventKind::QueueSwapped => 20,
+        // Live notifications are never recorded.
+        EventKind::QueuePosition
+        | EventKind::LockGranted
+        | EventKind::LockExpiring
+        | EventKind::LockLost
+        | EventKind::QueuePlaceLost => 0,
+    }
 }
 
 fn kind_of(code: i64) -> Result<EventKind, StoreError> {
-    KIND_CODES
-        .iter()
-        .find(|(_, c)| *c == code)
-        .map(|(k, _)| *k)
+    EventKind::ALL
+        .into_iter()
+        .find(|k| kind_code(*k) == code)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind number {code}")))
 }
 

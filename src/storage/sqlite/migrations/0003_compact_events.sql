@@ -3,7 +3,7 @@
 -- * `data` keeps only the fields that have no column (v1 repeated the kind,
 --   the time and the ids in it): about half the row.
 -- * The kind is a small number (1 byte instead of ~15, in the row and in
---   its index); the numbers are `KIND_CODES` in rows.rs.
+--   its index); the numbers are `kind_code` in rows.rs.
 -- * No index on the time: `t` is the largest timestamp recorded up to the
 --   event, so it never decreases with `seq`, and a time bound becomes a
 --   `seq` bound found by bisecting the table (about 25 lookups). `t_lag`
@@ -39,6 +39,12 @@ SELECT seq, max(at) OVER running, max(at) OVER running - at,
            WHEN 'session_created' THEN 12
            WHEN 'session_ended' THEN 13
            WHEN 'session_expired' THEN 14
+           WHEN 'queue_timeout' THEN 15
+           WHEN 'maintenance_started' THEN 16
+           WHEN 'maintenance_ended' THEN 17
+           WHEN 'claim_expired' THEN 18
+           WHEN 'queue_stepped_back' THEN 19
+           WHEN 'queue_swapped' THEN 20
        END,
        equipment_id, session_id, forced_by,
        json_remove(data, '$.seq', '$.event', '$.timestamp', '$.equipment_id',
