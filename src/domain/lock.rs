@@ -464,8 +464,17 @@ impl EquipmentLocks {
             return Ok(AcquireOutcome::Locked(grant));
         }
         // Where it would wait: behind everyone served before it (equal
-        // keys keep arrival order).
-        let key = priority::service_key(req.priority, now, policy.aging_ms);
+        // keys keep arrival order). It arrives when it is stored, after
+        // everyone already waiting: a request whose clock was read a
+        // moment earlier (it waited for its turn at the store, or came
+        // through another server) never goes ahead of a waiter of its own
+        // priority who was already told its place.
+        let arrived = self
+            .queue
+            .iter()
+            .map(|e| e.queued_at)
+            .fold(now, Timestamp::max);
+        let key = priority::service_key(req.priority, arrived, policy.aging_ms);
         let place = self
             .queue
             .iter()
@@ -512,7 +521,7 @@ impl EquipmentLocks {
             session_id: session.clone(),
             mode: req.mode,
             timeout: req.timeout,
-            queued_at: now,
+            queued_at: arrived,
             holder: req.holder.clone(),
             priority: req.priority,
             wait_deadline: req.max_wait.deadline_after(now),

@@ -1218,3 +1218,27 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
         );
     }
 }
+
+#[test]
+fn a_request_whose_clock_was_read_earlier_still_joins_behind_those_waiting() {
+    // Requests read the clock when they arrive, then wait for their turn at
+    // the store (or come through another server): the one stored later
+    // joins behind, whatever its clock said, and nobody's place moves back.
+    let mut w = World::new();
+    w.now = t(100);
+    w.request("a", LockMode::Exclusive, 60_000, true).unwrap();
+    w.request("b", LockMode::Exclusive, 60_000, true).unwrap();
+    w.now = t(90);
+    let late = w.request("c", LockMode::Exclusive, 60_000, true).unwrap();
+    assert!(
+        matches!(late, AcquireOutcome::Queued { position: 2, .. }),
+        "{late:?}"
+    );
+    let order: Vec<&str> = w
+        .locks
+        .queue
+        .iter()
+        .map(|e| e.session_id.as_str())
+        .collect();
+    assert_eq!(order, ["b", "c"]);
+}
