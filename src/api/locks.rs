@@ -51,9 +51,11 @@ pub struct AcquireBody {
     /// queue, equal ones in arrival order; waiting raises it by one step
     /// each LABLINK_PRIORITY_AGING_SEC. Never takes a held lock. Above 0
     /// needs an admin once authentication is on (or a role's cap).
+    /// Read as a number: JSON's `-4.0` is the integer -4, as the schema
+    /// says.
     #[serde(default)]
-    #[schema(minimum = -10, maximum = 10)]
-    pub priority: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = -10, maximum = 10)]
+    pub priority: Option<f64>,
     /// If queued, leave the queue after this many seconds without a grant
     /// (a `queue_timeout` event); 0 or absent: wait as long as it takes.
     #[serde(default)]
@@ -121,7 +123,10 @@ pub async fn acquire(
         queue_if_busy: body.queue_if_busy.unwrap_or(false),
         priority: match body.priority {
             None => 0,
-            Some(raw) => checked_priority(raw).ok_or_else(|| {
+            Some(raw) => (raw.fract() == 0.0)
+                .then(|| checked_priority(raw as i64))
+                .flatten()
+                .ok_or_else(|| {
                 ApiError::unprocessable(
                     "invalid_parameter",
                     format!(

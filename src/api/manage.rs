@@ -176,10 +176,17 @@ pub struct TradeBody {
     /// The waiting session that trades its place (yours).
     #[schema(value_type = Id)]
     pub session_id: String,
-    /// For a swap: the waiter to swap with (it must ask for the same).
-    #[serde(default)]
-    #[schema(value_type = Option<Id>)]
-    pub with_session_id: Option<String>,
+}
+
+/// A swap: both waiters ask, each naming the other.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SwapBody {
+    /// The waiting session that trades its place (yours).
+    #[schema(value_type = Id)]
+    pub session_id: String,
+    /// The waiter to swap with (it must ask for the same).
+    #[schema(value_type = Id)]
+    pub with_session_id: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -219,7 +226,7 @@ pub async fn step_back(
 }
 
 #[utoipa::path(post, path = "/api/locks/queue/{equipment_id}/swap", tag = "locks", operation_id = "swap_places",
-    request_body = TradeBody,
+    request_body = SwapBody,
     responses(
         (status = 200, body = TradeResponse, description = "Swapped (both asked), or offered"),
         (status = 403, body = ErrorBody, description = "Another user's session (forbidden)"),
@@ -230,17 +237,11 @@ pub async fn swap_places(
     State(app): State<AppState>,
     Caller(actor): Caller,
     ApiPath(equipment): ApiPath<String>,
-    ApiJson(body): ApiJson<TradeBody>,
+    ApiJson(body): ApiJson<SwapBody>,
 ) -> ApiResult<TradeResponse> {
     let equipment = equipment_in_path(&equipment)?;
     let session = SessionId::parse(&body.session_id)?;
-    let Some(other) = body.with_session_id.as_deref() else {
-        return Err(super::error::ApiError::unprocessable(
-            "invalid_body",
-            "`with_session_id` names the waiter to swap with",
-        ));
-    };
-    let other = SessionId::parse(other)?;
+    let other = SessionId::parse(&body.with_session_id)?;
     let at = app
         .swap_places(&equipment, &session, &other, &actor)
         .await?;

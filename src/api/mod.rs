@@ -55,7 +55,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         ws::upgrade, dashboard::whoami,
         health::healthz, health::readyz, health::version, metrics::scrape,
     ),
-    components(schemas(Id, locks::HistoryEventKind)),
+    components(schemas(Id, locks::HistoryEventKind, analytics::GroupByName, analytics::FormatName)),
     modifiers(&Conventions),
     // Optional: the same document serves servers with authentication on
     // and off.

@@ -46,9 +46,9 @@ impl Service {
                 .as_millis()
                 .saturating_sub(DEFAULT_ANALYTICS_DAYS * DAY_MS),
         ));
-        if since >= until {
+        if since > until {
             return Err(ServiceError::Invalid(format!(
-                "`since` ({since}) must be before `until` ({until})"
+                "`since` ({since}) must not be after `until` ({until})"
             )));
         }
         if until.as_millis().saturating_sub(since.as_millis()) > MAX_ANALYTICS_DAYS * DAY_MS {
