@@ -214,6 +214,18 @@ class NotLocked(LabLinkError):
     code = "not_locked"
 
 
+class NotQueued(LabLinkError):
+    """The session does not wait in that queue."""
+
+    code = "not_queued"
+
+
+class NotInMaintenance(LabLinkError):
+    """The instrument is not in maintenance: nothing to end."""
+
+    code = "not_in_maintenance"
+
+
 class NotFound(LabLinkError):
     """No such route (a client and server of different versions?)."""
 
@@ -242,6 +254,24 @@ class QueueDisabled(LabLinkError):
     """The server does not queue (``LABLINK_ENABLE_LOCK_QUEUE=false``): ``wait`` needs the queue."""
 
     code = "queue_disabled"
+
+
+class InMaintenance(LabLinkError):
+    """The instrument is out of service (maintenance); ask to queue to wait for it."""
+
+    code = "in_maintenance"
+
+
+class QueueTimeout(LabLinkError):
+    """The queue place was dropped: its ``max_wait_seconds`` passed."""
+
+    code = "queue_timeout"
+
+
+class CannotTrade(LabLinkError):
+    """A queue place cannot be traded that way (last place, or with itself)."""
+
+    code = "cannot_trade"
 
 
 class StaleFencingToken(LabLinkError):
@@ -410,10 +440,15 @@ BY_CODE: dict[str, type[LabLinkError]] = {
         EquipmentNotFound,
         NoLock,
         NotLocked,
+        NotQueued,
+        NotInMaintenance,
         NotFound,
         MethodNotAllowed,
         EquipmentLocked,
         QueueDisabled,
+        InMaintenance,
+        QueueTimeout,
+        CannotTrade,
         StaleFencingToken,
         InstrumentRejected,
         BodyTooLarge,
