@@ -252,7 +252,7 @@ impl<'a> UnitTx<'a> {
     /// The database, for what only SQL answers (after a barrier).
     fn sql(&mut self) -> Result<PgTx<'_>, StoreError> {
         self.barrier()?;
-        Ok(PgTx::new(self.conn, None))
+        Ok(PgTx::new(self.conn))
     }
 
     fn remember_session(&mut self, id: &str) {
@@ -275,7 +275,7 @@ impl Tx for UnitTx<'_> {
         if let Some(known) = self.cache.sessions.get(id.as_str()) {
             return Ok(known.clone());
         }
-        let found = PgTx::new(self.conn, None).session(id)?;
+        let found = PgTx::new(self.conn).session(id)?;
         self.remember_session(id.as_str());
         self.cache.sessions.insert(id.to_string(), found.clone());
         Ok(found)
@@ -317,7 +317,7 @@ impl Tx for UnitTx<'_> {
         if let Some(known) = self.cache.locks.get(id.as_str()) {
             return Ok(known.clone());
         }
-        let found = PgTx::new(self.conn, None).equipment_locks(id)?;
+        let found = PgTx::new(self.conn).equipment_locks(id)?;
         self.remember_locks(id.as_str());
         self.cache.locks.insert(id.to_string(), found.clone());
         // As read, the index matches the stored state.
@@ -352,7 +352,7 @@ impl Tx for UnitTx<'_> {
         let due = self.sql()?.due(now, max)?;
         if due.is_empty() {
             // Nothing is due before the earliest deadline left.
-            let next = PgTx::new(self.conn, None).next_deadline()?;
+            let next = PgTx::new(self.conn).next_deadline()?;
             self.cache.floor = Some(next.map_or(Floor::Never, Floor::At));
         }
         Ok(due)
@@ -363,12 +363,7 @@ impl Tx for UnitTx<'_> {
     }
 
     fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
-        let buffer = &mut self.batch.events;
-        for event in events {
-            buffer.last_seq += 1;
-            event.seq = Some(buffer.last_seq as u64);
-            buffer.events.push(event.clone());
-        }
+        self.batch.events.record(events);
         Ok(())
     }
 

@@ -283,7 +283,7 @@ fn tail(options: &PostgresOptions, sequencer: &Sequencer, clock: &DbClock, stop:
                 }
             }
             if unannounced.is_none() {
-                let newest = PgTx::new(c, None).last_event_seq().unwrap_or(0);
+                let newest = PgTx::new(c).last_event_seq().unwrap_or(0);
                 if newest > announced {
                     unannounced = Some((newest, Instant::now()));
                 }
@@ -300,7 +300,7 @@ fn catch_up(conn: &mut Conn, sequencer: &Sequencer, durable: u64) -> Result<(), 
         if after >= durable {
             return Ok(());
         }
-        let mut page = PgTx::new(conn, None).query_events(&EventQuery {
+        let mut page = PgTx::new(conn).query_events(&EventQuery {
             after: Some(after),
             limit: 1000,
             ..EventQuery::default()

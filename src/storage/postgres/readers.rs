@@ -83,6 +83,6 @@ fn serve(options: &PostgresOptions, queue: &Mutex<Receiver<Job>>) {
 
 fn read_once(conn: &mut Conn, work: &mut Work) -> Result<(), StoreError> {
     conn.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
-    work(&mut PgTx::new(conn, None))?;
+    work(&mut PgTx::new(conn))?;
     conn.batch("COMMIT")
 }

@@ -1,9 +1,9 @@
 //! A unit of work's view of a PostgreSQL connection: the `Tx` impl, with
 //! the SQL of every read and write and the per-unit caches (sessions read,
 //! participants loaded). It runs inside a transaction or savepoint that the
-//! store opened, and never begins or commits one itself. Recorded events
-//! are numbered here from the batch's counter and inserted by the writer
-//! when the batch ends (one statement for the whole batch).
+//! store opened, and never begins or commits one itself. It records no
+//! events: a write's unit (`cache::UnitTx`) numbers them in its batch's
+//! `EventBuffer`, and the writer inserts them with the batch.
 
 use postgres::Row;
 use std::collections::{BTreeSet, HashMap};
@@ -20,10 +20,19 @@ pub(super) struct EventBuffer {
     pub(super) events: Vec<Event>,
 }
 
+impl EventBuffer {
+    /// Numbers `events` after the last `seq` handed out and keeps them.
+    pub(super) fn record(&mut self, events: &mut [Event]) {
+        for event in events {
+            self.last_seq += 1;
+            event.seq = Some(self.last_seq as u64);
+            self.events.push(event.clone());
+        }
+    }
+}
+
 pub(super) struct PgTx<'a> {
     pub(super) conn: &'a mut Conn,
-    /// Where a write's events go; `None` in a read, which records nothing.
-    pub(super) events: Option<&'a mut EventBuffer>,
     sessions: HashMap<String, Option<Session>>,
     /// The participants of each equipment as this unit loaded it, so saving
     /// can update the participant index without reading it back.
@@ -31,10 +40,9 @@ pub(super) struct PgTx<'a> {
 }
 
 impl<'a> PgTx<'a> {
-    pub(super) fn new(conn: &'a mut Conn, events: Option<&'a mut EventBuffer>) -> Self {
+    pub(super) fn new(conn: &'a mut Conn) -> Self {
         Self {
             conn,
-            events,
             sessions: HashMap::new(),
             loaded: HashMap::new(),
         }
@@ -240,18 +248,12 @@ impl Tx for PgTx<'_> {
         Ok(next.map(Timestamp::from_millis))
     }
 
-    fn record_events(&mut self, events: &mut [Event]) -> Result<(), StoreError> {
-        let Some(buffer) = self.events.as_deref_mut() else {
-            return Err(StoreError::Unavailable(
-                "a read cannot record events".into(),
-            ));
-        };
-        for event in events {
-            buffer.last_seq += 1;
-            event.seq = Some(buffer.last_seq as u64);
-            buffer.events.push(event.clone());
-        }
-        Ok(())
+    fn record_events(&mut self, _events: &mut [Event]) -> Result<(), StoreError> {
+        // Writes record through the writer's unit (`cache::UnitTx`), which
+        // numbers them in its batch; this view only reads.
+        Err(StoreError::Unavailable(
+            "a read cannot record events".into(),
+        ))
     }
 
     fn equipment_events(
