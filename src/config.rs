@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::api::edge::{CorsOrigins, Edge};
 use crate::auth::AuthMode;
 use crate::domain::Timeout;
-use crate::drivers::{EquipmentConfig, Instruments};
+use crate::drivers::{EquipmentConfig, GroupConfig, Instruments};
 use crate::service::Policy;
 use crate::telemetry::LogFormat;
 
@@ -260,6 +260,9 @@ pub struct ConfigFile {
     pub server: toml::Table,
     #[serde(default)]
     pub equipment: Vec<EquipmentConfig>,
+    /// `[[group]]` entries: instruments locked together under one id.
+    #[serde(default)]
+    pub group: Vec<GroupConfig>,
 }
 
 impl ConfigFile {
@@ -333,6 +336,8 @@ pub struct Settings {
     pub cleanup_interval: Duration,
     /// `None`: no config file, serve the demo instruments.
     pub equipment: Option<Vec<EquipmentConfig>>,
+    /// The config file's `[[group]]`s.
+    pub groups: Vec<GroupConfig>,
     /// The config file's directory: relative paths in it are taken from here.
     pub config_dir: PathBuf,
     /// `None`: required unless the server listens on loopback only.
@@ -358,6 +363,7 @@ impl Default for Settings {
             policy: Policy::default(),
             cleanup_interval: Duration::from_secs(10),
             equipment: None,
+            groups: Vec::new(),
             config_dir: PathBuf::from("."),
             auth: None,
             allow_insecure: false,
@@ -607,6 +613,7 @@ pub fn resolve(
         },
         cleanup_interval: Duration::from_secs_f64(cleanup),
         equipment: file.map(|f| f.equipment.clone()),
+        groups: file.map(|f| f.group.clone()).unwrap_or_default(),
         config_dir,
         auth: r.auth()?,
         allow_insecure: r.boolean(&ALLOW_INSECURE, false)?,

@@ -105,7 +105,8 @@ pub struct Server {
 impl Server {
     pub async fn build(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let instruments =
-            Instruments::from_configs(&settings.equipment_configs(), &settings.config_dir)?;
+            Instruments::from_configs(&settings.equipment_configs(), &settings.config_dir)?
+                .with_groups(&settings.groups)?;
         if settings.equipment.is_none() {
             tracing::info!(
                 "no config file: serving the demo instruments ps_abc123 (sim-psu), scope_123 (sim-scope), load_1 (sim-load)"

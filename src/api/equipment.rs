@@ -24,12 +24,25 @@ pub struct EquipmentSummary {
     pub name: String,
     pub driver: String,
     pub model: String,
+    /// What it is, for pools (`any_of: {"tags": [...]}` on acquire).
+    pub tags: Vec<String>,
+}
+
+/// A configured lock group: acquire and release it by `group_id` like an
+/// instrument; it is granted only with every member.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSummary {
+    pub group_id: String,
+    pub name: String,
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EquipmentList {
     pub equipment: Vec<EquipmentSummary>,
     pub count: usize,
+    /// The configured lock groups (`[[group]]`).
+    pub groups: Vec<GroupSummary>,
 }
 
 #[utoipa::path(get, path = "/api/equipment/list", tag = "equipment", operation_id = "list_equipment",
@@ -43,11 +56,22 @@ pub async fn list(State(app): State<AppState>) -> Json<EquipmentList> {
             name: i.name.clone(),
             driver: i.driver.driver_name().into(),
             model: i.driver.model(),
+            tags: i.tags.clone(),
+        })
+        .collect();
+    let groups = app
+        .named_groups()
+        .iter()
+        .map(|g| GroupSummary {
+            group_id: g.id.to_string(),
+            name: g.name.clone(),
+            members: g.members.iter().map(|m| m.to_string()).collect(),
         })
         .collect();
     Json(EquipmentList {
         count: equipment.len(),
         equipment,
+        groups,
     })
 }
 

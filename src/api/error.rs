@@ -114,6 +114,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         NotLocked { .. } => (StatusCode::NOT_FOUND, "not_locked"),
         NotQueued { .. } => (StatusCode::NOT_FOUND, "not_queued"),
         CannotTrade(_) => (StatusCode::CONFLICT, "cannot_trade"),
+        GroupConflict { .. } => (StatusCode::CONFLICT, "group_conflict"),
         SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
         StaleFencingToken { .. } | UnissuedFencingToken { .. } => {
             (StatusCode::CONFLICT, "stale_fencing_token")

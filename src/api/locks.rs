@@ -16,18 +16,33 @@ use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, Id, equipment_in_path};
+use crate::domain::group::GroupOutcome;
 use crate::domain::priority::{MAX_PRIORITY, MIN_PRIORITY, checked as checked_priority};
 use crate::domain::{
     AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
     Timestamp,
 };
-use crate::service::{AcquireInput, ClientInfo, ExpiryReport};
+use crate::service::{
+    AcquireInput, At, ClientInfo, ExpiryReport, GroupAcquired, GroupAsk, GroupTarget,
+};
 use crate::storage::EventQuery;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcquireBody {
-    #[schema(value_type = Id, example = "ps_abc123")]
-    pub equipment_id: String,
+    /// The instrument, or a configured lock group's id. Required unless
+    /// `equipment_ids` or `any_of` is given.
+    #[schema(value_type = Option<Id>, example = "ps_abc123")]
+    #[serde(default)]
+    pub equipment_id: Option<String>,
+    /// A lock group: every one of these instruments, granted all at once
+    /// or not at all (with `equipment_id` naming one more, or a group).
+    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[serde(default)]
+    pub equipment_ids: Option<Vec<String>>,
+    /// A pool: any one free instrument among these (its tags, or its
+    /// ids), alone or with the group named by the other fields.
+    #[serde(default)]
+    pub any_of: Option<AnyOf>,
     /// A session that is not live is opened for the caller (implicit
     /// sessions, unless LABLINK_IMPLICIT_SESSIONS=false).
     #[schema(value_type = Id)]
@@ -69,6 +84,102 @@ pub struct AcquireBody {
     pub claim_within_seconds: Option<f64>,
 }
 
+/// A pool: the instruments an acquire may get any one of.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnyOf {
+    /// Instruments that have every one of these tags (`tags` in
+    /// `[[equipment]]`).
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub tags: Option<Vec<String>>,
+    /// Instruments by id.
+    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[serde(default)]
+    pub equipment_ids: Option<Vec<String>>,
+}
+
+/// The most instruments one group or pool request may name.
+const MAX_GROUP_IDS: usize = 64;
+/// The most tags one pool request may name.
+const MAX_POOL_TAGS: usize = 16;
+
+/// `raw` as equipment ids, at most `MAX_GROUP_IDS`.
+fn equipment_ids(field: &str, raw: &[String]) -> Result<Vec<EquipmentId>, ApiError> {
+    if raw.len() > MAX_GROUP_IDS {
+        return Err(ApiError::unprocessable(
+            "invalid_parameter",
+            format!("`{field}` may list at most {MAX_GROUP_IDS} instruments"),
+        ));
+    }
+    Ok(raw
+        .iter()
+        .map(|id| EquipmentId::parse(id))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The lock group or pool `body` asks for, if it asks for one: several
+/// instruments, a pool, or a configured group's id as `equipment_id`.
+fn group_ask(app: &AppState, body: &AcquireBody) -> Result<Option<GroupAsk>, ApiError> {
+    let named = body
+        .equipment_id
+        .as_deref()
+        .map(EquipmentId::parse)
+        .transpose()?;
+    let group = named.as_ref().and_then(|id| app.named_group(id));
+    if group.is_none() && body.equipment_ids.is_none() && body.any_of.is_none() {
+        return Ok(None);
+    }
+    let mut ask = GroupAsk::default();
+    match (group, named) {
+        (Some(group), _) if body.equipment_ids.is_some() => {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                format!(
+                    "`equipment_id` names the lock group {}: list extra instruments in `any_of`, not `equipment_ids`",
+                    group.id
+                ),
+            ));
+        }
+        (Some(group), _) => {
+            ask.name = Some(group.id.clone());
+            ask.members = group.members.clone();
+        }
+        (None, Some(id)) => ask.members.push(id),
+        (None, None) => {}
+    }
+    if let Some(ids) = &body.equipment_ids {
+        ask.members.extend(equipment_ids("equipment_ids", ids)?);
+    }
+    if let Some(pool) = &body.any_of {
+        let tags = pool.tags.clone().unwrap_or_default();
+        if tags.len() > MAX_POOL_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                format!("`any_of.tags` must be at most {MAX_POOL_TAGS} tags of 1 to 64 characters"),
+            ));
+        }
+        ask.any_of = equipment_ids(
+            "any_of.equipment_ids",
+            pool.equipment_ids.as_deref().unwrap_or_default(),
+        )?;
+        if tags.is_empty() && ask.any_of.is_empty() {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                "`any_of` needs `tags` or `equipment_ids`",
+            ));
+        }
+        ask.any_of_tags = tags;
+    }
+    if ask.members.is_empty() && ask.any_of.is_empty() && ask.any_of_tags.is_empty() {
+        return Err(ApiError::unprocessable(
+            "invalid_parameter",
+            "`equipment_ids` lists no instrument",
+        ));
+    }
+    Ok(Some(ask))
+}
+
 /// The longest an acquire may wait for its turn.
 const MAX_WAIT_SECONDS: f64 = 3600.0;
 
@@ -86,6 +197,74 @@ pub struct AcquireResponse {
     /// Observers now holding the equipment (observer grants only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observer_count: Option<usize>,
+    /// A lock group or pool request: its id (release it with it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// A lock group or pool request: one lock per instrument granted
+    /// (`lock` is also set when that is a single one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locks: Option<Vec<LockView>>,
+    /// A lock group or pool request that waits: its place in each
+    /// instrument's queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_entries: Option<Vec<QueueEntryView>>,
+}
+
+impl AcquireResponse {
+    fn for_group(at: &At<GroupAcquired>) -> Self {
+        let group_id = at.value.outcome.group().map(|g| g.group_id.clone());
+        match &at.value.outcome {
+            GroupOutcome::Locked(held) | GroupOutcome::Refreshed(held) => {
+                let locks: Vec<LockView> = held
+                    .iter()
+                    .map(|(id, grant)| LockView::new(id, grant, at.now))
+                    .collect();
+                Self {
+                    success: true,
+                    status: if matches!(at.value.outcome, GroupOutcome::Locked(_)) {
+                        "locked"
+                    } else {
+                        "refreshed"
+                    },
+                    message: None,
+                    lock: (held.len() == 1).then(|| LockView::new(&held[0].0, &held[0].1, at.now)),
+                    queue_entry: None,
+                    observer_count: None,
+                    group_id,
+                    locks: Some(locks),
+                    queue_entries: None,
+                }
+            }
+            GroupOutcome::Queued(places) => {
+                let waiting_for: Vec<String> = places
+                    .iter()
+                    .filter_map(|(id, _, _)| {
+                        let locks = at.value.bench.get(id)?;
+                        Some(match locks.holder() {
+                            Some(holder) => format!("{id} (locked by session {holder})"),
+                            None => id.to_string(),
+                        })
+                    })
+                    .collect();
+                Self {
+                    success: false,
+                    status: "queued",
+                    message: Some(format!("Waiting for {}", waiting_for.join(", "))),
+                    lock: None,
+                    queue_entry: None,
+                    observer_count: None,
+                    group_id,
+                    locks: None,
+                    queue_entries: Some(
+                        places
+                            .iter()
+                            .map(|(id, entry, position)| QueueEntryView::new(id, entry, *position))
+                            .collect(),
+                    ),
+                }
+            }
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/locks/acquire", tag = "locks", operation_id = "acquire_lock",
@@ -111,9 +290,26 @@ pub async fn acquire(
             .map(|ua| ua.chars().take(MAX_TEXT).collect()),
         ip: Some(peer.ip().to_string()),
     };
+    let group = group_ask(&app, &body)?;
+    let equipment_id = match (&body.equipment_id, &group) {
+        (Some(id), _) => EquipmentId::parse(id)?,
+        (None, Some(ask)) => ask
+            .members
+            .first()
+            .or(ask.any_of.first())
+            .cloned()
+            .unwrap_or_else(|| EquipmentId::parse("pool").expect("a valid id")),
+        (None, None) => {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                "name the instrument: `equipment_id` (or `equipment_ids`, `any_of` for a group or pool)",
+            ));
+        }
+    };
     let input = AcquireInput {
         actor,
-        equipment_id: EquipmentId::parse(&body.equipment_id)?,
+        // A group or pool request's instruments are in `group`.
+        equipment_id,
         session_id: SessionId::parse(&body.session_id)?,
         mode: body.lock_mode.unwrap_or_default(),
         timeout: body
@@ -173,6 +369,10 @@ pub async fn acquire(
             ));
         }
     };
+    if let Some(ask) = group {
+        let at = app.acquire_group_waiting(input, ask, wait).await?;
+        return Ok(Json(AcquireResponse::for_group(&at)));
+    }
     let at = app.acquire_waiting(input, wait).await?;
     let locks = &at.value.locks;
     let equipment = &locks.equipment_id;
@@ -190,6 +390,9 @@ pub async fn acquire(
             lock: Some(LockView::new(equipment, grant, at.now)),
             queue_entry: None,
             observer_count: observer_count(grant.mode),
+            group_id: grant.group.as_ref().map(|g| g.group_id.clone()),
+            locks: None,
+            queue_entries: None,
         },
         AcquireOutcome::Queued { entry, position } => AcquireResponse {
             success: false,
@@ -201,6 +404,9 @@ pub async fn acquire(
             lock: None,
             queue_entry: Some(QueueEntryView::new(equipment, entry, *position)),
             observer_count: None,
+            group_id: entry.group.as_ref().map(|g| g.group_id.clone()),
+            locks: None,
+            queue_entries: None,
         },
     };
     Ok(Json(response))
@@ -208,8 +414,20 @@ pub async fn acquire(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReleaseBody {
-    #[schema(value_type = Id, example = "ps_abc123")]
-    pub equipment_id: String,
+    /// The instrument (releasing a lock group's member releases the whole
+    /// group), or a configured lock group's id. Required unless
+    /// `equipment_ids` or `group_id` is given.
+    #[schema(value_type = Option<Id>, example = "ps_abc123")]
+    #[serde(default)]
+    pub equipment_id: Option<String>,
+    /// A lock group by the instruments it was acquired with.
+    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[serde(default)]
+    pub equipment_ids: Option<Vec<String>>,
+    /// A lock group or pool request by its `group_id`.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub group_id: Option<String>,
     /// The releasing session; for a forced release, whoever forces it
     /// (recorded as `forced_by`).
     #[schema(value_type = Id)]
@@ -225,7 +443,49 @@ pub struct ReleaseResponse {
     /// "released", "observer_released" or "dequeued".
     pub status: &'static str,
     pub was_forced: bool,
+    /// The instrument; for a lock group, its configured id or first member.
     pub equipment_id: String,
+    /// A lock group's release: its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// A lock group's release: every instrument it held or waited for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equipment_ids: Option<Vec<String>>,
+}
+
+fn release_status(outcome: &ReleaseOutcome) -> (&'static str, bool) {
+    match outcome {
+        ReleaseOutcome::Released { was_forced } => ("released", *was_forced),
+        ReleaseOutcome::ObserverReleased => ("observer_released", false),
+        ReleaseOutcome::Dequeued => ("dequeued", false),
+    }
+}
+
+/// The lock group a release names, if it names one.
+fn group_target(app: &AppState, body: &ReleaseBody) -> Result<Option<GroupTarget>, ApiError> {
+    if let Some(id) = &body.group_id {
+        if id.is_empty() || id.len() > 64 {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                "`group_id` must be the 1 to 64 characters an acquire answered",
+            ));
+        }
+        return Ok(Some(GroupTarget::Id(id.clone())));
+    }
+    if let Some(ids) = &body.equipment_ids {
+        let mut ids = equipment_ids("equipment_ids", ids)?;
+        if let Some(id) = &body.equipment_id {
+            ids.push(EquipmentId::parse(id)?);
+        }
+        return Ok(Some(GroupTarget::Members(ids)));
+    }
+    let named = body
+        .equipment_id
+        .as_deref()
+        .map(EquipmentId::parse)
+        .transpose()?
+        .filter(|id| app.named_group(id).is_some());
+    Ok(named.map(|id| GroupTarget::Members(vec![id])))
 }
 
 #[utoipa::path(post, path = "/api/locks/release", tag = "locks", operation_id = "release_lock",
@@ -240,21 +500,41 @@ pub async fn release(
     Caller(actor): Caller,
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> ApiResult<ReleaseResponse> {
-    let equipment = EquipmentId::parse(&body.equipment_id)?;
     let session = SessionId::parse(&body.session_id)?;
-    let at = app
-        .release(&equipment, &session, body.force.unwrap_or(false), &actor)
-        .await?;
-    let (status, was_forced) = match at.value {
-        ReleaseOutcome::Released { was_forced } => ("released", was_forced),
-        ReleaseOutcome::ObserverReleased => ("observer_released", false),
-        ReleaseOutcome::Dequeued => ("dequeued", false),
+    let force = body.force.unwrap_or(false);
+    if let Some(target) = group_target(&app, &body)? {
+        let named = match &target {
+            GroupTarget::Members(ids) if ids.len() == 1 => Some(ids[0].to_string()),
+            _ => None,
+        };
+        let at = app.release_group(target, &session, force, &actor).await?;
+        let (status, was_forced) = release_status(&at.value.outcome);
+        let ids: Vec<String> = at.value.equipment.iter().map(|i| i.to_string()).collect();
+        return Ok(Json(ReleaseResponse {
+            success: true,
+            status,
+            was_forced,
+            equipment_id: named.unwrap_or_else(|| ids[0].clone()),
+            group_id: Some(at.value.group_id),
+            equipment_ids: Some(ids),
+        }));
+    }
+    let Some(equipment) = &body.equipment_id else {
+        return Err(ApiError::unprocessable(
+            "invalid_parameter",
+            "name what to release: `equipment_id` (or `equipment_ids`, `group_id` for a lock group)",
+        ));
     };
+    let equipment = EquipmentId::parse(equipment)?;
+    let at = app.release(&equipment, &session, force, &actor).await?;
+    let (status, was_forced) = release_status(&at.value);
     Ok(Json(ReleaseResponse {
         success: true,
         status,
         was_forced,
         equipment_id: equipment.to_string(),
+        group_id: None,
+        equipment_ids: None,
     }))
 }
 

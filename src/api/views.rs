@@ -69,6 +69,13 @@ pub struct LockView {
     /// claimed (or when no claim is needed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim_by: Option<String>,
+    /// The lock group (or pool request) this lock is one member of: all
+    /// its members are held, renewed and released together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The configured group (`[[group]]`) it was acquired as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_name: Option<String>,
 }
 
 impl LockView {
@@ -87,6 +94,11 @@ impl LockView {
             user: g.holder.user.clone(),
             client_name: g.holder.client_name.clone(),
             claim_by: g.claim_by.map(Timestamp::to_rfc3339),
+            group_id: g.group.as_ref().map(|g| g.group_id.clone()),
+            group_name: g
+                .group
+                .as_ref()
+                .and_then(|g| g.name.as_ref().map(|n| n.to_string())),
         }
     }
 }
@@ -111,6 +123,10 @@ pub struct QueueEntryView {
     /// When the place is dropped unless granted first (`max_wait_seconds`);
     /// null: it waits as long as it takes.
     pub wait_expires_at: Option<String>,
+    /// The lock group (or pool request) this place is one of: it waits in
+    /// each of its instruments' queues at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 impl QueueEntryView {
@@ -127,6 +143,7 @@ impl QueueEntryView {
             client_name: e.holder.client_name.clone(),
             priority: e.priority,
             wait_expires_at: e.wait_deadline.map(|at| at.to_rfc3339()),
+            group_id: e.group.as_ref().map(|g| g.group_id.clone()),
         }
     }
 
@@ -165,6 +182,9 @@ pub struct LockStatusView {
     /// service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceView>,
+    /// The lock group the exclusive holder holds it as part of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 /// An equipment out of service.
@@ -218,6 +238,9 @@ impl LockStatusView {
             user: holder.and_then(|g| g.holder.user.clone()),
             client_name: holder.and_then(|g| g.holder.client_name.clone()),
             maintenance: locks.maintenance_at(now).map(MaintenanceView::new),
+            group_id: holder
+                .and_then(|g| g.group.as_ref())
+                .map(|g| g.group_id.clone()),
         }
     }
 }

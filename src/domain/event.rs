@@ -150,6 +150,23 @@ pub enum EndReason {
     Removed,
     /// A lock from the queue was not claimed within its window.
     ClaimExpired,
+    /// A pool request's other places, once it was granted one instrument.
+    GrantedElsewhere,
+}
+
+impl EndReason {
+    /// Whether the holder lost it without asking (its client then hears
+    /// `lock_lost`).
+    pub fn is_involuntary(self) -> bool {
+        matches!(
+            self,
+            Self::Timeout
+                | Self::SessionExpired
+                | Self::Forced
+                | Self::ExclusiveGranted
+                | Self::ClaimExpired
+        )
+    }
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -213,6 +230,9 @@ pub struct Event {
     /// that was not live (semantics.md, Sessions 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implicit: Option<bool>,
+    /// The lock group (or pool request) this lock or place belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
 }
 
 impl Event {
@@ -239,6 +259,7 @@ impl Event {
             message: None,
             priority: None,
             implicit: None,
+            group_id: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use super::DomainError;
 use super::access::Actor;
 use super::event::{EndReason, Event, EventKind};
+use super::group::GroupRef;
 use super::ids::{EquipmentId, SessionId};
 use super::priority;
 use super::time::{Timeout, Timestamp, is_live};
@@ -64,6 +65,9 @@ pub struct Grant {
     /// renews, commands or asks again before this, it passes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_by: Option<Timestamp>,
+    /// The lock group this lock is one member of (see `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
 }
 
 /// Who a lock or queue place belongs to, as shown to people.
@@ -128,6 +132,10 @@ pub struct QueueEntry {
     /// The waiter it offered to swap places with, until that one agrees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_offer: Option<SessionId>,
+    /// The lock group or pool request this place is one of (see `group`):
+    /// it waits in each instrument's queue at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupRef>,
 }
 
 impl QueueEntry {
@@ -138,7 +146,7 @@ impl QueueEntry {
     }
 
     /// Where this entry goes in the queue (see `priority::service_key`).
-    fn service_key(&self, aging_ms: u64) -> (i64, i64) {
+    pub(super) fn service_key(&self, aging_ms: u64) -> (i64, i64) {
         self.traded_key
             .unwrap_or_else(|| priority::service_key(self.priority, self.queued_at, aging_ms))
     }
@@ -350,7 +358,7 @@ impl EquipmentLocks {
         self.lost.iter().rev().find(|l| &l.session_id == session)
     }
 
-    fn remember_loss(&mut self, grant: &Grant, reason: EndReason) {
+    pub(super) fn remember_loss(&mut self, grant: &Grant, reason: EndReason) {
         self.lost.retain(|l| l.session_id != grant.session_id);
         if self.lost.len() == REMEMBERED_LOSSES {
             self.lost.pop_front();
@@ -368,6 +376,7 @@ impl EquipmentLocks {
         mode: LockMode,
         timeout: Timeout,
         holder: &Holder,
+        group: Option<&GroupRef>,
         now: Timestamp,
     ) -> Grant {
         self.fencing_counter += 1;
@@ -382,10 +391,11 @@ impl EquipmentLocks {
             fencing_token: self.fencing_counter,
             holder: holder.clone(),
             claim_by: None,
+            group: group.cloned(),
         }
     }
 
-    fn event(&self, kind: EventKind, session: &SessionId, now: Timestamp) -> Event {
+    pub(super) fn event(&self, kind: EventKind, session: &SessionId, now: Timestamp) -> Event {
         let mut e = Event::new(kind, now);
         e.equipment_id = Some(self.equipment_id.clone());
         e.session_id = Some(session.clone());
@@ -399,10 +409,11 @@ impl EquipmentLocks {
         e.lock_id = Some(grant.lock_id.clone());
         e.fencing_token = Some(grant.fencing_token);
         e.timeout_seconds = Some(grant.timeout.as_seconds());
+        e.group_id = grant.group.as_ref().map(|g| g.group_id.clone());
         e
     }
 
-    fn ended_event(
+    pub(super) fn ended_event(
         &self,
         kind: EventKind,
         grant: &Grant,
@@ -429,20 +440,12 @@ impl EquipmentLocks {
 
         // The exclusive holder asking again, in either mode, keeps its
         // exclusive lock with a fresh lease and the new timeout.
-        if let Some(grant) = self.exclusive.as_mut().filter(|g| &g.session_id == session) {
-            grant.touch(now);
-            grant.timeout = req.timeout;
-            let grant = grant.clone();
-            events.push(self.grant_event(EventKind::LockRefreshed, &grant, now));
-            return Ok(AcquireOutcome::Refreshed(grant));
-        }
-        let own_observer = self.observers.iter().position(|g| &g.session_id == session);
-        if let (Some(i), LockMode::Observer) = (own_observer, req.mode) {
-            let grant = &mut self.observers[i];
-            grant.touch(now);
-            grant.timeout = req.timeout;
-            let grant = grant.clone();
-            events.push(self.grant_event(EventKind::LockRefreshed, &grant, now));
+        if self.holder() == Some(session)
+            || (req.mode == LockMode::Observer && self.grant_of(session).is_some())
+        {
+            let grant = self
+                .refresh(session, req.timeout, now, events)
+                .expect("it holds a lock here");
             return Ok(AcquireOutcome::Refreshed(grant));
         }
         if let Some(position) = self.position_of(session) {
@@ -460,7 +463,15 @@ impl EquipmentLocks {
         // Free: nobody holds it exclusively and nobody waits. Observers do
         // not make it busy for an exclusive request; they are revoked.
         if !out_of_service && self.exclusive.is_none() && (self.queue.is_empty() || servicing) {
-            let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
+            let grant = self.grant_now(
+                session,
+                req.mode,
+                req.timeout,
+                &req.holder,
+                None,
+                now,
+                events,
+            );
             return Ok(AcquireOutcome::Locked(grant));
         }
         // Where it would wait: behind everyone served before it (equal
@@ -490,7 +501,15 @@ impl EquipmentLocks {
             && (req.mode == LockMode::Observer
                 || self.observers.iter().all(|g| &g.session_id == session))
         {
-            let grant = self.grant_now(session, req.mode, req.timeout, &req.holder, now, events);
+            let grant = self.grant_now(
+                session,
+                req.mode,
+                req.timeout,
+                &req.holder,
+                None,
+                now,
+                events,
+            );
             return Ok(AcquireOutcome::Locked(grant));
         }
 
@@ -515,10 +534,48 @@ impl EquipmentLocks {
                 equipment: self.equipment_id.clone(),
             });
         }
+        let entry = self.enqueue(req, place, arrived, None, now, events);
+        Ok(AcquireOutcome::Queued {
+            entry,
+            position: place + 1,
+        })
+    }
+
+    /// `session`'s lock here with a fresh lease and `timeout` (its holder
+    /// asked again), if it holds one.
+    pub(super) fn refresh(
+        &mut self,
+        session: &SessionId,
+        timeout: Timeout,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Option<Grant> {
+        let grant = self
+            .exclusive
+            .iter_mut()
+            .chain(self.observers.iter_mut())
+            .find(|g| &g.session_id == session)?;
+        grant.touch(now);
+        grant.timeout = timeout;
+        let grant = grant.clone();
+        events.push(self.grant_event(EventKind::LockRefreshed, &grant, now));
+        Some(grant)
+    }
+
+    /// Puts `req` in the queue at index `place`, arrived at `arrived`.
+    pub(super) fn enqueue(
+        &mut self,
+        req: &LockRequest,
+        place: usize,
+        arrived: Timestamp,
+        group: Option<&GroupRef>,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> QueueEntry {
         self.queue_counter += 1;
         let entry = QueueEntry {
             queue_id: format!("queue_{}_{}", self.equipment_id, self.queue_counter),
-            session_id: session.clone(),
+            session_id: req.session_id.clone(),
             mode: req.mode,
             timeout: req.timeout,
             queued_at: arrived,
@@ -528,35 +585,73 @@ impl EquipmentLocks {
             claim_within: req.claim_within,
             traded_key: None,
             swap_offer: None,
+            group: group.cloned(),
         };
         self.queue.insert(place, entry.clone());
-        let position = place + 1;
-        let mut e = self.event(EventKind::Queued, session, now);
+        let mut e = self.event(EventKind::Queued, &req.session_id, now);
         e.lock_mode = Some(req.mode);
         e.queue_id = Some(entry.queue_id.clone());
-        e.position = Some(position);
+        e.position = Some(place + 1);
         e.holder_user = req.holder.user.clone();
         e.timeout_seconds = Some(req.timeout.as_seconds());
         e.priority = (req.priority != 0).then_some(req.priority);
         e.expires_at = entry.wait_deadline;
+        e.group_id = group.map(|g| g.group_id.clone());
         events.push(e);
-        Ok(AcquireOutcome::Queued { entry, position })
+        entry
+    }
+
+    /// Removes the places that match `which`, each with a `dequeued` event
+    /// giving `reason`.
+    pub(super) fn drop_places(
+        &mut self,
+        which: &dyn Fn(&QueueEntry) -> bool,
+        reason: EndReason,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) {
+        let (gone, kept): (VecDeque<QueueEntry>, VecDeque<QueueEntry>) =
+            std::mem::take(&mut self.queue)
+                .into_iter()
+                .partition(|e| which(e));
+        self.queue = kept;
+        for entry in gone {
+            let mut e = self.event(EventKind::Dequeued, &entry.session_id, now);
+            e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
+            e.lock_mode = Some(entry.mode);
+            e.queue_id = Some(entry.queue_id);
+            e.holder_user = entry.holder.user;
+            e.reason = Some(reason);
+            events.push(e);
+        }
+    }
+
+    /// Removes and returns the grants that match `which`.
+    pub(super) fn take_grants(&mut self, which: impl Fn(&Grant) -> bool) -> Vec<Grant> {
+        let mut taken: Vec<Grant> = self.exclusive.take_if(|g| which(g)).into_iter().collect();
+        let (gone, kept): (Vec<Grant>, Vec<Grant>) = std::mem::take(&mut self.observers)
+            .into_iter()
+            .partition(|g| which(g));
+        self.observers = kept;
+        taken.extend(gone);
+        taken
     }
 
     /// Grants `mode` to `session` on equipment with no exclusive holder.
     /// An exclusive grant revokes every other observer and absorbs the
     /// session's own observer lock (an upgrade).
-    fn grant_now(
+    pub(super) fn grant_now(
         &mut self,
         session: &SessionId,
         mode: LockMode,
         timeout: Timeout,
         holder: &Holder,
+        group: Option<&GroupRef>,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> Grant {
         debug_assert!(self.exclusive.is_none());
-        let grant = self.new_grant(session, mode, timeout, holder, now);
+        let grant = self.new_grant(session, mode, timeout, holder, group, now);
         match mode {
             LockMode::Observer => {
                 events.push(self.grant_event(EventKind::ObserverLockAcquired, &grant, now));
@@ -686,6 +781,7 @@ impl EquipmentLocks {
                 .remove(position - 1)
                 .expect("position is in range");
             let mut e = self.event(EventKind::Dequeued, session, now);
+            e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
             e.lock_mode = Some(entry.mode);
             e.queue_id = Some(entry.queue_id);
             e.reason = Some(EndReason::Released);
@@ -757,6 +853,7 @@ impl EquipmentLocks {
             .remove(position - 1)
             .expect("position is in range");
         let mut e = self.event(EventKind::Dequeued, session, now);
+        e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
         e.lock_mode = Some(entry.mode);
         e.queue_id = Some(entry.queue_id.clone());
         e.reason = Some(EndReason::Removed);
@@ -838,6 +935,7 @@ impl EquipmentLocks {
                 self.equipment_id
             )));
         }
+        self.tradable(position - 1, position)?;
         self.trade(position - 1, position, policy);
         let mut e = self.event(EventKind::QueueSteppedBack, session, now);
         e.position = Some(position + 1);
@@ -864,6 +962,7 @@ impl EquipmentLocks {
                 "a waiter cannot swap places with itself".into(),
             ));
         }
+        self.tradable(mine - 1, theirs - 1)?;
         if self.queue[theirs - 1].swap_offer.as_ref() != Some(session) {
             self.queue[mine - 1].swap_offer = Some(other.clone());
             return Ok((false, mine));
@@ -885,6 +984,19 @@ impl EquipmentLocks {
                 equipment: self.equipment_id.clone(),
                 session: session.clone(),
             })
+    }
+
+    /// A lock group or pool request keeps one place in the global order
+    /// across all its queues; trading it in one queue would let two groups
+    /// wait on each other, so it never trades.
+    fn tradable(&self, a: usize, b: usize) -> Result<(), DomainError> {
+        match [a, b].into_iter().find(|i| self.queue[*i].group.is_some()) {
+            Some(i) => Err(DomainError::CannotTrade(format!(
+                "session {} waits for {} as part of a lock group or pool: group places are never traded",
+                self.queue[i].session_id, self.equipment_id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Swaps the entries at `a` and `b` with their service keys, so the
@@ -1160,6 +1272,7 @@ impl EquipmentLocks {
         self.queue = others;
         for entry in mine {
             let mut e = self.event(EventKind::Dequeued, session, now);
+            e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
             e.lock_mode = Some(entry.mode);
             e.queue_id = Some(entry.queue_id);
             e.reason = Some(reason);
@@ -1183,6 +1296,7 @@ impl EquipmentLocks {
         self.queue = waiting;
         for entry in overdue {
             let mut e = self.event(EventKind::QueueTimeout, &entry.session_id, now);
+            e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
             e.lock_mode = Some(entry.mode);
             e.queue_id = Some(entry.queue_id);
             e.holder_user = entry.holder.user;
@@ -1196,7 +1310,7 @@ impl EquipmentLocks {
     /// Locks 7). Entries of sessions that are no longer live are dropped.
     /// An exclusive head waits for every other observer to leave: observers
     /// granted from the queue are not revoked by the waiter behind them.
-    fn advance_queue(
+    pub(super) fn advance_queue(
         &mut self,
         now: Timestamp,
         live: &mut dyn FnMut(&SessionId) -> bool,
@@ -1211,11 +1325,18 @@ impl EquipmentLocks {
             if !live(&head.session_id) {
                 let entry = self.queue.pop_front().expect("head exists");
                 let mut e = self.event(EventKind::Dequeued, &entry.session_id, now);
+                e.group_id = entry.group.as_ref().map(|g| g.group_id.clone());
                 e.lock_mode = Some(entry.mode);
                 e.queue_id = Some(entry.queue_id);
                 e.reason = Some(EndReason::SessionNotLive);
                 events.push(e);
                 continue;
+            }
+            // A lock group or pool request at the head is granted across
+            // its instruments at once (`group::try_grant`); nobody behind
+            // it goes first.
+            if head.group.is_some() {
+                break;
             }
             if head.mode == LockMode::Exclusive
                 && self
@@ -1226,38 +1347,53 @@ impl EquipmentLocks {
                 break;
             }
             let entry = self.queue.pop_front().expect("head exists");
-            let mut granted = Vec::new();
-            let mut grant = self.grant_now(
-                &entry.session_id,
-                entry.mode,
-                entry.timeout,
-                &entry.holder,
-                now,
-                &mut granted,
-            );
-            if let Some(claim_by) = entry.claim_within.deadline_after(now) {
-                grant.claim_by = Some(claim_by);
-                let held = self
-                    .exclusive
-                    .iter_mut()
-                    .chain(self.observers.iter_mut())
-                    .find(|g| g.lock_id == grant.lock_id);
-                if let Some(held) = held {
-                    held.claim_by = Some(claim_by);
-                }
-            }
-            // A hand-off is recorded as one `queue_processed` event; the
-            // grant's own acquired event is folded into it.
-            events.extend(granted.into_iter().filter(|e| {
-                !matches!(
-                    e.event,
-                    EventKind::LockAcquired | EventKind::ObserverLockAcquired
-                )
-            }));
-            let mut e = self.grant_event(EventKind::QueueProcessed, &grant, now);
-            e.queue_id = Some(entry.queue_id);
-            events.push(e);
+            let claim_by = entry.claim_within.deadline_after(now);
+            self.grant_from_queue(&entry, claim_by, now, events);
         }
+    }
+
+    /// Grants `entry`, taken off the queue, what it waited for; its holder
+    /// must claim it by `claim_by`, if given.
+    pub(super) fn grant_from_queue(
+        &mut self,
+        entry: &QueueEntry,
+        claim_by: Option<Timestamp>,
+        now: Timestamp,
+        events: &mut Vec<Event>,
+    ) -> Grant {
+        let mut granted = Vec::new();
+        let mut grant = self.grant_now(
+            &entry.session_id,
+            entry.mode,
+            entry.timeout,
+            &entry.holder,
+            entry.group.as_ref(),
+            now,
+            &mut granted,
+        );
+        if let Some(claim_by) = claim_by {
+            grant.claim_by = Some(claim_by);
+            let held = self
+                .exclusive
+                .iter_mut()
+                .chain(self.observers.iter_mut())
+                .find(|g| g.lock_id == grant.lock_id);
+            if let Some(held) = held {
+                held.claim_by = Some(claim_by);
+            }
+        }
+        // A hand-off is recorded as one `queue_processed` event; the
+        // grant's own acquired event is folded into it.
+        events.extend(granted.into_iter().filter(|e| {
+            !matches!(
+                e.event,
+                EventKind::LockAcquired | EventKind::ObserverLockAcquired
+            )
+        }));
+        let mut e = self.grant_event(EventKind::QueueProcessed, &grant, now);
+        e.queue_id = Some(entry.queue_id.clone());
+        events.push(e);
+        grant
     }
 }
 

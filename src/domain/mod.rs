@@ -7,6 +7,7 @@
 pub mod access;
 pub mod analytics;
 pub mod event;
+pub mod group;
 pub mod ids;
 pub mod lock;
 pub mod priority;
@@ -85,6 +86,13 @@ pub enum DomainError {
     },
     #[error("{0}")]
     CannotTrade(String),
+    #[error(
+        "session {session} already holds or waits for {equipment} outside this lock group or pool: release it first, or use another session"
+    )]
+    GroupConflict {
+        equipment: EquipmentId,
+        session: SessionId,
+    },
     #[error("session {0} not found: it never existed, ended, or expired; create a new one")]
     SessionNotFound(SessionId),
     #[error("equipment {equipment} is not locked: nothing to force-release")]
@@ -141,5 +149,6 @@ fn reason_text(reason: EndReason) -> &'static str {
         EndReason::WaitTimeout => "its max_wait_seconds passed",
         EndReason::Removed => "removed by an admin",
         EndReason::ClaimExpired => "not claimed within its claim window",
+        EndReason::GrantedElsewhere => "its pool request was granted another instrument",
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 pub use crate::domain::Access;
 pub use params::{ActionSpec, ParamError, ParamKind, ParamSpec, ParamValue, Params};
-pub use registry::{EquipmentConfig, Instrument, Instruments};
+pub use registry::{EquipmentConfig, GroupConfig, Instrument, Instruments, NamedGroup};
 
 /// What went wrong inside an instrument.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -24,8 +24,28 @@ pub struct EquipmentConfig {
     /// Who may lock it at all (user names, or `role:<role>`); absent: anyone.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// What it is, for pools (`any_of: {"tags": [...]}`): e.g. "psu", "30V".
+    #[serde(default)]
+    pub tags: Vec<String>,
     #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+/// One `[[group]]` entry: instruments locked together under one id.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub id: String,
+    pub name: Option<String>,
+    pub members: Vec<String>,
+}
+
+/// A configured lock group: acquired by its id like an instrument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedGroup {
+    pub id: EquipmentId,
+    pub name: String,
+    pub members: Vec<EquipmentId>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -44,6 +64,8 @@ pub enum RegistryError {
     BadId { id: String, message: String },
     #[error("equipment {id:?}: {message}")]
     BadAllowList { id: String, message: String },
+    #[error("group {id:?}: {message}")]
+    BadGroup { id: String, message: String },
 }
 
 /// A registered instrument. `serial` makes commands to it run one at a
@@ -55,11 +77,13 @@ pub struct Instrument {
     pub serial: tokio::sync::Mutex<()>,
     /// The allow list from the configuration (checked with authentication on).
     pub allow: Option<Vec<String>>,
+    pub tags: Vec<String>,
 }
 
 pub struct Instruments {
     by_id: HashMap<EquipmentId, Arc<Instrument>>,
     order: Vec<EquipmentId>,
+    groups: Vec<NamedGroup>,
 }
 
 fn bad_settings(config: &EquipmentConfig, message: String) -> RegistryError {
@@ -126,13 +150,73 @@ impl Instruments {
                 driver,
                 serial: tokio::sync::Mutex::new(()),
                 allow: config.allow.clone(),
+                tags: config.tags.clone(),
             };
             if by_id.insert(id.clone(), Arc::new(instrument)).is_some() {
                 return Err(RegistryError::DuplicateId(config.id.clone()));
             }
             order.push(id);
         }
-        Ok(Self { by_id, order })
+        Ok(Self {
+            by_id,
+            order,
+            groups: Vec::new(),
+        })
+    }
+
+    /// Adds the configured `[[group]]`s: each id unique among instruments
+    /// and groups, each member a distinct configured instrument.
+    pub fn with_groups(mut self, configs: &[GroupConfig]) -> Result<Self, RegistryError> {
+        for config in configs {
+            let bad = |message: String| RegistryError::BadGroup {
+                id: config.id.clone(),
+                message,
+            };
+            let id = EquipmentId::parse(&config.id).map_err(|e| bad(e.to_string()))?;
+            if self.contains(&id) || self.group(&id).is_some() {
+                return Err(bad(
+                    "the id is already used by an instrument or a group".into()
+                ));
+            }
+            if config.members.is_empty() {
+                return Err(bad("`members` lists no instrument".into()));
+            }
+            let mut members: Vec<EquipmentId> = Vec::new();
+            for raw in &config.members {
+                let member = EquipmentId::parse(raw)
+                    .ok()
+                    .filter(|m| self.contains(m))
+                    .ok_or_else(|| bad(format!("member {raw:?} is not a configured instrument")))?;
+                if members.contains(&member) {
+                    return Err(bad(format!("member {raw:?} is listed twice")));
+                }
+                members.push(member);
+            }
+            self.groups.push(NamedGroup {
+                name: config.name.clone().unwrap_or_else(|| config.id.clone()),
+                id,
+                members,
+            });
+        }
+        Ok(self)
+    }
+
+    /// A configured group by id.
+    pub fn group(&self, id: &EquipmentId) -> Option<&NamedGroup> {
+        self.groups.iter().find(|g| &g.id == id)
+    }
+
+    /// The configured groups, in configuration order.
+    pub fn groups(&self) -> &[NamedGroup] {
+        &self.groups
+    }
+
+    /// The instruments that have every one of `tags`, in configuration order.
+    pub fn tagged(&self, tags: &[String]) -> Vec<EquipmentId> {
+        self.iter()
+            .filter(|i| tags.iter().all(|t| i.tags.contains(t)))
+            .map(|i| i.id.clone())
+            .collect()
     }
 
     /// The three simulated instruments of the brief's examples.
@@ -142,6 +226,7 @@ impl Instruments {
             driver: driver.into(),
             name: Some(name.into()),
             allow: None,
+            tags: Vec::new(),
             settings: toml::Table::new(),
         };
         vec![

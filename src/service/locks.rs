@@ -3,7 +3,6 @@
 
 use super::inputs::too_many;
 use super::{AcquireInput, Acquired, At, ExpiryReport, Service, ServiceError};
-use crate::domain::DomainError;
 use crate::domain::lock::Holder;
 use crate::domain::{
     Actor, EquipmentId, EquipmentLocks, Event, LockRequest, ReleaseOutcome, SessionId, Timestamp,
@@ -21,14 +20,7 @@ impl Service {
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
         let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(move |uow| {
-            let (session, opened) = match uow.renew_if_live(&input.session_id, &input.actor)? {
-                Some(session) => (session, false),
-                None if uow.policy.implicit_sessions => {
-                    let id = &input.session_id;
-                    (uow.implicit_session(id, &input.actor, &input.client)?, true)
-                }
-                None => return Err(DomainError::SessionNotFound(input.session_id.clone()).into()),
-            };
+            let (session, opened) = uow.session_for_acquire(&input)?;
             let request = LockRequest {
                 session_id: input.session_id.clone(),
                 mode: input.mode,

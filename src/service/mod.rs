@@ -40,6 +40,7 @@ mod answers;
 mod commands;
 mod elsewhere;
 mod error;
+mod groups;
 mod history;
 pub use analytics::{AnalyticsInput, MAX_ANALYTICS_DAYS};
 pub use history::{PRUNE_STEP, Retention};
@@ -64,6 +65,7 @@ pub use answers::{
     SessionPage,
 };
 pub use error::ServiceError;
+pub use groups::{GroupAcquired, GroupAsk, GroupReleased, GroupTarget};
 pub use inputs::{
     AcquireInput, ClientInfo, CommandInput, DEFAULT_SESSION_PAGE, NewSession, Policy,
 };

@@ -57,6 +57,7 @@ impl Service {
                     Err(ServiceError::Store(e)) => return Err(e),
                     other => other,
                 };
+                uow.settle_groups()?;
                 let actor = uow.actor.clone();
                 for event in &mut uow.events[caused_from..] {
                     event.user = actor.clone();

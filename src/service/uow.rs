@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{ClientInfo, ExpiryReport, Policy, ServiceError};
+use super::{AcquireInput, ClientInfo, ExpiryReport, Policy, ServiceError};
 use crate::domain::DomainError;
 use crate::domain::{
     Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, LockMode, Session, SessionId,
@@ -255,6 +255,50 @@ impl Uow<'_> {
         }
         self.save_locks(&locks)?;
         Ok((locks, result))
+    }
+
+    /// Runs `change` on an equipment's locks and saves them if it answers
+    /// that they changed; answers the same.
+    pub(super) fn update_locks(
+        &mut self,
+        id: &EquipmentId,
+        change: impl FnOnce(
+            &mut EquipmentLocks,
+            Timestamp,
+            &mut dyn FnMut(&SessionId) -> bool,
+            &mut Vec<Event>,
+        ) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut locks = self.load_locks(id)?;
+        let mut failure = None;
+        let changed = {
+            let mut live = live_check(&mut *self.tx, self.now, &mut failure);
+            change(&mut locks, self.now, &mut live, &mut self.events)
+        };
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if changed {
+            self.save_locks(&locks)?;
+        }
+        Ok(changed)
+    }
+
+    /// The session an acquire uses: the live one it names, renewed, or one
+    /// it opens (not yet saved: `open_implicit` once the acquire succeeds).
+    /// Answers whether it is opened.
+    pub(super) fn session_for_acquire(
+        &mut self,
+        input: &AcquireInput,
+    ) -> Result<(Session, bool), ServiceError> {
+        match self.renew_if_live(&input.session_id, &input.actor)? {
+            Some(session) => Ok((session, false)),
+            None if self.policy.implicit_sessions => Ok((
+                self.implicit_session(&input.session_id, &input.actor, &input.client)?,
+                true,
+            )),
+            None => Err(DomainError::SessionNotFound(input.session_id.clone()).into()),
+        }
     }
 
     /// Ends a session: its locks (if auto-release is on) and queue places

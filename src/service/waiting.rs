@@ -1,8 +1,9 @@
 //! Use cases that wait on live events: acquire with `wait_seconds`, and
 //! the `lock_expiring` warnings.
 
-use super::{AcquireInput, Acquired, At, Service, ServiceError};
+use super::{AcquireInput, Acquired, At, GroupAcquired, GroupAsk, Service, ServiceError};
 use crate::domain::DomainError;
+use crate::domain::group::{Bench, GroupOutcome};
 use crate::domain::{AcquireOutcome, EquipmentId, EquipmentLocks, Event, EventKind, SessionId};
 use crate::live::Warning;
 
@@ -184,6 +185,102 @@ impl Service {
                 locks: now.value,
             },
             now: now.now,
+        })
+    }
+}
+
+impl Service {
+    /// `acquire_group`, then, if queued and `wait` is given, waits until
+    /// the group is granted (its grant's events seen, so it is durable),
+    /// its place is dropped, or the wait is over; answers with where the
+    /// request stands then, as `acquire_waiting` does for one instrument.
+    pub async fn acquire_group_waiting(
+        &self,
+        input: AcquireInput,
+        ask: GroupAsk,
+        wait: Option<std::time::Duration>,
+    ) -> Result<At<GroupAcquired>, ServiceError> {
+        let session = input.session_id.clone();
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return self.acquire_group(input, ask).await;
+        };
+        let mut live = self.hub.subscribe();
+        let first = self.acquire_group(input, ask).await?;
+        let Some(group) = first.value.outcome.group().cloned() else {
+            return Ok(first);
+        };
+        if !matches!(first.value.outcome, GroupOutcome::Queued(_)) {
+            return Ok(first);
+        }
+        let until = first.now.plus_millis(wait.as_millis() as u64);
+        let closed = self.hub.closed();
+        tokio::pin!(closed);
+        let mut timed_out = false;
+        let mut durable = true;
+        loop {
+            tokio::select! {
+                _ = &mut closed => break,
+                received = live.recv() => match received {
+                    Ok(e) if e.session_id.as_ref() == Some(&session)
+                        && e.group_id.as_deref() == Some(group.group_id.as_str()) =>
+                    {
+                        match e.event {
+                            EventKind::QueueProcessed | EventKind::LockGranted => break,
+                            EventKind::QueueTimeout => {
+                                timed_out = true;
+                                break;
+                            }
+                            EventKind::Dequeued => break,
+                            _ => continue,
+                        }
+                    }
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        durable = false;
+                        break;
+                    }
+                },
+                _ = self.clock.sleep_until(until) => {
+                    durable = false;
+                    break;
+                }
+            }
+        }
+        // After its event, a read shows the grant (events go out once
+        // durable); otherwise the write path's answer is the durable one.
+        let ids: Vec<EquipmentId> = group.involved().cloned().collect();
+        let at = if durable {
+            self.read(move |view| {
+                let mut bench = Bench::new();
+                for id in &ids {
+                    bench.insert(id.clone(), view.tx.equipment_locks(id)?);
+                }
+                Ok(bench)
+            })
+            .await?
+        } else {
+            self.run(move |uow| Ok(uow.load_bench(ids.iter())?)).await?
+        };
+        let Some(outcome) = super::groups::standing(&at.value, &group, &session) else {
+            let equipment = group
+                .involved()
+                .next()
+                .expect("a group names instruments")
+                .clone();
+            return Err(if timed_out {
+                DomainError::WaitTimedOut { equipment, session }
+            } else {
+                DomainError::SessionNotFound(session)
+            }
+            .into());
+        };
+        Ok(At {
+            value: GroupAcquired {
+                outcome,
+                bench: at.value,
+            },
+            now: at.now,
         })
     }
 }
