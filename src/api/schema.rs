@@ -105,6 +105,7 @@ pub enum EndReason {
     WaitTimeout,
     Removed,
     ClaimExpired,
+    GrantedElsewhere,
 }
 
 /// One recorded change. `session_id` is the session it happened to; the
@@ -152,6 +153,8 @@ pub struct Event {
     /// `true` on a `session_created` opened by an acquire naming a session
     /// that was not live (semantics.md, Sessions 6).
     implicit: Option<bool>,
+    /// The lock group (or pool request) this lock or place belongs to.
+    group_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -249,6 +252,7 @@ mod tests {
                 D::WaitTimeout => Self::WaitTimeout,
                 D::Removed => Self::Removed,
                 D::ClaimExpired => Self::ClaimExpired,
+                D::GrantedElsewhere => Self::GrantedElsewhere,
             }
         }
     }
@@ -291,6 +295,7 @@ mod tests {
             message: Some("m".into()),
             priority: Some(1),
             implicit: Some(true),
+            group_id: Some("g".into()),
         };
         let keys = |v: Value| -> Vec<String> {
             let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();

@@ -1399,4 +1399,4 @@ impl EquipmentLocks {
 
 #[cfg(test)]
 #[path = "lock_tests.rs"]
-mod tests;
+pub(crate) mod tests;
