@@ -31,6 +31,7 @@ fn psu(id: &str) -> EquipmentConfig {
         driver: "sim-psu".into(),
         name: None,
         allow: None,
+        tags: Vec::new(),
         settings: toml::Table::new(),
     }
 }

@@ -49,6 +49,7 @@ pub async fn secured(dir: &Path) -> (TestApp, [String; 4]) {
         driver: "sim-psu".into(),
         name: None,
         allow: Some(vec!["alice".into(), "role:observer".into()]),
+        tags: Vec::new(),
         settings: toml::Table::new(),
     });
     let app = spawn_with(Settings {

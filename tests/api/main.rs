@@ -9,6 +9,7 @@ mod durability;
 mod equipment;
 mod errors;
 mod examples;
+mod groups;
 mod helpers;
 mod history;
 mod live;

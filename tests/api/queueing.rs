@@ -61,18 +61,28 @@ where
     F: Fn(TestApp, &'static str) -> Fut,
     Fut: std::future::Future<Output = TestApp>,
 {
-    scenario(spawn_with(memory()).await, "memory")
+    on_every_store_with(|s| s, scenario).await;
+}
+
+/// `on_every_store`, each server's settings first passed through
+/// `configure` (to add instruments, say).
+pub async fn on_every_store_with<F, Fut>(configure: fn(Settings) -> Settings, scenario: F)
+where
+    F: Fn(TestApp, &'static str) -> Fut,
+    Fut: std::future::Future<Output = TestApp>,
+{
+    scenario(spawn_with(configure(memory())).await, "memory")
         .await
         .stop()
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = spawn_with(sqlite_in(dir.path(), "?synchronous=normal")).await;
+    let sqlite = spawn_with(configure(sqlite_in(dir.path(), "?synchronous=normal"))).await;
     scenario(sqlite, "sqlite").await.stop().await;
     if let Some(pg) = Postgres::fresh() {
-        let settings = Settings {
+        let settings = configure(Settings {
             store: pg.url.clone(),
             ..Settings::default()
-        };
+        });
         scenario(spawn_with(settings).await, "postgres")
             .await
             .stop()

@@ -97,6 +97,7 @@ fn scpi(id: &str, address: &str, profile: &str, timeout_ms: i64) -> EquipmentCon
         driver: "scpi-tcp".into(),
         name: None,
         allow: None,
+        tags: Vec::new(),
         settings,
     }
 }
