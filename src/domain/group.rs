@@ -201,15 +201,7 @@ pub fn acquire(
         let mut granted = Vec::new();
         for id in group.members.iter().chain(&chosen) {
             let locks = bench.get_mut(id).expect("involved");
-            let grant = locks.grant_now(
-                session,
-                req.mode,
-                req.timeout,
-                &req.holder,
-                Some(group),
-                now,
-                events,
-            );
+            let grant = locks.grant_now(session, req.terms(Some(group)), now, events);
             granted.push((id.clone(), grant));
         }
         return Ok(GroupOutcome::Locked(granted));

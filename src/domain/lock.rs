@@ -230,6 +230,27 @@ pub struct LockRequest {
     pub claim_within: Timeout,
 }
 
+impl LockRequest {
+    pub(super) fn terms<'a>(&'a self, group: Option<&'a GroupRef>) -> Terms<'a> {
+        Terms {
+            mode: self.mode,
+            timeout: self.timeout,
+            holder: &self.holder,
+            group,
+        }
+    }
+}
+
+/// What a new grant is given: its mode, lease and holder, and the group it
+/// belongs to.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Terms<'a> {
+    pub mode: LockMode,
+    pub timeout: Timeout,
+    pub holder: &'a Holder,
+    pub group: Option<&'a GroupRef>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum AcquireOutcome {
     /// A new grant.
@@ -370,28 +391,20 @@ impl EquipmentLocks {
         });
     }
 
-    fn new_grant(
-        &mut self,
-        session: &SessionId,
-        mode: LockMode,
-        timeout: Timeout,
-        holder: &Holder,
-        group: Option<&GroupRef>,
-        now: Timestamp,
-    ) -> Grant {
+    fn new_grant(&mut self, session: &SessionId, terms: Terms<'_>, now: Timestamp) -> Grant {
         self.fencing_counter += 1;
         self.lost.retain(|l| &l.session_id != session);
         Grant {
             lock_id: format!("lock_{}_{}", self.equipment_id, self.fencing_counter),
             session_id: session.clone(),
-            mode,
+            mode: terms.mode,
             acquired_at: now,
             last_activity: now,
-            timeout,
+            timeout: terms.timeout,
             fencing_token: self.fencing_counter,
-            holder: holder.clone(),
+            holder: terms.holder.clone(),
             claim_by: None,
-            group: group.cloned(),
+            group: terms.group.cloned(),
         }
     }
 
@@ -463,15 +476,7 @@ impl EquipmentLocks {
         // Free: nobody holds it exclusively and nobody waits. Observers do
         // not make it busy for an exclusive request; they are revoked.
         if !out_of_service && self.exclusive.is_none() && (self.queue.is_empty() || servicing) {
-            let grant = self.grant_now(
-                session,
-                req.mode,
-                req.timeout,
-                &req.holder,
-                None,
-                now,
-                events,
-            );
+            let grant = self.grant_now(session, req.terms(None), now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
         // Where it would wait: behind everyone served before it (equal
@@ -501,15 +506,7 @@ impl EquipmentLocks {
             && (req.mode == LockMode::Observer
                 || self.observers.iter().all(|g| &g.session_id == session))
         {
-            let grant = self.grant_now(
-                session,
-                req.mode,
-                req.timeout,
-                &req.holder,
-                None,
-                now,
-                events,
-            );
+            let grant = self.grant_now(session, req.terms(None), now, events);
             return Ok(AcquireOutcome::Locked(grant));
         }
 
@@ -643,15 +640,13 @@ impl EquipmentLocks {
     pub(super) fn grant_now(
         &mut self,
         session: &SessionId,
-        mode: LockMode,
-        timeout: Timeout,
-        holder: &Holder,
-        group: Option<&GroupRef>,
+        terms: Terms<'_>,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> Grant {
         debug_assert!(self.exclusive.is_none());
-        let grant = self.new_grant(session, mode, timeout, holder, group, now);
+        let mode = terms.mode;
+        let grant = self.new_grant(session, terms, now);
         match mode {
             LockMode::Observer => {
                 events.push(self.grant_event(EventKind::ObserverLockAcquired, &grant, now));
@@ -1362,15 +1357,13 @@ impl EquipmentLocks {
         events: &mut Vec<Event>,
     ) -> Grant {
         let mut granted = Vec::new();
-        let mut grant = self.grant_now(
-            &entry.session_id,
-            entry.mode,
-            entry.timeout,
-            &entry.holder,
-            entry.group.as_ref(),
-            now,
-            &mut granted,
-        );
+        let terms = Terms {
+            mode: entry.mode,
+            timeout: entry.timeout,
+            holder: &entry.holder,
+            group: entry.group.as_ref(),
+        };
+        let mut grant = self.grant_now(&entry.session_id, terms, now, &mut granted);
         if let Some(claim_by) = claim_by {
             grant.claim_by = Some(claim_by);
             let held = self

@@ -35,7 +35,16 @@ pub enum Scenario {
     /// Mixed traffic for a long time, reported a slice at a time (see
     /// `soak.rs`).
     Soak,
+    /// A lock group of three instruments (each client its own three)
+    /// acquired and released by its `group_id`.
+    Group,
+    /// A pool of the first ten instruments shared by every client: acquire
+    /// any one (queued, `wait_seconds`), release it.
+    Pool,
 }
+
+/// How many instruments the `pool` scenario shares.
+const POOL_SIZE: usize = 10;
 
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -203,6 +212,7 @@ async fn run_client(
     mut client: Client,
     scenario: Scenario,
     equipment: String,
+    several: Vec<String>,
     until: Instant,
 ) -> Result<Tally, String> {
     let session = client.new_session().await?;
@@ -267,6 +277,29 @@ async fn run_client(
             Scenario::Cycle => {
                 client.post("/locks/acquire", lock.clone()).await;
                 client.post("/locks/release", release.clone()).await;
+            }
+            Scenario::Group | Scenario::Pool => {
+                let ask = if scenario == Scenario::Group {
+                    json!({"equipment_ids": several, "session_id": session, "timeout_seconds": 60})
+                } else {
+                    json!({"any_of": {"equipment_ids": several}, "session_id": session,
+                        "queue_if_busy": true, "wait_seconds": 30, "timeout_seconds": 60})
+                };
+                let answer = client.post("/locks/acquire", ask).await;
+                let answer: Value = answer
+                    .and_then(|a| serde_json::from_slice(&a).ok())
+                    .unwrap_or_default();
+                match answer["group_id"].as_str() {
+                    Some(group) => {
+                        let release = json!({"group_id": group, "session_id": session});
+                        client.post("/locks/release", release).await;
+                    }
+                    // The HTTP floor answers without a group: release as
+                    // for one instrument, for the same number of requests.
+                    None => {
+                        client.post("/locks/release", release.clone()).await;
+                    }
+                }
             }
             Scenario::Status => {
                 client.get(&format!("/locks/status/{equipment}")).await;
@@ -362,7 +395,14 @@ pub async fn run(config: BenchConfig) -> Result<Report, String> {
                 Scenario::Contended => equipment[0].clone(),
                 _ => equipment[(config.offset + i) % equipment.len()].clone(),
             };
-            tokio::spawn(run_client(client, config.scenario, target, until))
+            let several: Vec<String> = match config.scenario {
+                Scenario::Group => (0..3)
+                    .map(|k| equipment[(config.offset + 3 * i + k) % equipment.len()].clone())
+                    .collect(),
+                Scenario::Pool => equipment.iter().take(POOL_SIZE).cloned().collect(),
+                _ => Vec::new(),
+            };
+            tokio::spawn(run_client(client, config.scenario, target, several, until))
         })
         .collect();
     let mut all = Vec::new();
