@@ -488,3 +488,61 @@ async fn many_clients_racing_for_overlapping_groups_and_pools_all_get_their_turn
     assert!(holder.values().all(Option::is_none), "{holder:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn leaving_one_queue_leaves_them_all_and_an_admin_force_releases_a_group_by_id() {
+    let app = spawn_with(bench(crate::helpers::memory())).await;
+    acquire(&app, json!({"session_id": "x", "equipment_id": "scope1"})).await;
+    let (_, waiting) = acquire(
+        &app,
+        json!({"session_id": "w", "equipment_ids": ["scope1", "psu3"], "queue_if_busy": true}),
+    )
+    .await;
+    let (status, left) = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "w", "equipment_ids": ["psu3", "scope1"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    assert_eq!(left["status"], "dequeued");
+    assert_eq!(left["group_id"], waiting["group_id"]);
+    for id in ["scope1", "psu3"] {
+        let (_, queue) = app.get(&format!("/api/locks/queue/{id}")).await;
+        assert_eq!(queue["queue_length"], 0, "{id}: {queue}");
+    }
+
+    let (_, held) = acquire(
+        &app,
+        json!({"session_id": "g", "equipment_id": "bench3", "queue_if_busy": true}),
+    )
+    .await;
+    app.release("scope1", "x", false).await;
+    assert_eq!(
+        holders(&app, &["psu1", "scope1", "load1"]).await,
+        some(&["g", "g", "g"])
+    );
+    let (status, forced) = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "lab-manager", "group_id": held["group_id"], "force": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{forced}");
+    assert_eq!(forced["was_forced"], true);
+    assert_eq!(
+        holders(&app, &["psu1", "scope1", "load1"]).await,
+        some(&["", "", ""])
+    );
+    let (_, history) = app
+        .get("/api/locks/events?event=lock_force_released&limit=10")
+        .await;
+    let forced_by: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["forced_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(forced_by, ["lab-manager"; 3]);
+    app.stop().await;
+}

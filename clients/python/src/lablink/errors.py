@@ -274,6 +274,12 @@ class CannotTrade(LabLinkError):
     code = "cannot_trade"
 
 
+class GroupConflict(LabLinkError):
+    """A lock group or pool names an instrument the session already holds or waits for."""
+
+    code = "group_conflict"
+
+
 class StaleFencingToken(LabLinkError):
     """The fencing token is older than the current grant (or was never issued)."""
 
@@ -449,6 +455,7 @@ BY_CODE: dict[str, type[LabLinkError]] = {
         InMaintenance,
         QueueTimeout,
         CannotTrade,
+        GroupConflict,
         StaleFencingToken,
         InstrumentRejected,
         BodyTooLarge,
