@@ -163,7 +163,9 @@ impl From<ServiceError> for ApiError {
                     "internal error",
                 );
             }
-            ServiceError::EquipmentNotFound(_) => (StatusCode::NOT_FOUND, "equipment_not_found"),
+            ServiceError::EquipmentNotFound(_) | ServiceError::NoSuchPool(_) => {
+                (StatusCode::NOT_FOUND, "equipment_not_found")
+            }
             ServiceError::UnknownAction { .. } => (StatusCode::BAD_REQUEST, "unknown_action"),
             ServiceError::InvalidParameter(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter")

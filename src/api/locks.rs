@@ -31,16 +31,17 @@ use crate::storage::EventQuery;
 pub struct AcquireBody {
     /// The instrument, or a configured lock group's id. Required unless
     /// `equipment_ids` or `any_of` is given.
-    #[schema(value_type = Option<Id>, example = "ps_abc123")]
+    #[schema(value_type = Id, required = false, example = "ps_abc123")]
     #[serde(default)]
     pub equipment_id: Option<String>,
     /// A lock group: every one of these instruments, granted all at once
     /// or not at all (with `equipment_id` naming one more, or a group).
-    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[schema(value_type = Vec<Id>, required = false, min_items = 1, max_items = 64)]
     #[serde(default)]
     pub equipment_ids: Option<Vec<String>>,
     /// A pool: any one free instrument among these (its tags, or its
     /// ids), alone or with the group named by the other fields.
+    #[schema(value_type = AnyOf, required = false)]
     #[serde(default)]
     pub any_of: Option<AnyOf>,
     /// A session that is not live is opened for the caller (implicit
@@ -91,10 +92,10 @@ pub struct AnyOf {
     /// Instruments that have every one of these tags (`tags` in
     /// `[[equipment]]`).
     #[serde(default)]
-    #[schema(max_items = 16)]
+    #[schema(value_type = Vec<String>, required = false, min_items = 1, max_items = 16)]
     pub tags: Option<Vec<String>>,
     /// Instruments by id.
-    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[schema(value_type = Vec<Id>, required = false, min_items = 1, max_items = 64)]
     #[serde(default)]
     pub equipment_ids: Option<Vec<String>>,
 }
@@ -153,10 +154,10 @@ fn group_ask(app: &AppState, body: &AcquireBody) -> Result<Option<GroupAsk>, Api
     }
     if let Some(pool) = &body.any_of {
         let tags = pool.tags.clone().unwrap_or_default();
-        if tags.len() > MAX_POOL_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+        if tags.len() > MAX_POOL_TAGS {
             return Err(ApiError::unprocessable(
                 "invalid_parameter",
-                format!("`any_of.tags` must be at most {MAX_POOL_TAGS} tags of 1 to 64 characters"),
+                format!("`any_of.tags` may list at most {MAX_POOL_TAGS} tags"),
             ));
         }
         ask.any_of = equipment_ids(
@@ -417,16 +418,16 @@ pub struct ReleaseBody {
     /// The instrument (releasing a lock group's member releases the whole
     /// group), or a configured lock group's id. Required unless
     /// `equipment_ids` or `group_id` is given.
-    #[schema(value_type = Option<Id>, example = "ps_abc123")]
+    #[schema(value_type = Id, required = false, example = "ps_abc123")]
     #[serde(default)]
     pub equipment_id: Option<String>,
     /// A lock group by the instruments it was acquired with.
-    #[schema(value_type = Option<Vec<Id>>, max_items = 64)]
+    #[schema(value_type = Vec<Id>, required = false, min_items = 1, max_items = 64)]
     #[serde(default)]
     pub equipment_ids: Option<Vec<String>>,
     /// A lock group or pool request by its `group_id`.
     #[serde(default)]
-    #[schema(max_length = 64)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 64)]
     pub group_id: Option<String>,
     /// The releasing session; for a forced release, whoever forces it
     /// (recorded as `forced_by`).

@@ -145,6 +145,19 @@ impl utoipa::Modify for Conventions {
             ),
         );
         any_of_param_values(components);
+        for (schema, fields) in [
+            (
+                "AcquireBody",
+                &["equipment_id", "equipment_ids", "any_of"][..],
+            ),
+            (
+                "ReleaseBody",
+                &["equipment_id", "equipment_ids", "group_id"][..],
+            ),
+            ("AnyOf", &["tags", "equipment_ids"][..]),
+        ] {
+            require_one_of(components, schema, fields);
+        }
         declare_links(api);
         let components = api.components.clone().unwrap_or_default();
         for (path, item) in api.paths.paths.iter_mut() {
@@ -259,6 +272,26 @@ fn any_of_param_values(components: &mut utoipa::openapi::Components) {
             .schemas
             .insert("ParamValue".into(), RefOr::T(Schema::AnyOf(any_of)));
     }
+}
+
+/// Says that an object needs at least one of `fields` (each optional on its
+/// own), as `anyOf` of `required` lists next to the object's schema.
+fn require_one_of(components: &mut utoipa::openapi::Components, name: &str, fields: &[&str]) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AllOf, AnyOf, ObjectBuilder, Schema};
+    let Some(object) = components.schemas.remove(name) else {
+        return;
+    };
+    let mut one_of = AnyOf::new();
+    for field in fields {
+        let required = ObjectBuilder::new().required(*field).build();
+        one_of.items.push(RefOr::T(Schema::Object(required)));
+    }
+    let mut all = AllOf::new();
+    all.items = vec![object, RefOr::T(Schema::AnyOf(one_of))];
+    components
+        .schemas
+        .insert(name.into(), RefOr::T(Schema::AllOf(all)));
 }
 
 /// An empty body reads as `{}` (`extract::ApiJson`), so a body none of

@@ -157,6 +157,7 @@ fn command_outcome<T>(result: &Result<T, ServiceError>) -> &'static str {
             | ServiceError::InvalidParameter(_)
             | ServiceError::Invalid(_)
             | ServiceError::EquipmentNotFound(_)
+            | ServiceError::NoSuchPool(_)
             | ServiceError::Driver(DriverError::InvalidParameter(_)),
         ) => "invalid",
         Err(ServiceError::Domain(_)) => "refused",

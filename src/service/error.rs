@@ -14,6 +14,9 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
     EquipmentNotFound(EquipmentId),
+    /// A pool (`any_of`) that names no instrument the caller could get.
+    #[error("{0}")]
+    NoSuchPool(String),
     #[error("unknown action {} for {equipment}; valid actions: {}", serde_json::Value::from(action.as_str()), valid.join(", "))]
     UnknownAction {
         equipment: EquipmentId,

@@ -55,14 +55,12 @@ impl Service {
     /// The group `ask` describes, resolved against the configuration.
     fn resolve(&self, ask: &GroupAsk, actor: &Actor) -> Result<GroupRef, ServiceError> {
         let mut members: Vec<EquipmentId> = Vec::new();
+        // An instrument named twice is the same instrument.
         for id in &ask.members {
             self.registered(id)?;
-            if members.contains(id) {
-                return Err(ServiceError::Invalid(format!(
-                    "`equipment_ids` lists {id} twice"
-                )));
+            if !members.contains(id) {
+                members.push(id.clone());
             }
-            members.push(id.clone());
         }
         let pool_asked = !ask.any_of.is_empty() || !ask.any_of_tags.is_empty();
         let mut any_of = Vec::new();
@@ -78,7 +76,7 @@ impl Service {
         // With authentication on, a pool offers only what the caller may use.
         any_of.retain(|id| !members.contains(id) && self.may_use(actor, id));
         if pool_asked && any_of.is_empty() {
-            return Err(ServiceError::Invalid(
+            return Err(ServiceError::NoSuchPool(
                 "`any_of` matches no instrument you may lock outside `equipment_ids`: check its tags or ids".into(),
             ));
         }

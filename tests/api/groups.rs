@@ -366,19 +366,14 @@ async fn bad_group_requests_get_clear_errors_and_change_nothing() {
             "equipment_not_found",
         ),
         (
-            json!({"session_id": "t", "equipment_ids": ["psu1", "psu1"]}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-        ),
-        (
             json!({"session_id": "t", "equipment_ids": []}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_parameter",
         ),
         (
             json!({"session_id": "t", "any_of": {"tags": ["nothing-has-this"]}}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            StatusCode::NOT_FOUND,
+            "equipment_not_found",
         ),
         (
             json!({"session_id": "t", "any_of": {}}),
