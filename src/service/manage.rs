@@ -94,9 +94,9 @@ impl Service {
         until: Option<Timestamp>,
         actor: &Actor,
     ) -> Result<At<Maintenance>, ServiceError> {
-        self.registered(equipment)?;
+        let members = self.instruments_of(equipment)?;
         actor.may_force()?;
-        let (equipment, actor) = (equipment.clone(), actor.clone());
+        let actor = actor.clone();
         self.run(move |uow| {
             uow.acting(&actor);
             let now = uow.now;
@@ -112,10 +112,12 @@ impl Service {
                 until,
                 user: actor.user.clone(),
             };
-            let started = maintenance.clone();
-            uow.change_locks(&equipment, move |locks, _, events| {
-                locks.start_maintenance(started, now, events)
-            })?;
+            for equipment in &members {
+                let started = maintenance.clone();
+                uow.change_locks(equipment, move |locks, _, events| {
+                    locks.start_maintenance(started, now, events)
+                })?;
+            }
             Ok(maintenance)
         })
         .await
@@ -127,18 +129,36 @@ impl Service {
         equipment: &EquipmentId,
         actor: &Actor,
     ) -> Result<At<Maintenance>, ServiceError> {
-        self.registered(equipment)?;
+        let members = self.instruments_of(equipment)?;
         actor.may_force()?;
-        let (equipment, actor) = (equipment.clone(), actor.clone());
+        let actor = actor.clone();
         self.run(move |uow| {
             uow.acting(&actor);
             let now = uow.now;
-            let (_, ended) = uow.change_locks(&equipment, |locks, live, events| {
-                locks.end_maintenance(now, live, events)
-            })?;
-            Ok(ended?)
+            // A group's members that are in maintenance come back; it is
+            // an error only if none was.
+            let mut first = None;
+            for equipment in &members {
+                let (_, ended) = uow.change_locks(equipment, |locks, live, events| {
+                    locks.end_maintenance(now, live, events)
+                })?;
+                match (ended, &first) {
+                    (Ok(m), None | Some(Err(_))) => first = Some(Ok(m)),
+                    (Err(e), None) => first = Some(Err(e)),
+                    _ => {}
+                }
+            }
+            Ok(first.expect("a group has members")?)
         })
         .await
+    }
+
+    /// The instruments `id` names: itself, or a configured group's members.
+    fn instruments_of(&self, id: &EquipmentId) -> Result<Vec<EquipmentId>, ServiceError> {
+        match self.named_group(id) {
+            Some(group) => Ok(group.members.clone()),
+            None => self.registered(id).map(|()| vec![id.clone()]),
+        }
     }
 
     /// A waiter lets the one right behind it go first. Answers its new

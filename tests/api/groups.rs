@@ -541,3 +541,34 @@ async fn leaving_one_queue_leaves_them_all_and_an_admin_force_releases_a_group_b
     assert_eq!(forced_by, ["lab-manager"; 3]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
+    let app = spawn_with(bench(crate::helpers::memory())).await;
+    let (status, body) = app
+        .post(
+            "/api/equipment/bench3/maintenance",
+            json!({"reason": "recabling"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for id in ["psu1", "scope1", "load1"] {
+        let (_, s) = app.get(&format!("/api/locks/status/{id}")).await;
+        assert_eq!(s["maintenance"]["reason"], "recabling", "{id}: {s}");
+    }
+    let refused = acquire(&app, json!({"session_id": "g", "equipment_id": "bench3"})).await;
+    assert_error(&refused, StatusCode::CONFLICT, "in_maintenance");
+    let (_, queued) = acquire(
+        &app,
+        json!({"session_id": "g", "equipment_id": "bench3", "queue_if_busy": true}),
+    )
+    .await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let (status, body) = app.delete("/api/equipment/bench3/maintenance").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        holders(&app, &["psu1", "scope1", "load1"]).await,
+        some(&["g", "g", "g"])
+    );
+    app.stop().await;
+}
