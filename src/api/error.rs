@@ -163,6 +163,7 @@ impl From<ServiceError> for ApiError {
                     "internal error",
                 );
             }
+            ServiceError::NoSuchGroup(_) => (StatusCode::NOT_FOUND, "no_lock"),
             ServiceError::EquipmentNotFound(_) | ServiceError::NoSuchPool(_) => {
                 (StatusCode::NOT_FOUND, "equipment_not_found")
             }

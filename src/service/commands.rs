@@ -158,6 +158,7 @@ fn command_outcome<T>(result: &Result<T, ServiceError>) -> &'static str {
             | ServiceError::Invalid(_)
             | ServiceError::EquipmentNotFound(_)
             | ServiceError::NoSuchPool(_)
+            | ServiceError::NoSuchGroup(_)
             | ServiceError::Driver(DriverError::InvalidParameter(_)),
         ) => "invalid",
         Err(ServiceError::Domain(_)) => "refused",

@@ -14,6 +14,10 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
     EquipmentNotFound(EquipmentId),
+    /// A lock group release that names no group the session holds or
+    /// waits for.
+    #[error("{0}")]
+    NoSuchGroup(String),
     /// A pool (`any_of`) that names no instrument the caller could get.
     #[error("{0}")]
     NoSuchPool(String),
