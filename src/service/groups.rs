@@ -182,14 +182,16 @@ impl Service {
         self.run(move |uow| {
             let live = uow.renew_if_live(&session, &actor)?.is_some();
             let Some((group, equipment)) = uow.find_group(&target, &session, force)? else {
-                return Err(ServiceError::Invalid(match &target {
-                    GroupTarget::Id(id) => format!("no lock group {id} is held or waited for"),
-                    GroupTarget::Members(ids) => format!(
-                        "no lock group holds or waits for {}",
-                        ids.iter()
-                            .map(|i| i.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                let whose = if force { "anyone" } else { "this session" };
+                let ids = |ids: &[EquipmentId]| {
+                    let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+                    ids.join(", ")
+                };
+                return Err(ServiceError::NoSuchGroup(match &target {
+                    GroupTarget::Id(id) => format!("{whose} holds or waits for no lock group {id}"),
+                    GroupTarget::Members(members) => format!(
+                        "{whose} holds or waits for no lock group of {}",
+                        ids(members)
                     ),
                 }));
             };

@@ -405,11 +405,7 @@ async fn bad_group_requests_get_clear_errors_and_change_nothing() {
             json!({"session_id": "s", "group_id": "grp_none"}),
         )
         .await;
-    assert_error(
-        &missing,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_request",
-    );
+    assert_error(&missing, StatusCode::NOT_FOUND, "no_lock");
     app.stop().await;
 }
 
