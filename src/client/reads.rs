@@ -5,6 +5,7 @@
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
 
+use super::manage::maintenance_text;
 use super::output::{Table, duration, text, time_left, who};
 use super::{ClientError, http::Api};
 
@@ -16,7 +17,11 @@ fn print_json(value: &Value) {
     );
 }
 
+/// The state column: `maintenance` wins (the holder, if any, still shows).
 fn state_of(status: &Value) -> &'static str {
+    if !status["maintenance"].is_null() {
+        return "maintenance";
+    }
     match (status["locked"].as_bool(), status["lock_mode"].as_str()) {
         (Some(true), _) => "locked",
         (_, Some("observer")) => "observed",
@@ -64,6 +69,14 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
         ]);
     }
     table.print();
+    // Why each one in maintenance is out of service, under the table.
+    for s in statuses.iter().filter(|s| !s["maintenance"].is_null()) {
+        println!(
+            "{} in maintenance: {}",
+            text(&s["equipment_id"]),
+            maintenance_text(&s["maintenance"])
+        );
+    }
     Ok(())
 }
 
@@ -91,6 +104,12 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
         ),
     ]);
     lines.row(vec!["state:".into(), state_of(s).into()]);
+    if !s["maintenance"].is_null() {
+        lines.row(vec![
+            "maintenance:".into(),
+            maintenance_text(&s["maintenance"]),
+        ]);
+    }
     if s["locked"].as_bool() == Some(true) {
         lines.row(vec!["holder:".into(), who(s)]);
         lines.row(vec!["session:".into(), text(&s["session_id"])]);
@@ -130,18 +149,30 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
 }
 
 fn queue_table(queue: &Value) -> Table {
-    let mut table = Table::new(&["POS", "SESSION", "WHO", "MODE", "LOCK TIMEOUT", "QUEUED AT"]);
+    let mut table = Table::new(&[
+        "POS",
+        "SESSION",
+        "WHO",
+        "MODE",
+        "PRIORITY",
+        "LOCK TIMEOUT",
+        "QUEUED AT",
+        "GIVES UP AT",
+    ]);
     for entry in queue["queue"].as_array().into_iter().flatten() {
         table.row(vec![
             text(&entry["position"]),
             text(&entry["session_id"]),
             who(entry),
             text(&entry["lock_mode"]),
+            entry["priority"].as_i64().unwrap_or(0).to_string(),
             match entry["timeout_seconds"].as_f64() {
                 Some(0.0) | None => "none".into(),
                 Some(t) => duration(t),
             },
             text(&entry["queued_at"]),
+            // When `max_wait_seconds` drops the place.
+            text(&entry["wait_expires_at"]),
         ]);
     }
     table
@@ -223,9 +254,13 @@ fn holdings(all: &Value) -> std::collections::HashMap<String, Vec<String>> {
     }
     for (eq, entries) in all["queues"].as_object().into_iter().flatten() {
         for e in entries.as_array().into_iter().flatten() {
+            let priority = match e["priority"].as_i64() {
+                Some(p) if p != 0 => format!(", priority {p}"),
+                _ => String::new(),
+            };
             note(
                 &e["session_id"],
-                format!("{eq} (queued {})", text(&e["position"])),
+                format!("{eq} (queued {}{priority})", text(&e["position"])),
             );
         }
     }
