@@ -538,10 +538,10 @@ impl<'a> Keeper<'a> {
             .iter()
             .rev()
             .find(|e| e["equipment_id"] == equipment)?;
-        match latest["event"].as_str() {
-            Some("queue_timeout" | "dequeued") => Some(place_lost(equipment, latest)),
-            _ => None,
-        }
+        let taken = latest["event"] == "queue_timeout"
+            || (latest["event"] == "dequeued"
+                && matches!(latest["reason"].as_str(), Some("removed" | "forced")));
+        taken.then(|| place_lost(equipment, latest))
     }
 
     /// Releases what was asked for (locks and queue places) and ends the
