@@ -6,15 +6,8 @@
 use serde_json::{Value, json};
 
 use super::output::text;
+use super::reads::print_json;
 use super::{ClientError, http::Api};
-
-/// Prints `value` as pretty JSON.
-fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
 
 /// `--until`: an RFC 3339 instant as given, or a duration from now (`2h`)
 /// as the instant it ends.

@@ -10,7 +10,7 @@ use super::output::{Table, duration, text, time_left, who};
 use super::{ClientError, http::Api};
 
 /// Prints `value` as pretty JSON.
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()

@@ -442,3 +442,25 @@ def test_maintenance_and_queue_entries_from_the_admin_view(server, open_page):
     # The urgent waiter got the lock when the holder's session ended.
     assert server.ok("GET", f"/api/locks/status/{PSU}")["session_id"] == urgent
     assert watched.console_errors == []
+
+
+def test_queueing_from_the_page_with_a_priority_and_stepping_back(server, open_page):
+    holder = server.session("Lab PC #3")
+    early = server.session("Early bird")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": early, "queue_if_busy": True})
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    open_session_on_page(page, "Bench page")
+    page.locator("form.take").get_by_label("Priority").fill("4")
+    page.get_by_role("button", name="Queue for it").click()
+    expect(page.locator(".controls")).to_contain_text("You are number 1 in the queue.")
+    queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
+    assert [(q["session_id"] == early, q["priority"]) for q in queue] == [(False, 4), (True, 0)]
+    expect(page.locator(".queue-list li").first).to_contain_text("Bench page — exclusive, priority 4")
+    page.get_by_role("button", name="Let the next go first").click()
+    expect(page.locator(".controls")).to_contain_text("You are number 2 in the queue.")
+    queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
+    assert queue[0]["session_id"] == early
+    # Last in line: nobody to let go first.
+    expect(page.get_by_role("button", name="Let the next go first")).to_have_count(0)
