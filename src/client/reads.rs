@@ -43,6 +43,8 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
         print_json(&Value::Array(statuses));
         return Ok(());
     }
+    // Every queue at once, for the waiters' priorities.
+    let queues = api.get(&["api", "locks", "all"]).await?["queues"].take();
     let mut table = Table::new(&[
         "EQUIPMENT",
         "NAME",
@@ -64,7 +66,7 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
             } else {
                 "-".into()
             },
-            text(&s["queue_length"]),
+            queue_cell(&s["queue_length"], &queues[text(&e["equipment_id"])]),
             text(&s["observer_count"]),
         ]);
     }
@@ -78,6 +80,22 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
         );
     }
     Ok(())
+}
+
+/// The queue length, and when anyone waits with a priority, every waiter's
+/// in serving order: `2 (priorities 3, 0)`.
+fn queue_cell(length: &Value, queue: &Value) -> String {
+    let priorities: Vec<i64> = queue
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["priority"].as_i64().unwrap_or(0))
+        .collect();
+    if priorities.iter().all(|p| *p == 0) {
+        return text(length);
+    }
+    let listed: Vec<String> = priorities.iter().map(i64::to_string).collect();
+    format!("{} (priorities {})", text(length), listed.join(", "))
 }
 
 /// `status EQ`: one instrument in detail with its queue; with `--json` its

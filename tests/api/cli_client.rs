@@ -894,7 +894,7 @@ async fn maintenance_from_the_command_line_shows_in_status_with_the_queues_prior
         ],
         "{table}"
     );
-    assert_eq!(psu[5], "2", "{table}");
+    assert_eq!(psu[5], "2 (priorities 3, 0)", "{table}");
     assert!(
         table.ends_with(&format!(
             "ps_abc123 in maintenance: calibration (since {since}, until 2026-01-05T11:00:00.000Z)\n"
