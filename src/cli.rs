@@ -56,6 +56,17 @@ pub enum Command {
     Action(ActionArgs),
     /// The lock history, oldest first; --follow streams new events live.
     Events(EventsArgs),
+    /// Take an instrument out of service, or put it back (administrators).
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
+    /// Remove another session's place in a queue (administrators).
+    Dequeue(DequeueArgs),
+    /// End another session: its locks released, its queue places gone (administrators).
+    EndSession(EndSessionArgs),
+    /// Let the waiter right behind go first: trade places with it.
+    StepBack(StepBackArgs),
+    /// Swap places with another waiter; done once both have asked.
+    Swap(SwapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,7 +84,9 @@ pub struct BackupArgs {
 
 const RUN_EXIT_STATUSES: &str = "Exit status: the command's own (128+N if killed by signal N); \
 69 if a lock was lost (the command got SIGTERM, SIGKILL after --grace); \
-75 if --wait ran out (nothing left behind); 130/143 if interrupted by SIGINT/SIGTERM; \
+75 if --wait ran out (nothing left behind); 76 if --max-wait ran out (the server dropped the place); \
+77 if a lab manager removed the queue place or ended the session; \
+78 if the instrument is in maintenance and --wait is 0; 130/143 if interrupted by SIGINT/SIGTERM; \
 126/127 if the command cannot be executed/found; 1 if the server refused or cannot be reached.";
 
 /// Where the server is and who is asking: every client command takes these.
@@ -125,6 +138,15 @@ pub struct RunArgs {
     /// Give up after waiting this long (90s, 10m, 1h or seconds; 0: do not queue) [default: as long as it takes]
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub wait: Option<Duration>,
+    /// Queue priority, -10 to 10 (higher is served first; above 0 needs an admin or the role's cap) [default: 0]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i8).range(-10..=10))]
+    pub priority: Option<i8>,
+    /// Ask the server to drop the queue place after this long without a grant (it holds even if `run` is killed)
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub max_wait: Option<Duration>,
+    /// A lock handed over from the queue must be claimed within this (`run` claims it at once) [default: the server's]
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub claim_within: Option<Duration>,
     /// The lease of the session and the locks, renewed while the command runs: how long they outlive a `run` that is killed
     #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "60s")]
     pub timeout: Duration,
@@ -193,6 +215,89 @@ pub struct ActionArgs {
     /// The lock's fencing token [default inside `lablink run`: its lock's]
     #[arg(long, value_name = "N")]
     pub fencing_token: Option<u64>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Out of service: new requests are refused (or queue); the holder keeps its lock.
+    Start(MaintenanceStartArgs),
+    /// Back in service now; the queue is served.
+    End(MaintenanceEndArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MaintenanceStartArgs {
+    pub equipment: String,
+    /// Why it is out of service (shown in its status)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    /// When service resumes by itself: RFC 3339, or a duration from now (2h) [default: when ended]
+    #[arg(long, value_name = "T")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MaintenanceEndArgs {
+    pub equipment: String,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+/// Who intervenes and why (recorded in the history).
+#[derive(Debug, clap::Args)]
+pub struct InterventionArgs {
+    /// Why (recorded and told to the one it happens to)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Recorded as `forced_by`, as `release --force` is
+    #[arg(long, value_name = "NAME", default_value = "lablink-cli")]
+    pub forced_by: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DequeueArgs {
+    pub equipment: String,
+    /// The waiting session to remove (`lablink queue EQ` lists them)
+    pub session: String,
+    #[command(flatten)]
+    pub by: InterventionArgs,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EndSessionArgs {
+    /// The session to end (`lablink sessions` lists them)
+    pub session: String,
+    #[command(flatten)]
+    pub by: InterventionArgs,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StepBackArgs {
+    pub equipment: String,
+    /// The waiting session (yours) [default: LABLINK_SESSION_ID]
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub read: ReadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SwapArgs {
+    pub equipment: String,
+    /// The waiter to swap with (it must ask for the same swap)
+    #[arg(value_name = "WITH_SESSION")]
+    pub with: String,
+    /// The waiting session (yours) [default: LABLINK_SESSION_ID]
+    #[arg(long, value_name = "SESSION", env = client::vars::SESSION_ID)]
+    pub session: Option<String>,
     #[command(flatten)]
     pub read: ReadArgs,
 }
@@ -322,7 +427,89 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Release(args) => release(args).await,
         Command::Action(args) => action(args).await,
         Command::Events(args) => events(args).await,
+        Command::Maintenance(MaintenanceCommand::Start(args)) => {
+            let until = match args.until.as_deref().map(client::manage::until_arg) {
+                Some(Err(e)) => return client::fail("maintenance start", &e),
+                Some(Ok(until)) => Some(until),
+                None => None,
+            };
+            client_command("maintenance start", args.read.server, async |api| {
+                client::manage::start_maintenance(
+                    api,
+                    &args.equipment,
+                    &args.reason,
+                    until.as_deref(),
+                    args.read.json,
+                )
+                .await
+            })
+            .await
+        }
+        Command::Maintenance(MaintenanceCommand::End(args)) => {
+            client_command("maintenance end", args.read.server, async |api| {
+                client::manage::end_maintenance(api, &args.equipment, args.read.json).await
+            })
+            .await
+        }
+        Command::Dequeue(args) => {
+            client_command("dequeue", args.read.server, async |api| {
+                client::manage::dequeue(
+                    api,
+                    &args.equipment,
+                    &args.session,
+                    &args.by.intervention(),
+                    args.read.json,
+                )
+                .await
+            })
+            .await
+        }
+        Command::EndSession(args) => {
+            client_command("end-session", args.read.server, async |api| {
+                client::manage::end_session(
+                    api,
+                    &args.session,
+                    &args.by.intervention(),
+                    args.read.json,
+                )
+                .await
+            })
+            .await
+        }
+        Command::StepBack(args) => {
+            let Some(session) = args.session else {
+                return missing_session("step-back");
+            };
+            client_command("step-back", args.read.server, async |api| {
+                client::manage::step_back(api, &args.equipment, &session, args.read.json).await
+            })
+            .await
+        }
+        Command::Swap(args) => {
+            let Some(session) = args.session else {
+                return missing_session("swap");
+            };
+            client_command("swap", args.read.server, async |api| {
+                client::manage::swap(api, &args.equipment, &session, &args.with, args.read.json)
+                    .await
+            })
+            .await
+        }
     }
+}
+
+impl InterventionArgs {
+    fn intervention(&self) -> serde_json::Value {
+        serde_json::json!({"forced_by": self.forced_by, "message": self.reason})
+    }
+}
+
+/// A trade names the waiting session; without one, says how to.
+fn missing_session(name: &str) -> i32 {
+    eprintln!(
+        "lablink {name}: name the waiting session (--session or LABLINK_SESSION_ID; `lablink queue EQ` lists them)"
+    );
+    client::exit::USAGE
 }
 
 /// Runs a client command against the server; its exit status.
@@ -346,6 +533,11 @@ async fn run(args: RunArgs) -> i32 {
         locks: args.locks,
         observer: args.observer,
         wait: args.wait,
+        queueing: client::http::Queueing {
+            priority: args.priority,
+            max_wait: args.max_wait,
+            claim_within: args.claim_within,
+        },
         lease: args.timeout,
         grace: args.grace,
         command: args.command,

@@ -191,6 +191,15 @@ function onEvent(event) {
     if (event.event === 'lock_lost') notify(`Your lock on ${where} was lost (${event.reason ?? 'ended'}).`, 'warn');
     if (event.event === 'lock_granted') notify(`Your turn: you now hold ${where}.`);
     if (event.event === 'lock_expiring') notify(`Your lock on ${where} expires soon: renew it to keep it.`, 'warn');
+    if (event.event === 'queue_place_lost') {
+      const why = event.reason === 'wait_timeout'
+        ? 'you waited longer than you allowed'
+        : `removed by ${event.user ?? event.forced_by ?? 'a lab manager'}${event.message ? `: ${event.message}` : ''}`;
+      notify(`Your place in the queue for ${where} is gone (${why}).`, 'warn');
+    }
+  }
+  if (mine && event.event === 'maintenance_started') {
+    notify(`${event.equipment_id} is going into maintenance (${event.message ?? 'no reason given'}); you keep your lock until you release it.`, 'warn');
   }
   if (mine && (event.event === 'session_ended' || event.event === 'session_expired')) setSession(null);
   page?.onEvent?.(event);

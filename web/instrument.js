@@ -1,12 +1,13 @@
 // One instrument's page: its state and readings (the driver's status), the
 // lock (holder, time left, observers), the queue with positions, what this
 // tab's session may do (take or queue, renew, release; an admin may force
-// a release), a form per action generated from the driver's action catalog
+// a release, start or end maintenance and remove a queue entry, each after a
+// confirmation), a form per action generated from the driver's action catalog
 // for the holder's own session, and the history with filters and paging.
 
 import { api, ApiError, commandId, query, seg } from './api.js';
 import {
-  busy, clearError, confirmWithReason, duration, h, localTime, notify, showError, shortId, who,
+  busy, clearError, confirmWithReason, duration, h, localTime, maintenanceText, notify, showError, shortId, who,
 } from './ui.js';
 import { stateOf } from './overview.js';
 
@@ -14,7 +15,7 @@ const HISTORY_KINDS = [
   'lock_acquired', 'lock_refreshed', 'lock_released', 'lock_force_released', 'lock_expired',
   'observer_lock_acquired', 'observer_lock_released', 'observer_revoked', 'queued', 'dequeued',
   'queue_processed', 'session_created', 'session_ended', 'session_expired', 'queue_timeout',
-  'maintenance_started', 'maintenance_ended', 'claim_expired',
+  'maintenance_started', 'maintenance_ended', 'claim_expired', 'queue_stepped_back', 'queue_swapped',
 ];
 const HISTORY_PAGE = 25;
 
@@ -29,6 +30,8 @@ export function instrumentPage(ctx, main, id) {
   const lockBox = h('div.lock');
   const queueBox = h('div.queue');
   const controls = h('div.controls');
+  const manageTitle = h('h3', { hidden: true }, 'Lab manager');
+  const manageBox = h('div.manage');
   const readings = h('div.readings');
   const actionsBox = h('div.actions');
   const history = historySection(id);
@@ -42,7 +45,8 @@ export function instrumentPage(ctx, main, id) {
         h('section', { 'aria-labelledby': 'lock-title' },
           h('h2', { id: 'lock-title' }, 'Lock'), lockBox,
           h('h3', null, 'Queue'), queueBox,
-          h('h3', null, 'Your session'), controls),
+          h('h3', null, 'Your session'), controls,
+          manageTitle, manageBox),
         h('section', { 'aria-labelledby': 'readings-title' },
           h('h2', { id: 'readings-title' }, 'State and readings'),
           readings,
@@ -75,7 +79,8 @@ export function instrumentPage(ctx, main, id) {
     }
     const rows = [];
     if (status.maintenance) {
-      rows.push(['Maintenance', status.maintenance.reason ?? String(status.maintenance)]);
+      rows.push(['Maintenance', h('span.maint', null, maintenanceText(status.maintenance))]);
+      rows.push(['Out of service since', localTime(status.maintenance.since)]);
     }
     if (status.locked) {
       rows.push(['Holder', who(status)]);
@@ -94,11 +99,24 @@ export function instrumentPage(ctx, main, id) {
 
     const queue = status.queue ?? [];
     queueBox.replaceChildren(queue.length
-      ? h('ol.queue-list', null, queue.map((q) => h('li', { value: q.position },
-        `${who(q)} — ${q.lock_mode}, waiting since `, localTime(q.queued_at),
-        q.session_id === ctx.session?.session_id ? h('strong', null, ' (you)') : '')))
+      ? h('ol.queue-list', null, queue.map((q) => {
+        const mine = q.session_id === ctx.session?.session_id;
+        return h('li', { value: q.position, dataset: { session: q.session_id } },
+          `${who(q)} — ${q.lock_mode}${q.priority ? `, priority ${q.priority}` : ''}, waiting since `,
+          localTime(q.queued_at),
+          q.wait_expires_at ? [', gives up at ', localTime(q.wait_expires_at)] : '',
+          mine ? h('strong', null, ' (you)') : '',
+          ctx.can.admin() && !mine
+            ? [' ', h('button', {
+              type: 'button', class: 'danger small', 'data-role': 'remove-entry',
+              'aria-label': `Remove ${who(q)} from the queue…`,
+              onclick: (e) => removeEntry(e.target, q),
+            }, 'Remove…')]
+            : '');
+      }))
       : h('p', null, 'Nobody is waiting.'));
     renderControls(status);
+    renderManage(status);
   }
 
   function tickLeft() {
@@ -122,7 +140,13 @@ export function instrumentPage(ctx, main, id) {
         h('button', { type: 'button', onclick: (e) => act(e.target, 'release', error) }, 'Release')));
     } else if (me.queued) {
       items.push(h('p', null, `You are number ${me.queued.position} in the queue.`));
-      items.push(h('button', { type: 'button', onclick: (e) => act(e.target, 'release', error) }, 'Leave the queue'));
+      const last = me.queued.position >= (status.queue ?? []).length;
+      items.push(h('div.buttons', null,
+        h('button', { type: 'button', onclick: (e) => act(e.target, 'release', error) }, 'Leave the queue'),
+        last ? '' : h('button', {
+          type: 'button', title: 'Trade places with the one right behind you',
+          onclick: (e) => act(e.target, 'step-back', error),
+        }, 'Let the next go first')));
     } else {
       items.push(takeForm(status, error));
     }
@@ -146,6 +170,8 @@ export function instrumentPage(ctx, main, id) {
           h('option', { value: 'observer' }, 'observer'))),
       h('label', null, 'Timeout (s) ',
         h('input', { name: 'timeout_seconds', type: 'number', min: 0, step: 'any', value: 300, required: true })),
+      h('label', { title: 'Served first from the queue when higher; above 0 needs an admin once sign-in is on' }, 'Priority ',
+        h('input', { name: 'priority', type: 'number', min: -10, max: 10, step: 1, value: 0, required: true })),
       h('label.check', null,
         h('input', { name: 'queue_if_busy', type: 'checkbox', checked: true }), ' Queue if busy'),
       h('button', { type: 'submit', class: 'primary' }, busyNow ? 'Queue for it' : 'Take lock'));
@@ -159,6 +185,7 @@ export function instrumentPage(ctx, main, id) {
           lock_mode: form.elements.lock_mode.value,
           timeout_seconds: Number(form.elements.timeout_seconds.value),
           queue_if_busy: form.elements.queue_if_busy.checked,
+          priority: Number(form.elements.priority.value),
         });
         if (answer.status === 'queued') notify(`Queued for ${id} at position ${answer.queue_entry.position}.`);
         await model.read(id);
@@ -172,6 +199,9 @@ export function instrumentPage(ctx, main, id) {
       try {
         if (what === 'renew') {
           await api('POST', `/locks/activity/${seg(id)}`, { session_id: ctx.session.session_id });
+        } else if (what === 'step-back') {
+          const answer = await api('POST', `/locks/queue/${seg(id)}/step-back`, { session_id: ctx.session.session_id });
+          notify(`You let the next one go first: now number ${answer.position} for ${id}.`);
         } else {
           await api('POST', '/locks/release', { equipment_id: id, session_id: ctx.session.session_id });
         }
@@ -198,6 +228,71 @@ export function instrumentPage(ctx, main, id) {
       notify(`Released ${id}: ${reason}`);
       await model.read(id);
     }, error);
+  }
+
+  // ---- the lab manager's controls (admins; anyone with sign-in off) ----
+
+  function renderManage(status) {
+    const admin = ctx.can.admin();
+    manageTitle.hidden = !admin;
+    if (!admin) {
+      manageBox.replaceChildren();
+      return;
+    }
+    const error = h('p.error', { role: 'alert', hidden: true });
+    const start = h('button', {
+      type: 'button', class: 'danger', 'data-role': 'start-maintenance',
+      onclick: (e) => startMaintenance(e.target, error),
+    }, status.maintenance ? 'Change maintenance…' : 'Start maintenance…');
+    const end = status.maintenance
+      ? h('button', {
+        type: 'button', 'data-role': 'end-maintenance', onclick: (e) => endMaintenance(e.target, error),
+      }, 'End maintenance…')
+      : '';
+    manageBox.replaceChildren(h('div.buttons', null, start, end), error);
+  }
+
+  async function startMaintenance(button, error) {
+    const answer = await confirmWithReason(
+      `Take ${id} out of service?`,
+      'New requests are refused (or wait in the queue) until it ends; whoever holds it keeps the lock and is told.',
+      'Start maintenance',
+      { until: true, reasonLabel: 'Reason (shown in its status)' });
+    if (answer === null) return;
+    await busy(button, async () => {
+      await api('POST', `/equipment/${seg(id)}/maintenance`, { reason: answer.reason, until: answer.until });
+      notify(`${id} is in maintenance: ${answer.reason}`);
+      await model.read(id);
+    }, error);
+  }
+
+  async function endMaintenance(button, error) {
+    const ok = await confirmWithReason(
+      `Put ${id} back in service?`,
+      'Its queue is served at once, and new requests are accepted again.',
+      'End maintenance', { reason: false });
+    if (ok === null) return;
+    await busy(button, async () => {
+      await api('DELETE', `/equipment/${seg(id)}/maintenance`);
+      notify(`${id} is back in service.`);
+      await model.read(id);
+    }, error);
+  }
+
+  async function removeEntry(button, entry) {
+    const reason = await confirmWithReason(
+      `Remove ${who(entry)} from the queue?`,
+      `Their place (number ${entry.position}) for ${id} is taken away; they are told why, and those behind move up.`,
+      'Remove from the queue');
+    if (reason === null) return;
+    await busy(button, async () => {
+      // Recorded as forced by "dashboard" (and the admin as user), with
+      // the reason told to the waiter.
+      await api('POST', `/locks/queue/${seg(id)}/${seg(entry.session_id)}/remove`,
+        { forced_by: 'dashboard', message: reason });
+      notify(`Removed ${who(entry)} from the queue for ${id}: ${reason}`);
+      await model.read(id);
+    });
   }
 
   // ---- the driver's status: state, readings, actions ----

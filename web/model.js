@@ -1,6 +1,7 @@
 // What the page knows about every instrument's lock, kept current from
-// live events. The first picture comes from two requests (the equipment
-// list and /api/locks/all), whatever the number of instruments; after that
+// live events. The first picture comes from three requests (the equipment
+// list, /api/locks/all and /api/equipment/maintenance), whatever the
+// number of instruments; after that
 // an event marks its instrument stale, and only that instrument is read
 // again (its lock status, and its queue when someone waits), a few at a
 // time, coalescing bursts: a hundred events on one instrument cost one or
@@ -35,9 +36,12 @@ export class Model {
   }
 
   async loadSnapshot() {
-    const [list, all] = await Promise.all([
+    const [list, all, service] = await Promise.all([
       api('GET', '/equipment/list'),
       api('GET', '/locks/all'),
+      // Every instrument out of service, in one request (a server without
+      // it shows maintenance once an instrument is read again).
+      api('GET', '/equipment/maintenance').catch(() => ({ maintenance: {} })),
     ]);
     this.equipment = list.equipment;
     this.byId = new Map(this.equipment.map((e) => [e.equipment_id, e]));
@@ -62,6 +66,7 @@ export class Model {
         observer_sessions: observers.map((o) => o.session_id),
         user: lock?.user ?? null,
         client_name: lock?.client_name ?? null,
+        maintenance: service.maintenance[id] ?? null,
         queue,
       });
     }

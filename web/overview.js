@@ -1,10 +1,11 @@
 // The overview: every instrument as a card (free / held / observers only /
-// maintenance, the holder, the time left, the queue and who is next), with
+// maintenance with its reason and end, the holder, the time left, the
+// queue, who is next and the waiters' priorities), with
 // a filter on name, id, driver, model and tags. Cards are built once; an
 // event updates only its instrument's card, and the countdown rewrites only
 // the cards of held instruments whose shown second changed.
 
-import { duration, h, who } from './ui.js';
+import { duration, h, maintenanceText, who } from './ui.js';
 
 /** What a status shows as: [state key, label]. */
 export function stateOf(status) {
@@ -13,6 +14,24 @@ export function stateOf(status) {
   if (status.locked) return ['held', 'Held'];
   if (status.observer_count > 0) return ['observed', 'Observers only'];
   return ['free', 'Free'];
+}
+
+/** " (priority 5)" for a waiter who asked for one, else "". */
+export function priorityText(entry) {
+  return entry?.priority ? ` (priority ${entry.priority})` : '';
+}
+
+/**
+ * "2 waiting · next: bob (priority 5)", and when anyone waits with a
+ * priority, every waiter's in serving order: "· priorities 5, 0, -2".
+ */
+export function queueText(queue) {
+  if (!queue.length) return 'nobody waiting';
+  let text = `${queue.length} waiting · next: ${who(queue[0])}${priorityText(queue[0])}`;
+  if (queue.length > 1 && queue.some((q) => q.priority)) {
+    text += ` · priorities ${queue.map((q) => q.priority ?? 0).join(', ')}`;
+  }
+  return text;
 }
 
 export function overviewPage(ctx, main) {
@@ -44,6 +63,8 @@ export function overviewPage(ctx, main) {
     const holder = h('dd.holder');
     const left = h('dd.left');
     const queue = h('dd.queue');
+    const maintTerm = h('dt.maint', { hidden: true }, 'Maintenance');
+    const maint = h('dd.maint', { hidden: true });
     const tags = (info.tags ?? []).join(' ');
     const root = h('li.card', { dataset: { id } },
       h('article', { 'aria-labelledby': `card-${id}` },
@@ -52,11 +73,12 @@ export function overviewPage(ctx, main) {
           badge),
         h('p.meta', null, h('code', null, id), ` · ${info.driver}`, info.model ? ` · ${info.model}` : ''),
         h('dl', null,
+          maintTerm, maint,
           h('dt', null, 'Holder'), holder,
           h('dt', null, 'Time left'), left,
           h('dt', null, 'Queue'), queue)));
     const card = {
-      root, badge, holder, left, queue, lastShown: null,
+      root, badge, holder, left, queue, maintTerm, maint, lastShown: null,
       text: [id, info.name, info.driver, info.model, tags].join(' ').toLowerCase(),
     };
     cards.set(id, card);
@@ -70,9 +92,12 @@ export function overviewPage(ctx, main) {
     const [state, label] = stateOf(status);
     card.root.dataset.state = state;
     card.badge.textContent = label;
-    if (status?.maintenance) {
-      card.holder.textContent = status.maintenance.reason ?? String(status.maintenance);
-    } else if (status?.locked) {
+    const inMaintenance = Boolean(status?.maintenance);
+    card.maintTerm.hidden = !inMaintenance;
+    card.maint.hidden = !inMaintenance;
+    card.maint.textContent = inMaintenance ? maintenanceText(status.maintenance) : '';
+    // The holder keeps its lock through maintenance: still shown.
+    if (status?.locked) {
       card.holder.textContent = who(status);
     } else if (status?.observer_count) {
       card.holder.textContent = `${status.observer_count} observer${status.observer_count > 1 ? 's' : ''}`;
@@ -80,9 +105,7 @@ export function overviewPage(ctx, main) {
       card.holder.textContent = '—';
     }
     const queue = status?.queue ?? [];
-    card.queue.textContent = queue.length
-      ? `${queue.length} waiting · next: ${who(queue[0])}`
-      : 'nobody waiting';
+    card.queue.textContent = queueText(queue);
     card.lastShown = null;
     showLeft(id, card);
   }

@@ -73,7 +73,8 @@ export function sessionsPage(ctx, main) {
         ? held.map((l, i) => [i ? ', ' : '', link(l.equipment_id), l.lock_mode === 'observer' ? ' (observer)' : ''])
         : '—'),
       h('td', null, waiting.length
-        ? waiting.map((q, i) => [i ? ', ' : '', link(q.equipment_id), ` (#${q.position})`])
+        ? waiting.map((q, i) => [i ? ', ' : '', link(q.equipment_id),
+          ` (#${q.position}${q.priority ? `, priority ${q.priority}` : ''})`])
         : '—'),
       h('td', null, end));
   }
@@ -89,7 +90,9 @@ export function sessionsPage(ctx, main) {
       'End session');
     if (reason === null) return;
     await busy(button, async () => {
-      await api('DELETE', `/locks/sessions/${seg(s.session_id)}`);
+      // An admin's end: its locks are released whatever the server's
+      // auto-release setting, and the reason is told to its holder.
+      await api('POST', `/locks/sessions/${seg(s.session_id)}/end`, { forced_by: 'dashboard', message: reason });
       notify(`Ended session ${s.client_name}: ${reason}`);
       load();
     });

@@ -97,14 +97,23 @@ export function shortId(id) {
 
 /**
  * Asks to confirm `message` with a reason; resolves to the reason, or null
- * when cancelled.
+ * when cancelled. Options: `reason: false` asks for no reason (resolves
+ * to ''); `reasonLabel` names the field; `until: true` also asks for an
+ * optional end time (resolves to {reason, until}, until an RFC 3339 UTC
+ * string or null, read in the browser's time zone).
  */
-export function confirmWithReason(title, message, okLabel = 'Confirm') {
+export function confirmWithReason(title, message, okLabel = 'Confirm', options = {}) {
   const dialog = document.getElementById('confirm-dialog');
   const form = document.getElementById('confirm-form');
   dialog.querySelector('#confirm-title').textContent = title;
   dialog.querySelector('[data-role=message]').textContent = message;
   dialog.querySelector('[data-role=ok]').textContent = okLabel;
+  const askReason = options.reason !== false;
+  dialog.querySelector('[data-role=reason-field]').hidden = !askReason;
+  dialog.querySelector('[data-role=reason-label]').textContent = options.reasonLabel
+    ?? 'Reason (recorded with the action)';
+  form.elements.reason.required = askReason;
+  dialog.querySelector('[data-role=until-field]').hidden = !options.until;
   form.reset();
   return new Promise((resolve) => {
     const done = (value) => {
@@ -117,8 +126,13 @@ export function confirmWithReason(title, message, okLabel = 'Confirm') {
     const onSubmit = (e) => {
       e.preventDefault();
       const reason = form.elements.reason.value.trim();
-      if (!reason) return;
-      done(reason);
+      if (askReason && !reason) return;
+      if (!options.until) {
+        done(reason);
+        return;
+      }
+      const local = form.elements.until.value;
+      done({ reason, until: local ? new Date(local).toISOString() : null });
     };
     const onCancel = () => done(null);
     const cancel = form.querySelector('[data-role=cancel]');
@@ -126,8 +140,16 @@ export function confirmWithReason(title, message, okLabel = 'Confirm') {
     cancel.addEventListener('click', onCancel);
     dialog.addEventListener('cancel', onCancel);
     dialog.showModal();
-    form.elements.reason.focus();
+    (askReason ? form.elements.reason : form.querySelector('[data-role=ok]')).focus();
   });
+}
+
+/** A maintenance as words: "calibration · until 28 Nov 2026, 12:00:00 · by alice". */
+export function maintenanceText(m) {
+  const parts = [m.reason];
+  parts.push(m.until ? `until ${dateTime.format(new Date(m.until))}` : 'until ended');
+  if (m.user) parts.push(`by ${m.user}`);
+  return parts.join(' · ');
 }
 
 /** Runs `action` with `button` disabled, showing an error where asked. */

@@ -1,9 +1,11 @@
 //! The lab manager's endpoints: remove someone's queue entry, end
-//! someone's session, maintenance. Admins only once authentication is on.
+//! someone's session, maintenance. Admins only once authentication is on
+//! (the list of instruments in maintenance is a read, open to all).
 
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use super::caller::Caller;
@@ -168,6 +170,34 @@ pub async fn end_maintenance(
         success: true,
         equipment_id: equipment.to_string(),
         maintenance: MaintenanceView::new(&at.value),
+    }))
+}
+
+/// Every instrument out of service, for views of all of them at once
+/// (the dashboard's overview, `GET /api/locks/all` being about locks).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MaintenanceList {
+    /// By equipment id; an instrument in service is not listed.
+    pub maintenance: BTreeMap<String, MaintenanceView>,
+    pub count: usize,
+}
+
+#[utoipa::path(get, path = "/api/equipment/maintenance", tag = "manage", operation_id = "list_maintenance",
+    responses((status = 200, body = MaintenanceList, description = "Every instrument in maintenance now")))]
+pub async fn list_maintenance(State(app): State<AppState>) -> ApiResult<MaintenanceList> {
+    // Equipment in maintenance is never idle, so it is among the busy.
+    let at = app.busy_equipment().await?;
+    let maintenance: BTreeMap<String, MaintenanceView> = at
+        .value
+        .iter()
+        .filter_map(|locks| {
+            let m = locks.maintenance_at(at.now)?;
+            Some((locks.equipment_id.to_string(), MaintenanceView::new(m)))
+        })
+        .collect();
+    Ok(Json(MaintenanceList {
+        count: maintenance.len(),
+        maintenance,
     }))
 }
 

@@ -49,7 +49,7 @@ pub const BODY_LIMIT: usize = 1 << 20;
         locks::acquire, locks::release, locks::activity, locks::status, locks::queue,
         locks::all, locks::events, locks::history, locks::cleanup, analytics::analytics,
         manage::remove_queue_entry, manage::force_end_session,
-        manage::start_maintenance, manage::end_maintenance,
+        manage::start_maintenance, manage::end_maintenance, manage::list_maintenance,
         manage::step_back, manage::swap_places,
         equipment::list, equipment::status, equipment::command,
         ws::upgrade, dashboard::whoami,
@@ -519,6 +519,7 @@ pub fn router(service: AppState) -> Router {
             "/api/locks/queue/{equipment_id}/{session_id}/remove",
             post(manage::remove_queue_entry),
         )
+        .route("/api/equipment/maintenance", get(manage::list_maintenance))
         .route(
             "/api/equipment/{equipment_id}/maintenance",
             post(manage::start_maintenance).delete(manage::end_maintenance),

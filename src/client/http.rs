@@ -28,6 +28,22 @@ pub struct Lock {
     pub equipment_id: String,
     pub lock_id: String,
     pub fencing_token: u64,
+    /// Set on a lock handed over from the queue with a claim window: it
+    /// must be claimed (renewed) before then.
+    #[serde(default)]
+    pub claim_by: Option<String>,
+}
+
+/// What a request asks of the queue besides the lock (README, "Queueing");
+/// each is sent only when set, so the server's defaults apply otherwise.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Queueing {
+    /// -10..=10: a higher one is served first.
+    pub priority: Option<i8>,
+    /// The server drops the place after this long without a grant.
+    pub max_wait: Option<Duration>,
+    /// A lock handed over from the queue must be claimed within this.
+    pub claim_within: Option<Duration>,
 }
 
 /// What an acquire came to.
@@ -181,8 +197,10 @@ impl Api {
             .ok_or_else(|| unexpected("a new session", &answer))
     }
 
-    /// Asks for `equipment`; queued if busy when `queue`, and then waits up
-    /// to `wait` for the turn (the server holds the request open).
+    /// Asks for `equipment`; queued if busy when `queue` (placed as
+    /// `queueing` says), and then waits up to `wait` for the turn (the
+    /// server holds the request open).
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         &self,
         equipment: &str,
@@ -190,9 +208,10 @@ impl Api {
         observer: bool,
         lease: Duration,
         queue: bool,
+        queueing: Queueing,
         wait: Duration,
     ) -> Result<Acquired, ClientError> {
-        let body = json!({
+        let mut body = json!({
             "equipment_id": equipment,
             "session_id": session,
             "lock_mode": if observer { "observer" } else { "exclusive" },
@@ -200,6 +219,15 @@ impl Api {
             "queue_if_busy": queue,
             "wait_seconds": wait.as_secs_f64(),
         });
+        if let Some(priority) = queueing.priority {
+            body["priority"] = json!(priority);
+        }
+        if let Some(max_wait) = queueing.max_wait {
+            body["max_wait_seconds"] = json!(max_wait.as_secs_f64());
+        }
+        if let Some(claim_within) = queueing.claim_within {
+            body["claim_within_seconds"] = json!(claim_within.as_secs_f64());
+        }
         let request = self
             .request(Method::POST, &["api", "locks", "acquire"])
             .timeout(wait + REQUEST_TIMEOUT)

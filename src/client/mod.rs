@@ -1,5 +1,5 @@
 //! The `lablink` client commands (`run`, `status`, `sessions`, `queue`,
-//! `release`, `command`, `events`): they talk to a running server over its
+//! `release`, `command`, `events`, and the queueing controls): they talk to a running server over its
 //! HTTP API and `/api/ws`, never to the store, so they work against any
 //! LabLink server the user can reach. `cli.rs` parses the arguments; this
 //! module and its files do the work and return the process exit status.
@@ -10,11 +10,13 @@
 //! - `output`: aligned tables, durations written and read.
 //! - `reads`: `status`, `sessions`, `queue`, `release`, `command`.
 //! - `events`: `events`, with `--follow`.
+//! - `manage`: `maintenance`, `dequeue`, `end-session`, `step-back`, `swap`.
 //! - `run`: a command run under locks.
 
 pub mod events;
 pub mod http;
 pub mod live;
+pub mod manage;
 pub mod output;
 pub mod reads;
 pub mod run;
@@ -48,6 +50,14 @@ pub mod exit {
     /// `run`: `--wait` ran out before every lock was granted; nothing is
     /// left behind. EX_TEMPFAIL ("try again later").
     pub const WAIT_RAN_OUT: i32 = 75;
+    /// `run`: `--max-wait` passed and the server dropped the queue place;
+    /// nothing is left behind.
+    pub const QUEUE_TIMEOUT: i32 = 76;
+    /// `run`: a lab manager removed the queue place (or ended the
+    /// session) while `run` waited; the command never started.
+    pub const PLACE_REMOVED: i32 = 77;
+    /// `run --wait 0`: the instrument is in maintenance (not queued).
+    pub const IN_MAINTENANCE: i32 = 78;
     /// `run`: the command exists but could not be executed (as shells do).
     pub const CANNOT_EXECUTE: i32 = 126;
     /// `run`: the command was not found (as shells do).

@@ -5,18 +5,23 @@
 use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
 
+use super::manage::maintenance_text;
 use super::output::{Table, duration, text, time_left, who};
 use super::{ClientError, http::Api};
 
 /// Prints `value` as pretty JSON.
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
 }
 
+/// The state column: `maintenance` wins (the holder, if any, still shows).
 fn state_of(status: &Value) -> &'static str {
+    if !status["maintenance"].is_null() {
+        return "maintenance";
+    }
     match (status["locked"].as_bool(), status["lock_mode"].as_str()) {
         (Some(true), _) => "locked",
         (_, Some("observer")) => "observed",
@@ -38,6 +43,8 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
         print_json(&Value::Array(statuses));
         return Ok(());
     }
+    // Every queue at once, for the waiters' priorities.
+    let queues = api.get(&["api", "locks", "all"]).await?["queues"].take();
     let mut table = Table::new(&[
         "EQUIPMENT",
         "NAME",
@@ -59,12 +66,36 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
             } else {
                 "-".into()
             },
-            text(&s["queue_length"]),
+            queue_cell(&s["queue_length"], &queues[text(&e["equipment_id"])]),
             text(&s["observer_count"]),
         ]);
     }
     table.print();
+    // Why each one in maintenance is out of service, under the table.
+    for s in statuses.iter().filter(|s| !s["maintenance"].is_null()) {
+        println!(
+            "{} in maintenance: {}",
+            text(&s["equipment_id"]),
+            maintenance_text(&s["maintenance"])
+        );
+    }
     Ok(())
+}
+
+/// The queue length, and when anyone waits with a priority, every waiter's
+/// in serving order: `2 (priorities 3, 0)`.
+fn queue_cell(length: &Value, queue: &Value) -> String {
+    let priorities: Vec<i64> = queue
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["priority"].as_i64().unwrap_or(0))
+        .collect();
+    if priorities.iter().all(|p| *p == 0) {
+        return text(length);
+    }
+    let listed: Vec<String> = priorities.iter().map(i64::to_string).collect();
+    format!("{} (priorities {})", text(length), listed.join(", "))
 }
 
 /// `status EQ`: one instrument in detail with its queue; with `--json` its
@@ -91,6 +122,12 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
         ),
     ]);
     lines.row(vec!["state:".into(), state_of(s).into()]);
+    if !s["maintenance"].is_null() {
+        lines.row(vec![
+            "maintenance:".into(),
+            maintenance_text(&s["maintenance"]),
+        ]);
+    }
     if s["locked"].as_bool() == Some(true) {
         lines.row(vec!["holder:".into(), who(s)]);
         lines.row(vec!["session:".into(), text(&s["session_id"])]);
@@ -130,18 +167,30 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
 }
 
 fn queue_table(queue: &Value) -> Table {
-    let mut table = Table::new(&["POS", "SESSION", "WHO", "MODE", "LOCK TIMEOUT", "QUEUED AT"]);
+    let mut table = Table::new(&[
+        "POS",
+        "SESSION",
+        "WHO",
+        "MODE",
+        "PRIORITY",
+        "LOCK TIMEOUT",
+        "QUEUED AT",
+        "GIVES UP AT",
+    ]);
     for entry in queue["queue"].as_array().into_iter().flatten() {
         table.row(vec![
             text(&entry["position"]),
             text(&entry["session_id"]),
             who(entry),
             text(&entry["lock_mode"]),
+            entry["priority"].as_i64().unwrap_or(0).to_string(),
             match entry["timeout_seconds"].as_f64() {
                 Some(0.0) | None => "none".into(),
                 Some(t) => duration(t),
             },
             text(&entry["queued_at"]),
+            // When `max_wait_seconds` drops the place.
+            text(&entry["wait_expires_at"]),
         ]);
     }
     table
@@ -223,9 +272,13 @@ fn holdings(all: &Value) -> std::collections::HashMap<String, Vec<String>> {
     }
     for (eq, entries) in all["queues"].as_object().into_iter().flatten() {
         for e in entries.as_array().into_iter().flatten() {
+            let priority = match e["priority"].as_i64() {
+                Some(p) if p != 0 => format!(", priority {p}"),
+                _ => String::new(),
+            };
             note(
                 &e["session_id"],
-                format!("{eq} (queued {})", text(&e["position"])),
+                format!("{eq} (queued {}{priority})", text(&e["position"])),
             );
         }
     }

@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::http::{Acquired, Api, Lock};
+use super::http::{Acquired, Api, Lock, Queueing};
 use super::live::{LiveEvents, Subscription};
 use super::output::duration;
 use super::{ClientError, Connection, exit, fail, vars};
@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub observer: bool,
     /// How long to wait for the locks; `None`: as long as it takes.
     pub wait: Option<Duration>,
+    /// Priority, the server-side wait limit and the claim window of each
+    /// request.
+    pub queueing: Queueing,
     /// The session's and the locks' lease: how long they outlive a `run`
     /// that dies without cleaning up. Renewed well before it ends.
     pub lease: Duration,
@@ -47,8 +50,28 @@ const MAX_POLL: Duration = Duration::from_secs(300);
 
 /// Why `run` stopped before the program exited on its own.
 enum Stop {
-    LockLost { equipment: String, reason: String },
-    WaitRanOut { equipment: String, why: String },
+    LockLost {
+        equipment: String,
+        reason: String,
+    },
+    WaitRanOut {
+        equipment: String,
+        why: String,
+    },
+    /// The server dropped the queue place: `--max-wait` passed.
+    QueueTimeout {
+        equipment: String,
+    },
+    /// A lab manager took the queue place (or ended the session).
+    PlaceRemoved {
+        equipment: String,
+        why: String,
+    },
+    /// In maintenance, and `--wait 0` does not queue.
+    InMaintenance {
+        equipment: String,
+        detail: String,
+    },
     Interrupted(&'static str),
     Failed(ClientError),
     CannotStart(std::io::Error),
@@ -57,9 +80,14 @@ enum Stop {
 /// What a live message asks of `run`.
 enum Heard {
     Nothing,
-    Position { equipment: String, position: usize },
+    Position {
+        equipment: String,
+        position: usize,
+    },
     RenewNow,
     Lost(Stop),
+    /// Something to tell the user (maintenance announced on a held lock).
+    Say(String),
     Reconnect,
 }
 
@@ -108,6 +136,25 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
                 "lablink run: gave up waiting for {equipment}: {why}; nothing was left behind"
             );
             exit::WAIT_RAN_OUT
+        }
+        Err(Stop::QueueTimeout { equipment }) => {
+            let max_wait = duration(options.queueing.max_wait.unwrap_or_default().as_secs_f64());
+            eprintln!(
+                "lablink run: gave up waiting for {equipment}: --max-wait {max_wait} ran out and the server dropped the place; nothing was left behind"
+            );
+            exit::QUEUE_TIMEOUT
+        }
+        Err(Stop::PlaceRemoved { equipment, why }) => {
+            eprintln!(
+                "lablink run: lost the place in the queue for {equipment}: {why}; the command was not started"
+            );
+            exit::PLACE_REMOVED
+        }
+        Err(Stop::InMaintenance { equipment, detail }) => {
+            eprintln!(
+                "lablink run: {equipment} is in maintenance and --wait is 0 ({detail}); the command was not started"
+            );
+            exit::IN_MAINTENANCE
         }
         Err(Stop::Interrupted(name)) => {
             eprintln!("lablink run: {name}: the command was {command_was}; the locks are released");
@@ -218,8 +265,16 @@ impl<'a> Keeper<'a> {
                 let session = &session;
                 let acquire = async move {
                     tokio::time::sleep(delay).await;
-                    api.acquire(eq, session, options.observer, options.lease, queue, poll)
-                        .await
+                    api.acquire(
+                        eq,
+                        session,
+                        options.observer,
+                        options.lease,
+                        queue,
+                        options.queueing,
+                        poll,
+                    )
+                    .await
                 };
                 tokio::pin!(acquire);
                 let answer = loop {
@@ -246,6 +301,16 @@ impl<'a> Keeper<'a> {
                                 lock.lock_id, lock.fencing_token
                             );
                         }
+                        // Handed over from the queue with a claim window:
+                        // claim it now (the answer itself is no claim).
+                        if lock.claim_by.is_some() {
+                            api.renew_lock(eq, session)
+                                .await
+                                .map_err(|e| Stop::LockLost {
+                                    equipment: eq.clone(),
+                                    reason: e.to_string(),
+                                })?;
+                        }
                         self.held.push(lock);
                         break;
                     }
@@ -267,6 +332,22 @@ impl<'a> Keeper<'a> {
                             equipment: eq.clone(),
                             why: format!("it is busy and --wait is 0 ({e})"),
                         });
+                    }
+                    Err(e) if e.code() == Some("in_maintenance") => {
+                        return Err(Stop::InMaintenance {
+                            equipment: eq.clone(),
+                            detail: e.to_string(),
+                        });
+                    }
+                    Err(e) if e.code() == Some("queue_timeout") => {
+                        return Err(Stop::QueueTimeout {
+                            equipment: eq.clone(),
+                        });
+                    }
+                    // A waiter whose place was taken is answered as if its
+                    // session were gone: its history says what happened.
+                    Err(e) if told_busy && e.code() == Some("session_not_found") => {
+                        return Err(self.why_place_went(eq).await.unwrap_or(Stop::Failed(e)));
                     }
                     // A server restarting: its queue survives, so ask again
                     // (`renew_all` gives up once a whole lease has gone by).
@@ -356,7 +437,17 @@ impl<'a> Keeper<'a> {
         }
         let equipment = message["equipment_id"].as_str().unwrap_or_default();
         let ours = self.held.iter().any(|l| l.equipment_id == equipment);
+        let waiting = !ours && self.asked.iter().any(|eq| eq == equipment);
         match message["event"].as_str() {
+            Some("queue_place_lost") if waiting => Heard::Lost(place_lost(equipment, &message)),
+            Some("maintenance_started") if ours => Heard::Say(format!(
+                "{equipment} is going into maintenance ({}{}); the lock is kept until the command ends",
+                message["message"].as_str().unwrap_or("no reason given"),
+                message["expires_at"]
+                    .as_str()
+                    .map(|until| format!(", until {until}"))
+                    .unwrap_or_default()
+            )),
             Some("queue_position") => Heard::Position {
                 equipment: equipment.to_owned(),
                 position: message["position"].as_u64().unwrap_or(0) as usize,
@@ -375,6 +466,10 @@ impl<'a> Keeper<'a> {
             Heard::Nothing | Heard::Position { .. } => Ok(()),
             Heard::RenewNow => self.renew_all().await,
             Heard::Lost(stop) => Err(stop),
+            Heard::Say(text) => {
+                eprintln!("lablink run: {text}");
+                Ok(())
+            }
             Heard::Reconnect => {
                 // Renewals go on without it; the next tick tries again.
                 self.live = None;
@@ -425,6 +520,28 @@ impl<'a> Keeper<'a> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Why a waiting request's place went, from the session's history: its
+    /// latest event on `equipment` (`None` if it says nothing of it).
+    async fn why_place_went(&self, equipment: &str) -> Option<Stop> {
+        let history = self
+            .api
+            .get_query(
+                &["api", "locks", "sessions", &self.session, "events"],
+                &[("limit", "50".to_owned())],
+            )
+            .await
+            .ok()?;
+        let latest = history["events"]
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|e| e["equipment_id"] == equipment)?;
+        let taken = latest["event"] == "queue_timeout"
+            || (latest["event"] == "dequeued"
+                && matches!(latest["reason"].as_str(), Some("removed" | "forced")));
+        taken.then(|| place_lost(equipment, latest))
     }
 
     /// Releases what was asked for (locks and queue places) and ends the
@@ -482,18 +599,53 @@ fn wait_ran_out(eq: &str, options: &RunOptions, position: Option<usize>) -> Stop
     }
 }
 
-/// A `lock_lost` notification's reason, in words.
-fn lost_reason(note: &Value) -> String {
-    let by = note["user"]
+/// ` by WHO` for an intervention: the admin's user, else its `forced_by`.
+fn by_whom(note: &Value) -> String {
+    note["user"]
         .as_str()
         .or(note["forced_by"].as_str())
         .map(|who| format!(" by {who}"))
+        .unwrap_or_default()
+}
+
+/// Why a queue place was dropped without our asking, from its
+/// `queue_place_lost` notification or its history event.
+fn place_lost(equipment: &str, note: &Value) -> Stop {
+    if note["reason"] == "wait_timeout" || note["event"] == "queue_timeout" {
+        return Stop::QueueTimeout {
+            equipment: equipment.to_owned(),
+        };
+    }
+    let by = by_whom(note);
+    let what = match note["reason"].as_str() {
+        Some("forced") => "the session was ended",
+        _ => "it was removed from the queue",
+    };
+    let message = note["message"]
+        .as_str()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Stop::PlaceRemoved {
+        equipment: equipment.to_owned(),
+        why: format!("{what}{by}{message}"),
+    }
+}
+
+/// A `lock_lost` notification's reason, in words.
+fn lost_reason(note: &Value) -> String {
+    let by = by_whom(note);
+    let message = note["message"]
+        .as_str()
+        .map(|m| format!(" ({m})"))
         .unwrap_or_default();
     match note["reason"].as_str() {
-        Some("forced") => format!("it was force-released{by}"),
+        Some("forced") => format!("it was force-released{by}{message}"),
         Some("timeout") => "its lease ran out before a renewal reached the server".into(),
         Some("exclusive_granted") => "an exclusive lock was granted to another session".into(),
         Some("session_expired") => "the session expired".into(),
+        Some("claim_expired") => {
+            "it was handed over from the queue and not claimed within its claim window".into()
+        }
         Some(other) => other.replace('_', " "),
         None => "the server ended it".into(),
     }

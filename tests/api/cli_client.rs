@@ -1,7 +1,9 @@
 //! The client commands through the real binary against a real server:
 //! `status`, `sessions`, `queue`, `events` (tables and `--json`),
 //! `command` (typed parameters), `release --force`, and `run` with real
-//! child processes (exit status, environment, lock loss, signals, `--wait`).
+//! child processes (exit status, environment, lock loss, signals, `--wait`),
+//! and the queueing controls (priority, `--max-wait`, claims, maintenance,
+//! `dequeue`, `end-session`, `step-back`, `swap`).
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -836,4 +838,397 @@ async fn run_waits_in_the_queue_across_a_server_restart() {
     assert_eq!(run.wait().await.unwrap().code(), Some(0));
     let (_, status) = app.get("/api/locks/status/ps_abc123").await;
     assert_eq!(status["locked"], false);
+}
+
+// ---- the queueing controls (issue 14) --------------------------------------
+
+/// The session of the `n`th waiter (1-based) for the PSU.
+async fn waiter_at(app: &TestApp, n: usize) -> String {
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    queue["queue"][n - 1]["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nobody at {n}: {queue}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn maintenance_from_the_command_line_shows_in_status_with_the_queues_priorities() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+    let urgent = app.session(600.0).await;
+    app.acquire(PSU, &urgent, json!({"queue_if_busy": true, "priority": 3}))
+        .await;
+
+    let out = ok(
+        &app.base,
+        &[
+            "maintenance",
+            "start",
+            PSU,
+            "--reason",
+            "calibration",
+            "--until",
+            "2026-01-05T11:00:00Z",
+        ],
+    )
+    .await;
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    let since = status["maintenance"]["since"].as_str().unwrap().to_owned();
+    assert_eq!(
+        out,
+        format!(
+            "ps_abc123 is in maintenance: calibration (since {since}, until 2026-01-05T11:00:00.000Z)\n"
+        )
+    );
+
+    let table = ok(&app.base, &["status"]).await;
+    let psu = &rows(&table)[0];
+    assert_eq!(
+        psu[..5],
+        [
+            "ps_abc123",
+            "Demo power supply",
+            "maintenance",
+            "test",
+            "5m 00s"
+        ],
+        "{table}"
+    );
+    assert_eq!(psu[5], "2 (priorities 3, 0)", "{table}");
+    assert!(
+        table.ends_with(&format!(
+            "ps_abc123 in maintenance: calibration (since {since}, until 2026-01-05T11:00:00.000Z)\n"
+        )),
+        "{table}"
+    );
+    let detail = ok(&app.base, &["status", PSU]).await;
+    assert!(
+        detail.contains("state:        maintenance\n")
+            && detail.contains(&format!("maintenance:  calibration (since {since}"))
+            && detail.contains(&format!("session:      {holder}")),
+        "{detail}"
+    );
+    // The queue in serving order, each with its priority.
+    let queue = ok(&app.base, &["queue", PSU]).await;
+    assert!(
+        queue.starts_with(
+            "POS  SESSION                               WHO   MODE       PRIORITY  LOCK TIMEOUT  QUEUED AT                 GIVES UP AT\n"
+        ),
+        "{queue}"
+    );
+    let order: Vec<(String, String)> = rows(&queue)
+        .iter()
+        .map(|r| (r[1].clone(), r[4].clone()))
+        .collect();
+    assert_eq!(
+        order,
+        [(urgent.clone(), "3".into()), (waiter.clone(), "0".into())]
+    );
+    let sessions = ok(&app.base, &["sessions"]).await;
+    assert!(
+        sessions.contains("ps_abc123 (queued 1, priority 3)"),
+        "{sessions}"
+    );
+    let statuses = json_of(&ok(&app.base, &["status", "--json"]).await);
+    assert_eq!(statuses[0], status, "the server's own object");
+
+    // Back in service: the maintenance that ended, and the state as before.
+    let ended = json_of(&ok(&app.base, &["maintenance", "end", PSU, "--json"]).await);
+    assert_eq!(ended["maintenance"], status["maintenance"]);
+    assert_eq!(ended["equipment_id"], PSU);
+    assert_eq!(rows(&ok(&app.base, &["status"]).await)[0][2], "locked");
+    let out = cli(&app.base, &["maintenance", "end", PSU]).await;
+    assert_eq!(out.code, 1);
+    let (_, refused) = app.delete("/api/equipment/ps_abc123/maintenance").await;
+    assert_eq!(
+        out.stderr,
+        format!(
+            "lablink maintenance end: {}\n",
+            refused["detail"].as_str().unwrap()
+        )
+    );
+    // A bad --until is the user's mistake (2), and nothing is sent.
+    let out = cli(
+        &app.base,
+        &[
+            "maintenance",
+            "start",
+            PSU,
+            "--reason",
+            "x",
+            "--until",
+            "soon",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert!(status.get("maintenance").is_none(), "{status}");
+    // `--until 2h`: two hours from now. The server's clock is the test's
+    // (09:00 on 5 January 2026), so it is the server that refuses a past one.
+    let out = cli(
+        &app.base,
+        &[
+            "maintenance",
+            "start",
+            PSU,
+            "--reason",
+            "x",
+            "--until",
+            "2h",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn run_with_a_priority_goes_ahead_and_is_told_when_a_manager_takes_its_place() {
+    let app = spawn_app().await;
+    let (_holder, waiter) = busy_psu(&app).await;
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &["--lock", PSU, "--priority", "2", "--", "true"],
+        &[],
+    );
+    until_line(&mut stderr, "waiting at position 1 in the queue").await;
+    assert_eq!(
+        waiter_at(&app, 2).await,
+        waiter,
+        "served before the earlier waiter"
+    );
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert_eq!(queue["queue"][0]["priority"], 2);
+    let session = waiter_at(&app, 1).await;
+
+    let out = ok(
+        &app.base,
+        &["dequeue", PSU, &session, "--reason", "left for lunch"],
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!("removed session {session} (position 1) from the queue for ps_abc123\n")
+    );
+    assert_eq!(run.wait().await.unwrap().code(), Some(77));
+    let said = until_line(&mut stderr, "the command was not started").await;
+    assert!(
+        said.last().unwrap().contains(
+            "lost the place in the queue for ps_abc123: it was removed from the queue by lablink-cli: left for lunch"
+        ),
+        "{said:?}"
+    );
+    // It did not queue again behind the manager's back, and its session ended.
+    assert_eq!(waiter_at(&app, 1).await, waiter);
+    assert!(!live_sessions(&app).await.contains(&session));
+
+    // A session ended by a manager while waiting: the same status.
+    let (mut run, mut stderr) = start_run(&app.base, &["--lock", PSU, "--", "true"], &[]);
+    until_line(&mut stderr, "waiting at position 2").await;
+    let session = waiter_at(&app, 2).await;
+    let out = ok(
+        &app.base,
+        &["end-session", &session, "--forced-by", "lab-manager"],
+    )
+    .await;
+    assert_eq!(out, format!("ended session {session}; 0 locks released\n"));
+    assert_eq!(run.wait().await.unwrap().code(), Some(77));
+    let said = until_line(&mut stderr, "the command was not started").await;
+    assert!(
+        said.last()
+            .unwrap()
+            .contains("the session was ended by lab-manager"),
+        "{said:?}"
+    );
+
+    // Errors print the server's detail and exit 1.
+    let out = cli(&app.base, &["dequeue", PSU, &session]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("lablink dequeue: "),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        &app.base,
+        &["run", "--lock", PSU, "--priority", "11", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "clap refuses it: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn run_with_max_wait_exits_76_once_the_server_drops_its_place() {
+    let app = spawn_app().await;
+    let (_holder, waiter) = busy_psu(&app).await;
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &["--lock", PSU, "--max-wait", "30s", "--", "true"],
+        &[],
+    );
+    until_line(&mut stderr, "waiting at position 2").await;
+    let (_, queue) = app.get("/api/locks/queue/ps_abc123").await;
+    assert!(queue["queue"][1]["wait_expires_at"].is_string(), "{queue}");
+    let table = ok(&app.base, &["queue", PSU]).await;
+    assert_eq!(
+        rows(&table)[1].last().unwrap(),
+        "2026-01-05T09:00:30.000Z",
+        "{table}"
+    );
+    app.advance(30.0); // the server's clock: the reaper drops the place
+    assert_eq!(run.wait().await.unwrap().code(), Some(76));
+    let said = until_line(&mut stderr, "nothing was left behind").await;
+    assert!(
+        said.last().unwrap().contains(
+            "gave up waiting for ps_abc123: --max-wait 30s ran out and the server dropped the place"
+        ),
+        "{said:?}"
+    );
+    assert_eq!(
+        live_sessions(&app).await.len(),
+        2,
+        "only the holder's and the waiter's"
+    );
+    assert_eq!(waiter_at(&app, 1).await, waiter);
+}
+
+#[tokio::test]
+async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_warns_it() {
+    // No `lock_expiring` warnings: `run` renews on one, and a window shorter
+    // than the warning is warned at once, which would claim it anyway.
+    let mut settings = crate::helpers::memory();
+    settings.policy.expiry_warning_ms = 0;
+    let app = crate::helpers::spawn_with(settings).await;
+    let holder = app.session(600.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &[
+            "--lock",
+            PSU,
+            "--claim-within",
+            "5s",
+            "--",
+            "sh",
+            "-c",
+            TRAPPING_CHILD,
+        ],
+        &[("F", &marks)],
+    );
+    until_line(&mut stderr, "waiting at position 1").await;
+    // Its long-polled ask follows the first answer at once: let it reach
+    // the server, so that the hand-off answers it (asking again after the
+    // hand-off would itself be a claim, and prove nothing).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.release(PSU, &holder, false).await;
+    until_file_has(&marks, "started").await;
+    // Past the window: still its lock (it claimed it at once).
+    app.advance(10.0);
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["lock_id"], "lock_ps_abc123_2", "{status}");
+    assert!(
+        status.get("claim_by").is_none_or(Value::is_null),
+        "{status}"
+    );
+    assert!(!app.events(PSU).await.contains(&"claim_expired".to_owned()));
+
+    // Maintenance starts while it holds the lock: told, and it keeps it.
+    ok(
+        &app.base,
+        &["maintenance", "start", PSU, "--reason", "calibration"],
+    )
+    .await;
+    until_line(
+        &mut stderr,
+        "ps_abc123 is going into maintenance (calibration); the lock is kept until the command ends",
+    )
+    .await;
+    signal(&run, Signal::SIGTERM);
+    assert_eq!(run.wait().await.unwrap().code(), Some(143));
+
+    // In maintenance, `--wait 0` does not queue: its own status.
+    let out = cli(
+        &app.base,
+        &["run", "--lock", PSU, "--wait", "0", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("ps_abc123 is in maintenance and --wait is 0 (")
+            && out.stderr.contains("calibration"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(live_sessions(&app).await, [holder]);
+}
+
+#[tokio::test]
+async fn waiters_step_back_and_swap_from_the_command_line() {
+    let app = spawn_app().await;
+    let holder = app.session(600.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let s = app.session(600.0).await;
+        app.acquire(PSU, &s, json!({"queue_if_busy": true})).await;
+        waiters.push(s);
+    }
+    let (a, b, c) = (&waiters[0], &waiters[1], &waiters[2]);
+    let out = client(&app.base)
+        .args(["step-back", PSU])
+        .env("LABLINK_SESSION_ID", a)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stepped back: now position 2 in the queue for ps_abc123\n"
+    );
+    let order = async || {
+        let mut order = Vec::new();
+        for n in 1..=3 {
+            order.push(waiter_at(&app, n).await);
+        }
+        order
+    };
+    assert_eq!(order().await, [b.clone(), a.clone(), c.clone()]);
+
+    let out = ok(&app.base, &["swap", PSU, c, "--session", b]).await;
+    assert_eq!(
+        out,
+        format!(
+            "offered to swap with {c}; it happens when {c} asks too (still position 1 in the queue for ps_abc123)\n"
+        )
+    );
+    assert_eq!(
+        order().await,
+        [b.clone(), a.clone(), c.clone()],
+        "nothing moved yet"
+    );
+    let answer = json_of(&ok(&app.base, &["swap", PSU, b, "--session", c, "--json"]).await);
+    assert_eq!(
+        answer,
+        json!({"success": true, "status": "swapped", "equipment_id": PSU, "position": 1})
+    );
+    assert_eq!(order().await, [c.clone(), a.clone(), b.clone()]);
+
+    // Last in line cannot step back (the server's 409), and without a
+    // session it says how to name one.
+    let out = cli(&app.base, &["step-back", PSU, "--session", b]).await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("lablink step-back: "),
+        "{}",
+        out.stderr
+    );
+    let out = cli(&app.base, &["step-back", PSU]).await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("--session or LABLINK_SESSION_ID"),
+        "{}",
+        out.stderr
+    );
 }

@@ -200,3 +200,50 @@ async fn whoami_names_the_tokens_user_and_role() {
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
 }
+
+/// The overview reads every instrument's maintenance at once (the lock
+/// listing, `/api/locks/all`, is about locks).
+#[tokio::test]
+async fn the_instruments_in_maintenance_are_listed_at_once_until_they_end() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.get("/api/equipment/maintenance").await.1,
+        json!({"maintenance": {}, "count": 0})
+    );
+    let until = "2026-01-05T09:01:00Z";
+    let (status, started) = app
+        .post(
+            "/api/equipment/ps_abc123/maintenance",
+            json!({"reason": "calibration", "until": until}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    app.post(
+        "/api/equipment/load_1/maintenance",
+        json!({"reason": "fan broken"}),
+    )
+    .await;
+    let (status, listed) = app.get("/api/equipment/maintenance").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, psu) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(listed["maintenance"]["ps_abc123"], psu["maintenance"]);
+    assert_eq!(listed["maintenance"]["ps_abc123"], started["maintenance"]);
+    assert_eq!(listed["maintenance"]["load_1"]["reason"], "fan broken");
+    assert_eq!(listed["count"], 2);
+    // One ends with its `until`, the other when ended.
+    app.advance(60.0);
+    let (_, listed) = app.get("/api/equipment/maintenance").await;
+    assert_eq!(
+        listed["maintenance"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["load_1"]
+    );
+    app.delete("/api/equipment/load_1/maintenance").await;
+    assert_eq!(
+        app.get("/api/equipment/maintenance").await.1,
+        json!({"maintenance": {}, "count": 0})
+    );
+}

@@ -5,6 +5,7 @@ server and the instruments."""
 import json
 import re
 import time
+from contextlib import contextmanager
 
 from playwright.sync_api import expect
 from websockets.sync.client import connect
@@ -190,6 +191,7 @@ def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page
     # An admin is offered the forced release.
     page.goto(server.url + f"/#/equipment/{PSU}")
     expect(page.get_by_role("button", name="Force release…")).to_be_visible()
+    expect(page.get_by_role("button", name="Start maintenance…")).to_be_visible()
 
     # An observer sees only what an observer may do.
     viewer = open_page(server.url + f"/#/equipment/{PSU}").page
@@ -200,6 +202,8 @@ def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page
     modes = viewer.locator('form.take select[name="lock_mode"] option').all_inner_texts()
     assert modes == ["observer"]
     expect(viewer.get_by_role("button", name="Force release…")).to_have_count(0)
+    # The lab manager's controls are an admin's only.
+    expect(viewer.get_by_role("button", name="Start maintenance…")).to_have_count(0)
 
     # A revoked token: the server closes the live connection and the page
     # asks for a token again.
@@ -225,13 +229,19 @@ def test_the_page_recovers_after_a_server_restart(make_server, open_page):
 
 
 def test_screenshots(server, open_page):
-    """Pictures for the README: a busy overview and an instrument page."""
+    """Pictures for the README: a busy overview (a queue with priorities, an
+    instrument in maintenance) and an instrument page."""
     alice = server.session("Lab PC #3", user="alice")
     bob = server.session("Night run", user="bob")
     viewer = server.session("Wall screen")
     server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": alice, "timeout_seconds": 900})
     server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": bob, "queue_if_busy": True})
     server.ok("POST", "/api/locks/acquire", {"equipment_id": "scope_123", "session_id": viewer, "lock_mode": "observer"})
+    urgent = server.session("Urgent fix", user="carol")
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": PSU, "session_id": urgent, "queue_if_busy": True, "priority": 2})
+    server.ok("POST", "/api/equipment/scope_123/maintenance",
+              {"reason": "probe calibration", "until": "2030-01-15T16:00:00Z"})
     server.ok("POST", "/api/equipment/ps_abc123/command", {
         "command_id": "shot", "equipment_id": PSU, "action": "set_voltage",
         "parameters": {"voltage": 12.0}, "session_id": alice})
@@ -334,3 +344,123 @@ def test_the_history_filters_and_pages(server, open_page):
     history.get_by_label("Session", exact=True).fill("not valid")
     history.get_by_role("button", name="Search").click()
     expect(page.locator("section[aria-labelledby=history-title] .error")).to_contain_text("session_id")
+
+
+@contextmanager
+def ws_subscribe(server, session):
+    """A WebSocket subscribed to `session`'s events (acknowledged)."""
+    with connect(server.url.replace("http", "ws") + "/api/ws") as ws:
+        ws.send(json.dumps({"type": "subscribe", "session_id": session}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
+        yield ws
+
+
+def heard(ws, event):
+    """The first `event` message on `ws` (within 5 s)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = json.loads(ws.recv(timeout=5))
+        if message.get("event") == event:
+            return message
+    raise AssertionError(f"no {event}")
+
+
+def confirm(page, reason=None, until=None, ok=None):
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()
+    if reason is not None:
+        dialog.locator("textarea[name=reason]").fill(reason)
+    if until is not None:
+        dialog.get_by_label(re.compile("^Until")).fill(until)
+    dialog.locator("[data-role=ok]").click()
+    expect(dialog).to_be_hidden()
+
+
+def test_maintenance_and_queue_entries_from_the_admin_view(server, open_page):
+    holder = server.session("Lab PC #3", user="alice")
+    night = server.session("Night run", user="bob")
+    urgent = server.session("Urgent fix", user="carol")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder, "timeout_seconds": 900})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": night, "queue_if_busy": True})
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": PSU, "session_id": urgent, "queue_if_busy": True, "priority": 3})
+    # Out of service before the page opens: its first picture shows it.
+    server.ok("POST", "/api/equipment/load_1/maintenance", {"reason": "fan replaced"})
+    watched = open_page(server.url + "/")
+    page = watched.page
+    wait_live(page)
+    expect(card(page, "load_1")).to_have_attribute("data-state", "maintenance")
+    expect(card(page, "load_1").locator("dd.maint")).to_have_text("fan replaced · until ended")
+    expect(card(page, PSU).locator(".queue")).to_have_text(
+        "2 waiting · next: Urgent fix (priority 3) · priorities 3, 0")
+
+    page.goto(server.url + f"/#/equipment/{PSU}")
+    expect(page.locator(".queue-list li").first).to_contain_text("Urgent fix — exclusive, priority 3")
+    with ws_subscribe(server, holder) as holder_ws, ws_subscribe(server, night) as night_ws:
+        # Maintenance, with a confirmation; cancelling changes nothing.
+        page.get_by_role("button", name="Start maintenance…").click()
+        page.locator("#confirm-dialog").get_by_role("button", name="Cancel").click()
+        assert "maintenance" not in server.ok("GET", f"/api/locks/status/{PSU}")
+        page.get_by_role("button", name="Start maintenance…").click()
+        # Entered in the browser's time zone (Europe/Berlin: UTC+1 in January).
+        confirm(page, reason="calibration", until="2030-01-15T12:30:00")
+        expect(page.locator(".instrument .badge")).to_have_text("Maintenance")
+        status = server.ok("GET", f"/api/locks/status/{PSU}")
+        assert status["maintenance"]["reason"] == "calibration"
+        assert status["maintenance"]["until"].startswith("2030-01-15T11:30:00")
+        assert status["session_id"] == holder, "the holder keeps its lock"
+        assert heard(holder_ws, "maintenance_started")["message"] == "calibration"
+        expect(page.locator(".lock .maint")).to_have_text("calibration · until 15 Jan 2030, 12:30:00")
+        page.screenshot(path=str(SCREENSHOTS / "maintenance.png"), full_page=True)
+
+        # Removing a waiter: confirmed with a reason, which the waiter hears.
+        page.locator(f'.queue-list li[data-session="{night}"]').get_by_role("button").click()
+        confirm(page, reason="left for lunch")
+        lost = heard(night_ws, "queue_place_lost")
+        assert (lost["equipment_id"], lost["reason"], lost["message"]) == (PSU, "removed", "left for lunch")
+        assert lost["forced_by"] == "dashboard"
+        expect(page.locator(".queue-list li")).to_have_count(1)
+        queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
+        assert [q["session_id"] for q in queue] == [urgent]
+
+        # Back in service: no reason asked (the API takes none).
+        page.get_by_role("button", name="End maintenance…").click()
+        expect(page.locator("#confirm-dialog textarea[name=reason]")).to_be_hidden()
+        confirm(page)
+        expect(page.locator(".instrument .badge")).to_have_text("Held")
+        assert "maintenance" not in server.ok("GET", f"/api/locks/status/{PSU}")
+
+        # An admin ends someone's session from the sessions page, with a reason.
+        page.goto(server.url + "/#/sessions")
+        page.locator(f'tr[data-session="{holder}"]').get_by_role("button", name="End…").click()
+        confirm(page, reason="bench needed")
+        lost = heard(holder_ws, "lock_lost")
+        assert (lost["reason"], lost["message"]) == ("forced", "bench needed")
+    expect(page.locator(f'tr[data-session="{holder}"]')).to_have_count(0)
+    ended = server.ok("GET", f"/api/locks/sessions/{holder}/events")["events"][-1]
+    assert (ended["event"], ended["forced_by"]) == ("session_ended", "dashboard")
+    # The urgent waiter got the lock when the holder's session ended.
+    assert server.ok("GET", f"/api/locks/status/{PSU}")["session_id"] == urgent
+    assert watched.console_errors == []
+
+
+def test_queueing_from_the_page_with_a_priority_and_stepping_back(server, open_page):
+    holder = server.session("Lab PC #3")
+    early = server.session("Early bird")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": early, "queue_if_busy": True})
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    open_session_on_page(page, "Bench page")
+    page.locator("form.take").get_by_label("Priority").fill("4")
+    page.get_by_role("button", name="Queue for it").click()
+    expect(page.locator(".controls")).to_contain_text("You are number 1 in the queue.")
+    queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
+    assert [(q["session_id"] == early, q["priority"]) for q in queue] == [(False, 4), (True, 0)]
+    expect(page.locator(".queue-list li").first).to_contain_text("Bench page — exclusive, priority 4")
+    page.get_by_role("button", name="Let the next go first").click()
+    expect(page.locator(".controls")).to_contain_text("You are number 2 in the queue.")
+    queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
+    assert queue[0]["session_id"] == early
+    # Last in line: nobody to let go first.
+    expect(page.get_by_role("button", name="Let the next go first")).to_have_count(0)

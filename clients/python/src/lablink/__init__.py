@@ -16,13 +16,17 @@
 from __future__ import annotations
 
 from ._version import __version__
-from ._aio import AsyncLab, AsyncLock, AsyncSession, Event
+from ._aio import AsyncLab, AsyncLock, AsyncSession, Event, Maintenance, Trade
 from ._sync import Lab, Lock, Session
 from .errors import (
+    CannotTrade,
     EquipmentLocked,
+    InMaintenance,
     LabLinkError,
     LockLost,
     LockWaitTimeout,
+    QueuePlaceLost,
+    QueueTimeout,
     ServerUnreachable,
     StaleFencingToken,
 )
@@ -31,15 +35,21 @@ __all__ = [
     "AsyncLab",
     "AsyncLock",
     "AsyncSession",
+    "CannotTrade",
     "EquipmentLocked",
     "Event",
+    "InMaintenance",
     "Lab",
     "LabLinkError",
     "Lock",
     "LockLost",
     "LockWaitTimeout",
+    "Maintenance",
+    "QueuePlaceLost",
+    "QueueTimeout",
     "ServerUnreachable",
     "Session",
     "StaleFencingToken",
+    "Trade",
     "__version__",
 ]

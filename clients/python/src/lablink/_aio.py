@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, Literal, TypedDict
 
@@ -30,6 +31,8 @@ from .errors import (
     LockWaitTimeout,
     NoLock,
     NotLockHolder,
+    QueuePlaceLost,
+    QueueTimeout,
     ServerUnreachable,
     SessionNotFound,
     UnexpectedResponse,
@@ -79,13 +82,45 @@ class Event(TypedDict, total=False):
     user: str
     holder_user: str
     implicit: bool
+    expires_at: str
+    time_remaining: float
+    message: str
+    priority: int
+
+
+class Maintenance(TypedDict):
+    """An instrument out of service (``maintenance`` in its status)."""
+
+    reason: str
+    #: RFC 3339, when it started.
+    since: str
+    #: When service resumes by itself; ``None``: when an admin ends it.
+    until: str | None
+    #: The admin who started it (with authentication on).
+    user: str | None
+
+
+class Trade(TypedDict):
+    """The answer to a queue trade (``step_back``, ``swap``)."""
+
+    success: bool
+    #: ``stepped_back``, ``swapped``, or ``offered`` (a swap waiting for the
+    #: other waiter to ask too: nothing moved yet).
+    status: Literal["stepped_back", "swapped", "offered"]
+    equipment_id: str
+    #: The session's 1-based position now.
+    position: int
 
 
 PositionCallback = Callable[[int], Any]
 LostCallback = Callable[[LockLost], Any]
 
 # History events that end a lock its holder did not release itself.
-_LOSS_EVENTS = {"lock_expired", "lock_force_released", "observer_revoked"}
+_LOSS_EVENTS = {"lock_expired", "lock_force_released", "observer_revoked", "claim_expired"}
+# Release events that are a loss when their reason is one of these (a lab
+# manager ended the session, or it expired).
+_RELEASE_EVENTS = {"lock_released", "observer_lock_released"}
+_LOSS_REASONS = {"forced", "session_expired"}
 
 
 class AsyncLab:
@@ -195,6 +230,84 @@ class AsyncLab:
             "POST",
             "/api/locks/release",
             json={"equipment_id": equipment_id, "session_id": as_session, "force": True},
+        )
+        return result
+
+    # -- the lab manager's controls (admins once authentication is on) ----
+
+    async def start_maintenance(
+        self, equipment_id: str, reason: str, *, until: datetime | str | None = None
+    ) -> Maintenance:
+        """Takes an instrument out of service until ``until`` (a timezone-aware
+        ``datetime`` or an RFC 3339 string; ``None``: until
+        :meth:`end_maintenance`). New requests then raise
+        :class:`~lablink.errors.InMaintenance`, or wait in the queue; the
+        holder keeps its lock. Starting it again replaces reason and end."""
+        if isinstance(until, datetime):
+            if until.tzinfo is None:
+                raise ValueError("until must be timezone-aware (datetime.now(timezone.utc) + ...)")
+            until = until.astimezone(timezone.utc).isoformat()
+        answer = await self.request(
+            "POST", f"/api/equipment/{equipment_id}/maintenance", json={"reason": reason, "until": until}
+        )
+        result: Maintenance = answer["maintenance"]
+        return result
+
+    async def end_maintenance(self, equipment_id: str) -> Maintenance:
+        """Puts an instrument back in service now (its queue is served);
+        returns the maintenance that ended. Raises
+        :class:`~lablink.errors.NotInMaintenance` if there was none."""
+        answer = await self.request("DELETE", f"/api/equipment/{equipment_id}/maintenance")
+        result: Maintenance = answer["maintenance"]
+        return result
+
+    async def maintenance(self, equipment_id: str) -> Maintenance | None:
+        """The instrument's maintenance, or ``None`` while it is in service."""
+        found: Maintenance | None = (await self.status(equipment_id)).get("maintenance")
+        return found
+
+    async def remove_from_queue(
+        self, equipment_id: str, session_id: str, *, message: str | None = None, forced_by: str = "admin"
+    ) -> dict[str, Any]:
+        """Takes another session's place in a queue; returns the entry as it
+        was. The waiter is told (``queue_place_lost``, with ``message``);
+        ``forced_by`` is recorded as in :meth:`force_release`."""
+        answer = await self.request(
+            "POST",
+            f"/api/locks/queue/{equipment_id}/{session_id}/remove",
+            json={"forced_by": forced_by, "message": message},
+        )
+        entry: dict[str, Any] = answer["queue_entry"]
+        return entry
+
+    async def force_end_session(
+        self, session_id: str, *, message: str | None = None, forced_by: str = "admin"
+    ) -> int:
+        """Ends another session: its locks are released (whatever the
+        server's auto-release setting), its queue places go, its holder hears
+        ``lock_lost``. Returns how many locks were released."""
+        answer = await self.request(
+            "POST", f"/api/locks/sessions/{session_id}/end", json={"forced_by": forced_by, "message": message}
+        )
+        return int(answer["locks_released"])
+
+    # -- trading queue places (a waiter's own session) ----------------------
+
+    async def step_back(self, equipment_id: str, session_id: str) -> Trade:
+        """Lets the waiter right behind ``session_id`` go first. Raises
+        :class:`~lablink.errors.CannotTrade` when last in line."""
+        result: Trade = await self.request(
+            "POST", f"/api/locks/queue/{equipment_id}/step-back", json={"session_id": session_id}
+        )
+        return result
+
+    async def swap(self, equipment_id: str, session_id: str, with_session_id: str) -> Trade:
+        """Offers to swap places with another waiter; the swap happens when
+        both have asked (``status`` says ``offered`` or ``swapped``)."""
+        result: Trade = await self.request(
+            "POST",
+            f"/api/locks/queue/{equipment_id}/swap",
+            json={"session_id": session_id, "with_session_id": with_session_id},
         )
         return result
 
@@ -427,6 +540,9 @@ class AsyncSession:
         timeout: float | None = None,
         on_position: PositionCallback | None = None,
         on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
     ) -> AsyncLock:
         """A lock on one instrument, taken by ``async with`` and released when the block ends.
 
@@ -446,8 +562,42 @@ class AsyncSession:
             on_lost: called at once, with the :class:`~lablink.errors.LockLost`
                 error, if the lock is lost (expired, force-released, revoked).
                 Either way the next call on the lock raises it.
+            priority: the queue priority, -10..10 (``None``: the server's 0);
+                higher is served first. Above 0 needs an admin (or the
+                role's cap) once authentication is on.
+            max_wait: seconds after which the server drops the queue place
+                (even if this client is gone): waiting then raises
+                :class:`~lablink.errors.QueueTimeout`. ``wait`` is the
+                client's own limit; this one is the server's.
+            claim_within: seconds within which a lock handed over from the
+                queue must be claimed (``None``: the server's default). The
+                client claims it at once, so this frees the instrument early
+                only if the client died while waiting.
+
+        A lab manager removing the queue place (or ending the session) while
+        it waits raises :class:`~lablink.errors.QueuePlaceLost`; the client
+        does not queue again.
         """
-        return AsyncLock(self, equipment_id, wait, mode, timeout, on_position, on_lost)
+        return AsyncLock(
+            self,
+            equipment_id,
+            wait,
+            mode,
+            timeout,
+            on_position,
+            on_lost,
+            _Queueing(priority, max_wait, claim_within),
+        )
+
+    async def step_back(self, equipment_id: str) -> Trade:
+        """Lets the waiter behind this session go first (call it while a
+        ``lock`` of this session waits, from another task or thread)."""
+        return await self.lab.step_back(equipment_id, self.id)
+
+    async def swap(self, equipment_id: str, with_session_id: str) -> Trade:
+        """Offers this session's place to swap with ``with_session_id``;
+        done once that one asks too."""
+        return await self.lab.swap(equipment_id, self.id, with_session_id)
 
     async def renew(self) -> None:
         """Renews the session now (the background task does this on its own)."""
@@ -473,7 +623,9 @@ class AsyncSession:
         if isinstance(equipment, str) and equipment in self._locks:
             self._locks[equipment]._on_live(message)
         elif message.get("event") in ("session_expired", "session_ended") and message.get("session_id") == self.id:
-            self._gone(str(message["event"]), f"the server recorded {message['event']}")
+            # Ended by a lab manager: `forced`, as the lock it held.
+            reason = "forced" if message.get("reason") == "forced" else str(message["event"])
+            self._gone(reason, f"the server recorded {message['event']}")
 
     def _gone(self, reason: str, detail: str) -> None:
         """The session ended without this client ending it: its held locks
@@ -502,6 +654,22 @@ class AsyncSession:
                 pass  # it expired already: nothing left to end
 
 
+class _Queueing:
+    """What a lock request asks of the queue besides the lock."""
+
+    def __init__(self, priority: int | None, max_wait: float | None, claim_within: float | None) -> None:
+        self.priority, self.max_wait, self.claim_within = priority, max_wait, claim_within
+
+    def fields(self) -> dict[str, Any]:
+        """The acquire's fields, only those set (the server's defaults otherwise)."""
+        named = {
+            "priority": self.priority,
+            "max_wait_seconds": self.max_wait,
+            "claim_within_seconds": self.claim_within,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+
 class AsyncLock:
     """A held lock: run commands with it; it is renewed until its block ends.
 
@@ -522,6 +690,7 @@ class AsyncLock:
         timeout: float | None,
         on_position: PositionCallback | None,
         on_lost: LostCallback | None,
+        queueing: _Queueing | None = None,
     ) -> None:
         if wait is not None and (wait < 0 or math.isnan(wait)):
             raise ValueError(f"wait must be a number of seconds >= 0 or None, got {wait!r}")
@@ -540,6 +709,9 @@ class AsyncLock:
         self._renew_now = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
         self._held = False
+        self._queueing = queueing or _Queueing(None, None, None)
+        # The `queue_place_lost` notification, once the place is dropped.
+        self._place_lost: dict[str, Any] | None = None
         #: How many times the lock was renewed (for logs and tests).
         self.renewals = 0
 
@@ -638,6 +810,7 @@ class AsyncLock:
         }
         if self._timeout is not None:
             body["timeout_seconds"] = self._timeout
+        body.update(self._queueing.fields())
         if self._wait == 0:
             answer = await self.session.lab.request("POST", "/api/locks/acquire", json=body)
             self._granted(answer)
@@ -653,6 +826,9 @@ class AsyncLock:
                         f"session {self.session.id} ended while waiting for {self.equipment_id} "
                         f"({self.session.ended_by_server})"
                     )
+                if self._place_lost is not None:
+                    # Asking again would queue anew, at the back.
+                    raise self._place_error(self._place_lost)
                 left = MAX_WAIT_PER_REQUEST if deadline is None else deadline - time.monotonic()
                 chunk = max(0.0, min(left, MAX_WAIT_PER_REQUEST))
                 body["wait_seconds"] = round(chunk, 3)
@@ -666,8 +842,22 @@ class AsyncLock:
                         raise
                     await asyncio.sleep(RETRY_DELAY)
                     continue
+                except QueuePlaceLost as e:  # the server's 409 queue_timeout
+                    e.equipment_id = self.equipment_id
+                    raise
+                except SessionNotFound:
+                    # A waiter whose place was taken is answered as if its
+                    # session were gone: its history says what happened.
+                    found = await self._why_place_went()
+                    if found is None:
+                        raise
+                    raise found from None
                 if answer.get("status") in ("locked", "refreshed"):
                     self._granted(answer)
+                    if self.info.get("claim_by"):
+                        # Handed over from the queue with a claim window:
+                        # claim it now (the answer itself is no claim).
+                        await self.renew()
                     return
                 entry = answer.get("queue_entry") or {}
                 if isinstance(entry.get("position"), int):
@@ -688,6 +878,43 @@ class AsyncLock:
             leaving.add_done_callback(self.session._cleanups.discard)
             await asyncio.shield(leaving)
             raise
+
+    def _place_error(self, note: dict[str, Any]) -> QueuePlaceLost:
+        """The error for a dropped place, from its notification or history event."""
+        reason = str(note.get("reason") or "removed")
+        by = note.get("user") or note.get("forced_by")
+        said = note.get("message")
+        if reason == "wait_timeout" or note.get("event") == "queue_timeout":
+            return QueueTimeout(
+                f"waited for {self.equipment_id} longer than max_wait: the server dropped the place",
+                equipment_id=self.equipment_id,
+                body=note,
+            )
+        what = "the session was ended" if reason == "forced" else "the place was removed"
+        detail = f"lost the queue place for {self.equipment_id}: {what}" + (f" by {by}" if by else "")
+        return QueuePlaceLost(
+            detail + (f": {said}" if said else ""),
+            reason=reason,
+            equipment_id=self.equipment_id,
+            message=str(said) if said else None,
+            body=note,
+        )
+
+    async def _why_place_went(self) -> QueuePlaceLost | None:
+        """Why the queue place went, from the session's latest event on this
+        instrument (``None`` if it says nothing of it)."""
+        if self._place_lost is not None:
+            return self._place_error(self._place_lost)
+        try:
+            page = await self.session.lab.request(
+                "GET", f"/api/locks/sessions/{self.session.id}/events", params={"limit": 50}
+            )
+        except LabLinkError:
+            return None
+        mine = [e for e in page.get("events", []) if e.get("equipment_id") == self.equipment_id]
+        if mine and (mine[-1].get("event") == "queue_timeout" or mine[-1].get("reason") in ("removed", "forced")):
+            return self._place_error(mine[-1])
+        return None
 
     async def _leave_queue(self) -> None:
         try:
@@ -716,13 +943,18 @@ class AsyncLock:
         kind = message.get("event")
         if kind == "queue_position" and not self._held and isinstance(message.get("position"), int):
             self._set_position(message["position"])
+        elif kind == "queue_place_lost" and not self._held:
+            self._place_lost = message
         elif not self._held:
             return
         elif message.get("lock_id") not in (None, self.lock_id):
             return  # about an earlier lock of this session
         elif kind == "lock_expiring":
             self._renew_now.set()
-        elif kind == "lock_lost" or (kind in _LOSS_EVENTS and message.get("session_id") == self.session.id):
+        elif kind == "lock_lost" or (
+            message.get("session_id") == self.session.id
+            and (kind in _LOSS_EVENTS or (kind in _RELEASE_EVENTS and message.get("reason") in _LOSS_REASONS))
+        ):
             reason = str(message.get("reason") or ("forced" if kind == "lock_force_released" else "timeout"))
             self._lost_with(
                 LockLost(

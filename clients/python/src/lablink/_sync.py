@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Iterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +27,9 @@ from ._aio import (
     Event,
     LockMode,
     LostCallback,
+    Maintenance,
     PositionCallback,
+    Trade,
 )
 from ._live import LiveFeed
 from .errors import LockLost
@@ -144,6 +147,38 @@ class Lab:
         """Force-releases whoever holds an instrument (admins only, with authentication on)."""
         return self._runner.run(self._lab.force_release(equipment_id, as_session=as_session))
 
+    def start_maintenance(self, equipment_id: str, reason: str, *, until: datetime | str | None = None) -> Maintenance:
+        """Takes an instrument out of service; see :meth:`AsyncLab.start_maintenance`."""
+        return self._runner.run(self._lab.start_maintenance(equipment_id, reason, until=until))
+
+    def end_maintenance(self, equipment_id: str) -> Maintenance:
+        """Puts an instrument back in service; see :meth:`AsyncLab.end_maintenance`."""
+        return self._runner.run(self._lab.end_maintenance(equipment_id))
+
+    def maintenance(self, equipment_id: str) -> Maintenance | None:
+        """The instrument's maintenance, or ``None`` while it is in service."""
+        return self._runner.run(self._lab.maintenance(equipment_id))
+
+    def remove_from_queue(
+        self, equipment_id: str, session_id: str, *, message: str | None = None, forced_by: str = "admin"
+    ) -> dict[str, Any]:
+        """Takes another session's queue place; see :meth:`AsyncLab.remove_from_queue`."""
+        return self._runner.run(
+            self._lab.remove_from_queue(equipment_id, session_id, message=message, forced_by=forced_by)
+        )
+
+    def force_end_session(self, session_id: str, *, message: str | None = None, forced_by: str = "admin") -> int:
+        """Ends another session; see :meth:`AsyncLab.force_end_session`."""
+        return self._runner.run(self._lab.force_end_session(session_id, message=message, forced_by=forced_by))
+
+    def step_back(self, equipment_id: str, session_id: str) -> Trade:
+        """Lets the waiter behind go first; see :meth:`AsyncLab.step_back`."""
+        return self._runner.run(self._lab.step_back(equipment_id, session_id))
+
+    def swap(self, equipment_id: str, session_id: str, with_session_id: str) -> Trade:
+        """Offers or makes a swap of places; see :meth:`AsyncLab.swap`."""
+        return self._runner.run(self._lab.swap(equipment_id, session_id, with_session_id))
+
     def command(
         self,
         equipment_id: str,
@@ -256,14 +291,34 @@ class Session(_Block[AsyncSession]):
         timeout: float | None = None,
         on_position: PositionCallback | None = None,
         on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
     ) -> Lock:
         """A lock for a ``with`` block; see :meth:`AsyncSession.lock`."""
         return Lock(
             self._runner,
             self._session.lock(
-                equipment_id, wait=wait, mode=mode, timeout=timeout, on_position=on_position, on_lost=on_lost
+                equipment_id,
+                wait=wait,
+                mode=mode,
+                timeout=timeout,
+                on_position=on_position,
+                on_lost=on_lost,
+                priority=priority,
+                max_wait=max_wait,
+                claim_within=claim_within,
             ),
         )
+
+    def step_back(self, equipment_id: str) -> Trade:
+        """Lets the waiter behind this session go first (from another thread
+        while a ``lock`` of this session waits)."""
+        return self._runner.run(self._session.step_back(equipment_id))
+
+    def swap(self, equipment_id: str, with_session_id: str) -> Trade:
+        """Offers to swap this session's place with ``with_session_id``."""
+        return self._runner.run(self._session.swap(equipment_id, with_session_id))
 
 
 class Lock(_Block[AsyncLock]):

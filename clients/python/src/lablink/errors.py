@@ -20,6 +20,7 @@ __all__ = [
     "ServerUnreachable",
     "UnexpectedResponse",
     "LockWaitTimeout",
+    "QueuePlaceLost",
     "error_from_body",
     "lost_reason",
 ]
@@ -262,10 +263,48 @@ class InMaintenance(LabLinkError):
     code = "in_maintenance"
 
 
-class QueueTimeout(LabLinkError):
-    """The queue place was dropped: its ``max_wait_seconds`` passed."""
+class QueuePlaceLost(LabLinkError):
+    """Client-side: a waiting lock's queue place was dropped without the
+    client asking, so the lock block never ran and the client does not
+    queue again (that would go to the back, undoing what was decided).
+
+    Raised by ``lock(..., wait=...)`` when a lab manager removed the place
+    (``reason == "removed"``) or ended the session (``"forced"``); its
+    subclass :class:`QueueTimeout` when ``max_wait`` passed.
+
+    Attributes:
+        reason: ``removed``, ``forced`` or ``wait_timeout``.
+        equipment_id: the instrument, when known.
+        message: what the lab manager said, if anything.
+    """
+
+    code = "queue_place_lost"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        body: dict[str, Any] | None = None,
+        reason: str | None = None,
+        equipment_id: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(detail, code=code, status=status, body=body)
+        self.reason = reason if reason is not None else self._default_reason
+        self.equipment_id = equipment_id
+        self.message = message
+
+    _default_reason = "removed"
+
+
+class QueueTimeout(QueuePlaceLost):
+    """The queue place was dropped: its ``max_wait_seconds`` passed (the
+    server's 409, or the client told so while waiting)."""
 
     code = "queue_timeout"
+    _default_reason = "wait_timeout"
 
 
 class CannotTrade(LabLinkError):

@@ -1,0 +1,217 @@
+//! The lab manager's commands (`maintenance start|end`, `dequeue`,
+//! `end-session`: admins once authentication is on) and a waiter's own
+//! trades (`step-back`, `swap`). One request each; a line for people, or
+//! with `--json` the server's answer as it is.
+
+use serde_json::{Value, json};
+
+use super::output::text;
+use super::reads::print_json;
+use super::{ClientError, http::Api};
+
+/// `--until`: an RFC 3339 instant as given, or a duration from now (`2h`)
+/// as the instant it ends.
+pub fn until_arg(text: &str) -> Result<String, ClientError> {
+    if let Ok(after) = super::output::parse_duration(text) {
+        let after = chrono::Duration::from_std(after)
+            .map_err(|_| ClientError::Input(format!("--until {text} is too far away")))?;
+        return Ok(
+            (chrono::Utc::now() + after).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| {
+            ClientError::Input(format!(
+                "--until must be an RFC 3339 time (2026-11-28T12:00:00Z) or a duration from now (90m, 2h), got {text:?}"
+            ))
+        })
+}
+
+/// A maintenance as one phrase: `calibration (since T, until T, by alice)`.
+pub fn maintenance_text(m: &Value) -> String {
+    let mut about = vec![format!("since {}", text(&m["since"]))];
+    about.push(match m["until"].as_str() {
+        Some(until) => format!("until {until}"),
+        None => "until ended".into(),
+    });
+    if let Some(user) = m["user"].as_str() {
+        about.push(format!("by {user}"));
+    }
+    format!("{} ({})", text(&m["reason"]), about.join(", "))
+}
+
+/// `maintenance start EQ --reason R [--until T]`.
+pub async fn start_maintenance(
+    api: &Api,
+    equipment: &str,
+    reason: &str,
+    until: Option<&str>,
+    json: bool,
+) -> Result<(), ClientError> {
+    let body = json!({"reason": reason, "until": until});
+    let answer = api
+        .post(&["api", "equipment", equipment, "maintenance"], &body)
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!(
+            "{equipment} is in maintenance: {}",
+            maintenance_text(&answer["maintenance"])
+        );
+    }
+    Ok(())
+}
+
+/// `maintenance end EQ`.
+pub async fn end_maintenance(api: &Api, equipment: &str, json: bool) -> Result<(), ClientError> {
+    let answer = api
+        .delete(&["api", "equipment", equipment, "maintenance"])
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!(
+            "{equipment} is back in service (the maintenance was: {})",
+            maintenance_text(&answer["maintenance"])
+        );
+    }
+    Ok(())
+}
+
+/// `dequeue EQ SESSION`: an admin takes a waiter's place.
+pub async fn dequeue(
+    api: &Api,
+    equipment: &str,
+    session: &str,
+    intervention: &Value,
+    json: bool,
+) -> Result<(), ClientError> {
+    let answer = api
+        .post(
+            &["api", "locks", "queue", equipment, session, "remove"],
+            intervention,
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!(
+            "removed session {session} (position {}) from the queue for {equipment}",
+            text(&answer["queue_entry"]["position"])
+        );
+    }
+    Ok(())
+}
+
+/// `end-session SESSION`: an admin ends someone's session.
+pub async fn end_session(
+    api: &Api,
+    session: &str,
+    intervention: &Value,
+    json: bool,
+) -> Result<(), ClientError> {
+    let answer = api
+        .post(&["api", "locks", "sessions", session, "end"], intervention)
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        let released = answer["locks_released"].as_u64().unwrap_or(0);
+        println!(
+            "ended session {session}; {released} lock{} released",
+            if released == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
+/// `step-back EQ`: let the waiter behind go first.
+pub async fn step_back(
+    api: &Api,
+    equipment: &str,
+    session: &str,
+    json: bool,
+) -> Result<(), ClientError> {
+    let answer = api
+        .post(
+            &["api", "locks", "queue", equipment, "step-back"],
+            &json!({"session_id": session}),
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+    } else {
+        println!(
+            "stepped back: now position {} in the queue for {equipment}",
+            text(&answer["position"])
+        );
+    }
+    Ok(())
+}
+
+/// `swap EQ WITH`: offers a swap, or makes it when WITH offered first.
+pub async fn swap(
+    api: &Api,
+    equipment: &str,
+    session: &str,
+    with: &str,
+    json: bool,
+) -> Result<(), ClientError> {
+    let answer = api
+        .post(
+            &["api", "locks", "queue", equipment, "swap"],
+            &json!({"session_id": session, "with_session_id": with}),
+        )
+        .await?;
+    if json {
+        print_json(&answer);
+    } else if answer["status"] == "swapped" {
+        println!(
+            "swapped with {with}: now position {} in the queue for {equipment}",
+            text(&answer["position"])
+        );
+    } else {
+        println!(
+            "offered to swap with {with}; it happens when {with} asks too (still position {} in the queue for {equipment})",
+            text(&answer["position"])
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_takes_an_instant_or_a_duration_from_now() {
+        assert_eq!(
+            until_arg("2026-11-28T12:00:00Z").unwrap(),
+            "2026-11-28T12:00:00Z"
+        );
+        let in_two_hours = until_arg("2h").unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(&in_two_hours).unwrap();
+        let ahead = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+        assert!((7190..=7200).contains(&ahead.num_seconds()), "{ahead}");
+        let err = until_arg("tomorrow").unwrap_err();
+        assert!(err.to_string().contains("RFC 3339"), "{err}");
+        assert_eq!(err.exit_status(), super::super::exit::USAGE);
+    }
+
+    #[test]
+    fn a_maintenance_reads_as_one_phrase() {
+        let m = json!({"reason": "calibration", "since": "2026-11-28T10:00:00Z",
+                       "until": "2026-11-28T12:00:00Z", "user": "alice"});
+        assert_eq!(
+            maintenance_text(&m),
+            "calibration (since 2026-11-28T10:00:00Z, until 2026-11-28T12:00:00Z, by alice)"
+        );
+        let open = json!({"reason": "broken", "since": "2026-11-28T10:00:00Z", "until": null, "user": null});
+        assert_eq!(
+            maintenance_text(&open),
+            "broken (since 2026-11-28T10:00:00Z, until ended)"
+        );
+    }
+}
