@@ -908,6 +908,11 @@ impl EquipmentLocks {
         let ended = self.maintenance.take()?;
         let mut e = Event::new(EventKind::MaintenanceEnded, now);
         e.equipment_id = Some(self.equipment_id.clone());
+        // The holder heard it start (its session is named): it hears it end.
+        if let Some(holder) = &self.exclusive {
+            e.session_id = Some(holder.session_id.clone());
+            e.holder_user = holder.holder.user.clone();
+        }
         e.reason = Some(reason);
         e.message = Some(ended.reason.clone());
         events.push(e);
