@@ -19,6 +19,10 @@
 --   it only stays selective while rows sit in the table in time order,
 --   which retention's deletes undo (new rows fill the freed pages).
 
+-- Nobody writes or reads the history while it is copied (a replica still
+-- on v1 would write rows that the copy misses and the DROP loses).
+LOCK TABLE events IN ACCESS EXCLUSIVE MODE;
+
 CREATE TABLE events_v2 (
     seq          BIGINT PRIMARY KEY,
     t            BIGINT NOT NULL,
