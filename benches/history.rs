@@ -6,6 +6,13 @@
 //! `cargo bench --bench history -- [--events N] [--db PATH]`; the database
 //! is kept (default `target/history-bench/events-N.db`) and reused.
 //!
+//! With `LABLINK_BENCH_POSTGRES=postgres://USER@HOST:PORT/DB` set, the same
+//! history goes through the real PostgreSQL store instead, into a database
+//! `lablink_history_bench_N` on that server (created by the URL's user if
+//! missing, kept and reused; `--db NAME` names another), and the sizes are
+//! PostgreSQL's (`pg_total_relation_size` of the events table and each of
+//! its indexes).
+//!
 //! The shape: 40 instruments, the first ones far busier (weights 1/(i+1));
 //! 32 long-running scripts cycling acquire/release (a third of the events)
 //! and short interactive sessions (a few cycles each, some queueing, some
@@ -16,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use lablink::domain::{EndReason, EquipmentId, Event, EventKind, LockMode, SessionId, Timestamp};
+use lablink::storage::postgres::{PostgresOptions, PostgresStore};
 use lablink::storage::sqlite::{SqliteOptions, SqliteStore};
 use lablink::storage::{EventQuery, Store};
 
@@ -206,25 +214,57 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() {
     let events: u64 = arg("--events").map_or(10_000_000, |n| n.parse().expect("--events N"));
-    let db = arg("--db").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("target/history-bench/events-{events}.db"))
-        },
-        PathBuf::from,
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(events, db));
+    match std::env::var("LABLINK_BENCH_POSTGRES") {
+        Ok(server) => {
+            let name = arg("--db").unwrap_or_else(|| format!("lablink_history_bench_{events}"));
+            let url = postgres_database(&server, &name);
+            let options = PostgresOptions::from_url(&url).unwrap();
+            let open = || -> Box<dyn Store> { Box::new(PostgresStore::open(&options).unwrap()) };
+            runtime.block_on(run(events, open, || postgres_sizes(&url)));
+        }
+        Err(_) => {
+            let db = arg("--db").map_or_else(
+                || {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join(format!("target/history-bench/events-{events}.db"))
+                },
+                PathBuf::from,
+            );
+            let url = format!("sqlite://{}?synchronous=normal", db.display());
+            let options = SqliteOptions::from_url(&url, std::path::Path::new(".")).unwrap();
+            let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&options).unwrap()) };
+            runtime.block_on(run(events, open, || sizes(&db)));
+        }
+    }
 }
 
-async fn run(events: u64, db: PathBuf) {
-    let url = format!("sqlite://{}?synchronous=normal", db.display());
-    let options = SqliteOptions::from_url(&url, std::path::Path::new(".")).unwrap();
-    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
+/// The URL of database `name` on the server of `server` (a URL to any
+/// database there), created first if it does not exist.
+fn postgres_database(server: &str, name: &str) -> String {
+    let mut admin = postgres::Client::connect(server, postgres::NoTls).unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+    }
+    let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+async fn run(events: u64, open: impl Fn() -> Box<dyn Store>, sizes: impl FnOnce() + Send) {
+    let opening = Instant::now();
+    let store = open();
+    // Opening an older database migrates it: this is what that took.
+    eprintln!("opened in {:.1?}", opening.elapsed());
     let have = store.query(|tx| tx.last_event_seq()).await.unwrap();
     if have < events {
         let started = Instant::now();
@@ -249,9 +289,51 @@ async fn run(events: u64, db: PathBuf) {
         eprintln!("made {written} events in {:.0?}", started.elapsed());
     }
     drop(store);
-    sizes(&db);
-    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
+    // On a thread of its own: the PostgreSQL client blocks.
+    std::thread::scope(|scope| {
+        scope.spawn(sizes);
+    });
+    let store = open();
     measure(store.as_ref()).await;
+}
+
+/// What the events table and each of its indexes take on PostgreSQL (after
+/// a VACUUM ANALYZE, as autovacuum leaves a table that only grows).
+fn postgres_sizes(url: &str) {
+    let mut conn = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    conn.batch_execute("VACUUM ANALYZE events").unwrap();
+    let count: i64 = conn
+        .query_one("SELECT count(*) FROM events", &[])
+        .unwrap()
+        .get(0);
+    let total: i64 = conn
+        .query_one("SELECT pg_total_relation_size('events')", &[])
+        .unwrap()
+        .get(0);
+    println!(
+        "{count} events, events and its indexes {:.0} MB, {:.0} bytes an event",
+        total as f64 / 1e6,
+        total as f64 / count as f64
+    );
+    println!("| table or index | MB | bytes an event |\n|---|---|---|");
+    let parts = conn
+        .query(
+            "SELECT 'events (the rows, with TOAST)', pg_table_size('events')
+             UNION ALL
+             SELECT indexrelid::regclass::text, pg_relation_size(indexrelid)
+             FROM pg_index WHERE indrelid = 'events'::regclass
+             ORDER BY 2 DESC",
+            &[],
+        )
+        .unwrap();
+    for row in parts {
+        let (name, bytes): (String, i64) = (row.get(0), row.get(1));
+        println!(
+            "| {name} | {:.0} | {:.1} |",
+            bytes as f64 / 1e6,
+            bytes as f64 / count as f64
+        );
+    }
 }
 
 /// The file's size and what each table and index takes (dbstat).

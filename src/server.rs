@@ -288,11 +288,21 @@ impl Server {
             AuthMode::Required => "required (API tokens)",
             AuthMode::Off => "off (anyone who can connect may act)",
         };
+        // As `api::metrics::routes` decides: a token only when
+        // authentication is on and the metrics are not public.
+        let metrics_token = match self.service.auth().mode() {
+            AuthMode::Required if !self.metrics_public => {
+                "needed (a token of any role; LABLINK_METRICS_PUBLIC=true opens it)"
+            }
+            _ => "not needed",
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             url = %url,
             docs = %format!("{url}/docs"),
             dashboard = %format!("{url}/"),
+            metrics = %format!("{url}/metrics"),
+            metrics_token,
             data = %data,
             store = %self.service.describe_store(),
             instruments = %if instruments.is_empty() {

@@ -462,6 +462,44 @@ fn every_filter_combination_finds_what_matches(store: &dyn Store) {
     assert!(checked > 500, "the queries found something ({checked})");
 }
 
+/// The clock set back between two transactions (a restart, another
+/// replica's clock): the later event is still found by its own time, and
+/// the earlier one is not found by the later one's.
+fn an_event_recorded_after_the_clock_went_back_is_found_by_its_own_time(store: &dyn Store) {
+    let first = record(
+        store,
+        vec![event(
+            EventKind::LockAcquired,
+            1_000,
+            Some("psu"),
+            Some("a"),
+        )],
+    );
+    let back = record(
+        store,
+        vec![event(EventKind::LockReleased, 500, Some("psu"), Some("a"))],
+    );
+    let after = record(
+        store,
+        vec![event(EventKind::LockAcquired, 700, Some("psu"), Some("b"))],
+    );
+    let window = |since: i64, until: i64, equipment: Option<&str>| {
+        let query = EventQuery {
+            equipment_id: equipment.map(eid),
+            since: Some(t(since)),
+            until: Some(t(until)),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        with(store, move |tx| tx.query_events(&query))
+    };
+    assert_eq!(window(400, 600, None), back);
+    assert_eq!(window(400, 600, Some("psu")), back);
+    assert_eq!(window(600, 800, None), after);
+    assert_eq!(window(900, 1_100, None), first);
+    assert_eq!(window(0, 2_000, None), [first, back, after].concat());
+}
+
 fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
     with(store, |tx| tx.save_session(&session("s", 1_000)));
     let result = try_with(store, |tx| {
@@ -609,6 +647,7 @@ every_backend!(
     pruning_forgets_old_events,
     pruning_keeps_the_newest_events_a_step_at_a_time,
     every_filter_combination_finds_what_matches,
+    an_event_recorded_after_the_clock_went_back_is_found_by_its_own_time,
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
     a_cursor_past_the_newest_event_pages_nothing_and_points_back,

@@ -19,6 +19,7 @@ pub mod sqlite;
 mod contract;
 #[cfg(test)]
 pub(crate) mod counting;
+mod event_row;
 
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, Role, Session, SessionId, Timestamp,
