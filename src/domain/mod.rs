@@ -10,6 +10,7 @@ pub mod event;
 pub mod ids;
 pub mod lock;
 pub mod priority;
+pub mod rollup;
 pub mod session;
 pub mod time;
 pub mod view;
