@@ -270,6 +270,24 @@ async fn run(events: u64, db: PathBuf) {
     sizes(&db);
 }
 
+/// The newest event's `seq` and time.
+async fn newest_event(store: &dyn Store) -> (u64, i64) {
+    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
+    let newest = store
+        .query(move |tx| {
+            tx.query_events(&EventQuery {
+                after: Some(last - 1),
+                limit: 1,
+                ..EventQuery::default()
+            })
+        })
+        .await
+        .unwrap()[0]
+        .timestamp
+        .as_millis();
+    (last, newest)
+}
+
 /// The plain fold over the window's events (the endpoint before the
 /// rollups): returns the events read.
 async fn fold(store: &dyn Store, input: &AnalyticsInput) -> u64 {
@@ -311,19 +329,7 @@ async fn fold(store: &dyn Store, input: &AnalyticsInput) -> u64 {
 /// Analytics over 1, 7 and 31 days, before (the fold) and after (the
 /// rollups).
 async fn analytics(store: Arc<dyn Store>) {
-    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
-    let newest = store
-        .query(move |tx| {
-            tx.query_events(&EventQuery {
-                after: Some(last - 1),
-                limit: 1,
-                ..EventQuery::default()
-            })
-        })
-        .await
-        .unwrap()[0]
-        .timestamp
-        .as_millis();
+    let (_, newest) = newest_event(store.as_ref()).await;
     let configs: Vec<EquipmentConfig> = (0..INSTRUMENTS)
         .map(|i| EquipmentConfig {
             id: format!("instrument_{i:02}"),
@@ -430,19 +436,7 @@ fn sizes(db: &std::path::Path) {
 /// until), each with its values common and rare, on the first page and
 /// from a cursor in the middle; prints the slowest of each combination.
 async fn measure(store: &dyn Store) {
-    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
-    let newest = store
-        .query(move |tx| {
-            tx.query_events(&EventQuery {
-                after: Some(last - 1),
-                limit: 1,
-                ..EventQuery::default()
-            })
-        })
-        .await
-        .unwrap()[0]
-        .timestamp
-        .as_millis();
+    let (last, newest) = newest_event(store).await;
     let day = 86_400_000;
     let equipment = [("busiest", "instrument_00"), ("quiet", "instrument_39")];
     let sessions = [
