@@ -228,7 +228,7 @@ impl Rollup {
     /// watermark (the clock was set back) counts as at the watermark.
     pub fn add(&mut self, e: &Event) {
         let t = e.timestamp.as_millis().max(self.watermark());
-        self.advance_to(t);
+        self.cross_hours_to(t);
         let tally = &mut self.tally;
         self.tracker.apply(e, t, &mut |f| tally.add(&f));
     }
@@ -236,10 +236,18 @@ impl Rollup {
     /// Ends the run at `t` (at or after every event added): the figures up
     /// to `t`, the hour holding it partly.
     pub fn advance_to(&mut self, t: i64) {
+        self.cross_hours_to(t);
+        if t > self.watermark() {
+            self.close_stretch(t);
+        }
+    }
+
+    /// Finishes every hour that ends at or before `t`.
+    fn cross_hours_to(&mut self, t: i64) {
         loop {
             let hour_end = hour_of(self.watermark()) + HOUR_MS;
             if t < hour_end {
-                break;
+                return;
             }
             self.close_stretch(hour_end);
             if self.tracker.is_empty() && hour_of(t) > hour_end {
@@ -248,9 +256,6 @@ impl Rollup {
             } else if !self.tracker.is_empty() {
                 self.checkpoints.push((hour_end, self.tracker.clone()));
             }
-        }
-        if t > self.watermark() {
-            self.close_stretch(t);
         }
     }
 
