@@ -371,6 +371,12 @@ async fn keep_history(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // Counted from the round's start: a clock that moves while it runs
+        // (a manual one in tests, a long first summing) is not missed.
+        let next = service
+            .clock()
+            .now()
+            .plus_millis(PRUNE_EVERY.as_millis() as u64);
         match service.roll_up_history().await {
             Ok(0) => {}
             Ok(events) => tracing::debug!(events, "summed events into the analytics rollups"),
@@ -391,10 +397,6 @@ async fn keep_history(
             ),
             Err(e) => tracing::error!(error = %e, "pruning old events failed"),
         }
-        let next = service
-            .clock()
-            .now()
-            .plus_millis(PRUNE_EVERY.as_millis() as u64);
         tokio::select! {
             _ = service.clock().sleep_until(next) => {}
             _ = shutdown.changed() => return,
