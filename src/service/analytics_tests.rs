@@ -18,6 +18,7 @@ use crate::domain::{
 };
 use crate::drivers::Instruments;
 use crate::storage::memory::MemoryStore;
+use crate::storage::postgres::{PostgresOptions, PostgresStore, test_database};
 use crate::storage::sqlite::{SqliteOptions, SqliteStore};
 use crate::storage::{EventQuery, Store};
 
@@ -242,76 +243,134 @@ proptest! {
     }
 }
 
-/// A long history on SQLite: a 31-day window reads a few hundred rollup
-/// rows and only the events of its two partial edge hours; pruning every
-/// event leaves the whole hours and days as they were.
+/// 40 days, a lock every 10 minutes on each instrument in turn; returns
+/// the events as recorded and the time of the last.
+async fn record_forty_days(store: &Arc<dyn Store>) -> (Vec<Event>, i64) {
+    let ops: Vec<(usize, Op, i64)> = (0..40 * 144)
+        .flat_map(|i| {
+            [
+                (i % 3, Op::Acquire(i % 3, false, 0), 300_000),
+                (i % 3, Op::Release(i % 3), 300_000),
+            ]
+        })
+        .collect();
+    let events: Vec<Event> = history(&ops).into_iter().flatten().collect();
+    let end = events.last().unwrap().timestamp.as_millis();
+    let recorded = store
+        .write(move |tx| {
+            let mut e = events.clone();
+            tx.record_events(&mut e)?;
+            Ok(e)
+        })
+        .await
+        .unwrap();
+    (recorded, end)
+}
+
+/// A month's window cut mid-hour at both ends.
+fn month() -> AnalyticsInput {
+    AnalyticsInput {
+        since: Some(Timestamp::from_millis(START + 86_400_000 + 1_234_567)),
+        until: Some(Timestamp::from_millis(START + 32 * 86_400_000 + 7_654_321)),
+        equipment: Vec::new(),
+        user: None,
+        group_by: GroupBy::Equipment,
+    }
+}
+
+/// A long history: a 31-day window reads a few hundred rollup rows and
+/// only the events of its two cut hours; pruning every event leaves the
+/// whole hours and days as they were.
+async fn pruned_history_leaves_the_summed_days_as_they_were(store: Arc<dyn Store>) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(START)));
+    let service = service(store.clone(), clock.clone());
+    let (recorded, end) = record_forty_days(&store).await;
+    clock.advance(Duration::from_millis((end - START) as u64 + 60_000));
+    service.roll_up_history().await.unwrap();
+    let window = month();
+    let before = service.analytics(window.clone()).await.unwrap();
+    assert_eq!(before.rows, reference(&recorded, &window));
+    assert!(
+        before.events < 50 && before.rollup_rows < 300,
+        "{} events and {} rollup rows read",
+        before.events,
+        before.rollup_rows
+    );
+    // Keep one event: everything else goes, the rollups stay.
+    let retention = Retention {
+        max_age_days: None,
+        max_events: Some(1),
+    };
+    while service.prune_history(retention).await.unwrap() > 0 {}
+    let left = store
+        .query(|tx| {
+            tx.query_events(&EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    let whole_days = AnalyticsInput {
+        since: Some(Timestamp::from_millis(START + 3_600_000)),
+        until: Some(Timestamp::from_millis(START + 3_600_000 + 30 * 86_400_000)),
+        ..window
+    };
+    let after = service.analytics(whole_days.clone()).await.unwrap();
+    assert_eq!(after.rows, reference(&recorded, &whole_days));
+    assert_eq!(after.events, 0);
+}
+
 #[test]
-fn pruned_history_leaves_the_summed_days_as_they_were() {
+fn pruned_history_leaves_the_summed_days_as_they_were_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::from_url("sqlite://lablink.db", dir.path()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options).unwrap());
+    runtime().block_on(pruned_history_leaves_the_summed_days_as_they_were(store));
+}
+
+fn postgres_store(url: &str) -> Arc<dyn Store> {
+    let options = PostgresOptions::from_url(url).unwrap();
+    Arc::new(PostgresStore::open(&options).unwrap())
+}
+
+#[test]
+fn pruned_history_leaves_the_summed_days_as_they_were_on_postgres() {
+    let Some(database) = test_database::fresh() else {
+        return;
+    };
+    let store = postgres_store(database.url());
+    runtime().block_on(pruned_history_leaves_the_summed_days_as_they_were(store));
+}
+
+/// Two servers on one PostgreSQL database summing at the same time, in
+/// small steps: each stretch is summed once (the cursor moves by
+/// compare-and-set), so either answers what the fold does.
+#[test]
+fn postgres_two_servers_sum_each_stretch_once() {
+    let Some(database) = test_database::fresh() else {
+        return;
+    };
+    let (a, b) = (
+        postgres_store(database.url()),
+        postgres_store(database.url()),
+    );
     runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let options = SqliteOptions::from_url("sqlite://lablink.db", dir.path()).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options).unwrap());
         let clock = Arc::new(ManualClock::new(Timestamp::from_millis(START)));
-        let service = service(store.clone(), clock.clone());
-        // 40 days, a lock every 10 minutes on each instrument in turn.
-        let ops: Vec<(usize, Op, i64)> = (0..40 * 144)
-            .flat_map(|i| {
-                [
-                    (i % 3, Op::Acquire(i % 3, false, 0), 300_000),
-                    (i % 3, Op::Release(i % 3), 300_000),
-                ]
-            })
-            .collect();
-        let events: Vec<Event> = history(&ops).into_iter().flatten().collect();
-        let end = events.last().unwrap().timestamp.as_millis();
-        let recorded = store
-            .write(move |tx| {
-                let mut e = events.clone();
-                tx.record_events(&mut e)?;
-                Ok(e)
-            })
-            .await
-            .unwrap();
-        clock.advance(Duration::from_millis((end - START) as u64 + 60_000));
-        service.roll_up_history().await.unwrap();
-        let window = AnalyticsInput {
-            since: Some(Timestamp::from_millis(START + 86_400_000 + 1_234_567)),
-            until: Some(Timestamp::from_millis(START + 32 * 86_400_000 + 7_654_321)),
-            equipment: Vec::new(),
-            user: None,
-            group_by: GroupBy::Equipment,
-        };
-        let before = service.analytics(window.clone()).await.unwrap();
-        assert_eq!(before.rows, reference(&recorded, &window));
-        assert!(
-            before.events < 50 && before.rollup_rows < 300,
-            "{} events and {} rollup rows read",
-            before.events,
-            before.rollup_rows
-        );
-        // Keep one event: everything else goes, the rollups stay.
-        let retention = Retention {
-            max_age_days: None,
-            max_events: Some(1),
-        };
-        while service.prune_history(retention).await.unwrap() > 0 {}
-        let left = store
-            .query(|tx| {
-                tx.query_events(&EventQuery {
-                    limit: 10,
-                    ..EventQuery::default()
-                })
-            })
-            .await
-            .unwrap();
-        assert_eq!(left.len(), 1);
-        let whole_days = AnalyticsInput {
-            since: Some(Timestamp::from_millis(START + 3_600_000)),
-            until: Some(Timestamp::from_millis(START + 3_600_000 + 30 * 86_400_000)),
-            ..window.clone()
-        };
-        let after = service.analytics(whole_days.clone()).await.unwrap();
-        assert_eq!(after.rows, reference(&recorded, &whole_days));
-        assert_eq!(after.events, 0);
+        let (one, two) = (service(a.clone(), clock.clone()), service(b, clock.clone()));
+        let (recorded, end) = record_forty_days(&a).await;
+        // Half a day at a time, both at once.
+        while clock.now().as_millis() < end + 60_000 {
+            clock.advance(Duration::from_secs(43_200));
+            let (x, y) = tokio::join!(one.roll_up_history(), two.roll_up_history());
+            x.unwrap();
+            y.unwrap();
+        }
+        let window = month();
+        for service in [&one, &two] {
+            let got = service.analytics(window.clone()).await.unwrap();
+            assert_eq!(got.rows, reference(&recorded, &window));
+        }
     });
 }
