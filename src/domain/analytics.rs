@@ -186,6 +186,9 @@ impl Tracker {
                 });
                 let observer = e.lock_mode == Some(LockMode::Observer)
                     || e.event == EventKind::ObserverLockAcquired;
+                if !observer {
+                    self.close_stale(&equipment, t, fact);
+                }
                 self.open.insert(
                     e.lock_id.clone().unwrap_or_default(),
                     OpenGrant {
@@ -233,6 +236,30 @@ impl Tracker {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// An exclusive grant on `equipment` at `t`: no other lock can be open
+    /// there (the rules end or revoke them first, with events). One still
+    /// open lost its end event (history that was never seen, such as the
+    /// memory store's dropped events): it counts as held until `t`, so that
+    /// a lost event costs at most that, not forever.
+    fn close_stale(&mut self, equipment: &EquipmentId, t: i64, fact: &mut impl FnMut(Fact)) {
+        let stale: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, g)| &g.equipment == equipment)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            let grant = self.open.remove(&id).expect("listed above");
+            fact(Fact::Held {
+                equipment: grant.equipment,
+                user: grant.user,
+                observer: grant.observer,
+                start: Some(grant.start),
+                end: t,
+            });
         }
     }
 
@@ -733,6 +760,28 @@ mod tests {
         );
         assert_eq!(by_user[1].forced_releases, 1, "b's lock was forced");
         assert!(by_user.iter().all(|r| r.idle_ms.is_none()));
+    }
+
+    #[test]
+    fn a_grant_whose_end_was_lost_ends_at_the_next_exclusive_grant() {
+        let mut b = Bench::new("psu");
+        b.acquire("a", LockMode::Exclusive, 0, 0);
+        b.release("a", false, 10);
+        b.acquire("b", LockMode::Exclusive, 0, 50);
+        b.release("b", false, 60);
+        // a's release (at 10) never reached the fold.
+        let seen: Vec<Event> = b
+            .events
+            .iter()
+            .filter(|e| e.timestamp.as_millis() != 10)
+            .cloned()
+            .collect();
+        let rows = usage(&seen, 0, 1_000, GroupBy::User);
+        let held: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.exclusive_ms))
+            .collect();
+        assert_eq!(held, [("user_a", 50), ("user_b", 10)]);
     }
 
     #[test]
