@@ -387,12 +387,21 @@ impl Plan {
     }
 }
 
-/// Where the fold of an edge starting at `from` begins: the checkpoint at
-/// the start of its hour, or the watermark if that is earlier.
-pub fn edge_start(from: i64, watermark: Option<i64>) -> i64 {
-    match watermark {
-        Some(w) => hour_of(from).min(w),
-        None => from,
+/// Where the fold of an edge starting at `from` begins, knowing what was
+/// open there: the start of its hour (a checkpoint), or the watermark when
+/// the edge lies after it (the cursor's state). `None` when nothing is
+/// summed yet, or when the edge lies after the watermark and that is more
+/// than a day behind `now` (catching up after a first start): then the
+/// fold starts at `from` knowing nothing open, as the plain fold over the
+/// window's events does, rather than read the whole backlog.
+pub fn edge_start(from: i64, watermark: Option<i64>, now: i64) -> Option<i64> {
+    let watermark = watermark?;
+    if hour_of(from) <= watermark {
+        Some(hour_of(from))
+    } else if now - watermark <= DAY_MS {
+        Some(watermark)
+    } else {
+        None
     }
 }
 
@@ -454,11 +463,16 @@ mod tests {
         assert!(late.hours.is_empty());
         assert_eq!(late.edges, [(d + 2 * DAY_MS, d + 3 * DAY_MS)]);
         assert_eq!(
-            edge_start(d + 2 * DAY_MS, Some(d + 2 * DAY_MS + 1_200_000)),
-            d + 2 * DAY_MS
+            edge_start(d + 2 * DAY_MS + 60_000, Some(d + 2 * DAY_MS + 1_200_000), d),
+            Some(d + 2 * DAY_MS)
         );
-        // Nothing summed yet: all from the events.
+        // Nothing summed yet, or not that far: all from the window's events.
         assert_eq!(Plan::new(5, 9, None).edges, [(5, 9)]);
+        assert_eq!(edge_start(5, None, 5), None);
+        // After the watermark: from it, unless it is a day behind now.
+        let w = Some(d + HOUR_MS);
+        assert_eq!(edge_start(d + 9 * DAY_MS, w, d + 2 * HOUR_MS), w);
+        assert_eq!(edge_start(d + 3 * HOUR_MS, w, d + 2 * DAY_MS), None);
     }
 
     proptest! {

@@ -192,6 +192,7 @@ fn answer(
     selection: &Selection,
     since: i64,
     until: i64,
+    now: i64,
 ) -> Result<(Summed, u64, u64), StoreError> {
     let cursor = tx.usage_cursor()?;
     let watermark = cursor.as_ref().map(|c| c.watermark.as_millis());
@@ -213,8 +214,11 @@ fn answer(
     }
     let mut events = 0;
     for (from, to) in plan.edges {
-        let start = edge_start(from, watermark);
-        let mut stretch = Stretch::new(tracker_at(tx, cursor.as_ref(), start)?, from, to);
+        let (start, tracker) = match edge_start(from, watermark, now) {
+            Some(start) => (start, tracker_at(tx, cursor.as_ref(), start)?),
+            None => (from, Tracker::default()),
+        };
+        let mut stretch = Stretch::new(tracker, from, to);
         events += each_event(tx, &selection.equipment, start, to, |e| stretch.add(e))?;
         for bucket in stretch.finish() {
             if selection.wants(&bucket) {
@@ -274,7 +278,8 @@ impl Service {
         let (from, to) = (since.as_millis(), until.as_millis());
         let read = self
             .read(move |view| {
-                let (summed, events, rows) = answer(view.tx, &selection, from, to)?;
+                let now = view.now.as_millis();
+                let (summed, events, rows) = answer(view.tx, &selection, from, to, now)?;
                 let usage = summed.rows(
                     selection.group_by,
                     to - from,
