@@ -219,7 +219,9 @@ impl Rollup {
         }
     }
 
-    /// Where the figures summed so far end.
+    /// Where the stretch being summed starts: the watermark the run
+    /// started from, then each hour boundary it crosses; after `advance_to`,
+    /// where the run ends.
     pub fn watermark(&self) -> i64 {
         self.tally.from()
     }
