@@ -190,6 +190,14 @@ def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page
     # An admin is offered the forced release.
     page.goto(server.url + f"/#/equipment/{PSU}")
     expect(page.get_by_role("button", name="Force release…")).to_be_visible()
+    # The analytics' CSV is fetched with the token (a plain link has none).
+    page.goto(server.url + "/#/analytics")
+    expect(page.locator('tr[data-id="ps_abc123"] td').nth(3)).to_have_text("1")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename == "lablink-analytics-1d.csv"
+    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    assert [line.split(",")[:5:4] for line in lines[1:]] == [["load_1", "0"], [PSU, "1"], ["scope_123", "0"]]
 
     # An observer sees only what an observer may do.
     viewer = open_page(server.url + f"/#/equipment/{PSU}").page
