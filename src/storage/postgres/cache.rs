@@ -22,9 +22,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{Conn, corrupt};
 use super::tx::{EventBuffer, PgTx};
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
 use crate::storage::event_row::{compact_data, kind_code};
-use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
+use crate::storage::{
+    Due, EventQuery, Prune, StoreError, TokenRecord, Tx, UsageCursor, UsageQuery,
+};
 
 /// The writer's rows, as of `valid_for`.
 #[derive(Default)]
@@ -390,6 +393,34 @@ impl Tx for UnitTx<'_> {
 
     fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError> {
         self.sql()?.prune_events(prune)
+    }
+
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        self.sql()?.usage_cursor()
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        self.sql()?.advance_usage_cursor(expected, next)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        self.sql()?.put_usage(buckets)
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        self.sql()?.usage_buckets(query)
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        self.sql()?.put_usage_checkpoint(at, state)
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        self.sql()?.usage_checkpoint(at)
     }
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {

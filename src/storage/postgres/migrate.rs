@@ -1,6 +1,9 @@
 //! The PostgreSQL schema: the migrations, embedded in the binary, and
 //! running them at start up to the newest (`lablink_schema` counts those
-//! done), all in one transaction. Replicas starting together take turns
+//! done), all in one transaction. Each migration is known by the number
+//! of its file, so numbers may have gaps (branches merged in any order
+//! each bring their own); one is run when its number is not recorded yet,
+//! in number order. Replicas starting together take turns
 //! under a transaction-scoped advisory lock. It only creates and alters the
 //! schema; rows are the other files' business.
 
@@ -9,9 +12,11 @@ use crate::domain::EventKind;
 use crate::storage::StoreError;
 use crate::storage::event_row::kind_code;
 
-const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_compact_events.sql"),
+/// Each migration with the number of its file.
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_compact_events.sql")),
+    (3, include_str!("migrations/0003_analytics_rollups.sql")),
 ];
 
 /// The advisory lock key that serialises migrations across replicas.
@@ -25,18 +30,19 @@ pub(super) fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
         .map_err(unavailable)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS lablink_schema (version INTEGER NOT NULL)")
         .map_err(unavailable)?;
-    let done: i64 = tx
-        .query_one("SELECT COUNT(*) FROM lablink_schema", &[])
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM lablink_schema", &[])
         .map_err(unavailable)?
-        .get(0);
-    let done = usize::try_from(done).unwrap_or(usize::MAX);
-    if done > MIGRATIONS.len() {
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let newest = MIGRATIONS.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    if let Some(unknown) = done.iter().find(|&&v| v > newest) {
         return Err(StoreError::Unavailable(format!(
-            "the database has schema version {done}, newer than this LabLink knows ({}): upgrade LabLink",
-            MIGRATIONS.len()
+            "the database has schema version {unknown}, newer than this LabLink knows ({newest}): upgrade LabLink"
         )));
     }
-    if done < MIGRATIONS.len() {
+    if MIGRATIONS.iter().any(|(n, _)| !done.contains(n)) {
         // The kinds' numbers, for the migrations that store them: from the
         // one place that numbers them, not a copy in SQL.
         let (names, codes): (Vec<&str>, Vec<i16>) = EventKind::ALL
@@ -55,14 +61,17 @@ pub(super) fn migrate(conn: &mut Conn) -> Result<(), StoreError> {
         )
         .map_err(unavailable)?;
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+    for (number, sql) in MIGRATIONS {
+        if done.contains(number) {
+            continue;
+        }
         tx.batch_execute(sql).map_err(unavailable)?;
         tx.execute(
             "INSERT INTO lablink_schema (version) VALUES ($1)",
-            &[&((i + 1) as i32)],
+            &[number],
         )
         .map_err(unavailable)?;
-        tracing::info!(version = i + 1, "database schema migrated");
+        tracing::info!(version = number, "database schema migrated");
     }
     tx.commit().map_err(unavailable)
 }
@@ -85,7 +94,7 @@ mod tests {
             return;
         };
         let mut client = postgres::Client::connect(database.url(), postgres::NoTls).unwrap();
-        client.batch_execute(MIGRATIONS[0]).unwrap();
+        client.batch_execute(MIGRATIONS[0].1).unwrap();
         client
             .batch_execute(
                 "CREATE TABLE lablink_schema (version INTEGER NOT NULL);

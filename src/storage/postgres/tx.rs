@@ -10,9 +10,12 @@ use postgres::types::{ToSql, Type};
 use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{Conn, corrupt};
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
 use crate::storage::event_row::{StoredEvent, kind_code};
-use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
+use crate::storage::{
+    Due, EventQuery, Prune, StoreError, TokenRecord, Tx, UsageCursor, UsageQuery,
+};
 
 /// A batch's recorded events, numbered, waiting to be inserted.
 #[derive(Default)]
@@ -395,6 +398,34 @@ impl Tx for PgTx<'_> {
             &[&cut, &before, &(prune.max as i64)],
         )?;
         Ok(pruned as usize)
+    }
+
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        super::usage::cursor(self.conn)
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        super::usage::advance(self.conn, expected, next)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        super::usage::put(self.conn, buckets)
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        super::usage::buckets(self.conn, query)
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        super::usage::put_checkpoint(self.conn, at, state)
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        super::usage::checkpoint(self.conn, at)
     }
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
