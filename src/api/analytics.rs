@@ -25,7 +25,8 @@ pub struct AnalyticsQuery {
     #[param(format = DateTime)]
     pub until: Option<String>,
     /// Only these instruments: one id or a comma-separated list (default:
-    /// every instrument).
+    /// every instrument); a configured lock group's id stands for its
+    /// members (with `group_by=all`, one row for the group).
     #[param(value_type = Option<String>)]
     pub equipment_id: Option<String>,
     /// Only the locks this user held (`holder_user`).

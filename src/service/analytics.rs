@@ -240,7 +240,20 @@ struct Step {
 }
 
 impl Service {
-    pub async fn analytics(&self, input: AnalyticsInput) -> Result<Analytics, ServiceError> {
+    pub async fn analytics(&self, mut input: AnalyticsInput) -> Result<Analytics, ServiceError> {
+        // A configured lock group stands for its members.
+        input.equipment = std::mem::take(&mut input.equipment)
+            .into_iter()
+            .flat_map(|id| match self.instruments.group(&id) {
+                Some(group) => group.members.clone(),
+                None => vec![id],
+            })
+            .fold(Vec::new(), |mut ids, id| {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+                ids
+            });
         let now = self.clock.now();
         let until = input.until.unwrap_or(now);
         let since = input.since.unwrap_or(Timestamp::from_millis(
