@@ -1,7 +1,8 @@
 //! `lablink run --lock EQ -- CMD ARGS...`: runs a program while holding
 //! locks, as `flock` or `consul lock` do. It opens a session, waits its
-//! turn for each lock (a long-polled acquire; the queue position comes from
-//! live events, shown on stderr as it changes), keeps the session and the
+//! turn for the lock, or for a whole lock group or pool at once (one
+//! long-polled acquire; the queue positions, per instrument, come from
+//! live events, shown on stderr as they change), keeps the session and the
 //! locks alive in the background while the program runs (before each
 //! deadline, and at once on `lock_expiring`), then releases and ends the
 //! session and exits with the program's status.
