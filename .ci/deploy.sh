@@ -3,6 +3,9 @@
 # `systemd-analyze verify` (against the binary just built, since the units
 # name its installed path) and the sysusers file with a dry run, and the
 # Containerfile is built when a container engine is running. Either is skipped, saying why, where its tool is missing.
+# The Prometheus alert rules are checked and unit-tested with promtool: taken
+# from Debian's `prometheus` package (downloaded, only promtool unpacked, no
+# service installed or started) when it is not on the PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +35,22 @@ if command -v systemd-analyze >/dev/null; then
 else
     echo "deploy: systemd units SKIPPED: systemd-analyze is not installed"
 fi
+
+promtool=$(command -v promtool || true)
+if [ -z "$promtool" ]; then
+    promtool="$PWD/target/promtool/usr/bin/promtool"
+    if [ ! -x "$promtool" ]; then
+        download=$(mktemp -d)
+        (cd "$download" && apt-get download prometheus >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get download prometheus >/dev/null; })
+        mkdir -p target/promtool
+        dpkg-deb --fsys-tarfile "$download"/prometheus_*.deb | tar -x -C target/promtool ./usr/bin/promtool
+        rm -rf "$download"
+    fi
+fi
+"$promtool" check rules deploy/prometheus/lablink-alerts.yml
+(cd deploy/prometheus && "$promtool" test rules lablink-alerts.test.yml)
+echo "deploy: Prometheus alert rules checked and tested with $promtool"
 
 engine=""
 for candidate in podman docker; do

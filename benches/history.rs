@@ -3,8 +3,21 @@
 //! times every combination of the history filters (`GET /api/locks/events`)
 //! against it, each with a common and a rare value, on the first page and
 //! deep in the history. Run with
-//! `cargo bench --bench history -- [--events N] [--db PATH]`; the database
-//! is kept (default `target/history-bench/events-N.db`) and reused.
+//! `cargo bench --bench history -- [--events N] [--db PATH] [--analytics-only]`;
+//! the database is kept (default `target/history-bench/events-N.db`) and
+//! reused.
+//!
+//! Then the lock analytics (`Service::analytics`) over the last 1, 7 and 31
+//! days for all instruments, one instrument and one user: before, as the
+//! plain fold over every event in the window (what the endpoint did before
+//! the rollups), and after, from the rollups (summed first, timed once).
+//!
+//! With `LABLINK_BENCH_POSTGRES=postgres://USER@HOST:PORT/DB` set, the same
+//! history goes through the real PostgreSQL store instead, into a database
+//! `lablink_history_bench_N` on that server (created by the URL's user if
+//! missing, kept and reused; `--db NAME` names another), and the sizes are
+//! PostgreSQL's (`pg_total_relation_size` of the events table and each of
+//! its indexes).
 //!
 //! The shape: 40 instruments, the first ones far busier (weights 1/(i+1));
 //! 32 long-running scripts cycling acquire/release (a third of the events)
@@ -15,7 +28,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use lablink::clock::ManualClock;
+use lablink::domain::analytics::{GroupBy, Usage};
 use lablink::domain::{EndReason, EquipmentId, Event, EventKind, LockMode, SessionId, Timestamp};
+use lablink::drivers::{EquipmentConfig, Instruments};
+use lablink::service::{AnalyticsInput, Policy, Service};
+use lablink::storage::postgres::{PostgresOptions, PostgresStore};
 use lablink::storage::sqlite::{SqliteOptions, SqliteStore};
 use lablink::storage::{EventQuery, Store};
 
@@ -206,25 +226,57 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() {
     let events: u64 = arg("--events").map_or(10_000_000, |n| n.parse().expect("--events N"));
-    let db = arg("--db").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join(format!("target/history-bench/events-{events}.db"))
-        },
-        PathBuf::from,
-    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(events, db));
+    match std::env::var("LABLINK_BENCH_POSTGRES") {
+        Ok(server) => {
+            let name = arg("--db").unwrap_or_else(|| format!("lablink_history_bench_{events}"));
+            let url = postgres_database(&server, &name);
+            let options = PostgresOptions::from_url(&url).unwrap();
+            let open = || -> Box<dyn Store> { Box::new(PostgresStore::open(&options).unwrap()) };
+            runtime.block_on(run(events, open, || postgres_sizes(&url)));
+        }
+        Err(_) => {
+            let db = arg("--db").map_or_else(
+                || {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join(format!("target/history-bench/events-{events}.db"))
+                },
+                PathBuf::from,
+            );
+            let url = format!("sqlite://{}?synchronous=normal", db.display());
+            let options = SqliteOptions::from_url(&url, std::path::Path::new(".")).unwrap();
+            let open = || -> Box<dyn Store> { Box::new(SqliteStore::open(&options).unwrap()) };
+            runtime.block_on(run(events, open, || sizes(&db)));
+        }
+    }
 }
 
-async fn run(events: u64, db: PathBuf) {
-    let url = format!("sqlite://{}?synchronous=normal", db.display());
-    let options = SqliteOptions::from_url(&url, std::path::Path::new(".")).unwrap();
-    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
+/// The URL of database `name` on the server of `server` (a URL to any
+/// database there), created first if it does not exist.
+fn postgres_database(server: &str, name: &str) -> String {
+    let mut admin = postgres::Client::connect(server, postgres::NoTls).unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .unwrap()
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+    }
+    let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+async fn run(events: u64, open: impl Fn() -> Box<dyn Store>, sizes: impl FnOnce() + Send) {
+    let opening = Instant::now();
+    let store = open();
+    // Opening an older database migrates it: this is what that took.
+    eprintln!("opened in {:.1?}", opening.elapsed());
     let have = store.query(|tx| tx.last_event_seq()).await.unwrap();
     if have < events {
         let started = Instant::now();
@@ -249,9 +301,188 @@ async fn run(events: u64, db: PathBuf) {
         eprintln!("made {written} events in {:.0?}", started.elapsed());
     }
     drop(store);
-    sizes(&db);
-    let store: Box<dyn Store> = Box::new(SqliteStore::open(&options).unwrap());
-    measure(store.as_ref()).await;
+    let analytics_only = std::env::args().any(|a| a == "--analytics-only");
+    if !analytics_only {
+        measure(open().as_ref()).await;
+    }
+    analytics(Arc::from(open())).await;
+    // On a thread of its own: the PostgreSQL client blocks. Last, so the
+    // sizes include the rollups.
+    std::thread::scope(|scope| {
+        scope.spawn(sizes);
+    });
+}
+
+/// The newest event's `seq` and time.
+async fn newest_event(store: &dyn Store) -> (u64, i64) {
+    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
+    let newest = store
+        .query(move |tx| {
+            tx.query_events(&EventQuery {
+                after: Some(last - 1),
+                limit: 1,
+                ..EventQuery::default()
+            })
+        })
+        .await
+        .unwrap()[0]
+        .timestamp
+        .as_millis();
+    (last, newest)
+}
+
+/// The plain fold over the window's events (the endpoint before the
+/// rollups): returns the events read.
+async fn fold(store: &dyn Store, input: &AnalyticsInput) -> u64 {
+    let (since, until) = (input.since.unwrap(), input.until.unwrap());
+    let equipment = input.equipment.first().cloned();
+    let user = input.user.clone();
+    let group_by = input.group_by;
+    store
+        .query(move |tx| {
+            let mut usage = Usage::new(since, until, group_by, &[]);
+            let (mut after, mut read) = (None, 0u64);
+            loop {
+                let page = tx.query_events(&EventQuery {
+                    equipment_id: equipment.clone(),
+                    since: Some(since),
+                    until: Some(until),
+                    after,
+                    limit: 1_000,
+                    ..EventQuery::default()
+                })?;
+                read += page.len() as u64;
+                for e in &page {
+                    if user.is_none() || e.holder_user == user {
+                        usage.add(e);
+                    }
+                }
+                after = page.last().and_then(|e| e.seq);
+                if page.len() < 1_000 {
+                    break;
+                }
+            }
+            std::hint::black_box(usage.finish());
+            Ok(read)
+        })
+        .await
+        .unwrap()
+}
+
+/// Analytics over 1, 7 and 31 days, before (the fold) and after (the
+/// rollups).
+async fn analytics(store: Arc<dyn Store>) {
+    let (_, newest) = newest_event(store.as_ref()).await;
+    let configs: Vec<EquipmentConfig> = (0..INSTRUMENTS)
+        .map(|i| EquipmentConfig {
+            id: format!("instrument_{i:02}"),
+            driver: "sim-load".into(),
+            name: None,
+            allow: None,
+            tags: Vec::new(),
+            settings: Default::default(),
+        })
+        .collect();
+    let instruments = Instruments::from_configs(&configs, std::path::Path::new(".")).unwrap();
+    // A minute after the newest event: everything can be summed.
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(newest + 60_000)));
+    let service = Service::new(
+        store.clone(),
+        clock,
+        Arc::new(instruments),
+        Policy::default(),
+    );
+    let started = Instant::now();
+    let summed = service.roll_up_history().await.unwrap();
+    println!(
+        "\nrollups: summed {summed} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let day = 86_400_000;
+    println!(
+        "\n| window | selection | before: events read | before: ms | after: events read | after: rollup rows | after: ms (median of 5) |\n|---|---|---|---|---|---|---|"
+    );
+    for days in [1, 7, 31] {
+        for (name, equipment, user, group_by) in [
+            ("all instruments", None, None, GroupBy::Equipment),
+            ("all instruments, group_by=user", None, None, GroupBy::User),
+            (
+                "equipment_id=instrument_00",
+                Some("instrument_00"),
+                None,
+                GroupBy::Equipment,
+            ),
+            ("user=ci_07", None, Some("ci_07"), GroupBy::Equipment),
+        ] {
+            // Not on the hour: both edges cut an hour.
+            let until = newest - 1_234_567;
+            let input = AnalyticsInput {
+                since: Some(Timestamp::from_millis(until - days * day)),
+                until: Some(Timestamp::from_millis(until)),
+                equipment: equipment
+                    .map(|e| EquipmentId::parse(e).unwrap())
+                    .into_iter()
+                    .collect(),
+                user: user.map(str::to_string),
+                group_by,
+            };
+            let started = Instant::now();
+            let before_read = fold(store.as_ref(), &input).await;
+            let before_ms = started.elapsed().as_secs_f64() * 1e3;
+            let mut times = Vec::new();
+            let mut report = None;
+            for _ in 0..5 {
+                let started = Instant::now();
+                report = Some(service.analytics(input.clone()).await.unwrap());
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            let report = report.unwrap();
+            println!(
+                "| {days} d | {name} | {before_read} | {before_ms:.0} | {} | {} | {:.1} |",
+                report.events, report.rollup_rows, times[2]
+            );
+        }
+    }
+}
+
+/// What the events table and each of its indexes take on PostgreSQL (after
+/// a VACUUM ANALYZE, as autovacuum leaves a table that only grows).
+fn postgres_sizes(url: &str) {
+    let mut conn = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    conn.batch_execute("VACUUM ANALYZE events").unwrap();
+    let count: i64 = conn
+        .query_one("SELECT count(*) FROM events", &[])
+        .unwrap()
+        .get(0);
+    let total: i64 = conn
+        .query_one("SELECT pg_total_relation_size('events')", &[])
+        .unwrap()
+        .get(0);
+    println!(
+        "{count} events, events and its indexes {:.0} MB, {:.0} bytes an event",
+        total as f64 / 1e6,
+        total as f64 / count as f64
+    );
+    println!("| table or index | MB | bytes an event |\n|---|---|---|");
+    let parts = conn
+        .query(
+            "SELECT 'events (the rows, with TOAST)', pg_table_size('events')
+             UNION ALL
+             SELECT indexrelid::regclass::text, pg_relation_size(indexrelid)
+             FROM pg_index WHERE indrelid = 'events'::regclass
+             ORDER BY 2 DESC",
+            &[],
+        )
+        .unwrap();
+    for row in parts {
+        let (name, bytes): (String, i64) = (row.get(0), row.get(1));
+        println!(
+            "| {name} | {:.0} | {:.1} |",
+            bytes as f64 / 1e6,
+            bytes as f64 / count as f64
+        );
+    }
 }
 
 /// The file's size and what each table and index takes (dbstat).
@@ -288,19 +519,7 @@ fn sizes(db: &std::path::Path) {
 /// until), each with its values common and rare, on the first page and
 /// from a cursor in the middle; prints the slowest of each combination.
 async fn measure(store: &dyn Store) {
-    let last = store.query(|tx| tx.last_event_seq()).await.unwrap();
-    let newest = store
-        .query(move |tx| {
-            tx.query_events(&EventQuery {
-                after: Some(last - 1),
-                limit: 1,
-                ..EventQuery::default()
-            })
-        })
-        .await
-        .unwrap()[0]
-        .timestamp
-        .as_millis();
+    let (last, newest) = newest_event(store).await;
     let day = 86_400_000;
     let equipment = [("busiest", "instrument_00"), ("quiet", "instrument_39")];
     let sessions = [

@@ -204,7 +204,7 @@ impl Server {
             let (service, stop) = (self.service.clone(), stop_reaper.subscribe());
             tokio::spawn(async move { service.announce_changes_made_elsewhere(stop).await })
         };
-        let pruner = tokio::spawn(prune_history(
+        let pruner = tokio::spawn(keep_history(
             self.service.clone(),
             Retention {
                 max_age_days: Some(self.settings.event_retention_days),
@@ -288,11 +288,21 @@ impl Server {
             AuthMode::Required => "required (API tokens)",
             AuthMode::Off => "off (anyone who can connect may act)",
         };
+        // As `api::metrics::routes` decides: a token only when
+        // authentication is on and the metrics are not public.
+        let metrics_token = match self.service.auth().mode() {
+            AuthMode::Required if !self.metrics_public => {
+                "needed (a token of any role; LABLINK_METRICS_PUBLIC=true opens it)"
+            }
+            _ => "not needed",
+        };
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             url = %url,
             docs = %format!("{url}/docs"),
             dashboard = %format!("{url}/"),
+            metrics = %format!("{url}/metrics"),
+            metrics_token,
             data = %data,
             store = %self.service.describe_store(),
             instruments = %if instruments.is_empty() {
@@ -363,18 +373,32 @@ async fn refresh_tokens(service: Arc<Service>, mut shutdown: watch::Receiver<boo
 /// load, each round deletes a few steps' worth rather than a backlog.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-/// Prunes the history at start and then every `PRUNE_EVERY`, until shut
+/// Brings the analytics rollups up to date, then prunes the history (what
+/// they summed may go), at start and then every `PRUNE_EVERY`, until shut
 /// down.
-async fn prune_history(
+async fn keep_history(
     service: Arc<Service>,
     retention: Retention,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if !retention.limits() {
-        return;
-    }
     loop {
-        match service.prune_history(retention).await {
+        // Counted from the round's start: a clock that moves while it runs
+        // (a manual one in tests, a long first summing) is not missed.
+        let next = service
+            .clock()
+            .now()
+            .plus_millis(PRUNE_EVERY.as_millis() as u64);
+        match service.roll_up_history().await {
+            Ok(0) => {}
+            Ok(events) => tracing::debug!(events, "summed events into the analytics rollups"),
+            Err(e) => tracing::error!(error = %e, "summing the analytics rollups failed"),
+        }
+        let pruned = if retention.limits() {
+            service.prune_history(retention).await
+        } else {
+            Ok(0)
+        };
+        match pruned {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(
                 pruned,
@@ -384,10 +408,6 @@ async fn prune_history(
             ),
             Err(e) => tracing::error!(error = %e, "pruning old events failed"),
         }
-        let next = service
-            .clock()
-            .now()
-            .plus_millis(PRUNE_EVERY.as_millis() as u64);
         tokio::select! {
             _ = service.clock().sleep_until(next) => {}
             _ = shutdown.changed() => return,

@@ -1,7 +1,7 @@
 // The dashboard's entry point: finds out who the user is (signing in with
 // a token when the server requires one), loads the instruments, opens the
 // live connection, and shows the page the address asks for (#/,
-// #/equipment/<id>, #/sessions). Pages get a shared context and are told
+// #/equipment/<id>, #/sessions, #/analytics). Pages get a shared context and are told
 // about events; they update only what an event touched.
 
 import { api, ApiError, mySession, newestSeq, setMySession, setToken, token } from './api.js';
@@ -11,6 +11,7 @@ import { clearError, h, notify, showError, shortId } from './ui.js';
 import { overviewPage } from './overview.js';
 import { instrumentPage } from './instrument.js';
 import { sessionsPage } from './sessions.js';
+import { analyticsPage } from './analytics.js';
 
 const ctx = {
   model: new Model(),
@@ -173,6 +174,8 @@ function route() {
     page = instrumentPage(ctx, main, decodeURIComponent(match[1]));
   } else if (hash === '#/sessions') {
     page = sessionsPage(ctx, main);
+  } else if (hash === '#/analytics') {
+    page = analyticsPage(ctx, main);
   } else {
     page = overviewPage(ctx, main);
   }

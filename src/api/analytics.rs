@@ -20,12 +20,13 @@ pub struct AnalyticsQuery {
     /// The window's start (RFC 3339; default: 7 days before `until`).
     #[param(format = DateTime)]
     pub since: Option<String>,
-    /// The window's end, exclusive (RFC 3339; default: now). At most 31
+    /// The window's end, exclusive (RFC 3339; default: now). At most 366
     /// days after `since`.
     #[param(format = DateTime)]
     pub until: Option<String>,
     /// Only these instruments: one id or a comma-separated list (default:
-    /// every instrument).
+    /// every instrument); a configured lock group's id stands for its
+    /// members (with `group_by=all`, one row for the group).
     #[param(value_type = Option<String>)]
     pub equipment_id: Option<String>,
     /// Only the locks this user held (`holder_user`).
@@ -76,8 +77,12 @@ pub struct AnalyticsReport {
     pub until: Timestamp,
     /// `equipment`, `user` or `all`.
     pub group_by: &'static str,
-    /// How many history events were read for it.
+    /// How many history events were read for it: those of the parts of
+    /// hours at the window's edges (and of the last moments, not summed
+    /// yet), the rest coming from the rollups.
     pub events_read: u64,
+    /// How many stored rollup rows (hour and day totals) were read for it.
+    pub rollup_rows_read: u64,
     pub rows: Vec<UsageView>,
 }
 
@@ -116,9 +121,9 @@ impl From<UsageRow> for UsageView {
             idle_seconds: row.idle_ms.map(seconds),
             grants: row.grants,
             grants_from_queue: row.grants_from_queue,
-            wait_median_seconds: row.wait_percentile(0.5).map(seconds),
-            wait_p90_seconds: row.wait_percentile(0.9).map(seconds),
-            wait_max_seconds: row.waits_ms.iter().max().copied().map(seconds),
+            wait_median_seconds: row.waits.percentile(0.5).map(seconds),
+            wait_p90_seconds: row.waits.percentile(0.9).map(seconds),
+            wait_max_seconds: row.waits.max().map(seconds),
             forced_releases: row.forced_releases,
             expiries: row.expiries,
             key: row.key,
@@ -247,7 +252,7 @@ impl AnalyticsQuery {
                 (String = "text/csv"),
             )),
         (status = 404, body = ErrorBody, description = "An instrument that is not registered (equipment_not_found)"),
-        (status = 422, body = ErrorBody, description = "A malformed parameter, or a window that is empty or longer than 31 days (invalid_parameter, invalid_timestamp, invalid_id, invalid_request)")))]
+        (status = 422, body = ErrorBody, description = "A malformed parameter, or a window that is empty or longer than 366 days (invalid_parameter, invalid_timestamp, invalid_id, invalid_request)")))]
 pub async fn analytics(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -282,6 +287,7 @@ pub async fn analytics(
         until: report.until,
         group_by: group_by.as_str(),
         events_read: report.events,
+        rollup_rows_read: report.rollup_rows,
         rows,
     })
     .into_response())

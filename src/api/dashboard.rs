@@ -65,6 +65,7 @@ static ASSETS: &[Asset] = &[
     asset!("overview.js", JS),
     asset!("instrument.js", JS),
     asset!("sessions.js", JS),
+    asset!("analytics.js", JS),
     asset!("model.js", JS),
     asset!("favicon.svg", "image/svg+xml"),
 ];

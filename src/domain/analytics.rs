@@ -1,21 +1,32 @@
 //! Lock analytics: how instruments were used over a time window, computed
-//! from the history alone (a pure fold over events in `seq` order).
+//! from the history alone (a fold over events in `seq` order).
 //!
 //! Each grant is followed by its `lock_id` from the event that made it
 //! (`lock_acquired`, `observer_lock_acquired`, or `queue_processed` for a
 //! hand-off from the queue) to the one that ended it (`lock_released`,
-//! `lock_force_released`, `lock_expired`, `observer_lock_released`,
-//! `observer_revoked`). A grant ended in the window but made before it
-//! counts from the window's start; one still open at its end counts to the
-//! end. A wait runs from `queued` to the `queue_processed` of the same
-//! queue place (both in the window). A lock held across the whole window
-//! with no event in it is not seen (leases are renewed without events).
+//! `lock_force_released`, `lock_expired`, `claim_expired`,
+//! `observer_lock_released`, `observer_revoked`). A wait runs from `queued`
+//! to the `queue_processed` of the same queue place.
+//!
+//! The fold is in three parts that `rollup` reuses: a `Tracker` knows what
+//! is open (grants, queue places) and turns each event into facts; a
+//! `Tally` adds the facts up per instrument and user over one stretch of
+//! time (the part of a lock inside the stretch); `usage_rows` turns the
+//! summed figures into the rows asked for. `Usage` is the plain fold over a
+//! window: events before the window only tell what is open at its start, so
+//! a lock held across the window's start counts from there. Fed only the
+//! window's events, a lock ended in it but made before it counts from the
+//! window's start, and one held throughout with no event in it is not seen
+//! (leases are renewed without events).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use super::event::{Event, EventKind};
 use super::ids::EquipmentId;
 use super::lock::LockMode;
+use super::rollup::{Figures, UsageBucket, WaitHistogram};
 use super::time::Timestamp;
 
 /// What the rows are.
@@ -49,6 +60,11 @@ impl GroupBy {
     }
 }
 
+/// The user a lock's figures go to: `-` when the server knows none.
+pub fn user_key(holder_user: Option<&str>) -> String {
+    holder_user.unwrap_or("-").to_string()
+}
+
 /// One row of the analytics. Times are milliseconds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct UsageRow {
@@ -66,42 +82,517 @@ pub struct UsageRow {
     pub grants: u64,
     /// Of those, granted from the queue.
     pub grants_from_queue: u64,
-    /// How long each grant from the queue waited, in grant order.
-    pub waits_ms: Vec<i64>,
+    /// How long the grants from the queue waited.
+    pub waits: WaitHistogram,
     pub forced_releases: u64,
+    /// Locks that ended because their lease (or their window to claim a
+    /// lock granted from the queue) ran out.
     pub expiries: u64,
 }
 
-impl UsageRow {
-    /// The `p`-th percentile (0 < p <= 1) of the waits, nearest rank.
-    pub fn wait_percentile(&self, p: f64) -> Option<i64> {
-        let mut waits = self.waits_ms.clone();
-        waits.sort_unstable();
-        let rank = ((p * waits.len() as f64).ceil() as usize).max(1);
-        waits.get(rank - 1).copied()
+/// A grant not yet ended, as the tracker remembers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OpenGrant {
+    pub equipment: EquipmentId,
+    pub user: Option<String>,
+    pub start: i64,
+    pub observer: bool,
+}
+
+/// What is open at a moment: grants by `lock_id`, and queue places (by
+/// instrument, then queue id) with when they were queued. This is what a
+/// fold needs to go on from that moment (a rollup checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tracker {
+    pub open: BTreeMap<String, OpenGrant>,
+    pub queued: BTreeMap<EquipmentId, BTreeMap<String, i64>>,
+}
+
+/// What one event means for the figures.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fact {
+    /// An event named the instrument (for this user's locks).
+    Seen {
+        equipment: EquipmentId,
+        user: Option<String>,
+    },
+    /// A lock held from `start` (`None`: unknown, made before anything the
+    /// fold saw) to `end`.
+    Held {
+        equipment: EquipmentId,
+        user: Option<String>,
+        observer: bool,
+        start: Option<i64>,
+        end: i64,
+    },
+    Granted {
+        equipment: EquipmentId,
+        user: Option<String>,
+        from_queue: bool,
+        /// How long it waited in the queue, when its queueing was seen.
+        waited: Option<i64>,
+    },
+    Ended {
+        equipment: EquipmentId,
+        user: Option<String>,
+        forced: bool,
+        expired: bool,
+    },
+}
+
+impl Tracker {
+    /// Whether nothing is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.queued.values().all(BTreeMap::is_empty)
+    }
+
+    /// Takes in the next event (in `seq` order) as happening at `t`, and
+    /// tells `fact` what it means. Events without an equipment, or that
+    /// are not about locks or queues, only mark the instrument seen.
+    pub fn apply(&mut self, e: &Event, t: i64, fact: &mut impl FnMut(Fact)) {
+        let Some(equipment) = e.equipment_id.clone() else {
+            return;
+        };
+        let user = e.holder_user.clone();
+        fact(Fact::Seen {
+            equipment: equipment.clone(),
+            user: user.clone(),
+        });
+        match e.event {
+            EventKind::Queued => {
+                if let Some(queue_id) = &e.queue_id {
+                    self.queued
+                        .entry(equipment)
+                        .or_default()
+                        .insert(queue_id.clone(), t);
+                }
+            }
+            EventKind::Dequeued | EventKind::QueueTimeout => {
+                self.unqueue(&equipment, e.queue_id.as_deref());
+            }
+            EventKind::LockAcquired
+            | EventKind::ObserverLockAcquired
+            | EventKind::QueueProcessed => {
+                let from_queue = e.event == EventKind::QueueProcessed;
+                let waited = from_queue
+                    .then(|| self.unqueue(&equipment, e.queue_id.as_deref()))
+                    .flatten()
+                    .map(|queued_at| t - queued_at);
+                fact(Fact::Granted {
+                    equipment: equipment.clone(),
+                    user: user.clone(),
+                    from_queue,
+                    waited,
+                });
+                let observer = e.lock_mode == Some(LockMode::Observer)
+                    || e.event == EventKind::ObserverLockAcquired;
+                if !observer {
+                    self.close_stale(&equipment, t, fact);
+                }
+                self.open.insert(
+                    e.lock_id.clone().unwrap_or_default(),
+                    OpenGrant {
+                        equipment,
+                        user,
+                        start: t,
+                        observer,
+                    },
+                );
+            }
+            EventKind::LockReleased
+            | EventKind::LockForceReleased
+            | EventKind::LockExpired
+            | EventKind::ClaimExpired
+            | EventKind::ObserverLockReleased
+            | EventKind::ObserverRevoked => {
+                let observer = e.lock_mode == Some(LockMode::Observer)
+                    || matches!(
+                        e.event,
+                        EventKind::ObserverLockReleased | EventKind::ObserverRevoked
+                    );
+                let lock_id = e.lock_id.clone().unwrap_or_default();
+                let held = match self.open.remove(&lock_id) {
+                    Some(grant) => Fact::Held {
+                        equipment: grant.equipment,
+                        user: grant.user,
+                        observer: grant.observer,
+                        start: Some(grant.start),
+                        end: t,
+                    },
+                    None => Fact::Held {
+                        equipment: equipment.clone(),
+                        user: user.clone(),
+                        observer,
+                        start: None,
+                        end: t,
+                    },
+                };
+                fact(held);
+                fact(Fact::Ended {
+                    equipment,
+                    user,
+                    forced: e.event == EventKind::LockForceReleased,
+                    expired: matches!(e.event, EventKind::LockExpired | EventKind::ClaimExpired),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// An exclusive grant on `equipment` at `t`: no other lock can be open
+    /// there (the rules end or revoke them first, with events). One still
+    /// open lost its end event (history that was never seen, such as the
+    /// memory store's dropped events): it counts as held until `t`, so that
+    /// a lost event costs at most that, not forever.
+    fn close_stale(&mut self, equipment: &EquipmentId, t: i64, fact: &mut impl FnMut(Fact)) {
+        let stale: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, g)| &g.equipment == equipment)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            let grant = self.open.remove(&id).expect("listed above");
+            fact(Fact::Held {
+                equipment: grant.equipment,
+                user: grant.user,
+                observer: grant.observer,
+                start: Some(grant.start),
+                end: t,
+            });
+        }
+    }
+
+    /// Forgets a queue place; returns when it was queued.
+    fn unqueue(&mut self, equipment: &EquipmentId, queue_id: Option<&str>) -> Option<i64> {
+        let places = self.queued.get_mut(equipment)?;
+        let queued_at = places.remove(queue_id?);
+        if places.is_empty() {
+            self.queued.remove(equipment);
+        }
+        queued_at
+    }
+
+    /// The grants still open, as held from their start to `end`.
+    pub fn held_until(&self, end: i64) -> impl Iterator<Item = Fact> + '_ {
+        self.open.values().map(move |g| Fact::Held {
+            equipment: g.equipment.clone(),
+            user: g.user.clone(),
+            observer: g.observer,
+            start: Some(g.start),
+            end,
+        })
     }
 }
 
-#[derive(Clone, Debug)]
-struct OpenGrant {
-    equipment: EquipmentId,
-    key: String,
-    start: i64,
-    observer: bool,
+/// One (instrument, user)'s figures in a stretch, with its lock intervals
+/// until their union is taken.
+#[derive(Clone, Debug, Default)]
+struct Cell {
+    figures: Figures,
+    intervals: Vec<(i64, i64)>,
 }
 
-/// The fold: feed the window's events in `seq` order, then `finish`.
+impl Cell {
+    fn finish(mut self) -> Figures {
+        self.figures.busy_ms = union_length(&self.intervals);
+        self.figures
+    }
+}
+
+/// The facts of one stretch of time [`from`, `to`) added up per
+/// instrument and user, and per instrument: the part of each lock inside
+/// the stretch. Stretches next to each other add up to the stretch they
+/// make (the union of a stretch's lock intervals lies inside it).
 #[derive(Clone, Debug)]
-pub struct Usage {
+pub struct Tally {
     from: i64,
     to: i64,
+    cells: BTreeMap<(EquipmentId, String), Cell>,
+    instruments: BTreeMap<EquipmentId, Cell>,
+}
+
+impl Tally {
+    pub fn new(from: i64, to: i64) -> Self {
+        Self {
+            from,
+            to: to.max(from),
+            cells: BTreeMap::new(),
+            instruments: BTreeMap::new(),
+        }
+    }
+
+    pub fn from(&self) -> i64 {
+        self.from
+    }
+
+    fn cells(&mut self, equipment: &EquipmentId, user: Option<&str>) -> [&mut Cell; 2] {
+        let cell = self
+            .cells
+            .entry((equipment.clone(), user_key(user)))
+            .or_default();
+        let instrument = self.instruments.entry(equipment.clone()).or_default();
+        [cell, instrument]
+    }
+
+    /// Adds a fact. Held time is clipped to the stretch; the other facts
+    /// are the caller's to place (they happen at one instant).
+    pub fn add(&mut self, fact: &Fact) {
+        match fact {
+            Fact::Seen { equipment, user } => {
+                self.cells(equipment, user.as_deref());
+            }
+            Fact::Held {
+                equipment,
+                user,
+                observer,
+                start,
+                end,
+            } => {
+                let start = start.unwrap_or(self.from).max(self.from);
+                let end = (*end).min(self.to);
+                if end < start {
+                    return;
+                }
+                for cell in self.cells(equipment, user.as_deref()) {
+                    if *observer {
+                        cell.figures.observer_ms += end - start;
+                    } else {
+                        cell.figures.exclusive_ms += end - start;
+                    }
+                    cell.intervals.push((start, end));
+                    cell.figures.locked = true;
+                }
+            }
+            Fact::Granted {
+                equipment,
+                user,
+                from_queue,
+                waited,
+            } => {
+                for cell in self.cells(equipment, user.as_deref()) {
+                    cell.figures.grants += 1;
+                    if *from_queue {
+                        cell.figures.grants_from_queue += 1;
+                    }
+                    if let Some(waited) = waited {
+                        cell.figures.waits.record(*waited);
+                    }
+                    cell.figures.locked = true;
+                }
+            }
+            Fact::Ended {
+                equipment,
+                user,
+                forced,
+                expired,
+            } => {
+                for cell in self.cells(equipment, user.as_deref()) {
+                    cell.figures.forced_releases += u64::from(*forced);
+                    cell.figures.expiries += u64::from(*expired);
+                    cell.figures.locked = true;
+                }
+            }
+        }
+    }
+
+    /// Whether no fact was added.
+    pub fn is_empty(&self) -> bool {
+        self.instruments.is_empty()
+    }
+
+    /// The figures as buckets of this stretch (`span_ms` long, starting at
+    /// its start): per instrument and user, per instrument (all users), and
+    /// per user (all instruments; its busy time is the sum over them).
+    pub fn buckets(self, span_ms: i64) -> Vec<UsageBucket> {
+        let start = Timestamp::from_millis(self.from);
+        let bucket = |equipment_id, user, figures| UsageBucket {
+            span_ms,
+            start,
+            equipment_id,
+            user,
+            figures,
+        };
+        let mut users: BTreeMap<String, Figures> = BTreeMap::new();
+        let mut out = Vec::new();
+        for ((equipment, user), cell) in self.cells {
+            let figures = cell.finish();
+            users.entry(user.clone()).or_default().add(&figures);
+            out.push(bucket(Some(equipment), Some(user), figures));
+        }
+        for (equipment, cell) in self.instruments {
+            out.push(bucket(Some(equipment), None, cell.finish()));
+        }
+        for (user, figures) in users {
+            out.push(bucket(None, Some(user), figures));
+        }
+        out
+    }
+}
+
+/// The figures of a window, summed over its buckets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summed {
+    /// Per instrument, all users.
+    pub instruments: BTreeMap<EquipmentId, Figures>,
+    /// Per instrument and user.
+    pub cells: BTreeMap<(EquipmentId, String), Figures>,
+    /// Per user, all instruments.
+    pub users: BTreeMap<String, Figures>,
+}
+
+impl Summed {
+    pub fn add(&mut self, bucket: &UsageBucket) {
+        let figures = &bucket.figures;
+        match (&bucket.equipment_id, &bucket.user) {
+            (Some(e), Some(u)) => self.cells.entry((e.clone(), u.clone())),
+            (Some(e), None) => return self.instruments.entry(e.clone()).or_default().add(figures),
+            (None, Some(u)) => return self.users.entry(u.clone()).or_default().add(figures),
+            (None, None) => return,
+        }
+        .or_default()
+        .add(figures);
+    }
+
+    /// The rows of a window `span_ms` long. `seeds`: instruments reported
+    /// even if nothing happened to them (all idle). With `user`, only that
+    /// user's locks count, and only instruments that user's events named.
+    pub fn rows(
+        &self,
+        group_by: GroupBy,
+        span_ms: i64,
+        seeds: &[EquipmentId],
+        user: Option<&str>,
+    ) -> Vec<UsageRow> {
+        // Users' totals when not summed apart: from their instruments'.
+        let mut from_cells: BTreeMap<String, Figures> = BTreeMap::new();
+        if self.users.is_empty() {
+            for ((_, u), figures) in &self.cells {
+                from_cells.entry(u.clone()).or_default().add(figures);
+            }
+        }
+        let user_totals = if self.users.is_empty() {
+            &from_cells
+        } else {
+            &self.users
+        };
+        let mut instruments: BTreeMap<EquipmentId, Option<&Figures>> = BTreeMap::new();
+        let mut users: BTreeMap<&str, &Figures> = BTreeMap::new();
+        match user {
+            None => {
+                for id in seeds {
+                    instruments.insert(id.clone(), None);
+                }
+                for (id, figures) in &self.instruments {
+                    instruments.insert(id.clone(), Some(figures));
+                }
+                users.extend(user_totals.iter().map(|(u, f)| (u.as_str(), f)));
+            }
+            Some(user) => {
+                for ((id, u), figures) in &self.cells {
+                    if u == user {
+                        instruments.insert(id.clone(), Some(figures));
+                    }
+                }
+                if let Some(figures) = user_totals.get(user) {
+                    users.insert(user, figures);
+                }
+            }
+        }
+        let idle = |figures: Option<&Figures>| span_ms - figures.map_or(0, |f| f.busy_ms);
+        let locked = |figures: &Option<&Figures>| figures.is_some_and(|f| f.locked);
+        match group_by {
+            GroupBy::Equipment => instruments
+                .iter()
+                .filter(|(id, f)| locked(f) || (user.is_none() && seeds.contains(id)))
+                .map(|(id, f)| {
+                    let none = Figures::default();
+                    row_of(id.to_string(), f.unwrap_or(&none), Some(idle(*f)))
+                })
+                .collect(),
+            GroupBy::All => {
+                let any = instruments.values().any(locked);
+                if !any && (user.is_some() || seeds.is_empty()) {
+                    return Vec::new();
+                }
+                let mut total = Figures::default();
+                for f in instruments.values().flatten() {
+                    total.add(f);
+                }
+                let idle = instruments.values().map(|f| idle(*f)).sum();
+                vec![row_of("all".into(), &total, Some(idle))]
+            }
+            GroupBy::User => users
+                .into_iter()
+                .filter(|(_, f)| f.locked)
+                .map(|(u, f)| row_of(u.to_string(), f, None))
+                .collect(),
+        }
+    }
+}
+
+fn row_of(key: String, f: &Figures, idle_ms: Option<i64>) -> UsageRow {
+    UsageRow {
+        key,
+        exclusive_ms: f.exclusive_ms,
+        observer_ms: f.observer_ms,
+        idle_ms,
+        grants: f.grants,
+        grants_from_queue: f.grants_from_queue,
+        waits: f.waits.clone(),
+        forced_releases: f.forced_releases,
+        expiries: f.expiries,
+    }
+}
+
+/// A fold over one stretch [`from`, `to`) going on from what was open at
+/// some earlier moment (`tracker`): events before `from` only change what
+/// is open, events from `to` on are ignored.
+#[derive(Clone, Debug)]
+pub struct Stretch {
+    tracker: Tracker,
+    tally: Tally,
+}
+
+impl Stretch {
+    pub fn new(tracker: Tracker, from: i64, to: i64) -> Self {
+        Self {
+            tracker,
+            tally: Tally::new(from, to),
+        }
+    }
+
+    pub fn add(&mut self, e: &Event) {
+        let t = e.timestamp.as_millis();
+        if t >= self.tally.to {
+            return;
+        }
+        let tally = &mut self.tally;
+        if t < tally.from {
+            self.tracker.apply(e, t, &mut |_| {});
+        } else {
+            self.tracker.apply(e, t, &mut |f| tally.add(&f));
+        }
+    }
+
+    /// The stretch's buckets; grants still open count to its end.
+    pub fn finish(mut self) -> Vec<UsageBucket> {
+        for held in self.tracker.held_until(self.tally.to) {
+            self.tally.add(&held);
+        }
+        let span = self.tally.to - self.tally.from;
+        self.tally.buckets(span)
+    }
+}
+
+/// The plain fold over a window: feed events in `seq` order (those before
+/// the window tell what is open at its start), then `finish`.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    stretch: Stretch,
+    span: i64,
     group_by: GroupBy,
-    open: HashMap<String, OpenGrant>,
-    /// Queue places waiting: (equipment, queue id) -> when queued.
-    queued: HashMap<(EquipmentId, String), i64>,
-    /// Each instrument's lock intervals, for its idle time.
-    busy: BTreeMap<EquipmentId, Vec<(i64, i64)>>,
-    rows: BTreeMap<String, UsageRow>,
+    seeds: Vec<EquipmentId>,
 }
 
 impl Usage {
@@ -113,164 +604,27 @@ impl Usage {
         group_by: GroupBy,
         equipment: &[EquipmentId],
     ) -> Self {
-        let mut usage = Self {
-            from: from.as_millis(),
-            to: to.as_millis().max(from.as_millis()),
+        let (from, to) = (from.as_millis(), to.as_millis().max(from.as_millis()));
+        Self {
+            stretch: Stretch::new(Tracker::default(), from, to),
+            span: to - from,
             group_by,
-            open: HashMap::new(),
-            queued: HashMap::new(),
-            busy: BTreeMap::new(),
-            rows: BTreeMap::new(),
-        };
-        for id in equipment {
-            usage.busy.entry(id.clone()).or_default();
-            if group_by != GroupBy::User {
-                usage.row(usage.key_of(id, None));
-            }
-        }
-        usage
-    }
-
-    fn key_of(&self, equipment: &EquipmentId, user: Option<&str>) -> String {
-        match self.group_by {
-            GroupBy::Equipment => equipment.to_string(),
-            GroupBy::User => user.unwrap_or("-").to_string(),
-            GroupBy::All => "all".to_string(),
+            seeds: equipment.to_vec(),
         }
     }
 
-    fn row(&mut self, key: String) -> &mut UsageRow {
-        self.rows.entry(key.clone()).or_insert_with(|| UsageRow {
-            key,
-            ..UsageRow::default()
-        })
-    }
-
-    /// Takes in the next event (in `seq` order). Events outside the window,
-    /// without an equipment, or that are not about locks change nothing.
+    /// Takes in the next event (in `seq` order).
     pub fn add(&mut self, e: &Event) {
-        let Some(equipment) = e.equipment_id.clone() else {
-            return;
-        };
-        let t = e.timestamp.as_millis();
-        if t < self.from || t >= self.to {
-            return;
-        }
-        let lock_id = e.lock_id.clone().unwrap_or_default();
-        let key = self.key_of(&equipment, e.holder_user.as_deref());
-        self.busy.entry(equipment.clone()).or_default();
-        match e.event {
-            EventKind::Queued => {
-                if let Some(queue_id) = &e.queue_id {
-                    self.queued.insert((equipment, queue_id.clone()), t);
-                }
-            }
-            EventKind::Dequeued => {
-                if let Some(queue_id) = &e.queue_id {
-                    self.queued.remove(&(equipment, queue_id.clone()));
-                }
-            }
-            EventKind::LockAcquired
-            | EventKind::ObserverLockAcquired
-            | EventKind::QueueProcessed => {
-                let waited = (e.event == EventKind::QueueProcessed)
-                    .then(|| {
-                        e.queue_id
-                            .as_ref()
-                            .and_then(|q| self.queued.remove(&(equipment.clone(), q.clone())))
-                    })
-                    .flatten();
-                let row = self.row(key.clone());
-                row.grants += 1;
-                if e.event == EventKind::QueueProcessed {
-                    row.grants_from_queue += 1;
-                    if let Some(queued_at) = waited {
-                        row.waits_ms.push(t - queued_at);
-                    }
-                }
-                let observer = e.lock_mode == Some(LockMode::Observer)
-                    || e.event == EventKind::ObserverLockAcquired;
-                self.open.insert(
-                    lock_id,
-                    OpenGrant {
-                        equipment,
-                        key,
-                        start: t,
-                        observer,
-                    },
-                );
-            }
-            EventKind::LockReleased
-            | EventKind::LockForceReleased
-            | EventKind::LockExpired
-            | EventKind::ObserverLockReleased
-            | EventKind::ObserverRevoked => {
-                // A grant made before the window counts from its start.
-                let observer = e.lock_mode == Some(LockMode::Observer)
-                    || matches!(
-                        e.event,
-                        EventKind::ObserverLockReleased | EventKind::ObserverRevoked
-                    );
-                let grant = self.open.remove(&lock_id).unwrap_or(OpenGrant {
-                    equipment,
-                    key,
-                    start: self.from,
-                    observer,
-                });
-                self.close(grant, t);
-                let row = self.row(self.key_of(
-                    e.equipment_id.as_ref().expect("checked above"),
-                    e.holder_user.as_deref(),
-                ));
-                match e.event {
-                    EventKind::LockForceReleased => row.forced_releases += 1,
-                    EventKind::LockExpired => row.expiries += 1,
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn close(&mut self, grant: OpenGrant, end: i64) {
-        let held = end - grant.start;
-        let observer = grant.observer;
-        self.busy
-            .entry(grant.equipment)
-            .or_default()
-            .push((grant.start, end));
-        let row = self.row(grant.key);
-        if observer {
-            row.observer_ms += held;
-        } else {
-            row.exclusive_ms += held;
-        }
+        self.stretch.add(e);
     }
 
     /// The rows, by key. Grants still open count to the window's end.
-    pub fn finish(mut self) -> Vec<UsageRow> {
-        let open: Vec<OpenGrant> = std::mem::take(&mut self.open).into_values().collect();
-        for grant in open {
-            self.close(grant, self.to);
+    pub fn finish(self) -> Vec<UsageRow> {
+        let mut summed = Summed::default();
+        for bucket in self.stretch.finish() {
+            summed.add(&bucket);
         }
-        let span = self.to - self.from;
-        let idle: BTreeMap<EquipmentId, i64> = self
-            .busy
-            .iter()
-            .map(|(id, intervals)| (id.clone(), span - union_length(intervals)))
-            .collect();
-        let group_by = self.group_by;
-        let mut rows: Vec<UsageRow> = self.rows.into_values().collect();
-        for row in &mut rows {
-            row.idle_ms = match group_by {
-                GroupBy::Equipment => EquipmentId::parse(&row.key)
-                    .ok()
-                    .and_then(|id| idle.get(&id).copied()),
-                GroupBy::All => Some(idle.values().sum()),
-                GroupBy::User => None,
-            };
-        }
-        rows
+        summed.rows(self.group_by, self.span, &self.seeds, None)
     }
 }
 
@@ -350,6 +704,12 @@ mod tests {
         }
     }
 
+    fn waits(ms: &[i64]) -> WaitHistogram {
+        let mut h = WaitHistogram::default();
+        ms.iter().for_each(|&w| h.record(w));
+        h
+    }
+
     fn usage(events: &[Event], from: i64, to: i64, by: GroupBy) -> Vec<UsageRow> {
         let mut usage = Usage::new(t(from), t(to), by, &[]);
         for e in events {
@@ -379,7 +739,7 @@ mod tests {
                 idle_ms: Some(10), // 50..60
                 grants: 4,
                 grants_from_queue: 1,
-                waits_ms: vec![20],
+                waits: waits(&[20]),
                 forced_releases: 1,
                 expiries: 1,
             }]
@@ -403,6 +763,28 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_whose_end_was_lost_ends_at_the_next_exclusive_grant() {
+        let mut b = Bench::new("psu");
+        b.acquire("a", LockMode::Exclusive, 0, 0);
+        b.release("a", false, 10);
+        b.acquire("b", LockMode::Exclusive, 0, 50);
+        b.release("b", false, 60);
+        // a's release (at 10) never reached the fold.
+        let seen: Vec<Event> = b
+            .events
+            .iter()
+            .filter(|e| e.timestamp.as_millis() != 10)
+            .cloned()
+            .collect();
+        let rows = usage(&seen, 0, 1_000, GroupBy::User);
+        let held: Vec<(&str, i64)> = rows
+            .iter()
+            .map(|r| (r.key.as_str(), r.exclusive_ms))
+            .collect();
+        assert_eq!(held, [("user_a", 50), ("user_b", 10)]);
+    }
+
+    #[test]
     fn a_window_clips_grants_made_before_or_open_after_it() {
         let mut b = Bench::new("psu");
         b.acquire("a", LockMode::Exclusive, 0, 0);
@@ -420,18 +802,6 @@ mod tests {
         assert_eq!(rows[0].exclusive_ms, 20 + 20);
         assert_eq!(rows[0].idle_ms, Some(30));
         assert_eq!(rows[0].grants, 1, "a's grant was before the window");
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let row = UsageRow {
-            waits_ms: vec![50, 10, 40, 20, 30, 60, 70, 80, 90, 100],
-            ..UsageRow::default()
-        };
-        assert_eq!(row.wait_percentile(0.5), Some(50));
-        assert_eq!(row.wait_percentile(0.9), Some(90));
-        assert_eq!(row.wait_percentile(1.0), Some(100));
-        assert_eq!(UsageRow::default().wait_percentile(0.5), None);
     }
 
     #[derive(Clone, Debug)]
@@ -510,8 +880,8 @@ mod tests {
                 prop_assert_eq!(row.grants_from_queue, of(&[EventKind::QueueProcessed]));
                 prop_assert_eq!(row.forced_releases, of(&[EventKind::LockForceReleased]));
                 prop_assert_eq!(row.expiries, of(&[EventKind::LockExpired]));
-                prop_assert!(row.waits_ms.len() as u64 <= row.grants_from_queue);
-                prop_assert!(row.waits_ms.iter().all(|&w| (0..len).contains(&w)));
+                prop_assert!(row.waits.count() <= row.grants_from_queue);
+                prop_assert!(row.waits.max().is_none_or(|w| (0..len).contains(&w)));
             }
             let group = &run(GroupBy::All)[0];
             prop_assert_eq!(group.exclusive_ms, rows.iter().map(|r| r.exclusive_ms).sum::<i64>());

@@ -20,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::DomainError;
 use super::event::{EndReason, Event, EventKind};
@@ -84,8 +85,8 @@ pub enum GroupOutcome {
 impl GroupOutcome {
     pub fn group(&self) -> Option<&GroupRef> {
         match self {
-            Self::Locked(locks) | Self::Refreshed(locks) => locks.first()?.1.group.as_ref(),
-            Self::Queued(places) => places.first()?.1.group.as_ref(),
+            Self::Locked(locks) | Self::Refreshed(locks) => locks.first()?.1.group.as_deref(),
+            Self::Queued(places) => places.first()?.1.group.as_deref(),
         }
     }
 }
@@ -130,7 +131,7 @@ fn pick<'a>(
 /// `bench` holds every instrument of `group.involved()`.
 pub fn acquire(
     bench: &mut Bench,
-    group: &GroupRef,
+    group: &Arc<GroupRef>,
     req: &LockRequest,
     now: Timestamp,
     policy: LockPolicy,
@@ -253,7 +254,7 @@ pub fn places_of(
     let mut places = Vec::new();
     for (id, locks) in bench {
         for (i, entry) in locks.queue.iter().enumerate() {
-            if &entry.session_id == session && entry.group.as_ref().is_some_and(&matches) {
+            if &entry.session_id == session && entry.group.as_deref().is_some_and(&matches) {
                 places.push((id.clone(), entry.clone(), i + 1));
             }
         }
@@ -277,7 +278,7 @@ pub fn try_grant(
         return false;
     };
     let session = &head.session_id;
-    let mine = |e: &QueueEntry| &e.session_id == session && group.is(e.group.as_ref());
+    let mine = |e: &QueueEntry| &e.session_id == session && group.is(e.group.as_deref());
     if !live(session) {
         for id in group.involved() {
             let locks = bench.get_mut(id).expect("involved");
@@ -353,7 +354,7 @@ impl EquipmentLocks {
             let before = self.queue.len();
             let mut dropped = Vec::new();
             self.drop_places(
-                &|e: &QueueEntry| &e.session_id == session && of_group(e.group.as_ref()),
+                &|e: &QueueEntry| &e.session_id == session && of_group(e.group.as_deref()),
                 reason,
                 now,
                 &mut dropped,
@@ -366,7 +367,7 @@ impl EquipmentLocks {
             self.queue.len() != before
         } else {
             let taken =
-                self.take_grants(|g| &g.session_id == session && of_group(g.group.as_ref()));
+                self.take_grants(|g| &g.session_id == session && of_group(g.group.as_deref()));
             for grant in &taken {
                 let mut e = self.ended_event(cause.event, grant, reason, now);
                 e.forced_by = cause.forced_by.clone();
@@ -394,7 +395,7 @@ impl EquipmentLocks {
             .exclusive
             .iter_mut()
             .chain(self.observers.iter_mut())
-            .find(|g| g.session_id == leader.session_id && group.is(g.group.as_ref()));
+            .find(|g| g.session_id == leader.session_id && group.is(g.group.as_deref()));
         let Some(member) = member else {
             return false;
         };
@@ -407,9 +408,13 @@ impl EquipmentLocks {
         *member != before
     }
 
-    /// The group at the head of the queue, if the head is a group request.
-    pub fn group_at_head(&self) -> Option<&QueueEntry> {
-        self.queue.front().filter(|e| e.group.is_some())
+    /// The group request at the head of the queue, if there is one and
+    /// this instrument is free for it: only then can a change here have
+    /// made it grantable (`try_grant`).
+    pub fn group_at_head(&self, now: Timestamp) -> Option<&QueueEntry> {
+        self.queue
+            .front()
+            .filter(|e| e.group.is_some() && free_for(self, e.mode, false, false, now))
     }
 
     /// The grants here that belong to a group.

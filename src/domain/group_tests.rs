@@ -82,7 +82,7 @@ impl Floor {
         priority: i8,
     ) -> Result<GroupOutcome, DomainError> {
         self.groups += 1;
-        let group = GroupRef {
+        let group = std::sync::Arc::new(GroupRef {
             group_id: format!("g{}", self.groups),
             name: None,
             members: members.iter().map(|m| eid(m)).collect(),
@@ -96,7 +96,7 @@ impl Floor {
                     }
                     all
                 }),
-        };
+        });
         let req = self.request(who, queue, priority);
         let from = self.events.len();
         let result = acquire(
@@ -188,7 +188,7 @@ impl Floor {
             let heads: Vec<QueueEntry> = self
                 .bench
                 .values()
-                .filter_map(EquipmentLocks::group_at_head)
+                .filter_map(|locks| locks.group_at_head(now))
                 .cloned()
                 .collect();
             for head in heads {
@@ -462,7 +462,7 @@ fn check_bench(f: &Floor) -> Result<(), TestCaseError> {
     for (id, locks) in &f.bench {
         check_invariants(locks, f.now)?;
         for grant in locks.group_grants() {
-            let group = grant.group.clone().unwrap();
+            let group = GroupRef::clone(grant.group.as_ref().unwrap());
             let entry = held
                 .entry(group.group_id.clone())
                 .or_insert((group, Vec::new()));
@@ -487,7 +487,7 @@ fn check_bench(f: &Floor) -> Result<(), TestCaseError> {
     // Nothing waits on a free instrument it could have: a group heading a
     // queue could not be granted now.
     for locks in f.bench.values() {
-        if let Some(head) = locks.group_at_head() {
+        if let Some(head) = locks.queue.front().filter(|e| e.group.is_some()) {
             let mut bench = f.bench.clone();
             let granted = try_grant(
                 &mut bench,

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::DomainError;
 use super::access::Actor;
@@ -67,7 +68,7 @@ pub struct Grant {
     pub claim_by: Option<Timestamp>,
     /// The lock group this lock is one member of (see `group`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<GroupRef>,
+    pub group: Option<Arc<GroupRef>>,
 }
 
 /// Who a lock or queue place belongs to, as shown to people.
@@ -135,7 +136,7 @@ pub struct QueueEntry {
     /// The lock group or pool request this place is one of (see `group`):
     /// it waits in each instrument's queue at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<GroupRef>,
+    pub group: Option<Arc<GroupRef>>,
 }
 
 impl QueueEntry {
@@ -231,7 +232,7 @@ pub struct LockRequest {
 }
 
 impl LockRequest {
-    pub(super) fn terms<'a>(&'a self, group: Option<&'a GroupRef>) -> Terms<'a> {
+    pub(super) fn terms<'a>(&'a self, group: Option<&'a Arc<GroupRef>>) -> Terms<'a> {
         Terms {
             mode: self.mode,
             timeout: self.timeout,
@@ -248,7 +249,7 @@ pub(super) struct Terms<'a> {
     pub mode: LockMode,
     pub timeout: Timeout,
     pub holder: &'a Holder,
-    pub group: Option<&'a GroupRef>,
+    pub group: Option<&'a Arc<GroupRef>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -565,7 +566,7 @@ impl EquipmentLocks {
         req: &LockRequest,
         place: usize,
         arrived: Timestamp,
-        group: Option<&GroupRef>,
+        group: Option<&Arc<GroupRef>>,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> QueueEntry {
@@ -908,6 +909,11 @@ impl EquipmentLocks {
         let ended = self.maintenance.take()?;
         let mut e = Event::new(EventKind::MaintenanceEnded, now);
         e.equipment_id = Some(self.equipment_id.clone());
+        // The holder heard it start (its session is named): it hears it end.
+        if let Some(holder) = &self.exclusive {
+            e.session_id = Some(holder.session_id.clone());
+            e.holder_user = holder.holder.user.clone();
+        }
         e.reason = Some(reason);
         e.message = Some(ended.reason.clone());
         events.push(e);

@@ -11,6 +11,7 @@ pub mod group;
 pub mod ids;
 pub mod lock;
 pub mod priority;
+pub mod rollup;
 pub mod session;
 pub mod time;
 pub mod view;

@@ -3,14 +3,13 @@
 //! every unit of work (`Uow::settle_groups`).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::uow::{Uow, live_check};
 use super::{AcquireInput, At, Service, ServiceError};
 use crate::domain::group::{self, Bench, GroupOutcome, GroupRef};
 use crate::domain::lock::Holder;
-use crate::domain::{
-    Actor, EquipmentId, EquipmentLocks, LockRequest, QueueEntry, ReleaseOutcome, Role, SessionId,
-};
+use crate::domain::{Actor, EquipmentId, LockRequest, QueueEntry, ReleaseOutcome, Role, SessionId};
 use crate::storage::StoreError;
 
 /// What a group acquire asks for: every one of `members` and one of
@@ -53,7 +52,7 @@ pub struct GroupReleased {
 
 impl Service {
     /// The group `ask` describes, resolved against the configuration.
-    fn resolve(&self, ask: &GroupAsk, actor: &Actor) -> Result<GroupRef, ServiceError> {
+    fn resolve(&self, ask: &GroupAsk, actor: &Actor) -> Result<Arc<GroupRef>, ServiceError> {
         let mut members: Vec<EquipmentId> = Vec::new();
         // An instrument named twice is the same instrument.
         for id in &ask.members {
@@ -89,12 +88,12 @@ impl Service {
             let allow = self.instrument(id)?.allow.as_deref();
             actor.may_use_equipment(id.as_str(), allow)?;
         }
-        Ok(GroupRef {
+        Ok(Arc::new(GroupRef {
             group_id: format!("grp_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
             name: ask.name.clone(),
             members,
             any_of,
-        })
+        }))
     }
 
     /// A configured `[[group]]` by id.
@@ -262,7 +261,7 @@ impl Uow<'_> {
         target: &GroupTarget,
         session: &SessionId,
         force: bool,
-    ) -> Result<Option<(GroupRef, EquipmentId)>, StoreError> {
+    ) -> Result<Option<(Arc<GroupRef>, EquipmentId)>, StoreError> {
         // Named by its members: each id one it involves, each member named
         // (a pool's pick may be named too); or by its configured id.
         let matches = |g: &GroupRef| match target {
@@ -311,7 +310,8 @@ impl Uow<'_> {
     /// Keeps every lock group whole after the unit's own changes: a member's
     /// lock or place that ended ends the others' the same way; a renewed
     /// member renews the others; a group request that now heads a changed
-    /// queue is granted if it can be. Repeats until nothing more follows.
+    /// queue of an instrument free for it is granted if it can be (a group
+    /// can only become grantable by a change to one of its instruments). Repeats until nothing more follows.
     pub(super) fn settle_groups(&mut self) -> Result<(), StoreError> {
         let mut next_event = 0;
         let mut renewed: HashSet<String> = HashSet::new();
@@ -336,26 +336,30 @@ impl Uow<'_> {
                     })?;
                 }
             }
+            // Renewed now, granted earlier (members granted together need
+            // nothing): its fellow members, where its session holds them.
             let leaders: Vec<(EquipmentId, crate::domain::Grant)> = self
                 .saved
                 .iter()
                 .flat_map(|(id, locks)| locks.group_grants().map(move |g| (id.clone(), g.clone())))
-                .filter(|(_, g)| g.last_activity == self.now)
+                .filter(|(_, g)| g.last_activity == self.now && g.acquired_at != self.now)
                 .collect();
             for (at, leader) in leaders {
                 let group = leader.group.as_ref().expect("a group grant");
                 if !renewed.insert(group.group_id.clone()) {
                     continue;
                 }
-                for id in group.involved().filter(|id| **id != at) {
-                    changed |=
-                        self.update_locks(id, |locks, _, _, _| locks.keep_up_with(&leader))?;
+                for id in self.tx.equipment_of_session(&leader.session_id)? {
+                    if id != at && group.involved().any(|m| *m == id) {
+                        changed |=
+                            self.update_locks(&id, |locks, _, _, _| locks.keep_up_with(&leader))?;
+                    }
                 }
             }
             let heads: Vec<QueueEntry> = self
                 .saved
                 .values()
-                .filter_map(EquipmentLocks::group_at_head)
+                .filter_map(|locks| locks.group_at_head(self.now))
                 .filter(|e| {
                     let id = &e.group.as_ref().expect("a group place").group_id;
                     !waiting.contains(id)
@@ -383,7 +387,7 @@ impl Uow<'_> {
                     // What was granted may let groups that could not go on.
                     waiting.clear();
                 } else {
-                    waiting.insert(group.group_id);
+                    waiting.insert(group.group_id.clone());
                 }
             }
             if !changed && next_event == self.events.len() {

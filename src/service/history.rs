@@ -23,7 +23,9 @@ impl Service {
         Ok(page.await?.value)
     }
 
-    /// Forgets what `retention` no longer keeps, a step of at most
+    /// Forgets what `retention` no longer keeps, except events the
+    /// analytics rollups have not summed yet (`roll_up_history` first), a
+    /// step of at most
     /// `PRUNE_STEP` events per transaction, so that requests joining the
     /// same commits wait for one small delete, never for the whole job.
     /// Returns how many events went.
@@ -33,14 +35,27 @@ impl Service {
             let before = retention.max_age_days.filter(|&d| d > 0).map(|days| {
                 Timestamp::from_millis(self.clock.now().as_millis() - i64::from(days) * 86_400_000)
             });
-            let prune = Prune {
-                before,
-                keep: retention.max_events.filter(|&n| n > 0),
-                max: PRUNE_STEP,
-            };
-            if prune.before.is_none() && prune.keep.is_none() {
+            let keep = retention.max_events.filter(|&n| n > 0);
+            if before.is_none() && keep.is_none() {
                 return Ok(total);
             }
+            // Events the analytics rollups have not summed yet stay.
+            let summed = self
+                .read(|view| {
+                    let cursor = view.tx.usage_cursor()?;
+                    let last = view.tx.last_event_seq()?;
+                    Ok(cursor.map(|c| (c.last_seq, c.watermark, last)))
+                })
+                .await?
+                .value;
+            let Some((summed_seq, watermark, last)) = summed else {
+                return Ok(total);
+            };
+            let prune = Prune {
+                before: before.map(|b| b.min(watermark)),
+                keep: keep.map(|k| k.max(last.saturating_sub(summed_seq))),
+                max: PRUNE_STEP,
+            };
             let pruned = self.store.write(move |tx| tx.prune_events(&prune)).await?;
             total += pruned as u64;
             if pruned < PRUNE_STEP {

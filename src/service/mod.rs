@@ -44,6 +44,8 @@ mod groups;
 mod history;
 pub use analytics::{AnalyticsInput, MAX_ANALYTICS_DAYS};
 pub use history::{PRUNE_STEP, Retention};
+#[cfg(test)]
+mod analytics_tests;
 mod inputs;
 mod locks;
 mod manage;

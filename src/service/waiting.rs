@@ -4,7 +4,9 @@
 use super::{AcquireInput, Acquired, At, GroupAcquired, GroupAsk, Service, ServiceError};
 use crate::domain::DomainError;
 use crate::domain::group::{Bench, GroupOutcome};
-use crate::domain::{AcquireOutcome, EquipmentId, EquipmentLocks, Event, EventKind, SessionId};
+use crate::domain::{
+    AcquireOutcome, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, SessionId,
+};
 use crate::live::Warning;
 
 /// Where `session` stands on an equipment: holding, waiting, or neither.
@@ -41,23 +43,32 @@ impl Service {
             .await
     }
 
-    /// Whether `session`'s latest event on `equipment` is its place
-    /// dropped for waiting too long.
-    async fn dropped_for_waiting(
+    /// Why a waiter neither holds nor waits any more, as told by its
+    /// latest event on `equipment`: its `max_wait_seconds` passed, an
+    /// admin removed its place, or else its session is gone.
+    async fn why_gone(
         &self,
-        equipment: &EquipmentId,
-        session: &SessionId,
-    ) -> Result<bool, ServiceError> {
-        let (equipment, session) = (equipment.clone(), session.clone());
+        equipment: EquipmentId,
+        session: SessionId,
+        timed_out: bool,
+    ) -> Result<DomainError, ServiceError> {
+        let asked = session.clone();
         let at = self
-            .read(move |view| Ok(view.tx.session_events(&session, 20)?))
+            .read(move |view| Ok(view.tx.session_events(&asked, 20)?))
             .await?;
         let latest = at
             .value
             .iter()
             .rev()
             .find(|e| e.equipment_id.as_ref() == Some(&equipment));
-        Ok(latest.is_some_and(|e| e.event == EventKind::QueueTimeout))
+        Ok(match latest.map(|e| (e.event, e.reason)) {
+            _ if timed_out => DomainError::WaitTimedOut { equipment, session },
+            Some((EventKind::QueueTimeout, _)) => DomainError::WaitTimedOut { equipment, session },
+            Some((EventKind::Dequeued, Some(EndReason::Removed))) => {
+                DomainError::NotQueued { equipment, session }
+            }
+            _ => DomainError::SessionNotFound(session),
+        })
     }
 
     /// An equipment's locks as committed: a read, no commit to wait for.
@@ -146,9 +157,9 @@ impl Service {
                     // path's answer is durable.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let now = self.standing_now(&equipment).await?;
-                        match answer(now, &session)? {
-                            Some(answered) => return Ok(answered),
-                            None => continue,
+                        match standing(&now.value, &session) {
+                            Some(AcquireOutcome::Queued { .. }) => continue,
+                            _ => break,
                         }
                     }
                 },
@@ -160,24 +171,26 @@ impl Service {
                 // Committed, its event not yet out: it comes once durable.
                 continue;
             }
-            if timed_out && standing(&now.value, &session).is_none() {
-                return Err(DomainError::WaitTimedOut { equipment, session }.into());
-            }
-            if let Some(answered) = answer(now, &session)? {
-                return Ok(answered);
+            match standing(&now.value, &session) {
+                Some(AcquireOutcome::Queued { .. }) => {}
+                Some(outcome) => {
+                    return Ok(At {
+                        value: Acquired {
+                            outcome,
+                            locks: now.value,
+                        },
+                        now: now.now,
+                    });
+                }
+                // Its place is gone: the durable look below says why.
+                None => break,
             }
         }
         let now = self.standing_now(&equipment).await?;
         let Some(outcome) = standing(&now.value, &session) else {
             // The place may have been dropped by this very look, as its
             // `max_wait_seconds` passed with the wait.
-            let dropped = self.dropped_for_waiting(&equipment, &session).await?;
-            return Err(if timed_out || dropped {
-                DomainError::WaitTimedOut { equipment, session }
-            } else {
-                DomainError::SessionNotFound(session)
-            }
-            .into());
+            return Err(self.why_gone(equipment, session, timed_out).await?.into());
         };
         Ok(At {
             value: Acquired {
@@ -282,23 +295,5 @@ impl Service {
             },
             now: at.now,
         })
-    }
-}
-
-/// The answer to a waiter, unless it is still queued.
-fn answer(
-    now: At<EquipmentLocks>,
-    session: &SessionId,
-) -> Result<Option<At<Acquired>>, ServiceError> {
-    match standing(&now.value, session) {
-        Some(AcquireOutcome::Queued { .. }) => Ok(None),
-        Some(outcome) => Ok(Some(At {
-            value: Acquired {
-                outcome,
-                locks: now.value,
-            },
-            now: now.now,
-        })),
-        None => Err(DomainError::SessionNotFound(session.clone()).into()),
     }
 }

@@ -1,9 +1,11 @@
 //! The storage contract: one suite of tests that every backend must pass,
-//! run against `memory` and `sqlite`.
+//! run against `memory`, `sqlite` and (with `LABLINK_TEST_POSTGRES` set)
+//! `postgres`.
 
 use super::memory::MemoryStore;
 use super::sqlite::{SqliteOptions, SqliteStore};
-use super::{Due, EventQuery, Prune, Store, StoreError, Tx, Work};
+use super::{Due, EventQuery, Pick, Prune, Store, StoreError, Tx, UsageCursor, UsageQuery, Work};
+use crate::domain::rollup::{Figures, UsageBucket, WaitHistogram};
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, LockMode, LockPolicy, LockRequest, Session,
     SessionId, Timeout, Timestamp,
@@ -462,6 +464,44 @@ fn every_filter_combination_finds_what_matches(store: &dyn Store) {
     assert!(checked > 500, "the queries found something ({checked})");
 }
 
+/// The clock set back between two transactions (a restart, another
+/// replica's clock): the later event is still found by its own time, and
+/// the earlier one is not found by the later one's.
+fn an_event_recorded_after_the_clock_went_back_is_found_by_its_own_time(store: &dyn Store) {
+    let first = record(
+        store,
+        vec![event(
+            EventKind::LockAcquired,
+            1_000,
+            Some("psu"),
+            Some("a"),
+        )],
+    );
+    let back = record(
+        store,
+        vec![event(EventKind::LockReleased, 500, Some("psu"), Some("a"))],
+    );
+    let after = record(
+        store,
+        vec![event(EventKind::LockAcquired, 700, Some("psu"), Some("b"))],
+    );
+    let window = |since: i64, until: i64, equipment: Option<&str>| {
+        let query = EventQuery {
+            equipment_id: equipment.map(eid),
+            since: Some(t(since)),
+            until: Some(t(until)),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        with(store, move |tx| tx.query_events(&query))
+    };
+    assert_eq!(window(400, 600, None), back);
+    assert_eq!(window(400, 600, Some("psu")), back);
+    assert_eq!(window(600, 800, None), after);
+    assert_eq!(window(900, 1_100, None), first);
+    assert_eq!(window(0, 2_000, None), [first, back, after].concat());
+}
+
 fn a_failed_transaction_puts_earlier_deadlines_back(store: &dyn Store) {
     with(store, |tx| tx.save_session(&session("s", 1_000)));
     let result = try_with(store, |tx| {
@@ -549,6 +589,131 @@ fn a_cursor_past_the_newest_event_pages_nothing_and_points_back(store: &dyn Stor
     assert_eq!(page(Some(newest)).events, later);
 }
 
+fn usage_bucket(
+    span_ms: i64,
+    start: i64,
+    equipment: Option<&str>,
+    user: Option<&str>,
+    n: i64,
+) -> UsageBucket {
+    let mut waits = WaitHistogram::default();
+    for w in [n, 3 * n, 5_000 * n] {
+        waits.record(w);
+    }
+    UsageBucket {
+        span_ms,
+        start: t(start),
+        equipment_id: equipment.map(eid),
+        user: user.map(str::to_string),
+        figures: Figures {
+            exclusive_ms: n,
+            observer_ms: 2 * n,
+            busy_ms: 3 * n,
+            grants: n as u64,
+            grants_from_queue: 1,
+            forced_releases: 2,
+            expiries: 3,
+            waits,
+            locked: n % 2 == 0,
+        },
+    }
+}
+
+/// Rollup buckets read back as stored, selected by span, start and key
+/// (total, each, one); a bucket with the same key replaces the old one.
+fn usage_buckets_round_trip_and_select(store: &dyn Store) {
+    let hour = 3_600_000;
+    let stored = vec![
+        usage_bucket(hour, 0, Some("psu"), Some("ana"), 2),
+        usage_bucket(hour, 0, Some("psu"), None, 4),
+        usage_bucket(hour, 0, None, Some("ana"), 6),
+        usage_bucket(hour, hour, Some("psu"), Some("ben"), 7),
+        usage_bucket(hour, hour, Some("scope"), Some("ana"), 8),
+        usage_bucket(hour, hour, Some("scope"), None, 9),
+        usage_bucket(24 * hour, 0, Some("psu"), None, 10),
+    ];
+    let put = stored.clone();
+    with(store, move |tx| tx.put_usage(&put));
+    let select = |span_ms, since, until, equipment, user| {
+        let q = UsageQuery {
+            span_ms,
+            since: t(since),
+            until: t(until),
+            equipment,
+            user,
+        };
+        let mut found = with(store, move |tx| tx.usage_buckets(&q));
+        found.sort_by_key(|b| (b.start, b.equipment_id.clone(), b.user.clone()));
+        found
+    };
+    assert_eq!(
+        select(hour, 0, 2 * hour, Pick::Each, Pick::Total),
+        [stored[1].clone(), stored[5].clone()]
+    );
+    assert_eq!(
+        select(hour, 0, 2 * hour, Pick::Each, Pick::One("ana".to_string())),
+        [stored[0].clone(), stored[4].clone()]
+    );
+    assert_eq!(
+        select(hour, 0, hour, Pick::Total, Pick::Each),
+        [stored[2].clone()]
+    );
+    assert_eq!(
+        select(hour, hour, 2 * hour, Pick::One(eid("psu")), Pick::Each),
+        [stored[3].clone()]
+    );
+    assert_eq!(
+        select(24 * hour, 0, 1, Pick::One(eid("psu")), Pick::Total),
+        [stored[6].clone()]
+    );
+    let replaced = usage_bucket(hour, 0, Some("psu"), None, 40);
+    let put = vec![replaced.clone()];
+    with(store, move |tx| tx.put_usage(&put));
+    assert_eq!(
+        select(hour, 0, hour, Pick::One(eid("psu")), Pick::Total),
+        [replaced]
+    );
+}
+
+/// The rollups' cursor moves only from where the mover saw it;
+/// checkpoints are kept by instant.
+fn usage_cursor_moves_only_from_where_it_was(store: &dyn Store) {
+    assert_eq!(with(store, |tx| tx.usage_cursor()), None);
+    let first = UsageCursor {
+        last_seq: 7,
+        watermark: t(3_600_000),
+        state: "{\"open\":{}}".into(),
+    };
+    let second = UsageCursor {
+        last_seq: 9,
+        watermark: t(3_700_000),
+        state: "{}".into(),
+    };
+    let (a, b) = (first.clone(), second.clone());
+    assert!(with(store, move |tx| tx.advance_usage_cursor(None, &a)));
+    let b2 = b.clone();
+    assert!(
+        !with(store, move |tx| tx.advance_usage_cursor(None, &b2)),
+        "already there"
+    );
+    assert_eq!(with(store, |tx| tx.usage_cursor()), Some(first.clone()));
+    let (a, b2) = (first.clone(), b.clone());
+    assert!(with(store, move |tx| tx.advance_usage_cursor(Some(&a), &b2)));
+    let (a, b2) = (first.clone(), b.clone());
+    assert!(
+        !with(store, move |tx| tx.advance_usage_cursor(Some(&a), &b2)),
+        "moved by someone else"
+    );
+    assert_eq!(with(store, |tx| tx.usage_cursor()), Some(second));
+    with(store, |tx| tx.put_usage_checkpoint(t(3_600_000), "one"));
+    with(store, |tx| tx.put_usage_checkpoint(t(3_600_000), "two"));
+    assert_eq!(
+        with(store, |tx| tx.usage_checkpoint(t(3_600_000))),
+        Some("two".to_string())
+    );
+    assert_eq!(with(store, |tx| tx.usage_checkpoint(t(0))), None);
+}
+
 /// What a backend's test needs kept until it ends (a directory, a
 /// database), dropped after the store.
 type Keep = Box<dyn std::any::Any>;
@@ -609,11 +774,14 @@ every_backend!(
     pruning_forgets_old_events,
     pruning_keeps_the_newest_events_a_step_at_a_time,
     every_filter_combination_finds_what_matches,
+    an_event_recorded_after_the_clock_went_back_is_found_by_its_own_time,
     a_failed_transaction_puts_earlier_deadlines_back,
     event_numbers_are_never_reused,
     a_cursor_past_the_newest_event_pages_nothing_and_points_back,
     the_listener_hears_every_commit_in_seq_order,
     units_sent_together_stand_or_fall_alone,
+    usage_buckets_round_trip_and_select,
+    usage_cursor_moves_only_from_where_it_was,
 );
 
 #[test]

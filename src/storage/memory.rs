@@ -7,8 +7,15 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use super::{CommitListener, Due, EventQuery, Prune, Store, StoreError, TokenRecord, Tx, Work};
+use super::{
+    CommitListener, Due, EventQuery, Prune, Store, StoreError, TokenRecord, Tx, UsageCursor,
+    UsageQuery, Work,
+};
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
+
+/// A rollup bucket's key: span, start, instrument and user ('' : all).
+type UsageKey = (i64, Timestamp, String, String);
 
 /// Events kept per equipment and per session.
 pub const EVENTS_KEPT: usize = 100;
@@ -36,6 +43,9 @@ struct State {
     last_seq: u64,
     tokens: Vec<TokenRecord>,
     tokens_version: u64,
+    usage_cursor: Option<UsageCursor>,
+    usage: std::collections::BTreeMap<UsageKey, UsageBucket>,
+    usage_checkpoints: HashMap<Timestamp, String>,
 }
 
 impl State {
@@ -461,6 +471,63 @@ impl Tx for MemoryTx<'_> {
             }
         }
         Ok(pruned)
+    }
+
+    // Rollup writes are not undone with a failed transaction either: the
+    // unit that writes them writes nothing else, and nothing in it fails
+    // after the cursor moved.
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        Ok(self.state.usage_cursor.clone())
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        if self.state.usage_cursor.as_ref() != expected {
+            return Ok(false);
+        }
+        self.state.usage_cursor = Some(next.clone());
+        Ok(true)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        for b in buckets {
+            let key = (
+                b.span_ms,
+                b.start,
+                b.equipment_id
+                    .as_ref()
+                    .map_or("", |e| e.as_str())
+                    .to_string(),
+                b.user.clone().unwrap_or_default(),
+            );
+            self.state.usage.insert(key, b.clone());
+        }
+        Ok(())
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        let from = (query.span_ms, query.since, String::new(), String::new());
+        Ok(self
+            .state
+            .usage
+            .range(from..)
+            .take_while(|((span, start, ..), _)| *span == query.span_ms && *start < query.until)
+            .map(|(_, b)| b)
+            .filter(|b| query.matches(b))
+            .cloned()
+            .collect())
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        self.state.usage_checkpoints.insert(at, state.to_string());
+        Ok(())
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        Ok(self.state.usage_checkpoints.get(&at).cloned())
     }
 
     // Token changes are not undone with a failed transaction: every token

@@ -14,12 +14,15 @@
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
+pub(crate) mod usage;
 
 #[cfg(test)]
 mod contract;
 #[cfg(test)]
 pub(crate) mod counting;
+mod event_row;
 
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{
     EquipmentId, EquipmentLocks, Event, EventKind, Role, Session, SessionId, Timestamp,
 };
@@ -102,6 +105,27 @@ pub trait Tx {
     /// the events recorded around it); returns how many.
     fn prune_events(&mut self, prune: &Prune) -> Result<usize, StoreError>;
 
+    /// Where the lock-usage rollups stand; `None` before the first run.
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError>;
+    /// Moves the rollups' cursor from `expected` (`None`: there is none
+    /// yet) to `next`; `false`, changing nothing, if it is not at
+    /// `expected` (another server sharing the store moved it first). The
+    /// unit that moves it writes nothing else but rollups.
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError>;
+    /// Stores rollup buckets, each replacing the one with its span, start,
+    /// instrument and user.
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError>;
+    /// The stored buckets `query` selects, in no particular order.
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError>;
+    /// Saves what was open at an hour boundary (an encoded tracker).
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError>;
+    /// The checkpoint saved at `at`, if any.
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError>;
+
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError>;
     /// The token whose SHA-256 (hex) is `hash`, revoked or not.
     fn token_by_hash(&mut self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
@@ -141,6 +165,58 @@ impl Prune {
     pub fn drops(&self, seq: u64, at: Timestamp, last: u64) -> bool {
         self.before.is_some_and(|b| at < b)
             || self.keep.is_some_and(|k| seq <= last.saturating_sub(k))
+    }
+}
+
+/// Where the lock-usage rollups stand: every event up to `last_seq` and
+/// before `watermark` is summed; `state` is what was open at the watermark
+/// (an encoded tracker).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageCursor {
+    pub last_seq: u64,
+    pub watermark: Timestamp,
+    pub state: String,
+}
+
+/// Which of a rollup key's values a query selects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pick<T> {
+    /// The total over all values (stored as its own bucket).
+    Total,
+    /// Each single value, not the total.
+    Each,
+    /// This value only.
+    One(T),
+}
+
+impl<T: PartialEq> Pick<T> {
+    /// Whether a bucket's key value (`None`: the total) is selected.
+    pub fn selects(&self, value: Option<&T>) -> bool {
+        match self {
+            Self::Total => value.is_none(),
+            Self::Each => value.is_some(),
+            Self::One(one) => value == Some(one),
+        }
+    }
+}
+
+/// Rollup buckets of one span starting in [`since`, `until`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageQuery {
+    pub span_ms: i64,
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub equipment: Pick<EquipmentId>,
+    pub user: Pick<String>,
+}
+
+impl UsageQuery {
+    pub fn matches(&self, b: &UsageBucket) -> bool {
+        b.span_ms == self.span_ms
+            && b.start >= self.since
+            && b.start < self.until
+            && self.equipment.selects(b.equipment_id.as_ref())
+            && self.user.selects(b.user.as_ref())
     }
 }
 

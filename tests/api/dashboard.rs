@@ -86,6 +86,7 @@ async fn the_page_and_every_file_it_loads_are_served_from_the_binary() {
     assert_eq!(
         served,
         [
+            "/assets/analytics.js",
             "/assets/api.js",
             "/assets/app.css",
             "/assets/app.js",

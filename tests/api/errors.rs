@@ -1,5 +1,5 @@
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{assert_error, spawn_app};
 
@@ -757,9 +757,23 @@ async fn the_api_document_declares_what_the_api_does() {
         schemas["ParamValue"]
     );
     assert_eq!(schemas["Id"]["maxLength"], 128);
+    // An acquire names what it wants in one of three ways (a lock group
+    // or pool, or one instrument): `allOf` the fields and `anyOf` those.
+    let acquire = &schemas["AcquireBody"]["allOf"];
+    assert_eq!(acquire[0]["properties"]["wait_seconds"]["maximum"], 3600);
+    let needs: Vec<&Value> = acquire[1]["anyOf"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|one| &one["required"][0])
+        .collect();
     assert_eq!(
-        schemas["AcquireBody"]["properties"]["wait_seconds"]["maximum"],
-        3600
+        needs,
+        [
+            &json!("equipment_id"),
+            &json!("equipment_ids"),
+            &json!("any_of")
+        ]
     );
     let history = op("/api/locks/events", "get");
     let param = |name: &str| {

@@ -568,3 +568,36 @@ async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn analytics_of_a_configured_group_sum_its_members() {
+    let app = spawn_with(bench(crate::helpers::memory())).await;
+    let (_, held) = acquire(
+        &app,
+        json!({"session_id": "g", "equipment_id": "bench3", "timeout_seconds": 0}),
+    )
+    .await;
+    assert_eq!(held["status"], "locked", "{held}");
+    app.advance(60.0);
+    app.post(
+        "/api/locks/release",
+        json!({"session_id": "g", "group_id": held["group_id"]}),
+    )
+    .await;
+    app.advance(40.0);
+    let (status, report) = app
+        .get("/api/locks/analytics?equipment_id=bench3&group_by=all&since=2026-01-05T09:00:00Z&until=2026-01-05T09:01:40Z")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let row = &report["rows"][0];
+    assert_eq!(
+        (
+            &row["grants"],
+            &row["exclusive_seconds"],
+            &row["idle_seconds"]
+        ),
+        (&json!(3), &json!(180.0), &json!(120.0)),
+        "{report}"
+    );
+    app.stop().await;
+}

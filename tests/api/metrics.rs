@@ -447,3 +447,119 @@ async fn whether_metrics_need_a_token_is_a_setting_open_on_loopback_by_default()
     let server = secured("0.0.0.0:0", &[("LABLINK_METRICS_PUBLIC", "true")]);
     assert_eq!(scrape_as(&server.app).await.0, StatusCode::OK);
 }
+
+/// Every `lablink_*` metric that `text` selects, with the label names its
+/// `{...}` matchers use (`up`, `probe_success` and the like are
+/// Prometheus's own, not ours, and not listed).
+fn selected_metrics(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("lablink_") {
+        let after = &rest[at..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = after[..end].to_string();
+        let mut labels = Vec::new();
+        if let Some(matchers) = after[end..].strip_prefix('{') {
+            let close = matchers.find('}').expect("a closed {...}");
+            for matcher in matchers[..close].split(',') {
+                let label: String = matcher
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                labels.push(label);
+            }
+        }
+        // `lablink_*` in prose names them all, not one.
+        if !name.ends_with('_') {
+            found.push((name, labels));
+        }
+        rest = &after[end..];
+    }
+    found
+}
+
+/// The alert rules (`deploy/prometheus/lablink-alerts.yml`) and the
+/// monitoring section of `docs/deploy.md` name only metrics that a running
+/// server exposes, after the activity that makes every family appear, with
+/// labels those metrics have; and every alert of the rules is in the
+/// guide's table. (`.ci/deploy.sh` checks the rules' syntax and runs their
+/// unit tests with promtool.)
+#[tokio::test]
+async fn the_alert_rules_and_the_deploy_guide_name_only_exposed_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::start(
+        dir.path(),
+        &["--bind", "127.0.0.1:0", "--store", "memory"],
+        &[],
+    );
+    let app = &server.app;
+    // A lock, a waiter granted after a wait, a command, a subscriber.
+    let (a, b) = (app.session(600.0).await, app.session(600.0).await);
+    assert_eq!(app.acquire(PSU, &a, json!({})).await.0, StatusCode::OK);
+    let (status, _) = app.acquire(PSU, &b, json!({"queue_if_busy": true})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.command(PSU, Some(&a), "get_status", json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(app.release(PSU, &a, false).await.0, StatusCode::OK);
+    let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
+    let (_ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let metrics = scrape_until(app, "the waiter's grant measured", |m| {
+        m.observed("lablink_lock_wait_seconds", &[]).0 == 1
+    })
+    .await;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/lablink-alerts.yml")).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/deploy.md")).unwrap();
+    let start = guide
+        .find("## 7. Monitoring")
+        .expect("docs/deploy.md has its monitoring section");
+    let section = &guide[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    for (file, text) in [("the alert rules", rules.as_str()), ("the guide", section)] {
+        let used = selected_metrics(text);
+        assert!(used.len() >= 10, "{file} names metrics: {used:?}");
+        for (name, labels) in used {
+            // A histogram's series are its name with _bucket, _sum, _count.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .find(|base| metrics.is_histogram(base))
+                .unwrap_or(name.as_str());
+            let exposed =
+                metrics.0.families.get(family).unwrap_or_else(|| {
+                    panic!("{file} uses {name}, which /metrics does not expose")
+                });
+            for label in labels {
+                // Prometheus's own target labels, and the buckets' bound.
+                if ["job", "instance", "le"].contains(&label.as_str()) {
+                    continue;
+                }
+                assert!(
+                    exposed.iter_samples().any(|s| s
+                        .get_labelset()
+                        .unwrap()
+                        .get_label_value(&label)
+                        .is_some()),
+                    "{file} selects {name} by {label}, a label it does not have"
+                );
+            }
+        }
+    }
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            section.contains(&format!("| `{alert}` |")),
+            "{alert} is in the guide's table"
+        );
+    }
+}

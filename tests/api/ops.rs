@@ -190,7 +190,12 @@ async fn each_request_gets_an_access_log_line_with_its_user_and_session() {
     let dir = tempfile::tempdir().unwrap();
     let store = ["--store", "sqlite://lab.db"];
     let token = create_token(dir.path(), "alice", "operator", &store);
-    let server = Running::start(dir.path(), &store, &[("LABLINK_AUTH", "required")]).await;
+    // Metrics behind a token, so that the banner says so.
+    let env = [
+        ("LABLINK_AUTH", "required"),
+        ("LABLINK_METRICS_PUBLIC", "false"),
+    ];
+    let server = Running::start(dir.path(), &store, &env).await;
     let alice = server.app().as_user(&token);
     let session = alice.session(0.0).await;
     let (status, _) = alice.acquire("ps_abc123", &session, json!({})).await;
@@ -255,6 +260,8 @@ async fn each_request_gets_an_access_log_line_with_its_user_and_session() {
     assert_eq!(banner["url"], base);
     assert_eq!(banner["docs"], format!("{base}/docs"));
     assert_eq!(banner["dashboard"], format!("{base}/"));
+    assert_eq!(banner["metrics"], format!("{base}/metrics"));
+    assert!(banner["metrics_token"].starts_with("needed"), "{banner:?}");
     let data = PathBuf::from(&banner["data"]);
     assert!(data.is_absolute(), "{data:?}");
     assert_eq!(
@@ -308,6 +315,11 @@ async fn json_logs_are_one_object_a_line_with_the_same_fields() {
     };
     let banner = &find("LabLink started")[0]["fields"];
     assert_eq!(banner["url"], server.base());
+    assert_eq!(banner["metrics"], format!("{}/metrics", server.base()));
+    assert_eq!(
+        banner["metrics_token"], "not needed",
+        "authentication is off"
+    );
     assert_eq!(banner["instruments"], "ps_abc123,scope_123,load_1");
     assert!(
         banner["data"].as_str().unwrap().contains("memory"),

@@ -1016,3 +1016,31 @@ async fn with_authentication_only_a_sessions_owner_trades_its_place() {
     );
     assert_eq!(queue_of(&alice, PSU).await, [b2.as_str(), a.as_str()]);
 }
+
+#[tokio::test]
+async fn a_waiter_whose_place_a_manager_removes_while_it_long_polls_hears_not_queued() {
+    let app = spawn_with(memory()).await;
+    let s = sessions(&app, 2).await;
+    let (holder, waiter) = (s[0].clone(), s[1].clone());
+    queue_with(&app, &holder, json!({})).await;
+    let polling = {
+        let app = TestApp::at(&app.base);
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            let body = json!({"queue_if_busy": true, "wait_seconds": 30});
+            app.acquire(PSU, &waiter, body).await
+        })
+    };
+    for _ in 0..100 {
+        if queue_of(&app, PSU).await == [waiter.clone()] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let path = format!("/api/locks/queue/{PSU}/{waiter}/remove");
+    let (status, _) = app.post(&path, json!({"forced_by": "lab-manager"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = polling.await.unwrap();
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_queued");
+    app.stop().await;
+}

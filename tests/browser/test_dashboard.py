@@ -192,6 +192,14 @@ def test_token_sign_in_works_and_a_wrong_token_is_refused(make_server, open_page
     page.goto(server.url + f"/#/equipment/{PSU}")
     expect(page.get_by_role("button", name="Force release…")).to_be_visible()
     expect(page.get_by_role("button", name="Start maintenance…")).to_be_visible()
+    # The analytics' CSV is fetched with the token (a plain link has none).
+    page.goto(server.url + "/#/analytics")
+    expect(page.locator('tr[data-id="ps_abc123"] td').nth(3)).to_have_text("1")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    assert download.value.suggested_filename == "lablink-analytics-1d.csv"
+    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    assert [line.split(",")[:5:4] for line in lines[1:]] == [["load_1", "0"], [PSU, "1"], ["scope_123", "0"]]
 
     # An observer sees only what an observer may do.
     viewer = open_page(server.url + f"/#/equipment/{PSU}").page
@@ -464,3 +472,44 @@ def test_queueing_from_the_page_with_a_priority_and_stepping_back(server, open_p
     assert queue[0]["session_id"] == early
     # Last in line: nobody to let go first.
     expect(page.get_by_role("button", name="Let the next go first")).to_have_count(0)
+def test_the_analytics_page_shows_each_instrument_and_offers_the_csv(server, open_page):
+    """Locks held, waited for and forced off show up per instrument, for
+    the window chosen, with the same figures as CSV."""
+    alice = server.session("Lab PC #3", user="alice")
+    bob = server.session("Night run", user="bob")
+    watcher = server.session("Wall screen")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": alice})
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": bob, "queue_if_busy": True})
+    server.ok("POST", "/api/locks/acquire",
+              {"equipment_id": "scope_123", "session_id": watcher, "lock_mode": "observer"})
+    time.sleep(1.2)
+    server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": alice})
+    admin = server.session("Admin")
+    server.ok("POST", "/api/locks/release", {"equipment_id": PSU, "session_id": admin, "force": True})
+    page = open_page(server.url + "/#/analytics", viewport={"width": 1200, "height": 620}).page
+    wait_live(page)
+    expect(page.locator("nav a[data-page=analytics]")).to_have_attribute("aria-current", "page")
+    rows = page.locator("table.analytics tbody tr")
+    expect(rows).to_have_count(3)
+    ids = rows.evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert ids == ["load_1", "ps_abc123", "scope_123"]
+    psu = page.locator('tr[data-id="ps_abc123"] td')
+    # Exclusive, observer, idle, grants, median, p90, max, forced, expiries.
+    expect(psu.nth(3)).to_have_text("2")
+    waited = float(psu.nth(4).get_attribute("data-seconds"))
+    assert 1.0 <= waited < 5.0, waited
+    expect(psu.nth(7)).to_have_text("1")
+    expect(psu.nth(8)).to_have_text("0")
+    expect(page.locator('tr[data-id="scope_123"] td').nth(3)).to_have_text("1")
+    expect(page.locator('tr[data-id="load_1"] td').nth(3)).to_have_text("0")
+    page.screenshot(path=str(SCREENSHOTS / "analytics.png"), full_page=True)
+    # The window is a choice; the CSV link follows it and downloads.
+    page.get_by_label("Window").select_option("7")
+    expect(page.locator("a.csv")).to_have_attribute("download", "lablink-analytics-7d.csv")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    text = open(download.value.path(), encoding="utf-8").read()
+    lines = text.splitlines()
+    assert lines[0].startswith("equipment_id,exclusive_seconds,observer_seconds,idle_seconds,grants,")
+    assert [line.split(",")[0] for line in lines[1:]] == ["load_1", "ps_abc123", "scope_123"]
+    assert lines[2].split(",")[4] == "2"

@@ -22,8 +22,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{Conn, corrupt};
 use super::tx::{EventBuffer, PgTx};
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
+use crate::storage::event_row::{compact_data, kind_code};
+use crate::storage::{
+    Due, EventQuery, Prune, StoreError, TokenRecord, Tx, UsageCursor, UsageQuery,
+};
 
 /// The writer's rows, as of `valid_for`.
 #[derive(Default)]
@@ -391,6 +395,34 @@ impl Tx for UnitTx<'_> {
         self.sql()?.prune_events(prune)
     }
 
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        self.sql()?.usage_cursor()
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        self.sql()?.advance_usage_cursor(expected, next)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        self.sql()?.put_usage(buckets)
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        self.sql()?.usage_buckets(query)
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        self.sql()?.put_usage_checkpoint(at, state)
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        self.sql()?.usage_checkpoint(at)
+    }
+
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
         self.sql()?.save_token(token)
     }
@@ -511,14 +543,13 @@ fn send(
         Vec::with_capacity(n),
     );
     for event in events {
-        let mut stored = event.clone();
-        seq.push(stored.seq.take().map_or(0, |s| s as i64));
-        at.push(stored.timestamp.as_millis());
-        kind.push(stored.event.as_str());
-        equipment.push(stored.equipment_id.as_ref().map(|e| e.to_string()));
-        session.push(stored.session_id.as_ref().map(|s| s.to_string()));
-        forced_by.push(stored.forced_by.as_ref().map(|s| s.to_string()));
-        data.push(serde_json::to_string(&stored).map_err(corrupt)?);
+        seq.push(event.seq.map_or(0, |s| s as i64));
+        at.push(event.timestamp.as_millis());
+        kind.push(kind_code(event.event));
+        equipment.push(event.equipment_id.as_ref().map(|e| e.to_string()));
+        session.push(event.session_id.as_ref().map(|s| s.to_string()));
+        forced_by.push(event.forced_by.as_ref().map(|s| s.to_string()));
+        data.push(compact_data(event)?);
     }
     let journal_sessions: Vec<&str> = touched.sessions.iter().map(String::as_str).collect();
     let journal_equipment: Vec<&str> = touched.equipment.iter().map(String::as_str).collect();
@@ -565,9 +596,18 @@ fn send(
             INSERT INTO participants (equipment_id, session_id)
             SELECT * FROM unnest($11::text[], $12::text[]) ON CONFLICT DO NOTHING),
          recorded AS (
-            INSERT INTO events (seq, at, event, equipment_id, session_id, forced_by, data)
-            SELECT * FROM unnest($13::bigint[], $14::bigint[], $15::text[], $16::text[],
-                                 $17::text[], $18::text[], $19::text[])),
+            INSERT INTO events (seq, t, kind, t_lag, equipment_id, session_id, forced_by, data)
+            SELECT seq, t, kind, NULLIF(t - at, 0), equipment_id, session_id, forced_by, data
+            FROM (SELECT e.*, GREATEST(max(e.at) OVER (ORDER BY e.seq),
+                                       (SELECT value FROM meta WHERE key = 'event_time')) AS t
+                  FROM unnest($13::bigint[], $14::bigint[], $15::smallint[], $16::text[],
+                              $17::text[], $18::text[], $19::text[])
+                       AS e(seq, at, kind, equipment_id, session_id, forced_by, data)) AS e
+            RETURNING t, t_lag),
+         clock AS (
+            UPDATE meta SET value = CASE key WHEN 'event_time' THEN r.t ELSE r.lag END
+            FROM (SELECT max(t) AS t, COALESCE(max(t_lag), 0) AS lag FROM recorded) AS r
+            WHERE (key = 'event_time' AND r.t > value) OR (key = 'event_time_lag' AND r.lag > value)),
          journal AS (
             INSERT INTO write_journal (writes, sessions, equipment)
             SELECT $20, $21, $22 WHERE $20::bigint IS NOT NULL)

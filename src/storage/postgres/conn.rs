@@ -102,6 +102,19 @@ impl Conn {
         self.client.execute(&statement, params).map_err(unavailable)
     }
 
+    /// Runs `sql` unprepared, in one round trip: PostgreSQL plans it for
+    /// these very values (a prepared statement soon gets one generic plan
+    /// for all values, which picks the wrong index when how many rows match
+    /// depends on the value: a rare kind on the busiest instrument).
+    pub(super) fn query_planned_for(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), postgres::types::Type)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.used = std::time::Instant::now();
+        self.client.query_typed(sql, params).map_err(unavailable)
+    }
+
     /// Runs statements without parameters, in one round trip.
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         self.used = std::time::Instant::now();
@@ -145,6 +158,4 @@ pub(super) fn unavailable(e: postgres::Error) -> StoreError {
     }
 }
 
-pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
+pub(super) use crate::storage::event_row::corrupt;

@@ -13,8 +13,9 @@
 //! file beside it, as for SQLite: `options` (the URL), `migrate` (the
 //! schema), `conn` (a connection, its prepared statements, PostgreSQL's
 //! errors), `writer` (the writer thread: batches, one order across
-//! replicas), `readers` (the reader threads), `tx` (a unit of work's SQL)
-//! and `feed` (events from other replicas, in order; the shared clock).
+//! replicas), `readers` (the reader threads), `tx` (a unit of work's SQL),
+//! `usage` (the analytics rollups' SQL) and `feed` (events from other
+//! replicas, in order; the shared clock).
 
 mod cache;
 mod conn;
@@ -23,6 +24,7 @@ mod migrate;
 mod options;
 mod readers;
 mod tx;
+mod usage;
 mod writer;
 
 #[cfg(test)]

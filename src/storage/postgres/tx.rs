@@ -6,11 +6,16 @@
 //! `EventBuffer`, and the writer inserts them with the batch.
 
 use postgres::Row;
+use postgres::types::{ToSql, Type};
 use std::collections::{BTreeSet, HashMap};
 
 use super::conn::{Conn, corrupt};
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Role, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
+use crate::storage::event_row::{StoredEvent, kind_code};
+use crate::storage::{
+    Due, EventQuery, Prune, StoreError, TokenRecord, Tx, UsageCursor, UsageQuery,
+};
 
 /// A batch's recorded events, numbered, waiting to be inserted.
 #[derive(Default)]
@@ -57,12 +62,24 @@ fn decode<T: serde::de::DeserializeOwned>(row: &Row) -> Result<T, StoreError> {
     serde_json::from_str(row.get::<_, &str>(0)).map_err(corrupt)
 }
 
+/// The columns `events_of` decodes, in its order (schema v2: the event's
+/// own time is `t - t_lag`).
+const EVENT_COLUMNS: &str =
+    "seq, t - COALESCE(t_lag, 0), kind, equipment_id, session_id, forced_by, data";
+
 fn events_of(rows: Vec<Row>) -> Result<Vec<Event>, StoreError> {
     rows.iter()
         .map(|row| {
-            let mut event: Event = serde_json::from_str(row.get::<_, &str>(1)).map_err(corrupt)?;
-            event.seq = Some(row.get::<_, i64>(0) as u64);
-            Ok(event)
+            StoredEvent {
+                seq: row.get(0),
+                at: row.get(1),
+                kind: row.get::<_, i16>(2).into(),
+                equipment_id: row.get(3),
+                session_id: row.get(4),
+                forced_by: row.get(5),
+                data: row.get(6),
+            }
+            .decode()
         })
         .collect()
 }
@@ -261,59 +278,98 @@ impl Tx for PgTx<'_> {
         id: &EquipmentId,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows = self.conn.query(
-            "SELECT seq, data FROM events WHERE equipment_id = $1 ORDER BY seq DESC LIMIT $2",
-            &[&id.as_str(), &(limit as i64)],
-        )?;
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE equipment_id = $1 ORDER BY seq DESC LIMIT $2"
+            )
+        });
+        let rows = self.conn.query(sql, &[&id.as_str(), &(limit as i64)])?;
         let mut events = events_of(rows)?;
         events.reverse();
         Ok(events)
     }
 
     fn session_events(&mut self, id: &SessionId, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let rows = self.conn.query(
-            "SELECT seq, data FROM events WHERE seq IN (
-                SELECT seq FROM events WHERE session_id = $1
-                UNION SELECT seq FROM events WHERE forced_by = $1
-             ) ORDER BY seq DESC LIMIT $2",
-            &[&id.as_str(), &(limit as i64)],
-        )?;
+        static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = SQL.get_or_init(|| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM ({}) AS e ORDER BY seq DESC LIMIT $2",
+                of_session("$1", "TRUE", "seq DESC", "$2")
+            )
+        });
+        let rows = self.conn.query(sql, &[&id.as_str(), &(limit as i64)])?;
         let mut events = events_of(rows)?;
         events.reverse();
         Ok(events)
     }
 
     fn query_events(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        // Only the filters given are in the statement, so that the planner
-        // picks the index that fits them (one statement per combination).
-        let equipment = query.equipment_id.as_ref().map(|e| e.as_str());
-        let session = query.session_id.as_ref().map(|s| s.as_str());
-        let kind = query.kind.map(|k| k.as_str());
+        // The time filters first become a range of `seq` (bisection: `t`
+        // never decreases with `seq`), which the statement then searches
+        // through whichever index fits its other filters; each candidate's
+        // own time is checked exactly.
         let since = millis(query.since);
         let until = millis(query.until);
         // No `seq` exceeds i64::MAX: a larger cursor is past them all.
         let after = i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let mut from = after.saturating_add(1);
+        let mut to = i64::MAX;
+        if since.is_some() || until.is_some() {
+            // An event before `until` has `t` below `until` plus the
+            // largest lag ever recorded.
+            let bounds = self.conn.query_one(
+                "SELECT lablink_first_reaching($1),
+                        lablink_first_reaching(LEAST($2::bigint::numeric
+                            + (SELECT value FROM meta WHERE key = 'event_time_lag'),
+                            9223372036854775807)::bigint)",
+                &[&since, &until],
+            )?;
+            if let Some(first) = bounds.get::<_, Option<i64>>(0) {
+                from = from.max(first);
+            }
+            if let Some(end) = bounds.get::<_, Option<i64>>(1) {
+                to = end;
+            }
+            if from >= to {
+                return Ok(Vec::new());
+            }
+        }
+        // Only the filters given are in the statement, so that the planner
+        // picks the index that fits them (one statement per combination).
+        let equipment = query.equipment_id.as_ref().map(|e| e.as_str());
+        let session = query.session_id.as_ref().map(|s| s.as_str());
+        let kind = query.kind.map(kind_code);
         let limit = query.limit as i64;
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&after, &limit];
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&from, Type::INT8), (&to, Type::INT8), (&limit, Type::INT8)];
         let mut mask = 0;
         for (bit, value) in [
             (
                 1,
                 equipment
                     .as_ref()
-                    .map(|v| v as &(dyn postgres::types::ToSql + Sync)),
+                    .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT)),
             ),
-            (2, session.as_ref().map(|v| v as _)),
-            (4, kind.as_ref().map(|v| v as _)),
-            (8, since.as_ref().map(|v| v as _)),
-            (16, until.as_ref().map(|v| v as _)),
+            (2, session.as_ref().map(|v| (v as _, Type::TEXT))),
+            (4, kind.as_ref().map(|v| (v as _, Type::INT2))),
+            (8, since.as_ref().map(|v| (v as _, Type::INT8))),
+            (16, until.as_ref().map(|v| (v as _, Type::INT8))),
         ] {
             if let Some(value) = value {
                 mask |= bit;
                 params.push(value);
             }
         }
-        let rows = self.conn.query(event_query_sql(mask), &params)?;
+        let sql = event_query_sql(mask);
+        let rows = if mask & 7 == 0 {
+            // Only a range of `seq` (the live feed's query, among others):
+            // one plan fits every value, so it is prepared once.
+            let values: Vec<_> = params.iter().map(|(v, _)| *v).collect();
+            self.conn.query(sql, &values)?
+        } else {
+            self.conn.query_planned_for(sql, &params)?
+        };
         events_of(rows)
     }
 
@@ -330,13 +386,46 @@ impl Tx for PgTx<'_> {
         // Nothing to cut is a bound no event passes.
         let cut = prune.keep.map_or(0, |k| last.saturating_sub(k)) as i64;
         let before = prune.before.map_or(i64::MIN, |b| b.as_millis());
+        // The oldest events, in order: those that go are a prefix of them
+        // (`t` never decreases, so an event past the first kept one is not
+        // older than `before` unless the clock went back), and no more
+        // than `max` rows are read however few go.
         let pruned = self.conn.execute(
             "DELETE FROM events WHERE seq IN (
-                SELECT seq FROM events WHERE seq <= $1 OR at < $2 ORDER BY seq LIMIT $3
+                SELECT seq FROM (SELECT seq, t FROM events ORDER BY seq LIMIT $3) AS oldest
+                WHERE seq <= $1 OR t < $2
              )",
             &[&cut, &before, &(prune.max as i64)],
         )?;
         Ok(pruned as usize)
+    }
+
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        super::usage::cursor(self.conn)
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        super::usage::advance(self.conn, expected, next)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        super::usage::put(self.conn, buckets)
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        super::usage::buckets(self.conn, query)
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        super::usage::put_checkpoint(self.conn, at, state)
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        super::usage::checkpoint(self.conn, at)
     }
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
@@ -406,31 +495,58 @@ impl PgTx<'_> {
     }
 }
 
+/// The first `limit` events in `order` of session `param` (its own, and
+/// those it forced on others) that pass `filter`: each of the two read in
+/// order from its own index, up to the limit, and the two merged (an `OR`
+/// would read all of them to sort them).
+fn of_session(param: &str, filter: &str, order: &str, limit: &str) -> String {
+    format!(
+        "(SELECT * FROM events WHERE session_id = {param} AND {filter}
+          ORDER BY {order} LIMIT {limit})
+         UNION ALL
+         (SELECT * FROM events WHERE forced_by = {param} AND session_id IS DISTINCT FROM {param}
+                                 AND {filter}
+          ORDER BY {order} LIMIT {limit})"
+    )
+}
+
 /// The history query for one combination of filters (`mask`: bit 1
 /// equipment, 2 session, 4 kind, 8 since, 16 until), its parameters
-/// numbered in that order after the cursor ($1) and the limit ($2). Made
-/// once each: the statement cache keys on `&'static str`.
+/// numbered in that order after the `seq` range ($1 inclusive, $2
+/// exclusive) and the limit ($3). Made once each: the statement cache keys
+/// on `&'static str`.
 fn event_query_sql(mask: usize) -> &'static str {
     static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
         (0..32)
             .map(|mask| {
-                let mut sql = String::from("SELECT seq, data FROM events WHERE seq > $1");
-                let mut n = 2;
-                for (bit, filter) in [
+                let mut filter = String::from("seq >= $1 AND seq < $2");
+                let mut session = None;
+                let mut n = 3;
+                for (bit, condition) in [
                     (1, "equipment_id = $"),
-                    (2, "(session_id = $ OR forced_by = $)"),
-                    (4, "event = $"),
-                    (8, "at >= $"),
-                    (16, "at < $"),
+                    (2, ""),
+                    (4, "kind = $"),
+                    (8, "t - COALESCE(t_lag, 0) >= $"),
+                    (16, "t - COALESCE(t_lag, 0) < $"),
                 ] {
                     if mask & bit != 0 {
                         n += 1;
-                        sql.push_str(" AND ");
-                        sql.push_str(&filter.replace('$', &format!("${n}")));
+                        if bit == 2 {
+                            session = Some(format!("${n}"));
+                        } else {
+                            filter.push_str(" AND ");
+                            filter.push_str(&condition.replace('$', &format!("${n}")));
+                        }
                     }
                 }
-                sql.push_str(" ORDER BY seq LIMIT $2");
+                let from = match session {
+                    Some(param) => {
+                        format!("({}) AS e", of_session(&param, &filter, "seq", "$3"))
+                    }
+                    None => format!("events WHERE {filter}"),
+                };
+                let sql = format!("SELECT {EVENT_COLUMNS} FROM {from} ORDER BY seq LIMIT $3");
                 &*Box::leak(sql.into_boxed_str())
             })
             .collect()

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_tokens.sql"),
     include_str!("migrations/0003_compact_events.sql"),
+    include_str!("migrations/0004_analytics_rollups.sql"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -11,7 +11,8 @@
 //! with their settings, and the `Store` impl. One concern per file beside
 //! it: `options` (the URL), `migrate` (the schema), `writer` (the writer
 //! thread: group commit, syncing, checkpoints), `readers` (the read-only
-//! connections and their threads), `tx` (a unit of work's SQL) and `rows`
+//! connections and their threads), `tx` (a unit of work's SQL), `usage`
+//! (the analytics rollups' SQL) and `rows`
 //! (row <-> domain mapping, SQLite's errors). It holds no table's SQL and
 //! no batching or syncing of its own. No SQLite call runs on an async
 //! worker: writes run on the writer thread, reads on the reader threads.
@@ -23,6 +24,7 @@ mod readers;
 mod rows;
 mod search;
 mod tx;
+mod usage;
 mod writer;
 
 pub use options::SqliteOptions;

@@ -7,7 +7,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde::de::DeserializeOwned;
 
 use super::tx::SqliteTx;
-use crate::domain::{Event, EventKind, Role, Timestamp};
+use crate::domain::{Event, Role, Timestamp};
+use crate::storage::event_row::{StoredEvent, compact_data};
+pub(super) use crate::storage::event_row::{corrupt, kind_code};
 use crate::storage::{StoreError, TokenRecord};
 
 /// Turns a SQLite failure into what an operator can act on.
@@ -24,10 +26,6 @@ pub(super) fn unavailable(e: rusqlite::Error) -> StoreError {
         _ => "SQLite error",
     };
     StoreError::Unavailable(format!("{what} ({e})"))
-}
-
-pub(super) fn corrupt(e: serde_json::Error) -> StoreError {
-    StoreError::Corrupt(e.to_string())
 }
 
 /// An event as the history table stores it (schema v3): the filtered
@@ -48,57 +46,6 @@ pub(super) struct EventRow {
     data: String,
 }
 
-/// The kinds' numbers in the `kind` column. Stored: never renumber
-/// (migration 0003 writes the same numbers). A `match`, so a new kind
-/// cannot be added without its number.
-pub(super) fn kind_code(kind: EventKind) -> i64 {
-    match kind {
-        EventKind::LockAcquired => 1,
-        EventKind::LockRefreshed => 2,
-        EventKind::LockReleased => 3,
-        EventKind::LockForceReleased => 4,
-        EventKind::LockExpired => 5,
-        EventKind::ObserverLockAcquired => 6,
-        EventKind::ObserverLockReleased => 7,
-        EventKind::ObserverRevoked => 8,
-        EventKind::Queued => 9,
-        EventKind::Dequeued => 10,
-        EventKind::QueueProcessed => 11,
-        EventKind::SessionCreated => 12,
-        EventKind::SessionEnded => 13,
-        EventKind::SessionExpired => 14,
-        EventKind::QueueTimeout => 15,
-        EventKind::MaintenanceStarted => 16,
-        EventKind::MaintenanceEnded => 17,
-        EventKind::ClaimExpired => 18,
-        EventKind::QueueSteppedBack => 19,
-        EventKind::QueueSwapped => 20,
-        // Live notifications are never recorded.
-        EventKind::QueuePosition
-        | EventKind::LockGranted
-        | EventKind::LockExpiring
-        | EventKind::LockLost
-        | EventKind::QueuePlaceLost => 0,
-    }
-}
-
-fn kind_of(code: i64) -> Result<EventKind, StoreError> {
-    EventKind::ALL
-        .into_iter()
-        .find(|k| kind_code(*k) == code)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind number {code}")))
-}
-
-/// The start of an event's JSON up to its timestamp: serde writes `event`
-/// and `timestamp` first, so `data` is what follows.
-fn json_head(kind: EventKind, at: i64) -> Result<String, StoreError> {
-    Ok(format!(
-        "{{\"event\":{},\"timestamp\":{}",
-        serde_json::to_string(&kind).map_err(corrupt)?,
-        serde_json::to_string(&Timestamp::from_millis(at)).map_err(corrupt)?
-    ))
-}
-
 impl EventRow {
     /// The row of `event`, recorded after events up to time `t_before`.
     pub(super) fn new(
@@ -109,27 +56,12 @@ impl EventRow {
         event.seq = None;
         let at = event.timestamp.as_millis();
         let t = t_before.max(at);
-        let rest = Event {
-            equipment_id: None,
-            session_id: None,
-            forced_by: None,
-            ..event.clone()
-        };
-        let whole = serde_json::to_string(&rest).map_err(corrupt)?;
-        let head = json_head(event.event, at)?;
-        let data = match whole.strip_prefix(&head) {
-            Some(tail) => format!("{{{}", tail.strip_prefix(',').unwrap_or(tail)),
-            None => {
-                return Err(StoreError::Corrupt(format!(
-                    "an event's JSON does not start with its kind and time: {whole}"
-                )));
-            }
-        };
+        let data = compact_data(event)?;
         Ok(Self {
             seq,
             t,
             t_lag: t - at,
-            kind: kind_code(event.event),
+            kind: kind_code(event.event).into(),
             equipment_id: event.equipment_id.as_ref().map(|e| e.to_string()),
             session_id: event.session_id.as_ref().map(|s| s.to_string()),
             forced_by: event.forced_by.as_ref().map(|s| s.to_string()),
@@ -180,38 +112,18 @@ pub(super) fn millis(t: Option<Timestamp>) -> Option<i64> {
 /// An event from its row (`EVENT_COLUMNS`).
 pub(super) fn read_event(r: &rusqlite::Row) -> Result<Event, StoreError> {
     let text = |i| r.get::<_, Option<String>>(i).map_err(unavailable);
-    let seq: i64 = r.get(0).map_err(unavailable)?;
-    let at: i64 = r.get(1).map_err(unavailable)?;
-    let kind = kind_of(r.get(2).map_err(unavailable)?)?;
+    let (equipment_id, session_id, forced_by) = (text(3)?, text(4)?, text(5)?);
     let data: String = r.get(6).map_err(unavailable)?;
-    let mut json = json_head(kind, at)?;
-    for (name, value) in [
-        ("equipment_id", text(3)?),
-        ("session_id", text(4)?),
-        ("forced_by", text(5)?),
-    ] {
-        if let Some(value) = value {
-            json.push_str(&format!(
-                ",\"{name}\":{}",
-                serde_json::to_string(&value).map_err(corrupt)?
-            ));
-        }
+    StoredEvent {
+        seq: r.get(0).map_err(unavailable)?,
+        at: r.get(1).map_err(unavailable)?,
+        kind: r.get(2).map_err(unavailable)?,
+        equipment_id: equipment_id.as_deref(),
+        session_id: session_id.as_deref(),
+        forced_by: forced_by.as_deref(),
+        data: &data,
     }
-    match data.strip_prefix('{') {
-        Some("}") => json.push('}'),
-        Some(tail) => {
-            json.push(',');
-            json.push_str(tail);
-        }
-        None => {
-            return Err(StoreError::Corrupt(format!(
-                "event data is not an object: {data}"
-            )));
-        }
-    }
-    let mut event: Event = serde_json::from_str(&json).map_err(corrupt)?;
-    event.seq = Some(seq as u64);
-    Ok(event)
+    .decode()
 }
 
 impl SqliteTx<'_> {

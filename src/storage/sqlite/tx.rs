@@ -9,8 +9,11 @@ use std::collections::BTreeSet;
 
 use super::rows::{EVENT_COLUMNS, EventRow, corrupt, millis, unavailable};
 use super::writer::EventBuffer;
+use crate::domain::rollup::UsageBucket;
 use crate::domain::{EquipmentId, EquipmentLocks, Event, Session, SessionId, Timestamp};
-use crate::storage::{Due, EventQuery, Prune, StoreError, TokenRecord, Tx};
+use crate::storage::{
+    Due, EventQuery, Prune, StoreError, TokenRecord, Tx, UsageCursor, UsageQuery,
+};
 
 /// The earliest deadline stored, as far as the store knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -375,6 +378,34 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached("DELETE FROM events WHERE seq <= ?1")
             .and_then(|mut s| s.execute([upto]))
             .map_err(unavailable)
+    }
+
+    fn usage_cursor(&mut self) -> Result<Option<UsageCursor>, StoreError> {
+        super::usage::cursor(self.tx)
+    }
+
+    fn advance_usage_cursor(
+        &mut self,
+        expected: Option<&UsageCursor>,
+        next: &UsageCursor,
+    ) -> Result<bool, StoreError> {
+        super::usage::advance(self.tx, expected, next)
+    }
+
+    fn put_usage(&mut self, buckets: &[UsageBucket]) -> Result<(), StoreError> {
+        super::usage::put(self.tx, buckets)
+    }
+
+    fn usage_buckets(&mut self, query: &UsageQuery) -> Result<Vec<UsageBucket>, StoreError> {
+        super::usage::buckets(self.tx, query)
+    }
+
+    fn put_usage_checkpoint(&mut self, at: Timestamp, state: &str) -> Result<(), StoreError> {
+        super::usage::put_checkpoint(self.tx, at, state)
+    }
+
+    fn usage_checkpoint(&mut self, at: Timestamp) -> Result<Option<String>, StoreError> {
+        super::usage::checkpoint(self.tx, at)
     }
 
     fn save_token(&mut self, token: &TokenRecord) -> Result<(), StoreError> {
