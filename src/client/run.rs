@@ -389,9 +389,13 @@ impl<'a> Keeper<'a> {
                         equipment: label.to_owned(),
                     });
                 }
-                // A waiter whose place was taken is answered as if its
-                // session were gone: its history says what happened.
-                Err(e) if told_busy && e.code() == Some("session_not_found") => {
+                // A waiter whose place was taken is answered `not_queued`
+                // (or, its session ended, `session_not_found`): its
+                // history says what happened.
+                Err(e)
+                    if told_busy
+                        && matches!(e.code(), Some("not_queued" | "session_not_found")) =>
+                {
                     return Err(self.why_place_went().await.unwrap_or(Stop::Failed(e)));
                 }
                 // A server restarting: its queue survives, so ask again

@@ -32,6 +32,7 @@ from .errors import (
     LockWaitTimeout,
     NoLock,
     NotLockHolder,
+    NotQueued,
     QueuePlaceLost,
     QueueTimeout,
     ServerUnreachable,
@@ -978,9 +979,10 @@ class AsyncLock:
                 except QueuePlaceLost as e:  # the server's 409 queue_timeout
                     e.equipment_id = self.equipment_id
                     raise
-                except SessionNotFound:
-                    # A waiter whose place was taken is answered as if its
-                    # session were gone: its history says what happened.
+                except (NotQueued, SessionNotFound):
+                    # A waiter whose place was taken is answered `not_queued`
+                    # (or, its session ended, `session_not_found`): its
+                    # history says what happened.
                     found = await self._why_place_went()
                     if found is None:
                         raise
