@@ -83,7 +83,7 @@ pub struct BackupArgs {
 }
 
 const RUN_EXIT_STATUSES: &str = "Exit status: the command's own (128+N if killed by signal N); \
-69 if a lock was lost (the command got SIGTERM, SIGKILL after --grace); \
+69 if a lock (any member of a lock group) was lost (the command got SIGTERM, SIGKILL after --grace); \
 75 if --wait ran out (nothing left behind); 76 if --max-wait ran out (the server dropped the place); \
 77 if a lab manager removed the queue place or ended the session; \
 78 if the instrument is in maintenance and --wait is 0; 130/143 if interrupted by SIGINT/SIGTERM; \
@@ -120,6 +120,30 @@ impl ServerArgs {
     }
 }
 
+/// A pool: `tag:psu[,tag:30V]` (every tag) or `psu1,psu2` (any of them).
+fn pool_arg(text: &str) -> Result<client::http::Pool, String> {
+    let words: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let tags: Vec<String> = words
+        .iter()
+        .filter_map(|w| w.strip_prefix("tag:"))
+        .map(str::to_owned)
+        .collect();
+    match (words.len(), tags.len()) {
+        (0, _) => Err("name the pool: tag:TAG[,tag:TAG] or EQ,EQ".into()),
+        (n, 0) => Ok(client::http::Pool::Ids(
+            words.into_iter().take(n).map(str::to_owned).collect(),
+        )),
+        (n, t) if n == t && tags.iter().all(|t| !t.is_empty()) => {
+            Ok(client::http::Pool::Tags(tags))
+        }
+        _ => Err("a pool is tags (tag:psu,tag:30V) or instruments (psu1,psu2), not both".into()),
+    }
+}
+
 /// A duration: `90s`, `10m`, `1h` or plain seconds.
 fn duration_arg(text: &str) -> Result<Duration, String> {
     client::output::parse_duration(text)
@@ -129,9 +153,17 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
 pub struct RunArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Equipment to lock (repeat for several; taken in sorted order)
-    #[arg(long = "lock", value_name = "EQ", required = true)]
+    /// Equipment to lock, or a configured group's id (repeat or comma-separate for several: one lock group, granted all at once)
+    #[arg(
+        long = "lock",
+        value_name = "EQ",
+        value_delimiter = ',',
+        required_unless_present = "any_of"
+    )]
     pub locks: Vec<String>,
+    /// A pool, taken with the rest: any one free instrument with these tags (tag:psu,tag:30V) or of these ids (psu1,psu2)
+    #[arg(long, value_name = "POOL", value_parser = pool_arg)]
+    pub any_of: Option<client::http::Pool>,
     /// Take observer locks instead of exclusive ones
     #[arg(long)]
     pub observer: bool,
@@ -190,7 +222,16 @@ pub struct QueueArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
-    pub equipment: String,
+    /// The instrument, a configured group's id, or several (a lock group by the instruments it was taken with; space- or comma-separated)
+    #[arg(
+        value_name = "EQ",
+        value_delimiter = ',',
+        required_unless_present = "group_id"
+    )]
+    pub equipment: Vec<String>,
+    /// A lock group (or pool request) by the `group_id` its acquire answered
+    #[arg(long, value_name = "GROUP_ID", conflicts_with = "equipment")]
+    pub group_id: Option<String>,
     /// Release whoever holds it (administrators only, with authentication on)
     #[arg(long)]
     pub force: bool,
@@ -531,6 +572,7 @@ async fn client_command(
 async fn run(args: RunArgs) -> i32 {
     let options = client::run::RunOptions {
         locks: args.locks,
+        any_of: args.any_of,
         observer: args.observer,
         wait: args.wait,
         queueing: client::http::Queueing {
@@ -558,7 +600,11 @@ async fn release(args: ReleaseArgs) -> i32 {
         }
     };
     client_command("release", args.read.server, async |api| {
-        client::reads::release(api, &args.equipment, &session, args.force, args.read.json).await
+        let what = client::reads::ReleaseTarget {
+            equipment: args.equipment.clone(),
+            group_id: args.group_id.clone(),
+        };
+        client::reads::release(api, &what, &session, args.force, args.read.json).await
     })
     .await
 }

@@ -88,9 +88,14 @@ export function instrumentPage(ctx, main, id) {
       rows.push(['Since', localTime(status.acquired_at)]);
       rows.push(['Time left', left]);
       rows.push(['Fencing token', String(status.fencing_token)]);
+      // A lock group's member: released, renewed and lost with the others.
+      const group = model.groupLabel(id);
+      if (group) rows.push(['Lock group', group]);
     } else {
       rows.push(['Holder', 'nobody']);
     }
+    const tags = model.byId.get(id)?.tags ?? [];
+    if (tags.length) rows.push(['Tags', tags.join(', ')]);
     rows.push(['Observers', status.observer_count
       ? (status.observer_sessions ?? []).map((s) => shortId(s)).join(', ')
       : 'none']);

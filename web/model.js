@@ -16,6 +16,8 @@ export class Model {
     /** @type {Array<object>} the equipment list, in the server's order */
     this.equipment = [];
     this.byId = new Map();
+    /** @type {Array<object>} the configured lock groups ({group_id, name, members}) */
+    this.groups = [];
     /** id -> lock status (the API's LockStatusView plus `queue`) */
     this.status = new Map();
     /** id -> performance.now() at which the exclusive lock's lease ends */
@@ -44,6 +46,7 @@ export class Model {
       api('GET', '/equipment/maintenance').catch(() => ({ maintenance: {} })),
     ]);
     this.equipment = list.equipment;
+    this.groups = list.groups ?? [];
     this.byId = new Map(this.equipment.map((e) => [e.equipment_id, e]));
     this.status.clear();
     this.deadlines.clear();
@@ -66,6 +69,7 @@ export class Model {
         observer_sessions: observers.map((o) => o.session_id),
         user: lock?.user ?? null,
         client_name: lock?.client_name ?? null,
+        group_id: lock?.group_id ?? null,
         maintenance: service.maintenance[id] ?? null,
         queue,
       });
@@ -80,6 +84,19 @@ export class Model {
     } else {
       this.deadlines.delete(id);
     }
+  }
+
+  /**
+   * How a lock's group reads: the configured group it was taken as (all of
+   * its members held under this group_id), else the group_id; null for a
+   * lock alone.
+   */
+  groupLabel(id) {
+    const gid = this.status.get(id)?.group_id;
+    if (!gid) return null;
+    const named = this.groups.find((g) => g.members.includes(id)
+      && g.members.every((m) => this.status.get(m)?.group_id === gid));
+    return named ? named.group_id : gid;
   }
 
   /** Seconds left on `id`'s exclusive lock now, or null (none, or no timeout). */

@@ -1,11 +1,15 @@
 // The overview: every instrument as a card (free / held / observers only /
 // maintenance with its reason and end, the holder, the time left, the
 // queue, who is next and the waiters' priorities), with
-// a filter on name, id, driver, model and tags. Cards are built once; an
+// a filter on name, id, driver, model and tags; each card shows its tags
+// and the lock group its lock belongs to. Configured lock groups have
+// cards of their own (members, who holds the group, its queue, and for
+// this tab's session *Take group* / *Release group*). Cards are built once; an
 // event updates only its instrument's card, and the countdown rewrites only
 // the cards of held instruments whose shown second changed.
 
-import { duration, h, maintenanceText, who } from './ui.js';
+import { api } from './api.js';
+import { busy, duration, h, maintenanceText, who } from './ui.js';
 
 /** What a status shows as: [state key, label]. */
 export function stateOf(status) {
@@ -46,6 +50,11 @@ export function overviewPage(ctx, main) {
   });
   count.id = 'filter-count';
   const summary = h('p.summary');
+  /** group id -> {root, badge, holder, left, queue, actions, text} */
+  const groupCards = new Map();
+  const groupList = h('ul.cards.groups', { 'aria-label': 'Lock groups' });
+  const groupSection = h('section.group-section', { 'aria-labelledby': 'groups-title', hidden: true },
+    h('h2', { id: 'groups-title' }, 'Lock groups'), groupList);
 
   main.replaceChildren(
     h('section', { 'aria-labelledby': 'overview-title' },
@@ -54,6 +63,7 @@ export function overviewPage(ctx, main) {
         summary),
       h('div.toolbar', null,
         h('label', { for: 'filter' }, 'Filter'), filter, count),
+      groupSection,
       list));
 
   function buildCard(info) {
@@ -65,6 +75,8 @@ export function overviewPage(ctx, main) {
     const queue = h('dd.queue');
     const maintTerm = h('dt.maint', { hidden: true }, 'Maintenance');
     const maint = h('dd.maint', { hidden: true });
+    const groupTerm = h('dt.group', { hidden: true }, 'Group');
+    const group = h('dd.group', { hidden: true });
     const tags = (info.tags ?? []).join(' ');
     const root = h('li.card', { dataset: { id } },
       h('article', { 'aria-labelledby': `card-${id}` },
@@ -72,13 +84,17 @@ export function overviewPage(ctx, main) {
           h('h2', { id: `card-${id}` }, link),
           badge),
         h('p.meta', null, h('code', null, id), ` · ${info.driver}`, info.model ? ` · ${info.model}` : ''),
+        info.tags?.length
+          ? h('ul.tags', { 'aria-label': 'Tags' }, info.tags.map((t) => h('li.tag', null, t)))
+          : null,
         h('dl', null,
           maintTerm, maint,
           h('dt', null, 'Holder'), holder,
+          groupTerm, group,
           h('dt', null, 'Time left'), left,
           h('dt', null, 'Queue'), queue)));
     const card = {
-      root, badge, holder, left, queue, maintTerm, maint, lastShown: null,
+      root, badge, holder, left, queue, maintTerm, maint, groupTerm, group, lastShown: null,
       text: [id, info.name, info.driver, info.model, tags].join(' ').toLowerCase(),
     };
     cards.set(id, card);
@@ -108,6 +124,140 @@ export function overviewPage(ctx, main) {
     card.queue.textContent = queueText(queue);
     card.lastShown = null;
     showLeft(id, card);
+    showGroupOf(card, id);
+    for (const g of model.groups) {
+      if (!g.members.includes(id)) continue;
+      // Whether a lock reads as its configured group depends on every member.
+      for (const m of g.members) if (m !== id && cards.has(m)) showGroupOf(cards.get(m), m);
+      updateGroup(g.group_id);
+    }
+  }
+
+  /** The lock group `id`'s lock belongs to, on its card. */
+  function showGroupOf(card, id) {
+    const group = model.status.get(id)?.locked ? model.groupLabel(id) : null;
+    card.groupTerm.hidden = !group;
+    card.group.hidden = !group;
+    card.group.textContent = group ?? '';
+  }
+
+  function buildGroupCard(group) {
+    const id = group.group_id;
+    const badge = h('span.badge');
+    const holder = h('dd.holder');
+    const left = h('dd.left');
+    const queue = h('dd.queue');
+    const actions = h('div.actions');
+    const note = h('p.note', { role: 'status' });
+    const error = h('p.error', { role: 'alert', hidden: true });
+    const members = group.members.map((m, i) => [i ? ', ' : '',
+      h('a', { href: `#/equipment/${encodeURIComponent(m)}` }, m)]);
+    const root = h('li.card.group-card', { dataset: { group: id } },
+      h('article', { 'aria-labelledby': `group-${id}` },
+        h('header', null, h('h3', { id: `group-${id}` }, group.name || id), badge),
+        h('p.meta', null, h('code', null, id), ` · ${group.members.length} instruments, taken all at once`),
+        h('dl', null,
+          h('dt', null, 'Members'), h('dd.members', null, members),
+          h('dt', null, 'Holder'), holder,
+          h('dt', null, 'Time left'), left,
+          h('dt', null, 'Queue'), queue),
+        actions, note, error));
+    groupCards.set(id, {
+      group, root, badge, holder, left, queue, actions, note, error, lastShown: null,
+      text: [id, group.name, ...group.members].join(' ').toLowerCase(),
+    });
+    updateGroup(id);
+  }
+
+  /** [state, label, holder text, the group_id holding every member or null]. */
+  function groupState(group) {
+    const statuses = group.members.map((m) => model.status.get(m));
+    const held = statuses.filter((s) => s?.locked);
+    if (statuses.some((s) => s?.maintenance)) return ['maintenance', 'Maintenance', held.length ? who(held[0]) : '—', null];
+    const gid = held[0]?.group_id;
+    if (held.length === statuses.length && gid && held.every((s) => s.group_id === gid)) {
+      return ['held', 'Held', who(held[0]), gid];
+    }
+    if (held.length) {
+      const busyText = group.members.filter((m) => model.status.get(m)?.locked)
+        .map((m) => `${m} (${who(model.status.get(m))})`).join(', ');
+      return ['held', 'Partly held', busyText, null];
+    }
+    return ['free', 'Free', '—', null];
+  }
+
+  /**
+   * The group's waiters: every request waiting for any member, once each (a
+   * group waits in every member's queue), next in line first.
+   */
+  function groupQueue(group) {
+    const seen = new Map();
+    for (const m of group.members) {
+      for (const entry of model.status.get(m)?.queue ?? []) {
+        const key = entry.group_id ?? entry.queue_id;
+        const known = seen.get(key);
+        if (!known || entry.position < known.position) seen.set(key, entry);
+      }
+    }
+    return [...seen.values()].sort((a, b) => a.position - b.position || a.queued_at.localeCompare(b.queued_at));
+  }
+
+  function updateGroup(gid) {
+    const card = groupCards.get(gid);
+    if (!card) return;
+    const [state, label, holderText, heldAs] = groupState(card.group);
+    card.root.dataset.state = state;
+    card.badge.textContent = label;
+    card.holder.textContent = holderText;
+    card.queue.textContent = queueText(groupQueue(card.group));
+    card.heldAs = heldAs;
+    card.lastShown = null;
+    showGroupLeft(card);
+    showGroupActions(card);
+  }
+
+  function showGroupLeft(card) {
+    const first = card.group.members.find((m) => model.status.get(m)?.locked);
+    const left = card.heldAs && first ? model.timeLeft(first) : null;
+    const text = !card.heldAs ? '—' : left === null ? 'no timeout' : duration(left);
+    if (text !== card.lastShown) {
+      card.left.textContent = text;
+      card.lastShown = text;
+    }
+  }
+
+  /** Take group / Release group, for this tab's session (built when it changes). */
+  function showGroupActions(card) {
+    const session = ctx.session?.session_id;
+    const gid = card.group.group_id;
+    const mine = session && card.group.members.some((m) => model.status.get(m)?.session_id === session);
+    const waiting = session && groupQueue(card.group).some((q) => q.session_id === session);
+    const key = `${session}|${mine}|${waiting}`;
+    if (card.actionsFor === key) return;
+    card.actionsFor = key;
+    const buttons = [];
+    if (session && ctx.can.lock() && !mine && !waiting) {
+      const take = h('button', { type: 'button', class: 'primary' }, 'Take group');
+      take.addEventListener('click', () => busy(take, async () => {
+        const answer = await api('POST', '/locks/acquire',
+          { equipment_id: gid, session_id: session, queue_if_busy: true });
+        card.note.textContent = answer.status === 'queued'
+          ? `Queued in every member's queue: ${answer.queue_entries.map((q) => `${q.equipment_id} #${q.position}`).join(', ')}`
+          : `Taken: ${answer.locks.map((l) => `${l.equipment_id} (token ${l.fencing_token})`).join(', ')}`;
+        for (const m of card.group.members) model.markStale(m);
+      }, card.error));
+      buttons.push(take);
+    }
+    if (session && (mine || waiting)) {
+      const release = h('button', { type: 'button' }, mine ? 'Release group' : 'Leave the queues');
+      release.addEventListener('click', () => busy(release, async () => {
+        await api('POST', '/locks/release', { equipment_id: gid, session_id: session });
+        card.note.textContent = '';
+        for (const m of card.group.members) model.markStale(m);
+      }, card.error));
+      buttons.push(release);
+    }
+    card.actions.replaceChildren(...buttons);
   }
 
   function showLeft(id, card) {
@@ -141,7 +291,14 @@ export function overviewPage(ctx, main) {
     const current = list.children;
     const same = current.length === shown.length && shown.every((root, i) => current[i] === root);
     if (!same) list.replaceChildren(...shown);
+    const groups = [...groupCards.values()].filter((c) => words.every((w) => c.text.includes(w)));
+    groupList.replaceChildren(...groups.map((c) => c.root));
+    groupSection.hidden = !groups.length;
     count.textContent = words.length ? `${shown.length} of ${cards.size} shown` : `${cards.size} instruments`;
+    if (groupCards.size) {
+      const noun = groupCards.size === 1 ? 'group' : 'groups';
+      count.textContent += words.length ? ` · ${groups.length} of ${groupCards.size} ${noun}` : ` · ${groupCards.size} ${noun}`;
+    }
   }
 
   function summarize() {
@@ -153,6 +310,8 @@ export function overviewPage(ctx, main) {
 
   function buildAll() {
     cards.clear();
+    groupCards.clear();
+    for (const group of model.groups) buildGroupCard(group);
     for (const info of model.equipment) buildCard(info);
     list.replaceChildren();
     applyFilter();
@@ -174,6 +333,8 @@ export function overviewPage(ctx, main) {
   });
 
   filter.addEventListener('input', applyFilter);
+  const onSession = () => { for (const card of groupCards.values()) showGroupActions(card); };
+  ctx.onSessionChange.add(onSession);
   buildAll();
 
   return {
@@ -183,7 +344,11 @@ export function overviewPage(ctx, main) {
         const card = cards.get(id);
         if (card) showLeft(id, card);
       }
+      for (const card of groupCards.values()) if (card.heldAs) showGroupLeft(card);
     },
-    destroy: unsubscribe,
+    destroy() {
+      unsubscribe();
+      ctx.onSessionChange.delete(onSession);
+    },
   };
 }

@@ -32,6 +32,45 @@ pub struct Lock {
     /// must be claimed (renewed) before then.
     #[serde(default)]
     pub claim_by: Option<String>,
+    /// The lock group (or pool request) it belongs to.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+/// What an acquire asks for: one instrument (or a configured group's id)
+/// as `equipment_id`, several as `equipment_ids` (a lock group, all or
+/// nothing), and a pool (`any_of`), alone or with the others.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    pub equipment_id: Option<String>,
+    pub equipment_ids: Vec<String>,
+    pub any_of: Option<Pool>,
+}
+
+/// A pool: any one free instrument with all these tags, or of these ids.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pool {
+    Tags(Vec<String>),
+    Ids(Vec<String>),
+}
+
+impl Target {
+    /// The request's fields naming what it asks for.
+    fn fields(&self) -> Value {
+        let mut body = json!({});
+        if let Some(id) = &self.equipment_id {
+            body["equipment_id"] = json!(id);
+        }
+        if !self.equipment_ids.is_empty() {
+            body["equipment_ids"] = json!(self.equipment_ids);
+        }
+        match &self.any_of {
+            Some(Pool::Tags(tags)) => body["any_of"] = json!({"tags": tags}),
+            Some(Pool::Ids(ids)) => body["any_of"] = json!({"equipment_ids": ids}),
+            None => {}
+        }
+        body
+    }
 }
 
 /// What a request asks of the queue besides the lock (README, "Queueing");
@@ -46,11 +85,21 @@ pub struct Queueing {
     pub claim_within: Option<Duration>,
 }
 
-/// What an acquire came to.
+/// What an acquire came to. A lock group or pool request is answered with
+/// its `group_id`, a lock per instrument when granted and a place per
+/// instrument while it waits; a single instrument with one of each.
 #[derive(Debug)]
 pub enum Acquired {
-    Locked(Lock),
-    Queued { position: usize, message: String },
+    Locked {
+        locks: Vec<Lock>,
+        group_id: Option<String>,
+    },
+    Queued {
+        /// (instrument, position) for each queue it waits in.
+        places: Vec<(String, usize)>,
+        message: String,
+        group_id: Option<String>,
+    },
 }
 
 impl Api {
@@ -197,13 +246,13 @@ impl Api {
             .ok_or_else(|| unexpected("a new session", &answer))
     }
 
-    /// Asks for `equipment`; queued if busy when `queue` (placed as
+    /// Asks for `target`; queued if busy when `queue` (placed as
     /// `queueing` says), and then waits up to `wait` for the turn (the
     /// server holds the request open).
     #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         &self,
-        equipment: &str,
+        target: &Target,
         session: &str,
         observer: bool,
         lease: Duration,
@@ -211,14 +260,12 @@ impl Api {
         queueing: Queueing,
         wait: Duration,
     ) -> Result<Acquired, ClientError> {
-        let mut body = json!({
-            "equipment_id": equipment,
-            "session_id": session,
-            "lock_mode": if observer { "observer" } else { "exclusive" },
-            "timeout_seconds": lease.as_secs_f64(),
-            "queue_if_busy": queue,
-            "wait_seconds": wait.as_secs_f64(),
-        });
+        let mut body = target.fields();
+        body["session_id"] = json!(session);
+        body["lock_mode"] = json!(if observer { "observer" } else { "exclusive" });
+        body["timeout_seconds"] = json!(lease.as_secs_f64());
+        body["queue_if_busy"] = json!(queue);
+        body["wait_seconds"] = json!(wait.as_secs_f64());
         if let Some(priority) = queueing.priority {
             body["priority"] = json!(priority);
         }
@@ -233,18 +280,40 @@ impl Api {
             .timeout(wait + REQUEST_TIMEOUT)
             .json(&body);
         let answer = self.send(request).await?;
-        if let Some(lock) = answer.get("lock").filter(|l| !l.is_null()) {
-            return serde_json::from_value(lock.clone())
-                .map(Acquired::Locked)
+        let group_id = answer["group_id"].as_str().map(str::to_owned);
+        // A group's `locks`, or the single `lock`.
+        let locks = match (answer.get("locks"), answer.get("lock")) {
+            (Some(locks), _) if locks.is_array() => Some(locks.clone()),
+            (_, Some(lock)) if lock.is_object() => Some(json!([lock])),
+            _ => None,
+        };
+        if let Some(locks) = locks {
+            return serde_json::from_value(locks)
+                .map(|locks| Acquired::Locked { locks, group_id })
                 .map_err(|_| unexpected("a lock", &answer));
         }
-        match answer["queue_entry"]["position"].as_u64() {
-            Some(position) => Ok(Acquired::Queued {
-                position: position as usize,
-                message: answer["message"].as_str().unwrap_or_default().to_owned(),
-            }),
-            None => Err(unexpected("a lock or a queue place", &answer)),
+        let entries = match (answer.get("queue_entries"), answer.get("queue_entry")) {
+            (Some(entries), _) if entries.is_array() => entries.clone(),
+            (_, Some(entry)) if entry.is_object() => json!([entry]),
+            _ => return Err(unexpected("a lock or a queue place", &answer)),
+        };
+        let places = entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let id = e["equipment_id"].as_str()?.to_owned();
+                Some((id, e["position"].as_u64()? as usize))
+            })
+            .collect::<Vec<_>>();
+        if places.is_empty() {
+            return Err(unexpected("a lock or a queue place", &answer));
         }
+        Ok(Acquired::Queued {
+            places,
+            message: answer["message"].as_str().unwrap_or_default().to_owned(),
+            group_id,
+        })
     }
 
     /// Renews `session`'s lock on `equipment` (and the session).
@@ -264,7 +333,8 @@ impl Api {
         .map(drop)
     }
 
-    /// Releases `session`'s lock or queue place on `equipment`; `force`
+    /// Releases `session`'s lock or queue place on `equipment` (a lock
+    /// group's member or configured id releases the whole group); `force`
     /// releases whoever holds it.
     pub async fn release(
         &self,
@@ -272,8 +342,32 @@ impl Api {
         session: &str,
         force: bool,
     ) -> Result<Value, ClientError> {
-        let body = json!({"equipment_id": equipment, "session_id": session, "force": force});
-        self.post(&["api", "locks", "release"], &body).await
+        self.release_what(json!({"equipment_id": equipment}), session, force)
+            .await
+    }
+
+    /// Releases a lock group (held or waiting) by its `group_id`.
+    pub async fn release_group(
+        &self,
+        group_id: &str,
+        session: &str,
+        force: bool,
+    ) -> Result<Value, ClientError> {
+        self.release_what(json!({"group_id": group_id}), session, force)
+            .await
+    }
+
+    /// Releases what `what` names (`equipment_id`, `equipment_ids` or
+    /// `group_id`).
+    pub async fn release_what(
+        &self,
+        mut what: Value,
+        session: &str,
+        force: bool,
+    ) -> Result<Value, ClientError> {
+        what["session_id"] = json!(session);
+        what["force"] = json!(force);
+        self.post(&["api", "locks", "release"], &what).await
     }
 
     pub async fn end_session(&self, session: &str) -> Result<(), ClientError> {

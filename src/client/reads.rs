@@ -43,32 +43,42 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
         print_json(&Value::Array(statuses));
         return Ok(());
     }
-    // Every queue at once, for the waiters' priorities.
-    let queues = api.get(&["api", "locks", "all"]).await?["queues"].take();
-    let mut table = Table::new(&[
-        "EQUIPMENT",
-        "NAME",
-        "STATE",
-        "HOLDER",
-        "TIME LEFT",
-        "QUEUE",
-        "OBSERVERS",
-    ]);
+    // Every lock and queue at once, for the waiters' priorities and the
+    // lock groups.
+    let all = api.get(&["api", "locks", "all"]).await?;
+    let queues = &all["queues"];
+    let groups = list["groups"].as_array().cloned().unwrap_or_default();
+    // Tags and groups get their columns only where there are any, so a
+    // lab without them reads as it always did.
+    let tagged = equipment.iter().any(|e| !tags_of(e).is_empty());
+    let grouped = !groups.is_empty() || statuses.iter().any(|s| !s["group_id"].is_null());
+    let mut headers = vec!["EQUIPMENT", "NAME"];
+    headers.extend(tagged.then_some("TAGS"));
+    headers.extend(["STATE", "HOLDER"]);
+    headers.extend(grouped.then_some("GROUP"));
+    headers.extend(["TIME LEFT", "QUEUE", "OBSERVERS"]);
+    let mut table = Table::new(&headers);
     for (e, s) in equipment.iter().zip(&statuses) {
         let locked = s["locked"].as_bool() == Some(true);
-        table.row(vec![
-            text(&e["equipment_id"]),
-            text(&e["name"]),
-            state_of(s).into(),
-            if locked { who(s) } else { "-".into() },
+        let id = text(&e["equipment_id"]);
+        let mut row = vec![id.clone(), text(&e["name"])];
+        if tagged {
+            row.push(tags_cell(e));
+        }
+        row.extend([state_of(s).into(), if locked { who(s) } else { "-".into() }]);
+        if grouped {
+            row.push(group_name(&all["exclusive_locks"][&id], s));
+        }
+        row.extend([
             if locked {
                 time_left(&s["time_remaining"])
             } else {
                 "-".into()
             },
-            queue_cell(&s["queue_length"], &queues[text(&e["equipment_id"])]),
+            queue_cell(&s["queue_length"], &queues[&id]),
             text(&s["observer_count"]),
         ]);
+        table.row(row);
     }
     table.print();
     // Why each one in maintenance is out of service, under the table.
@@ -79,7 +89,94 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
             maintenance_text(&s["maintenance"])
         );
     }
+    if !groups.is_empty() {
+        println!();
+        groups_table(&groups, &all).print();
+    }
     Ok(())
+}
+
+fn tags_of(equipment: &Value) -> Vec<String> {
+    equipment["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect()
+}
+
+/// `psu,30V`, or `-` without tags.
+fn tags_cell(equipment: &Value) -> String {
+    let tags = tags_of(equipment);
+    if tags.is_empty() {
+        "-".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+/// The lock group a lock belongs to: its configured id when it was asked
+/// for by one (`group_name`), else its `group_id`; `-` for a lock alone.
+fn group_name(lock: &Value, status: &Value) -> String {
+    match (lock["group_name"].as_str(), status["group_id"].as_str()) {
+        (Some(name), _) => name.into(),
+        (None, Some(id)) => id.into(),
+        (None, None) => "-".into(),
+    }
+}
+
+/// The configured lock groups under the instruments: members, who holds
+/// them (one holder of the whole group, or which members are busy), and
+/// how many requests wait for any member (a group waiting in every
+/// member's queue counts once).
+fn groups_table(groups: &[Value], all: &Value) -> Table {
+    let mut table = Table::new(&["GROUP", "NAME", "MEMBERS", "HOLDER", "WAITING"]);
+    for group in groups {
+        let members: Vec<String> = group["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let locks: Vec<(&String, &Value)> = members
+            .iter()
+            .filter_map(|m| all["exclusive_locks"].get(m).map(|l| (m, l)))
+            .collect();
+        let one_holder = locks.len() == members.len()
+            && locks
+                .iter()
+                .all(|(_, l)| !l["group_id"].is_null() && l["group_id"] == locks[0].1["group_id"]);
+        let holder = match locks.first() {
+            None => "-".into(),
+            Some((_, lock)) if one_holder => who(lock),
+            Some(_) => format!(
+                "busy: {}",
+                locks
+                    .iter()
+                    .map(|(m, l)| format!("{m} ({})", who(l)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let mut waiting: Vec<String> = members
+            .iter()
+            .flat_map(|m| all["queues"][m].as_array().cloned().unwrap_or_default())
+            .map(|e| match e["group_id"].as_str() {
+                Some(group) => group.to_owned(),
+                None => text(&e["queue_id"]),
+            })
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        table.row(vec![
+            text(&group["group_id"]),
+            text(&group["name"]),
+            members.join(", "),
+            holder,
+            waiting.len().to_string(),
+        ]);
+    }
+    table
 }
 
 /// The queue length, and when anyone waits with a priority, every waiter's
@@ -105,9 +202,10 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
         print_json(&api.get(&["api", "locks", "status", equipment]).await?);
         return Ok(());
     }
-    let (detail, queue) = futures_util::future::try_join(
+    let (detail, queue, list) = futures_util::future::try_join3(
         api.get(&["api", "equipment", equipment, "status"]),
         api.get(&["api", "locks", "queue", equipment]),
+        api.get(&["api", "equipment", "list"]),
     )
     .await?;
     let s = &detail["lock"];
@@ -121,6 +219,16 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
             text(&detail["driver"])
         ),
     ]);
+    let tags = list["equipment"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["equipment_id"] == equipment)
+        .map(tags_of)
+        .unwrap_or_default();
+    if !tags.is_empty() {
+        lines.row(vec!["tags:".into(), tags.join(", ")]);
+    }
     lines.row(vec!["state:".into(), state_of(s).into()]);
     if !s["maintenance"].is_null() {
         lines.row(vec![
@@ -131,6 +239,12 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
     if s["locked"].as_bool() == Some(true) {
         lines.row(vec!["holder:".into(), who(s)]);
         lines.row(vec!["session:".into(), text(&s["session_id"])]);
+        if !s["group_id"].is_null() {
+            lines.row(vec![
+                "group:".into(),
+                format!("{} (every member goes with it)", text(&s["group_id"])),
+            ]);
+        }
         lines.row(vec![
             "lock:".into(),
             format!(
@@ -285,21 +399,45 @@ fn holdings(all: &Value) -> std::collections::HashMap<String, Vec<String>> {
     held
 }
 
-/// `release EQ [--force]`: `session` releases its own lock or queue place;
-/// `force` releases whoever holds it (an admin's action, recorded as forced
-/// by `session`).
+/// What `release` names: one instrument (or a configured group's id, or
+/// a group's member: the server releases the whole group), several (a
+/// lock group by the instruments it was taken with), or a `group_id`.
+pub struct ReleaseTarget {
+    pub equipment: Vec<String>,
+    pub group_id: Option<String>,
+}
+
+/// `release EQ [--force]`: `session` releases its own lock, lock group or
+/// queue place; `force` releases whoever holds it (an admin's action,
+/// recorded as forced by `session`).
 pub async fn release(
     api: &Api,
-    equipment: &str,
+    target: &ReleaseTarget,
     session: &str,
     force: bool,
     json: bool,
 ) -> Result<(), ClientError> {
-    let answer = api.release(equipment, session, force).await?;
+    let (what, label) = match (&target.group_id, target.equipment.as_slice()) {
+        (Some(group), _) => (json!({"group_id": group}), format!("lock group {group}")),
+        (None, [one]) => (json!({"equipment_id": one}), one.clone()),
+        (None, several) => (json!({"equipment_ids": several}), several.join(", ")),
+    };
+    let answer = api.release_what(what, session, force).await?;
     if json {
         print_json(&answer);
         return Ok(());
     }
+    // A lock group's release names the group and every member.
+    let equipment = match (
+        answer["group_id"].as_str(),
+        answer["equipment_ids"].as_array(),
+    ) {
+        (Some(group), Some(ids)) => format!(
+            "lock group {group} ({})",
+            ids.iter().map(text).collect::<Vec<_>>().join(", ")
+        ),
+        _ => label,
+    };
     let done = match (answer["status"].as_str(), answer["was_forced"].as_bool()) {
         (Some("released"), Some(true)) => format!("force-released {equipment}"),
         (Some("released"), _) => format!("released {equipment}"),

@@ -1,7 +1,8 @@
 //! `lablink run --lock EQ -- CMD ARGS...`: runs a program while holding
 //! locks, as `flock` or `consul lock` do. It opens a session, waits its
-//! turn for each lock (a long-polled acquire; the queue position comes from
-//! live events, shown on stderr as it changes), keeps the session and the
+//! turn for the lock, or for a whole lock group or pool at once (one
+//! long-polled acquire; the queue positions, per instrument, come from
+//! live events, shown on stderr as they change), keeps the session and the
 //! locks alive in the background while the program runs (before each
 //! deadline, and at once on `lock_expiring`), then releases and ends the
 //! session and exits with the program's status.
@@ -14,21 +15,25 @@
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::process::ExitStatus;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::http::{Acquired, Api, Lock, Queueing};
+use super::http::{Acquired, Api, Lock, Pool, Queueing, Target};
 use super::live::{LiveEvents, Subscription};
 use super::output::duration;
 use super::{ClientError, Connection, exit, fail, vars};
 use crate::server::Signals;
 
 pub struct RunOptions {
-    /// Equipment to lock (taken in sorted order, so two `run`s asking for
-    /// the same set never hold one each while waiting for the other).
+    /// Equipment to lock, or configured lock groups' ids. One instrument
+    /// is a single lock; several (or a group, or with a pool) are one lock
+    /// group, granted all at once.
     pub locks: Vec<String>,
+    /// A pool: any one free instrument that fits, taken with the others.
+    pub any_of: Option<Pool>,
     pub observer: bool,
     /// How long to wait for the locks; `None`: as long as it takes.
     pub wait: Option<Duration>,
@@ -103,9 +108,11 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
         Ok(api) => api,
         Err(e) => return fail("run", &e),
     };
-    let mut equipment = options.locks.clone();
-    equipment.sort();
-    equipment.dedup();
+    let target = match target_of(&api, &options).await {
+        Ok(target) => target,
+        Err(e) => return fail("run", &e),
+    };
+    let label = label_of(&options);
     let program = options.command.join(" ");
     let metadata = json!({"command": program.chars().take(1000).collect::<String>()});
     let client_name = format!("lablink run {}", options.command[0]);
@@ -117,7 +124,10 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
         Err(e) => return fail("run", &e),
     };
     let mut keeper = Keeper::new(&api, session, &options).await;
-    let (outcome, started) = match keeper.acquire_all(&equipment, &options, &mut signals).await {
+    let (outcome, started) = match keeper
+        .acquire(&target, &label, &options, &mut signals)
+        .await
+    {
         Ok(()) => (keeper.supervise(conn, &options, &mut signals).await, true),
         Err(stop) => (Err(stop), false),
     };
@@ -186,8 +196,11 @@ struct Keeper<'a> {
     api: &'a Api,
     session: String,
     lease: Duration,
+    /// The locks held, sorted by instrument (a group's every member).
     held: Vec<Lock>,
-    /// Equipment asked for (held or queued), to release at the end.
+    /// The lock group (or pool request) asked for, once the server named it.
+    group_id: Option<String>,
+    /// Instruments asked for (held or queued), to release at the end.
     asked: Vec<String>,
     /// The last renewal the server accepted.
     renewed_at: Instant,
@@ -210,6 +223,7 @@ impl<'a> Keeper<'a> {
             session,
             lease: options.lease,
             held: Vec::new(),
+            group_id: None,
             asked: Vec::new(),
             renewed_at: Instant::now(),
             renew,
@@ -233,10 +247,12 @@ impl<'a> Keeper<'a> {
         Ok(())
     }
 
-    /// Takes each lock in turn, waiting in its queue, within `--wait`.
-    async fn acquire_all(
+    /// Takes the lock (or the whole lock group, all at once), waiting in
+    /// the queue (every member's) within `--wait`.
+    async fn acquire(
         &mut self,
-        equipment: &[String],
+        target: &Target,
+        label: &str,
         options: &RunOptions,
         signals: &mut Signals,
     ) -> Result<(), Stop> {
@@ -245,122 +261,149 @@ impl<'a> Keeper<'a> {
         let queue = options.wait != Some(Duration::ZERO);
         let api = self.api;
         let session = self.session.clone();
-        for eq in equipment {
-            self.asked.push(eq.clone());
-            // The first answer says why it waits; live events then tell
-            // each change of place.
-            let mut told_busy = false;
-            let mut shown: Option<usize> = None;
-            let mut retry_in = Duration::ZERO;
-            loop {
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                // The first ask answers at once (who holds it, our place);
-                // the next ones wait for the turn.
-                let poll = if told_busy {
-                    left.unwrap_or(MAX_POLL).min(MAX_POLL)
-                } else {
-                    Duration::ZERO
-                };
-                let delay = std::mem::take(&mut retry_in);
-                let session = &session;
-                let acquire = async move {
-                    tokio::time::sleep(delay).await;
-                    api.acquire(
-                        eq,
-                        session,
-                        options.observer,
-                        options.lease,
-                        queue,
-                        options.queueing,
-                        poll,
-                    )
-                    .await
-                };
-                tokio::pin!(acquire);
-                let answer = loop {
-                    tokio::select! {
-                        answer = &mut acquire => break answer,
-                        message = next_live(&mut self.live) => match self.heard(message) {
-                            Heard::Position { equipment, position } if &equipment == eq => {
-                                show_position(eq, position, &mut shown);
+        self.asked = target.equipment_ids.clone();
+        self.asked.extend(target.equipment_id.clone());
+        // The first answer says why it waits; live events then tell each
+        // change of place, per instrument.
+        let mut told_busy = false;
+        let mut shown: BTreeMap<String, usize> = BTreeMap::new();
+        let mut retry_in = Duration::ZERO;
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            // The first ask answers at once (who holds it, our place); the
+            // next ones wait for the turn.
+            let poll = if told_busy {
+                left.unwrap_or(MAX_POLL).min(MAX_POLL)
+            } else {
+                Duration::ZERO
+            };
+            let delay = std::mem::take(&mut retry_in);
+            let session = &session;
+            let acquire = async move {
+                tokio::time::sleep(delay).await;
+                api.acquire(
+                    target,
+                    session,
+                    options.observer,
+                    options.lease,
+                    queue,
+                    options.queueing,
+                    poll,
+                )
+                .await
+            };
+            tokio::pin!(acquire);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut acquire => break answer,
+                    message = next_live(&mut self.live) => match self.heard(message) {
+                        Heard::Position { equipment, position } => {
+                            // Shown once the first answer said why it waits.
+                            if told_busy && self.asked.contains(&equipment) {
+                                show_position(&equipment, position, &mut shown);
                             }
-                            other => self.act_on(other).await?,
-                        },
-                        _ = self.renew.tick() => self.renew_all().await?,
-                        name = signals.next() => return Err(Stop::Interrupted(name)),
-                        // The time is up whether or not the server has
-                        // answered yet (the clean-up leaves the queue).
-                        () = until(deadline.filter(|_| queue)) => return Err(wait_ran_out(eq, options, shown)),
-                    }
-                };
-                match answer {
-                    Ok(Acquired::Locked(lock)) => {
-                        if shown.is_some() {
-                            eprintln!(
-                                "lablink run: {eq} is ours (lock {}, fencing token {})",
-                                lock.lock_id, lock.fencing_token
-                            );
                         }
-                        // Handed over from the queue with a claim window:
-                        // claim it now (the answer itself is no claim).
-                        if lock.claim_by.is_some() {
-                            api.renew_lock(eq, session)
-                                .await
-                                .map_err(|e| Stop::LockLost {
-                                    equipment: eq.clone(),
-                                    reason: e.to_string(),
-                                })?;
-                        }
-                        self.held.push(lock);
-                        break;
-                    }
-                    Ok(Acquired::Queued { position, message }) => {
-                        if !told_busy {
-                            told_busy = true;
-                            shown = Some(position);
-                            eprintln!(
-                                "lablink run: {eq} is busy ({message}); waiting at position {position} in the queue"
-                            );
-                        }
-                        show_position(eq, position, &mut shown);
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Err(wait_ran_out(eq, options, shown));
-                        }
-                    }
-                    Err(e) if !queue && e.code() == Some("equipment_locked") => {
-                        return Err(Stop::WaitRanOut {
-                            equipment: eq.clone(),
-                            why: format!("it is busy and --wait is 0 ({e})"),
-                        });
-                    }
-                    Err(e) if e.code() == Some("in_maintenance") => {
-                        return Err(Stop::InMaintenance {
-                            equipment: eq.clone(),
-                            detail: e.to_string(),
-                        });
-                    }
-                    Err(e) if e.code() == Some("queue_timeout") => {
-                        return Err(Stop::QueueTimeout {
-                            equipment: eq.clone(),
-                        });
-                    }
-                    // A waiter whose place was taken hears `not_queued`
-                    // (or, its session ended, `session_not_found`): its
-                    // history says what happened.
-                    Err(e)
-                        if told_busy
-                            && matches!(e.code(), Some("not_queued" | "session_not_found")) =>
-                    {
-                        return Err(self.why_place_went(eq).await.unwrap_or(Stop::Failed(e)));
-                    }
-                    // A server restarting: its queue survives, so ask again
-                    // (`renew_all` gives up once a whole lease has gone by).
-                    Err(ClientError::Unreachable { .. }) => retry_in = Duration::from_secs(1),
-                    Err(e) => return Err(Stop::Failed(e)),
+                        other => self.act_on(other).await?,
+                    },
+                    _ = self.renew.tick() => self.renew_all().await?,
+                    name = signals.next() => return Err(Stop::Interrupted(name)),
+                    // The time is up whether or not the server has answered
+                    // yet (the clean-up leaves the queue).
+                    () = until(deadline.filter(|_| queue)) => return Err(wait_ran_out(label, options, &shown)),
                 }
+            };
+            match answer {
+                Ok(Acquired::Locked {
+                    mut locks,
+                    group_id,
+                }) => {
+                    locks.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
+                    if !shown.is_empty() {
+                        eprintln!("lablink run: {label} is ours ({})", lock_list(&locks));
+                    }
+                    self.asked = locks.iter().map(|l| l.equipment_id.clone()).collect();
+                    self.group_id = group_id;
+                    // Handed over from the queue with a claim window: claim
+                    // it now (the answer itself is no claim). A group's
+                    // members are claimed together, by any one of them.
+                    if let Some(lock) = locks.iter().find(|l| l.claim_by.is_some()) {
+                        api.renew_lock(&lock.equipment_id, session)
+                            .await
+                            .map_err(|e| Stop::LockLost {
+                                equipment: lock.equipment_id.clone(),
+                                reason: e.to_string(),
+                            })?;
+                    }
+                    self.held = locks;
+                    return Ok(());
+                }
+                Ok(Acquired::Queued {
+                    places,
+                    message,
+                    group_id,
+                }) => {
+                    self.group_id = group_id;
+                    for (eq, _) in &places {
+                        if !self.asked.contains(eq) {
+                            self.asked.push(eq.clone());
+                        }
+                    }
+                    if !told_busy {
+                        told_busy = true;
+                        match places.as_slice() {
+                            [(_, position)] => eprintln!(
+                                "lablink run: {label} is busy ({message}); waiting at position {position} in the queue"
+                            ),
+                            _ => eprintln!(
+                                "lablink run: {label} is busy ({message}); waiting in every queue at once: {}",
+                                places
+                                    .iter()
+                                    .map(|(eq, p)| format!("{eq} at position {p}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        }
+                        shown.extend(places.iter().cloned());
+                    }
+                    for (eq, position) in places {
+                        show_position(&eq, position, &mut shown);
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(wait_ran_out(label, options, &shown));
+                    }
+                }
+                Err(e) if !queue && e.code() == Some("equipment_locked") => {
+                    return Err(Stop::WaitRanOut {
+                        equipment: label.to_owned(),
+                        why: format!("it is busy and --wait is 0 ({e})"),
+                    });
+                }
+                Err(e) if e.code() == Some("in_maintenance") => {
+                    return Err(Stop::InMaintenance {
+                        equipment: label.to_owned(),
+                        detail: e.to_string(),
+                    });
+                }
+                Err(e) if e.code() == Some("queue_timeout") => {
+                    return Err(Stop::QueueTimeout {
+                        equipment: label.to_owned(),
+                    });
+                }
+                // A waiter whose place was taken is answered `not_queued`
+                // (or, its session ended, `session_not_found`): its
+                // history says what happened.
+                Err(e)
+                    if told_busy
+                        && matches!(e.code(), Some("not_queued" | "session_not_found")) =>
+                {
+                    return Err(self.why_place_went().await.unwrap_or(Stop::Failed(e)));
+                }
+                // A server restarting: its queue survives, so ask again
+                // (`renew_all` gives up once a whole lease has gone by).
+                Err(ClientError::Unreachable { .. }) => retry_in = Duration::from_secs(1),
+                Err(e) => return Err(Stop::Failed(e)),
             }
         }
-        Ok(())
     }
 
     /// Runs the program with the locks, keeping them alive until it exits;
@@ -386,6 +429,20 @@ impl<'a> Keeper<'a> {
             // Should `run` stop before waiting on it (a panic), the
             // program does not go on unlocked.
             .kill_on_drop(true);
+        if let Some(group_id) = &self.group_id {
+            command
+                .env("LABLINK_GROUP_ID", group_id)
+                .env("LABLINK_EQUIPMENT_IDS", list(|l| l.equipment_id.clone()));
+            for lock in &self.held {
+                let name = var_suffix(&lock.equipment_id);
+                command
+                    .env(format!("LABLINK_LOCK_ID_{name}"), &lock.lock_id)
+                    .env(
+                        format!("LABLINK_FENCING_TOKEN_{name}"),
+                        lock.fencing_token.to_string(),
+                    );
+            }
+        }
         if let Some(token) = &conn.token {
             command.env(vars::TOKEN, token);
         }
@@ -428,6 +485,15 @@ impl<'a> Keeper<'a> {
         Err(stop)
     }
 
+    /// How a lost lock's instrument is named: with its lock group, whose
+    /// every member goes with it.
+    fn member(&self, equipment: &str) -> String {
+        match &self.group_id {
+            Some(group) => format!("{equipment} (lock group {group})"),
+            None => equipment.to_owned(),
+        }
+    }
+
     /// What a live message means for this session.
     fn heard(&self, message: Option<Result<Value, ClientError>>) -> Heard {
         let Some(Ok(message)) = message else {
@@ -458,7 +524,7 @@ impl<'a> Keeper<'a> {
             },
             Some("lock_expiring") if ours => Heard::RenewNow,
             Some("lock_lost") if ours => Heard::Lost(Stop::LockLost {
-                equipment: equipment.to_owned(),
+                equipment: self.member(equipment),
                 reason: lost_reason(&message),
             }),
             _ => Heard::Nothing,
@@ -497,13 +563,20 @@ impl<'a> Keeper<'a> {
                 Err(e) => return Err(Stop::Failed(e)),
             }
         }
-        for lock in &self.held {
+        // A group's lease is one: renewing any member renews them all (a
+        // member lost is heard as `lock_lost`, or refuses this renewal).
+        let renewed = if self.group_id.is_some() {
+            &self.held[..self.held.len().min(1)]
+        } else {
+            &self.held[..]
+        };
+        for lock in renewed {
             match self.api.renew_lock(&lock.equipment_id, &self.session).await {
                 Ok(()) => self.renewed_at = Instant::now(),
                 Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
                 Err(e) => {
                     return Err(Stop::LockLost {
-                        equipment: lock.equipment_id.clone(),
+                        equipment: self.member(&lock.equipment_id),
                         reason: e.to_string(),
                     });
                 }
@@ -513,7 +586,7 @@ impl<'a> Keeper<'a> {
             Some(e) if !self.lease.is_zero() && self.renewed_at.elapsed() >= self.lease => {
                 Err(match self.held.first() {
                     Some(lock) => Stop::LockLost {
-                        equipment: lock.equipment_id.clone(),
+                        equipment: self.member(&lock.equipment_id),
                         reason: format!(
                             "no renewal reached the server for a whole lease ({}), so the lock may have expired: {e}",
                             duration(self.lease.as_secs_f64())
@@ -527,8 +600,9 @@ impl<'a> Keeper<'a> {
     }
 
     /// Why a waiting request's place went, from the session's history: its
-    /// latest event on `equipment` (`None` if it says nothing of it).
-    async fn why_place_went(&self, equipment: &str) -> Option<Stop> {
+    /// latest event on an instrument it waited for (`None` if it says
+    /// nothing of them).
+    async fn why_place_went(&self) -> Option<Stop> {
         let history = self
             .api
             .get_query(
@@ -541,7 +615,8 @@ impl<'a> Keeper<'a> {
             .as_array()?
             .iter()
             .rev()
-            .find(|e| e["equipment_id"] == equipment)?;
+            .find(|e| self.asked.iter().any(|eq| e["equipment_id"] == eq.as_str()))?;
+        let equipment = latest["equipment_id"].as_str().unwrap_or_default();
         let taken = latest["event"] == "queue_timeout"
             || (latest["event"] == "dequeued"
                 && matches!(latest["reason"].as_str(), Some("removed" | "forced")));
@@ -552,10 +627,23 @@ impl<'a> Keeper<'a> {
     /// session; what cannot be done is said, and ends with its lease.
     async fn clean_up(&mut self) {
         self.live = None;
-        for eq in &self.asked {
-            if let Err(e @ ClientError::Unreachable { .. }) =
-                self.api.release(eq, &self.session, false).await
-            {
+        // A group goes at once, held or waiting, by its id.
+        let released = match &self.group_id {
+            Some(group_id) => vec![(
+                group_id.clone(),
+                self.api.release_group(group_id, &self.session, false).await,
+            )],
+            None => {
+                let mut released = Vec::new();
+                for eq in &self.asked {
+                    let answer = self.api.release(eq, &self.session, false).await;
+                    released.push((eq.clone(), answer));
+                }
+                released
+            }
+        };
+        for (eq, answer) in released {
+            if let Err(e @ ClientError::Unreachable { .. }) = answer {
                 eprintln!(
                     "lablink run: could not release {eq} ({e}); it is freed when its lease of {} ends",
                     duration(self.lease.as_secs_f64())
@@ -577,11 +665,98 @@ async fn next_live(live: &mut Option<LiveEvents>) -> Option<Result<Value, Client
     }
 }
 
-fn show_position(eq: &str, position: usize, shown: &mut Option<usize>) {
-    if *shown != Some(position) {
+fn show_position(eq: &str, position: usize, shown: &mut BTreeMap<String, usize>) {
+    if shown.get(eq) != Some(&position) {
         eprintln!("lablink run: {eq}: position {position} in the queue");
-        *shown = Some(position);
+        shown.insert(eq.to_owned(), position);
     }
+}
+
+/// What `run` asks the server for. One `--lock` alone is sent as it is
+/// (`equipment_id`: an instrument, or a configured group the server
+/// expands); several are one lock group, each configured group among them
+/// replaced by its members (the server takes one group per request).
+async fn target_of(api: &Api, options: &RunOptions) -> Result<Target, ClientError> {
+    let mut locks = options.locks.clone();
+    locks.sort();
+    locks.dedup();
+    if locks.len() <= 1 {
+        return Ok(Target {
+            equipment_id: locks.pop(),
+            equipment_ids: Vec::new(),
+            any_of: options.any_of.clone(),
+        });
+    }
+    let list = api.get(&["api", "equipment", "list"]).await?;
+    let groups = list["groups"].as_array().cloned().unwrap_or_default();
+    let mut members: Vec<String> = Vec::new();
+    for id in locks {
+        match groups.iter().find(|g| g["group_id"] == id.as_str()) {
+            Some(group) => members.extend(
+                group["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned),
+            ),
+            None => members.push(id),
+        }
+    }
+    members.sort();
+    members.dedup();
+    Ok(Target {
+        equipment_id: None,
+        equipment_ids: members,
+        any_of: options.any_of.clone(),
+    })
+}
+
+/// How messages name what `run` asked for: `ps_abc123`, `bench3`,
+/// `psu1, scope1`, `any of tag psu`, `scope1 and any of psu1, psu2`.
+fn label_of(options: &RunOptions) -> String {
+    let mut locks = options.locks.clone();
+    locks.sort();
+    locks.dedup();
+    let pool = options.any_of.as_ref().map(|pool| match pool {
+        Pool::Tags(tags) => format!("any of tag {}", tags.join(" and ")),
+        Pool::Ids(ids) => format!("any of {}", ids.join(", ")),
+    });
+    match (locks.is_empty(), pool) {
+        (_, None) => locks.join(", "),
+        (true, Some(pool)) => pool,
+        (false, Some(pool)) => format!("{} and {pool}", locks.join(", ")),
+    }
+}
+
+/// `psu1: lock lock_psu1_1, fencing token 1; ...`, or for one lock as it
+/// always was: `lock lock_psu1_1, fencing token 1`.
+fn lock_list(locks: &[Lock]) -> String {
+    let one = |l: &Lock| format!("lock {}, fencing token {}", l.lock_id, l.fencing_token);
+    match locks {
+        [lock] if lock.group_id.is_none() => one(lock),
+        _ => locks
+            .iter()
+            .map(|l| format!("{}: {}", l.equipment_id, one(l)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// An instrument id as the end of an environment variable's name:
+/// upper-case, every character but ASCII letters and digits as `_`
+/// (`bench3-psu.1` → `BENCH3_PSU_1`).
+pub fn var_suffix(equipment: &str) -> String {
+    equipment
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Completes at `deadline`; never without one.
@@ -592,13 +767,18 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-fn wait_ran_out(eq: &str, options: &RunOptions, position: Option<usize>) -> Stop {
+fn wait_ran_out(label: &str, options: &RunOptions, shown: &BTreeMap<String, usize>) -> Stop {
     let waited = duration(options.wait.unwrap_or_default().as_secs_f64());
+    let places: Vec<String> = shown.iter().map(|(eq, p)| format!("{eq} {p}")).collect();
     Stop::WaitRanOut {
-        equipment: eq.to_owned(),
-        why: match position {
-            Some(p) => format!("--wait {waited} ran out at position {p} in the queue"),
-            None => format!("--wait {waited} ran out"),
+        equipment: label.to_owned(),
+        why: match (shown.len(), shown.values().next()) {
+            (0, _) | (_, None) => format!("--wait {waited} ran out"),
+            (1, Some(p)) => format!("--wait {waited} ran out at position {p} in the queue"),
+            _ => format!(
+                "--wait {waited} ran out at positions {} in the queues",
+                places.join(", ")
+            ),
         },
     }
 }

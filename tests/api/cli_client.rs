@@ -1232,3 +1232,372 @@ async fn waiters_step_back_and_swap_from_the_command_line() {
         out.stderr
     );
 }
+
+// ---- lock groups and pools -------------------------------------------------
+
+/// The bench of `tests/api/groups.rs`: psu1..psu3 (tag psu; psu1 also
+/// 30V), scope1, load1, and the group bench3 = psu1 + scope1 + load1.
+async fn bench_app() -> TestApp {
+    crate::helpers::spawn_with(crate::groups::bench(crate::helpers::memory())).await
+}
+
+/// Who holds each of `ids` (exclusive), and with which lock group.
+async fn holders(app: &TestApp, ids: &[&str]) -> Vec<(Value, Value)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let (_, s) = app.get(&format!("/api/locks/status/{id}")).await;
+        out.push((s["session_id"].clone(), s["group_id"].clone()));
+    }
+    out
+}
+
+/// What a command run by `run` printed of its environment: `NAME=value`
+/// for each of `names` (`unset` when it was not set).
+fn env_script(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!(r#"echo "{n}=${{{n}-unset}}""#))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn run_env(base: &str, args: &[&str], names: &[&str]) -> Vec<String> {
+    let script = env_script(names);
+    let mut all = vec!["run"];
+    all.extend(args);
+    all.extend(["--", "sh", "-c", &script]);
+    let out = cli(base, &all).await;
+    assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn run_takes_a_group_or_a_pool_and_gives_the_command_every_members_lock() {
+    let app = bench_app().await;
+    let bin = env!("CARGO_BIN_EXE_lablink");
+
+    // A configured group by its id: every member held, as one group, while
+    // the command runs; the variables per instrument; all released after.
+    let script = format!(
+        "{}; \"{bin}\" status --json",
+        env_script(&[
+            "LABLINK_GROUP_ID",
+            "LABLINK_EQUIPMENT_IDS",
+            "LABLINK_EQUIPMENT_ID",
+            "LABLINK_LOCK_ID",
+            "LABLINK_FENCING_TOKEN",
+            "LABLINK_LOCK_ID_PSU1",
+            "LABLINK_FENCING_TOKEN_SCOPE1",
+            "LABLINK_LOCK_ID_LOAD1",
+        ])
+    );
+    let out = cli(
+        &app.base,
+        &["run", "--lock", "bench3", "--", "sh", "-c", &script],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let group = lines[0].strip_prefix("LABLINK_GROUP_ID=").unwrap();
+    assert!(group.starts_with("grp_"), "{}", out.stdout);
+    assert_eq!(
+        lines[1..8],
+        [
+            "LABLINK_EQUIPMENT_IDS=load1 psu1 scope1",
+            "LABLINK_EQUIPMENT_ID=load1 psu1 scope1",
+            "LABLINK_LOCK_ID=lock_load1_1 lock_psu1_1 lock_scope1_1",
+            "LABLINK_FENCING_TOKEN=1 1 1",
+            "LABLINK_LOCK_ID_PSU1=lock_psu1_1",
+            "LABLINK_FENCING_TOKEN_SCOPE1=1",
+            "LABLINK_LOCK_ID_LOAD1=lock_load1_1",
+        ]
+    );
+    let statuses = json_of(&lines[8..].join("\n"));
+    let held: Vec<(&str, &str)> = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["locked"] == true)
+        .map(|s| {
+            (
+                s["equipment_id"].as_str().unwrap(),
+                s["group_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        held,
+        [("psu1", group), ("scope1", group), ("load1", group)],
+        "held as one group while the command ran"
+    );
+    assert!(
+        holders(&app, &["psu1", "scope1", "load1"])
+            .await
+            .iter()
+            .all(|(s, _)| s.is_null()),
+        "released after"
+    );
+    assert_eq!(live_sessions(&app).await, Vec::<String>::new());
+
+    // Several instruments, repeated or comma-separated: one lock group.
+    let names = ["LABLINK_EQUIPMENT_IDS", "LABLINK_LOCK_ID_PSU2"];
+    for args in [
+        &["--lock", "scope1", "--lock", "psu2"][..],
+        &["--lock", "scope1,psu2"][..],
+    ] {
+        let env = run_env(&app.base, args, &names).await;
+        assert_eq!(env[0], "LABLINK_EQUIPMENT_IDS=psu2 scope1", "{args:?}");
+        assert!(
+            env[1].starts_with("LABLINK_LOCK_ID_PSU2=lock_psu2_"),
+            "{env:?}"
+        );
+    }
+
+    // A pool by tag, with another instrument: psu1 is busy, so the other
+    // supply that fits.
+    let holder = app.session(600.0).await;
+    app.acquire("psu1", &holder, json!({})).await;
+    let env = run_env(
+        &app.base,
+        &["--any-of", "tag:psu", "--lock", "scope1"],
+        &["LABLINK_EQUIPMENT_IDS", "LABLINK_GROUP_ID"],
+    )
+    .await;
+    assert_eq!(env[0], "LABLINK_EQUIPMENT_IDS=psu2 scope1");
+    assert!(env[1].starts_with("LABLINK_GROUP_ID=grp_"), "{env:?}");
+    // Tags must all fit: only psu1 is tagged 30V, and it is busy.
+    let out = cli(
+        &app.base,
+        &[
+            "run",
+            "--any-of",
+            "tag:psu,tag:30V",
+            "--wait",
+            "0",
+            "--",
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("gave up waiting for any of tag psu and 30V: it is busy and --wait is 0"),
+        "{}",
+        out.stderr
+    );
+    // A pool by ids.
+    let env = run_env(
+        &app.base,
+        &["--any-of", "psu1,psu3"],
+        &["LABLINK_EQUIPMENT_IDS"],
+    )
+    .await;
+    assert_eq!(env, ["LABLINK_EQUIPMENT_IDS=psu3"]);
+
+    // One instrument alone keeps today's variables, and no group ones.
+    let env = run_env(
+        &app.base,
+        &["--lock", "psu2"],
+        &[
+            "LABLINK_EQUIPMENT_ID",
+            "LABLINK_GROUP_ID",
+            "LABLINK_LOCK_ID_PSU2",
+        ],
+    )
+    .await;
+    assert_eq!(
+        env,
+        [
+            "LABLINK_EQUIPMENT_ID=psu2",
+            "LABLINK_GROUP_ID=unset",
+            "LABLINK_LOCK_ID_PSU2=unset"
+        ]
+    );
+
+    // A pool is tags or instruments, not both: refused before anything.
+    let out = cli(
+        &app.base,
+        &["run", "--any-of", "tag:psu,psu2", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not both"), "{}", out.stderr);
+    assert_eq!(live_sessions(&app).await, [holder]);
+}
+
+#[tokio::test]
+async fn run_waits_for_the_whole_group_and_losing_any_member_stops_the_command() {
+    let app = bench_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let holder = app.session(600.0).await;
+    let waiter = app.session(600.0).await;
+    app.acquire("psu1", &holder, json!({})).await;
+    app.acquire("psu1", &waiter, json!({"queue_if_busy": true}))
+        .await;
+
+    // --wait 0: nothing queued, nothing taken.
+    let out = cli(
+        &app.base,
+        &["run", "--lock", "bench3", "--wait", "0", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("gave up waiting for bench3: it is busy and --wait is 0"),
+        "{}",
+        out.stderr
+    );
+
+    let (mut run, mut stderr) = start_run(
+        &app.base,
+        &["--lock", "bench3", "--", "sh", "-c", TRAPPING_CHILD],
+        &[("F", &marks)],
+    );
+    until_line(
+        &mut stderr,
+        "waiting in every queue at once: psu1 at position 2, scope1 at position 1, load1 at position 1",
+    )
+    .await;
+    // Its free members stay free for it: nobody behind takes them.
+    let other = app.session(600.0).await;
+    let (_, taken) = app.acquire("scope1", &other, json!({})).await;
+    assert_eq!(taken["code"], "equipment_locked", "{taken}");
+    app.release("psu1", &waiter, false).await; // the run moves up on psu1
+    until_line(&mut stderr, "psu1: position 1 in the queue").await;
+    app.release("psu1", &holder, false).await;
+    until_line(&mut stderr, "bench3 is ours (load1: lock lock_load1_1").await;
+    until_file_has(&marks, "started").await;
+    let held = holders(&app, &["psu1", "scope1", "load1"]).await;
+    assert!(
+        held.iter().all(|h| h == &held[0] && h.1.is_string()),
+        "{held:?}"
+    );
+
+    // One member force-released: the group is lost, the command stopped.
+    app.release("scope1", "admin", true).await;
+    assert_eq!(run.wait().await.unwrap().code(), Some(69));
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "started\nTERM\n");
+    let said = until_line(&mut stderr, "the command was stopped").await;
+    let group = held[0].1.as_str().unwrap();
+    assert!(
+        said.last().unwrap().contains(&format!(
+            "lost the lock on scope1 (lock group {group}): it was force-released by admin"
+        )),
+        "{said:?}"
+    );
+    assert!(
+        holders(&app, &["psu1", "scope1", "load1"])
+            .await
+            .iter()
+            .all(|(s, _)| s.is_null())
+    );
+    let mut left = live_sessions(&app).await;
+    left.sort();
+    let mut expected = [holder, waiter, other];
+    expected.sort();
+    assert_eq!(left, expected, "run's own session ended");
+}
+
+#[tokio::test]
+async fn status_shows_tags_and_groups_and_release_takes_a_group_however_it_is_named() {
+    let app = bench_app().await;
+    let s = app.session(600.0).await;
+    let (_, got) = app.acquire("bench3", &s, json!({})).await;
+    let group = got["group_id"].as_str().unwrap().to_owned();
+
+    let table = ok(&app.base, &["status"]).await;
+    let (instruments, groups) = table.split_once("\n\n").unwrap();
+    assert_eq!(
+        instruments.lines().next().unwrap(),
+        "EQUIPMENT  NAME    TAGS     STATE   HOLDER  GROUP   TIME LEFT  QUEUE  OBSERVERS"
+    );
+    let row = |cells: &[&str]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows(instruments),
+        vec![
+            row(&[
+                "psu1", "psu1", "psu,30V", "locked", "test", "bench3", "5m 00s", "0", "0"
+            ]),
+            row(&["psu2", "psu2", "psu", "free", "-", "-", "-", "0", "0"]),
+            row(&["psu3", "psu3", "psu", "free", "-", "-", "-", "0", "0"]),
+            row(&[
+                "scope1", "scope1", "-", "locked", "test", "bench3", "5m 00s", "0", "0"
+            ]),
+            row(&[
+                "load1", "load1", "-", "locked", "test", "bench3", "5m 00s", "0", "0"
+            ]),
+        ]
+    );
+    assert_eq!(
+        rows(groups),
+        vec![row(&[
+            "bench3",
+            "Bench 3",
+            "psu1, scope1, load1",
+            "test",
+            "0"
+        ])]
+    );
+    let detail = ok(&app.base, &["status", "psu1"]).await;
+    assert!(detail.contains("tags:       psu, 30V"), "{detail}");
+    assert!(detail.contains(&format!("group:      {group}")), "{detail}");
+
+    // By the configured id.
+    let out = ok(&app.base, &["release", "bench3", "--session", &s]).await;
+    assert_eq!(
+        out,
+        format!("released lock group {group} (psu1, scope1, load1)\n")
+    );
+    // By the instruments it was taken with, comma- or space-separated.
+    let take = async |ids: &[&str]| {
+        let (_, got) = app
+            .post(
+                "/api/locks/acquire",
+                json!({"equipment_ids": ids, "session_id": s}),
+            )
+            .await;
+        got["group_id"].as_str().unwrap().to_owned()
+    };
+    let g = take(&["psu2", "psu3"]).await;
+    let out = ok(&app.base, &["release", "psu2,psu3", "--session", &s]).await;
+    assert_eq!(out, format!("released lock group {g} (psu2, psu3)\n"));
+    let g = take(&["psu2", "psu3"]).await;
+    let out = ok(&app.base, &["release", "psu3", "psu2", "--session", &s]).await;
+    assert_eq!(out, format!("released lock group {g} (psu2, psu3)\n"));
+    // By its group_id (--json: the server's answer), or by any member.
+    let g = take(&["psu2", "psu3"]).await;
+    let answer = json_of(
+        &ok(
+            &app.base,
+            &["release", "--group-id", &g, "--session", &s, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(answer["group_id"], g.as_str());
+    assert_eq!(answer["equipment_ids"], json!(["psu2", "psu3"]));
+    // (The server's answer to a member's release does not name the group.)
+    take(&["psu2", "psu3"]).await;
+    let out = ok(&app.base, &["release", "psu3", "--session", &s]).await;
+    assert_eq!(out, "released psu3\n");
+    assert!(
+        holders(&app, &["psu2", "psu3"])
+            .await
+            .iter()
+            .all(|(s, _)| s.is_null())
+    );
+    // A group nobody holds: the server's detail, exit 1.
+    let out = cli(
+        &app.base,
+        &["release", "--group-id", "grp_nope", "--session", &s],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no lock group grp_nope"),
+        "{}",
+        out.stderr
+    );
+}

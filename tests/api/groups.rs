@@ -17,7 +17,7 @@ use crate::queueing::on_every_store_with;
 
 /// psu1..psu3 (tag "psu"; psu1 also "30V"), scope1 and load1; the group
 /// bench3 = psu1 + scope1 + load1.
-fn bench(settings: Settings) -> Settings {
+pub(crate) fn bench(settings: Settings) -> Settings {
     let entry = |id: &str, driver: &str, tags: &[&str]| EquipmentConfig {
         id: id.into(),
         driver: driver.into(),

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 from ._version import __version__
-from ._aio import AsyncLab, AsyncLock, AsyncSession, Event, Maintenance, Trade
-from ._sync import Lab, Lock, Session
+from ._aio import AnyOf, AsyncLab, AsyncLock, AsyncLockGroup, AsyncSession, Event, GroupMember, Maintenance, Trade
+from ._sync import Lab, Lock, LockGroup, Member, Session
 from .errors import (
     CannotTrade,
     EquipmentLocked,
@@ -32,19 +32,24 @@ from .errors import (
 )
 
 __all__ = [
+    "AnyOf",
     "AsyncLab",
     "AsyncLock",
+    "AsyncLockGroup",
     "AsyncSession",
     "CannotTrade",
     "EquipmentLocked",
     "Event",
+    "GroupMember",
     "InMaintenance",
     "Lab",
     "LabLinkError",
     "Lock",
+    "LockGroup",
     "LockLost",
     "LockWaitTimeout",
     "Maintenance",
+    "Member",
     "QueuePlaceLost",
     "QueueTimeout",
     "ServerUnreachable",

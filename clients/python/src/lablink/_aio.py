@@ -18,7 +18,8 @@ import uuid
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Literal, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypedDict, overload
 
 import httpx
 
@@ -113,7 +114,18 @@ class Trade(TypedDict):
     position: int
 
 
+class AnyOf(TypedDict, total=False):
+    """A pool: any one free instrument with all of ``tags``, or one of
+    ``equipment_ids``."""
+
+    tags: list[str]
+    equipment_ids: list[str]
+
+
 PositionCallback = Callable[[int], Any]
+#: A lock group's queue positions: called with the instrument and its
+#: 1-based position in that instrument's queue.
+GroupPositionCallback = Callable[[str, int], Any]
 LostCallback = Callable[[LockLost], Any]
 
 # History events that end a lock its holder did not release itself.
@@ -488,6 +500,7 @@ class AsyncSession:
         self._feed: LiveFeed | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._locks: dict[str, AsyncLock] = {}
+        self._groups: set[AsyncLockGroup] = set()
         self._cleanups: set[asyncio.Future[None]] = set()
         self._ended = False
         #: Why the session ended without this client ending it (``session_expired``,
@@ -532,6 +545,65 @@ class AsyncSession:
         """The session's live event subscription (``reconnects``, ``last_seq``)."""
         return self._feed
 
+    def lock_group(
+        self,
+        equipment_ids: str | Sequence[str] = (),
+        *,
+        any_of: AnyOf | Sequence[str] | None = None,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: GroupPositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> AsyncLockGroup:
+        """A lock group (several instruments, all or nothing) or a pool (any
+        one free instrument that fits), taken by ``async with`` and released,
+        as a whole, when the block ends.
+
+        Args:
+            equipment_ids: the instruments, or a configured ``[[group]]``'s
+                id (a string). May be empty with ``any_of``.
+            any_of: a pool, taken with the others: ``{"tags": ["psu"]}``
+                (every tag must fit), ``{"equipment_ids": [...]}``, or a list
+                of instrument ids.
+            on_position: called with ``(equipment_id, position)`` whenever
+                the place in one member's queue changes while waiting (a
+                group waits in every member's queue at once).
+
+        The others are those of :meth:`lock`. The block's
+        :class:`AsyncLockGroup` has every member's lock (``members``) and
+        the ``group_id``. Losing any member loses the group: the server ends
+        them all, and the next call raises
+        :class:`~lablink.errors.LockLost`.
+        """
+        if isinstance(equipment_ids, str):
+            named, ids = equipment_ids, []
+        else:
+            named, ids = None, list(equipment_ids)
+        pool: AnyOf | None
+        if any_of is None or isinstance(any_of, Mapping):
+            pool = any_of
+        else:
+            pool = {"equipment_ids": list(any_of)}
+        if named is None and not ids and not pool:
+            raise ValueError("name the instruments, a configured group, or any_of")
+        return AsyncLockGroup(
+            self,
+            named,
+            ids,
+            pool,
+            wait,
+            mode,
+            timeout,
+            on_position,
+            on_lost,
+            _Queueing(priority, max_wait, claim_within),
+        )
+
+    @overload
     def lock(
         self,
         equipment_id: str,
@@ -544,8 +616,41 @@ class AsyncSession:
         priority: int | None = None,
         max_wait: float | None = None,
         claim_within: float | None = None,
-    ) -> AsyncLock:
+    ) -> AsyncLock: ...
+
+    @overload
+    def lock(
+        self,
+        equipment_id: list[str] | tuple[str, ...],
+        *,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: PositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> AsyncLockGroup: ...
+
+    def lock(
+        self,
+        equipment_id: str | list[str] | tuple[str, ...],
+        *,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: PositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> AsyncLock | AsyncLockGroup:
         """A lock on one instrument, taken by ``async with`` and released when the block ends.
+
+        Given a list of instruments, a lock group: see :meth:`lock_group`
+        (``on_position`` is then called with the highest of its positions: the
+        group is served once it is first in every queue).
 
         Args:
             equipment_id: the instrument.
@@ -579,6 +684,21 @@ class AsyncSession:
         it waits raises :class:`~lablink.errors.QueuePlaceLost`; the client
         does not queue again.
         """
+        if not isinstance(equipment_id, str):
+            report = on_position
+            group = self.lock_group(
+                equipment_id,
+                wait=wait,
+                mode=mode,
+                timeout=timeout,
+                on_lost=on_lost,
+                priority=priority,
+                max_wait=max_wait,
+                claim_within=claim_within,
+            )
+            if report is not None:
+                group._on_any_position = report
+            return group
         return AsyncLock(
             self,
             equipment_id,
@@ -621,7 +741,10 @@ class AsyncSession:
 
     def _on_live(self, message: dict[str, Any]) -> None:
         equipment = message.get("equipment_id")
-        if isinstance(equipment, str) and equipment in self._locks:
+        group = next((g for g in self._groups if g._concerns(message)), None)
+        if group is not None:
+            group._on_live(message)
+        elif isinstance(equipment, str) and equipment in self._locks:
             self._locks[equipment]._on_live(message)
         elif message.get("event") in ("session_expired", "session_ended") and message.get("session_id") == self.id:
             # Ended by a lab manager: `forced`, as the lock it held.
@@ -634,7 +757,7 @@ class AsyncSession:
         if self.ended_by_server is not None:
             return
         self.ended_by_server = reason
-        for lk in list(self._locks.values()):
+        for lk in [*self._locks.values(), *self._groups]:
             if lk._held:
                 lk._lost_with(LockLost(f"session {self.id} ended ({reason}): {detail}", reason=reason))
 
@@ -803,12 +926,22 @@ class AsyncLock:
 
     # -- acquiring ---------------------------------------------------------
 
+    def _body(self) -> dict[str, Any]:
+        """The acquire's fields naming what it asks for, and for whom."""
+        return {"equipment_id": self.equipment_id, "session_id": self.session.id, "lock_mode": self.mode}
+
+    def _queued(self, answer: dict[str, Any]) -> None:
+        """Notes the place(s) a queued answer gives."""
+        entry = answer.get("queue_entry") or {}
+        if isinstance(entry.get("position"), int):
+            self._set_position(entry["position"])
+
+    def _places(self) -> set[str]:
+        """The instruments this request waits for."""
+        return {self.equipment_id}
+
     async def _acquire(self) -> None:
-        body: dict[str, Any] = {
-            "equipment_id": self.equipment_id,
-            "session_id": self.session.id,
-            "lock_mode": self.mode,
-        }
+        body = self._body()
         if self._timeout is not None:
             body["timeout_seconds"] = self._timeout
         body.update(self._queueing.fields())
@@ -847,9 +980,9 @@ class AsyncLock:
                     e.equipment_id = self.equipment_id
                     raise
                 except (NotQueued, SessionNotFound):
-                    # A waiter whose place was taken hears `not_queued` (or,
-                    # its session ended, `session_not_found`): its history
-                    # says what happened.
+                    # A waiter whose place was taken is answered `not_queued`
+                    # (or, its session ended, `session_not_found`): its
+                    # history says what happened.
                     found = await self._why_place_went()
                     if found is None:
                         raise
@@ -861,9 +994,7 @@ class AsyncLock:
                         # claim it now (the answer itself is no claim).
                         await self.renew()
                     return
-                entry = answer.get("queue_entry") or {}
-                if isinstance(entry.get("position"), int):
-                    self._set_position(entry["position"])
+                self._queued(answer)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise LockWaitTimeout(
                         f"waited {self._wait:g} s for {self.equipment_id} without getting it "
@@ -913,7 +1044,8 @@ class AsyncLock:
             )
         except LabLinkError:
             return None
-        mine = [e for e in page.get("events", []) if e.get("equipment_id") == self.equipment_id]
+        places = self._places()
+        mine = [e for e in page.get("events", []) if e.get("equipment_id") in places]
         if mine and (mine[-1].get("event") == "queue_timeout" or mine[-1].get("reason") in ("removed", "forced")):
             return self._place_error(mine[-1])
         return None
@@ -1010,5 +1142,254 @@ class AsyncLock:
             await self.session.lab.request(
                 "POST", "/api/locks/release", json={"equipment_id": self.equipment_id, "session_id": self.session.id}
             )
+        except (LockLost, NoLock, NotLockHolder):
+            pass  # nothing of ours left to release
+
+
+class GroupMember:
+    """One instrument's lock in a lock group: its id, lock id and fencing token.
+
+    Attributes:
+        equipment_id: the instrument.
+        lock_id: the server's lock id for it.
+        fencing_token: its own fencing token, sent with its commands.
+        info: the server's lock object.
+    """
+
+    def __init__(self, group: AsyncLockGroup, info: dict[str, Any]) -> None:
+        self.group = group
+        self.info = info
+        self.equipment_id: str = info["equipment_id"]
+        self.lock_id: str = info["lock_id"]
+        self.fencing_token = int(info["fencing_token"])
+
+    def __repr__(self) -> str:
+        return f"GroupMember({self.equipment_id!r}, lock_id={self.lock_id!r}, fencing_token={self.fencing_token})"
+
+    async def command(self, action: str, /, **params: Any) -> Any:
+        """Runs ``action`` on this instrument with its fencing token; a lost
+        group raises :class:`~lablink.errors.LockLost`, as for a lock."""
+        group = self.group
+        group.check()
+        try:
+            return await group.session.lab.command(
+                self.equipment_id,
+                action,
+                params,
+                session_id=group.session.id,
+                fencing_token=self.fencing_token,
+            )
+        except LockLost as e:
+            e.equipment_id = self.equipment_id
+            raise group._lost_with(e) from None
+
+
+class AsyncLockGroup(AsyncLock):
+    """A held lock group or pool grant: every member's lock, renewed and
+    released as one (see :meth:`AsyncSession.lock_group`).
+
+    Attributes:
+        group_id: the server's id for this request (release it by this).
+        members: each instrument's :class:`GroupMember` (its ``lock_id`` and
+            ``fencing_token``), by instrument id, in id order.
+        positions: while waiting, the place in each member's queue.
+        equipment_id: a label for messages (the configured group's id, or
+            the instruments); ``equipment_ids`` lists the members.
+    """
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        named: str | None,
+        equipment_ids: list[str],
+        any_of: AnyOf | None,
+        wait: float | None,
+        mode: LockMode,
+        timeout: float | None,
+        on_position: GroupPositionCallback | None,
+        on_lost: LostCallback | None,
+        queueing: _Queueing,
+    ) -> None:
+        label = named or ", ".join(equipment_ids) or "a pool"
+        super().__init__(session, label, wait, mode, timeout, None, on_lost, queueing)
+        self._named = named
+        self._ids = equipment_ids
+        self._any_of = any_of
+        self._on_group_position = on_position
+        self._on_any_position: PositionCallback | None = None
+        self.group_id: str = ""
+        self.members: dict[str, GroupMember] = {}
+        self.positions: dict[str, int] = {}
+        #: Instruments this request holds or waits for, as far as heard.
+        self._known: set[str] = set(equipment_ids)
+
+    @property
+    def equipment_ids(self) -> list[str]:
+        """The members held, in id order."""
+        return list(self.members)
+
+    @property
+    def fencing_tokens(self) -> dict[str, int]:
+        """Each member's fencing token."""
+        return {eq: m.fencing_token for eq, m in self.members.items()}
+
+    def __getitem__(self, equipment_id: str) -> GroupMember:
+        return self.members[equipment_id]
+
+    def _concerns(self, message: dict[str, Any]) -> bool:
+        """Whether a live message is about this request."""
+        group = message.get("group_id")
+        if self.group_id and group == self.group_id:
+            return True
+        return group is None and message.get("equipment_id") in self._known and message.get("lock_id") in (
+            None,
+            *(m.lock_id for m in self.members.values()),
+        )
+
+    async def __aenter__(self) -> AsyncLockGroup:
+        self.session._groups.add(self)
+        try:
+            await self._acquire()
+        except BaseException:
+            self.session._groups.discard(self)
+            raise
+        self._held = True
+        lease = float(self.info.get("timeout_seconds") or 0)
+        self._renewer = asyncio.create_task(self._renew(lease), name=f"lablink-renew-{self.group_id}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._held = False
+        if self._renewer is not None:
+            self._renewer.cancel()
+        self.session._groups.discard(self)
+        if self._lost is not None:
+            return
+        try:
+            await self._release()
+        except LabLinkError:
+            if exc is None:
+                raise
+            log.warning("could not release the lock group %s after an error", self.group_id, exc_info=True)
+
+    async def command(self, action: str, /, **params: Any) -> Any:
+        """Runs ``action`` on the only member (a pool's grant); with several,
+        name it: ``group["psu1"].command(...)``."""
+        self.check()
+        if len(self.members) != 1:
+            raise ValueError(f"this group holds {', '.join(self.members)}: use group[equipment_id].command(...)")
+        return await next(iter(self.members.values())).command(action, **params)
+
+    async def renew(self) -> None:
+        """Renews every member now (the server renews a group as one)."""
+        self.check()
+        first = next(iter(self.members), None)
+        if first is None:
+            return
+        try:
+            await self.session.lab.request("POST", f"/api/locks/activity/{first}", json={"session_id": self.session.id})
+        except LockLost as e:
+            e.equipment_id = first
+            raise self._lost_with(e) from None
+        except (NoLock, NotLockHolder) as e:
+            raise self._lost_with(LockLost(e.detail, status=e.status, body=e.body, reason="unknown")) from None
+        self.renewals += 1
+
+    def _body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"session_id": self.session.id, "lock_mode": self.mode}
+        if self._named is not None:
+            body["equipment_id"] = self._named
+        if self._ids:
+            body["equipment_ids"] = self._ids
+        if self._any_of:
+            body["any_of"] = dict(self._any_of)
+        return body
+
+    def _granted(self, answer: dict[str, Any]) -> None:
+        self.group_id = str(answer.get("group_id") or self.group_id)
+        locks = sorted(answer.get("locks") or [], key=lambda lock: str(lock["equipment_id"]))
+        if not locks:
+            raise UnexpectedResponse(f"expected a lock group from the server, got {answer!r}", status=None, body=answer)
+        self.members = {lock["equipment_id"]: GroupMember(self, lock) for lock in locks}
+        self._known = set(self.members)
+        self.info = locks[0]
+        self.lock_id = self.info["lock_id"]
+        self.fencing_token = int(self.info["fencing_token"])
+
+    def _queued(self, answer: dict[str, Any]) -> None:
+        self.group_id = str(answer.get("group_id") or self.group_id)
+        for entry in answer.get("queue_entries") or []:
+            if isinstance(entry.get("position"), int):
+                self._known.add(str(entry["equipment_id"]))
+                self._set_member_position(str(entry["equipment_id"]), entry["position"])
+
+    def _places(self) -> set[str]:
+        return set(self._known)
+
+    def _set_member_position(self, equipment_id: str, position: int) -> None:
+        if self.positions.get(equipment_id) == position:
+            return
+        self.positions[equipment_id] = position
+        if self._on_group_position is not None:
+            try:
+                self._on_group_position(equipment_id, position)
+            except Exception:
+                log.exception("on_position callback failed")
+        self._set_position(max(self.positions.values()))
+
+    def _set_position(self, position: int) -> None:
+        if position == self._position:
+            return
+        self._position = position
+        if self._on_any_position is not None:
+            try:
+                self._on_any_position(position)
+            except Exception:
+                log.exception("on_position callback failed")
+
+    def _on_live(self, message: dict[str, Any]) -> None:
+        kind = message.get("event")
+        equipment = message.get("equipment_id")
+        if kind == "queue_position" and not self._held and isinstance(message.get("position"), int):
+            if isinstance(equipment, str):
+                self._set_member_position(equipment, message["position"])
+        elif kind == "queue_place_lost" and not self._held:
+            self._place_lost = message
+        elif not self._held or equipment not in self.members:
+            return
+        elif kind == "lock_expiring":
+            self._renew_now.set()
+        elif kind == "lock_lost" or (
+            message.get("session_id") == self.session.id
+            and (kind in _LOSS_EVENTS or (kind in _RELEASE_EVENTS and message.get("reason") in _LOSS_REASONS))
+        ):
+            reason = str(message.get("reason") or ("forced" if kind == "lock_force_released" else "timeout"))
+            self._lost_with(
+                LockLost(
+                    f"lost the lock group {self.group_id}: {equipment} ({reason})",
+                    reason=reason,
+                    equipment_id=str(equipment),
+                    body=message,
+                )
+            )
+
+    async def _release(self) -> None:
+        what: dict[str, Any]
+        if self.group_id:
+            what = {"group_id": self.group_id}
+        elif self._named is not None:
+            # Interrupted before the first answer: the way it was asked.
+            what = {"equipment_id": self._named}
+        elif self._ids:
+            what = {"equipment_ids": self._ids}
+        else:
+            return  # a pool never answered: the session's end clears it
+        try:
+            await self.session.lab.request("POST", "/api/locks/release", json={**what, "session_id": self.session.id})
         except (LockLost, NoLock, NotLockHolder):
             pass  # nothing of ours left to release

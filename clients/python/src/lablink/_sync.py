@@ -17,12 +17,17 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Coroutine, Iterator
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar, overload
 
 from ._aio import (
     DEFAULT_URL,
+    AnyOf,
     AsyncLab,
     AsyncLock,
+    AsyncLockGroup,
+    GroupMember,
+    GroupPositionCallback,
     AsyncSession,
     Event,
     LockMode,
@@ -282,6 +287,38 @@ class Session(_Block[AsyncSession]):
         """Renews the session now (a background task does this on its own)."""
         self._runner.run(self._session.renew())
 
+    def lock_group(
+        self,
+        equipment_ids: str | Sequence[str] = (),
+        *,
+        any_of: AnyOf | Sequence[str] | None = None,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: GroupPositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> LockGroup:
+        """A lock group or pool for a ``with`` block; see :meth:`AsyncSession.lock_group`."""
+        return LockGroup(
+            self._runner,
+            self._session.lock_group(
+                equipment_ids,
+                any_of=any_of,
+                wait=wait,
+                mode=mode,
+                timeout=timeout,
+                on_position=on_position,
+                on_lost=on_lost,
+                priority=priority,
+                max_wait=max_wait,
+                claim_within=claim_within,
+            ),
+        )
+
+    @overload
     def lock(
         self,
         equipment_id: str,
@@ -294,11 +331,39 @@ class Session(_Block[AsyncSession]):
         priority: int | None = None,
         max_wait: float | None = None,
         claim_within: float | None = None,
-    ) -> Lock:
-        """A lock for a ``with`` block; see :meth:`AsyncSession.lock`."""
-        return Lock(
-            self._runner,
-            self._session.lock(
+    ) -> Lock: ...
+
+    @overload
+    def lock(
+        self,
+        equipment_id: list[str] | tuple[str, ...],
+        *,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: PositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> LockGroup: ...
+
+    def lock(
+        self,
+        equipment_id: str | list[str] | tuple[str, ...],
+        *,
+        wait: float | None = 0,
+        mode: LockMode = "exclusive",
+        timeout: float | None = None,
+        on_position: PositionCallback | None = None,
+        on_lost: LostCallback | None = None,
+        priority: int | None = None,
+        max_wait: float | None = None,
+        claim_within: float | None = None,
+    ) -> Lock | LockGroup:
+        """A lock for a ``with`` block (a list of instruments: a lock group);
+        see :meth:`AsyncSession.lock`."""
+        inner = self._session.lock(
                 equipment_id,
                 wait=wait,
                 mode=mode,
@@ -308,8 +373,10 @@ class Session(_Block[AsyncSession]):
                 priority=priority,
                 max_wait=max_wait,
                 claim_within=claim_within,
-            ),
-        )
+            )
+        if isinstance(inner, AsyncLockGroup):
+            return LockGroup(self._runner, inner)
+        return Lock(self._runner, inner)
 
     def step_back(self, equipment_id: str) -> Trade:
         """Lets the waiter behind this session go first (from another thread
@@ -374,3 +441,60 @@ class Lock(_Block[AsyncLock]):
     def command(self, action: str, /, **params: Any) -> Any:
         """Runs ``action`` with ``params``; see :meth:`AsyncLock.command`."""
         return self._runner.run(self._lock.command(action, **params))
+
+
+class Member:
+    """One instrument's lock in a :class:`LockGroup`; see :class:`~lablink.GroupMember`."""
+
+    def __init__(self, runner: _LoopThread, member: GroupMember) -> None:
+        self._runner = runner
+        self._member = member
+        self.equipment_id = member.equipment_id
+        self.lock_id = member.lock_id
+        self.fencing_token = member.fencing_token
+        self.info = member.info
+
+    def __repr__(self) -> str:
+        return repr(self._member)
+
+    def command(self, action: str, /, **params: Any) -> Any:
+        """Runs ``action`` on this instrument with its own fencing token."""
+        return self._runner.run(self._member.command(action, **params))
+
+
+class LockGroup(Lock):
+    """A held lock group or pool grant; see :class:`~lablink.AsyncLockGroup`."""
+
+    @property
+    def _group(self) -> AsyncLockGroup:
+        group = self._inner
+        assert isinstance(group, AsyncLockGroup)
+        return group
+
+    @property
+    def group_id(self) -> str:
+        """The server's id for this group (or pool) request."""
+        return self._group.group_id
+
+    @property
+    def members(self) -> dict[str, Member]:
+        """Each instrument's lock, by id, in id order."""
+        return {eq: Member(self._runner, m) for eq, m in self._group.members.items()}
+
+    @property
+    def equipment_ids(self) -> list[str]:
+        """The members held, in id order."""
+        return self._group.equipment_ids
+
+    @property
+    def fencing_tokens(self) -> dict[str, int]:
+        """Each member's fencing token."""
+        return self._group.fencing_tokens
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """While waiting: the place in each member's queue."""
+        return dict(self._group.positions)
+
+    def __getitem__(self, equipment_id: str) -> Member:
+        return Member(self._runner, self._group[equipment_id])
