@@ -528,14 +528,21 @@ pub async fn release(
     };
     let equipment = EquipmentId::parse(equipment)?;
     let at = app.release(&equipment, &session, force, &actor).await?;
-    let (status, was_forced) = release_status(&at.value);
+    let (status, was_forced) = release_status(&at.value.outcome);
+    let (group_id, equipment_ids) = match at.value.group {
+        Some((group, places)) => (
+            Some(group.group_id.clone()),
+            Some(places.iter().map(|i| i.to_string()).collect()),
+        ),
+        None => (None, None),
+    };
     Ok(Json(ReleaseResponse {
         success: true,
         status,
         was_forced,
         equipment_id: equipment.to_string(),
-        group_id: None,
-        equipment_ids: None,
+        group_id,
+        equipment_ids,
     }))
 }
 

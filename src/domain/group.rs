@@ -417,6 +417,14 @@ impl EquipmentLocks {
             .filter(|e| e.group.is_some() && free_for(self, e.mode, false, false, now))
     }
 
+    /// The lock groups that hold or wait here.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<GroupRef>> {
+        let grants = self.exclusive.iter().chain(&self.observers);
+        grants
+            .filter_map(|g| g.group.as_ref())
+            .chain(self.queue.iter().filter_map(|e| e.group.as_ref()))
+    }
+
     /// The grants here that belong to a group.
     pub fn group_grants(&self) -> impl Iterator<Item = &Grant> {
         self.exclusive

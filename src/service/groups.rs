@@ -195,6 +195,7 @@ impl Service {
                 }));
             };
             let now = uow.now;
+            let places = uow.group_places(&group)?;
             // One member's release ends the group (`settle_groups`).
             let (_, outcome) = uow.change_locks(&equipment, |locks, alive, events| {
                 locks.may_release(&session, force, live, &actor, alive)?;
@@ -204,7 +205,7 @@ impl Service {
             Ok(GroupReleased {
                 group_id: group.group_id.clone(),
                 outcome,
-                equipment: group.involved().cloned().collect(),
+                equipment: places,
             })
         })
         .await
@@ -252,6 +253,29 @@ impl Uow<'_> {
             self.save_locks(locks)?;
         }
         Ok(())
+    }
+
+    /// The instruments where `group` holds a lock or waits (for a pool: the
+    /// one it got, or every one it waits for).
+    pub(super) fn group_places(
+        &mut self,
+        group: &GroupRef,
+    ) -> Result<Vec<EquipmentId>, StoreError> {
+        let mut places = Vec::new();
+        for id in group.involved() {
+            let locks = self.tx.equipment_locks(id)?;
+            let of_group =
+                |g: Option<&Arc<GroupRef>>| g.is_some_and(|g| g.group_id == group.group_id);
+            let held = locks
+                .exclusive
+                .iter()
+                .chain(&locks.observers)
+                .any(|g| of_group(g.group.as_ref()));
+            if held || locks.queue.iter().any(|e| of_group(e.group.as_ref())) {
+                places.push(id.clone());
+            }
+        }
+        Ok(places)
     }
 
     /// The group `target` names and an instrument where it holds or waits:

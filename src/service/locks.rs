@@ -3,10 +3,20 @@
 
 use super::inputs::too_many;
 use super::{AcquireInput, Acquired, At, ExpiryReport, Service, ServiceError};
+use crate::domain::group::GroupRef;
 use crate::domain::lock::Holder;
 use crate::domain::{
     Actor, EquipmentId, EquipmentLocks, Event, LockRequest, ReleaseOutcome, SessionId, Timestamp,
 };
+use std::sync::Arc;
+
+/// A release's answer: what ended, and, if it was a lock group's member,
+/// the group and every instrument it held or waited for (all released).
+#[derive(Clone, Debug)]
+pub struct Released {
+    pub outcome: ReleaseOutcome,
+    pub group: Option<(Arc<GroupRef>, Vec<EquipmentId>)>,
+}
 
 impl Service {
     pub async fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
@@ -57,7 +67,7 @@ impl Service {
         session: &SessionId,
         force: bool,
         actor: &Actor,
-    ) -> Result<At<ReleaseOutcome>, ServiceError> {
+    ) -> Result<At<Released>, ServiceError> {
         self.registered(equipment)?;
         let (equipment, session, actor) = (equipment.clone(), session.clone(), actor.clone());
         self.run(move |uow| {
@@ -68,9 +78,25 @@ impl Service {
             let now = uow.now;
             let (_, outcome) = uow.change_locks(equipment, |locks, alive, events| {
                 locks.may_release(session, force, live, actor, alive)?;
-                locks.release(session, force, now, alive, events)
+                let groups: Vec<_> = locks.groups().cloned().collect();
+                let from = events.len();
+                let outcome = locks.release(session, force, now, alive, events)?;
+                // The lock group whose member this was: it goes whole.
+                let ended = events[from..].iter().find_map(|e| e.group_id.as_ref());
+                let group = groups.into_iter().find(|g| Some(&g.group_id) == ended);
+                Ok::<_, crate::domain::DomainError>((outcome, group))
             })?;
-            Ok(outcome?)
+            let (outcome, group) = outcome?;
+            // Its other members go when the unit of work settles.
+            let group = match group {
+                Some(group) => {
+                    let mut places = vec![equipment.clone()];
+                    places.extend(uow.group_places(&group)?);
+                    Some((group, places))
+                }
+                None => None,
+            };
+            Ok(Released { outcome, group })
         })
         .await
     }

@@ -71,6 +71,7 @@ pub use groups::{GroupAcquired, GroupAsk, GroupReleased, GroupTarget};
 pub use inputs::{
     AcquireInput, ClientInfo, CommandInput, DEFAULT_SESSION_PAGE, NewSession, Policy,
 };
+pub use locks::Released;
 pub use manage::Intervention;
 
 /// Wakes the reaper when a deadline sooner than the one it sleeps towards

@@ -1578,10 +1578,10 @@ async fn status_shows_tags_and_groups_and_release_takes_a_group_however_it_is_na
     );
     assert_eq!(answer["group_id"], g.as_str());
     assert_eq!(answer["equipment_ids"], json!(["psu2", "psu3"]));
-    // (The server's answer to a member's release does not name the group.)
-    take(&["psu2", "psu3"]).await;
+    // A member's release names the group it ended, member first.
+    let g = take(&["psu2", "psu3"]).await;
     let out = ok(&app.base, &["release", "psu3", "--session", &s]).await;
-    assert_eq!(out, "released psu3\n");
+    assert_eq!(out, format!("released lock group {g} (psu3, psu2)\n"));
     assert!(
         holders(&app, &["psu2", "psu3"])
             .await

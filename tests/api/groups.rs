@@ -202,8 +202,13 @@ async fn whole_group_scenario(app: &TestApp, store: &str) {
     assert_eq!(all["exclusive_locks"]["load1"]["group_id"], group_id);
 
     // Releasing one member releases the group; psu1 passes to y.
-    let (status, _) = app.release("load1", "g", false).await;
+    let (status, released) = app.release("load1", "g", false).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(released["group_id"], queued["group_id"], "{released}");
+    assert_eq!(
+        released["equipment_ids"],
+        json!(["load1", "psu1", "scope1"])
+    );
     assert_eq!(holders(app, &ids).await, some(&["y", "", ""]), "{store}");
     let (_, history) = app
         .get("/api/locks/events?event=lock_released&limit=100")
