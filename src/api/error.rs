@@ -164,7 +164,9 @@ impl From<ServiceError> for ApiError {
                 );
             }
             ServiceError::NoSuchGroup(_) => (StatusCode::NOT_FOUND, "no_lock"),
-            ServiceError::EquipmentNotFound(_) | ServiceError::NoSuchPool(_) => {
+            ServiceError::EquipmentNotFound(_)
+            | ServiceError::NoSuchPool(_)
+            | ServiceError::GroupIsNoInstrument { .. } => {
                 (StatusCode::NOT_FOUND, "equipment_not_found")
             }
             ServiceError::UnknownAction { .. } => (StatusCode::BAD_REQUEST, "unknown_action"),

@@ -87,7 +87,6 @@ pub struct AcquireBody {
 
 /// A pool: the instruments an acquire may get any one of.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct AnyOf {
     /// Instruments that have every one of these tags (`tags` in
     /// `[[equipment]]`).
@@ -107,16 +106,21 @@ const MAX_POOL_TAGS: usize = 16;
 
 /// `raw` as equipment ids, at most `MAX_GROUP_IDS`.
 fn equipment_ids(field: &str, raw: &[String]) -> Result<Vec<EquipmentId>, ApiError> {
-    if raw.len() > MAX_GROUP_IDS {
+    let mut ids: Vec<EquipmentId> = Vec::new();
+    for id in raw {
+        let id = EquipmentId::parse(id)?;
+        // The same instrument named twice is named once.
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > MAX_GROUP_IDS {
         return Err(ApiError::unprocessable(
             "invalid_parameter",
             format!("`{field}` may list at most {MAX_GROUP_IDS} instruments"),
         ));
     }
-    Ok(raw
-        .iter()
-        .map(|id| EquipmentId::parse(id))
-        .collect::<Result<_, _>>()?)
+    Ok(ids)
 }
 
 /// The lock group or pool `body` asks for, if it asks for one: several
@@ -475,6 +479,12 @@ fn group_target(app: &AppState, body: &ReleaseBody) -> Result<Option<GroupTarget
     }
     if let Some(ids) = &body.equipment_ids {
         let mut ids = equipment_ids("equipment_ids", ids)?;
+        if ids.is_empty() {
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                "`equipment_ids` lists no instrument",
+            ));
+        }
         if let Some(id) = &body.equipment_id {
             ids.push(EquipmentId::parse(id)?);
         }

@@ -54,15 +54,15 @@ impl GroupRef {
         self.members.iter().chain(&self.any_of)
     }
 
-    /// Whether `other` asks for the same thing (its id aside).
+    /// Whether `other` asks for the same instruments (its id, and the
+    /// configured name it was asked by, aside).
     pub fn same_request(&self, other: &GroupRef) -> bool {
         let sorted = |ids: &[EquipmentId]| {
             let mut ids = ids.to_vec();
             ids.sort();
             ids
         };
-        self.name == other.name
-            && sorted(&self.members) == sorted(&other.members)
+        sorted(&self.members) == sorted(&other.members)
             && sorted(&self.any_of) == sorted(&other.any_of)
     }
 

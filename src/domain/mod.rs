@@ -88,7 +88,7 @@ pub enum DomainError {
     #[error("{0}")]
     CannotTrade(String),
     #[error(
-        "session {session} already holds or waits for {equipment} outside this lock group or pool: release it first, or use another session"
+        "session {session} already holds or waits for {equipment} (alone, or in another lock group or pool): release that first, or use another session"
     )]
     GroupConflict {
         equipment: EquipmentId,

@@ -48,16 +48,26 @@ impl Service {
     }
 
     pub fn instrument(&self, id: &EquipmentId) -> Result<&Arc<Instrument>, ServiceError> {
-        self.instruments
-            .get(id)
-            .ok_or_else(|| ServiceError::EquipmentNotFound(id.clone()))
+        self.instruments.get(id).ok_or_else(|| self.not_found(id))
     }
 
     pub(super) fn registered(&self, id: &EquipmentId) -> Result<(), ServiceError> {
         if self.instruments.contains(id) {
             Ok(())
         } else {
-            Err(ServiceError::EquipmentNotFound(id.clone()))
+            Err(self.not_found(id))
+        }
+    }
+
+    /// What to tell a request naming `id`, which is no instrument: a
+    /// configured lock group's id says what it is and what it holds.
+    fn not_found(&self, id: &EquipmentId) -> ServiceError {
+        match self.instruments.group(id) {
+            Some(group) => ServiceError::GroupIsNoInstrument {
+                group: id.clone(),
+                members: group.members.clone(),
+            },
+            None => ServiceError::EquipmentNotFound(id.clone()),
         }
     }
 
@@ -159,6 +169,7 @@ fn command_outcome<T>(result: &Result<T, ServiceError>) -> &'static str {
             | ServiceError::EquipmentNotFound(_)
             | ServiceError::NoSuchPool(_)
             | ServiceError::NoSuchGroup(_)
+            | ServiceError::GroupIsNoInstrument { .. }
             | ServiceError::Driver(DriverError::InvalidParameter(_)),
         ) => "invalid",
         Err(ServiceError::Domain(_)) => "refused",

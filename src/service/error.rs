@@ -14,6 +14,12 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("equipment {0} is not registered; GET /api/equipment/list shows what is")]
     EquipmentNotFound(EquipmentId),
+    /// A configured lock group's id where only an instrument will do.
+    #[error("{group} is a lock group, not an instrument: acquire, release, maintenance and analytics take its id; for the rest name a member ({})", members.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))]
+    GroupIsNoInstrument {
+        group: EquipmentId,
+        members: Vec<EquipmentId>,
+    },
     /// A lock group release that names no group the session holds or
     /// waits for.
     #[error("{0}")]

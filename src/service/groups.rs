@@ -172,11 +172,28 @@ impl Service {
         force: bool,
         actor: &Actor,
     ) -> Result<At<GroupReleased>, ServiceError> {
-        if let GroupTarget::Members(ids) = &target {
-            for id in ids.iter().filter(|id| self.named_group(id).is_none()) {
-                self.registered(id)?;
+        // A configured group's id stands for its members.
+        let target = match target {
+            GroupTarget::Members(ids) => {
+                let mut members: Vec<EquipmentId> = Vec::new();
+                for id in ids {
+                    let expanded = match self.named_group(&id) {
+                        Some(group) => group.members.clone(),
+                        None => {
+                            self.registered(&id)?;
+                            vec![id]
+                        }
+                    };
+                    for member in expanded {
+                        if !members.contains(&member) {
+                            members.push(member);
+                        }
+                    }
+                }
+                GroupTarget::Members(members)
             }
-        }
+            target => target,
+        };
         let (session, actor) = (session.clone(), actor.clone());
         self.run(move |uow| {
             let live = uow.renew_if_live(&session, &actor)?.is_some();
@@ -286,16 +303,14 @@ impl Uow<'_> {
         session: &SessionId,
         force: bool,
     ) -> Result<Option<(Arc<GroupRef>, EquipmentId)>, StoreError> {
-        // Named by its members: each id one it involves, each member named
-        // (a pool's pick may be named too); or by its configured id.
+        // Named by its members: each member named, and nothing else but
+        // the pool instrument it got (checked below: where it holds or
+        // waits).
         let matches = |g: &GroupRef| match target {
             GroupTarget::Id(id) => &g.group_id == id,
             GroupTarget::Members(ids) => {
-                g.name
-                    .as_ref()
-                    .is_some_and(|n| ids == std::slice::from_ref(n))
-                    || (ids.iter().all(|i| g.involved().any(|m| m == i))
-                        && g.members.iter().all(|m| ids.contains(m)))
+                ids.iter().all(|i| g.involved().any(|m| m == i))
+                    && g.members.iter().all(|m| ids.contains(m))
             }
         };
         let mut candidates: Vec<EquipmentId> = self.tx.equipment_of_session(session)?;
@@ -324,9 +339,17 @@ impl Uow<'_> {
                 )
                 .find(|g| matches(g))
                 .cloned();
-            if let Some(group) = found {
-                return Ok(Some((group, id)));
+            let Some(group) = found else {
+                continue;
+            };
+            if let GroupTarget::Members(ids) = target {
+                let places = self.group_places(&group)?;
+                let picked = ids.iter().filter(|i| !group.members.contains(i));
+                if !picked.clone().all(|i| places.contains(i)) {
+                    continue;
+                }
             }
+            return Ok(Some((group, id)));
         }
         Ok(None)
     }

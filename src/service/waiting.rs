@@ -229,6 +229,8 @@ impl Service {
         let closed = self.hub.closed();
         tokio::pin!(closed);
         let mut timed_out = false;
+        // Where its place went without its asking, if it did.
+        let mut dropped_at: Option<EquipmentId> = None;
         let mut durable = true;
         loop {
             tokio::select! {
@@ -243,7 +245,10 @@ impl Service {
                                 timed_out = true;
                                 break;
                             }
-                            EventKind::Dequeued => break,
+                            EventKind::Dequeued => {
+                                dropped_at = e.equipment_id.clone();
+                                break;
+                            }
                             _ => continue,
                         }
                     }
@@ -276,17 +281,9 @@ impl Service {
             self.run(move |uow| Ok(uow.load_bench(ids.iter())?)).await?
         };
         let Some(outcome) = super::groups::standing(&at.value, &group, &session) else {
-            let equipment = group
-                .involved()
-                .next()
-                .expect("a group names instruments")
-                .clone();
-            return Err(if timed_out {
-                DomainError::WaitTimedOut { equipment, session }
-            } else {
-                DomainError::SessionNotFound(session)
-            }
-            .into());
+            let first = group.involved().next().expect("a group names instruments");
+            let equipment = dropped_at.unwrap_or_else(|| first.clone());
+            return Err(self.why_gone(equipment, session, timed_out).await?.into());
         };
         Ok(At {
             value: GroupAcquired {

@@ -606,3 +606,89 @@ async fn analytics_of_a_configured_group_sum_its_members() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn what_a_new_user_tried_answers_as_the_readme_says() {
+    let app = spawn_with(bench(crate::helpers::memory())).await;
+    // A pool is released by the instrument it got, not by another one.
+    let (_, got) = acquire(
+        &app,
+        json!({"session_id": "a", "any_of": {"equipment_ids": ["psu1", "psu2"], "note": "ignored"}}),
+    )
+    .await;
+    assert_eq!(got["lock"]["equipment_id"], "psu1", "{got}");
+    let wrong = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "a", "equipment_ids": ["psu2"]}),
+        )
+        .await;
+    assert_error(&wrong, StatusCode::NOT_FOUND, "no_lock");
+    assert_eq!(holders(&app, &["psu1"]).await, some(&["a"]));
+    let empty = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "a", "equipment_ids": []}),
+        )
+        .await;
+    assert_error(
+        &empty,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_parameter",
+    );
+    app.release("psu1", "a", false).await;
+
+    // The configured group's members taken by id are that group.
+    acquire(
+        &app,
+        json!({"session_id": "b", "equipment_ids": ["load1", "scope1", "psu1"]}),
+    )
+    .await;
+    let (_, again) = acquire(&app, json!({"session_id": "b", "equipment_id": "bench3"})).await;
+    assert_eq!(again["status"], "refreshed", "{again}");
+    let (status, released) = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "b", "equipment_id": "bench3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+
+    // A group's id where an instrument is needed says what it is.
+    let (status, body) = app.get("/api/locks/status/bench3").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["detail"].as_str().unwrap().contains("is a lock group"),
+        "{body}"
+    );
+
+    // A waiting group whose place a manager takes hears not_queued.
+    acquire(&app, json!({"session_id": "x", "equipment_id": "load1"})).await;
+    let polling = {
+        let app = TestApp::at(&app.base);
+        tokio::spawn(async move {
+            acquire(
+                &app,
+                json!({"session_id": "w", "equipment_ids": ["load1", "psu3"], "queue_if_busy": true, "wait_seconds": 30}),
+            )
+            .await
+        })
+    };
+    for _ in 0..100 {
+        let (_, queue) = app.get("/api/locks/queue/psu3").await;
+        if queue["queue_length"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _) = app
+        .post(
+            "/api/locks/queue/load1/w/remove",
+            json!({"forced_by": "mgr"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer = polling.await.unwrap();
+    assert_error(&answer, StatusCode::NOT_FOUND, "not_queued");
+    app.stop().await;
+}
