@@ -120,6 +120,13 @@ impl ServerArgs {
     }
 }
 
+/// An instrument (or configured group) id, checked before anything is sent.
+fn equipment_arg(text: &str) -> Result<String, String> {
+    crate::domain::EquipmentId::parse(text.trim())
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// A pool: `tag:psu[,tag:30V]` (every tag) or `psu1,psu2` (any of them).
 fn pool_arg(text: &str) -> Result<client::http::Pool, String> {
     let words: Vec<&str> = text
@@ -140,6 +147,7 @@ fn pool_arg(text: &str) -> Result<client::http::Pool, String> {
         (n, t) if n == t && tags.iter().all(|t| !t.is_empty()) => {
             Ok(client::http::Pool::Tags(tags))
         }
+        (n, t) if n == t => Err("a tag cannot be empty: tag:psu".into()),
         _ => Err("a pool is tags (tag:psu,tag:30V) or instruments (psu1,psu2), not both".into()),
     }
 }
@@ -158,6 +166,7 @@ pub struct RunArgs {
         long = "lock",
         value_name = "EQ",
         value_delimiter = ',',
+        value_parser = equipment_arg,
         required_unless_present = "any_of"
     )]
     pub locks: Vec<String>,

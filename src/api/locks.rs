@@ -241,20 +241,30 @@ impl AcquireResponse {
                 }
             }
             GroupOutcome::Queued(places) => {
-                let waiting_for: Vec<String> = places
+                // What stands in its way: holders and maintenance (the rest
+                // waits for those ahead of it in line).
+                let in_the_way: Vec<String> = places
                     .iter()
                     .filter_map(|(id, _, _)| {
                         let locks = at.value.bench.get(id)?;
-                        Some(match locks.holder() {
-                            Some(holder) => format!("{id} (locked by session {holder})"),
-                            None => id.to_string(),
-                        })
+                        match (locks.holder(), locks.maintenance_at(at.now)) {
+                            (_, Some(m)) => Some(format!("{id} (in maintenance: {})", m.reason)),
+                            (Some(holder), None) => {
+                                Some(format!("{id} (locked by session {holder})"))
+                            }
+                            (None, None) => None,
+                        }
                     })
                     .collect();
+                let message = if in_the_way.is_empty() {
+                    "Waiting behind others in line".to_owned()
+                } else {
+                    format!("Waiting for {}", in_the_way.join(", "))
+                };
                 Self {
                     success: false,
                     status: "queued",
-                    message: Some(format!("Waiting for {}", waiting_for.join(", "))),
+                    message: Some(message),
                     lock: None,
                     queue_entry: None,
                     observer_count: None,

@@ -226,7 +226,16 @@ pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
                 let Some(text) = incoming else { return };
                 let message = parse_message::<ClientMessage>(&text);
                 let subscribed = message.and_then(|ClientMessage { equipment_ids, session_id, all, resume_from, .. }| {
-                    Ok((subscription(&equipment_ids, session_id.as_deref(), all)?, equipment_ids, session_id, all, resume_from))
+                    let mut new_filter = subscription(&equipment_ids, session_id.as_deref(), all)?;
+                    // A configured lock group's id stands for its members.
+                    let groups: Vec<EquipmentId> = new_filter
+                        .equipment
+                        .iter()
+                        .filter_map(|id| app.named_group(id))
+                        .flat_map(|g| g.members.clone())
+                        .collect();
+                    new_filter.equipment.extend(groups);
+                    Ok((new_filter, equipment_ids, session_id, all, resume_from))
                 });
                 match subscribed {
                     Ok((new_filter, equipment_ids, session_id, all, resume_from)) => {

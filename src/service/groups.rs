@@ -198,6 +198,16 @@ impl Service {
         self.run(move |uow| {
             let live = uow.renew_if_live(&session, &actor)?.is_some();
             let Some((group, equipment)) = uow.find_group(&target, &session, force)? else {
+                // A group that ended without its asking says how, as a
+                // single lock does.
+                if let GroupTarget::Members(ids) = &target {
+                    for id in ids {
+                        let locks = uow.tx.equipment_locks(id)?;
+                        if let Some(lost) = locks.lost_lock_told_to(&session, &actor) {
+                            return Err(lost.into());
+                        }
+                    }
+                }
                 let whose = if force { "anyone" } else { "this session" };
                 let ids = |ids: &[EquipmentId]| {
                     let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();

@@ -1601,3 +1601,15 @@ async fn status_shows_tags_and_groups_and_release_takes_a_group_however_it_is_na
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn run_refuses_an_empty_instrument_or_tag_before_asking_the_server() {
+    // No server at all: nothing is sent, the arguments are refused (2).
+    for args in [
+        ["run", "--lock", "psu1,", "--", "true"],
+        ["run", "--any-of", "tag:", "--", "true"],
+    ] {
+        let out = cli("http://127.0.0.1:9", &args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+}

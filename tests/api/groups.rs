@@ -692,3 +692,39 @@ async fn what_a_new_user_tried_answers_as_the_readme_says() {
     assert_error(&answer, StatusCode::NOT_FOUND, "not_queued");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_id_subscribes_to_its_members_and_an_expired_group_says_it_was_lost() {
+    let app = spawn_with(bench(crate::helpers::memory())).await;
+    let mut ws = connect(
+        &app,
+        json!({"type": "subscribe", "equipment_ids": ["bench3"]}),
+    )
+    .await;
+    acquire(&app, json!({"session_id": "x", "equipment_id": "scope1"})).await;
+    let heard = until(&mut ws, "lock_acquired").await;
+    assert_eq!(heard["equipment_id"], "scope1", "{heard}");
+    // Waiting: the message names only what stands in the way.
+    let (_, queued) = acquire(
+        &app,
+        json!({"session_id": "g", "equipment_ids": ["psu2", "scope1"], "queue_if_busy": true}),
+    )
+    .await;
+    assert_eq!(
+        queued["message"], "Waiting for scope1 (locked by session x)",
+        "{queued}"
+    );
+    app.release("scope1", "x", false).await;
+    app.post("/api/locks/activity/psu2", json!({"session_id": "g"}))
+        .await;
+    app.advance(301.0);
+    app.post("/api/locks/cleanup", json!({})).await;
+    let lost = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "g", "equipment_ids": ["psu2", "scope1"]}),
+        )
+        .await;
+    assert_error(&lost, StatusCode::NOT_FOUND, "lock_lost");
+    app.stop().await;
+}
