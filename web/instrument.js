@@ -153,7 +153,15 @@ export function instrumentPage(ctx, main, id) {
           onclick: (e) => act(e.target, 'step-back', error),
         }, 'Let the next go first')));
     } else {
-      items.push(takeForm(status, error));
+      // Live updates re-render the controls often: the form someone may be
+      // filling in is kept (with what they typed), only its button changes.
+      const kept = controls.querySelector('form.take');
+      if (kept) {
+        kept.querySelector('button[type=submit]').textContent = takeLabel(status);
+        items.push(kept);
+      } else {
+        items.push(takeForm(status));
+      }
     }
     if (ctx.can.admin() && (status.locked || status.observer_count) && !me.holds) {
       items.push(h('button', {
@@ -165,9 +173,12 @@ export function instrumentPage(ctx, main, id) {
     controls.replaceChildren(...items);
   }
 
-  function takeForm(status, error) {
+  function takeLabel(status) {
+    return status.locked || (status.queue ?? []).length > 0 ? 'Queue for it' : 'Take lock';
+  }
+
+  function takeForm(status) {
     const exclusive = ctx.can.lock();
-    const busyNow = status.locked || (status.queue ?? []).length > 0;
     const form = h('form.take', { 'aria-label': 'Take the lock' },
       h('label', null, 'Mode ',
         h('select', { name: 'lock_mode' },
@@ -179,10 +190,12 @@ export function instrumentPage(ctx, main, id) {
         h('input', { name: 'priority', type: 'number', min: -10, max: 10, step: 1, value: 0, required: true })),
       h('label.check', null,
         h('input', { name: 'queue_if_busy', type: 'checkbox', checked: true }), ' Queue if busy'),
-      h('button', { type: 'submit', class: 'primary' }, busyNow ? 'Queue for it' : 'Take lock'));
+      h('button', { type: 'submit', class: 'primary' }, takeLabel(status)));
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       const button = form.querySelector('button[type=submit]');
+      // The controls' error line of the moment (they are re-rendered).
+      const error = controls.querySelector('p.error');
       busy(button, async () => {
         const answer = await api('POST', '/locks/acquire', {
           equipment_id: id,

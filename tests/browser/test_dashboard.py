@@ -461,10 +461,12 @@ def test_queueing_from_the_page_with_a_priority_and_stepping_back(server, open_p
     wait_live(page)
     open_session_on_page(page, "Bench page")
     page.locator("form.take").get_by_label("Priority").fill("4")
+    expect(page.locator("form.take").get_by_label("Priority")).to_have_value("4")
     page.get_by_role("button", name="Queue for it").click()
-    expect(page.locator(".controls")).to_contain_text("You are number 1 in the queue.")
+    expect(page.locator(".queue-list li")).to_have_count(2)
     queue = server.ok("GET", f"/api/locks/queue/{PSU}")["queue"]
-    assert [(q["session_id"] == early, q["priority"]) for q in queue] == [(False, 4), (True, 0)]
+    assert [(q["session_id"] == early, q["priority"]) for q in queue] == [(False, 4), (True, 0)], queue
+    expect(page.locator(".controls")).to_contain_text("You are number 1 in the queue.")
     expect(page.locator(".queue-list li").first).to_contain_text("Bench page — exclusive, priority 4")
     page.get_by_role("button", name="Let the next go first").click()
     expect(page.locator(".controls")).to_contain_text("You are number 2 in the queue.")
