@@ -66,6 +66,30 @@ pub enum RegistryError {
     BadAllowList { id: String, message: String },
     #[error("group {id:?}: {message}")]
     BadGroup { id: String, message: String },
+    #[error("equipment {id:?}: {message}")]
+    BadTags { id: String, message: String },
+}
+
+/// Tags are words a pool names (`any_of: {"tags": [...]}`, `lablink run
+/// --any-of tag:T,tag:U`): not empty, without commas or spaces, each once.
+fn check_tags(tags: &[String]) -> Result<(), String> {
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() || tag.chars().count() > 64 {
+            return Err(format!("tag {tag:?} must be 1 to 64 characters"));
+        }
+        if tag
+            .chars()
+            .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "tag {tag:?} may not hold a comma, a space or a control character"
+            ));
+        }
+        if tags[..i].contains(tag) {
+            return Err(format!("tag {tag:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// A registered instrument. `serial` makes commands to it run one at a
@@ -143,6 +167,10 @@ impl Instruments {
                     }
                 })?;
             }
+            check_tags(&config.tags).map_err(|message| RegistryError::BadTags {
+                id: config.id.clone(),
+                message,
+            })?;
             let driver = build_driver(config, base)?;
             let instrument = Instrument {
                 id: id.clone(),
@@ -265,6 +293,23 @@ mod tests {
         }
         let file: File = toml::from_str(raw).unwrap();
         Instruments::from_configs(&file.equipment, Path::new("."))
+    }
+
+    #[test]
+    fn tags_are_words_listed_once() {
+        let with = |tags: &str| {
+            parse(&format!(
+                "[[equipment]]\nid='a'\ndriver='sim-psu'\ntags={tags}"
+            ))
+            .err()
+        };
+        assert_eq!(with(r#"["psu", "30V"]"#), None);
+        for bad in [r#"[""]"#, r#"["a,b"]"#, r#"["a b"]"#, r#"["psu", "psu"]"#] {
+            assert!(
+                matches!(with(bad), Some(RegistryError::BadTags { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
