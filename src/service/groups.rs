@@ -8,8 +8,7 @@ use std::sync::Arc;
 use super::uow::{Uow, live_check};
 use super::{AcquireInput, At, Service, ServiceError};
 use crate::domain::group::{self, Bench, GroupOutcome, GroupRef};
-use crate::domain::lock::Holder;
-use crate::domain::{Actor, EquipmentId, LockRequest, QueueEntry, ReleaseOutcome, Role, SessionId};
+use crate::domain::{Actor, EquipmentId, QueueEntry, ReleaseOutcome, SessionId};
 use crate::storage::StoreError;
 
 /// What a group acquire asks for: every one of `members` and one of
@@ -126,23 +125,8 @@ impl Service {
             .actor
             .may_use_priority(input.priority, self.policy.priority_caps)?;
         let group = self.resolve(&ask, &input.actor)?;
-        let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(move |uow| {
-            let (session, opened) = uow.session_for_acquire(&input)?;
-            let request = LockRequest {
-                session_id: input.session_id.clone(),
-                mode: input.mode,
-                timeout,
-                queue_if_busy: input.queue_if_busy,
-                holder: Holder {
-                    user: session.user.clone(),
-                    client_name: Some(session.client_name.clone()),
-                },
-                priority: input.priority,
-                max_wait: input.max_wait,
-                maintenance_exempt: input.actor.authenticated() && input.actor.role == Role::Admin,
-                claim_within: input.claim_within.unwrap_or(uow.policy.claim_window),
-            };
+            let (request, session, opened) = uow.lock_request(&input)?;
             let mut bench = uow.load_bench(group.involved())?;
             let opened_at = uow.events.len();
             let outcome = group::acquire(

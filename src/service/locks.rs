@@ -4,9 +4,8 @@
 use super::inputs::too_many;
 use super::{AcquireInput, Acquired, At, ExpiryReport, Service, ServiceError};
 use crate::domain::group::GroupRef;
-use crate::domain::lock::Holder;
 use crate::domain::{
-    Actor, EquipmentId, EquipmentLocks, Event, LockRequest, ReleaseOutcome, SessionId, Timestamp,
+    Actor, EquipmentId, EquipmentLocks, Event, ReleaseOutcome, SessionId, Timestamp,
 };
 use std::sync::Arc;
 
@@ -28,26 +27,8 @@ impl Service {
         input
             .actor
             .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
-        let timeout = input.timeout.unwrap_or(self.policy.default_lock_timeout);
         self.run(move |uow| {
-            let (session, opened) = uow.session_for_acquire(&input)?;
-            let request = LockRequest {
-                session_id: input.session_id.clone(),
-                mode: input.mode,
-                timeout,
-                queue_if_busy: input.queue_if_busy,
-                holder: Holder {
-                    user: session.user.clone(),
-                    client_name: Some(session.client_name.clone()),
-                },
-                priority: input.priority,
-                max_wait: input.max_wait,
-                // Admins do the maintenance; with authentication off nobody
-                // is exempt (everyone could start or end it anyway).
-                maintenance_exempt: input.actor.authenticated()
-                    && input.actor.role == crate::domain::Role::Admin,
-                claim_within: input.claim_within.unwrap_or(uow.policy.claim_window),
-            };
+            let (request, session, opened) = uow.lock_request(&input)?;
             let mut locks = uow.load_locks(&input.equipment_id)?;
             let opened_at = uow.events.len();
             let outcome = locks.acquire(&request, uow.now, uow.policy.lock, &mut uow.events)?;

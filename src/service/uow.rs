@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::{AcquireInput, ClientInfo, ExpiryReport, Policy, ServiceError};
 use crate::domain::DomainError;
+use crate::domain::lock::Holder;
 use crate::domain::{
-    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, LockMode, Session, SessionId,
-    Timestamp,
+    Actor, EndReason, EquipmentId, EquipmentLocks, Event, EventKind, LockMode, LockRequest, Role,
+    Session, SessionId, Timestamp,
 };
 use crate::storage::{Due, StoreError, Tx};
 
@@ -282,6 +283,32 @@ impl Uow<'_> {
             self.save_locks(&locks)?;
         }
         Ok(changed)
+    }
+
+    /// The request an acquire makes, with the session it uses (see
+    /// `session_for_acquire`) and whether that session is opened by it.
+    pub(super) fn lock_request(
+        &mut self,
+        input: &AcquireInput,
+    ) -> Result<(LockRequest, Session, bool), ServiceError> {
+        let (session, opened) = self.session_for_acquire(input)?;
+        let request = LockRequest {
+            session_id: input.session_id.clone(),
+            mode: input.mode,
+            timeout: input.timeout.unwrap_or(self.policy.default_lock_timeout),
+            queue_if_busy: input.queue_if_busy,
+            holder: Holder {
+                user: session.user.clone(),
+                client_name: Some(session.client_name.clone()),
+            },
+            priority: input.priority,
+            max_wait: input.max_wait,
+            // Admins do the maintenance; with authentication off nobody
+            // is exempt (everyone could start or end it anyway).
+            maintenance_exempt: input.actor.authenticated() && input.actor.role == Role::Admin,
+            claim_within: input.claim_within.unwrap_or(self.policy.claim_window),
+        };
+        Ok((request, session, opened))
     }
 
     /// The session an acquire uses: the live one it names, renewed, or one
