@@ -7,7 +7,8 @@
 
 import { api, ApiError, commandId, query, seg } from './api.js';
 import {
-  busy, clearError, confirmWithReason, duration, h, localTime, maintenanceText, notify, showError, shortId, who,
+  busy, clearError, confirmWithReason, duration, h, localTime, maintenanceText, notify, replaceChildrenInPlace,
+  showError, shortId, who,
 } from './ui.js';
 import { stateOf } from './overview.js';
 
@@ -170,7 +171,7 @@ export function instrumentPage(ctx, main, id) {
       }, 'Force release…'));
     }
     items.push(error);
-    controls.replaceChildren(...items);
+    replaceChildrenInPlace(controls, items);
   }
 
   function takeLabel(status) {
@@ -505,10 +506,11 @@ function historySection(id) {
     h('label', null, 'Until ', h('input', { name: 'until', type: 'datetime-local', step: 1 })),
     h('button', { type: 'submit' }, 'Search'),
     h('button', { type: 'reset' }, 'Latest'));
+  let table;
   const root = h('section', { 'aria-labelledby': 'history-title' },
     h('h2', { id: 'history-title' }, 'History'),
     form, error,
-    h('div.table-wrap', null, h('table.history', null, caption,
+    h('div.table-wrap', null, table = h('table.history', null, caption,
       h('thead', null, h('tr', null,
         ['Time', 'Event', 'Session', 'Details'].map((c) => h('th', { scope: 'col' }, c)))),
       tbody)),
@@ -519,6 +521,10 @@ function historySection(id) {
   /** cursors[i] is where page i starts (the page before it ended there). */
   let cursors = [0];
   let pageIndex = 0;
+  /** Which load is the newest: an older one's answer is dropped. */
+  let loads = 0;
+  /** Live events heard while the newest load is in flight (oldest first). */
+  let heardDuringLoad = null;
 
   function row(event) {
     const { seq, event: kind, timestamp, session_id: session, equipment_id: _eq, ...rest } = event;
@@ -534,16 +540,27 @@ function historySection(id) {
 
   async function load() {
     clearError(error);
+    const thisLoad = ++loads;
+    table.setAttribute('aria-busy', 'true');
     try {
       if (mode === 'latest') {
+        heardDuringLoad = [];
         const page = await api('GET', `/locks/events/${seg(id)}?limit=50`);
-        tbody.replaceChildren(...page.events.slice().reverse().map(row));
+        if (thisLoad !== loads) return;
+        // Events that happened while the page was on its way may not be in
+        // it: they are newer than all of it, so they go on top.
+        const loaded = new Set(page.events.map((e) => e.seq));
+        const newer = heardDuringLoad.filter((e) => !loaded.has(e.seq));
+        heardDuringLoad = null;
+        const newestFirst = [...newer.reverse(), ...page.events.slice().reverse()].slice(0, 50);
+        tbody.replaceChildren(...newestFirst.map(row));
         caption.textContent = 'The newest events, newest first; new ones appear as they happen.';
         pager.replaceChildren();
       } else {
         const page = await api('GET', `/locks/events${query({
           equipment_id: id, limit: HISTORY_PAGE, cursor: cursors[pageIndex] || undefined, ...filters,
         })}`);
+        if (thisLoad !== loads) return;
         tbody.replaceChildren(...page.events.map(row));
         caption.textContent = `Matching events, oldest first: page ${pageIndex + 1}.`;
         cursors[pageIndex + 1] = page.next_cursor;
@@ -555,7 +572,11 @@ function historySection(id) {
         tbody.replaceChildren(h('tr', null, h('td', { colspan: 4 }, 'No events.')));
       }
     } catch (e) {
+      if (thisLoad !== loads) return;
+      heardDuringLoad = null;
       showError(e, error);
+    } finally {
+      if (thisLoad === loads) table.removeAttribute('aria-busy');
     }
   }
 
@@ -582,6 +603,7 @@ function historySection(id) {
     load,
     live(event) {
       if (mode !== 'latest') return;
+      heardDuringLoad?.push(event);
       if (tbody.querySelector(`tr[data-seq="${event.seq}"]`)) return;
       if (!tbody.querySelector('tr[data-seq]')) tbody.replaceChildren();
       tbody.prepend(row(event));

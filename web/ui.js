@@ -23,6 +23,21 @@ export function h(spec, attrs, ...children) {
   return node;
 }
 
+/**
+ * Makes `items` the children of `parent`, leaving in place those already
+ * there: a form someone is typing in keeps its focus (moving a node out of
+ * the document blurs it, and the next keystrokes go nowhere).
+ */
+export function replaceChildrenInPlace(parent, items) {
+  const keep = new Set(items);
+  for (const child of [...parent.childNodes]) if (!keep.has(child)) child.remove();
+  let cursor = parent.firstChild;
+  for (const item of items) {
+    if (item === cursor) cursor = cursor.nextSibling;
+    else parent.insertBefore(item, cursor);
+  }
+}
+
 /** Shows an error (an ApiError's detail, or any message) until dismissed. */
 export function showError(error, where) {
   const text = error?.detail ?? error?.message ?? String(error);

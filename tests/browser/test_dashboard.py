@@ -270,6 +270,7 @@ def test_screenshots(server, open_page):
     wait_live(page)
     open_session_on_page(page, "Bench 3 laptop")
     page.get_by_role("button", name="Take lock").click()
+    expect(page.locator(".controls")).to_contain_text("You hold the exclusive lock.")
     server.ok("POST", "/api/locks/acquire", {"equipment_id": "load_1", "session_id": bob, "queue_if_busy": True})
     form = page.locator('form.action[data-action="set_current"]')
     form.get_by_label(re.compile("^current")).fill("2.5")
@@ -450,6 +451,51 @@ def test_maintenance_and_queue_entries_from_the_admin_view(server, open_page):
     # The urgent waiter got the lock when the holder's session ended.
     assert server.ok("GET", f"/api/locks/status/{PSU}")["session_id"] == urgent
     assert watched.console_errors == []
+
+
+def test_typing_in_the_take_form_survives_a_live_update(server, open_page):
+    """Someone else queueing re-renders the controls while the priority is
+    being typed: the field keeps its focus and the keystrokes land in it."""
+    holder = server.session("Lab PC #3")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    open_session_on_page(page, "Bench page")
+    priority = page.locator("form.take").get_by_label("Priority")
+    priority.select_text()
+    other = server.session("Night run")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": other, "queue_if_busy": True})
+    expect(page.locator(".queue-list li")).to_have_count(1)
+    page.keyboard.type("4")
+    expect(priority).to_have_value("4")
+
+
+def test_an_event_during_the_history_load_is_not_lost(server, open_page):
+    """The history is read again when the live connection resubscribes; an
+    event that happens while that read is on its way still shows."""
+    page = open_page(server.url + f"/#/equipment/{PSU}").page
+    wait_live(page)
+    table = page.locator("table.history")
+    expect(table.locator("tbody")).to_contain_text("No events.")
+    holder = server.session("Lab PC #3")
+
+    def answer_late(route):
+        # The answer is read before the lock is taken, and handed to the
+        # page only once the page has heard the lock_acquired event live.
+        response = route.fetch()
+        server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": holder})
+        expect(table.locator("tbody tr[data-seq]")).to_have_count(1)
+        route.fulfill(response=response)
+
+    history = re.compile(r".*/api/locks/events/ps_abc123\?limit=50$")
+    page.route(history, answer_late)
+    with page.expect_response(history):
+        page.locator("form.filters").get_by_role("button", name="Latest").click()
+    # The page is done with that answer once the table is no longer busy.
+    expect(table).not_to_have_attribute("aria-busy", "true")
+    rows = table.locator("tbody tr[data-seq]")
+    kinds = rows.evaluate_all("rows => rows.map(r => r.querySelector('.event').textContent)")
+    assert kinds == ["lock_acquired"]
 
 
 def test_queueing_from_the_page_with_a_priority_and_stepping_back(server, open_page):
