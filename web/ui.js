@@ -164,6 +164,7 @@ export function maintenanceText(m) {
   const parts = [m.reason];
   parts.push(m.until ? `until ${dateTime.format(new Date(m.until))}` : 'until ended');
   if (m.user) parts.push(`by ${m.user}`);
+  if (m.group) parts.push(`with group ${m.group}`);
   return parts.join(' · ');
 }
 

@@ -485,6 +485,15 @@ fn group_target(app: &AppState, body: &ReleaseBody) -> Result<Option<GroupTarget
                 "`group_id` must be the 1 to 64 characters an acquire answered",
             ));
         }
+        if body.equipment_id.is_some() || body.equipment_ids.is_some() {
+            // Two names for what to release could disagree: which one
+            // was meant is not guessed.
+            return Err(ApiError::unprocessable(
+                "invalid_parameter",
+                "name what to release once: `group_id` alone, or the instruments \
+                 (`equipment_id`, `equipment_ids`)",
+            ));
+        }
         return Ok(Some(GroupTarget::Id(id.clone())));
     }
     if let Some(ids) = &body.equipment_ids {

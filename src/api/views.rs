@@ -196,6 +196,10 @@ pub struct MaintenanceView {
     pub until: Option<String>,
     /// The admin who started it (with authentication on).
     pub user: Option<String>,
+    /// The configured lock group whose maintenance this is (absent: the
+    /// instrument's own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl MaintenanceView {
@@ -205,6 +209,7 @@ impl MaintenanceView {
             since: m.since.to_rfc3339(),
             until: m.until.map(Timestamp::to_rfc3339),
             user: m.user.clone(),
+            group: m.group.as_ref().map(ToString::to_string),
         }
     }
 }

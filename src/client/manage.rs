@@ -38,6 +38,9 @@ pub fn maintenance_text(m: &Value) -> String {
     if let Some(user) = m["user"].as_str() {
         about.push(format!("by {user}"));
     }
+    if let Some(group) = m["group"].as_str() {
+        about.push(format!("with group {group}"));
+    }
     format!("{} ({})", text(&m["reason"]), about.join(", "))
 }
 
@@ -212,6 +215,12 @@ mod tests {
         assert_eq!(
             maintenance_text(&open),
             "broken (since 2026-11-28T10:00:00Z, until ended)"
+        );
+        let grouped = json!({"reason": "recabling", "since": "2026-11-28T10:00:00Z",
+                             "until": null, "group": "bench3"});
+        assert_eq!(
+            maintenance_text(&grouped),
+            "recabling (since 2026-11-28T10:00:00Z, until ended, with group bench3)"
         );
     }
 }

@@ -396,6 +396,7 @@ fn maintenance_on_a_member_keeps_the_group_waiting() {
         since: f.now,
         until: None,
         user: None,
+        group: None,
     };
     let now = f.now;
     f.locks("b").start_maintenance(m, now, &mut Vec::new());
@@ -409,7 +410,7 @@ fn maintenance_on_a_member_keeps_the_group_waiting() {
     let from = f.events.len();
     let locks = f.bench.get_mut(&eid("b")).unwrap();
     locks
-        .end_maintenance(now, &mut |_| true, &mut f.events)
+        .end_maintenance(None, now, &mut |_| true, &mut f.events)
         .unwrap();
     f.settle(from);
     assert_eq!(f.holders(), [Some("g"), Some("g"), None, None]);

@@ -165,6 +165,19 @@ pub struct Maintenance {
     /// The admin who started it (with authentication on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The configured lock group whose maintenance this is; `None`: the
+    /// instrument's own. A group's maintenance neither replaces nor ends
+    /// one that is not its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<EquipmentId>,
+}
+
+impl Maintenance {
+    /// Whether a maintenance started or ended for `group` (`None`: for the
+    /// instrument itself) may change this one.
+    fn yields_to(&self, group: Option<&EquipmentId>) -> bool {
+        group.is_none() || self.group.as_ref() == group
+    }
 }
 
 /// What a command asks of an equipment's locks.
@@ -864,13 +877,19 @@ impl EquipmentLocks {
     /// Takes the equipment out of service (or changes the reason and end
     /// of a maintenance in force). Nobody loses a lock: the holder is
     /// warned (the `maintenance_started` event names its session) and
-    /// keeps it; the queue waits until service resumes.
+    /// keeps it; the queue waits until service resumes. A group's
+    /// maintenance leaves one that is not its own as it is (`false`).
     pub fn start_maintenance(
         &mut self,
         maintenance: Maintenance,
         now: Timestamp,
         events: &mut Vec<Event>,
-    ) {
+    ) -> bool {
+        if let Some(current) = self.maintenance_at(now)
+            && !current.yields_to(maintenance.group.as_ref())
+        {
+            return false;
+        }
         let mut e = Event::new(EventKind::MaintenanceStarted, now);
         e.equipment_id = Some(self.equipment_id.clone());
         if let Some(holder) = &self.exclusive {
@@ -881,16 +900,20 @@ impl EquipmentLocks {
         e.expires_at = maintenance.until;
         events.push(e);
         self.maintenance = Some(maintenance);
+        true
     }
 
-    /// Puts the equipment back in service at once and serves its queue.
+    /// Puts the equipment back in service at once and serves its queue;
+    /// for `group` (a configured group's maintenance ending), only if the
+    /// maintenance in force is that group's.
     pub fn end_maintenance(
         &mut self,
+        group: Option<&EquipmentId>,
         now: Timestamp,
         live: &mut dyn FnMut(&SessionId) -> bool,
         events: &mut Vec<Event>,
     ) -> Result<Maintenance, DomainError> {
-        if self.maintenance_at(now).is_none() {
+        if !self.maintenance_at(now).is_some_and(|m| m.yields_to(group)) {
             return Err(DomainError::NotInMaintenance {
                 equipment: self.equipment_id.clone(),
             });

@@ -518,6 +518,7 @@ fn service(reason: &str, until: Option<i64>) -> Maintenance {
         since: t(0),
         until: until.map(t),
         user: None,
+        group: None,
     }
 }
 
@@ -581,7 +582,7 @@ fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
     assert_eq!(w.holder(), None, "still in maintenance");
     w.events.clear();
     w.locks
-        .end_maintenance(w.now, &mut |_| true, &mut w.events)
+        .end_maintenance(None, w.now, &mut |_| true, &mut w.events)
         .unwrap();
     assert_eq!(
         w.kinds(),
@@ -589,9 +590,60 @@ fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
     );
     assert_eq!(w.holder(), Some("b"));
     assert!(matches!(
-        w.locks.end_maintenance(w.now, &mut |_| true, &mut w.events),
+        w.locks
+            .end_maintenance(None, w.now, &mut |_| true, &mut w.events),
         Err(DomainError::NotInMaintenance { .. })
     ));
+}
+
+#[test]
+fn a_groups_maintenance_neither_replaces_nor_ends_an_instruments_own() {
+    let mut w = World::new();
+    let bench = EquipmentId::parse("bench3").unwrap();
+    let of_bench = |reason: &str| Maintenance {
+        group: Some(bench.clone()),
+        ..service(reason, None)
+    };
+    w.locks
+        .start_maintenance(service("calibration", Some(5_000)), w.now, &mut w.events);
+    w.events.clear();
+    assert!(
+        !w.locks
+            .start_maintenance(of_bench("recabling"), w.now, &mut w.events)
+    );
+    assert_eq!(w.kinds(), []);
+    assert!(matches!(
+        w.locks
+            .end_maintenance(Some(&bench), w.now, &mut |_| true, &mut w.events),
+        Err(DomainError::NotInMaintenance { .. })
+    ));
+    let own = w.locks.maintenance_at(w.now).unwrap();
+    assert_eq!(
+        (own.reason.as_str(), own.group.as_ref()),
+        ("calibration", None)
+    );
+
+    // Once the instrument's own is over, the group's applies and ends.
+    w.locks
+        .end_maintenance(None, w.now, &mut |_| true, &mut w.events)
+        .unwrap();
+    assert!(
+        w.locks
+            .start_maintenance(of_bench("recabling"), w.now, &mut w.events)
+    );
+    // The instrument's own replaces the group's (an admin named it).
+    assert!(
+        w.locks
+            .start_maintenance(service("repair", None), w.now, &mut w.events)
+    );
+    assert!(
+        w.locks
+            .end_maintenance(Some(&bench), w.now, &mut |_| true, &mut w.events)
+            .is_err()
+    );
+    w.locks
+        .start_maintenance(of_bench("recabling"), w.now, &mut w.events);
+    assert_eq!(w.locks.maintenance_at(w.now).unwrap().reason, "repair");
 }
 
 #[test]
@@ -1127,7 +1179,7 @@ proptest! {
                 Op::Kill { who } => { w.dead.insert(sid(&name(*who))); Ok(()) }
                 Op::Maintenance { until_ms } => {
                     let until = until_ms.map(|ms| t(w.now.as_millis() + i64::from(ms)));
-                    let m = Maintenance { reason: "r".into(), since: w.now, until, user: None };
+                    let m = Maintenance { reason: "r".into(), since: w.now, until, user: None, group: None };
                     w.locks.start_maintenance(m, w.now, &mut w.events);
                     Ok(())
                 }
@@ -1151,7 +1203,7 @@ proptest! {
                 }
                 Op::EndMaintenance => {
                     let dead = w.dead.clone();
-                    w.locks.end_maintenance(w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
+                    w.locks.end_maintenance(None, w.now, &mut |x| !dead.contains(x), &mut w.events).map(|_| ())
                 }
                 Op::RemoveWaiter { who } => {
                     let dead = w.dead.clone();

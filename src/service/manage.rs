@@ -86,7 +86,8 @@ impl Service {
 
     /// Takes `equipment` out of service for `reason` until `until` (or
     /// until an admin ends it); a maintenance in force gets the new reason
-    /// and end.
+    /// and end. For a configured group, every member not already in a
+    /// maintenance of its own.
     pub async fn start_maintenance(
         &self,
         equipment: &EquipmentId,
@@ -95,6 +96,7 @@ impl Service {
         actor: &Actor,
     ) -> Result<At<Maintenance>, ServiceError> {
         let members = self.instruments_of(equipment)?;
+        let group = self.named_group(equipment).map(|_| equipment.clone());
         actor.may_force()?;
         let actor = actor.clone();
         self.run(move |uow| {
@@ -111,11 +113,12 @@ impl Service {
                 since: now,
                 until,
                 user: actor.user.clone(),
+                group: group.clone(),
             };
             for equipment in &members {
                 let started = maintenance.clone();
                 uow.change_locks(equipment, move |locks, _, events| {
-                    locks.start_maintenance(started, now, events)
+                    locks.start_maintenance(started, now, events);
                 })?;
             }
             Ok(maintenance)
@@ -130,17 +133,18 @@ impl Service {
         actor: &Actor,
     ) -> Result<At<Maintenance>, ServiceError> {
         let members = self.instruments_of(equipment)?;
+        let group = self.named_group(equipment).map(|_| equipment.clone());
         actor.may_force()?;
         let actor = actor.clone();
         self.run(move |uow| {
             uow.acting(&actor);
             let now = uow.now;
-            // A group's members that are in maintenance come back; it is
-            // an error only if none was.
+            // A group's members in the group's maintenance come back (not
+            // those in one of their own); it is an error only if none was.
             let mut first = None;
             for equipment in &members {
                 let (_, ended) = uow.change_locks(equipment, |locks, live, events| {
-                    locks.end_maintenance(now, live, events)
+                    locks.end_maintenance(group.as_ref(), now, live, events)
                 })?;
                 match (ended, &first) {
                     (Ok(m), None | Some(Err(_))) => first = Some(Ok(m)),

@@ -411,6 +411,18 @@ async fn bad_group_requests_get_clear_errors_and_change_nothing() {
         )
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "no_lock");
+    // A group id and instruments at once: refused, nothing released.
+    let both = app
+        .post(
+            "/api/locks/release",
+            json!({"session_id": "s", "group_id": "grp_none", "equipment_id": "psu2"}),
+        )
+        .await;
+    assert_error(&both, StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter");
+    assert_eq!(
+        holders(&app, &["psu1", "psu2", "psu3", "scope1", "load1"]).await,
+        some(&["", "s", "", "", ""])
+    );
     app.stop().await;
 }
 
@@ -546,6 +558,15 @@ async fn leaving_one_queue_leaves_them_all_and_an_admin_force_releases_a_group_b
 #[tokio::test]
 async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
     let app = spawn_with(bench(crate::helpers::memory())).await;
+    // One member is already out for its own reason: the group's
+    // maintenance leaves it as it is.
+    let (status, body) = app
+        .post(
+            "/api/equipment/scope1/maintenance",
+            json!({"reason": "calibration"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = app
         .post(
             "/api/equipment/bench3/maintenance",
@@ -553,9 +574,14 @@ async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    for id in ["psu1", "scope1", "load1"] {
+    for (id, reason, group) in [
+        ("psu1", "recabling", json!("bench3")),
+        ("scope1", "calibration", json!(null)),
+        ("load1", "recabling", json!("bench3")),
+    ] {
         let (_, s) = app.get(&format!("/api/locks/status/{id}")).await;
-        assert_eq!(s["maintenance"]["reason"], "recabling", "{id}: {s}");
+        assert_eq!(s["maintenance"]["reason"], reason, "{id}: {s}");
+        assert_eq!(s["maintenance"]["group"], group, "{id}: {s}");
     }
     let refused = acquire(&app, json!({"session_id": "g", "equipment_id": "bench3"})).await;
     assert_error(&refused, StatusCode::CONFLICT, "in_maintenance");
@@ -566,6 +592,17 @@ async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
     .await;
     assert_eq!(queued["status"], "queued", "{queued}");
     let (status, body) = app.delete("/api/equipment/bench3/maintenance").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, s) = app.get("/api/locks/status/scope1").await;
+    assert_eq!(s["maintenance"]["reason"], "calibration", "{s}");
+    assert_eq!(
+        holders(&app, &["psu1", "scope1", "load1"]).await,
+        some(&["", "", ""])
+    );
+    // Nothing of the group's is left to end.
+    let (status, body) = app.delete("/api/equipment/bench3/maintenance").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = app.delete("/api/equipment/scope1/maintenance").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         holders(&app, &["psu1", "scope1", "load1"]).await,
