@@ -130,7 +130,6 @@ fn scale(c: &mut Criterion) {
                     runtime.block_on(async {
                         let input = AcquireInput {
                             actor: Actor::anyone(),
-                            equipment_id: bench.clone(),
                             session_id: session.clone(),
                             mode: LockMode::Exclusive,
                             timeout: None,
@@ -140,7 +139,7 @@ fn scale(c: &mut Criterion) {
                             claim_within: None,
                             client: Default::default(),
                         };
-                        service.acquire(input).await.unwrap();
+                        service.acquire(bench.clone(), input).await.unwrap();
                         service
                             .release(&bench, &session, false, &Actor::anyone())
                             .await

@@ -131,18 +131,20 @@ mod tests {
         spawn(service.clone(), Duration::from_secs(3600), stopped);
         for (who, queue) in [(&a, false), (&b, true)] {
             service
-                .acquire(AcquireInput {
-                    actor: crate::domain::Actor::anyone(),
-                    equipment_id: psu.clone(),
-                    session_id: who.clone(),
-                    mode: LockMode::Exclusive,
-                    timeout: Some(Timeout::from_millis(5_000)),
-                    queue_if_busy: queue,
-                    priority: 0,
-                    max_wait: crate::domain::Timeout::NONE,
-                    claim_within: None,
-                    client: Default::default(),
-                })
+                .acquire(
+                    psu.clone(),
+                    AcquireInput {
+                        actor: crate::domain::Actor::anyone(),
+                        session_id: who.clone(),
+                        mode: LockMode::Exclusive,
+                        timeout: Some(Timeout::from_millis(5_000)),
+                        queue_if_busy: queue,
+                        priority: 0,
+                        max_wait: crate::domain::Timeout::NONE,
+                        claim_within: None,
+                        client: Default::default(),
+                    },
+                )
                 .await
                 .unwrap();
         }

@@ -282,6 +282,13 @@ impl AcquireResponse {
     }
 }
 
+/// What an acquire asks for: one instrument, or a lock group or pool (which
+/// may include the `equipment_id` given with it).
+enum AcquireTarget {
+    One(EquipmentId),
+    Group(GroupAsk),
+}
+
 #[utoipa::path(post, path = "/api/locks/acquire", tag = "locks", operation_id = "acquire_lock",
     request_body = AcquireBody,
     responses(
@@ -305,15 +312,9 @@ pub async fn acquire(
             .map(|ua| ua.chars().take(MAX_TEXT).collect()),
         ip: Some(peer.ip().to_string()),
     };
-    let group = group_ask(&app, &body)?;
-    let equipment_id = match (&body.equipment_id, &group) {
-        (Some(id), _) => EquipmentId::parse(id)?,
-        (None, Some(ask)) => ask
-            .members
-            .first()
-            .or(ask.any_of.first())
-            .cloned()
-            .unwrap_or_else(|| EquipmentId::parse("pool").expect("a valid id")),
+    let target = match (group_ask(&app, &body)?, &body.equipment_id) {
+        (Some(ask), _) => AcquireTarget::Group(ask),
+        (None, Some(id)) => AcquireTarget::One(EquipmentId::parse(id)?),
         (None, None) => {
             return Err(ApiError::unprocessable(
                 "invalid_parameter",
@@ -323,8 +324,6 @@ pub async fn acquire(
     };
     let input = AcquireInput {
         actor,
-        // A group or pool request's instruments are in `group`.
-        equipment_id,
         session_id: SessionId::parse(&body.session_id)?,
         mode: body.lock_mode.unwrap_or_default(),
         timeout: body
@@ -384,11 +383,14 @@ pub async fn acquire(
             ));
         }
     };
-    if let Some(ask) = group {
-        let at = app.acquire_group_waiting(input, ask, wait).await?;
-        return Ok(Json(AcquireResponse::for_group(&at)));
-    }
-    let at = app.acquire_waiting(input, wait).await?;
+    let equipment = match target {
+        AcquireTarget::One(equipment) => equipment,
+        AcquireTarget::Group(ask) => {
+            let at = app.acquire_group_waiting(input, ask, wait).await?;
+            return Ok(Json(AcquireResponse::for_group(&at)));
+        }
+    };
+    let at = app.acquire_waiting(equipment, input, wait).await?;
     let locks = &at.value.locks;
     let equipment = &locks.equipment_id;
     let observer_count =

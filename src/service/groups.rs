@@ -113,8 +113,7 @@ impl Service {
         })
     }
 
-    /// Acquire a lock group or pool (`ask`) with the settings of `input`
-    /// (its `equipment_id` is ignored).
+    /// Acquire a lock group or pool (`ask`) with the settings of `input`.
     pub async fn acquire_group(
         &self,
         input: AcquireInput,

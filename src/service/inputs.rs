@@ -61,7 +61,6 @@ pub struct NewSession {
 
 pub struct AcquireInput {
     pub actor: Actor,
-    pub equipment_id: EquipmentId,
     pub session_id: SessionId,
     pub mode: LockMode,
     pub timeout: Option<Timeout>,

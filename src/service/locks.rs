@@ -18,18 +18,22 @@ pub struct Released {
 }
 
 impl Service {
-    pub async fn acquire(&self, input: AcquireInput) -> Result<At<Acquired>, ServiceError> {
-        let instrument = self.instrument(&input.equipment_id)?;
+    pub async fn acquire(
+        &self,
+        equipment: EquipmentId,
+        input: AcquireInput,
+    ) -> Result<At<Acquired>, ServiceError> {
+        let instrument = self.instrument(&equipment)?;
         input.actor.may_lock(input.mode)?;
         input
             .actor
             .may_use_priority(input.priority, self.policy.priority_caps)?;
         input
             .actor
-            .may_use_equipment(input.equipment_id.as_str(), instrument.allow.as_deref())?;
+            .may_use_equipment(equipment.as_str(), instrument.allow.as_deref())?;
         self.run(move |uow| {
             let (request, session, opened) = uow.lock_request(&input)?;
-            let mut locks = uow.load_locks(&input.equipment_id)?;
+            let mut locks = uow.load_locks(&equipment)?;
             let opened_at = uow.events.len();
             let outcome = locks.acquire(&request, uow.now, uow.policy.lock, &mut uow.events)?;
             // A refused acquire opens no session.

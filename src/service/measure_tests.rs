@@ -29,18 +29,20 @@ async fn session(service: &Service) -> SessionId {
 
 async fn queue_for(service: &Service, equipment: &EquipmentId, session: &SessionId) {
     service
-        .acquire(AcquireInput {
-            actor: Actor::anyone(),
-            equipment_id: equipment.clone(),
-            session_id: session.clone(),
-            mode: LockMode::Exclusive,
-            timeout: Some(Timeout::from_millis(5_000)),
-            queue_if_busy: true,
-            client: Default::default(),
-            priority: 0,
-            max_wait: Timeout::NONE,
-            claim_within: None,
-        })
+        .acquire(
+            equipment.clone(),
+            AcquireInput {
+                actor: Actor::anyone(),
+                session_id: session.clone(),
+                mode: LockMode::Exclusive,
+                timeout: Some(Timeout::from_millis(5_000)),
+                queue_if_busy: true,
+                client: Default::default(),
+                priority: 0,
+                max_wait: Timeout::NONE,
+                claim_within: None,
+            },
+        )
         .await
         .unwrap();
 }

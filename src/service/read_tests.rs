@@ -64,7 +64,6 @@ impl Lab {
     async fn acquire(&self, equipment: &EquipmentId, session: &SessionId, timeout_ms: u64) {
         let input = AcquireInput {
             actor: Actor::anyone(),
-            equipment_id: equipment.clone(),
             session_id: session.clone(),
             mode: LockMode::Exclusive,
             timeout: Some(Timeout::from_millis(timeout_ms)),
@@ -74,7 +73,10 @@ impl Lab {
             claim_within: None,
             client: ClientInfo::default(),
         };
-        self.service.acquire(input).await.unwrap();
+        self.service
+            .acquire(equipment.clone(), input)
+            .await
+            .unwrap();
     }
 
     /// Runs every read use case once; returns how many writes they made.
@@ -168,9 +170,9 @@ async fn a_read_past_a_deadline_shows_it_expired_without_writing() {
         );
         assert!(matches!(
             s.acquire_waiting(
+                psu(),
                 AcquireInput {
                     actor: Actor::anyone(),
-                    equipment_id: psu(),
                     session_id: b.clone(),
                     mode: LockMode::Exclusive,
                     timeout: None,

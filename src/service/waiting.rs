@@ -121,16 +121,17 @@ impl Service {
     /// show a commit whose sync is still running.
     pub async fn acquire_waiting(
         &self,
+        equipment: EquipmentId,
         input: AcquireInput,
         wait: Option<std::time::Duration>,
     ) -> Result<At<Acquired>, ServiceError> {
-        let (equipment, session) = (input.equipment_id.clone(), input.session_id.clone());
+        let session = input.session_id.clone();
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
-            return self.acquire(input).await;
+            return self.acquire(equipment, input).await;
         };
         // Listen before asking, so a grant right after cannot be missed.
         let mut live = self.hub.subscribe();
-        let first = self.acquire(input).await?;
+        let first = self.acquire(equipment.clone(), input).await?;
         if !matches!(first.value.outcome, AcquireOutcome::Queued { .. }) {
             return Ok(first);
         }
