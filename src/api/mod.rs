@@ -145,18 +145,19 @@ impl utoipa::Modify for Conventions {
             ),
         );
         any_of_param_values(components);
-        for (schema, fields) in [
+        for (schema, alternatives) in [
             (
                 "AcquireBody",
-                &["equipment_id", "equipment_ids", "any_of"][..],
+                &[&["equipment_id", "equipment_ids", "any_of"][..]][..],
             ),
+            // A release names its group by id or by instruments, not both.
             (
                 "ReleaseBody",
-                &["equipment_id", "equipment_ids", "group_id"][..],
+                &[&["group_id"][..], &["equipment_id", "equipment_ids"][..]][..],
             ),
-            ("AnyOf", &["tags", "equipment_ids"][..]),
+            ("AnyOf", &[&["tags", "equipment_ids"][..]][..]),
         ] {
-            require_one_of(components, schema, fields);
+            require_one_of(components, schema, alternatives);
         }
         declare_links(api);
         let components = api.components.clone().unwrap_or_default();
@@ -274,21 +275,41 @@ fn any_of_param_values(components: &mut utoipa::openapi::Components) {
     }
 }
 
-/// Says that an object needs at least one of `fields` (each optional on its
-/// own), as `anyOf` of `required` lists next to the object's schema.
-fn require_one_of(components: &mut utoipa::openapi::Components, name: &str, fields: &[&str]) {
+/// Says that an object needs fields of exactly one of `alternatives` (each
+/// field optional on its own): at least one field of that alternative, and
+/// none of another. Written next to the object's schema as `anyOf` of
+/// `required` lists, in a `oneOf` when there are several alternatives.
+fn require_one_of(
+    components: &mut utoipa::openapi::Components,
+    name: &str,
+    alternatives: &[&[&str]],
+) {
     use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{AllOf, AnyOf, ObjectBuilder, Schema};
+    use utoipa::openapi::schema::{AllOf, AnyOf, ObjectBuilder, OneOf, Schema};
     let Some(object) = components.schemas.remove(name) else {
         return;
     };
-    let mut one_of = AnyOf::new();
-    for field in fields {
-        let required = ObjectBuilder::new().required(*field).build();
-        one_of.items.push(RefOr::T(Schema::Object(required)));
-    }
+    let any_field_of = |fields: &[&str]| {
+        let mut any = AnyOf::new();
+        for field in fields {
+            let required = ObjectBuilder::new().required(*field).build();
+            any.items.push(RefOr::T(Schema::Object(required)));
+        }
+        Schema::AnyOf(any)
+    };
+    let needed = match alternatives {
+        [only] => any_field_of(only),
+        several => {
+            let mut one = OneOf::new();
+            one.items = several
+                .iter()
+                .map(|fields| RefOr::T(any_field_of(fields)))
+                .collect();
+            Schema::OneOf(one)
+        }
+    };
     let mut all = AllOf::new();
-    all.items = vec![object, RefOr::T(Schema::AnyOf(one_of))];
+    all.items = vec![object, RefOr::T(needed)];
     components
         .schemas
         .insert(name.into(), RefOr::T(Schema::AllOf(all)));

@@ -775,6 +775,24 @@ async fn the_api_document_declares_what_the_api_does() {
             &json!("any_of")
         ]
     );
+    // A release names a group by its id or by instruments: exactly one.
+    let release = &schemas["ReleaseBody"]["allOf"][1]["oneOf"];
+    let ways: Vec<Vec<&Value>> = release
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|way| {
+            let fields = way["anyOf"].as_array().unwrap();
+            fields.iter().map(|one| &one["required"][0]).collect()
+        })
+        .collect();
+    assert_eq!(
+        ways,
+        [
+            vec![&json!("group_id")],
+            vec![&json!("equipment_id"), &json!("equipment_ids")]
+        ]
+    );
     let history = op("/api/locks/events", "get");
     let param = |name: &str| {
         history["parameters"]
