@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth;
+use crate::client::output::{errln, outln};
 use crate::client::{self, ClientError, Connection, http::Api};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Flags, Settings};
@@ -283,7 +284,7 @@ pub struct MaintenanceStartArgs {
     /// Why it is out of service (shown in its status)
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
-    /// When service resumes by itself: RFC 3339, or a duration from now (2h) [default: when ended]
+    /// When service resumes by itself: RFC 3339, or a duration from now (2h) [default: no end set: until `maintenance end`]
     #[arg(long, value_name = "T")]
     pub until: Option<String>,
     #[command(flatten)]
@@ -556,7 +557,7 @@ impl InterventionArgs {
 
 /// A trade names the waiting session; without one, says how to.
 fn missing_session(name: &str) -> i32 {
-    eprintln!(
+    errln!(
         "lablink {name}: name the waiting session (--session or LABLINK_SESSION_ID; `lablink queue EQ` lists them)"
     );
     client::exit::USAGE
@@ -602,7 +603,7 @@ async fn release(args: ReleaseArgs) -> i32 {
         // Recorded as `forced_by`; it need not exist.
         (None, true) => "lablink-cli".into(),
         (None, false) => {
-            eprintln!(
+            errln!(
                 "lablink release: name the session whose lock to release (--session or LABLINK_SESSION_ID), or --force"
             );
             return client::exit::USAGE;
@@ -674,19 +675,19 @@ fn backup(args: BackupArgs) -> i32 {
     let settings = match store_settings(args.store, args.config) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             return 2;
         }
     };
     let options = match server::sqlite_options(&settings.store, &settings.data_dir) {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             return 2;
         }
     };
     let Some(options) = options else {
-        eprintln!(
+        errln!(
             "lablink backup: the store is {:?}, not SQLite: {}",
             settings.store,
             if settings.store.starts_with("memory") {
@@ -699,7 +700,7 @@ fn backup(args: BackupArgs) -> i32 {
     };
     match sqlite_backup::backup(&options, &args.path) {
         Ok(copied) => {
-            println!(
+            outln!(
                 "backed up {} to {} ({} bytes, schema version {}, events up to #{}); restore: start a server on the copy (lablink serve --store sqlite://{})",
                 options.path.display(),
                 copied.to.display(),
@@ -713,7 +714,7 @@ fn backup(args: BackupArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             1
         }
     }
@@ -723,20 +724,28 @@ async fn token(args: TokenArgs) -> i32 {
     // Only `create` may bring a store into being: listing or revoking in a
     // store that does not exist means the settings point somewhere else.
     let creates = matches!(args.command, TokenCommand::Create { .. });
-    let store = store_settings(args.store, args.config)
-        .and_then(|s| match server::store_file(&s.store, &s.data_dir) {
-            Some(file) if !creates && !file.exists() => Err(format!(
-                "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
-                file.display(),
-                s.store
-            )),
-            _ => server::open_store(&s.store, &s.data_dir).map_err(|e| e.to_string()),
-        });
+    // Settings that cannot be read are bad arguments (2); a store that is
+    // not there or cannot be opened is "cannot do it" (1).
+    let settings = match store_settings(args.store, args.config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            errln!("lablink token: {e}");
+            return client::exit::USAGE;
+        }
+    };
+    let store = match server::store_file(&settings.store, &settings.data_dir) {
+        Some(file) if !creates && !file.exists() => Err(format!(
+            "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
+            file.display(),
+            settings.store
+        )),
+        _ => server::open_store(&settings.store, &settings.data_dir).map_err(|e| e.to_string()),
+    };
     let store = match store {
         Ok(store) => store,
         Err(e) => {
-            eprintln!("lablink token: {e}");
-            return 2;
+            errln!("lablink token: {e}");
+            return client::exit::ERROR;
         }
     };
     let now = SystemClock.now();
@@ -745,27 +754,30 @@ async fn token(args: TokenArgs) -> i32 {
             auth::create_token(store.as_ref(), &user, role.into(), now)
                 .await
                 .map(|(token, record)| {
-                    eprintln!(
+                    errln!(
                         "created {} for {} ({}) in {}; this is the only time the token is shown:",
                         record.id,
                         record.user,
                         record.role,
                         store.describe()
                     );
-                    println!("{token}");
+                    outln!("{token}");
                 })
         }
         TokenCommand::List => auth::list_tokens(store.as_ref()).await.map(|tokens| {
-            println!(
+            outln!(
                 "{:<18} {:<24} {:<9} {:<25} revoked",
-                "id", "user", "role", "created"
+                "id",
+                "user",
+                "role",
+                "created"
             );
             for t in tokens {
                 let revoked = t
                     .revoked_at
                     .map(|r| r.to_rfc3339())
                     .unwrap_or_else(|| "-".into());
-                println!(
+                outln!(
                     "{:<18} {:<24} {:<9} {:<25} {revoked}",
                     t.id,
                     t.user,
@@ -778,14 +790,14 @@ async fn token(args: TokenArgs) -> i32 {
             auth::revoke_token(store.as_ref(), &id, now)
                 .await
                 .map(|()| {
-                    println!("revoked {id}; running servers stop accepting it within a second");
+                    outln!("revoked {id}; running servers stop accepting it within a second");
                 })
         }
     };
     match done {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("lablink token: {e}");
+            errln!("lablink token: {e}");
             1
         }
     }
@@ -800,7 +812,7 @@ async fn sim(args: SimArgs) -> i32 {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("simulated {} listening on {addr}", args.kind),
+        Ok(addr) => outln!("simulated {} listening on {addr}", args.kind),
         Err(e) => eprintln!("lablink sim: {e}"),
     }
     let mut signals = match server::Signals::listen() {

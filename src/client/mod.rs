@@ -113,6 +113,6 @@ impl ClientError {
 
 /// Prints `err` as `lablink NAME: ...` on stderr and returns its exit status.
 pub fn fail(name: &str, err: &ClientError) -> i32 {
-    eprintln!("lablink {name}: {err}");
+    output::errln!("lablink {name}: {err}");
     err.exit_status()
 }

@@ -23,7 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::http::{Acquired, Api, Lock, Pool, Queueing, Target};
 use super::live::{LiveEvents, Subscription};
-use super::output::duration;
+use super::output::{duration, errln};
 use super::{ClientError, Connection, exit, fail, vars};
 use crate::server::Signals;
 
@@ -100,7 +100,7 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
     let mut signals = match Signals::listen() {
         Ok(signals) => signals,
         Err(e) => {
-            eprintln!("lablink run: cannot listen for signals: {e}");
+            errln!("lablink run: cannot listen for signals: {e}");
             return exit::ERROR;
         }
     };
@@ -136,43 +136,41 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
     match outcome {
         Ok(status) => exit_status(status),
         Err(Stop::LockLost { equipment, reason }) => {
-            eprintln!(
+            errln!(
                 "lablink run: lost the lock on {equipment}: {reason}; the command was {command_was}"
             );
             exit::LOCK_LOST
         }
         Err(Stop::WaitRanOut { equipment, why }) => {
-            eprintln!(
-                "lablink run: gave up waiting for {equipment}: {why}; nothing was left behind"
-            );
+            errln!("lablink run: gave up waiting for {equipment}: {why}; nothing was left behind");
             exit::WAIT_RAN_OUT
         }
         Err(Stop::QueueTimeout { equipment }) => {
             let max_wait = duration(options.queueing.max_wait.unwrap_or_default().as_secs_f64());
-            eprintln!(
+            errln!(
                 "lablink run: gave up waiting for {equipment}: --max-wait {max_wait} ran out and the server dropped the place; nothing was left behind"
             );
             exit::QUEUE_TIMEOUT
         }
         Err(Stop::PlaceRemoved { equipment, why }) => {
-            eprintln!(
+            errln!(
                 "lablink run: lost the place in the queue for {equipment}: {why}; the command was not started"
             );
             exit::PLACE_REMOVED
         }
         Err(Stop::InMaintenance { equipment, detail }) => {
-            eprintln!(
+            errln!(
                 "lablink run: {equipment} is in maintenance and --wait is 0 ({detail}); the command was not started"
             );
             exit::IN_MAINTENANCE
         }
         Err(Stop::Interrupted(name)) => {
-            eprintln!("lablink run: {name}: the command was {command_was}; the locks are released");
+            errln!("lablink run: {name}: the command was {command_was}; the locks are released");
             Signal::from_str(name).map_or(exit::ERROR, |s| exit::signalled(s as i32))
         }
         Err(Stop::Failed(e)) => fail("run", &e),
         Err(Stop::CannotStart(e)) => {
-            eprintln!("lablink run: cannot run {:?}: {e}", options.command[0]);
+            errln!("lablink run: cannot run {:?}: {e}", options.command[0]);
             match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
@@ -231,7 +229,7 @@ impl<'a> Keeper<'a> {
         };
         // Subscribed before the first acquire, so no position is missed.
         if let Err(e) = keeper.connect_live().await {
-            eprintln!(
+            errln!(
                 "lablink run: live events unavailable ({e}); queue positions will not be shown, and a lost lock is noticed at the next renewal"
             );
         }
@@ -319,7 +317,7 @@ impl<'a> Keeper<'a> {
                 }) => {
                     locks.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
                     if !shown.is_empty() {
-                        eprintln!("lablink run: {label} is ours ({})", lock_list(&locks));
+                        errln!("lablink run: {label} is ours ({})", lock_list(&locks));
                     }
                     self.asked = locks.iter().map(|l| l.equipment_id.clone()).collect();
                     self.group_id = group_id;
@@ -351,10 +349,10 @@ impl<'a> Keeper<'a> {
                     if !told_busy {
                         told_busy = true;
                         match places.as_slice() {
-                            [(_, position)] => eprintln!(
+                            [(_, position)] => errln!(
                                 "lablink run: {label} is busy ({message}); waiting at position {position} in the queue"
                             ),
-                            _ => eprintln!(
+                            _ => errln!(
                                 "lablink run: {label} is busy ({message}); waiting in every queue at once: {}",
                                 places
                                     .iter()
@@ -476,7 +474,7 @@ impl<'a> Keeper<'a> {
             _ => Some(Signal::SIGTERM),
         };
         if let Stop::LockLost { equipment, reason } = &stop {
-            eprintln!(
+            errln!(
                 "lablink run: lost the lock on {equipment} ({reason}): sending SIGTERM to the command (SIGKILL in {})",
                 duration(options.grace.as_secs_f64())
             );
@@ -537,7 +535,7 @@ impl<'a> Keeper<'a> {
             Heard::RenewNow => self.renew_all().await,
             Heard::Lost(stop) => Err(stop),
             Heard::Say(text) => {
-                eprintln!("lablink run: {text}");
+                errln!("lablink run: {text}");
                 Ok(())
             }
             Heard::Reconnect => {
@@ -644,7 +642,7 @@ impl<'a> Keeper<'a> {
         };
         for (eq, answer) in released {
             if let Err(e @ ClientError::Unreachable { .. }) = answer {
-                eprintln!(
+                errln!(
                     "lablink run: could not release {eq} ({e}); it is freed when its lease of {} ends",
                     duration(self.lease.as_secs_f64())
                 );
@@ -652,7 +650,7 @@ impl<'a> Keeper<'a> {
         }
         if let Err(e @ ClientError::Unreachable { .. }) = self.api.end_session(&self.session).await
         {
-            eprintln!("lablink run: could not end session {}: {e}", self.session);
+            errln!("lablink run: could not end session {}: {e}", self.session);
         }
     }
 }
@@ -667,7 +665,7 @@ async fn next_live(live: &mut Option<LiveEvents>) -> Option<Result<Value, Client
 
 fn show_position(eq: &str, position: usize, shown: &mut BTreeMap<String, usize>) {
     if shown.get(eq) != Some(&position) {
-        eprintln!("lablink run: {eq}: position {position} in the queue");
+        errln!("lablink run: {eq}: position {position} in the queue");
         shown.insert(eq.to_owned(), position);
     }
 }
@@ -852,7 +850,7 @@ async fn terminate(child: &mut tokio::process::Child, signal: Option<Signal>, gr
         let _ = kill(Pid::from_raw(pid), signal);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        eprintln!(
+        errln!(
             "lablink run: the command did not stop within {}: SIGKILL",
             duration(grace.as_secs_f64())
         );

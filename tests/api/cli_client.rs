@@ -195,6 +195,172 @@ async fn a_server_error_prints_its_detail_and_an_unreachable_server_is_one_line(
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
 
+/// A reader that goes away early (`lablink status --json | true`) ends a
+/// client command quietly, as SIGPIPE ends Unix tools: status 141 (128 +
+/// SIGPIPE), nothing on stderr, no panic; `events --follow` stops too.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_client_command_quietly() {
+    let app = spawn_app().await;
+    let session = app.session(600.0).await;
+    app.acquire(PSU, &session, json!({})).await;
+    for args in [
+        &["status", "--json"][..],
+        &["status"],
+        &["sessions"],
+        &["events"],
+        &["events", "--follow", "--json"],
+    ] {
+        let mut child = client(&app.base)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the answer comes back, as `| true` does.
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} went on writing to nobody"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
+}
+
+/// A stand-in for a server (an older or a hostile one): answers each GET
+/// path with its canned `(status, body)`; 404 for the others. Its URL.
+fn canned_server(routes: Vec<(&'static str, u16, Value)>) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let path = request.split(' ').nth(1).unwrap_or("");
+            let path = path.split('?').next().unwrap_or("");
+            let (status, body) = routes
+                .iter()
+                .find(|(p, _, _)| *p == path)
+                .map(|(_, status, body)| (*status, body.to_string()))
+                .unwrap_or((
+                    404,
+                    json!({"detail": "no", "code": "not_found"}).to_string(),
+                ));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    base
+}
+
+/// What a terminal would act on rather than show (a line's end aside).
+fn hidden_in(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+        .collect()
+}
+
+/// Text from the server (a client name, a user, an event's fields, an
+/// error's detail) is shown with its control characters written as text,
+/// so it can neither clear the screen nor break a table row. Served by a
+/// stand-in server, as this server may refuse such names at the door; the
+/// same check on this server's own answers runs when it accepts one.
+#[tokio::test]
+async fn control_characters_from_the_server_are_shown_escaped() {
+    const PWNED: &str = "\u{1b}[2J\u{1b}[31mPWNED\u{1b}[0m";
+    let session = json!({"session_id": "s1", "client_name": PWNED, "user": "a\u{7}\nb",
+                         "duration_seconds": 5.0, "time_remaining": 30.0});
+    let event = json!({"seq": 1, "event": "lock_acquired", "timestamp": "2026-01-05T09:00:00Z",
+                       "equipment_id": PSU, "session_id": "s1", "client_name": PWNED,
+                       "message": "x\u{9b}31my\r\nz"});
+    let base = canned_server(vec![
+        (
+            "/api/locks/sessions",
+            200,
+            json!({"sessions": [session], "count": 1, "next_cursor": null}),
+        ),
+        (
+            "/api/locks/all",
+            200,
+            json!({"exclusive_locks": {}, "observer_locks": {}, "queues": {}}),
+        ),
+        (
+            "/api/locks/events",
+            200,
+            json!({"events": [event], "has_more": false, "next_cursor": 1}),
+        ),
+        (
+            "/api/equipment/list",
+            403,
+            json!({"detail": format!("refused {PWNED}\nforged line"), "code": "forbidden"}),
+        ),
+    ]);
+
+    let table = ok(&base, &["sessions"]).await;
+    assert_eq!(hidden_in(&table), Vec::<char>::new(), "{table:?}");
+    assert_eq!(
+        rows(&table),
+        [[
+            "s1",
+            r"\e[2J\e[31mPWNED\e[0m",
+            r"a\u{7}\nb",
+            "-",
+            "5s",
+            "30s"
+        ]],
+        "one row: {table:?}"
+    );
+
+    let human = ok(&base, &["events"]).await;
+    assert_eq!(hidden_in(&human), Vec::<char>::new(), "{human:?}");
+    assert_eq!(human.lines().count(), 1, "{human:?}");
+    assert!(
+        human.contains(r"client_name=\e[2J\e[31mPWNED\e[0m message=x\u{9b}31my\r\nz"),
+        "{human:?}"
+    );
+    let lines = ok(&base, &["events", "--json"]).await;
+    assert_eq!(hidden_in(&lines), Vec::<char>::new(), "{lines:?}");
+    assert_eq!(json_of(&lines), event, "the same JSON, only escaped");
+    let sessions = ok(&base, &["sessions", "--json"]).await;
+    assert_eq!(json_of(&sessions)["sessions"][0], session);
+
+    let out = cli(&base, &["status"]).await;
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr,
+        "lablink status: refused \\e[2J\\e[31mPWNED\\e[0m\\nforged line\n"
+    );
+
+    // This server's own answers, should it take such a name.
+    let app = spawn_app().await;
+    let (status, created) = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"client_name": format!("{PWNED}\nb"), "timeout_seconds": 600}),
+        )
+        .await;
+    if status.is_success() {
+        app.acquire(PSU, created["session_id"].as_str().unwrap(), json!({}))
+            .await;
+        for args in [&["sessions"][..], &["status"]] {
+            let out = ok(&app.base, args).await;
+            assert_eq!(hidden_in(&out), Vec::<char>::new(), "{args:?}: {out:?}");
+            assert!(out.contains(r"\e[2J\e[31mPWNED\e[0m\nb"), "{args:?}: {out}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn events_print_the_history_filtered_and_follow_streams_what_comes_next() {
     let app = spawn_app().await;
