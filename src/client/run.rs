@@ -49,6 +49,13 @@ pub struct RunOptions {
     pub command: Vec<String>,
 }
 
+/// How soon a renewal that could not reach the server is tried again: a
+/// twentieth of the lease, at most 250 ms (at least 20 ms), so a server
+/// back from a restart is renewed with at once, not a third of a lease on.
+fn retry_period(lease: Duration) -> Duration {
+    (lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(250))
+}
+
 /// The longest single long-poll (the server allows 3600 s); a shorter one
 /// only means another request now and then.
 const MAX_POLL: Duration = Duration::from_secs(300);
@@ -200,9 +207,12 @@ struct Keeper<'a> {
     group_id: Option<String>,
     /// Instruments asked for (held or queued), to release at the end.
     asked: Vec<String>,
-    /// The last renewal the server accepted.
+    /// When the last renewal the server accepted was sent (the lease runs
+    /// from no earlier than that).
     renewed_at: Instant,
     renew: tokio::time::Interval,
+    /// How soon a renewal that could not reach the server is tried again.
+    retry: Duration,
     live: Option<LiveEvents>,
 }
 
@@ -225,6 +235,7 @@ impl<'a> Keeper<'a> {
             asked: Vec::new(),
             renewed_at: Instant::now(),
             renew,
+            retry: retry_period(options.lease),
             live: None,
         };
         // Subscribed before the first acquire, so no position is missed.
@@ -549,14 +560,17 @@ impl<'a> Keeper<'a> {
     /// Renews every held lock (which renews the session), or the session
     /// alone while none is held yet. A renewal the server refuses means the
     /// lock is gone; a server out of reach for a whole lease means it may be.
+    /// While it is out of reach (a restart), the renewal is tried again
+    /// every `retry` rather than at the next third of the lease, so the
+    /// first renewal after it is back arrives within `retry`: an outage is
+    /// survived whenever it is shorter than what was left of the lease
+    /// when it began (at least two thirds of it), less `retry`.
     async fn renew_all(&mut self) -> Result<(), Stop> {
-        if self.live.is_none() {
-            let _ = self.connect_live().await;
-        }
+        let sent = Instant::now();
         let mut unreachable = None;
         if self.held.is_empty() {
             match self.api.renew_session(&self.session).await {
-                Ok(()) => self.renewed_at = Instant::now(),
+                Ok(()) => self.renewed_at = sent,
                 Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
                 Err(e) => return Err(Stop::Failed(e)),
             }
@@ -570,7 +584,7 @@ impl<'a> Keeper<'a> {
         };
         for lock in renewed {
             match self.api.renew_lock(&lock.equipment_id, &self.session).await {
-                Ok(()) => self.renewed_at = Instant::now(),
+                Ok(()) => self.renewed_at = sent,
                 Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
                 Err(e) => {
                     return Err(Stop::LockLost {
@@ -593,7 +607,17 @@ impl<'a> Keeper<'a> {
                     None => Stop::Failed(e),
                 })
             }
-            _ => Ok(()),
+            Some(_) => {
+                self.renew.reset_after(self.retry);
+                Ok(())
+            }
+            None => {
+                // After the renewals, not before: the lease comes first.
+                if self.live.is_none() {
+                    let _ = self.connect_live().await;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -1006,6 +1006,61 @@ async fn run_waits_in_the_queue_across_a_server_restart() {
     assert_eq!(status["locked"], false);
 }
 
+/// A `run` holding a lock keeps it across a server restart that ends
+/// before the lease would: here the server stops just before a renewal is
+/// due (two thirds of the lease left) and is away for about half the lease.
+/// `run` tries again every quarter second while the server is away, so its
+/// renewal arrives as soon as the server is back, not a third of a lease
+/// later (after the deadline).
+#[tokio::test]
+async fn run_keeps_its_lock_across_a_server_restart_shorter_than_the_lease() {
+    const LEASE: f64 = 6.0;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = restartable(dir.path());
+    let (server, base) = serve();
+    let marks = dir.path().join("marks");
+    let done = dir.path().join("done");
+    let script = r#"echo started >> "$F"; while [ ! -f "$D" ]; do sleep 0.05; done"#;
+    let (mut run, mut stderr) = start_run(
+        &base,
+        &["--lock", PSU, "--timeout", "6s", "--", "sh", "-c", script],
+        &[("F", &marks), ("D", &done)],
+    );
+    until_file_has(&marks, "started").await;
+    let app = TestApp::at(&base);
+    let expires = async || {
+        let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+        assert_eq!(status["locked"], true, "{status}");
+        status["expires_at"].as_str().unwrap().to_owned()
+    };
+    // A renewal seen: the next one is due a third of the lease on.
+    let first = expires().await;
+    while expires().await == first {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let renewed = tokio::time::Instant::now();
+    tokio::time::sleep_until(renewed + Duration::from_secs_f64(LEASE / 3.0 - 0.3)).await;
+    stop_server(server);
+    tokio::time::sleep(Duration::from_secs_f64(LEASE / 2.0 - 0.5)).await;
+    let (_server, _) = serve();
+
+    // Past the deadline the lease had when the server stopped: still ours.
+    tokio::time::sleep_until(renewed + Duration::from_secs_f64(LEASE + 0.5)).await;
+    let app = TestApp::at(&base); // no pooled connection to the old server
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], true, "{status}");
+    std::fs::write(&done, "").unwrap();
+    let code = run.wait().await.unwrap().code();
+    let mut said = Vec::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        said.push(line);
+    }
+    assert_eq!(code, Some(0), "{said:?}");
+    assert_eq!(said, Vec::<String>::new());
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false, "released after");
+}
+
 // ---- the queueing controls (issue 14) --------------------------------------
 
 /// The session of the `n`th waiter (1-based) for the PSU.
