@@ -166,8 +166,13 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
             exit::PLACE_REMOVED
         }
         Err(Stop::InMaintenance { equipment, detail }) => {
+            let is = if equipment.contains(", ") {
+                "are"
+            } else {
+                "is"
+            };
             errln!(
-                "lablink run: {equipment} is in maintenance and --wait is 0 ({detail}); the command was not started"
+                "lablink run: {equipment} {is} in maintenance and --wait is 0 ({detail}); the command was not started"
             );
             exit::IN_MAINTENANCE
         }
@@ -388,8 +393,9 @@ impl<'a> Keeper<'a> {
                     });
                 }
                 Err(e) if e.code() == Some("in_maintenance") => {
+                    let named = self.in_maintenance(options).await;
                     return Err(Stop::InMaintenance {
-                        equipment: label.to_owned(),
+                        equipment: named.unwrap_or_else(|| label.to_owned()),
                         detail: e.to_string(),
                     });
                 }
@@ -628,6 +634,50 @@ impl<'a> Keeper<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Which of the instruments asked for are in maintenance, from the
+    /// server's list (`psu1` when only it is, `psu1, scope1` when both
+    /// are); `None` if that cannot be told. Asked for means named by
+    /// `--lock`, a member of a configured group named by `--lock`, or fit
+    /// for the `--any-of` pool.
+    async fn in_maintenance(&self, options: &RunOptions) -> Option<String> {
+        let list = self.api.get(&["api", "equipment", "list"]).await.ok()?;
+        let out_of_service = self
+            .api
+            .get(&["api", "equipment", "maintenance"])
+            .await
+            .ok()?;
+        let out_of_service = out_of_service["maintenance"].as_object()?;
+        let groups = list["groups"].as_array().cloned().unwrap_or_default();
+        let in_asked_group = |id: &str| {
+            groups.iter().any(|g| {
+                options.locks.iter().any(|l| g["group_id"] == l.as_str())
+                    && g["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m == id))
+            })
+        };
+        let in_pool = |e: &Value, id: &str| match &options.any_of {
+            Some(Pool::Ids(ids)) => ids.iter().any(|i| i == id),
+            Some(Pool::Tags(tags)) => tags.iter().all(|t| {
+                e["tags"]
+                    .as_array()
+                    .is_some_and(|have| have.iter().any(|h| h == t.as_str()))
+            }),
+            None => false,
+        };
+        let named: Vec<&str> = list["equipment"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| Some((e, e["equipment_id"].as_str()?)))
+            .filter(|(e, id)| {
+                options.locks.iter().any(|l| l == id) || in_asked_group(id) || in_pool(e, id)
+            })
+            .map(|(_, id)| id)
+            .filter(|id| out_of_service.contains_key(*id))
+            .collect();
+        (!named.is_empty()).then(|| named.join(", "))
     }
 
     /// Why a waiting request's place went, from the session's history: its

@@ -1432,6 +1432,43 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
         "{}",
         out.stderr
     );
+    // With others, only the one in maintenance is named (then both).
+    let wanted = [
+        "run",
+        "--lock",
+        "scope_123,ps_abc123",
+        "--wait",
+        "0",
+        "--",
+        "true",
+    ];
+    let out = cli(&app.base, &wanted).await;
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("lablink run: ps_abc123 is in maintenance and --wait is 0 ("),
+        "{}",
+        out.stderr
+    );
+    ok(
+        &app.base,
+        &[
+            "maintenance",
+            "start",
+            "scope_123",
+            "--reason",
+            "probe swap",
+        ],
+    )
+    .await;
+    let out = cli(&app.base, &wanted).await;
+    assert!(
+        out.stderr
+            .starts_with("lablink run: ps_abc123, scope_123 are in maintenance and --wait is 0 ("),
+        "{}",
+        out.stderr
+    );
+    ok(&app.base, &["maintenance", "end", "scope_123"]).await;
     assert_eq!(live_sessions(&app).await, [holder]);
 }
 
