@@ -158,7 +158,16 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
     client::output::parse_duration(text)
 }
 
+/// `run`'s usage, said in errors too: what to lock is one of two flags
+/// (or both), and `--url` is not needed (it has a default).
+const RUN_USAGE: &str =
+    "lablink run [OPTIONS] <--lock EQ[,EQ...] | --any-of POOL | both> -- CMD [ARGS]...";
+
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = RUN_USAGE,
+    group(clap::ArgGroup::new("what_to_lock").args(["locks", "any_of"]).required(true).multiple(true))
+)]
 pub struct RunArgs {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -167,13 +176,12 @@ pub struct RunArgs {
         long = "lock",
         value_name = "EQ",
         value_delimiter = ',',
-        value_parser = equipment_arg,
-        required_unless_present = "any_of"
+        value_parser = equipment_arg
     )]
     pub locks: Vec<String>,
-    /// A pool, taken with the rest: any one free instrument with these tags (tag:psu,tag:30V) or of these ids (psu1,psu2)
-    #[arg(long, value_name = "POOL", value_parser = pool_arg)]
-    pub any_of: Option<client::http::Pool>,
+    /// A pool, taken with the rest: any one free instrument with these tags (tag:psu,tag:30V) or of these ids (psu1,psu2); one per run
+    #[arg(long, value_name = "POOL", value_parser = pool_arg, action = clap::ArgAction::Append)]
+    pub any_of: Vec<client::http::Pool>,
     /// Take observer locks instead of exclusive ones
     #[arg(long)]
     pub observer: bool,
@@ -579,10 +587,18 @@ async fn client_command(
     }
 }
 
-async fn run(args: RunArgs) -> i32 {
+async fn run(mut args: RunArgs) -> i32 {
+    // Two pools could mean "one of each" or "one of them all": neither is
+    // guessed, as the server takes one pool per request.
+    if args.any_of.len() > 1 {
+        errln!(
+            "lablink run: one --any-of per run: the server takes one pool per request. For any one of them all, write one pool (--any-of psu1,psu2,psu3); for one instrument from each of two pools, name one with --lock or run twice, nested"
+        );
+        return client::exit::USAGE;
+    }
     let options = client::run::RunOptions {
         locks: args.locks,
-        any_of: args.any_of,
+        any_of: args.any_of.pop(),
         observer: args.observer,
         wait: args.wait,
         queueing: client::http::Queueing {

@@ -1920,3 +1920,47 @@ async fn run_refuses_an_empty_instrument_or_tag_before_asking_the_server() {
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
     }
 }
+
+/// Nothing to lock: the error says either flag will do, and the usage does
+/// not make `--url` (given here by LABLINK_URL, else defaulted) look
+/// required. Two pools: refused, saying why.
+#[tokio::test]
+async fn run_says_what_to_lock_is_missing_and_why_one_pool() {
+    let out = cli("http://127.0.0.1:9", &["run", "--", "true"]).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("<--lock <EQ>|--any-of <POOL>>"),
+        "{}",
+        out.stderr
+    );
+    let usage = out.stderr.lines().find(|l| l.starts_with("Usage:"));
+    assert_eq!(
+        usage,
+        Some(
+            "Usage: lablink run [OPTIONS] <--lock EQ[,EQ...] | --any-of POOL | both> -- CMD [ARGS]..."
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = cli(
+        "http://127.0.0.1:9",
+        &[
+            "run",
+            "--any-of",
+            "psu1,psu2",
+            "--any-of",
+            "scope1",
+            "--",
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "lablink run: one --any-of per run: the server takes one pool per request."
+        ),
+        "{}",
+        out.stderr
+    );
+}
