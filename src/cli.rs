@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth;
+use crate::client::output::{errln, outln};
 use crate::client::{self, ClientError, Connection, http::Api};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Flags, Settings};
@@ -157,7 +158,16 @@ fn duration_arg(text: &str) -> Result<Duration, String> {
     client::output::parse_duration(text)
 }
 
+/// `run`'s usage, said in errors too: what to lock is one of two flags
+/// (or both), and `--url` is not needed (it has a default).
+const RUN_USAGE: &str =
+    "lablink run [OPTIONS] <--lock EQ[,EQ...] | --any-of POOL | both> -- CMD [ARGS]...";
+
 #[derive(Debug, clap::Args)]
+#[command(
+    override_usage = RUN_USAGE,
+    group(clap::ArgGroup::new("what_to_lock").args(["locks", "any_of"]).required(true).multiple(true))
+)]
 pub struct RunArgs {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -166,13 +176,12 @@ pub struct RunArgs {
         long = "lock",
         value_name = "EQ",
         value_delimiter = ',',
-        value_parser = equipment_arg,
-        required_unless_present = "any_of"
+        value_parser = equipment_arg
     )]
     pub locks: Vec<String>,
-    /// A pool, taken with the rest: any one free instrument with these tags (tag:psu,tag:30V) or of these ids (psu1,psu2)
-    #[arg(long, value_name = "POOL", value_parser = pool_arg)]
-    pub any_of: Option<client::http::Pool>,
+    /// A pool, taken with the rest: any one free instrument with these tags (tag:psu,tag:30V) or of these ids (psu1,psu2); one per run
+    #[arg(long, value_name = "POOL", value_parser = pool_arg, action = clap::ArgAction::Append)]
+    pub any_of: Vec<client::http::Pool>,
     /// Take observer locks instead of exclusive ones
     #[arg(long)]
     pub observer: bool,
@@ -283,7 +292,7 @@ pub struct MaintenanceStartArgs {
     /// Why it is out of service (shown in its status)
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
-    /// When service resumes by itself: RFC 3339, or a duration from now (2h) [default: when ended]
+    /// When service resumes by itself: RFC 3339, or a duration from now (2h) [default: no end set: until `maintenance end`]
     #[arg(long, value_name = "T")]
     pub until: Option<String>,
     #[command(flatten)]
@@ -556,7 +565,7 @@ impl InterventionArgs {
 
 /// A trade names the waiting session; without one, says how to.
 fn missing_session(name: &str) -> i32 {
-    eprintln!(
+    errln!(
         "lablink {name}: name the waiting session (--session or LABLINK_SESSION_ID; `lablink queue EQ` lists them)"
     );
     client::exit::USAGE
@@ -578,10 +587,18 @@ async fn client_command(
     }
 }
 
-async fn run(args: RunArgs) -> i32 {
+async fn run(mut args: RunArgs) -> i32 {
+    // Two pools could mean "one of each" or "one of them all": neither is
+    // guessed, as the server takes one pool per request.
+    if args.any_of.len() > 1 {
+        errln!(
+            "lablink run: one --any-of per run: the server takes one pool per request. For any one of them all, write one pool (--any-of psu1,psu2,psu3); for one instrument from each of two pools, name one with --lock or run twice, nested"
+        );
+        return client::exit::USAGE;
+    }
     let options = client::run::RunOptions {
         locks: args.locks,
-        any_of: args.any_of,
+        any_of: args.any_of.pop(),
         observer: args.observer,
         wait: args.wait,
         queueing: client::http::Queueing {
@@ -602,7 +619,7 @@ async fn release(args: ReleaseArgs) -> i32 {
         // Recorded as `forced_by`; it need not exist.
         (None, true) => "lablink-cli".into(),
         (None, false) => {
-            eprintln!(
+            errln!(
                 "lablink release: name the session whose lock to release (--session or LABLINK_SESSION_ID), or --force"
             );
             return client::exit::USAGE;
@@ -674,19 +691,19 @@ fn backup(args: BackupArgs) -> i32 {
     let settings = match store_settings(args.store, args.config) {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             return 2;
         }
     };
     let options = match server::sqlite_options(&settings.store, &settings.data_dir) {
         Ok(options) => options,
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             return 2;
         }
     };
     let Some(options) = options else {
-        eprintln!(
+        errln!(
             "lablink backup: the store is {:?}, not SQLite: {}",
             settings.store,
             if settings.store.starts_with("memory") {
@@ -699,7 +716,7 @@ fn backup(args: BackupArgs) -> i32 {
     };
     match sqlite_backup::backup(&options, &args.path) {
         Ok(copied) => {
-            println!(
+            outln!(
                 "backed up {} to {} ({} bytes, schema version {}, events up to #{}); restore: start a server on the copy (lablink serve --store sqlite://{})",
                 options.path.display(),
                 copied.to.display(),
@@ -713,7 +730,7 @@ fn backup(args: BackupArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("lablink backup: {e}");
+            errln!("lablink backup: {e}");
             1
         }
     }
@@ -723,20 +740,28 @@ async fn token(args: TokenArgs) -> i32 {
     // Only `create` may bring a store into being: listing or revoking in a
     // store that does not exist means the settings point somewhere else.
     let creates = matches!(args.command, TokenCommand::Create { .. });
-    let store = store_settings(args.store, args.config)
-        .and_then(|s| match server::store_file(&s.store, &s.data_dir) {
-            Some(file) if !creates && !file.exists() => Err(format!(
-                "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
-                file.display(),
-                s.store
-            )),
-            _ => server::open_store(&s.store, &s.data_dir).map_err(|e| e.to_string()),
-        });
+    // Settings that cannot be read are bad arguments (2); a store that is
+    // not there or cannot be opened is "cannot do it" (1).
+    let settings = match store_settings(args.store, args.config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            errln!("lablink token: {e}");
+            return client::exit::USAGE;
+        }
+    };
+    let store = match server::store_file(&settings.store, &settings.data_dir) {
+        Some(file) if !creates && !file.exists() => Err(format!(
+            "there is no store at {} (from {}): check --config, --store and LABLINK_DATA_DIR; the server creates it on first start",
+            file.display(),
+            settings.store
+        )),
+        _ => server::open_store(&settings.store, &settings.data_dir).map_err(|e| e.to_string()),
+    };
     let store = match store {
         Ok(store) => store,
         Err(e) => {
-            eprintln!("lablink token: {e}");
-            return 2;
+            errln!("lablink token: {e}");
+            return client::exit::ERROR;
         }
     };
     let now = SystemClock.now();
@@ -745,27 +770,30 @@ async fn token(args: TokenArgs) -> i32 {
             auth::create_token(store.as_ref(), &user, role.into(), now)
                 .await
                 .map(|(token, record)| {
-                    eprintln!(
+                    errln!(
                         "created {} for {} ({}) in {}; this is the only time the token is shown:",
                         record.id,
                         record.user,
                         record.role,
                         store.describe()
                     );
-                    println!("{token}");
+                    outln!("{token}");
                 })
         }
         TokenCommand::List => auth::list_tokens(store.as_ref()).await.map(|tokens| {
-            println!(
+            outln!(
                 "{:<18} {:<24} {:<9} {:<25} revoked",
-                "id", "user", "role", "created"
+                "id",
+                "user",
+                "role",
+                "created"
             );
             for t in tokens {
                 let revoked = t
                     .revoked_at
                     .map(|r| r.to_rfc3339())
                     .unwrap_or_else(|| "-".into());
-                println!(
+                outln!(
                     "{:<18} {:<24} {:<9} {:<25} {revoked}",
                     t.id,
                     t.user,
@@ -778,14 +806,14 @@ async fn token(args: TokenArgs) -> i32 {
             auth::revoke_token(store.as_ref(), &id, now)
                 .await
                 .map(|()| {
-                    println!("revoked {id}; running servers stop accepting it within a second");
+                    outln!("revoked {id}; running servers stop accepting it within a second");
                 })
         }
     };
     match done {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("lablink token: {e}");
+            errln!("lablink token: {e}");
             1
         }
     }
@@ -800,7 +828,7 @@ async fn sim(args: SimArgs) -> i32 {
         }
     };
     match listener.local_addr() {
-        Ok(addr) => println!("simulated {} listening on {addr}", args.kind),
+        Ok(addr) => outln!("simulated {} listening on {addr}", args.kind),
         Err(e) => eprintln!("lablink sim: {e}"),
     }
     let mut signals = match server::Signals::listen() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ClientError;
 use super::http::Api;
 use super::live::{LiveEvents, Subscription};
-use super::output::text;
+use super::output::{errln, json_line, outln, text, write_stdout};
 
 pub struct EventFilter {
     pub equipment: Option<String>,
@@ -71,7 +71,7 @@ async fn follow_live(
             // that refuses (a bad token, a proxy without WebSockets) is not.
             Err(e @ ClientError::Unreachable { .. }) => {
                 if !std::mem::replace(&mut told, true) {
-                    eprintln!("lablink events: {e}; retrying every second");
+                    errln!("lablink events: {e}; retrying every second");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -84,7 +84,7 @@ async fn follow_live(
             match message["type"].as_str() {
                 Some("lagged") => break, // reconnect from the last seq printed
                 Some("error") => {
-                    eprintln!("lablink events: {}", text(&message["detail"]));
+                    errln!("lablink events: {}", text(&message["detail"]));
                     continue;
                 }
                 Some(_) => continue,
@@ -102,16 +102,13 @@ async fn follow_live(
 /// One event: with `--json` the server's object on one line (JSON Lines);
 /// else `time  seq  event  equipment  session  other=fields`.
 pub fn print_event(event: &Value, json: bool) {
-    use std::io::Write;
-    let line = if json {
-        event.to_string()
+    // Each line goes out at once (followers pipe into `grep`); a reader
+    // gone ends `--follow` too.
+    if json {
+        write_stdout(&format!("{}\n", json_line(event)));
     } else {
-        human(event)
-    };
-    let mut out = std::io::stdout().lock();
-    // Followers pipe into `grep` or `tail`: each line goes out at once.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+        outln!("{}", human(event));
+    }
 }
 
 fn human(event: &Value) -> String {

@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::output::text;
-use super::reads::print_json;
+use super::output::print_json;
+use super::output::{outln, text};
 use super::{ClientError, http::Api};
 
 /// `--until`: an RFC 3339 instant as given, or a duration from now (`2h`)
@@ -33,7 +33,7 @@ pub fn maintenance_text(m: &Value) -> String {
     let mut about = vec![format!("since {}", text(&m["since"]))];
     about.push(match m["until"].as_str() {
         Some(until) => format!("until {until}"),
-        None => "until ended".into(),
+        None => "no end set".into(),
     });
     if let Some(user) = m["user"].as_str() {
         about.push(format!("by {user}"));
@@ -59,7 +59,7 @@ pub async fn start_maintenance(
     if json {
         print_json(&answer);
     } else {
-        println!(
+        outln!(
             "{equipment} is in maintenance: {}",
             maintenance_text(&answer["maintenance"])
         );
@@ -75,7 +75,7 @@ pub async fn end_maintenance(api: &Api, equipment: &str, json: bool) -> Result<(
     if json {
         print_json(&answer);
     } else {
-        println!(
+        outln!(
             "{equipment} is back in service (the maintenance was: {})",
             maintenance_text(&answer["maintenance"])
         );
@@ -100,7 +100,7 @@ pub async fn dequeue(
     if json {
         print_json(&answer);
     } else {
-        println!(
+        outln!(
             "removed session {session} (position {}) from the queue for {equipment}",
             text(&answer["queue_entry"]["position"])
         );
@@ -122,7 +122,7 @@ pub async fn end_session(
         print_json(&answer);
     } else {
         let released = answer["locks_released"].as_u64().unwrap_or(0);
-        println!(
+        outln!(
             "ended session {session}; {released} lock{} released",
             if released == 1 { "" } else { "s" }
         );
@@ -146,7 +146,7 @@ pub async fn step_back(
     if json {
         print_json(&answer);
     } else {
-        println!(
+        outln!(
             "stepped back: now position {} in the queue for {equipment}",
             text(&answer["position"])
         );
@@ -171,12 +171,12 @@ pub async fn swap(
     if json {
         print_json(&answer);
     } else if answer["status"] == "swapped" {
-        println!(
+        outln!(
             "swapped with {with}: now position {} in the queue for {equipment}",
             text(&answer["position"])
         );
     } else {
-        println!(
+        outln!(
             "offered to swap with {with}; it happens when {with} asks too (still position {} in the queue for {equipment})",
             text(&answer["position"])
         );
@@ -214,13 +214,13 @@ mod tests {
         let open = json!({"reason": "broken", "since": "2026-11-28T10:00:00Z", "until": null, "user": null});
         assert_eq!(
             maintenance_text(&open),
-            "broken (since 2026-11-28T10:00:00Z, until ended)"
+            "broken (since 2026-11-28T10:00:00Z, no end set)"
         );
         let grouped = json!({"reason": "recabling", "since": "2026-11-28T10:00:00Z",
                              "until": null, "group": "bench3"});
         assert_eq!(
             maintenance_text(&grouped),
-            "recabling (since 2026-11-28T10:00:00Z, until ended, with group bench3)"
+            "recabling (since 2026-11-28T10:00:00Z, no end set, with group bench3)"
         );
     }
 }

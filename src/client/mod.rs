@@ -7,7 +7,9 @@
 //! - `http`: a thin typed HTTP client (errors carry the server's `code`
 //!   and `detail`; an unreachable server is one line).
 //! - `live`: the live-event WebSocket.
-//! - `output`: aligned tables, durations written and read.
+//! - `output`: every write (server text with its control characters
+//!   shown as text; a closed stdout ends the command quietly), aligned
+//!   tables, durations written and read.
 //! - `reads`: `status`, `sessions`, `queue`, `release`, `command`.
 //! - `events`: `events`, with `--follow`.
 //! - `manage`: `maintenance`, `dequeue`, `end-session`, `step-back`, `swap`.
@@ -113,6 +115,6 @@ impl ClientError {
 
 /// Prints `err` as `lablink NAME: ...` on stderr and returns its exit status.
 pub fn fail(name: &str, err: &ClientError) -> i32 {
-    eprintln!("lablink {name}: {err}");
+    output::errln!("lablink {name}: {err}");
     err.exit_status()
 }

@@ -1,9 +1,136 @@
 //! What the client commands print for people: aligned tables, durations
 //! written short (`4m 32s`), and durations read (`90s`, `10m`, `1h`, or
 //! plain seconds).
+//!
+//! Every byte the client commands write goes through here (`outln!`,
+//! `errln!`, [`Table::print`], [`print_json`], [`json_line`]), for two
+//! reasons:
+//! - Text from the server (client names, users, reasons, messages) is the
+//!   typing of anyone who can reach it: a control character in it could
+//!   clear the reader's screen, forge a line or a colour. Every line and
+//!   table cell is passed through [`visible`], which writes control
+//!   characters as text (`\e`, `\n`, `\u{7}`); JSON keeps its own
+//!   escapes (`\u001b`), with the few JSON leaves raw written as `\uXXXX`.
+//! - A reader that goes away (`lablink status | head -1`) ends the command
+//!   quietly, as SIGPIPE ends Unix tools (status 141, nothing on stderr),
+//!   instead of a panic. SIGPIPE itself stays ignored, as Rust sets it:
+//!   the client's own sockets rely on that.
 
 use serde_json::Value;
+use std::borrow::Cow;
+use std::io::Write;
 use std::time::Duration;
+
+/// Prints one line on stdout, its text made [`visible`] (a newline inside
+/// it is written `\n`, so one call is always one line).
+macro_rules! outln {
+    () => {
+        $crate::client::output::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::client::output::out_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Prints one line on stderr, its text made [`visible`]. A stderr that
+/// cannot be written is ignored: `run` must still clean up after it.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::client::output::err_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use errln;
+
+/// `text` with every control character written visibly: ESC as `\e`,
+/// newline, carriage return and tab as `\n`, `\r`, `\t`, the others
+/// (C0, DEL, C1, and the bidirectional overrides that reorder what a
+/// terminal shows) as `\u{7}`. Borrowed when there is none.
+pub fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\u{1b}' => out.push_str("\\e"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether a terminal would act on `c` rather than show it.
+fn hidden(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A JSON text with what [`visible`] hides and JSON leaves raw (DEL, C1,
+/// bidirectional overrides: JSON escapes only U+0000 to U+001F) written as
+/// `\uXXXX`, the same string to any JSON reader. Those characters occur
+/// only inside JSON strings, so this never touches the structure.
+fn json_visible(json: String) -> String {
+    if !json.chars().any(hidden) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 12);
+    for c in json.chars() {
+        if hidden(c) && !matches!(c, '\n') {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `value` as one line of JSON (JSON Lines), made safe to show.
+pub fn json_line(value: &Value) -> String {
+    json_visible(value.to_string())
+}
+
+/// Prints `value` as pretty JSON, made safe to show.
+pub fn print_json(value: &Value) {
+    let mut text = json_visible(serde_json::to_string_pretty(value).unwrap_or_default());
+    text.push('\n');
+    write_stdout(&text);
+}
+
+#[doc(hidden)]
+pub fn out_line(args: std::fmt::Arguments) {
+    let mut line = visible(&args.to_string()).into_owned();
+    line.push('\n');
+    write_stdout(&line);
+}
+
+#[doc(hidden)]
+pub fn err_line(args: std::fmt::Arguments) {
+    let mut line = visible(&args.to_string()).into_owned();
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Writes `text` (already safe) on stdout, at once (followers pipe into
+/// `grep`). A closed pipe ends the process quietly with 141 (128 +
+/// SIGPIPE, what a shell reports for a tool SIGPIPE ended); any other
+/// failure to write is said on stderr and exits 1.
+pub fn write_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(
+            super::exit::signalled(nix::sys::signal::Signal::SIGPIPE as i32),
+        ),
+        Err(e) => {
+            err_line(format_args!("lablink: cannot write to stdout: {e}"));
+            std::process::exit(super::exit::ERROR)
+        }
+    }
+}
 
 /// A table printed with its columns aligned (two spaces between them).
 pub struct Table {
@@ -17,8 +144,11 @@ impl Table {
         }
     }
 
+    /// A row; each cell made [`visible`], so a newline in a name cannot
+    /// break the table.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.iter().map(|c| visible(c).into_owned()).collect());
     }
 
     pub fn render(&self) -> String {
@@ -51,7 +181,7 @@ impl Table {
     }
 
     pub fn print(&self) {
-        print!("{}", self.render());
+        write_stdout(&self.render());
     }
 }
 
@@ -147,6 +277,42 @@ mod tests {
             table.render(),
             "EQUIPMENT  STATE   QUEUE\nps_abc123  locked  2\nload_1     free\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_written_visibly() {
+        assert_eq!(
+            visible("\u{1b}[2J\u{1b}[31mPWNED\u{1b}[0m"),
+            "\\e[2J\\e[31mPWNED\\e[0m"
+        );
+        assert_eq!(visible("a\u{7}\nb\r\tc"), "a\\u{7}\\nb\\r\\tc");
+        assert_eq!(
+            visible("\u{0}\u{7f}\u{9b}\u{202e}x"),
+            "\\u{0}\\u{7f}\\u{9b}\\u{202e}x"
+        );
+        assert!(matches!(
+            visible("Lab PC #3 µ"),
+            Cow::Borrowed("Lab PC #3 µ")
+        ));
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_with_nothing_hidden_left_raw() {
+        let value = json!({"client_name": "\u{1b}[2Ja\nb\u{9b}c\u{7f}\u{202e}"});
+        let line = json_line(&value);
+        assert!(!line.chars().any(hidden), "{line}");
+        assert_eq!(
+            line,
+            r#"{"client_name":"\u001b[2Ja\nb\u009bc\u007f\u202e"}"#
+        );
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+    }
+
+    #[test]
+    fn a_newline_in_a_cell_cannot_break_a_table_row() {
+        let mut table = Table::new(&["CLIENT", "USER"]);
+        table.row(vec!["a\nb".into(), "\u{1b}[31mred".into()]);
+        assert_eq!(table.render(), "CLIENT  USER\na\\nb    \\e[31mred\n");
     }
 
     #[test]

@@ -6,16 +6,8 @@ use futures_util::future::try_join_all;
 use serde_json::{Map, Value, json};
 
 use super::manage::maintenance_text;
-use super::output::{Table, duration, text, time_left, who};
+use super::output::{Table, duration, outln, print_json, text, time_left, who};
 use super::{ClientError, http::Api};
-
-/// Prints `value` as pretty JSON.
-pub(super) fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
 
 /// The state column: `maintenance` wins (the holder, if any, still shows).
 fn state_of(status: &Value) -> &'static str {
@@ -83,14 +75,14 @@ pub async fn status_all(api: &Api, json: bool) -> Result<(), ClientError> {
     table.print();
     // Why each one in maintenance is out of service, under the table.
     for s in statuses.iter().filter(|s| !s["maintenance"].is_null()) {
-        println!(
+        outln!(
             "{} in maintenance: {}",
             text(&s["equipment_id"]),
             maintenance_text(&s["maintenance"])
         );
     }
     if !groups.is_empty() {
-        println!();
+        outln!();
         groups_table(&groups, &all).print();
     }
     Ok(())
@@ -274,7 +266,7 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
     ]);
     lines.print();
     if queue["queue"].as_array().is_some_and(|q| !q.is_empty()) {
-        println!();
+        outln!();
         queue_table(&queue).print();
     }
     Ok(())
@@ -316,7 +308,7 @@ pub async fn queue(api: &Api, equipment: &str, json: bool) -> Result<(), ClientE
     if json {
         print_json(&queue);
     } else if queue["queue"].as_array().is_none_or(|q| q.is_empty()) {
-        println!("nobody is waiting for {equipment}");
+        outln!("nobody is waiting for {equipment}");
     } else {
         queue_table(&queue).print();
     }
@@ -344,7 +336,7 @@ pub async fn sessions(api: &Api, json: bool) -> Result<(), ClientError> {
         return Ok(());
     }
     if all.is_empty() {
-        println!("no live sessions");
+        outln!("no live sessions");
         return Ok(());
     }
     let held = holdings(&api.get(&["api", "locks", "all"]).await?);
@@ -445,7 +437,7 @@ pub async fn release(
         (Some("dequeued"), _) => format!("left the queue for {equipment}"),
         _ => format!("{equipment}: {answer}"),
     };
-    println!("{done}");
+    outln!("{done}");
     Ok(())
 }
 
@@ -494,7 +486,7 @@ pub async fn command(
         print_json(&answer);
     } else {
         match &answer["data"] {
-            Value::String(s) => println!("{s}"),
+            Value::String(s) => outln!("{s}"),
             data => print_json(data),
         }
     }

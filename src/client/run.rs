@@ -23,7 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::http::{Acquired, Api, Lock, Pool, Queueing, Target};
 use super::live::{LiveEvents, Subscription};
-use super::output::duration;
+use super::output::{duration, errln};
 use super::{ClientError, Connection, exit, fail, vars};
 use crate::server::Signals;
 
@@ -47,6 +47,13 @@ pub struct RunOptions {
     pub grace: Duration,
     /// The program and its arguments.
     pub command: Vec<String>,
+}
+
+/// How soon a renewal that could not reach the server is tried again: a
+/// twentieth of the lease, at most 250 ms (at least 20 ms), so a server
+/// back from a restart is renewed with at once, not a third of a lease on.
+fn retry_period(lease: Duration) -> Duration {
+    (lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(250))
 }
 
 /// The longest single long-poll (the server allows 3600 s); a shorter one
@@ -100,7 +107,7 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
     let mut signals = match Signals::listen() {
         Ok(signals) => signals,
         Err(e) => {
-            eprintln!("lablink run: cannot listen for signals: {e}");
+            errln!("lablink run: cannot listen for signals: {e}");
             return exit::ERROR;
         }
     };
@@ -136,43 +143,46 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
     match outcome {
         Ok(status) => exit_status(status),
         Err(Stop::LockLost { equipment, reason }) => {
-            eprintln!(
+            errln!(
                 "lablink run: lost the lock on {equipment}: {reason}; the command was {command_was}"
             );
             exit::LOCK_LOST
         }
         Err(Stop::WaitRanOut { equipment, why }) => {
-            eprintln!(
-                "lablink run: gave up waiting for {equipment}: {why}; nothing was left behind"
-            );
+            errln!("lablink run: gave up waiting for {equipment}: {why}; nothing was left behind");
             exit::WAIT_RAN_OUT
         }
         Err(Stop::QueueTimeout { equipment }) => {
             let max_wait = duration(options.queueing.max_wait.unwrap_or_default().as_secs_f64());
-            eprintln!(
+            errln!(
                 "lablink run: gave up waiting for {equipment}: --max-wait {max_wait} ran out and the server dropped the place; nothing was left behind"
             );
             exit::QUEUE_TIMEOUT
         }
         Err(Stop::PlaceRemoved { equipment, why }) => {
-            eprintln!(
+            errln!(
                 "lablink run: lost the place in the queue for {equipment}: {why}; the command was not started"
             );
             exit::PLACE_REMOVED
         }
         Err(Stop::InMaintenance { equipment, detail }) => {
-            eprintln!(
-                "lablink run: {equipment} is in maintenance and --wait is 0 ({detail}); the command was not started"
+            let is = if equipment.contains(", ") {
+                "are"
+            } else {
+                "is"
+            };
+            errln!(
+                "lablink run: {equipment} {is} in maintenance and --wait is 0 ({detail}); the command was not started"
             );
             exit::IN_MAINTENANCE
         }
         Err(Stop::Interrupted(name)) => {
-            eprintln!("lablink run: {name}: the command was {command_was}; the locks are released");
+            errln!("lablink run: {name}: the command was {command_was}; the locks are released");
             Signal::from_str(name).map_or(exit::ERROR, |s| exit::signalled(s as i32))
         }
         Err(Stop::Failed(e)) => fail("run", &e),
         Err(Stop::CannotStart(e)) => {
-            eprintln!("lablink run: cannot run {:?}: {e}", options.command[0]);
+            errln!("lablink run: cannot run {:?}: {e}", options.command[0]);
             match e.kind() {
                 std::io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
@@ -202,9 +212,12 @@ struct Keeper<'a> {
     group_id: Option<String>,
     /// Instruments asked for (held or queued), to release at the end.
     asked: Vec<String>,
-    /// The last renewal the server accepted.
+    /// When the last renewal the server accepted was sent (the lease runs
+    /// from no earlier than that).
     renewed_at: Instant,
     renew: tokio::time::Interval,
+    /// How soon a renewal that could not reach the server is tried again.
+    retry: Duration,
     live: Option<LiveEvents>,
 }
 
@@ -227,11 +240,12 @@ impl<'a> Keeper<'a> {
             asked: Vec::new(),
             renewed_at: Instant::now(),
             renew,
+            retry: retry_period(options.lease),
             live: None,
         };
         // Subscribed before the first acquire, so no position is missed.
         if let Err(e) = keeper.connect_live().await {
-            eprintln!(
+            errln!(
                 "lablink run: live events unavailable ({e}); queue positions will not be shown, and a lost lock is noticed at the next renewal"
             );
         }
@@ -319,7 +333,7 @@ impl<'a> Keeper<'a> {
                 }) => {
                     locks.sort_by(|a, b| a.equipment_id.cmp(&b.equipment_id));
                     if !shown.is_empty() {
-                        eprintln!("lablink run: {label} is ours ({})", lock_list(&locks));
+                        errln!("lablink run: {label} is ours ({})", lock_list(&locks));
                     }
                     self.asked = locks.iter().map(|l| l.equipment_id.clone()).collect();
                     self.group_id = group_id;
@@ -351,10 +365,10 @@ impl<'a> Keeper<'a> {
                     if !told_busy {
                         told_busy = true;
                         match places.as_slice() {
-                            [(_, position)] => eprintln!(
+                            [(_, position)] => errln!(
                                 "lablink run: {label} is busy ({message}); waiting at position {position} in the queue"
                             ),
-                            _ => eprintln!(
+                            _ => errln!(
                                 "lablink run: {label} is busy ({message}); waiting in every queue at once: {}",
                                 places
                                     .iter()
@@ -379,8 +393,9 @@ impl<'a> Keeper<'a> {
                     });
                 }
                 Err(e) if e.code() == Some("in_maintenance") => {
+                    let named = self.in_maintenance(options).await;
                     return Err(Stop::InMaintenance {
-                        equipment: label.to_owned(),
+                        equipment: named.unwrap_or_else(|| label.to_owned()),
                         detail: e.to_string(),
                     });
                 }
@@ -446,6 +461,15 @@ impl<'a> Keeper<'a> {
         if let Some(token) = &conn.token {
             command.env(vars::TOKEN, token);
         }
+        // With a terminal, CMD stays in `run`'s process group: the
+        // terminal's foreground group, for Ctrl-C and job control. Without
+        // one (a service, a CI runner), a signal to the whole group would
+        // reach CMD and then again from `run`: in its own group, CMD hears
+        // only what `run` passes on.
+        let own_group = !has_terminal();
+        if own_group {
+            command.process_group(0);
+        }
         let mut child = command.spawn().map_err(Stop::CannotStart)?;
         let stop = loop {
             tokio::select! {
@@ -476,12 +500,12 @@ impl<'a> Keeper<'a> {
             _ => Some(Signal::SIGTERM),
         };
         if let Stop::LockLost { equipment, reason } = &stop {
-            eprintln!(
+            errln!(
                 "lablink run: lost the lock on {equipment} ({reason}): sending SIGTERM to the command (SIGKILL in {})",
                 duration(options.grace.as_secs_f64())
             );
         }
-        terminate(&mut child, signal, options.grace).await;
+        terminate(&mut child, own_group, signal, options.grace).await;
         Err(stop)
     }
 
@@ -537,7 +561,7 @@ impl<'a> Keeper<'a> {
             Heard::RenewNow => self.renew_all().await,
             Heard::Lost(stop) => Err(stop),
             Heard::Say(text) => {
-                eprintln!("lablink run: {text}");
+                errln!("lablink run: {text}");
                 Ok(())
             }
             Heard::Reconnect => {
@@ -551,14 +575,17 @@ impl<'a> Keeper<'a> {
     /// Renews every held lock (which renews the session), or the session
     /// alone while none is held yet. A renewal the server refuses means the
     /// lock is gone; a server out of reach for a whole lease means it may be.
+    /// While it is out of reach (a restart), the renewal is tried again
+    /// every `retry` rather than at the next third of the lease, so the
+    /// first renewal after it is back arrives within `retry`: an outage is
+    /// survived whenever it is shorter than what was left of the lease
+    /// when it began (at least two thirds of it), less `retry`.
     async fn renew_all(&mut self) -> Result<(), Stop> {
-        if self.live.is_none() {
-            let _ = self.connect_live().await;
-        }
+        let sent = Instant::now();
         let mut unreachable = None;
         if self.held.is_empty() {
             match self.api.renew_session(&self.session).await {
-                Ok(()) => self.renewed_at = Instant::now(),
+                Ok(()) => self.renewed_at = sent,
                 Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
                 Err(e) => return Err(Stop::Failed(e)),
             }
@@ -572,7 +599,7 @@ impl<'a> Keeper<'a> {
         };
         for lock in renewed {
             match self.api.renew_lock(&lock.equipment_id, &self.session).await {
-                Ok(()) => self.renewed_at = Instant::now(),
+                Ok(()) => self.renewed_at = sent,
                 Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
                 Err(e) => {
                     return Err(Stop::LockLost {
@@ -595,8 +622,62 @@ impl<'a> Keeper<'a> {
                     None => Stop::Failed(e),
                 })
             }
-            _ => Ok(()),
+            Some(_) => {
+                self.renew.reset_after(self.retry);
+                Ok(())
+            }
+            None => {
+                // After the renewals, not before: the lease comes first.
+                if self.live.is_none() {
+                    let _ = self.connect_live().await;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Which of the instruments asked for are in maintenance, from the
+    /// server's list (`psu1` when only it is, `psu1, scope1` when both
+    /// are); `None` if that cannot be told. Asked for means named by
+    /// `--lock`, a member of a configured group named by `--lock`, or fit
+    /// for the `--any-of` pool.
+    async fn in_maintenance(&self, options: &RunOptions) -> Option<String> {
+        let list = self.api.get(&["api", "equipment", "list"]).await.ok()?;
+        let out_of_service = self
+            .api
+            .get(&["api", "equipment", "maintenance"])
+            .await
+            .ok()?;
+        let out_of_service = out_of_service["maintenance"].as_object()?;
+        let groups = list["groups"].as_array().cloned().unwrap_or_default();
+        let in_asked_group = |id: &str| {
+            groups.iter().any(|g| {
+                options.locks.iter().any(|l| g["group_id"] == l.as_str())
+                    && g["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m == id))
+            })
+        };
+        let in_pool = |e: &Value, id: &str| match &options.any_of {
+            Some(Pool::Ids(ids)) => ids.iter().any(|i| i == id),
+            Some(Pool::Tags(tags)) => tags.iter().all(|t| {
+                e["tags"]
+                    .as_array()
+                    .is_some_and(|have| have.iter().any(|h| h == t.as_str()))
+            }),
+            None => false,
+        };
+        let named: Vec<&str> = list["equipment"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| Some((e, e["equipment_id"].as_str()?)))
+            .filter(|(e, id)| {
+                options.locks.iter().any(|l| l == id) || in_asked_group(id) || in_pool(e, id)
+            })
+            .map(|(_, id)| id)
+            .filter(|id| out_of_service.contains_key(*id))
+            .collect();
+        (!named.is_empty()).then(|| named.join(", "))
     }
 
     /// Why a waiting request's place went, from the session's history: its
@@ -644,7 +725,7 @@ impl<'a> Keeper<'a> {
         };
         for (eq, answer) in released {
             if let Err(e @ ClientError::Unreachable { .. }) = answer {
-                eprintln!(
+                errln!(
                     "lablink run: could not release {eq} ({e}); it is freed when its lease of {} ends",
                     duration(self.lease.as_secs_f64())
                 );
@@ -652,7 +733,7 @@ impl<'a> Keeper<'a> {
         }
         if let Err(e @ ClientError::Unreachable { .. }) = self.api.end_session(&self.session).await
         {
-            eprintln!("lablink run: could not end session {}: {e}", self.session);
+            errln!("lablink run: could not end session {}: {e}", self.session);
         }
     }
 }
@@ -667,7 +748,7 @@ async fn next_live(live: &mut Option<LiveEvents>) -> Option<Result<Value, Client
 
 fn show_position(eq: &str, position: usize, shown: &mut BTreeMap<String, usize>) {
     if shown.get(eq) != Some(&position) {
-        eprintln!("lablink run: {eq}: position {position} in the queue");
+        errln!("lablink run: {eq}: position {position} in the queue");
         shown.insert(eq.to_owned(), position);
     }
 }
@@ -835,6 +916,11 @@ fn lost_reason(note: &Value) -> String {
     }
 }
 
+/// Whether `run` has a controlling terminal.
+fn has_terminal() -> bool {
+    std::fs::File::open("/dev/tty").is_ok()
+}
+
 /// Whether a SIGINT came from Ctrl-C at a terminal, and so reached the
 /// command too: `run` is in the terminal's foreground process group, which
 /// the command shares. Without a terminal (scripts, `kill -INT`), it did not.
@@ -846,16 +932,28 @@ fn terminal_sent_sigint() -> bool {
 }
 
 /// Sends `signal` (if any) to the program, then SIGKILL if it is still
-/// running after `grace`.
-async fn terminate(child: &mut tokio::process::Child, signal: Option<Signal>, grace: Duration) {
-    if let (Some(signal), Some(pid)) = (signal, child.id().and_then(|id| i32::try_from(id).ok())) {
-        let _ = kill(Pid::from_raw(pid), signal);
+/// running after `grace`. A program in its own process group (`own_group`)
+/// gets them as a group, as a terminal or a supervisor would send them, so
+/// what it started (`sh -c`'s children) hears them too.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    own_group: bool,
+    signal: Option<Signal>,
+    grace: Duration,
+) {
+    let pid = child.id().and_then(|id| i32::try_from(id).ok());
+    let target = pid.map(|pid| Pid::from_raw(if own_group { -pid } else { pid }));
+    if let (Some(signal), Some(target)) = (signal, target) {
+        let _ = kill(target, signal);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        eprintln!(
+        errln!(
             "lablink run: the command did not stop within {}: SIGKILL",
             duration(grace.as_secs_f64())
         );
+        if let Some(target) = target.filter(|_| own_group) {
+            let _ = kill(target, Signal::SIGKILL);
+        }
         let _ = child.kill().await;
     }
 }

@@ -90,6 +90,24 @@ fn token_list_and_revoke_do_not_create_a_store() {
         assert!(stderr.contains("lablink-data/lablink.db"), "{stderr}");
     }
     assert!(!dir.path().join("lablink-data").exists());
+    // Not a bad argument (2): it cannot be done (1), as README's client
+    // exit statuses say.
+    let out = lablink()
+        .current_dir(dir.path())
+        .args(["token", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = lablink()
+        .current_dir(dir.path())
+        .args(["token", "list", "--config", "missing.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a config file that is not there"
+    );
 }
 
 #[test]
