@@ -162,7 +162,7 @@ export function confirmWithReason(title, message, okLabel = 'Confirm', options =
 /** A maintenance as words: "calibration · until 28 Nov 2026, 12:00:00 · by alice". */
 export function maintenanceText(m) {
   const parts = [m.reason];
-  parts.push(m.until ? `until ${dateTime.format(new Date(m.until))}` : 'until ended');
+  parts.push(m.until ? `until ${dateTime.format(new Date(m.until))}` : 'no end set');
   if (m.user) parts.push(`by ${m.user}`);
   if (m.group) parts.push(`with group ${m.group}`);
   return parts.join(' · ');

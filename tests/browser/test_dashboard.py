@@ -399,7 +399,7 @@ def test_maintenance_and_queue_entries_from_the_admin_view(server, open_page):
     page = watched.page
     wait_live(page)
     expect(card(page, "load_1")).to_have_attribute("data-state", "maintenance")
-    expect(card(page, "load_1").locator("dd.maint")).to_have_text("fan replaced · until ended")
+    expect(card(page, "load_1").locator("dd.maint")).to_have_text("fan replaced · no end set")
     expect(card(page, PSU).locator(".queue")).to_have_text(
         "2 waiting · next: Urgent fix (priority 3) · priorities 3, 0")
 
