@@ -599,6 +599,10 @@ pub fn app(
     edge.wrap(
         router(service.clone())
             .merge(health::routes(service.clone(), store_file))
-            .merge(metrics::routes(service, metrics_public)),
+            .merge(metrics::routes(service, metrics_public))
+            // Every route answers a method it does not take with the JSON
+            // error, the probes' and the docs' too (the routers above set
+            // theirs; this reaches the ones merged without it).
+            .method_not_allowed_fallback(method_not_allowed),
     )
 }
