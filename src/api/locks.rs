@@ -19,8 +19,8 @@ use super::{AppState, Id, equipment_in_path};
 use crate::domain::group::GroupOutcome;
 use crate::domain::priority::{MAX_PRIORITY, MIN_PRIORITY, checked as checked_priority};
 use crate::domain::{
-    AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
-    Timestamp,
+    AcquireOutcome, EquipmentId, Event, EventKind, LockMode, Obstacle, ReleaseOutcome, SessionId,
+    Timeout, Timestamp,
 };
 use crate::service::{
     AcquireInput, At, ClientInfo, ExpiryReport, GroupAcquired, GroupAsk, GroupTarget,
@@ -245,21 +245,18 @@ impl AcquireResponse {
                 // waits for those ahead of it in line).
                 let in_the_way: Vec<String> = places
                     .iter()
-                    .filter_map(|(id, _, _)| {
+                    .filter_map(|(id, _, position)| {
                         let locks = at.value.bench.get(id)?;
-                        match (locks.holder(), locks.maintenance_at(at.now)) {
-                            (_, Some(m)) => Some(format!("{id} (in maintenance: {})", m.reason)),
-                            (Some(holder), None) => {
-                                Some(format!("{id} (locked by session {holder})"))
-                            }
-                            (None, None) => None,
+                        match locks.in_the_way(*position, at.now)? {
+                            Obstacle::Ahead(_) => None,
+                            obstacle => Some(format!("{id}, {obstacle}")),
                         }
                     })
                     .collect();
                 let message = if in_the_way.is_empty() {
                     "Waiting behind others in line".to_owned()
                 } else {
-                    format!("Waiting for {}", in_the_way.join(", "))
+                    format!("Waiting for {}", in_the_way.join("; "))
                 };
                 Self {
                     success: false,
@@ -414,9 +411,9 @@ pub async fn acquire(
         AcquireOutcome::Queued { entry, position } => AcquireResponse {
             success: false,
             status: "queued",
-            message: Some(match locks.holder() {
-                Some(holder) => format!("Equipment locked by session {holder}"),
-                None => "Equipment busy: others are waiting".into(),
+            message: Some(match locks.in_the_way(*position, at.now) {
+                Some(obstacle) => format!("Equipment {obstacle}"),
+                None => "Equipment busy: waiting for its turn".into(),
             }),
             lock: None,
             queue_entry: Some(QueueEntryView::new(equipment, entry, *position)),

@@ -748,7 +748,7 @@ async fn a_group_id_subscribes_to_its_members_and_an_expired_group_says_it_was_l
     )
     .await;
     assert_eq!(
-        queued["message"], "Waiting for scope1 (locked by session x)",
+        queued["message"], "Waiting for scope1, locked by session x (implicit)",
         "{queued}"
     );
     app.release("scope1", "x", false).await;

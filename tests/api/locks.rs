@@ -128,7 +128,7 @@ async fn busy_equipment_is_409_naming_the_holder_or_queued_in_order() {
         assert_eq!(body["status"], "queued");
         assert_eq!(
             body["message"],
-            format!("Equipment locked by session {holder}")
+            format!("Equipment locked by session {holder} (test)")
         );
         assert_eq!(body["queue_entry"]["position"], expected);
         assert_eq!(body["queue_entry"]["session_id"], w.as_str());

@@ -754,6 +754,47 @@ async fn maintenance_refuses_new_requests_or_queues_them_and_the_holder_keeps_it
     .await;
 }
 
+/// A queued request's message names what stands in its way: maintenance
+/// on a free instrument (not "others are waiting": nobody is), the holder
+/// with who it is, and waiters ahead only when there are some.
+#[tokio::test]
+async fn a_queued_message_names_what_stands_in_the_way() {
+    let app = spawn_with(memory()).await;
+    let (status, _) = app
+        .post(
+            "/api/equipment/load_1/maintenance",
+            json!({"reason": "calibration", "until": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let m1 = app.session(0.0).await;
+    let queued = app
+        .acquire("load_1", &m1, json!({"queue_if_busy": true}))
+        .await
+        .1;
+    assert_eq!(
+        queued["message"], "Equipment in maintenance: calibration until 2999-01-01T00:00:00.000Z",
+        "{queued}"
+    );
+    let holder = app.session(0.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let waiter = app.session(0.0).await;
+    let queued = queue_with(&app, &waiter, json!({})).await;
+    assert_eq!(
+        queued["message"],
+        format!("Equipment locked by session {holder} (test)"),
+        "{queued}"
+    );
+    app.release(PSU, &holder, false).await;
+    // The waiter holds it now; the next one waits for it, not for others.
+    let next = app.session(0.0).await;
+    let queued = queue_with(&app, &next, json!({})).await;
+    assert_eq!(
+        queued["message"],
+        format!("Equipment locked by session {waiter} (test)")
+    );
+}
+
 #[tokio::test]
 async fn maintenance_ends_at_its_until_by_the_reaper_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
