@@ -166,7 +166,12 @@ fn in_user_terms(whole: &str, field: Option<&str>, message: &str) -> String {
         return format!("`{}` is given more than once", within(name));
     }
     if let Some(name) = backticked(message, "unknown field ") {
-        return format!("`{}` is not a known field", within(name));
+        // The path already ends at the unknown field itself.
+        let path = match field {
+            Some(path) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+            _ => within(name),
+        };
+        return format!("`{path}` is not a known field");
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));

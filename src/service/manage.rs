@@ -159,7 +159,7 @@ impl Service {
     }
 
     /// The instruments `id` names: itself, or a configured group's members.
-    fn instruments_of(&self, id: &EquipmentId) -> Result<Vec<EquipmentId>, ServiceError> {
+    pub fn instruments_of(&self, id: &EquipmentId) -> Result<Vec<EquipmentId>, ServiceError> {
         match self.named_group(id) {
             Some(group) => Ok(group.members.clone()),
             None => self.registered(id).map(|()| vec![id.clone()]),
