@@ -17,6 +17,7 @@ use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, Id, equipment_in_path};
 use crate::domain::group::GroupOutcome;
+use crate::domain::number::Compact;
 use crate::domain::priority::{MAX_PRIORITY, MIN_PRIORITY, checked as checked_priority};
 use crate::domain::{
     AcquireOutcome, EquipmentId, Event, EventKind, LockMode, Obstacle, ReleaseOutcome, SessionId,
@@ -337,7 +338,8 @@ pub async fn acquire(
                 ApiError::unprocessable(
                     "invalid_parameter",
                     format!(
-                        "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {raw}"
+                        "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {}",
+                        Compact(raw)
                     ),
                 )
             })?,
@@ -348,7 +350,8 @@ pub async fn acquire(
                 ApiError::unprocessable(
                     "invalid_timeout",
                     format!(
-                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {raw}"
+                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {}",
+                        Compact(raw)
                     ),
                 )
             })?,
@@ -360,7 +363,8 @@ pub async fn acquire(
                     ApiError::unprocessable(
                         "invalid_timeout",
                         format!(
-                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {raw}"
+                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {}",
+                            Compact(raw)
                         ),
                     )
                 })
@@ -376,7 +380,10 @@ pub async fn acquire(
         Some(w) => {
             return Err(ApiError::unprocessable(
                 "invalid_parameter",
-                format!("`wait_seconds` must be between 0 and {MAX_WAIT_SECONDS}, got {w}"),
+                format!(
+                    "`wait_seconds` must be between 0 and {MAX_WAIT_SECONDS}, got {}",
+                    Compact(w)
+                ),
             ));
         }
     };

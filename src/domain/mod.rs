@@ -10,6 +10,7 @@ pub mod event;
 pub mod group;
 pub mod ids;
 pub mod lock;
+pub mod number;
 pub mod priority;
 pub mod rollup;
 pub mod session;
