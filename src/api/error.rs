@@ -121,7 +121,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         }
         Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         SessionRequired => (StatusCode::UNAUTHORIZED, "session_required"),
-        SessionNotLive(_) => (StatusCode::FORBIDDEN, "session_not_live"),
+        SessionNotLive { .. } => (StatusCode::FORBIDDEN, "session_not_live"),
         MetadataTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
     }
 }

@@ -244,6 +244,9 @@ pub struct CommandCheck<'a> {
     pub fencing_token: Option<u64>,
     /// `false` when the server does not check commands against locks.
     pub locks_enabled: bool,
+    /// Whether an acquire opens a session that is not live (what a
+    /// session that is not live is advised to do).
+    pub implicit_sessions: bool,
 }
 
 /// A session that lost its lock without asking, and how.
@@ -1215,7 +1218,10 @@ impl EquipmentLocks {
                     session: session.clone(),
                     reason,
                 },
-                None => DomainError::SessionNotLive(session.clone()),
+                None => DomainError::SessionNotLive {
+                    session: session.clone(),
+                    acquire_opens: check.implicit_sessions,
+                },
             });
         }
         self.authorize(session, check.access, check.fencing_token, now)

@@ -1364,6 +1364,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
             access: Access::Control,
             fencing_token: None,
             locks_enabled: *enabled,
+            implicit_sessions: true,
         };
         let got = w.locks.authorize_command(&check, actor, w.now);
         assert!(

@@ -123,9 +123,14 @@ pub enum DomainError {
     #[error("this action needs a session_id: open a session and lock the equipment first")]
     SessionRequired,
     #[error(
-        "session {0} is not live (it never existed, ended or expired): acquire a lock with it (which opens it) or create a session first"
+        "session {session} is not live (it never existed, ended or expired): {}",
+        if *acquire_opens { "acquire a lock with it (which opens it) or create a session first" } else { "create a session and acquire a lock with it first" }
     )]
-    SessionNotLive(SessionId),
+    SessionNotLive {
+        session: SessionId,
+        /// Whether an acquire naming it would open it (implicit sessions).
+        acquire_opens: bool,
+    },
 }
 
 fn busy_detail(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {

@@ -153,7 +153,17 @@ impl Service {
                     _ => {}
                 }
             }
-            Ok(first.expect("a group has members")?)
+            match first.expect("a group has members") {
+                // None was in the group's maintenance: say so of the group
+                // the caller named, not of a member.
+                Err(DomainError::NotInMaintenance { .. }) if group.is_some() => {
+                    Err(DomainError::NotInMaintenance {
+                        equipment: group.clone().expect("a group"),
+                    }
+                    .into())
+                }
+                ended => Ok(ended?),
+            }
         })
         .await
     }

@@ -840,6 +840,18 @@ async fn implicit_sessions_can_be_turned_off_and_ids_are_still_checked() {
         StatusCode::NOT_FOUND,
         "session_not_found",
     );
+    // A command from a session that is gone is not told to acquire with
+    // it, which would not open it here.
+    let gone = app
+        .command("ps_abc123", Some(&s), "get_status", json!({}))
+        .await;
+    assert_error(&gone, StatusCode::FORBIDDEN, "session_not_live");
+    assert_eq!(
+        gone.1["detail"],
+        format!(
+            "session {s} is not live (it never existed, ended or expired): create a session and acquire a lock with it first"
+        )
+    );
     let app = spawn_app().await;
     for bad in ["a b".to_string(), "x".repeat(129), String::new()] {
         assert_error(
