@@ -909,6 +909,18 @@ async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
         (&json!(away), &json!("2026-01-05T09:00:05.000Z")),
         "its lock ends at the claim deadline unless claimed"
     );
+    // Every view of the lock says it is in its claim window.
+    assert_eq!(status["claim_by"], "2026-01-05T09:00:05.000Z", "{status}");
+    let (_, all) = app.get("/api/locks/all").await;
+    assert_eq!(
+        all["exclusive_locks"][PSU]["claim_by"], "2026-01-05T09:00:05.000Z",
+        "{all}"
+    );
+    let (_, equipment) = app.get(&format!("/api/equipment/{PSU}/status")).await;
+    assert_eq!(
+        equipment["lock"]["claim_by"], "2026-01-05T09:00:05.000Z",
+        "{equipment}"
+    );
     app.advance(5.0);
     let expired = until(&mut ws, "claim_expired").await;
     assert_eq!(expired["reason"], "claim_expired");
@@ -943,6 +955,7 @@ async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
         present.as_str(),
         "claimed: the lease runs on"
     );
+    assert_eq!(status.get("claim_by"), None, "no window: no claim_by");
     let kinds = app.events(PSU).await;
     assert_eq!(kinds.iter().filter(|k| *k == "claim_expired").count(), 1);
 
