@@ -80,11 +80,20 @@ fn parse_object<T: DeserializeOwned>(raw: &[u8], whole: &str) -> Result<T, ApiEr
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
         // serde_json's own words ("expected value", "EOF while parsing a
         // string") are about JSON, which the client wrote.
+        let said = without_position(&e);
+        // serde_json's words for a `\uD800` without its pair ("unexpected
+        // end of hex escape") do not say what is wrong.
+        let said = if said.contains("hex escape") || said.contains("surrogate") {
+            format!(
+                "{said}: a \\u escape must be a character; \\uD800 to \\uDFFF only come in pairs (a lone surrogate is no character)"
+            )
+        } else {
+            said
+        };
         ApiError::unprocessable(
             "invalid_json",
             format!(
-                "{whole} is not valid JSON: {} at line {} column {}",
-                without_position(&e),
+                "{whole} is not valid JSON: {said} at line {} column {}",
                 e.line(),
                 e.column()
             ),

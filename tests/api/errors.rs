@@ -62,6 +62,22 @@ async fn framework_rejections_use_our_error_format() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_json",
     );
+    // A lone surrogate is explained, not just "end of hex escape".
+    let lone = app
+        .post_raw(
+            "/api/locks/sessions/create",
+            r#"{"client_name": "a\ud800b"}"#,
+        )
+        .await;
+    assert_error(&lone, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+    assert!(
+        lone.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lone surrogate"),
+        "{}",
+        lone.1
+    );
 }
 
 /// Every route, the probes', the metrics' and the document's included,
