@@ -107,6 +107,15 @@ impl Edge {
     pub fn wrap(&self, mut app: Router) -> Router {
         if let Some(cors) = &self.cors {
             app = app.layer(cors.layer());
+            if let CorsOrigins::Only(list) = cors {
+                let listed: Arc<[HeaderValue]> = list
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok())
+                    .collect();
+                app = app.layer(middleware::from_fn(move |request, next| {
+                    without_cors_for_others(listed.clone(), request, next)
+                }));
+            }
         }
         // Outside CORS, so preflights are counted too.
         app = app.layer(middleware::from_fn(measure_request));
@@ -116,6 +125,34 @@ impl Edge {
         }
         app
     }
+}
+
+/// An answer to a page of an origin not listed carries no
+/// `access-control-*` header at all: tower-http leaves out only
+/// `Access-Control-Allow-Origin` (which suffices for the browser), but
+/// methods and headers allowed to others are nobody else's business.
+async fn without_cors_for_others(
+    listed: Arc<[HeaderValue]>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let unlisted = request
+        .headers()
+        .get(header::ORIGIN)
+        .is_some_and(|origin| !listed.contains(origin));
+    let mut response = next.run(request).await;
+    if unlisted {
+        let names: Vec<header::HeaderName> = response
+            .headers()
+            .keys()
+            .filter(|name| name.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for name in names {
+            response.headers_mut().remove(name);
+        }
+    }
+    response
 }
 
 /// Who sent a request and which session it named, as the layers inside

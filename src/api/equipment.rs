@@ -15,6 +15,7 @@ use super::extract::{ApiJson, ApiPath};
 use super::views::LockStatusView;
 use super::{AppState, Id, equipment_in_path};
 use crate::domain::SessionId;
+use crate::domain::ids::MAX_ID_LEN;
 use crate::drivers::ActionSpec;
 use crate::service::CommandInput;
 
@@ -118,8 +119,10 @@ pub async fn status(
 /// The brief's `Command`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Command {
-    /// The client's id for this command, echoed back.
+    /// The client's id for this command, echoed back: at most 128
+    /// characters, no control characters.
     #[serde(default)]
+    #[schema(max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub command_id: Option<String>,
     /// Must match the path when given.
     #[serde(default)]
@@ -201,6 +204,18 @@ pub async fn command_errors(State(app): State<AppState>, response: Response) -> 
     Response::from_parts(parts, body)
 }
 
+/// A `command_id`: like other ids, at most `MAX_ID_LEN` characters; like
+/// other texts, no control characters.
+fn check_command_id(raw: &str) -> Result<(), ApiError> {
+    if raw.chars().count() > MAX_ID_LEN {
+        return Err(ApiError::unprocessable(
+            "invalid_parameter",
+            format!("`command_id` must be at most {MAX_ID_LEN} characters"),
+        ));
+    }
+    super::sessions::plain("command_id", raw)
+}
+
 #[utoipa::path(post, path = "/api/equipment/{equipment_id}/command", tag = "equipment", operation_id = "run_command",
     request_body = Command,
     responses(
@@ -223,12 +238,22 @@ pub async fn command(
     // A body that is JSON but not a valid command still has its
     // command_id echoed in the failure, like every other command error.
     let body = body.map(|ApiJson(value)| value);
-    let command_id = body
+    let given_id = body
         .as_ref()
         .ok()
         .and_then(|v| v.get("command_id")?.as_str().map(str::to_owned));
+    // One that is too long or has control characters is refused, and not
+    // echoed back.
+    let id_refused = given_id
+        .as_deref()
+        .map(check_command_id)
+        .and_then(Result::err);
+    let command_id = given_id.filter(|_| id_refused.is_none());
     let outcome = async {
         let body: Command = ApiJson::from_value(body?)?;
+        if let Some(refused) = id_refused {
+            return Err(refused);
+        }
         let id = equipment_in_path(&id)?;
         if let Some(given) = body
             .equipment_id

@@ -121,7 +121,7 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
         }
         Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         SessionRequired => (StatusCode::UNAUTHORIZED, "session_required"),
-        SessionNotLive(_) => (StatusCode::FORBIDDEN, "session_not_live"),
+        SessionNotLive { .. } => (StatusCode::FORBIDDEN, "session_not_live"),
         MetadataTooLarge { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
     }
 }
@@ -131,7 +131,10 @@ fn domain_status(e: &DomainError) -> (StatusCode, &'static str) {
 /// change.
 fn domain_setting(e: &DomainError) -> Option<&'static str> {
     match e {
-        DomainError::QueueDisabled { .. } => Some("LABLINK_ENABLE_LOCK_QUEUE=false"),
+        DomainError::QueueDisabled { .. }
+        | DomainError::InMaintenance {
+            can_queue: false, ..
+        } => Some("LABLINK_ENABLE_LOCK_QUEUE=false"),
         DomainError::ObserverModeDisabled => Some("LABLINK_ENABLE_OBSERVER_MODE=false"),
         DomainError::MetadataTooLarge { .. } => Some("LABLINK_MAX_METADATA_BYTES"),
         _ => None,

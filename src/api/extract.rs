@@ -80,11 +80,20 @@ fn parse_object<T: DeserializeOwned>(raw: &[u8], whole: &str) -> Result<T, ApiEr
     let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
         // serde_json's own words ("expected value", "EOF while parsing a
         // string") are about JSON, which the client wrote.
+        let said = without_position(&e);
+        // serde_json's words for a `\uD800` without its pair ("unexpected
+        // end of hex escape") do not say what is wrong.
+        let said = if said.contains("hex escape") || said.contains("surrogate") {
+            format!(
+                "{said}: a \\u escape must be a character; \\uD800 to \\uDFFF only come in pairs (a lone surrogate is no character)"
+            )
+        } else {
+            said
+        };
         ApiError::unprocessable(
             "invalid_json",
             format!(
-                "{whole} is not valid JSON: {} at line {} column {}",
-                without_position(&e),
+                "{whole} is not valid JSON: {said} at line {} column {}",
                 e.line(),
                 e.column()
             ),
@@ -166,7 +175,12 @@ fn in_user_terms(whole: &str, field: Option<&str>, message: &str) -> String {
         return format!("`{}` is given more than once", within(name));
     }
     if let Some(name) = backticked(message, "unknown field ") {
-        return format!("`{}` is not a known field", within(name));
+        // The path already ends at the unknown field itself.
+        let path = match field {
+            Some(path) if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
+            _ => within(name),
+        };
+        return format!("`{path}` is not a known field");
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));

@@ -17,10 +17,11 @@ use super::sessions::{Limit, MAX_TEXT};
 use super::views::{LockStatusView, LockView, QueueEntryView};
 use super::{AppState, Id, equipment_in_path};
 use crate::domain::group::GroupOutcome;
+use crate::domain::number::Compact;
 use crate::domain::priority::{MAX_PRIORITY, MIN_PRIORITY, checked as checked_priority};
 use crate::domain::{
-    AcquireOutcome, EquipmentId, Event, EventKind, LockMode, ReleaseOutcome, SessionId, Timeout,
-    Timestamp,
+    AcquireOutcome, EquipmentId, Event, EventKind, LockMode, Obstacle, ReleaseOutcome, SessionId,
+    Timeout, Timestamp,
 };
 use crate::service::{
     AcquireInput, At, ClientInfo, ExpiryReport, GroupAcquired, GroupAsk, GroupTarget,
@@ -245,21 +246,18 @@ impl AcquireResponse {
                 // waits for those ahead of it in line).
                 let in_the_way: Vec<String> = places
                     .iter()
-                    .filter_map(|(id, _, _)| {
+                    .filter_map(|(id, _, position)| {
                         let locks = at.value.bench.get(id)?;
-                        match (locks.holder(), locks.maintenance_at(at.now)) {
-                            (_, Some(m)) => Some(format!("{id} (in maintenance: {})", m.reason)),
-                            (Some(holder), None) => {
-                                Some(format!("{id} (locked by session {holder})"))
-                            }
-                            (None, None) => None,
+                        match locks.in_the_way(*position, at.now)? {
+                            Obstacle::Ahead(_) => None,
+                            obstacle => Some(format!("{id}, {obstacle}")),
                         }
                     })
                     .collect();
                 let message = if in_the_way.is_empty() {
                     "Waiting behind others in line".to_owned()
                 } else {
-                    format!("Waiting for {}", in_the_way.join(", "))
+                    format!("Waiting for {}", in_the_way.join("; "))
                 };
                 Self {
                     success: false,
@@ -340,7 +338,8 @@ pub async fn acquire(
                 ApiError::unprocessable(
                     "invalid_parameter",
                     format!(
-                        "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {raw}"
+                        "`priority` must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {}",
+                        Compact(raw)
                     ),
                 )
             })?,
@@ -351,7 +350,8 @@ pub async fn acquire(
                 ApiError::unprocessable(
                     "invalid_timeout",
                     format!(
-                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {raw}"
+                        "`max_wait_seconds` must be 0 (no limit) or a number of seconds from 0.001 to 1e9, got {}",
+                        Compact(raw)
                     ),
                 )
             })?,
@@ -363,7 +363,8 @@ pub async fn acquire(
                     ApiError::unprocessable(
                         "invalid_timeout",
                         format!(
-                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {raw}"
+                            "`claim_within_seconds` must be 0 (no claim) or a number of seconds from 0.001 to 1e9, got {}",
+                            Compact(raw)
                         ),
                     )
                 })
@@ -379,7 +380,10 @@ pub async fn acquire(
         Some(w) => {
             return Err(ApiError::unprocessable(
                 "invalid_parameter",
-                format!("`wait_seconds` must be between 0 and {MAX_WAIT_SECONDS}, got {w}"),
+                format!(
+                    "`wait_seconds` must be between 0 and {MAX_WAIT_SECONDS}, got {}",
+                    Compact(w)
+                ),
             ));
         }
     };
@@ -414,9 +418,9 @@ pub async fn acquire(
         AcquireOutcome::Queued { entry, position } => AcquireResponse {
             success: false,
             status: "queued",
-            message: Some(match locks.holder() {
-                Some(holder) => format!("Equipment locked by session {holder}"),
-                None => "Equipment busy: others are waiting".into(),
+            message: Some(match locks.in_the_way(*position, at.now) {
+                Some(obstacle) => format!("Equipment {obstacle}"),
+                None => "Equipment busy: waiting for its turn".into(),
             }),
             lock: None,
             queue_entry: Some(QueueEntryView::new(equipment, entry, *position)),

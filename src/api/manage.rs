@@ -27,7 +27,7 @@ pub struct InterventionBody {
     /// Why, for the history and the one it happens to (at most 256
     /// characters).
     #[serde(default)]
-    #[schema(max_length = 256)]
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub message: Option<String>,
 }
 
@@ -101,7 +101,12 @@ pub async fn force_end_session(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MaintenanceBody {
     /// Why it is out of service (1 to 256 characters), shown in its status.
-    #[schema(min_length = 1, max_length = 256, example = "calibration")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
+        example = "calibration"
+    )]
     pub reason: String,
     /// When service resumes by itself (RFC 3339, in the future); absent:
     /// when an admin ends it.
@@ -142,7 +147,11 @@ pub async fn start_maintenance(
     let until = body
         .until
         .as_deref()
-        .map(Timestamp::parse_rfc3339)
+        .map(|raw| {
+            Timestamp::parse_rfc3339(raw).map_err(|e| {
+                super::error::ApiError::unprocessable("invalid_timestamp", format!("`until`: {e}"))
+            })
+        })
         .transpose()?;
     let at = app
         .start_maintenance(&equipment, reason, until, &actor)

@@ -93,6 +93,29 @@ impl utoipa::PartialSchema for Id {
 
 impl utoipa::ToSchema for Id {}
 
+/// A client's address in the schema: an IPv4 or an IPv6 address.
+pub struct IpAddress;
+
+impl utoipa::PartialSchema for IpAddress {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let address = |format| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(format)))
+        };
+        OneOfBuilder::new()
+            .item(address(KnownFormat::Ipv4))
+            .item(address(KnownFormat::Ipv6))
+            .description(Some("An IPv4 or IPv6 address"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for IpAddress {}
+
 /// A `timeout_seconds` in the schema: exactly 0 (no timeout), or from 1 ms
 /// to 10⁹ s (what `Timeout::from_seconds` accepts).
 pub struct TimeoutSeconds;
@@ -599,6 +622,10 @@ pub fn app(
     edge.wrap(
         router(service.clone())
             .merge(health::routes(service.clone(), store_file))
-            .merge(metrics::routes(service, metrics_public)),
+            .merge(metrics::routes(service, metrics_public))
+            // Every route answers a method it does not take with the JSON
+            // error, the probes' and the docs' too (the routers above set
+            // theirs; this reaches the ones merged without it).
+            .method_not_allowed_fallback(method_not_allowed),
     )
 }

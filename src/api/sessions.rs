@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{ConnectInfo, State};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use utoipa::{IntoParams, ToSchema};
 
 use super::caller::Caller;
@@ -13,16 +13,18 @@ use super::error::{ApiError, ApiResult, ErrorBody, quoted};
 use super::extract::{self, ApiJson, ApiPath, ApiQuery};
 use super::views::{LockView, QueueEntryView, SessionView};
 use super::{AppState, session_in_path};
+use crate::domain::ids::control_character;
 use crate::domain::{Event, SessionId, Timeout};
 use crate::service::{DEFAULT_SESSION_PAGE, NewSession};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateSession {
-    /// Defaults to "unnamed client".
-    #[schema(max_length = 256)]
+    /// Defaults to "unnamed client". At most 256 characters, no control
+    /// characters.
+    #[schema(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub client_name: Option<String>,
-    /// Defaults to the caller's address.
-    #[schema(max_length = 256)]
+    /// An IPv4 or IPv6 address; defaults to the caller's address.
+    #[schema(value_type = Option<super::IpAddress>)]
     pub client_ip: Option<String>,
     /// Inactivity timeout in seconds; defaults to LABLINK_SESSION_TIMEOUT_SEC; 0 = none.
     #[schema(value_type = Option<super::TimeoutSeconds>)]
@@ -34,14 +36,49 @@ pub struct CreateSession {
 /// The longest client name or address kept for a session.
 pub const MAX_TEXT: usize = 256;
 
+/// A free text people will read (a client name, a reason, a message): at
+/// most `MAX_TEXT` characters, none of them a control character.
 pub fn short_text(field: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
     match value {
         Some(v) if v.chars().count() > MAX_TEXT => Err(ApiError::unprocessable(
             "invalid_body",
             format!("`{field}` must be at most {MAX_TEXT} characters"),
         )),
-        other => Ok(other),
+        Some(v) => plain(field, &v).map(|()| Some(v)),
+        None => Ok(None),
     }
+}
+
+/// Refuses a text with a control character (422 `invalid_parameter`).
+pub fn plain(field: &str, text: &str) -> Result<(), ApiError> {
+    match control_character(text) {
+        Some(c) => Err(ApiError::unprocessable(
+            "invalid_parameter",
+            format!(
+                "`{field}` must not contain control characters (it has U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A client's address as given (`client_ip`): an IPv4 or IPv6 address,
+/// stored in its usual form.
+fn client_ip(value: Option<String>) -> Result<Option<String>, ApiError> {
+    value
+        .map(|raw| {
+            raw.parse::<IpAddr>().map(|ip| ip.to_string()).map_err(|_| {
+                ApiError::unprocessable(
+                    "invalid_parameter",
+                    format!(
+                        "`client_ip` must be an IPv4 or IPv6 address, got {}",
+                        quoted(&raw)
+                    ),
+                )
+            })
+        })
+        .transpose()
 }
 
 #[utoipa::path(post, path = "/api/locks/sessions/create", tag = "sessions", operation_id = "create_session",
@@ -62,9 +99,7 @@ pub async fn create(
     let new = NewSession {
         actor,
         client_name: short_text("client_name", body.client_name)?,
-        client_ip: Some(
-            short_text("client_ip", body.client_ip)?.unwrap_or_else(|| peer.ip().to_string()),
-        ),
+        client_ip: Some(client_ip(body.client_ip)?.unwrap_or_else(|| peer.ip().to_string())),
         timeout,
         metadata: body.metadata.unwrap_or_default(),
     };

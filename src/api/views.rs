@@ -185,6 +185,11 @@ pub struct LockStatusView {
     /// The lock group the exclusive holder holds it as part of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// A lock handed over from the queue with a claim window: unless its
+    /// holder renews, commands or asks again before this (RFC 3339), it
+    /// passes on. Absent outside a claim window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_by: Option<String>,
 }
 
 /// An equipment out of service.
@@ -246,6 +251,7 @@ impl LockStatusView {
             group_id: holder
                 .and_then(|g| g.group.as_ref())
                 .map(|g| g.group_id.clone()),
+            claim_by: holder.and_then(|g| g.claim_by).map(Timestamp::to_rfc3339),
         }
     }
 }

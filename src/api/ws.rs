@@ -227,14 +227,14 @@ pub async fn serve<S: Socket>(app: AppState, mut socket: S) {
                 let message = parse_message::<ClientMessage>(&text);
                 let subscribed = message.and_then(|ClientMessage { equipment_ids, session_id, all, resume_from, .. }| {
                     let mut new_filter = subscription(&equipment_ids, session_id.as_deref(), all)?;
-                    // A configured lock group's id stands for its members.
-                    let groups: Vec<EquipmentId> = new_filter
-                        .equipment
-                        .iter()
-                        .filter_map(|id| app.named_group(id))
-                        .flat_map(|g| g.members.clone())
-                        .collect();
-                    new_filter.equipment.extend(groups);
+                    // A configured lock group's id stands for its members;
+                    // an id that is neither refuses the whole subscription,
+                    // as REST answers 404 for it.
+                    let mut members = Vec::new();
+                    for id in &new_filter.equipment {
+                        members.extend(app.instruments_of(id).map_err(|e| e.to_string())?);
+                    }
+                    new_filter.equipment.extend(members);
                     Ok((new_filter, equipment_ids, session_id, all, resume_from))
                 });
                 match subscribed {

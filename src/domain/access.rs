@@ -52,6 +52,28 @@ pub struct PriorityCaps {
     pub observer: i8,
 }
 
+/// The lab manager's controls, each named as a refusal says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagerAction {
+    ForceRelease,
+    StartMaintenance,
+    EndMaintenance,
+    RemoveWaiter,
+    EndSession,
+}
+
+impl fmt::Display for ManagerAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ForceRelease => "force a release",
+            Self::StartMaintenance => "start maintenance",
+            Self::EndMaintenance => "end maintenance",
+            Self::RemoveWaiter => "remove a waiter from a queue",
+            Self::EndSession => "force-end a session",
+        })
+    }
+}
+
 /// The caller of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
@@ -123,9 +145,15 @@ impl Actor {
 
     /// Forcing a release is for administrators.
     pub fn may_force(&self) -> Result<(), DomainError> {
+        self.may_manage(ManagerAction::ForceRelease)
+    }
+
+    /// The lab manager's controls are for administrators; a refusal names
+    /// the action refused.
+    pub fn may_manage(&self, action: ManagerAction) -> Result<(), DomainError> {
         if self.role != Role::Admin {
             return Err(DomainError::Forbidden(format!(
-                "only an admin may force a release; {} is {}",
+                "only an admin may {action}; {} is {}",
                 self.name(),
                 self.role
             )));
@@ -266,6 +294,21 @@ mod tests {
         assert!(
             alice.may_force().is_err() && admin.may_force().is_ok() && anyone.may_force().is_ok()
         );
+        for (action, says) in [
+            (ManagerAction::ForceRelease, "force a release"),
+            (ManagerAction::StartMaintenance, "start maintenance"),
+            (ManagerAction::EndMaintenance, "end maintenance"),
+            (ManagerAction::RemoveWaiter, "remove a waiter from a queue"),
+            (ManagerAction::EndSession, "force-end a session"),
+        ] {
+            assert_eq!(
+                alice.may_manage(action),
+                Err(DomainError::Forbidden(format!(
+                    "only an admin may {says}; alice is operator"
+                )))
+            );
+            assert!(admin.may_manage(action).is_ok() && anyone.may_manage(action).is_ok());
+        }
         assert!(viewer.may_lock(LockMode::Exclusive).is_err());
         assert!(viewer.may_lock(LockMode::Observer).is_ok());
         assert!(

@@ -214,20 +214,23 @@ pub fn acquire(
         .find(|id| !open(&bench[*id]))
         .expect("something is not open");
     let blocking = &bench[blocker];
-    if !req.queue_if_busy {
-        if let Some(m) = blocking
+    if !(req.queue_if_busy && policy.queue_enabled)
+        && let Some(m) = blocking
             .maintenance_at(now)
             .filter(|_| !req.maintenance_exempt)
-        {
-            return Err(DomainError::InMaintenance {
-                equipment: blocker.clone(),
-                reason: m.reason.clone(),
-                until: m.until,
-            });
-        }
+    {
+        return Err(DomainError::InMaintenance {
+            equipment: blocker.clone(),
+            reason: m.reason.clone(),
+            until: m.until,
+            can_queue: policy.queue_enabled,
+        });
+    }
+    if !req.queue_if_busy {
         return Err(DomainError::Busy {
             equipment: blocker.clone(),
             holder: blocking.holder().cloned(),
+            holder_is: blocking.holder_is(),
         });
     }
     if !policy.queue_enabled {

@@ -16,6 +16,25 @@ pub const MAX_ID_LEN: usize = 128;
 /// no whitespace (`\s`) and no control characters (C0, DEL, C1).
 pub const ID_PATTERN: &str = r"^[^\s\x00-\x1f\x7f-\x9f]+$";
 
+/// A free text's character rule (a client name, a reason, a message) as
+/// an ECMA-262 pattern, for the API document: no control characters.
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The first control character (Unicode category Cc: ESC, BEL, newline,
+/// ...) in a free text people will read, if any. Such texts are printed in
+/// terminals and tables, where an escape sequence or a line break would act
+/// instead of being read; they are refused, not cleaned, so nothing is
+/// stored that differs from what the client sent.
+pub fn control_character(raw: &str) -> Option<char> {
+    raw.chars().find(|c| c.is_control())
+}
+
+/// `raw` without its control characters: for a name the client did not
+/// choose to send to us (its User-Agent), which is kept rather than refused.
+pub fn without_control_characters(raw: &str) -> String {
+    raw.chars().filter(|c| !c.is_control()).collect()
+}
+
 fn check_id(kind: &'static str, raw: &str) -> Result<(), DomainError> {
     if raw.is_empty() || raw.chars().count() > MAX_ID_LEN {
         return Err(DomainError::InvalidId {

@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::Arc;
 
 use super::DomainError;
@@ -76,6 +77,59 @@ pub struct Grant {
 pub struct Holder {
     pub user: Option<String>,
     pub client_name: Option<String>,
+}
+
+impl Holder {
+    /// ` (alice, Lab PC #3)`: what is known of who holds it, or nothing.
+    pub fn parenthesised(&self) -> String {
+        let known: Vec<&str> = [&self.user, &self.client_name]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", known.join(", "))
+        }
+    }
+}
+
+/// What keeps a request waiting for an instrument (`in_the_way`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Obstacle {
+    Maintenance {
+        reason: String,
+        until: Option<Timestamp>,
+    },
+    Holder {
+        session: SessionId,
+        holder: Holder,
+    },
+    /// Observers hold it and the request is exclusive.
+    Observers(usize),
+    /// This many waiters are served before it.
+    Ahead(usize),
+}
+
+impl fmt::Display for Obstacle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Maintenance { reason, until } => {
+                write!(f, "in maintenance: {reason}")?;
+                match until {
+                    Some(until) => write!(f, " until {until}"),
+                    None => Ok(()),
+                }
+            }
+            Self::Holder { session, holder } => {
+                write!(f, "locked by session {session}{}", holder.parenthesised())
+            }
+            Self::Observers(1) => f.write_str("held by an observer"),
+            Self::Observers(n) => write!(f, "held by {n} observers"),
+            Self::Ahead(n) => write!(f, "busy: others are waiting ({n} ahead)"),
+        }
+    }
 }
 
 impl Grant {
@@ -190,6 +244,9 @@ pub struct CommandCheck<'a> {
     pub fencing_token: Option<u64>,
     /// `false` when the server does not check commands against locks.
     pub locks_enabled: bool,
+    /// Whether an acquire opens a session that is not live (what a
+    /// session that is not live is advised to do).
+    pub implicit_sessions: bool,
 }
 
 /// A session that lost its lock without asking, and how.
@@ -334,6 +391,37 @@ impl EquipmentLocks {
 
     pub fn holder(&self) -> Option<&SessionId> {
         self.exclusive.as_ref().map(|g| &g.session_id)
+    }
+
+    /// Who holds it exclusively, as far as known (nobody: all unknown).
+    pub fn holder_is(&self) -> Holder {
+        self.exclusive
+            .as_ref()
+            .map(|g| g.holder.clone())
+            .unwrap_or_default()
+    }
+
+    /// What keeps the waiter at `position` (1-based) waiting at `now`, as
+    /// told to people: maintenance first (it outlasts any holder), then
+    /// the exclusive holder, those ahead in line, or the observers. None:
+    /// nothing here (a lock group's member waits for the others).
+    pub fn in_the_way(&self, position: usize, now: Timestamp) -> Option<Obstacle> {
+        if let Some(m) = self.maintenance_at(now) {
+            return Some(Obstacle::Maintenance {
+                reason: m.reason.clone(),
+                until: m.until,
+            });
+        }
+        if let Some(grant) = &self.exclusive {
+            return Some(Obstacle::Holder {
+                session: grant.session_id.clone(),
+                holder: grant.holder.clone(),
+            });
+        }
+        if position > 1 {
+            return Some(Obstacle::Ahead(position - 1));
+        }
+        (!self.observers.is_empty()).then_some(Obstacle::Observers(self.observers.len()))
     }
 
     /// The lock `session` holds here, exclusive or observer.
@@ -524,20 +612,24 @@ impl EquipmentLocks {
             return Ok(AcquireOutcome::Locked(grant));
         }
 
+        // Refused in maintenance: that is why, whoever holds it (with the
+        // queue disabled too: waiting is no way out then).
         if let Some(m) = self
             .maintenance_at(now)
-            .filter(|_| out_of_service && !req.queue_if_busy)
+            .filter(|_| out_of_service && !(req.queue_if_busy && policy.queue_enabled))
         {
             return Err(DomainError::InMaintenance {
                 equipment: self.equipment_id.clone(),
                 reason: m.reason.clone(),
                 until: m.until,
+                can_queue: policy.queue_enabled,
             });
         }
         if !req.queue_if_busy {
             return Err(DomainError::Busy {
                 equipment: self.equipment_id.clone(),
                 holder: self.holder().cloned(),
+                holder_is: self.holder_is(),
             });
         }
         if !policy.queue_enabled {
@@ -1126,7 +1218,10 @@ impl EquipmentLocks {
                     session: session.clone(),
                     reason,
                 },
-                None => DomainError::SessionNotLive(session.clone()),
+                None => DomainError::SessionNotLive {
+                    session: session.clone(),
+                    acquire_opens: check.implicit_sessions,
+                },
             });
         }
         self.authorize(session, check.access, check.fencing_token, now)

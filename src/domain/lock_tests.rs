@@ -982,6 +982,101 @@ fn switches_refuse_queueing_and_observers() {
     ));
 }
 
+#[test]
+fn maintenance_with_the_queue_disabled_is_refused_as_maintenance() {
+    let mut w = World::new();
+    w.policy = LockPolicy {
+        queue_enabled: false,
+        ..LockPolicy::default()
+    };
+    w.locks
+        .start_maintenance(service("calibration", Some(5_000)), w.now, &mut w.events);
+    let refused = w.ex("b", true).unwrap_err();
+    assert!(matches!(
+        refused,
+        DomainError::InMaintenance { until: Some(u), can_queue: false, .. } if u == t(5_000)
+    ));
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "equipment psu is in maintenance (calibration) until {}: try again when service resumes",
+            t(5_000)
+        )
+    );
+}
+
+#[test]
+fn in_the_way_names_maintenance_the_holder_observers_or_those_ahead() {
+    let mut w = World::new();
+    let holder = Holder {
+        user: Some("alice".into()),
+        client_name: Some("Lab PC #3".into()),
+    };
+    let req = LockRequest {
+        session_id: sid("a"),
+        mode: LockMode::Exclusive,
+        timeout: Timeout::from_millis(10_000),
+        queue_if_busy: false,
+        holder: holder.clone(),
+        priority: 0,
+        max_wait: Timeout::NONE,
+        maintenance_exempt: false,
+        claim_within: Timeout::NONE,
+    };
+    w.locks
+        .acquire(&req, w.now, w.policy, &mut w.events)
+        .unwrap();
+    let busy = w.ex("b", false).unwrap_err();
+    assert_eq!(
+        busy.to_string(),
+        "equipment psu is busy: locked by session a (alice, Lab PC #3); set queue_if_busy to wait in line"
+    );
+    w.ex("b", true).unwrap();
+    w.ex("c", true).unwrap();
+    assert_eq!(
+        w.locks.in_the_way(2, w.now).unwrap().to_string(),
+        "locked by session a (alice, Lab PC #3)"
+    );
+    w.locks
+        .start_maintenance(service("calibration", Some(5_000)), w.now, &mut w.events);
+    assert_eq!(
+        w.locks.in_the_way(2, w.now).unwrap().to_string(),
+        format!("in maintenance: calibration until {}", t(5_000))
+    );
+    // Served after maintenance: b holds it, c waits for b.
+    w.advance_to(5_000);
+    w.release("a", false).unwrap();
+    assert_eq!(w.holder(), Some("b"));
+    w.release("b", false).unwrap();
+    assert_eq!(w.holder(), Some("c"));
+    w.ex("d", true).unwrap();
+    w.ex("e", true).unwrap();
+    w.release("c", false).unwrap();
+    // d holds it; e is first in line behind d.
+    assert_eq!(
+        w.locks.in_the_way(1, w.now).unwrap().to_string(),
+        "locked by session d"
+    );
+    assert_eq!(
+        w.locks.in_the_way(3, w.now),
+        Some(Obstacle::Holder {
+            session: sid("d"),
+            holder: Holder::default()
+        })
+    );
+    w.release("d", false).unwrap();
+    w.release("e", false).unwrap();
+    w.obs("o", false).unwrap();
+    assert_eq!(
+        w.locks.in_the_way(1, w.now).unwrap().to_string(),
+        "held by an observer"
+    );
+    assert_eq!(
+        Obstacle::Ahead(2).to_string(),
+        "busy: others are waiting (2 ahead)"
+    );
+}
+
 // ---- property tests ------------------------------------------------------
 
 #[derive(Clone, Debug)]
@@ -1269,6 +1364,7 @@ fn commands_need_a_live_holding_session_unless_locks_are_off() {
             access: Access::Control,
             fencing_token: None,
             locks_enabled: *enabled,
+            implicit_sessions: true,
         };
         let got = w.locks.authorize_command(&check, actor, w.now);
         assert!(

@@ -10,6 +10,7 @@ pub mod event;
 pub mod group;
 pub mod ids;
 pub mod lock;
+pub mod number;
 pub mod priority;
 pub mod rollup;
 pub mod session;
@@ -20,8 +21,8 @@ pub use access::{Actor, PriorityCaps, Role};
 pub use event::{EndReason, Event, EventKind};
 pub use ids::{EquipmentId, SessionId};
 pub use lock::{
-    Access, AcquireOutcome, EquipmentLocks, Grant, LockMode, LockPolicy, LockRequest, Maintenance,
-    QueueEntry, ReleaseOutcome,
+    Access, AcquireOutcome, EquipmentLocks, Grant, Holder, LockMode, LockPolicy, LockRequest,
+    Maintenance, Obstacle, QueueEntry, ReleaseOutcome,
 };
 pub use session::Session;
 pub use time::{Timeout, Timestamp};
@@ -37,10 +38,12 @@ pub enum DomainError {
     InvalidTimestamp(String),
     #[error("{0}")]
     InvalidTimeout(String),
-    #[error("equipment {equipment} is busy: {}", busy_detail(holder.as_ref()))]
+    #[error("equipment {equipment} is busy: {}", busy_detail(holder.as_ref(), holder_is))]
     Busy {
         equipment: EquipmentId,
         holder: Option<SessionId>,
+        /// The holder's user and client name, as far as known.
+        holder_is: lock::Holder,
     },
     #[error("equipment {equipment} is busy and the lock queue is disabled: try again later")]
     QueueDisabled { equipment: EquipmentId },
@@ -51,11 +54,13 @@ pub enum DomainError {
         equipment: EquipmentId,
         session: SessionId,
     },
-    #[error("equipment {equipment} is in maintenance ({reason}){}: set queue_if_busy to wait until service resumes", until.map(|u| format!(" until {u}")).unwrap_or_default())]
+    #[error("equipment {equipment} is in maintenance ({reason}){}: {}", until.map(|u| format!(" until {u}")).unwrap_or_default(), if *can_queue { "set queue_if_busy to wait until service resumes" } else { "try again when service resumes" })]
     InMaintenance {
         equipment: EquipmentId,
         reason: String,
         until: Option<Timestamp>,
+        /// Whether a request may wait in the queue (the queue is enabled).
+        can_queue: bool,
     },
     #[error("equipment {equipment} is not in maintenance")]
     NotInMaintenance { equipment: EquipmentId },
@@ -118,14 +123,22 @@ pub enum DomainError {
     #[error("this action needs a session_id: open a session and lock the equipment first")]
     SessionRequired,
     #[error(
-        "session {0} is not live (it never existed, ended or expired): acquire a lock with it (which opens it) or create a session first"
+        "session {session} is not live (it never existed, ended or expired): {}",
+        if *acquire_opens { "acquire a lock with it (which opens it) or create a session first" } else { "create a session and acquire a lock with it first" }
     )]
-    SessionNotLive(SessionId),
+    SessionNotLive {
+        session: SessionId,
+        /// Whether an acquire naming it would open it (implicit sessions).
+        acquire_opens: bool,
+    },
 }
 
-fn busy_detail(holder: Option<&SessionId>) -> String {
+fn busy_detail(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {
     match holder {
-        Some(h) => format!("locked by session {h}; set queue_if_busy to wait in line"),
+        Some(h) => format!(
+            "locked by session {h}{}; set queue_if_busy to wait in line",
+            holder_is.parenthesised()
+        ),
         None => "other sessions are waiting in its queue; set queue_if_busy to wait in line".into(),
     }
 }

@@ -40,13 +40,15 @@ impl Session {
         user: Option<String>,
         now: Timestamp,
     ) -> Self {
+        // A User-Agent is kept, without what a terminal would act on.
         let client_name = client_name
-            .map(str::trim)
+            .map(super::ids::without_control_characters)
+            .map(|name| name.trim().to_owned())
             .filter(|name| !name.is_empty())
-            .unwrap_or(IMPLICIT_CLIENT_NAME);
+            .unwrap_or_else(|| IMPLICIT_CLIENT_NAME.to_owned());
         Self {
             id,
-            client_name: client_name.to_owned(),
+            client_name,
             client_ip,
             created_at: now,
             last_activity: now,
@@ -143,7 +145,16 @@ mod tests {
         assert_eq!(named.client_name, "python-requests/2.31");
         assert_eq!((named.created_at, named.last_activity), (now, now));
         assert_eq!(named.deadline(), Some(Timestamp::from_millis(607_000)));
-        for nameless in [None, Some(""), Some("  ")] {
+        let cleaned = Session::implicit(
+            id.clone(),
+            Some("curl\t/8\u{1b}[2J"),
+            None,
+            timeout,
+            None,
+            now,
+        );
+        assert_eq!(cleaned.client_name, "curl/8[2J", "control characters go");
+        for nameless in [None, Some(""), Some("  "), Some("\t\u{7}")] {
             let s = Session::implicit(id.clone(), nameless, None, timeout, Some("al".into()), now);
             assert_eq!(
                 (s.client_name.as_str(), s.user.as_deref()),

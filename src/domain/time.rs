@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 use super::DomainError;
+use super::number::Compact;
 
 /// Milliseconds since the Unix epoch, UTC. Shown as RFC 3339 with
 /// milliseconds (`2025-11-08T10:30:00.123Z`).
@@ -87,19 +88,22 @@ impl Timeout {
     pub fn from_seconds(seconds: f64) -> Result<Self, DomainError> {
         if !seconds.is_finite() || seconds < 0.0 {
             return Err(DomainError::InvalidTimeout(format!(
-                "timeout_seconds must be a number >= 0 (0 = no timeout), got {seconds}"
+                "timeout_seconds must be a number >= 0 (0 = no timeout), got {}",
+                Compact(seconds)
             )));
         }
         if seconds > MAX_TIMEOUT_SECONDS {
             return Err(DomainError::InvalidTimeout(format!(
-                "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {seconds}"
+                "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}, got {}",
+                Compact(seconds)
             )));
         }
         // Only exactly 0 means "no timeout": a positive value that would
         // round to 0 ms must not silently become a lease that never ends.
         if seconds > 0.0 && seconds < 0.001 {
             return Err(DomainError::InvalidTimeout(format!(
-                "timeout_seconds must be 0 (no timeout) or at least 0.001 (1 ms), got {seconds}"
+                "timeout_seconds must be 0 (no timeout) or at least 0.001 (1 ms), got {}",
+                Compact(seconds)
             )));
         }
         let millis = (seconds * 1000.0).round() as u64;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 use crate::domain::Access;
+use crate::domain::number::Compact;
 
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -95,20 +96,33 @@ impl ParamSpec {
             ParamKind::Number { min, max } => {
                 let v = raw.as_f64().ok_or("must be a number")?;
                 if v < *min || v > *max {
-                    return Err(format!("must be between {min} and {max}, got {v}"));
+                    return Err(format!(
+                        "must be between {min} and {max}, got {}",
+                        Compact(v)
+                    ));
                 }
-                Ok(ParamValue::Number(v))
+                // -0.0 is 0: an instrument is never set to, nor answers, "-0".
+                Ok(ParamValue::Number(if v == 0.0 { 0.0 } else { v }))
             }
             ParamKind::Integer { min, max } => {
-                let v = match raw {
-                    Value::Number(n) => n.as_i64().or_else(|| {
-                        n.as_f64()
-                            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
-                            .map(|f| f as i64)
-                    }),
-                    _ => None,
-                }
-                .ok_or("must be a whole number")?;
+                let Value::Number(n) = raw else {
+                    return Err("must be a whole number".into());
+                };
+                let v = match n.as_i64() {
+                    Some(v) => v,
+                    // A whole number too large for the range (even for
+                    // 64 bits) is out of range, not "not whole".
+                    None => match n.as_f64().filter(|f| f.fract() == 0.0) {
+                        Some(f) if f.abs() < 1e15 => f as i64,
+                        Some(f) => {
+                            return Err(format!(
+                                "must be between {min} and {max}, got {}",
+                                Compact(f)
+                            ));
+                        }
+                        None => return Err("must be a whole number".into()),
+                    },
+                };
                 if v < *min || v > *max {
                     return Err(format!("must be between {min} and {max}, got {v}"));
                 }
@@ -181,7 +195,7 @@ impl ActionSpec {
             return Err(ParamError {
                 parameter: unknown.clone(),
                 reason: if known.is_empty() {
-                    format!("{} takes no parameters", self.name)
+                    format!("is not a parameter of {}, which takes none", self.name)
                 } else {
                     format!(
                         "is not a parameter of {}; expected {}",

@@ -261,11 +261,7 @@ impl Service {
                 .as_millis()
                 .saturating_sub(DEFAULT_ANALYTICS_DAYS * DAY_MS),
         ));
-        if since > until {
-            return Err(ServiceError::Invalid(format!(
-                "`since` ({since}) must not be after `until` ({until})"
-            )));
-        }
+        super::history::in_order(Some(since), Some(until))?;
         if until.as_millis().saturating_sub(since.as_millis()) > MAX_ANALYTICS_DAYS * DAY_MS {
             return Err(ServiceError::Invalid(format!(
                 "the window from `since` to `until` may be at most {MAX_ANALYTICS_DAYS} days: ask for several"

@@ -20,6 +20,7 @@ impl Service {
         fencing_token: Option<u64>,
     ) -> Result<(), ServiceError> {
         let locks_enabled = self.policy.locks_enabled;
+        let implicit_sessions = self.policy.implicit_sessions;
         let (actor, equipment, session) = (actor.clone(), equipment.clone(), session.cloned());
         self.run(move |uow| {
             let (actor, equipment, session) = (&actor, &equipment, session.as_ref());
@@ -35,6 +36,7 @@ impl Service {
                 access,
                 fencing_token,
                 locks_enabled,
+                implicit_sessions,
             };
             locks.authorize_command(&check, actor, uow.now)?;
             if locks_enabled {

@@ -10,6 +10,7 @@ impl Service {
     /// The whole history, filtered, oldest first, a page at a time.
     pub async fn history(&self, query: EventQuery) -> Result<At<EventPage>, ServiceError> {
         too_many(query.limit)?;
+        in_order(query.since, query.until)?;
         self.read_events(move |tx| Ok(tx.event_page(&query)?)).await
     }
 
@@ -83,5 +84,19 @@ impl Retention {
     /// Whether anything is ever pruned.
     pub fn limits(&self) -> bool {
         self.max_age_days.is_some_and(|d| d > 0) || self.max_events.is_some_and(|n| n > 0)
+    }
+}
+
+/// A window's ends in order: `since` not after `until` (a window that
+/// ends before it starts is a mistake, not an empty answer).
+pub(super) fn in_order(
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> Result<(), ServiceError> {
+    match (since, until) {
+        (Some(since), Some(until)) if since > until => Err(ServiceError::Invalid(format!(
+            "`since` ({since}) must not be after `until` ({until})"
+        ))),
+        _ => Ok(()),
     }
 }

@@ -5,6 +5,7 @@
 //! `forced_by`, the admin as `user`, and the admin's `message`.
 
 use super::{At, Service, ServiceError, SessionEnd};
+use crate::domain::access::ManagerAction;
 use crate::domain::{
     Actor, DomainError, EndReason, EquipmentId, EventKind, Maintenance, QueueEntry, SessionId,
     Timestamp,
@@ -30,7 +31,7 @@ impl Service {
         by: Intervention,
     ) -> Result<At<(QueueEntry, usize)>, ServiceError> {
         self.registered(equipment)?;
-        by.actor.may_force()?;
+        by.actor.may_manage(ManagerAction::RemoveWaiter)?;
         let (equipment, session) = (equipment.clone(), session.clone());
         self.run(move |uow| {
             uow.acting(&by.actor);
@@ -57,7 +58,7 @@ impl Service {
         session: &SessionId,
         by: Intervention,
     ) -> Result<At<SessionEnd>, ServiceError> {
-        by.actor.may_force()?;
+        by.actor.may_manage(ManagerAction::EndSession)?;
         let session = session.clone();
         self.run(move |uow| {
             uow.acting(&by.actor);
@@ -97,7 +98,7 @@ impl Service {
     ) -> Result<At<Maintenance>, ServiceError> {
         let members = self.instruments_of(equipment)?;
         let group = self.named_group(equipment).map(|_| equipment.clone());
-        actor.may_force()?;
+        actor.may_manage(ManagerAction::StartMaintenance)?;
         let actor = actor.clone();
         self.run(move |uow| {
             uow.acting(&actor);
@@ -134,7 +135,7 @@ impl Service {
     ) -> Result<At<Maintenance>, ServiceError> {
         let members = self.instruments_of(equipment)?;
         let group = self.named_group(equipment).map(|_| equipment.clone());
-        actor.may_force()?;
+        actor.may_manage(ManagerAction::EndMaintenance)?;
         let actor = actor.clone();
         self.run(move |uow| {
             uow.acting(&actor);
@@ -152,13 +153,23 @@ impl Service {
                     _ => {}
                 }
             }
-            Ok(first.expect("a group has members")?)
+            match first.expect("a group has members") {
+                // None was in the group's maintenance: say so of the group
+                // the caller named, not of a member.
+                Err(DomainError::NotInMaintenance { .. }) if group.is_some() => {
+                    Err(DomainError::NotInMaintenance {
+                        equipment: group.clone().expect("a group"),
+                    }
+                    .into())
+                }
+                ended => Ok(ended?),
+            }
         })
         .await
     }
 
     /// The instruments `id` names: itself, or a configured group's members.
-    fn instruments_of(&self, id: &EquipmentId) -> Result<Vec<EquipmentId>, ServiceError> {
+    pub fn instruments_of(&self, id: &EquipmentId) -> Result<Vec<EquipmentId>, ServiceError> {
         match self.named_group(id) {
             Some(group) => Ok(group.members.clone()),
             None => self.registered(id).map(|()| vec![id.clone()]),

@@ -168,6 +168,44 @@ async fn force_is_for_admins_and_records_both_users() {
         StatusCode::FORBIDDEN,
         "forbidden",
     );
+    // Each manager control refused names itself, not a forced release.
+    let by = json!({"forced_by": "lab-manager"});
+    for (refused, action) in [
+        (
+            bob.post(
+                "/api/equipment/ps_abc123/maintenance",
+                json!({"reason": "calibration"}),
+            )
+            .await,
+            "start maintenance",
+        ),
+        (
+            bob.delete("/api/equipment/ps_abc123/maintenance").await,
+            "end maintenance",
+        ),
+        (
+            bob.post(
+                &format!("/api/locks/queue/ps_abc123/{s}/remove"),
+                by.clone(),
+            )
+            .await,
+            "remove a waiter from a queue",
+        ),
+        (
+            bob.post(&format!("/api/locks/sessions/{s}/end"), by).await,
+            "force-end a session",
+        ),
+        (
+            bob.release("ps_abc123", "whoever", true).await,
+            "force a release",
+        ),
+    ] {
+        assert_error(&refused, StatusCode::FORBIDDEN, "forbidden");
+        assert_eq!(
+            refused.1["detail"],
+            format!("only an admin may {action}; bob is operator")
+        );
+    }
     let admin_session = root.session(0.0).await;
     let (status, body) = root.release("ps_abc123", &admin_session, true).await;
     assert_eq!(

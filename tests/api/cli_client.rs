@@ -670,7 +670,7 @@ async fn run_shows_its_queue_position_as_it_changes_and_runs_when_its_turn_comes
     let (holder, waiter) = busy_psu(&app).await;
     let (mut run, mut stderr) = start_run(&app.base, &["--lock", PSU, "--", "true"], &[]);
     let busy = format!(
-        "ps_abc123 is busy (Equipment locked by session {holder}); waiting at position 2 in the queue"
+        "ps_abc123 is busy (Equipment locked by session {holder} (test)); waiting at position 2 in the queue"
     );
     until_line(&mut stderr, &busy).await;
     app.release(PSU, &waiter, false).await; // leaves the queue: the run moves up

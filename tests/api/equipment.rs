@@ -448,3 +448,61 @@ fn the_binary_refuses_an_impossible_load_and_says_which() {
         "{stderr}"
     );
 }
+
+/// What a refused parameter's detail says: a huge whole number is out of
+/// range (not "not whole"), huge and tiny numbers are echoed short, an
+/// action without parameters says so plainly; -0 is answered as 0.
+#[tokio::test]
+async fn parameter_errors_read_well_and_minus_zero_is_zero() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    for (action, parameters, says) in [
+        (
+            "get_voltage",
+            json!({"channel": 18446744073709551616.0_f64}),
+            "parameter \"channel\" must be between 1 and 3, got 1.8446744073709552e19",
+        ),
+        (
+            "set_voltage",
+            json!({"voltage": 1e308}),
+            "parameter \"voltage\" must be between 0 and 30, got 1e308",
+        ),
+        (
+            "get_status",
+            json!({"x": 1}),
+            "parameter \"x\" is not a parameter of get_status, which takes none",
+        ),
+    ] {
+        let (status, body) = app.command("ps_abc123", Some(&s), action, parameters).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["code"], "invalid_parameter");
+        assert_eq!(body["detail"], says);
+    }
+    let (status, body) = app
+        .command(
+            "ps_abc123",
+            Some(&s),
+            "set_voltage",
+            json!({"voltage": -0.0}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let set = body["data"]["voltage_set"].as_f64().unwrap();
+    assert!(set == 0.0 && set.is_sign_positive(), "{body}");
+    let refused = app
+        .post(
+            "/api/locks/sessions/create",
+            json!({"timeout_seconds": 1e300}),
+        )
+        .await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_timeout",
+    );
+    assert_eq!(
+        refused.1["detail"],
+        "timeout_seconds must be at most 1000000000, got 1e300"
+    );
+}

@@ -62,6 +62,61 @@ async fn framework_rejections_use_our_error_format() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_json",
     );
+    // A lone surrogate is explained, not just "end of hex escape".
+    let lone = app
+        .post_raw(
+            "/api/locks/sessions/create",
+            r#"{"client_name": "a\ud800b"}"#,
+        )
+        .await;
+    assert_error(&lone, StatusCode::UNPROCESSABLE_ENTITY, "invalid_json");
+    assert!(
+        lone.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("lone surrogate"),
+        "{}",
+        lone.1
+    );
+}
+
+/// Every route, the probes', the metrics' and the document's included,
+/// answers a method it does not take with the JSON error and its `allow`.
+#[tokio::test]
+async fn every_route_answers_a_wrong_method_with_the_json_error() {
+    let app = spawn_app().await;
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/version",
+        "/openapi.json",
+        "/api/locks/all",
+        "/api/whoami",
+        "/",
+    ] {
+        for method in ["DELETE", "FOO"] {
+            let response = app
+                .client
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    format!("{}{path}", app.base),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+            assert!(allow.contains("GET"), "{method} {path}: allow {allow}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["code"], "method_not_allowed", "{method} {path}");
+            assert!(body["detail"].as_str().unwrap().contains("method"));
+        }
+    }
 }
 
 #[tokio::test]

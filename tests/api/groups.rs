@@ -602,6 +602,14 @@ async fn a_configured_group_goes_into_maintenance_and_back_as_one() {
     // Nothing of the group's is left to end.
     let (status, body) = app.delete("/api/equipment/bench3/maintenance").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        (&body["code"], &body["detail"]),
+        (
+            &json!("not_in_maintenance"),
+            &json!("equipment bench3 is not in maintenance")
+        ),
+        "the group named, not a member"
+    );
     let (status, body) = app.delete("/api/equipment/scope1/maintenance").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -748,7 +756,7 @@ async fn a_group_id_subscribes_to_its_members_and_an_expired_group_says_it_was_l
     )
     .await;
     assert_eq!(
-        queued["message"], "Waiting for scope1 (locked by session x)",
+        queued["message"], "Waiting for scope1, locked by session x (implicit)",
         "{queued}"
     );
     app.release("scope1", "x", false).await;

@@ -181,6 +181,26 @@ async fn analytics_refuse_what_they_cannot_answer() {
         let response = app.get(&format!("/api/locks/analytics?{query}")).await;
         assert_error(&response, status, code);
     }
+    // The history refuses a window that ends before it starts, as
+    // analytics does; equal ends are an empty window.
+    let backwards = app
+        .get("/api/locks/events?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z")
+        .await;
+    assert_error(
+        &backwards,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+    );
+    assert!(
+        backwards.1["detail"]
+            .as_str()
+            .unwrap()
+            .contains("must not be after `until`")
+    );
+    let (status, empty) = app
+        .get("/api/locks/events?since=2026-01-02T00:00:00Z&until=2026-01-02T00:00:00Z")
+        .await;
+    assert_eq!((status, empty["count"].as_u64()), (StatusCode::OK, Some(0)));
     app.stop().await;
 }
 

@@ -506,3 +506,53 @@ async fn odd_websocket_messages_are_refused_without_harm() {
         "ps_abc123"
     );
 }
+
+/// A subscription naming an instrument that does not exist is refused
+/// with the id, as REST's 404 names it, and subscribes to nothing; an
+/// unknown field is named once.
+#[tokio::test]
+async fn a_subscription_to_an_unknown_instrument_is_refused_with_its_id() {
+    let app = spawn_app().await;
+    let url = format!("{}/api/ws", app.base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text(
+        json!({"type": "subscribe", "equipment_ids": ["ps_abc123", "nope"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let error = next(&mut ws).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("error"), Some("invalid_message"))
+    );
+    let (_, rest) = app.get("/api/locks/status/nope").await;
+    let detail = error["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(rest["detail"].as_str().unwrap()),
+        "{detail} / {rest}"
+    );
+    ws.send(Message::text(
+        json!({"type": "subscribe", "equipment_ids": ["ps_abc123"], "extra": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let error = next(&mut ws).await;
+    assert!(
+        error["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("`extra` is not a known field;"),
+        "{error}"
+    );
+    // Nothing was subscribed: ps_abc123's event never comes, load_1's does.
+    ws.send(Message::text(
+        json!({"type": "subscribe", "equipment_ids": ["load_1"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let s = app.session(0.0).await;
+    app.acquire("ps_abc123", &s, json!({})).await;
+    app.acquire("load_1", &s, json!({})).await;
+    assert_eq!(next(&mut ws).await["equipment_id"], "load_1");
+}

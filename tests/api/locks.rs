@@ -128,7 +128,7 @@ async fn busy_equipment_is_409_naming_the_holder_or_queued_in_order() {
         assert_eq!(body["status"], "queued");
         assert_eq!(
             body["message"],
-            format!("Equipment locked by session {holder}")
+            format!("Equipment locked by session {holder} (test)")
         );
         assert_eq!(body["queue_entry"]["position"], expected);
         assert_eq!(body["queue_entry"]["session_id"], w.as_str());
@@ -839,6 +839,18 @@ async fn implicit_sessions_can_be_turned_off_and_ids_are_still_checked() {
         &original_client::acquire(&app, &s, 300.0).await,
         StatusCode::NOT_FOUND,
         "session_not_found",
+    );
+    // A command from a session that is gone is not told to acquire with
+    // it, which would not open it here.
+    let gone = app
+        .command("ps_abc123", Some(&s), "get_status", json!({}))
+        .await;
+    assert_error(&gone, StatusCode::FORBIDDEN, "session_not_live");
+    assert_eq!(
+        gone.1["detail"],
+        format!(
+            "session {s} is not live (it never existed, ended or expired): create a session and acquire a lock with it first"
+        )
     );
     let app = spawn_app().await;
     for bad in ["a b".to_string(), "x".repeat(129), String::new()] {

@@ -754,6 +754,47 @@ async fn maintenance_refuses_new_requests_or_queues_them_and_the_holder_keeps_it
     .await;
 }
 
+/// A queued request's message names what stands in its way: maintenance
+/// on a free instrument (not "others are waiting": nobody is), the holder
+/// with who it is, and waiters ahead only when there are some.
+#[tokio::test]
+async fn a_queued_message_names_what_stands_in_the_way() {
+    let app = spawn_with(memory()).await;
+    let (status, _) = app
+        .post(
+            "/api/equipment/load_1/maintenance",
+            json!({"reason": "calibration", "until": "2999-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let m1 = app.session(0.0).await;
+    let queued = app
+        .acquire("load_1", &m1, json!({"queue_if_busy": true}))
+        .await
+        .1;
+    assert_eq!(
+        queued["message"], "Equipment in maintenance: calibration until 2999-01-01T00:00:00.000Z",
+        "{queued}"
+    );
+    let holder = app.session(0.0).await;
+    app.acquire(PSU, &holder, json!({})).await;
+    let waiter = app.session(0.0).await;
+    let queued = queue_with(&app, &waiter, json!({})).await;
+    assert_eq!(
+        queued["message"],
+        format!("Equipment locked by session {holder} (test)"),
+        "{queued}"
+    );
+    app.release(PSU, &holder, false).await;
+    // The waiter holds it now; the next one waits for it, not for others.
+    let next = app.session(0.0).await;
+    let queued = queue_with(&app, &next, json!({})).await;
+    assert_eq!(
+        queued["message"],
+        format!("Equipment locked by session {waiter} (test)")
+    );
+}
+
 #[tokio::test]
 async fn maintenance_ends_at_its_until_by_the_reaper_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -868,6 +909,18 @@ async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
         (&json!(away), &json!("2026-01-05T09:00:05.000Z")),
         "its lock ends at the claim deadline unless claimed"
     );
+    // Every view of the lock says it is in its claim window.
+    assert_eq!(status["claim_by"], "2026-01-05T09:00:05.000Z", "{status}");
+    let (_, all) = app.get("/api/locks/all").await;
+    assert_eq!(
+        all["exclusive_locks"][PSU]["claim_by"], "2026-01-05T09:00:05.000Z",
+        "{all}"
+    );
+    let (_, equipment) = app.get(&format!("/api/equipment/{PSU}/status")).await;
+    assert_eq!(
+        equipment["lock"]["claim_by"], "2026-01-05T09:00:05.000Z",
+        "{equipment}"
+    );
     app.advance(5.0);
     let expired = until(&mut ws, "claim_expired").await;
     assert_eq!(expired["reason"], "claim_expired");
@@ -902,6 +955,7 @@ async fn a_lock_handed_over_and_not_claimed_passes_on_and_a_claim_keeps_it() {
         present.as_str(),
         "claimed: the lease runs on"
     );
+    assert_eq!(status.get("claim_by"), None, "no window: no claim_by");
     let kinds = app.events(PSU).await;
     assert_eq!(kinds.iter().filter(|k| *k == "claim_expired").count(), 1);
 

@@ -340,3 +340,143 @@ async fn the_session_list_has_a_default_page_size() {
         .collect::<Vec<_>>();
     assert_eq!(params, [("limit", "query"), ("cursor", "query")]);
 }
+
+/// Free texts people read (a client name, a reason, a manager's message, a
+/// command id) refuse control characters, naming the field; an implicit
+/// session's name from the User-Agent loses them instead. `client_ip` must
+/// be an address, a `command_id` at most 128 characters.
+#[tokio::test]
+async fn free_texts_refuse_control_characters_and_client_ip_must_be_an_address() {
+    let app = spawn_app().await;
+    let s = app.session(0.0).await;
+    let sent: [(&str, serde_json::Value, &str); 7] = [
+        (
+            "/api/locks/sessions/create",
+            json!({"client_name": "\u{1b}[2J\u{1b}[31mPWNED\u{1b}[0m"}),
+            "client_name",
+        ),
+        (
+            "/api/locks/sessions/create",
+            json!({"client_name": "a\u{7}\nb"}),
+            "client_name",
+        ),
+        (
+            "/api/locks/sessions/create",
+            json!({"client_name": "x\u{85}"}),
+            "client_name",
+        ),
+        (
+            "/api/equipment/ps_abc123/maintenance",
+            json!({"reason": "calibration\nrm -rf"}),
+            "reason",
+        ),
+        (
+            &format!("/api/locks/queue/ps_abc123/{s}/remove"),
+            json!({"forced_by": "lab-manager", "message": "bye\u{1b}[2J"}),
+            "message",
+        ),
+        (
+            &format!("/api/locks/sessions/{s}/end"),
+            json!({"forced_by": "lab-manager", "message": "\u{7}"}),
+            "message",
+        ),
+        (
+            "/api/locks/sessions/create",
+            json!({"client_ip": "not an ip"}),
+            "client_ip",
+        ),
+    ];
+    for (path, body, field) in sent {
+        let refused = app.post(path, body.clone()).await;
+        assert_error(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        );
+        assert!(
+            refused.1["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("`{field}`")),
+            "{body}: {}",
+            refused.1
+        );
+    }
+    // Nothing was stored: the one session, live and in service.
+    let (_, sessions) = app.get("/api/locks/sessions").await;
+    assert_eq!(sessions["count"], 1, "{sessions}");
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["maintenance"], serde_json::Value::Null);
+    // Addresses of both kinds, in their usual form.
+    for (given, kept) in [
+        ("192.168.1.100", "192.168.1.100"),
+        ("2001:DB8::0001", "2001:db8::1"),
+    ] {
+        let (status, body) = app
+            .post("/api/locks/sessions/create", json!({"client_ip": given}))
+            .await;
+        assert_eq!(
+            (status, body["client_ip"].as_str()),
+            (StatusCode::OK, Some(kept))
+        );
+    }
+    // A command id: like other ids, at most 128 characters, and refused
+    // ones are not echoed.
+    let holder = app.session(0.0).await;
+    app.acquire("ps_abc123", &holder, json!({})).await;
+    let long = "c".repeat(129);
+    for bad in [long.as_str(), "id\u{1b}[2J"] {
+        let (status, body) = app
+            .post(
+                "/api/equipment/ps_abc123/command",
+                json!({"command_id": bad, "action": "get_status", "session_id": holder}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["code"], "invalid_parameter");
+        assert!(body["detail"].as_str().unwrap().starts_with("`command_id`"));
+        assert_eq!(body["command_id"], serde_json::Value::Null);
+    }
+    let fits = "c".repeat(128);
+    let (status, body) = app
+        .post(
+            "/api/equipment/ps_abc123/command",
+            json!({"command_id": fits, "action": "get_status", "session_id": holder}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["command_id"].as_str()),
+        (StatusCode::OK, Some(fits.as_str()))
+    );
+    // An implicit session is named after its User-Agent, without its
+    // control characters.
+    let (status, _) = app
+        .client
+        .post(format!("{}/api/locks/acquire", app.base))
+        .header("user-agent", "probe\t/1.0")
+        .json(&json!({"equipment_id": "scope_123", "session_id": "ua-test"}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_, session) = app.get("/api/locks/sessions/ua-test").await;
+    assert_eq!(session["client_name"], "probe/1.0");
+    // A maintenance `until` that is no time names the field.
+    let refused = app
+        .post(
+            "/api/equipment/ps_abc123/maintenance",
+            json!({"reason": "calibration", "until": "tomorrow"}),
+        )
+        .await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_timestamp",
+    );
+    assert!(
+        refused.1["detail"].as_str().unwrap().starts_with("`until`"),
+        "{}",
+        refused.1
+    );
+}

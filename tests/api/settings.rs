@@ -44,6 +44,21 @@ async fn queue_disabled_refuses_queueing_with_409() {
         detail.contains("LABLINK_ENABLE_LOCK_QUEUE=false"),
         "{detail}"
     );
+    // A free instrument in maintenance: refused for its maintenance (why,
+    // until when), not as busy.
+    app.post(
+        "/api/equipment/load_1/maintenance",
+        json!({"reason": "calibration", "until": "2999-01-01T00:00:00Z"}),
+    )
+    .await;
+    let refused = app
+        .acquire("load_1", &b, json!({"queue_if_busy": true}))
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "in_maintenance");
+    assert_eq!(
+        refused.1["detail"],
+        "equipment load_1 is in maintenance (calibration) until 2999-01-01T00:00:00.000Z: try again when service resumes (LABLINK_ENABLE_LOCK_QUEUE=false)"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{InstrumentModel, round6};
+use crate::domain::number::Compact;
 use crate::drivers::{ActionSpec, DriverError, ParamError, ParamSpec, ParamValue, Params};
 
 const CHANNEL_MAX: [(f64, f64); 3] = [(30.0, 3.0), (30.0, 3.0), (5.0, 3.0)];
@@ -138,8 +139,9 @@ fn out_of_range(parameter: &str, value: f64, max: f64, channel: usize) -> Driver
     DriverError::InvalidParameter(ParamError {
         parameter: parameter.into(),
         reason: format!(
-            "must be between 0 and {max} on channel {}, got {value}",
-            channel + 1
+            "must be between 0 and {max} on channel {}, got {}",
+            channel + 1,
+            Compact(value)
         ),
     })
 }
