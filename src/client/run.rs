@@ -461,15 +461,6 @@ impl<'a> Keeper<'a> {
         if let Some(token) = &conn.token {
             command.env(vars::TOKEN, token);
         }
-        // With a terminal, CMD stays in `run`'s process group: the
-        // terminal's foreground group, for Ctrl-C and job control. Without
-        // one (a service, a CI runner), a signal to the whole group would
-        // reach CMD and then again from `run`: in its own group, CMD hears
-        // only what `run` passes on.
-        let own_group = !has_terminal();
-        if own_group {
-            command.process_group(0);
-        }
         let mut child = command.spawn().map_err(Stop::CannotStart)?;
         let stop = loop {
             tokio::select! {
@@ -505,7 +496,7 @@ impl<'a> Keeper<'a> {
                 duration(options.grace.as_secs_f64())
             );
         }
-        terminate(&mut child, own_group, signal, options.grace).await;
+        terminate(&mut child, signal, options.grace).await;
         Err(stop)
     }
 
@@ -916,11 +907,6 @@ fn lost_reason(note: &Value) -> String {
     }
 }
 
-/// Whether `run` has a controlling terminal.
-fn has_terminal() -> bool {
-    std::fs::File::open("/dev/tty").is_ok()
-}
-
 /// Whether a SIGINT came from Ctrl-C at a terminal, and so reached the
 /// command too: `run` is in the terminal's foreground process group, which
 /// the command shares. Without a terminal (scripts, `kill -INT`), it did not.
@@ -932,28 +918,16 @@ fn terminal_sent_sigint() -> bool {
 }
 
 /// Sends `signal` (if any) to the program, then SIGKILL if it is still
-/// running after `grace`. A program in its own process group (`own_group`)
-/// gets them as a group, as a terminal or a supervisor would send them, so
-/// what it started (`sh -c`'s children) hears them too.
-async fn terminate(
-    child: &mut tokio::process::Child,
-    own_group: bool,
-    signal: Option<Signal>,
-    grace: Duration,
-) {
-    let pid = child.id().and_then(|id| i32::try_from(id).ok());
-    let target = pid.map(|pid| Pid::from_raw(if own_group { -pid } else { pid }));
-    if let (Some(signal), Some(target)) = (signal, target) {
-        let _ = kill(target, signal);
+/// running after `grace`.
+async fn terminate(child: &mut tokio::process::Child, signal: Option<Signal>, grace: Duration) {
+    if let (Some(signal), Some(pid)) = (signal, child.id().and_then(|id| i32::try_from(id).ok())) {
+        let _ = kill(Pid::from_raw(pid), signal);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         errln!(
             "lablink run: the command did not stop within {}: SIGKILL",
             duration(grace.as_secs_f64())
         );
-        if let Some(target) = target.filter(|_| own_group) {
-            let _ = kill(target, Signal::SIGKILL);
-        }
         let _ = child.kill().await;
     }
 }

@@ -764,55 +764,6 @@ async fn ctrl_c_or_sigterm_to_run_stops_the_command_and_releases_everything() {
     assert_eq!(live_sessions(&app).await, [holder]);
 }
 
-/// Without a controlling terminal (a new session, as a CI runner or a
-/// service manager starts it), a SIGINT to `run`'s whole process group
-/// reaches CMD once: CMD runs in its own process group, so only `run`'s
-/// passing it on reaches it (the report's repro, in Python).
-#[tokio::test]
-async fn a_process_group_signal_without_a_terminal_reaches_the_command_once() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let marks = dir.path().join("marks");
-    // Notes each SIGINT as it comes (Python runs its handler at once,
-    // where a shell would merge two close ones into one trap); lives on a
-    // second after the first, so a second one would be heard.
-    let script = "import os, signal, time\n\
-        def note(*_):\n    open(os.environ['F'], 'a').write('INT\\n')\n\
-        signal.signal(signal.SIGINT, note)\n\
-        open(os.environ['F'], 'a').write('started\\n')\n\
-        while 'INT' not in open(os.environ['F']).read():\n    time.sleep(0.01)\n\
-        time.sleep(1)\n";
-    let run = Command::new("setsid")
-        .arg(env!("CARGO_BIN_EXE_lablink"))
-        .args([
-            "run", "--lock", PSU, "--grace", "5s", "--", "python3", "-c", script,
-        ])
-        .env("LABLINK_URL", &app.base)
-        .env("F", &marks)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    until_file_has(&marks, "started").await;
-    let group = Pid::from_raw(run.id().unwrap() as i32);
-    assert_eq!(
-        nix::unistd::getpgid(Some(group)).unwrap(),
-        group,
-        "its own group"
-    );
-    nix::sys::signal::killpg(group, Signal::SIGINT).unwrap();
-    let out = run.wait_with_output().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "started\nINT\n");
-    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
-    assert_eq!(status["locked"], false);
-}
-
 #[tokio::test]
 async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() {
     let app = spawn_app().await;
