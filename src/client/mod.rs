@@ -104,6 +104,18 @@ impl ClientError {
         }
     }
 
+    /// Whether the server may answer the same request later: it could not
+    /// be reached, or it (or a proxy in front of it) said it cannot answer
+    /// now (502, 503 such as `store_unavailable` during a database
+    /// failover, 504). Nothing was decided: a lock is not lost by it.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Server { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
     /// The status a command that failed this way exits with.
     pub fn exit_status(&self) -> i32 {
         match self {

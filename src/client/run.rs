@@ -413,9 +413,10 @@ impl<'a> Keeper<'a> {
                 {
                     return Err(self.why_place_went().await.unwrap_or(Stop::Failed(e)));
                 }
-                // A server restarting: its queue survives, so ask again
-                // (`renew_all` gives up once a whole lease has gone by).
-                Err(ClientError::Unreachable { .. }) => retry_in = Duration::from_secs(1),
+                // A server restarting (or its store failing over): its
+                // queue survives, so ask again (`renew_all` gives up once
+                // a whole lease has gone by).
+                Err(e) if e.is_transient() => retry_in = Duration::from_secs(1),
                 Err(e) => return Err(Stop::Failed(e)),
             }
         }
@@ -577,7 +578,7 @@ impl<'a> Keeper<'a> {
         if self.held.is_empty() {
             match self.api.renew_session(&self.session).await {
                 Ok(()) => self.renewed_at = sent,
-                Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
+                Err(e) if e.is_transient() => unreachable = Some(e),
                 Err(e) => return Err(Stop::Failed(e)),
             }
         }
@@ -591,7 +592,7 @@ impl<'a> Keeper<'a> {
         for lock in renewed {
             match self.api.renew_lock(&lock.equipment_id, &self.session).await {
                 Ok(()) => self.renewed_at = sent,
-                Err(e @ ClientError::Unreachable { .. }) => unreachable = Some(e),
+                Err(e) if e.is_transient() => unreachable = Some(e),
                 Err(e) => {
                     return Err(Stop::LockLost {
                         equipment: self.member(&lock.equipment_id),
@@ -715,14 +716,17 @@ impl<'a> Keeper<'a> {
             }
         };
         for (eq, answer) in released {
-            if let Err(e @ ClientError::Unreachable { .. }) = answer {
+            if let Err(e) = answer.as_ref()
+                && e.is_transient()
+            {
                 errln!(
                     "lablink run: could not release {eq} ({e}); it is freed when its lease of {} ends",
                     duration(self.lease.as_secs_f64())
                 );
             }
         }
-        if let Err(e @ ClientError::Unreachable { .. }) = self.api.end_session(&self.session).await
+        if let Err(e) = self.api.end_session(&self.session).await
+            && e.is_transient()
         {
             errln!("lablink run: could not end session {}: {e}", self.session);
         }

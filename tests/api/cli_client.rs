@@ -1061,6 +1061,80 @@ async fn run_keeps_its_lock_across_a_server_restart_shorter_than_the_lease() {
     assert_eq!(status["locked"], false, "released after");
 }
 
+/// A proxy in front of `upstream` (an address) that passes everything
+/// through, except while `outage` is set: then every connection is
+/// answered 503 `store_unavailable`, as a server whose database is failing
+/// over answers (or a proxy whose backend is down). Setting it drops the
+/// connections open until then. Its URL and the switch.
+async fn failing_over(upstream: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (outage, watch) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut watch = watch.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if *watch.borrow_and_update() {
+                    let body =
+                        r#"{"detail":"the store is unavailable","code":"store_unavailable"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = watch.wait_for(|down| *down) => {}
+                }
+            });
+        }
+    });
+    (url, outage)
+}
+
+/// A renewal answered 503 (the store failing over, a proxy's backend down)
+/// is tried again like an outage, not taken for a lost lock: the lock and
+/// the command go on.
+#[tokio::test]
+async fn run_keeps_its_lock_while_the_server_answers_503_for_a_while() {
+    let app = spawn_app().await;
+    let upstream = app.base.trim_start_matches("http://").to_owned();
+    let (proxy, outage) = failing_over(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (marks, done) = (dir.path().join("marks"), dir.path().join("done"));
+    let script = r#"echo started >> "$F"; while [ ! -f "$D" ]; do sleep 0.05; done"#;
+    let (mut run, mut stderr) = start_run(
+        &proxy,
+        &["--lock", PSU, "--timeout", "6s", "--", "sh", "-c", script],
+        &[("F", &marks), ("D", &done)],
+    );
+    until_file_has(&marks, "started").await;
+    // Longer than the renewal interval (a third of the lease), shorter
+    // than the lease.
+    outage.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    outage.send(false).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], true, "{status}");
+    std::fs::write(&done, "").unwrap();
+    let code = run.wait().await.unwrap().code();
+    let mut said = Vec::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        said.push(line);
+    }
+    assert_eq!(code, Some(0), "{said:?}");
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    assert_eq!(status["locked"], false, "released after");
+}
+
 // ---- the queueing controls (issue 14) --------------------------------------
 
 /// The session of the `n`th waiter (1-based) for the PSU.
