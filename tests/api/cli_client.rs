@@ -1061,6 +1061,57 @@ async fn run_keeps_its_lock_across_a_server_restart_shorter_than_the_lease() {
     assert_eq!(status["locked"], false, "released after");
 }
 
+/// A SIGKILL to `run`'s whole process group (a CI runner cancelling a job,
+/// `timeout -k`) ends the command too: a command that outlived `run` would
+/// go on using the instrument once the lock lapsed.
+#[tokio::test]
+async fn a_sigkill_to_runs_process_group_ends_the_command_too() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut cmd = client(&app.base);
+    cmd.args([
+        "run",
+        "--lock",
+        PSU,
+        "--",
+        "sh",
+        "-c",
+        r#"echo $$ > "$P"; exec sleep 60"#,
+    ])
+    .env("P", &pid_file)
+    .stderr(Stdio::null())
+    .process_group(0);
+    let mut run = cmd.spawn().unwrap();
+    until_file_has(&pid_file, "\n").await;
+    let command: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let group = run.id().unwrap() as i32;
+    nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL).unwrap();
+    run.wait().await.unwrap();
+    // Gone, or a zombie waiting for whoever adopted it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{command}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    for _ in 0..250 {
+        if !alive() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the command (pid {command}) outlived run");
+}
+
 /// A proxy in front of `upstream` (an address) that passes everything
 /// through, except while `outage` is set: then every connection is
 /// answered 503 `store_unavailable`, as a server whose database is failing
