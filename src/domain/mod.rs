@@ -34,7 +34,8 @@ pub use time::{Timeout, Timestamp};
 pub enum DomainError {
     #[error("invalid {kind}: {reason}")]
     InvalidId { kind: &'static str, reason: String },
-    #[error("invalid timestamp {0}")]
+    /// A timestamp that is malformed or out of range; the text says which.
+    #[error("{0}")]
     InvalidTimestamp(String),
     #[error("{0}")]
     InvalidTimeout(String),

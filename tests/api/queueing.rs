@@ -832,15 +832,24 @@ async fn maintenance_ends_at_its_until_by_the_reaper_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_with(sqlite_in(dir.path(), "")).await;
     let path = format!("/api/equipment/{PSU}/maintenance");
-    for bad in [
-        json!({"reason": "x", "until": "2026-01-05T08:00:00Z"}),
-        json!({"reason": "x", "until": "tomorrow"}),
+    for (bad, says) in [
+        (
+            json!({"reason": "x", "until": "2026-01-05T08:00:00Z"}),
+            "`until` must be in the future, got 2026-01-05T08:00:00.000Z (now is ",
+        ),
+        (
+            json!({"reason": "x", "until": "tomorrow"}),
+            "`until`: invalid timestamp \"tomorrow\": ",
+        ),
     ] {
+        let refused = app.post(&path, bad).await;
         assert_error(
-            &app.post(&path, bad).await,
+            &refused,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_timestamp",
         );
+        let detail = refused.1["detail"].as_str().unwrap();
+        assert!(detail.starts_with(says), "{detail}");
     }
     assert_error(
         &app.post(&path, json!({"reason": " "})).await,
