@@ -249,6 +249,8 @@ pub fn acquire(
     if !policy.queue_enabled {
         return Err(DomainError::QueueDisabled {
             equipment: blocker.clone(),
+            holder: blocking.holder().cloned(),
+            holder_is: blocking.holder_is(),
         });
     }
     let mut queued = Vec::new();

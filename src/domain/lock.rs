@@ -635,6 +635,8 @@ impl EquipmentLocks {
         if !policy.queue_enabled {
             return Err(DomainError::QueueDisabled {
                 equipment: self.equipment_id.clone(),
+                holder: self.holder().cloned(),
+                holder_is: self.holder_is(),
             });
         }
         let entry = self.enqueue(req, place, arrived, None, now, events);

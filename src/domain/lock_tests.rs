@@ -1003,10 +1003,15 @@ fn switches_refuse_queueing_and_observers() {
         w.ex("a", true).is_ok(),
         "queue_if_busy on free equipment just locks"
     );
-    assert!(matches!(
-        w.ex("b", true),
-        Err(DomainError::QueueDisabled { .. })
-    ));
+    let refused = w.ex("b", true).unwrap_err();
+    assert!(
+        matches!(&refused, DomainError::QueueDisabled { holder: Some(h), .. } if h.as_str() == "a"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("busy: locked by session a;"),
+        "names the holder as a busy refusal does: {refused}"
+    );
 }
 
 #[test]
