@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::domain::SessionId;
@@ -106,7 +107,24 @@ impl Edge {
     /// every route (the fallback included).
     pub fn wrap(&self, mut app: Router) -> Router {
         if let Some(cors) = &self.cors {
+            // A request without `Origin` is no cross-origin one: it is
+            // answered as if CORS were off (no `access-control-*` header;
+            // an `OPTIONS` is not taken for a preflight).
+            let same_origin = app.clone();
             app = app.layer(cors.layer());
+            app = app.layer(middleware::from_fn(move |request: Request, next: Next| {
+                let same_origin = same_origin.clone();
+                async move {
+                    if request.headers().contains_key(header::ORIGIN) {
+                        next.run(request).await
+                    } else {
+                        match same_origin.oneshot(request).await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    }
+                }
+            }));
             if let CorsOrigins::Only(list) = cors {
                 let listed: Arc<[HeaderValue]> = list
                     .iter()

@@ -35,7 +35,7 @@ impl InterventionBody {
     fn parse(self, actor: Actor) -> Result<Intervention, super::error::ApiError> {
         Ok(Intervention {
             actor,
-            forced_by: SessionId::parse(&self.forced_by)?,
+            forced_by: SessionId::parse_field("forced_by", &self.forced_by)?,
             message: short_text("message", self.message)?,
         })
     }
@@ -280,7 +280,7 @@ pub async fn swap_places(
 ) -> ApiResult<TradeResponse> {
     let equipment = equipment_in_path(&equipment)?;
     let session = SessionId::parse(&body.session_id)?;
-    let other = SessionId::parse(&body.with_session_id)?;
+    let other = SessionId::parse_field("with_session_id", &body.with_session_id)?;
     let at = app
         .swap_places(&equipment, &session, &other, &actor)
         .await?;

@@ -208,10 +208,23 @@ pub fn acquire(
         return Ok(GroupOutcome::Locked(granted));
     }
 
-    // The first instrument that keeps it waiting says why.
+    // The first instrument that keeps it waiting says why: a member, else
+    // the first pool candidate that is busy rather than in maintenance (a
+    // busy one may come free at any moment), so maintenance is the reason
+    // only when a member or every candidate is in maintenance.
+    let in_maintenance =
+        |id: &EquipmentId| !req.maintenance_exempt && bench[id].maintenance_at(now).is_some();
     let blocker = group
-        .involved()
+        .members
+        .iter()
         .find(|id| !open(&bench[*id]))
+        .or_else(|| {
+            group
+                .any_of
+                .iter()
+                .find(|id| !open(&bench[*id]) && !in_maintenance(id))
+        })
+        .or_else(|| group.any_of.iter().find(|id| !open(&bench[*id])))
         .expect("something is not open");
     let blocking = &bench[blocker];
     if !(req.queue_if_busy && policy.queue_enabled)
@@ -236,6 +249,8 @@ pub fn acquire(
     if !policy.queue_enabled {
         return Err(DomainError::QueueDisabled {
             equipment: blocker.clone(),
+            holder: blocking.holder().cloned(),
+            holder_is: blocking.holder_is(),
         });
     }
     let mut queued = Vec::new();

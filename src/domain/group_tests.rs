@@ -416,6 +416,42 @@ fn maintenance_on_a_member_keeps_the_group_waiting() {
     assert_eq!(f.holders(), [Some("g"), Some("g"), None, None]);
 }
 
+#[test]
+fn a_pool_refused_without_queueing_names_a_busy_candidate_before_one_in_maintenance() {
+    let mut f = Floor::new();
+    let m = Maintenance {
+        reason: "calibration".into(),
+        since: f.now,
+        until: None,
+        user: None,
+        group: None,
+    };
+    let now = f.now;
+    f.locks("a")
+        .start_maintenance(m.clone(), now, &mut Vec::new());
+    f.single("x", "b", false).unwrap();
+    // `a` is listed first, but `b` may come free: the refusal is `b`'s.
+    let refused = f.group("p", &[], &["a", "b"], false).unwrap_err();
+    assert!(
+        matches!(&refused, DomainError::Busy { equipment, holder: Some(h), .. }
+            if equipment.as_str() == "b" && h.as_str() == "x"),
+        "{refused:?}"
+    );
+    // A member in maintenance keeps the whole request out: its reason.
+    let refused = f.group("g", &["a"], &["b", "c"], false).unwrap_err();
+    assert!(
+        matches!(&refused, DomainError::InMaintenance { equipment, .. } if equipment.as_str() == "a"),
+        "{refused:?}"
+    );
+    // Every candidate in maintenance: maintenance is the reason.
+    f.locks("b").start_maintenance(m, now, &mut Vec::new());
+    let refused = f.group("q", &[], &["a", "b"], false).unwrap_err();
+    assert!(
+        matches!(&refused, DomainError::InMaintenance { equipment, .. } if equipment.as_str() == "a"),
+        "{refused:?}"
+    );
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Group {

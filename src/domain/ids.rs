@@ -65,7 +65,14 @@ macro_rules! string_id {
         impl $name {
             /// Accepts 1..=128 printable characters without whitespace.
             pub fn parse(raw: &str) -> Result<Self, DomainError> {
-                check_id($kind, raw)?;
+                Self::parse_field($kind, raw)
+            }
+
+            /// As `parse`, for a body field of this kind under another
+            /// name (`forced_by`, `with_session_id`): an error names
+            /// the field the client wrote.
+            pub fn parse_field(field: &'static str, raw: &str) -> Result<Self, DomainError> {
+                check_id(field, raw)?;
                 Ok(Self(raw.to_owned()))
             }
 
@@ -112,5 +119,20 @@ mod tests {
         // characters are 256 bytes and still fit.
         assert!(SessionId::parse(&"é".repeat(MAX_ID_LEN)).is_ok());
         assert!(SessionId::parse(&"é".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_field_parse_names_the_field() {
+        let err = SessionId::parse_field("forced_by", "x y").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DomainError::InvalidId {
+                    kind: "forced_by",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

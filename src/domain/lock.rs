@@ -635,6 +635,8 @@ impl EquipmentLocks {
         if !policy.queue_enabled {
             return Err(DomainError::QueueDisabled {
                 equipment: self.equipment_id.clone(),
+                holder: self.holder().cloned(),
+                holder_is: self.holder_is(),
             });
         }
         let entry = self.enqueue(req, place, arrived, None, now, events);
@@ -971,16 +973,23 @@ impl EquipmentLocks {
     /// warned (the `maintenance_started` event names its session) and
     /// keeps it; the queue waits until service resumes. A group's
     /// maintenance leaves one that is not its own as it is (`false`).
+    /// Already in maintenance, it keeps `since` (it has been out of
+    /// service since then) and, renewing the same maintenance (the
+    /// instrument's own, or the same group's), the admin who started it.
     pub fn start_maintenance(
         &mut self,
-        maintenance: Maintenance,
+        mut maintenance: Maintenance,
         now: Timestamp,
         events: &mut Vec<Event>,
     ) -> bool {
-        if let Some(current) = self.maintenance_at(now)
-            && !current.yields_to(maintenance.group.as_ref())
-        {
-            return false;
+        if let Some(current) = self.maintenance_at(now) {
+            if !current.yields_to(maintenance.group.as_ref()) {
+                return false;
+            }
+            maintenance.since = current.since;
+            if current.group == maintenance.group {
+                maintenance.user.clone_from(&current.user);
+            }
         }
         let mut e = Event::new(EventKind::MaintenanceStarted, now);
         e.equipment_id = Some(self.equipment_id.clone());

@@ -597,6 +597,33 @@ fn an_admin_is_exempt_and_ending_maintenance_serves_the_queue() {
 }
 
 #[test]
+fn maintenance_started_again_changes_reason_and_until_but_keeps_since_and_starter() {
+    let mut w = World::new();
+    let by = |user: &str, reason: &str, since: i64, until: Option<i64>| Maintenance {
+        user: Some(user.into()),
+        since: t(since),
+        ..service(reason, until)
+    };
+    w.now = t(1_000);
+    let first = by("root", "calibration", 1_000, Some(5_000));
+    w.locks.start_maintenance(first, w.now, &mut w.events);
+    w.now = t(3_000);
+    let again = by("ops", "repair", 3_000, Some(9_000));
+    assert!(w.locks.start_maintenance(again, w.now, &mut w.events));
+    let m = w.locks.maintenance_at(w.now).unwrap();
+    assert_eq!(
+        (m.reason.as_str(), m.until, m.since, m.user.as_deref()),
+        ("repair", Some(t(9_000)), t(1_000), Some("root"))
+    );
+    // Over (its `until` passed): a new one starts afresh.
+    w.now = t(10_000);
+    let later = by("ops", "cleaning", 10_000, None);
+    w.locks.start_maintenance(later, w.now, &mut w.events);
+    let m = w.locks.maintenance_at(w.now).unwrap();
+    assert_eq!((m.since, m.user.as_deref()), (t(10_000), Some("ops")));
+}
+
+#[test]
 fn a_groups_maintenance_neither_replaces_nor_ends_an_instruments_own() {
     let mut w = World::new();
     let bench = EquipmentId::parse("bench3").unwrap();
@@ -976,10 +1003,15 @@ fn switches_refuse_queueing_and_observers() {
         w.ex("a", true).is_ok(),
         "queue_if_busy on free equipment just locks"
     );
-    assert!(matches!(
-        w.ex("b", true),
-        Err(DomainError::QueueDisabled { .. })
-    ));
+    let refused = w.ex("b", true).unwrap_err();
+    assert!(
+        matches!(&refused, DomainError::QueueDisabled { holder: Some(h), .. } if h.as_str() == "a"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().contains("busy: locked by session a;"),
+        "names the holder as a busy refusal does: {refused}"
+    );
 }
 
 #[test]

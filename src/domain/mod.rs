@@ -34,7 +34,8 @@ pub use time::{Timeout, Timestamp};
 pub enum DomainError {
     #[error("invalid {kind}: {reason}")]
     InvalidId { kind: &'static str, reason: String },
-    #[error("invalid timestamp {0}")]
+    /// A timestamp that is malformed or out of range; the text says which.
+    #[error("{0}")]
     InvalidTimestamp(String),
     #[error("{0}")]
     InvalidTimeout(String),
@@ -45,8 +46,13 @@ pub enum DomainError {
         /// The holder's user and client name, as far as known.
         holder_is: lock::Holder,
     },
-    #[error("equipment {equipment} is busy and the lock queue is disabled: try again later")]
-    QueueDisabled { equipment: EquipmentId },
+    #[error("equipment {equipment} is busy: {}; the lock queue is disabled: try again later", holding(holder.as_ref(), holder_is))]
+    QueueDisabled {
+        equipment: EquipmentId,
+        holder: Option<SessionId>,
+        /// The holder's user and client name, as far as known.
+        holder_is: lock::Holder,
+    },
     #[error(
         "session {session} waited its max_wait_seconds in the queue of {equipment}: its place was dropped; acquire again to queue anew"
     )]
@@ -134,12 +140,18 @@ pub enum DomainError {
 }
 
 fn busy_detail(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {
+    format!(
+        "{}; set queue_if_busy to wait in line",
+        holding(holder, holder_is)
+    )
+}
+
+/// What keeps a busy instrument from a newcomer: its holder, as far as
+/// known, or those waiting ahead.
+fn holding(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {
     match holder {
-        Some(h) => format!(
-            "locked by session {h}{}; set queue_if_busy to wait in line",
-            holder_is.parenthesised()
-        ),
-        None => "other sessions are waiting in its queue; set queue_if_busy to wait in line".into(),
+        Some(h) => format!("locked by session {h}{}", holder_is.parenthesised()),
+        None => "other sessions are waiting in its queue".into(),
     }
 }
 

@@ -48,7 +48,7 @@ impl Timestamp {
     pub fn parse_rfc3339(raw: &str) -> Result<Self, DomainError> {
         DateTime::parse_from_rfc3339(raw)
             .map(|at| Self(at.timestamp_millis()))
-            .map_err(|e| DomainError::InvalidTimestamp(format!("{raw:?}: {e}")))
+            .map_err(|e| DomainError::InvalidTimestamp(format!("invalid timestamp {raw:?}: {e}")))
     }
 }
 

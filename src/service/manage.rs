@@ -87,7 +87,7 @@ impl Service {
 
     /// Takes `equipment` out of service for `reason` until `until` (or
     /// until an admin ends it); a maintenance in force gets the new reason
-    /// and end. For a configured group, every member not already in a
+    /// and end, keeping its `since` and starter. For a configured group, every member not already in a
     /// maintenance of its own.
     pub async fn start_maintenance(
         &self,
@@ -116,13 +116,20 @@ impl Service {
                 user: actor.user.clone(),
                 group: group.clone(),
             };
+            // The answer is the maintenance as the (first) instrument now
+            // has it: a renewal keeps its `since` and starter.
+            let mut in_force = None;
             for equipment in &members {
                 let started = maintenance.clone();
-                uow.change_locks(equipment, move |locks, _, events| {
-                    locks.start_maintenance(started, now, events);
+                let (_, kept) = uow.change_locks(equipment, move |locks, _, events| {
+                    locks
+                        .start_maintenance(started, now, events)
+                        .then(|| locks.maintenance_at(now).cloned())
+                        .flatten()
                 })?;
+                in_force = in_force.or(kept);
             }
-            Ok(maintenance)
+            Ok(in_force.unwrap_or(maintenance))
         })
         .await
     }

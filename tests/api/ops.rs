@@ -410,6 +410,25 @@ async fn cors_answers_preflights_for_the_origins_listed_and_no_others() {
         .filter(|name| name.starts_with("access-control-"))
         .collect();
     assert_eq!(cors_headers, Vec::<&str>::new(), "none for other origins");
+    // Without `Origin` it is no cross-origin request: answered as with
+    // CORS off (no preflight, no `access-control-*` header).
+    let no_origin = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/api/locks/acquire"),
+        )
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_origin.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let cors_headers: Vec<&str> = no_origin
+        .headers()
+        .keys()
+        .map(|name| name.as_str())
+        .filter(|name| name.starts_with("access-control-"))
+        .collect();
+    assert_eq!(cors_headers, Vec::<&str>::new(), "none without an origin");
     // An ordinary request from a listed page gets the header as well.
     let answer = reqwest::Client::new()
         .get(format!("{base}/api/equipment/list"))

@@ -570,6 +570,22 @@ async fn a_manager_removes_a_stuck_queue_entry_and_everyone_is_told() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
         );
+        // A malformed `forced_by` is named as such, not as the session.
+        let bad_by = app
+            .post(
+                &format!("/api/locks/queue/{PSU}/{next}/remove"),
+                json!({"forced_by": "x y"}),
+            )
+            .await;
+        assert_error(&bad_by, StatusCode::UNPROCESSABLE_ENTITY, "invalid_id");
+        assert!(
+            bad_by.1["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid forced_by:"),
+            "{}",
+            bad_by.1
+        );
         assert_eq!(queue_of(&app, PSU).await, [next.as_str()]);
         app
     })
@@ -590,6 +606,22 @@ async fn a_manager_ends_someone_elses_session_its_locks_go_and_the_history_says_
     app.acquire("scope_123", gone, json!({"queue_if_busy": true}))
         .await;
     let mut ws = connect(&app, json!({"type": "subscribe", "session_id": gone})).await;
+    // A malformed `forced_by` is named as such and ends nothing.
+    let bad_by = app
+        .post(
+            &format!("/api/locks/sessions/{gone}/end"),
+            json!({"forced_by": "x y"}),
+        )
+        .await;
+    assert_error(&bad_by, StatusCode::UNPROCESSABLE_ENTITY, "invalid_id");
+    assert!(
+        bad_by.1["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid forced_by:"),
+        "{}",
+        bad_by.1
+    );
     let (status, ended) = app
         .post(
             &format!("/api/locks/sessions/{gone}/end"),
@@ -800,15 +832,24 @@ async fn maintenance_ends_at_its_until_by_the_reaper_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_with(sqlite_in(dir.path(), "")).await;
     let path = format!("/api/equipment/{PSU}/maintenance");
-    for bad in [
-        json!({"reason": "x", "until": "2026-01-05T08:00:00Z"}),
-        json!({"reason": "x", "until": "tomorrow"}),
+    for (bad, says) in [
+        (
+            json!({"reason": "x", "until": "2026-01-05T08:00:00Z"}),
+            "`until` must be in the future, got 2026-01-05T08:00:00.000Z (now is ",
+        ),
+        (
+            json!({"reason": "x", "until": "tomorrow"}),
+            "`until`: invalid timestamp \"tomorrow\": ",
+        ),
     ] {
+        let refused = app.post(&path, bad).await;
         assert_error(
-            &app.post(&path, bad).await,
+            &refused,
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_timestamp",
         );
+        let detail = refused.1["detail"].as_str().unwrap();
+        assert!(detail.starts_with(says), "{detail}");
     }
     assert_error(
         &app.post(&path, json!({"reason": " "})).await,

@@ -44,6 +44,11 @@ async fn queue_disabled_refuses_queueing_with_409() {
         detail.contains("LABLINK_ENABLE_LOCK_QUEUE=false"),
         "{detail}"
     );
+    // It names the holder, as `equipment_locked` does.
+    assert!(
+        detail.contains(&format!("locked by session {a} (")),
+        "{detail}"
+    );
     // A free instrument in maintenance: refused for its maintenance (why,
     // until when), not as busy.
     app.post(
