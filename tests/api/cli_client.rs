@@ -420,6 +420,102 @@ async fn events_print_the_history_filtered_and_follow_streams_what_comes_next() 
     follower.kill().await.unwrap();
 }
 
+/// The next `n` history events (with a `seq`) a follower prints.
+async fn next_events(
+    out: &mut Lines<BufReader<tokio::process::ChildStdout>>,
+    n: usize,
+) -> Vec<Value> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let event = json_of(&out.next_line().await.unwrap().unwrap());
+        if event.get("seq").is_some() {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// `events --follow` keeps the history's meaning live: `--since` past
+/// every event starts with what happens next (not the whole history), and
+/// `--equipment` with `--session` prints only events matching both,
+/// though the server's subscription is their union.
+#[tokio::test]
+async fn events_follow_honours_since_and_every_filter() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+    let follow = |args: &[&str]| {
+        let mut child = client(&app.base)
+            .args(["events", "--follow", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, out)
+    };
+    let (mut recent, mut recent_out) = follow(&["--since", "2030-01-01T00:00:00Z"]);
+    let (mut both, mut both_out) = follow(&["--equipment", PSU, "--session", &waiter]);
+    // The history part of the second: the waiter's place in the PSU's queue.
+    let kinds = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds(&next_events(&mut both_out, 1).await), ["queued"]);
+
+    // Until `recent` is live, new sessions; the first event it prints
+    // must be one of theirs, never the history before them.
+    let mut fresh = Vec::new();
+    let first = loop {
+        fresh.push(app.session(600.0).await);
+        let wait = tokio::time::timeout(Duration::from_millis(200), recent_out.next_line());
+        if let Ok(line) = wait.await {
+            break json_of(&line.unwrap().unwrap());
+        }
+    };
+    assert_eq!(first["event"], "session_created", "{first}");
+    assert!(
+        fresh.iter().any(|s| first["session_id"] == s.as_str()),
+        "{first}"
+    );
+
+    app.release(PSU, &holder, false).await; // hands the PSU to the waiter
+    app.release(PSU, &waiter, false).await;
+    let (_, history) = app.get("/api/locks/events?limit=1000").await;
+    let later: Vec<Value> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["seq"].as_u64() > first["seq"].as_u64())
+        .cloned()
+        .collect();
+    assert_eq!(
+        next_events(&mut recent_out, later.len()).await,
+        later,
+        "only what came after"
+    );
+    let after: Vec<Value> = later
+        .iter()
+        .filter(|e| e["equipment_id"] == PSU)
+        .cloned()
+        .collect();
+    let of_both: Vec<Value> = after
+        .iter()
+        .filter(|e| e["session_id"] == waiter.as_str() || e["forced_by"] == waiter.as_str())
+        .cloned()
+        .collect();
+    assert!(
+        of_both.len() < after.len(),
+        "the holder's release is not the waiter's"
+    );
+    let printed = next_events(&mut both_out, of_both.len()).await;
+    assert_eq!(printed, of_both);
+    assert_eq!(kinds(&printed).last().unwrap(), "lock_released");
+    recent.kill().await.unwrap();
+    both.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn command_types_parameters_from_the_action_catalog() {
     let app = spawn_app().await;
