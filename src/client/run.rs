@@ -79,10 +79,12 @@ enum Stop {
         equipment: String,
         why: String,
     },
-    /// In maintenance, and `--wait 0` does not queue.
+    /// In maintenance, and not queued: `--wait 0`, or a server whose
+    /// queue is disabled (`queued` says which).
     InMaintenance {
         equipment: String,
         detail: String,
+        queued: bool,
     },
     Interrupted(&'static str),
     Failed(ClientError),
@@ -165,14 +167,24 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
             );
             exit::PLACE_REMOVED
         }
-        Err(Stop::InMaintenance { equipment, detail }) => {
+        Err(Stop::InMaintenance {
+            equipment,
+            detail,
+            queued,
+        }) => {
             let is = if equipment.contains(", ") {
                 "are"
             } else {
                 "is"
             };
+            // Asked to queue, only a server that does not queue refuses.
+            let why = if queued {
+                "the server does not queue (its queue is disabled)"
+            } else {
+                "--wait is 0"
+            };
             errln!(
-                "lablink run: {equipment} {is} in maintenance and --wait is 0 ({detail}); the command was not started"
+                "lablink run: {equipment} {is} in maintenance and {why} ({detail}); the command was not started"
             );
             exit::IN_MAINTENANCE
         }
@@ -397,6 +409,7 @@ impl<'a> Keeper<'a> {
                     return Err(Stop::InMaintenance {
                         equipment: named.unwrap_or_else(|| label.to_owned()),
                         detail: e.to_string(),
+                        queued: queue,
                     });
                 }
                 Err(e) if e.code() == Some("queue_timeout") => {

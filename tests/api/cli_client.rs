@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
-use crate::helpers::{TestApp, event_kinds, lablink, spawn_app, start_binary};
+use crate::helpers::{TestApp, event_kinds, lablink, memory, spawn_app, spawn_with, start_binary};
 
 const PSU: &str = "ps_abc123";
 
@@ -1591,6 +1591,34 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
     );
     ok(&app.base, &["maintenance", "end", "scope_123"]).await;
     assert_eq!(live_sessions(&app).await, [holder]);
+}
+
+/// A server whose queue is disabled cannot queue any `--wait`: in
+/// maintenance `run` says that (not "--wait is 0") and exits 78.
+#[tokio::test]
+async fn run_on_a_server_without_a_queue_says_so_for_maintenance() {
+    let mut settings = memory();
+    settings.policy.lock.queue_enabled = false;
+    let app = spawn_with(settings).await;
+    ok(
+        &app.base,
+        &["maintenance", "start", "load_1", "--reason", "calibration"],
+    )
+    .await;
+    let out = cli(
+        &app.base,
+        &["run", "--lock", "load_1", "--wait", "1h", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "lablink run: load_1 is in maintenance and the server does not queue (its queue is disabled) ("
+        ) && out.stderr.contains("calibration"),
+        "{}",
+        out.stderr
+    );
+    assert!(live_sessions(&app).await.is_empty());
 }
 
 #[tokio::test]
