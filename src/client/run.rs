@@ -381,7 +381,10 @@ impl<'a> Keeper<'a> {
                                 "lablink run: {label} is busy ({message}); waiting at position {position} in the queue"
                             ),
                             _ => errln!(
-                                "lablink run: {label} is busy ({message}); waiting in every queue at once: {}",
+                                "lablink run: {} busy ({message}); waiting in every queue at once: {}",
+                                self.busy_of(&places, options)
+                                    .await
+                                    .unwrap_or_else(|| format!("{label} is")),
                                 places
                                     .iter()
                                     .map(|(eq, p)| format!("{eq} at position {p}"))
@@ -683,6 +686,42 @@ impl<'a> Keeper<'a> {
             .filter(|id| out_of_service.contains_key(*id))
             .collect();
         (!named.is_empty()).then(|| named.join(", "))
+    }
+
+    /// Which of a lock group's `places` stand in its way (held by another
+    /// session, in maintenance, or with others ahead in line), as `psu1
+    /// is`/`psu1, load1 are`: the server's answer names the holders but
+    /// not which members are free. `None` if that cannot be told (or is
+    /// nobody any more: it was freed meanwhile).
+    async fn busy_of(&self, places: &[(String, usize)], options: &RunOptions) -> Option<String> {
+        let all = self.api.get(&["api", "locks", "all"]).await.ok()?;
+        let maintenance = self
+            .api
+            .get(&["api", "equipment", "maintenance"])
+            .await
+            .ok()?;
+        let another = |lock: &Value| {
+            lock["session_id"]
+                .as_str()
+                .is_some_and(|s| s != self.session)
+        };
+        let busy: Vec<&str> = places
+            .iter()
+            .filter(|(eq, position)| {
+                let eq = eq.as_str();
+                let observers = all["observer_locks"][eq].as_array();
+                *position > 1
+                    || another(&all["exclusive_locks"][eq])
+                    || (!options.observer && observers.is_some_and(|o| o.iter().any(another)))
+                    || !maintenance["maintenance"][eq].is_null()
+            })
+            .map(|(eq, _)| eq.as_str())
+            .collect();
+        match busy.as_slice() {
+            [] => None,
+            [one] => Some(format!("{one} is")),
+            many => Some(format!("{} are", many.join(", "))),
+        }
     }
 
     /// Why a waiting request's place went, from the session's history: its

@@ -1912,11 +1912,18 @@ async fn run_waits_for_the_whole_group_and_losing_any_member_stops_the_command()
         &["--lock", "bench3", "--", "sh", "-c", TRAPPING_CHILD],
         &[("F", &marks)],
     );
-    until_line(
+    let busy = until_line(
         &mut stderr,
         "waiting in every queue at once: psu1 at position 2, scope1 at position 1, load1 at position 1",
     )
     .await;
+    // Only the member in the way is named busy, not the free ones.
+    assert!(
+        busy.last()
+            .unwrap()
+            .starts_with("lablink run: psu1 is busy (Waiting for psu1, "),
+        "{busy:?}"
+    );
     // Its free members stay free for it: nobody behind takes them.
     let other = app.session(600.0).await;
     let (_, taken) = app.acquire("scope1", &other, json!({})).await;
