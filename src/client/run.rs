@@ -404,14 +404,14 @@ impl<'a> Keeper<'a> {
                 Err(e) if !queue && e.code() == Some("equipment_locked") => {
                     return Err(Stop::WaitRanOut {
                         equipment: label.to_owned(),
-                        why: format!("it is busy and --wait is 0 ({e})"),
+                        why: format!("it is busy and --wait is 0 ({})", cli_hint(&e.to_string())),
                     });
                 }
                 Err(e) if e.code() == Some("in_maintenance") => {
                     let named = self.in_maintenance(options).await;
                     return Err(Stop::InMaintenance {
                         equipment: named.unwrap_or_else(|| label.to_owned()),
-                        detail: e.to_string(),
+                        detail: cli_hint(&e.to_string()),
                         queued: queue,
                     });
                 }
@@ -857,6 +857,12 @@ fn label_of(options: &RunOptions) -> String {
     }
 }
 
+/// The server's detail with its REST hint (`set queue_if_busy to wait
+/// ...`) said the way `run` waits: `give --wait DURATION to wait ...`.
+fn cli_hint(detail: &str) -> String {
+    detail.replace("set queue_if_busy to wait", "give --wait DURATION to wait")
+}
+
 /// `psu1: lock lock_psu1_1, fencing token 1; ...`, or for one lock as it
 /// always was: `lock lock_psu1_1, fencing token 1`.
 fn lock_list(locks: &[Lock]) -> String {
@@ -1003,5 +1009,24 @@ mod tests {
             lost_reason(&json!({"reason": "session_ended"})),
             "session ended"
         );
+    }
+
+    #[test]
+    fn the_servers_rest_hints_are_said_the_way_run_waits() {
+        assert_eq!(
+            cli_hint(
+                "equipment psu is busy: locked by session a (alice); set queue_if_busy to wait in line"
+            ),
+            "equipment psu is busy: locked by session a (alice); give --wait DURATION to wait in line"
+        );
+        assert_eq!(
+            cli_hint(
+                "equipment load_1 is in maintenance (calibration): set queue_if_busy to wait until service resumes"
+            ),
+            "equipment load_1 is in maintenance (calibration): give --wait DURATION to wait until service resumes"
+        );
+        let other =
+            "equipment load_1 is in maintenance (calibration): try again when service resumes";
+        assert_eq!(cli_hint(other), other);
     }
 }

@@ -888,7 +888,9 @@ async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() 
     .await;
     // --wait 0 does not even queue.
     let before = app.events(PSU).await;
+    // The server's hint is said the CLI's way.
     gives_up("0", "it is busy and --wait is 0").await;
+    gives_up("0", "; give --wait DURATION to wait in line)").await;
     assert_eq!(app.events(PSU).await, before);
     assert!(!ran.exists(), "the command never ran");
 }
@@ -1549,7 +1551,11 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
     assert!(
         out.stderr
             .contains("ps_abc123 is in maintenance and --wait is 0 (")
-            && out.stderr.contains("calibration"),
+            && out.stderr.contains("calibration")
+            && out
+                .stderr
+                .contains("give --wait DURATION to wait until service resumes")
+            && !out.stderr.contains("queue_if_busy"),
         "{}",
         out.stderr
     );
