@@ -514,6 +514,14 @@ async fn events_follow_honours_since_and_every_filter() {
     assert_eq!(kinds(&printed).last().unwrap(), "lock_released");
     recent.kill().await.unwrap();
     both.kill().await.unwrap();
+
+    // Following an unknown instrument: refused, saying only why.
+    let out = cli(&app.base, &["events", "--equipment", "nope", "--follow"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "lablink events: equipment nope is not registered; GET /api/equipment/list shows what is\n"
+    );
 }
 
 #[tokio::test]
