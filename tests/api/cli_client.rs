@@ -1450,6 +1450,25 @@ async fn run_with_a_priority_goes_ahead_and_is_told_when_a_manager_takes_its_pla
         "{}",
         out.stderr
     );
+    // A refused --reason is named as the flag, not the body's `message`.
+    let long = "x".repeat(257);
+    let out = cli(&app.base, &["dequeue", PSU, &waiter, "--reason", &long]).await;
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "lablink dequeue: --reason must be at most 256 characters\n"
+        )
+    );
+    let out = cli(&app.base, &["end-session", &waiter, "--reason", "a\u{7}b"]).await;
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "lablink end-session: --reason must not contain control characters (it has U+0007)\n"
+        )
+    );
+    assert_eq!(waiter_at(&app, 1).await, waiter, "nothing changed");
     let out = cli(
         &app.base,
         &["run", "--lock", PSU, "--priority", "11", "--", "true"],
