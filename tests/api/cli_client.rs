@@ -267,7 +267,12 @@ fn canned_server(routes: Vec<(&'static str, u16, Value)>) -> String {
 /// What a terminal would act on rather than show (a line's end aside).
 fn hidden_in(text: &str) -> Vec<char> {
     text.chars()
-        .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{200b}'..='\u{200f}').contains(&c)
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+        })
         .collect()
 }
 
@@ -279,7 +284,7 @@ fn hidden_in(text: &str) -> Vec<char> {
 #[tokio::test]
 async fn control_characters_from_the_server_are_shown_escaped() {
     const PWNED: &str = "\u{1b}[2J\u{1b}[31mPWNED\u{1b}[0m";
-    let session = json!({"session_id": "s1", "client_name": PWNED, "user": "a\u{7}\nb",
+    let session = json!({"session_id": "s1", "client_name": PWNED, "user": "a\u{7}\nb\u{2028}c\u{200b}\u{feff}",
                          "duration_seconds": 5.0, "time_remaining": 30.0});
     let event = json!({"seq": 1, "event": "lock_acquired", "timestamp": "2026-01-05T09:00:00Z",
                        "equipment_id": PSU, "session_id": "s1", "client_name": PWNED,
@@ -314,7 +319,7 @@ async fn control_characters_from_the_server_are_shown_escaped() {
         [[
             "s1",
             r"\e[2J\e[31mPWNED\e[0m",
-            r"a\u{7}\nb",
+            r"a\u{7}\nb\u{2028}c\u{200b}\u{feff}",
             "-",
             "5s",
             "30s"
