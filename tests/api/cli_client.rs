@@ -1659,6 +1659,50 @@ async fn run_on_a_server_without_a_queue_says_so_for_maintenance() {
     assert!(live_sessions(&app).await.is_empty());
 }
 
+/// `status EQ` shows a lock handed over within a claim window with until
+/// when it must be claimed; once claimed, no such line.
+#[tokio::test]
+async fn status_shows_the_claim_window_of_a_handed_over_lock() {
+    let app = spawn_app().await;
+    let (holder, waiter) = (app.session(600.0).await, app.session(600.0).await);
+    app.acquire(PSU, &holder, json!({})).await;
+    let (_, queued) = app
+        .acquire(
+            PSU,
+            &waiter,
+            json!({"queue_if_busy": true, "claim_within_seconds": 60}),
+        )
+        .await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let before = ok(&app.base, &["status", PSU]).await;
+    assert!(!before.contains("claim:"), "{before}");
+    app.release(PSU, &holder, false).await;
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    let claim_by = status["claim_by"]
+        .as_str()
+        .expect("a claim window")
+        .to_owned();
+    let detail = ok(&app.base, &["status", PSU]).await;
+    let line = detail
+        .lines()
+        .find(|l| l.starts_with("claim:"))
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert_eq!(
+        line.split_once(':').unwrap().1.trim(),
+        format!("claim by {claim_by} or it passes to the next in line")
+    );
+    // Claimed (a renewal): the window is gone, and so is the line.
+    let (code, _) = app
+        .post(
+            &format!("/api/locks/activity/{PSU}"),
+            json!({"session_id": waiter}),
+        )
+        .await;
+    assert!(code.is_success());
+    let after = ok(&app.base, &["status", PSU]).await;
+    assert!(!after.contains("claim:"), "{after}");
+}
+
 #[tokio::test]
 async fn waiters_step_back_and_swap_from_the_command_line() {
     let app = spawn_app().await;
