@@ -87,7 +87,7 @@ const RUN_EXIT_STATUSES: &str = "Exit status: the command's own (128+N if killed
 69 if a lock (any member of a lock group) was lost (the command got SIGTERM, SIGKILL after --grace); \
 75 if --wait ran out (nothing left behind); 76 if --max-wait ran out (the server dropped the place); \
 77 if a lab manager removed the queue place or ended the session; \
-78 if the instrument is in maintenance and --wait is 0; 130/143 if interrupted by SIGINT/SIGTERM; \
+78 if the instrument is in maintenance and not queued (--wait 0, or the server's queue is disabled); 130/143 if interrupted by SIGINT/SIGTERM; \
 126/127 if the command cannot be executed/found; 1 if the server refused or cannot be reached.";
 
 /// Where the server is and who is asking: every client command takes these.

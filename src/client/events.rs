@@ -1,7 +1,9 @@
 //! `lablink events`: the history, oldest first, filtered by equipment,
 //! session and time; `--follow` then streams new events live from the
 //! WebSocket, resuming from the last `seq` printed so nothing is missed or
-//! repeated (also across a reconnect after a server restart).
+//! repeated (also across a reconnect after a server restart). The live
+//! feed is filtered here as the history is (every filter must match): the
+//! server's subscription is a union of its filters.
 
 use serde_json::Value;
 use std::time::Duration;
@@ -27,6 +29,11 @@ pub async fn events(
     follow: bool,
     json: bool,
 ) -> Result<(), ClientError> {
+    // Following: where the history ends before it is read, so an empty
+    // (filtered) page resumes the live feed from here, not from the first
+    // event ever recorded. Nothing matching is skipped: the history is read
+    // after this and covers everything up to it.
+    let newest = if follow { newest_seq(api).await? } else { None };
     let mut cursor: Option<u64> = None;
     loop {
         let mut query = vec![("limit", PAGE.to_owned())];
@@ -51,9 +58,34 @@ pub async fn events(
         session_id: filter.session.clone(),
         all: filter.equipment.is_none() && filter.session.is_none(),
         // Nothing recorded yet: everything from the first event on.
-        resume_from: Some(cursor.unwrap_or(0)),
+        resume_from: Some(cursor.max(newest).unwrap_or(0)),
     };
-    follow_live(api, subscription, json).await
+    follow_live(api, subscription, filter, json).await
+}
+
+/// The newest `seq` recorded (None before the first event): a cursor past
+/// the end gets an empty page whose `next_cursor` is the newest `seq`.
+async fn newest_seq(api: &Api) -> Result<Option<u64>, ClientError> {
+    let past_the_end = [("limit", "1".to_owned()), ("cursor", i64::MAX.to_string())];
+    let page = api
+        .get_query(&["api", "locks", "events"], &past_the_end)
+        .await?;
+    Ok(page["next_cursor"].as_u64())
+}
+
+impl EventFilter {
+    /// Whether a live message passes every filter given, as the history's
+    /// filters do: the instrument (or the group it was locked with) and
+    /// the session (as actor or as the one who forced a release).
+    fn matches(&self, event: &Value) -> bool {
+        let equipment = self.equipment.as_deref().is_none_or(|id| {
+            event["equipment_id"].as_str() == Some(id) || event["group_id"].as_str() == Some(id)
+        });
+        let session = self.session.as_deref().is_none_or(|id| {
+            event["session_id"].as_str() == Some(id) || event["forced_by"].as_str() == Some(id)
+        });
+        equipment && session
+    }
 }
 
 /// Prints live events until interrupted; reconnects (resuming after the
@@ -61,6 +93,7 @@ pub async fn events(
 async fn follow_live(
     api: &Api,
     mut subscription: Subscription,
+    filter: &EventFilter,
     json: bool,
 ) -> Result<(), ClientError> {
     let mut told = false;
@@ -93,7 +126,9 @@ async fn follow_live(
             if let Some(seq) = message["seq"].as_u64() {
                 subscription.resume_from = Some(seq);
             }
-            print_event(&message, json);
+            if filter.matches(&message) {
+                print_event(&message, json);
+            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

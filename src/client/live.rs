@@ -89,7 +89,7 @@ impl LiveEvents {
                 code: error["code"].as_str().unwrap_or("invalid_message").into(),
                 detail: error["detail"]
                     .as_str()
-                    .map(str::to_owned)
+                    .map(|d| without_template(d).to_owned())
                     .unwrap_or_else(|| error.to_string()),
             }),
             Some(Err(e)) => Err(e),
@@ -113,5 +113,30 @@ impl LiveEvents {
                 Ok(_) => continue, // pings are answered by tungstenite
             }
         }
+    }
+}
+
+/// A refused subscription's detail without the message template the server
+/// appends for WebSocket programmers (`; expected {"type": "subscribe",
+/// ...}`): the client wrote the message, its user needs only the reason.
+fn without_template(detail: &str) -> &str {
+    detail
+        .rfind("; expected {")
+        .map_or(detail, |at| &detail[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_subscription_says_why_without_the_template() {
+        assert_eq!(
+            without_template(
+                r#"equipment nope is not registered; expected {"type": "subscribe", "equipment_ids": [...], "all": false}"#
+            ),
+            "equipment nope is not registered"
+        );
+        assert_eq!(without_template("bad id"), "bad id");
     }
 }

@@ -83,6 +83,27 @@ pub async fn end_maintenance(api: &Api, equipment: &str, json: bool) -> Result<(
     Ok(())
 }
 
+/// A refusal of an intervention with the body's fields named as the
+/// flags that filled them (`--reason` is sent as `message`), so the user
+/// knows which argument to fix.
+fn as_flags(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Server {
+            status,
+            code,
+            detail,
+        } => ClientError::Server {
+            status,
+            code,
+            detail: detail
+                .replace("`message`", "--reason")
+                .replace("`forced_by`", "--forced-by")
+                .replace("invalid forced_by", "invalid --forced-by"),
+        },
+        other => other,
+    }
+}
+
 /// `dequeue EQ SESSION`: an admin takes a waiter's place.
 pub async fn dequeue(
     api: &Api,
@@ -96,7 +117,8 @@ pub async fn dequeue(
             &["api", "locks", "queue", equipment, session, "remove"],
             intervention,
         )
-        .await?;
+        .await
+        .map_err(as_flags)?;
     if json {
         print_json(&answer);
     } else {
@@ -117,7 +139,8 @@ pub async fn end_session(
 ) -> Result<(), ClientError> {
     let answer = api
         .post(&["api", "locks", "sessions", session, "end"], intervention)
-        .await?;
+        .await
+        .map_err(as_flags)?;
     if json {
         print_json(&answer);
     } else {
@@ -187,6 +210,30 @@ pub async fn swap(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interventions_refusal_names_the_flags() {
+        let refused = |detail: &str| ClientError::Server {
+            status: 422,
+            code: "invalid_body".into(),
+            detail: detail.into(),
+        };
+        let said = |e: ClientError| as_flags(e).to_string();
+        assert_eq!(
+            said(refused("`message` must be at most 256 characters")),
+            "--reason must be at most 256 characters"
+        );
+        assert_eq!(
+            said(refused(
+                "`forced_by` must not contain control characters (it has U+0007)"
+            )),
+            "--forced-by must not contain control characters (it has U+0007)"
+        );
+        assert_eq!(
+            said(refused("session x is not queued")),
+            "session x is not queued"
+        );
+    }
 
     #[test]
     fn until_takes_an_instant_or_a_duration_from_now() {

@@ -44,8 +44,11 @@ pub(crate) use errln;
 
 /// `text` with every control character written visibly: ESC as `\e`,
 /// newline, carriage return and tab as `\n`, `\r`, `\t`, the others
-/// (C0, DEL, C1, and the bidirectional overrides that reorder what a
-/// terminal shows) as `\u{7}`. Borrowed when there is none.
+/// (C0, DEL, C1, the bidirectional overrides that reorder what a terminal
+/// shows, the line and paragraph separators U+2028/U+2029 that some
+/// terminals break lines at, and the zero-width characters U+200B–U+200F
+/// and U+FEFF that take no column and so misalign a table) as `\u{7}`.
+/// Borrowed when there is none.
 pub fn visible(text: &str) -> Cow<'_, str> {
     if !text.chars().any(hidden) {
         return Cow::Borrowed(text);
@@ -64,9 +67,19 @@ pub fn visible(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether a terminal would act on `c` rather than show it.
+/// Whether a terminal would act on `c` (or show nothing for it) rather
+/// than show it in one column.
 fn hidden(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+        )
 }
 
 /// A JSON text with what [`visible`] hides and JSON leaves raw (DEL, C1,
@@ -294,6 +307,27 @@ mod tests {
             visible("Lab PC #3 µ"),
             Cow::Borrowed("Lab PC #3 µ")
         ));
+    }
+
+    #[test]
+    fn separators_and_zero_width_characters_are_written_visibly() {
+        assert_eq!(
+            visible("a\u{2028}b\u{2029}c\u{200b}d\u{200f}e\u{feff}f"),
+            r"a\u{2028}b\u{2029}c\u{200b}d\u{200f}e\u{feff}f"
+        );
+        // A table stays aligned: each escaped cell is as wide as it prints.
+        let mut table = Table::new(&["USER", "STATE"]);
+        table.row(vec!["a\u{200b}\u{200b}b".into(), "x".into()]);
+        table.row(vec!["abcd".into(), "y".into()]);
+        let text = table.render();
+        let state_at: Vec<usize> = text.lines().map(|l| l.rfind("  ").unwrap()).collect();
+        assert!(state_at.windows(2).all(|w| w[0] == w[1]), "{text}");
+        let line = json_line(&json!({"user": "a\u{2028}b\u{feff}"}));
+        assert_eq!(line, r#"{"user":"a\u2028b\ufeff"}"#);
+        assert_eq!(
+            serde_json::from_str::<Value>(&line).unwrap()["user"],
+            "a\u{2028}b\u{feff}"
+        );
     }
 
     #[test]

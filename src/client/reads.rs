@@ -247,6 +247,9 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
         ]);
         lines.row(vec!["acquired:".into(), text(&s["acquired_at"])]);
         lines.row(vec!["time left:".into(), time_left(&s["time_remaining"])]);
+        if let Some(claim) = claim_text(s) {
+            lines.row(vec!["claim:".into(), claim]);
+        }
     }
     let observers: Vec<String> = s["observer_sessions"]
         .as_array()
@@ -270,6 +273,14 @@ pub async fn status_one(api: &Api, equipment: &str, json: bool) -> Result<(), Cl
         queue_table(&queue).print();
     }
     Ok(())
+}
+
+/// A lock handed over from the queue within a claim window: until when
+/// its holder must claim it (the server's `claim_by`, RFC 3339 as the
+/// other times here). `None` outside a claim window.
+fn claim_text(status: &Value) -> Option<String> {
+    let by = status["claim_by"].as_str()?;
+    Some(format!("claim by {by} or it passes to the next in line"))
 }
 
 fn queue_table(queue: &Value) -> Table {
@@ -558,6 +569,16 @@ fn typed(kind: &str, key: &str, raw: &str) -> Result<Value, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_window_shows_until_when() {
+        let held = serde_json::json!({"locked": true, "claim_by": "2026-01-05T09:01:00.000Z"});
+        assert_eq!(
+            claim_text(&held).as_deref(),
+            Some("claim by 2026-01-05T09:01:00.000Z or it passes to the next in line")
+        );
+        assert_eq!(claim_text(&serde_json::json!({"locked": true})), None);
+    }
 
     fn words(list: &[&str]) -> Vec<String> {
         list.iter().map(|w| w.to_string()).collect()

@@ -79,10 +79,12 @@ enum Stop {
         equipment: String,
         why: String,
     },
-    /// In maintenance, and `--wait 0` does not queue.
+    /// In maintenance, and not queued: `--wait 0`, or a server whose
+    /// queue is disabled (`queued` says which).
     InMaintenance {
         equipment: String,
         detail: String,
+        queued: bool,
     },
     Interrupted(&'static str),
     Failed(ClientError),
@@ -165,14 +167,24 @@ pub async fn run(conn: &Connection, options: RunOptions) -> i32 {
             );
             exit::PLACE_REMOVED
         }
-        Err(Stop::InMaintenance { equipment, detail }) => {
+        Err(Stop::InMaintenance {
+            equipment,
+            detail,
+            queued,
+        }) => {
             let is = if equipment.contains(", ") {
                 "are"
             } else {
                 "is"
             };
+            // Asked to queue, only a server that does not queue refuses.
+            let why = if queued {
+                "the server does not queue (its queue is disabled)"
+            } else {
+                "--wait is 0"
+            };
             errln!(
-                "lablink run: {equipment} {is} in maintenance and --wait is 0 ({detail}); the command was not started"
+                "lablink run: {equipment} {is} in maintenance and {why} ({detail}); the command was not started"
             );
             exit::IN_MAINTENANCE
         }
@@ -369,7 +381,10 @@ impl<'a> Keeper<'a> {
                                 "lablink run: {label} is busy ({message}); waiting at position {position} in the queue"
                             ),
                             _ => errln!(
-                                "lablink run: {label} is busy ({message}); waiting in every queue at once: {}",
+                                "lablink run: {} busy ({message}); waiting in every queue at once: {}",
+                                self.busy_of(&places, options)
+                                    .await
+                                    .unwrap_or_else(|| format!("{label} is")),
                                 places
                                     .iter()
                                     .map(|(eq, p)| format!("{eq} at position {p}"))
@@ -389,14 +404,15 @@ impl<'a> Keeper<'a> {
                 Err(e) if !queue && e.code() == Some("equipment_locked") => {
                     return Err(Stop::WaitRanOut {
                         equipment: label.to_owned(),
-                        why: format!("it is busy and --wait is 0 ({e})"),
+                        why: format!("it is busy and --wait is 0 ({})", cli_hint(&e.to_string())),
                     });
                 }
                 Err(e) if e.code() == Some("in_maintenance") => {
                     let named = self.in_maintenance(options).await;
                     return Err(Stop::InMaintenance {
                         equipment: named.unwrap_or_else(|| label.to_owned()),
-                        detail: e.to_string(),
+                        detail: cli_hint(&e.to_string()),
+                        queued: queue,
                     });
                 }
                 Err(e) if e.code() == Some("queue_timeout") => {
@@ -672,6 +688,42 @@ impl<'a> Keeper<'a> {
         (!named.is_empty()).then(|| named.join(", "))
     }
 
+    /// Which of a lock group's `places` stand in its way (held by another
+    /// session, in maintenance, or with others ahead in line), as `psu1
+    /// is`/`psu1, load1 are`: the server's answer names the holders but
+    /// not which members are free. `None` if that cannot be told (or is
+    /// nobody any more: it was freed meanwhile).
+    async fn busy_of(&self, places: &[(String, usize)], options: &RunOptions) -> Option<String> {
+        let all = self.api.get(&["api", "locks", "all"]).await.ok()?;
+        let maintenance = self
+            .api
+            .get(&["api", "equipment", "maintenance"])
+            .await
+            .ok()?;
+        let another = |lock: &Value| {
+            lock["session_id"]
+                .as_str()
+                .is_some_and(|s| s != self.session)
+        };
+        let busy: Vec<&str> = places
+            .iter()
+            .filter(|(eq, position)| {
+                let eq = eq.as_str();
+                let observers = all["observer_locks"][eq].as_array();
+                *position > 1
+                    || another(&all["exclusive_locks"][eq])
+                    || (!options.observer && observers.is_some_and(|o| o.iter().any(another)))
+                    || !maintenance["maintenance"][eq].is_null()
+            })
+            .map(|(eq, _)| eq.as_str())
+            .collect();
+        match busy.as_slice() {
+            [] => None,
+            [one] => Some(format!("{one} is")),
+            many => Some(format!("{} are", many.join(", "))),
+        }
+    }
+
     /// Why a waiting request's place went, from the session's history: its
     /// latest event on an instrument it waited for (`None` if it says
     /// nothing of them).
@@ -803,6 +855,12 @@ fn label_of(options: &RunOptions) -> String {
         (true, Some(pool)) => pool,
         (false, Some(pool)) => format!("{} and {pool}", locks.join(", ")),
     }
+}
+
+/// The server's detail with its REST hint (`set queue_if_busy to wait
+/// ...`) said the way `run` waits: `give --wait DURATION to wait ...`.
+fn cli_hint(detail: &str) -> String {
+    detail.replace("set queue_if_busy to wait", "give --wait DURATION to wait")
 }
 
 /// `psu1: lock lock_psu1_1, fencing token 1; ...`, or for one lock as it
@@ -951,5 +1009,24 @@ mod tests {
             lost_reason(&json!({"reason": "session_ended"})),
             "session ended"
         );
+    }
+
+    #[test]
+    fn the_servers_rest_hints_are_said_the_way_run_waits() {
+        assert_eq!(
+            cli_hint(
+                "equipment psu is busy: locked by session a (alice); set queue_if_busy to wait in line"
+            ),
+            "equipment psu is busy: locked by session a (alice); give --wait DURATION to wait in line"
+        );
+        assert_eq!(
+            cli_hint(
+                "equipment load_1 is in maintenance (calibration): set queue_if_busy to wait until service resumes"
+            ),
+            "equipment load_1 is in maintenance (calibration): give --wait DURATION to wait until service resumes"
+        );
+        let other =
+            "equipment load_1 is in maintenance (calibration): try again when service resumes";
+        assert_eq!(cli_hint(other), other);
     }
 }

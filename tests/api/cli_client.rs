@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, Command};
 
-use crate::helpers::{TestApp, event_kinds, lablink, spawn_app, start_binary};
+use crate::helpers::{TestApp, event_kinds, lablink, memory, spawn_app, spawn_with, start_binary};
 
 const PSU: &str = "ps_abc123";
 
@@ -267,7 +267,12 @@ fn canned_server(routes: Vec<(&'static str, u16, Value)>) -> String {
 /// What a terminal would act on rather than show (a line's end aside).
 fn hidden_in(text: &str) -> Vec<char> {
     text.chars()
-        .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{200b}'..='\u{200f}').contains(&c)
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+        })
         .collect()
 }
 
@@ -279,7 +284,7 @@ fn hidden_in(text: &str) -> Vec<char> {
 #[tokio::test]
 async fn control_characters_from_the_server_are_shown_escaped() {
     const PWNED: &str = "\u{1b}[2J\u{1b}[31mPWNED\u{1b}[0m";
-    let session = json!({"session_id": "s1", "client_name": PWNED, "user": "a\u{7}\nb",
+    let session = json!({"session_id": "s1", "client_name": PWNED, "user": "a\u{7}\nb\u{2028}c\u{200b}\u{feff}",
                          "duration_seconds": 5.0, "time_remaining": 30.0});
     let event = json!({"seq": 1, "event": "lock_acquired", "timestamp": "2026-01-05T09:00:00Z",
                        "equipment_id": PSU, "session_id": "s1", "client_name": PWNED,
@@ -314,7 +319,7 @@ async fn control_characters_from_the_server_are_shown_escaped() {
         [[
             "s1",
             r"\e[2J\e[31mPWNED\e[0m",
-            r"a\u{7}\nb",
+            r"a\u{7}\nb\u{2028}c\u{200b}\u{feff}",
             "-",
             "5s",
             "30s"
@@ -418,6 +423,110 @@ async fn events_print_the_history_filtered_and_follow_streams_what_comes_next() 
     }
     assert_eq!(next, ["lock_released", "queue_processed"]);
     follower.kill().await.unwrap();
+}
+
+/// The next `n` history events (with a `seq`) a follower prints.
+async fn next_events(
+    out: &mut Lines<BufReader<tokio::process::ChildStdout>>,
+    n: usize,
+) -> Vec<Value> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let event = json_of(&out.next_line().await.unwrap().unwrap());
+        if event.get("seq").is_some() {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// `events --follow` keeps the history's meaning live: `--since` past
+/// every event starts with what happens next (not the whole history), and
+/// `--equipment` with `--session` prints only events matching both,
+/// though the server's subscription is their union.
+#[tokio::test]
+async fn events_follow_honours_since_and_every_filter() {
+    let app = spawn_app().await;
+    let (holder, waiter) = busy_psu(&app).await;
+    let follow = |args: &[&str]| {
+        let mut child = client(&app.base)
+            .args(["events", "--follow", "--json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, out)
+    };
+    let (mut recent, mut recent_out) = follow(&["--since", "2030-01-01T00:00:00Z"]);
+    let (mut both, mut both_out) = follow(&["--equipment", PSU, "--session", &waiter]);
+    // The history part of the second: the waiter's place in the PSU's queue.
+    let kinds = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds(&next_events(&mut both_out, 1).await), ["queued"]);
+
+    // Until `recent` is live, new sessions; the first event it prints
+    // must be one of theirs, never the history before them.
+    let mut fresh = Vec::new();
+    let first = loop {
+        fresh.push(app.session(600.0).await);
+        let wait = tokio::time::timeout(Duration::from_millis(200), recent_out.next_line());
+        if let Ok(line) = wait.await {
+            break json_of(&line.unwrap().unwrap());
+        }
+    };
+    assert_eq!(first["event"], "session_created", "{first}");
+    assert!(
+        fresh.iter().any(|s| first["session_id"] == s.as_str()),
+        "{first}"
+    );
+
+    app.release(PSU, &holder, false).await; // hands the PSU to the waiter
+    app.release(PSU, &waiter, false).await;
+    let (_, history) = app.get("/api/locks/events?limit=1000").await;
+    let later: Vec<Value> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["seq"].as_u64() > first["seq"].as_u64())
+        .cloned()
+        .collect();
+    assert_eq!(
+        next_events(&mut recent_out, later.len()).await,
+        later,
+        "only what came after"
+    );
+    let after: Vec<Value> = later
+        .iter()
+        .filter(|e| e["equipment_id"] == PSU)
+        .cloned()
+        .collect();
+    let of_both: Vec<Value> = after
+        .iter()
+        .filter(|e| e["session_id"] == waiter.as_str() || e["forced_by"] == waiter.as_str())
+        .cloned()
+        .collect();
+    assert!(
+        of_both.len() < after.len(),
+        "the holder's release is not the waiter's"
+    );
+    let printed = next_events(&mut both_out, of_both.len()).await;
+    assert_eq!(printed, of_both);
+    assert_eq!(kinds(&printed).last().unwrap(), "lock_released");
+    recent.kill().await.unwrap();
+    both.kill().await.unwrap();
+
+    // Following an unknown instrument: refused, saying only why.
+    let out = cli(&app.base, &["events", "--equipment", "nope", "--follow"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "lablink events: equipment nope is not registered; GET /api/equipment/list shows what is\n"
+    );
 }
 
 #[tokio::test]
@@ -792,7 +901,9 @@ async fn wait_running_out_exits_with_its_own_status_and_leaves_nothing_behind() 
     .await;
     // --wait 0 does not even queue.
     let before = app.events(PSU).await;
+    // The server's hint is said the CLI's way.
     gives_up("0", "it is busy and --wait is 0").await;
+    gives_up("0", "; give --wait DURATION to wait in line)").await;
     assert_eq!(app.events(PSU).await, before);
     assert!(!ran.exists(), "the command never ran");
 }
@@ -1395,6 +1506,25 @@ async fn run_with_a_priority_goes_ahead_and_is_told_when_a_manager_takes_its_pla
         "{}",
         out.stderr
     );
+    // A refused --reason is named as the flag, not the body's `message`.
+    let long = "x".repeat(257);
+    let out = cli(&app.base, &["dequeue", PSU, &waiter, "--reason", &long]).await;
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "lablink dequeue: --reason must be at most 256 characters\n"
+        )
+    );
+    let out = cli(&app.base, &["end-session", &waiter, "--reason", "a\u{7}b"]).await;
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (
+            1,
+            "lablink end-session: --reason must not contain control characters (it has U+0007)\n"
+        )
+    );
+    assert_eq!(waiter_at(&app, 1).await, waiter, "nothing changed");
     let out = cli(
         &app.base,
         &["run", "--lock", PSU, "--priority", "11", "--", "true"],
@@ -1504,7 +1634,11 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
     assert!(
         out.stderr
             .contains("ps_abc123 is in maintenance and --wait is 0 (")
-            && out.stderr.contains("calibration"),
+            && out.stderr.contains("calibration")
+            && out
+                .stderr
+                .contains("give --wait DURATION to wait until service resumes")
+            && !out.stderr.contains("queue_if_busy"),
         "{}",
         out.stderr
     );
@@ -1546,6 +1680,78 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
     );
     ok(&app.base, &["maintenance", "end", "scope_123"]).await;
     assert_eq!(live_sessions(&app).await, [holder]);
+}
+
+/// A server whose queue is disabled cannot queue any `--wait`: in
+/// maintenance `run` says that (not "--wait is 0") and exits 78.
+#[tokio::test]
+async fn run_on_a_server_without_a_queue_says_so_for_maintenance() {
+    let mut settings = memory();
+    settings.policy.lock.queue_enabled = false;
+    let app = spawn_with(settings).await;
+    ok(
+        &app.base,
+        &["maintenance", "start", "load_1", "--reason", "calibration"],
+    )
+    .await;
+    let out = cli(
+        &app.base,
+        &["run", "--lock", "load_1", "--wait", "1h", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 78, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(
+            "lablink run: load_1 is in maintenance and the server does not queue (its queue is disabled) ("
+        ) && out.stderr.contains("calibration"),
+        "{}",
+        out.stderr
+    );
+    assert!(live_sessions(&app).await.is_empty());
+}
+
+/// `status EQ` shows a lock handed over within a claim window with until
+/// when it must be claimed; once claimed, no such line.
+#[tokio::test]
+async fn status_shows_the_claim_window_of_a_handed_over_lock() {
+    let app = spawn_app().await;
+    let (holder, waiter) = (app.session(600.0).await, app.session(600.0).await);
+    app.acquire(PSU, &holder, json!({})).await;
+    let (_, queued) = app
+        .acquire(
+            PSU,
+            &waiter,
+            json!({"queue_if_busy": true, "claim_within_seconds": 60}),
+        )
+        .await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let before = ok(&app.base, &["status", PSU]).await;
+    assert!(!before.contains("claim:"), "{before}");
+    app.release(PSU, &holder, false).await;
+    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+    let claim_by = status["claim_by"]
+        .as_str()
+        .expect("a claim window")
+        .to_owned();
+    let detail = ok(&app.base, &["status", PSU]).await;
+    let line = detail
+        .lines()
+        .find(|l| l.starts_with("claim:"))
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert_eq!(
+        line.split_once(':').unwrap().1.trim(),
+        format!("claim by {claim_by} or it passes to the next in line")
+    );
+    // Claimed (a renewal): the window is gone, and so is the line.
+    let (code, _) = app
+        .post(
+            &format!("/api/locks/activity/{PSU}"),
+            json!({"session_id": waiter}),
+        )
+        .await;
+    assert!(code.is_success());
+    let after = ok(&app.base, &["status", PSU]).await;
+    assert!(!after.contains("claim:"), "{after}");
 }
 
 #[tokio::test]
@@ -1839,11 +2045,18 @@ async fn run_waits_for_the_whole_group_and_losing_any_member_stops_the_command()
         &["--lock", "bench3", "--", "sh", "-c", TRAPPING_CHILD],
         &[("F", &marks)],
     );
-    until_line(
+    let busy = until_line(
         &mut stderr,
         "waiting in every queue at once: psu1 at position 2, scope1 at position 1, load1 at position 1",
     )
     .await;
+    // Only the member in the way is named busy, not the free ones.
+    assert!(
+        busy.last()
+            .unwrap()
+            .starts_with("lablink run: psu1 is busy (Waiting for psu1, "),
+        "{busy:?}"
+    );
     // Its free members stay free for it: nobody behind takes them.
     let other = app.session(600.0).await;
     let (_, taken) = app.acquire("scope1", &other, json!({})).await;
