@@ -1117,6 +1117,44 @@ async fn run_waits_in_the_queue_across_a_server_restart() {
     assert_eq!(status["locked"], false);
 }
 
+/// A `run` holding the PSU with a 6 s lease, its command running until
+/// told to finish.
+struct HoldingRun {
+    run: Child,
+    stderr: Lines<BufReader<ChildStderr>>,
+    done: std::path::PathBuf,
+}
+
+impl HoldingRun {
+    /// Starts it against `base` (files in `dir`); returns once the command runs.
+    async fn start(base: &str, dir: &Path) -> Self {
+        let (marks, done) = (dir.join("marks"), dir.join("done"));
+        let script = r#"echo started >> "$F"; while [ ! -f "$D" ]; do sleep 0.05; done"#;
+        let (run, stderr) = start_run(
+            base,
+            &["--lock", PSU, "--timeout", "6s", "--", "sh", "-c", script],
+            &[("F", &marks), ("D", &done)],
+        );
+        until_file_has(&marks, "started").await;
+        Self { run, stderr, done }
+    }
+
+    /// Tells the command to finish; checks that `run` exits 0 having
+    /// released the PSU (asked of `app`), and returns what it said.
+    async fn finish(mut self, app: &TestApp) -> Vec<String> {
+        std::fs::write(&self.done, "").unwrap();
+        let code = self.run.wait().await.unwrap().code();
+        let mut said = Vec::new();
+        while let Some(line) = self.stderr.next_line().await.unwrap() {
+            said.push(line);
+        }
+        assert_eq!(code, Some(0), "{said:?}");
+        let (_, status) = app.get("/api/locks/status/ps_abc123").await;
+        assert_eq!(status["locked"], false, "released after");
+        said
+    }
+}
+
 /// A `run` holding a lock keeps it across a server restart that ends
 /// before the lease would: here the server stops just before a renewal is
 /// due (two thirds of the lease left) and is away for about half the lease.
@@ -1129,15 +1167,7 @@ async fn run_keeps_its_lock_across_a_server_restart_shorter_than_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let serve = restartable(dir.path());
     let (server, base) = serve();
-    let marks = dir.path().join("marks");
-    let done = dir.path().join("done");
-    let script = r#"echo started >> "$F"; while [ ! -f "$D" ]; do sleep 0.05; done"#;
-    let (mut run, mut stderr) = start_run(
-        &base,
-        &["--lock", PSU, "--timeout", "6s", "--", "sh", "-c", script],
-        &[("F", &marks), ("D", &done)],
-    );
-    until_file_has(&marks, "started").await;
+    let run = HoldingRun::start(&base, dir.path()).await;
     let app = TestApp::at(&base);
     let expires = async || {
         let (_, status) = app.get("/api/locks/status/ps_abc123").await;
@@ -1160,16 +1190,7 @@ async fn run_keeps_its_lock_across_a_server_restart_shorter_than_the_lease() {
     let app = TestApp::at(&base); // no pooled connection to the old server
     let (_, status) = app.get("/api/locks/status/ps_abc123").await;
     assert_eq!(status["locked"], true, "{status}");
-    std::fs::write(&done, "").unwrap();
-    let code = run.wait().await.unwrap().code();
-    let mut said = Vec::new();
-    while let Some(line) = stderr.next_line().await.unwrap() {
-        said.push(line);
-    }
-    assert_eq!(code, Some(0), "{said:?}");
-    assert_eq!(said, Vec::<String>::new());
-    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
-    assert_eq!(status["locked"], false, "released after");
+    assert_eq!(run.finish(&app).await, Vec::<String>::new());
 }
 
 /// A SIGKILL to `run`'s whole process group (a CI runner cancelling a job,
@@ -1270,14 +1291,7 @@ async fn run_keeps_its_lock_while_the_server_answers_503_for_a_while() {
     let upstream = app.base.trim_start_matches("http://").to_owned();
     let (proxy, outage) = failing_over(upstream).await;
     let dir = tempfile::tempdir().unwrap();
-    let (marks, done) = (dir.path().join("marks"), dir.path().join("done"));
-    let script = r#"echo started >> "$F"; while [ ! -f "$D" ]; do sleep 0.05; done"#;
-    let (mut run, mut stderr) = start_run(
-        &proxy,
-        &["--lock", PSU, "--timeout", "6s", "--", "sh", "-c", script],
-        &[("F", &marks), ("D", &done)],
-    );
-    until_file_has(&marks, "started").await;
+    let run = HoldingRun::start(&proxy, dir.path()).await;
     // Longer than the renewal interval (a third of the lease), shorter
     // than the lease.
     outage.send(true).unwrap();
@@ -1286,15 +1300,7 @@ async fn run_keeps_its_lock_while_the_server_answers_503_for_a_while() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, status) = app.get("/api/locks/status/ps_abc123").await;
     assert_eq!(status["locked"], true, "{status}");
-    std::fs::write(&done, "").unwrap();
-    let code = run.wait().await.unwrap().code();
-    let mut said = Vec::new();
-    while let Some(line) = stderr.next_line().await.unwrap() {
-        said.push(line);
-    }
-    assert_eq!(code, Some(0), "{said:?}");
-    let (_, status) = app.get("/api/locks/status/ps_abc123").await;
-    assert_eq!(status["locked"], false, "released after");
+    run.finish(&app).await;
 }
 
 // ---- the queueing controls (issue 14) --------------------------------------
