@@ -571,21 +571,7 @@ async fn a_manager_removes_a_stuck_queue_entry_and_everyone_is_told() {
             "invalid_body",
         );
         // A malformed `forced_by` is named as such, not as the session.
-        let bad_by = app
-            .post(
-                &format!("/api/locks/queue/{PSU}/{next}/remove"),
-                json!({"forced_by": "x y"}),
-            )
-            .await;
-        assert_error(&bad_by, StatusCode::UNPROCESSABLE_ENTITY, "invalid_id");
-        assert!(
-            bad_by.1["detail"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid forced_by:"),
-            "{}",
-            bad_by.1
-        );
+        refused_naming_forced_by(&app, &format!("/api/locks/queue/{PSU}/{next}/remove")).await;
         assert_eq!(queue_of(&app, PSU).await, [next.as_str()]);
         app
     })
@@ -607,21 +593,7 @@ async fn a_manager_ends_someone_elses_session_its_locks_go_and_the_history_says_
         .await;
     let mut ws = connect(&app, json!({"type": "subscribe", "session_id": gone})).await;
     // A malformed `forced_by` is named as such and ends nothing.
-    let bad_by = app
-        .post(
-            &format!("/api/locks/sessions/{gone}/end"),
-            json!({"forced_by": "x y"}),
-        )
-        .await;
-    assert_error(&bad_by, StatusCode::UNPROCESSABLE_ENTITY, "invalid_id");
-    assert!(
-        bad_by.1["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid forced_by:"),
-        "{}",
-        bad_by.1
-    );
+    refused_naming_forced_by(&app, &format!("/api/locks/sessions/{gone}/end")).await;
     let (status, ended) = app
         .post(
             &format!("/api/locks/sessions/{gone}/end"),
@@ -1138,4 +1110,13 @@ async fn a_waiter_whose_place_a_manager_removes_while_it_long_polls_hears_not_qu
     let answer = polling.await.unwrap();
     assert_error(&answer, StatusCode::NOT_FOUND, "not_queued");
     app.stop().await;
+}
+
+/// A manager's request to `path` with a malformed `forced_by` is refused
+/// naming that field (not the session it acts on).
+async fn refused_naming_forced_by(app: &TestApp, path: &str) {
+    let bad_by = app.post(path, json!({"forced_by": "x y"})).await;
+    assert_error(&bad_by, StatusCode::UNPROCESSABLE_ENTITY, "invalid_id");
+    let detail = bad_by.1["detail"].as_str().unwrap();
+    assert!(detail.starts_with("invalid forced_by:"), "{detail}");
 }
