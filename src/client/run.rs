@@ -407,6 +407,14 @@ impl<'a> Keeper<'a> {
                         why: format!("it is busy and --wait is 0 ({})", cli_hint(&e.to_string())),
                     });
                 }
+                // Busy on a server that does not queue: as busy with
+                // `--wait 0` (try again later), whatever `--wait` says.
+                Err(e) if e.code() == Some("queue_disabled") => {
+                    return Err(Stop::WaitRanOut {
+                        equipment: label.to_owned(),
+                        why: format!("it is busy and the server does not queue ({e})"),
+                    });
+                }
                 Err(e) if e.code() == Some("in_maintenance") => {
                     let named = self.in_maintenance(options).await;
                     return Err(Stop::InMaintenance {

@@ -1691,7 +1691,7 @@ async fn run_claims_a_lock_handed_over_within_its_claim_window_and_maintenance_w
 /// A server whose queue is disabled cannot queue any `--wait`: in
 /// maintenance `run` says that (not "--wait is 0") and exits 78.
 #[tokio::test]
-async fn run_on_a_server_without_a_queue_says_so_for_maintenance() {
+async fn run_on_a_server_without_a_queue_says_so_for_maintenance_and_busy() {
     let mut settings = memory();
     settings.policy.lock.queue_enabled = false;
     let app = spawn_with(settings).await;
@@ -1714,6 +1714,23 @@ async fn run_on_a_server_without_a_queue_says_so_for_maintenance() {
         out.stderr
     );
     assert!(live_sessions(&app).await.is_empty());
+
+    // Busy there: as busy with `--wait 0` (try again later).
+    ok(&app.base, &["maintenance", "end", "load_1"]).await;
+    let holder = app.session(600.0).await;
+    app.acquire("load_1", &holder, json!({})).await;
+    let out = cli(
+        &app.base,
+        &["run", "--lock", "load_1", "--wait", "1h", "--", "true"],
+    )
+    .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("busy and the server does not queue"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(live_sessions(&app).await, [holder]);
 }
 
 /// `status EQ` shows a lock handed over within a claim window with until
