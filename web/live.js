@@ -20,6 +20,8 @@ export class Live {
     this.socket = null;
     this.retryMs = 500;
     this.everOpened = false;
+    /** Whether the socket is new since the last `subscribed`. */
+    this.newSocket = false;
     this.stopped = false;
   }
 
@@ -58,6 +60,7 @@ export class Live {
     }
     this.socket = socket;
     socket.onopen = () => {
+      this.newSocket = true;
       this.subscribe();
     };
     socket.onmessage = (message) => this.receive(message.data);
@@ -96,8 +99,12 @@ export class Live {
     }
     if (message.type === 'subscribed') {
       this.retryMs = 500;
-      const reconnected = this.everOpened;
+      // A new subscription on the same socket (another session followed)
+      // missed nothing: only a new socket after the first is a reconnect,
+      // which makes the page read everything again.
+      const reconnected = this.everOpened && this.newSocket;
       this.everOpened = true;
+      this.newSocket = false;
       this.handlers.onState('live');
       if (reconnected) this.handlers.onReconnected();
       return;

@@ -241,7 +241,9 @@ export function overviewPage(ctx, main) {
       take.addEventListener('click', () => busy(take, async () => {
         const answer = await api('POST', '/locks/acquire',
           { equipment_id: gid, session_id: session, queue_if_busy: true });
-        card.note.textContent = answer.status === 'queued'
+        // The card may have been rebuilt meanwhile (a fresh snapshot).
+        const note = (groupCards.get(gid) ?? card).note;
+        note.textContent = answer.status === 'queued'
           ? `Queued in every member's queue: ${answer.queue_entries.map((q) => `${q.equipment_id} #${q.position}`).join(', ')}`
           : `Taken: ${answer.locks.map((l) => `${l.equipment_id} (token ${l.fencing_token})`).join(', ')}`;
         for (const m of card.group.members) model.markStale(m);
@@ -252,7 +254,7 @@ export function overviewPage(ctx, main) {
       const release = h('button', { type: 'button' }, mine ? 'Release group' : 'Leave the queues');
       release.addEventListener('click', () => busy(release, async () => {
         await api('POST', '/locks/release', { equipment_id: gid, session_id: session });
-        card.note.textContent = '';
+        (groupCards.get(gid) ?? card).note.textContent = '';
         for (const m of card.group.members) model.markStale(m);
       }, card.error));
       buttons.push(release);

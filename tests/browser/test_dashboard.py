@@ -470,6 +470,24 @@ def test_typing_in_the_take_form_survives_a_live_update(server, open_page):
     expect(priority).to_have_value("4")
 
 
+def test_opening_a_session_does_not_read_everything_again(server, open_page):
+    """Following the new session is a new subscription on the same live
+    connection: nothing was missed, so the page does not reload its
+    snapshot (a reload rebuilt the cards under a click's answer)."""
+    page = open_page(server.url + "/").page
+    wait_live(page)
+    reads = []
+    page.on("request", lambda r: reads.append(r.url) if "/api/locks/all" in r.url else None)
+    open_session_on_page(page, "Bench page")
+    # Live messages arrive in order: once this event shows, the answer to
+    # the new subscription (sent before it) has been handled.
+    other = server.session("Lab PC #3")
+    server.ok("POST", "/api/locks/acquire", {"equipment_id": PSU, "session_id": other})
+    expect(card(page, PSU)).to_have_attribute("data-state", "held")
+    page.wait_for_load_state("networkidle")
+    assert reads == []
+
+
 def test_an_event_during_the_history_load_is_not_lost(server, open_page):
     """The history is read again when the live connection resubscribes; an
     event that happens while that read is on its way still shows."""
