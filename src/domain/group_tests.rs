@@ -388,16 +388,21 @@ fn a_group_ends_with_its_session_and_a_dead_waiter_is_dropped_everywhere() {
     assert_eq!(f.holders(), [Some("x"), Some("y"), None, None]);
 }
 
-#[test]
-fn maintenance_on_a_member_keeps_the_group_waiting() {
-    let mut f = Floor::new();
-    let m = Maintenance {
+/// An instrument's own maintenance from `now`, with no end.
+fn calibration(now: Timestamp) -> Maintenance {
+    Maintenance {
         reason: "calibration".into(),
-        since: f.now,
+        since: now,
         until: None,
         user: None,
         group: None,
-    };
+    }
+}
+
+#[test]
+fn maintenance_on_a_member_keeps_the_group_waiting() {
+    let mut f = Floor::new();
+    let m = calibration(f.now);
     let now = f.now;
     f.locks("b").start_maintenance(m, now, &mut Vec::new());
     let refused = f.group("g", &["a", "b"], &[], false).unwrap_err();
@@ -419,13 +424,7 @@ fn maintenance_on_a_member_keeps_the_group_waiting() {
 #[test]
 fn a_pool_refused_without_queueing_names_a_busy_candidate_before_one_in_maintenance() {
     let mut f = Floor::new();
-    let m = Maintenance {
-        reason: "calibration".into(),
-        since: f.now,
-        until: None,
-        user: None,
-        group: None,
-    };
+    let m = calibration(f.now);
     let now = f.now;
     f.locks("a")
         .start_maintenance(m.clone(), now, &mut Vec::new());

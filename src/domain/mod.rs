@@ -150,7 +150,12 @@ fn busy_detail(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {
 /// known, or those waiting ahead.
 fn holding(holder: Option<&SessionId>, holder_is: &lock::Holder) -> String {
     match holder {
-        Some(h) => format!("locked by session {h}{}", holder_is.parenthesised()),
+        // Worded as what stands in a waiter's way (one wording for both).
+        Some(h) => lock::Obstacle::Holder {
+            session: h.clone(),
+            holder: holder_is.clone(),
+        }
+        .to_string(),
         None => "other sessions are waiting in its queue".into(),
     }
 }
